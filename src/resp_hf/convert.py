@@ -1,0 +1,278 @@
+"""Conversion of official M2D checkpoints (`.pth`) into `resp_hf` folders (safetensors + remote code)."""
+
+import argparse
+import hashlib
+import pathlib
+import pickle
+import re
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from .cards import write_encoder_card
+from .models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
+
+DEFAULT_NORM_STATS = (-7.1, 4.2)
+# Prefixes that wrap the encoder in fine-tuned checkpoints (EVAR, the portable runtime).
+WRAPPER_PREFIXES = ("module.ar.runtime.backbone.", "backbone.")
+# Python objects official checkpoints contain besides tensors; everything else is refused.
+SAFE_GLOBALS = [
+    argparse.Namespace,
+    pathlib.PosixPath,
+    np.dtype,
+    np.ndarray,
+    np.dtypes.Float64DType,
+    np.dtypes.Float32DType,
+    np.dtypes.Int64DType,
+    np._core.multiarray.scalar,
+    np._core.multiarray._reconstruct,
+]
+NAME_PATTERN = re.compile(
+    r"^(?P<model>[^-]+)-(?P<mels>\d+)x(?P<frames>\d+)p(?P<patch_f>\d+)x(?P<patch_t>\d+)(?:p(?P<rate>16k|32k))?(?:-.*)?$"
+)
+BLOCK_KEYS = {
+    "norm1": "layernorm_before",
+    "attn.qkv": "attention.qkv",
+    "attn.proj": "attention.proj",
+    "norm2": "layernorm_after",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+TOP_LEVEL_KEYS = {
+    "cls_token": "embeddings.cls_token",
+    "pos_embed": "embeddings.position_embeddings",
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+}
+ENCODER_KEY_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
+BLOCK_PATTERN = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+class UnsafeCheckpointError(ValueError):
+    """The checkpoint needs code outside the allowlist to unpickle; it was refused and nothing was executed."""
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion produced, kept and dropped."""
+
+    source: Path
+    output_dir: Path
+    config: RespM2DConfig
+    sha256: str
+    dropped: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def __str__(self):
+        config = self.config
+        lines = [
+            f"Converted {self.source} -> {self.output_dir}",
+            f"  encoder: {config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads,"
+            f" input {config.input_size[0]}x{config.input_size[1]}, patch {config.patch_size[0]}x{config.patch_size[1]},"
+            f" {config.sampling_rate} Hz, norm stats ({config.norm_mean:g}, {config.norm_std:g})",
+        ]
+        if self.dropped:
+            total = sum(self.dropped.values())
+            groups = ", ".join(f"{prefix}* ({count})" for prefix, count in self.dropped.items())
+            lines.append(f"  dropped {total} non-encoder tensors: {groups}")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def load_checkpoint(path):
+    """Loads a `.pth`/`.pt` (weights-only unpickling with an allowlist) or `.safetensors` file without executing code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return safetensors.torch.load_file(path)
+        except Exception as error:
+            raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"unsupported GLOBAL (\S+)", str(error))
+        if refused:
+            raise UnsafeCheckpointError(
+                f"Refused to load {path}: unpickling it would call {refused.group(1)}, which is not an allowed "
+                "checkpoint type. Nothing from the file was executed. Only load checkpoints from sources you trust."
+            ) from None
+        raise ValueError(f"{path} is not a PyTorch checkpoint the weights-only loader can read.") from None
+    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error}).") from None
+
+
+def extract_state_dict(checkpoint, path):
+    """Returns the flat tensor dict of a checkpoint (`model` entry or the dict itself) without wrapper prefixes."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        checkpoint = checkpoint["model"]
+    if not isinstance(checkpoint, dict) or not any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(f"{path} holds no state dict of tensors (found {type(checkpoint).__name__}); not an M2D checkpoint.")
+    state_dict = {}
+    for key, value in checkpoint.items():
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        state_dict[key] = value
+    return state_dict
+
+
+def rename_encoder_key(key):
+    """Maps an original encoder key to its `RespM2DModel` name; None when the key is not a known encoder weight."""
+    if key in TOP_LEVEL_KEYS:
+        return TOP_LEVEL_KEYS[key]
+    match = BLOCK_PATTERN.match(key)
+    if match and match.group(2) in BLOCK_KEYS:
+        index, module, kind = match.groups()
+        return f"encoder.layer.{index}.{BLOCK_KEYS[module]}.{kind}"
+    return None
+
+
+def split_encoder_weights(state_dict):
+    """Splits a state dict into renamed encoder weights and a count of dropped tensors per top-level prefix."""
+    encoder, dropped = {}, Counter()
+    for key, value in state_dict.items():
+        if key == "norm_stats":
+            continue
+        if key.startswith(ENCODER_KEY_PREFIXES):
+            new_key = rename_encoder_key(key)
+            if new_key is None:
+                raise ValueError(f"Unrecognized encoder weight {key!r}: this checkpoint's encoder is not an M2D ViT.")
+            encoder[new_key] = value
+        else:
+            dropped[key.split(".")[0]] += 1
+    if not encoder:
+        raise ValueError("The checkpoint holds no M2D encoder weights (cls_token, pos_embed, patch_embed, blocks, norm).")
+    return encoder, dict(sorted(dropped.items()))
+
+
+def parse_checkpoint_name(name):
+    """Reads model, input size, patch size and sampling rate from an official name like `m2d_vit_base-80x608p16x16p16k`."""
+    match = NAME_PATTERN.match(name)
+    if not match:
+        raise ValueError(
+            f"Cannot read the input and patch size from the name {name!r}. Official M2D checkpoints sit in folders named "
+            "'<model>-<mels>x<frames>p<patch_f>x<patch_t>[p16k|p32k][-...]'; pass that name explicitly "
+            "(`name=` or `--name`), e.g. 'm2d_vit_base-80x608p16x16p16k'."
+        )
+    return {
+        "model": match.group("model"),
+        "input_size": [int(match.group("mels")), int(match.group("frames"))],
+        "patch_size": [int(match.group("patch_f")), int(match.group("patch_t"))],
+        "sampling_rate": 32000 if match.group("rate") == "32k" else 16000,
+    }
+
+
+def infer_config(encoder, name_info, norm_stats):
+    """Builds the config from the name and the tensor shapes (width, depth, heads, MLP size)."""
+    for key in ("embeddings.position_embeddings", "embeddings.patch_embeddings.projection.weight", "encoder.layer.0.mlp.fc1.weight"):
+        if key not in encoder:
+            raise ValueError(f"The checkpoint lacks the encoder weight {key!r}; cannot infer the architecture.")
+    hidden_size = encoder["embeddings.position_embeddings"].shape[-1]
+    kernel = list(encoder["embeddings.patch_embeddings.projection.weight"].shape[-2:])
+    if kernel != name_info["patch_size"]:
+        raise ValueError(f"The name says patch size {name_info['patch_size']}, but the patch embedding has kernel {kernel}.")
+    layers = sorted({int(key.split(".")[2]) for key in encoder if key.startswith("encoder.layer.")})
+    if layers != list(range(len(layers))):
+        raise ValueError(f"The encoder blocks are not numbered 0..N-1: found {layers}.")
+    return RespM2DConfig(
+        sampling_rate=name_info["sampling_rate"],
+        input_size=name_info["input_size"],
+        patch_size=name_info["patch_size"],
+        hidden_size=hidden_size,
+        num_hidden_layers=len(layers),
+        num_attention_heads=max(1, hidden_size // 64),
+        intermediate_size=encoder["encoder.layer.0.mlp.fc1.weight"].shape[0],
+        qkv_bias="encoder.layer.0.attention.qkv.bias" in encoder,
+        norm_mean=norm_stats[0],
+        norm_std=norm_stats[1],
+    )
+
+
+def check_encoder_weights(model, encoder):
+    """Fails with the full list of missing, unexpected and mis-shaped weights, if any."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(encoder))
+    unexpected = sorted(set(encoder) - set(expected))
+    misshaped = [
+        f"{key}: checkpoint {tuple(encoder[key].shape)}, model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(encoder))
+        if encoder[key].shape != expected[key].shape
+    ]
+    problems = [f"missing: {', '.join(missing)}"] * bool(missing)
+    problems += [f"unexpected: {', '.join(unexpected)}"] * bool(unexpected)
+    problems += [f"wrong shape: {'; '.join(misshaped)}"] * bool(misshaped)
+    if problems:
+        raise ValueError(
+            "The checkpoint's encoder weights do not fit the inferred architecture "
+            f"({model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, input {model.config.input_size}, "
+            f"patch {model.config.patch_size}):\n  " + "\n  ".join(problems)
+        )
+
+
+def convert_m2d_checkpoint(checkpoint_path, output_dir, name=None, write_card=True):
+    """
+    Converts an official M2D checkpoint into a folder that loads with `AutoModel` / `AutoFeatureExtractor`
+    (`trust_remote_code=True`): `config.json`, `model.safetensors`, `preprocessor_config.json`, the remote code and a
+    model card.
+
+    Args:
+        checkpoint_path: the `.pth` file (full training checkpoint, encoder-only release or fine-tuned checkpoint).
+        output_dir: folder to write.
+        name (`str`, *optional*): official-style name giving the input and patch size and sampling rate
+            (e.g. `m2d_vit_base-80x608p16x16p16k`); by default the checkpoint's parent folder name.
+        write_card (`bool`, defaults to `True`): write `README.md` from the template in `hub_cards/`.
+
+    Returns:
+        [`ConversionReport`]: the config, the dropped tensors per prefix and notes.
+    """
+    checkpoint_path, output_dir = Path(checkpoint_path), Path(output_dir)
+    name = name or checkpoint_path.resolve().parent.name
+    name_info = parse_checkpoint_name(name)
+    state_dict = extract_state_dict(load_checkpoint(checkpoint_path), checkpoint_path)
+    encoder, dropped = split_encoder_weights(state_dict)
+    notes = []
+    if "norm_stats" in state_dict:
+        norm_stats = [float(v) for v in torch.as_tensor(state_dict["norm_stats"]).flatten()]
+    else:
+        norm_stats = list(DEFAULT_NORM_STATS)
+        notes.append(f"no norm_stats in the checkpoint; using the M2D default {DEFAULT_NORM_STATS}")
+    if len(norm_stats) != 2:
+        raise ValueError(f"norm_stats must hold (mean, std), got {norm_stats}.")
+    if any(prefix in dropped for prefix in ("audio_proj", "text_proj")):
+        notes.append("M2D-CLAP projection heads (audio_proj, text_proj) are not part of the audio encoder; dropped")
+    config = infer_config(encoder, name_info, norm_stats)
+    model = RespM2DModel(config)
+    check_encoder_weights(model, encoder)
+    model.load_state_dict(encoder, strict=True)
+    report = ConversionReport(
+        source=checkpoint_path,
+        output_dir=output_dir,
+        config=config,
+        sha256=file_sha256(checkpoint_path),
+        dropped=dropped,
+        notes=notes,
+    )
+    model.save_pretrained(output_dir)
+    RespM2DFeatureExtractor.from_model_config(config).save_pretrained(output_dir)
+    if write_card:
+        write_encoder_card(output_dir, config, source_name=f"{name}/{checkpoint_path.name}", sha256=report.sha256)
+    return report
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,169 @@
+"""Configuration of the M2D (Masked Modeling Duo) audio encoder for respiratory sounds."""
+
+from transformers import PreTrainedConfig
+
+# Front-end settings of the original M2D runtime for each supported sampling rate.
+FRONT_END_DEFAULTS = {
+    16000: {"n_fft": 400, "win_length": 400, "hop_length": 160, "f_min": 50.0, "f_max": 8000.0},
+    32000: {"n_fft": 800, "win_length": 800, "hop_length": 320, "f_min": 50.0, "f_max": 16000.0},
+}
+POOLING_MODES = ("frequency", "mean", "cls")
+# Remote-code entry points written into every saved config.json (files are copied flat next to it).
+AUTO_MAP = {
+    "AutoConfig": "configuration_resp_m2d.RespM2DConfig",
+    "AutoModel": "modeling_resp_m2d.RespM2DModel",
+    "AutoFeatureExtractor": "feature_extraction_resp_m2d.RespM2DFeatureExtractor",
+}
+
+
+class RespM2DConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`RespM2DModel`]: the log-mel front end and the ViT encoder of an M2D checkpoint.
+
+    Args:
+        sampling_rate (`int`, defaults to 16000):
+            Sampling rate the model expects. 16000 and 32000 have built-in front-end defaults.
+        n_fft, win_length, hop_length (`int`, *optional*):
+            STFT size, Hann window length and hop in samples (400/400/160 at 16 kHz, 800/800/320 at 32 kHz).
+        f_min, f_max (`float`, *optional*):
+            Mel filterbank range in Hz (50-8000 at 16 kHz, 50-16000 at 32 kHz).
+        window (`str`, defaults to `"hann"`):
+            STFT window; only the periodic Hann window of the original runtime is supported.
+        input_size (`list[int]`, defaults to `[80, 608]`):
+            Unit input of the encoder: mel bins x log-mel frames per chunk. Longer audio is split into chunks of this size.
+        patch_size (`list[int]`, defaults to `[16, 16]`):
+            Patch size in mel bins x frames.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size (`int`):
+            ViT width, depth, number of heads and MLP size.
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation.
+        layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
+        qkv_bias (`bool`, defaults to `True`): whether the fused query/key/value projection has a bias.
+        hidden_dropout_prob, attention_probs_dropout_prob (`float`, defaults to 0.0): dropout rates.
+        initializer_range (`float`, defaults to 0.02): std of the truncated normal initializer.
+        norm_mean, norm_std (`float`):
+            Statistics used to normalize log-mel features, `(x - norm_mean) / norm_std`, taken from the checkpoint.
+        pooling (`str`, defaults to `"frequency"`):
+            How `pooler_output` summarizes a clip: `"frequency"` averages the stacked frequency-band embeddings
+            over time (F x hidden, e.g. 3840-d), `"mean"` averages all patch tokens (hidden-d, the original
+            runtime's `flat_features`), `"cls"` averages the CLS token of the chunks (hidden-d).
+    """
+
+    model_type = "resp_m2d"
+
+    def __init__(
+        self,
+        sampling_rate=16000,
+        n_fft=None,
+        win_length=None,
+        hop_length=None,
+        f_min=None,
+        f_max=None,
+        window="hann",
+        input_size=(80, 608),
+        patch_size=(16, 16),
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        qkv_bias=True,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.02,
+        norm_mean=-7.1,
+        norm_std=4.2,
+        pooling="frequency",
+        **kwargs,
+    ):
+        front_end = _front_end_settings(sampling_rate, n_fft, win_length, hop_length, f_min, f_max)
+        self.sampling_rate = int(sampling_rate)
+        self.n_fft = front_end["n_fft"]
+        self.win_length = front_end["win_length"]
+        self.hop_length = front_end["hop_length"]
+        self.f_min = float(front_end["f_min"])
+        self.f_max = float(front_end["f_max"])
+        self.window = window
+        self.input_size = [int(v) for v in input_size]
+        self.patch_size = [int(v) for v in patch_size]
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.qkv_bias = qkv_bias
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.initializer_range = initializer_range
+        self.norm_mean = float(norm_mean)
+        self.norm_std = float(norm_std)
+        self.pooling = pooling
+        self._validate_encoder()
+        kwargs["auto_map"] = {**AUTO_MAP, **kwargs.get("auto_map", {})}
+        super().__init__(**kwargs)
+
+    def _validate_encoder(self):
+        if self.window != "hann":
+            raise ValueError(f"window={self.window!r} is not supported; M2D uses a periodic 'hann' window.")
+        if len(self.input_size) != 2 or len(self.patch_size) != 2:
+            raise ValueError(f"input_size and patch_size need 2 values, got {self.input_size} and {self.patch_size}.")
+        if self.input_size[0] % self.patch_size[0]:
+            raise ValueError(
+                f"The mel bins of input_size {self.input_size} must be a multiple of the patch height {self.patch_size[0]}."
+            )
+        if self.input_size[1] < self.patch_size[1]:
+            raise ValueError(f"The unit length {self.input_size[1]} is shorter than one patch {self.patch_size[1]}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}."
+            )
+        if self.norm_std <= 0:
+            raise ValueError(f"norm_std must be positive, got {self.norm_std}.")
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling={self.pooling!r} is not one of {POOLING_MODES}.")
+
+    @property
+    def num_mel_bins(self):
+        """Number of mel bins of the log-mel input."""
+        return self.input_size[0]
+
+    @property
+    def unit_frames(self):
+        """Log-mel frames per encoder chunk."""
+        return self.input_size[1]
+
+    @property
+    def num_frequency_patches(self):
+        """Number of frequency bands (patch rows) F."""
+        return self.input_size[0] // self.patch_size[0]
+
+    @property
+    def time_patches_per_chunk(self):
+        """Number of patch columns in a full chunk (frames left over by the strided patching are ignored)."""
+        return self.input_size[1] // self.patch_size[1]
+
+    @property
+    def frame_embedding_size(self):
+        """Size of one row of `frame_embeddings`: F x hidden (3840 for ViT-Base on 80 mel bins with 16x16 patches)."""
+        return self.num_frequency_patches * self.hidden_size
+
+    @property
+    def pooled_size(self):
+        """Size of `pooler_output` under the configured pooling."""
+        return self.frame_embedding_size if self.pooling == "frequency" else self.hidden_size
+
+
+def _front_end_settings(sampling_rate, n_fft, win_length, hop_length, f_min, f_max):
+    given = {"n_fft": n_fft, "win_length": win_length, "hop_length": hop_length, "f_min": f_min, "f_max": f_max}
+    missing = [name for name, value in given.items() if value is None]
+    if missing and sampling_rate not in FRONT_END_DEFAULTS:
+        raise ValueError(
+            f"No front-end defaults for sampling_rate={sampling_rate} (known: {sorted(FRONT_END_DEFAULTS)}); "
+            f"set {', '.join(missing)} explicitly."
+        )
+    defaults = FRONT_END_DEFAULTS.get(sampling_rate, {})
+    return {name: defaults[name] if value is None else value for name, value in given.items()}
+
+
+__all__ = ["RespM2DConfig"]

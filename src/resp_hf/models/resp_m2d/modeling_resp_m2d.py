@@ -1,0 +1,385 @@
+"""The M2D (Masked Modeling Duo) ViT audio encoder as a Hugging Face model."""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from .configuration_resp_m2d import RespM2DConfig
+from .feature_extraction_resp_m2d import RespM2DFeatureExtractor, load_audio, resample, to_mono_float32
+
+
+@dataclass
+class RespM2DModelOutput(ModelOutput):
+    r"""
+    Outputs of [`RespM2DModel`].
+
+    last_hidden_state (`torch.FloatTensor` of shape `(batch, num_chunks, 1 + F * T_chunk, hidden)`):
+        Token states after the final LayerNorm for every chunk (CLS first, patches in frequency-major order).
+        Chunks that hold none of a clip's frames are zeros.
+    pooler_output (`torch.FloatTensor` of shape `(batch, pooled_size)`):
+        Clip embedding under `config.pooling` (frequency-wise by default: F x hidden).
+    frame_embeddings (`torch.FloatTensor` of shape `(batch, time_steps, F * hidden)`):
+        Per patch column, the F frequency-band embeddings concatenated lowest band first; chunks joined in time.
+    frame_mask (`torch.BoolTensor` of shape `(batch, time_steps)`):
+        True for the rows of `frame_embeddings` that belong to the clip; padded rows are zeros.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        Token states after the embeddings and after every layer (before the final LayerNorm), each shaped like
+        `last_hidden_state`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Attention probabilities of every layer, `(batch, num_chunks, heads, tokens, tokens)`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    frame_embeddings: torch.FloatTensor | None = None
+    frame_mask: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class RespM2DPatchEmbeddings(nn.Module):
+    """Cuts a log-mel chunk into non-overlapping patches with a strided convolution."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.projection = nn.Conv2d(1, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size)
+
+    def forward(self, chunks):
+        patches = self.projection(chunks[:, None].to(self.projection.weight.dtype))
+        return patches.flatten(2).transpose(1, 2)
+
+
+class RespM2DEmbeddings(nn.Module):
+    """Patch embeddings plus the checkpoint's positional table, with the CLS token in front."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        num_patches = config.num_frequency_patches * config.time_patches_per_chunk
+        self.patch_embeddings = RespM2DPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + num_patches, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def patch_positions(self, time_patches):
+        """Positional table of the first `time_patches` columns of every frequency row (shorter chunks reuse them)."""
+        table = self.position_embeddings[:, 1:].unflatten(1, (self.config.num_frequency_patches, -1))
+        return table[:, :, :time_patches].flatten(1, 2)
+
+    def forward(self, chunks):
+        patches = self.patch_embeddings(chunks)
+        patches = patches + self.patch_positions(patches.shape[1] // self.config.num_frequency_patches)
+        cls = (self.cls_token + self.position_embeddings[:, :1]).expand(patches.shape[0], -1, -1)
+        return self.dropout(torch.cat([cls, patches], dim=1))
+
+
+class RespM2DAttention(nn.Module):
+    """Multi-head self-attention with a fused query/key/value projection."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.dropout = config.attention_probs_dropout_prob
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states, attention_mask=None, output_attentions=False):
+        """`attention_mask`: boolean (batch, 1, 1, tokens), True where a key may be attended to."""
+        batch, tokens, width = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch, tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        dropout = self.dropout if self.training else 0.0
+        probs = None
+        if output_attentions:
+            scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask, float("-inf"))
+            probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+            context = torch.matmul(nn.functional.dropout(probs, dropout, self.training), value)
+        else:
+            context = nn.functional.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=dropout
+            )
+        context = context.transpose(1, 2).reshape(batch, tokens, width)
+        return self.proj(context), probs
+
+
+class RespM2DMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states):
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class RespM2DLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = RespM2DAttention(config)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = RespM2DMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, attention_mask=None, output_attentions=False):
+        attended, probs = self.attention(self.layernorm_before(hidden_states), attention_mask, output_attentions)
+        hidden_states = hidden_states + self.dropout(attended)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.layernorm_after(hidden_states)))
+        return hidden_states, probs
+
+
+class RespM2DEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([RespM2DLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, hidden_states, attention_mask=None, output_hidden_states=False, output_attentions=False):
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layer:
+            hidden_states, probs = layer(hidden_states, attention_mask, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (probs,)
+        return hidden_states, all_hidden_states, all_attentions
+
+
+class RespM2DPreTrainedModel(PreTrainedModel):
+    config_class = RespM2DConfig
+    config: RespM2DConfig
+    base_model_prefix = "resp_m2d"
+    main_input_name = "input_features"
+    input_modalities = ("audio",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["RespM2DEmbeddings", "RespM2DLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, RespM2DEmbeddings):
+            init.trunc_normal_(module.position_embeddings, std=self.config.initializer_range)
+            init.trunc_normal_(module.cls_token, std=self.config.initializer_range)
+
+
+class RespM2DModel(RespM2DPreTrainedModel):
+    """
+    The M2D ViT encoder. Log-mel input of any length is cut into consecutive chunks of `config.input_size[1]` frames;
+    the last chunk is padded to whole patches and uses the first columns of the positional table. All chunks of all
+    clips run as one batch with masked attention, so a clip's outputs do not depend on the rest of the batch.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = RespM2DEmbeddings(config)
+        self.encoder = RespM2DEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.patch_embeddings
+
+    def valid_patches_per_chunk(self, num_frames, num_chunks):
+        """
+        Patch columns that each chunk of each clip contributes, as the original runtime counts them: the clip is
+        padded to whole patches, cut every `unit_frames` frames, and each piece yields `floor(width / patch)` columns.
+        """
+        patch_frames = self.config.patch_size[1]
+        padded = torch.div(num_frames + patch_frames - 1, patch_frames, rounding_mode="floor") * patch_frames
+        starts = torch.arange(num_chunks, device=num_frames.device) * self.config.unit_frames
+        widths = (padded[:, None] - starts[None, :]).clamp(0, self.config.unit_frames)
+        return torch.div(widths, patch_frames, rounding_mode="floor")
+
+    def split_into_chunks(self, input_features, attention_mask):
+        """Returns the non-empty chunks (N, n_mels, frames), their (clip, chunk) index, patch counts and the grid."""
+        batch, _, frames = input_features.shape
+        if attention_mask is None:
+            num_frames = torch.full((batch,), frames, device=input_features.device)
+        else:
+            num_frames = attention_mask.sum(-1)
+            input_features = input_features * attention_mask[:, None, :].to(input_features.dtype)
+        num_chunks = math.ceil(frames / self.config.unit_frames)
+        valid = self.valid_patches_per_chunk(num_frames, num_chunks)
+        clip_index, chunk_index = torch.nonzero(valid > 0, as_tuple=True)
+        if clip_index.numel() == 0:
+            raise ValueError("The input holds no complete patch: every clip is shorter than one patch of frames.")
+        patches = valid[clip_index, chunk_index]
+        width = int(patches.max()) * self.config.patch_size[1]
+        padded = nn.functional.pad(input_features, (0, num_chunks * self.config.unit_frames - frames))
+        chunks = padded.unflatten(-1, (num_chunks, self.config.unit_frames))[..., :width]
+        chunks = chunks[clip_index, :, chunk_index]
+        return chunks, (clip_index, chunk_index), patches, (batch, num_chunks)
+
+    def token_mask(self, patches, time_patches):
+        """Boolean key mask (N, 1, 1, 1 + F * time_patches) that hides padded patch columns, or None if none is padded."""
+        if bool((patches == time_patches).all()):
+            return None
+        columns = torch.arange(time_patches, device=patches.device)[None, :] < patches[:, None]
+        cls = torch.ones_like(columns[:, :1])
+        mask = torch.cat([cls, columns.repeat(1, self.config.num_frequency_patches)], dim=1)
+        return mask[:, None, None, :]
+
+    def forward(
+        self,
+        input_features,
+        attention_mask=None,
+        output_hidden_states=None,
+        output_attentions=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch, n_mels, frames)`):
+            Normalized log-mel features from [`RespM2DFeatureExtractor`].
+        attention_mask (`torch.LongTensor` of shape `(batch, frames)`, *optional*):
+            1 for real frames, 0 for padding. Padded frames are zeroed and their patches masked out.
+        """
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_input(input_features, attention_mask)
+
+        chunks, index, patches, grid = self.split_into_chunks(input_features, attention_mask)
+        time_patches = chunks.shape[-1] // self.config.patch_size[1]
+        hidden, all_hidden, all_attentions = self.encoder(
+            self.embeddings(chunks), self.token_mask(patches, time_patches), output_hidden_states, output_attentions
+        )
+        hidden = self.layernorm(hidden)
+
+        last_hidden_state = scatter_chunks(hidden, index, grid)
+        frame_embeddings, frame_mask = self.stack_frequency_bands(last_hidden_state, index, patches, grid)
+        output = RespM2DModelOutput(
+            last_hidden_state=last_hidden_state,
+            pooler_output=self.pool(last_hidden_state, frame_embeddings, frame_mask, index, grid),
+            frame_embeddings=frame_embeddings,
+            frame_mask=frame_mask,
+            hidden_states=tuple(scatter_chunks(h, index, grid) for h in all_hidden) if output_hidden_states else None,
+            attentions=tuple(scatter_chunks(a, index, grid) for a in all_attentions) if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _check_input(self, input_features, attention_mask):
+        if input_features.ndim != 3 or input_features.shape[1] != self.config.num_mel_bins:
+            raise ValueError(
+                f"input_features must be (batch, {self.config.num_mel_bins}, frames), got {tuple(input_features.shape)}."
+            )
+        if attention_mask is not None and attention_mask.shape != (input_features.shape[0], input_features.shape[2]):
+            raise ValueError(
+                f"attention_mask must be (batch, frames) = {(input_features.shape[0], input_features.shape[2])}, "
+                f"got {tuple(attention_mask.shape)}."
+            )
+
+    def stack_frequency_bands(self, last_hidden_state, index, patches, grid):
+        """Per patch column, concatenates the F band embeddings (lowest first); chunks are joined in time."""
+        batch, num_chunks = grid
+        bands = self.config.num_frequency_patches
+        tokens = last_hidden_state[:, :, 1:].unflatten(2, (bands, -1))  # (B, chunks, F, T, D)
+        time_patches = tokens.shape[3]
+        frames = tokens.permute(0, 1, 3, 2, 4).flatten(3).flatten(1, 2)  # (B, chunks * T, F * D)
+        steps = torch.zeros(batch, dtype=torch.long, device=frames.device).index_add_(0, index[0], patches)
+        frame_mask = torch.arange(num_chunks * time_patches, device=frames.device)[None, :] < steps[:, None]
+        max_steps = int(steps.max())
+        frame_mask = frame_mask[:, :max_steps]
+        return frames[:, :max_steps] * frame_mask[..., None].to(frames.dtype), frame_mask
+
+    def pool(self, last_hidden_state, frame_embeddings, frame_mask, index, grid):
+        """Clip embedding: frequency-wise time mean, flat token mean, or CLS mean (see `config.pooling`)."""
+        if self.config.pooling == "cls":
+            chunk_mask = torch.zeros(grid, dtype=last_hidden_state.dtype, device=last_hidden_state.device)
+            chunk_mask[index] = 1
+            cls = (last_hidden_state[:, :, 0] * chunk_mask[..., None]).sum(1)
+            return cls / chunk_mask.sum(1, keepdim=True)
+        pooled = frame_embeddings.sum(1) / frame_mask.sum(1, keepdim=True).to(frame_embeddings.dtype)
+        if self.config.pooling == "mean":
+            return pooled.unflatten(-1, (self.config.num_frequency_patches, -1)).mean(1)
+        return pooled
+
+    @torch.no_grad()
+    def embed(self, audio, sampling_rate=None, batch_size=8, feature_extractor=None, downmix=False, progress=None):
+        """
+        Clip embeddings (`pooler_output`) for one clip or a list of clips of any lengths and sampling rates.
+
+        Args:
+            audio: a 1-D array or tensor, a file path, a `{"array", "sampling_rate"}` dict, or a list of those.
+            sampling_rate (`int`, *optional*): rate of array inputs (dicts and files carry their own).
+            batch_size (`int`, defaults to 8): clips per forward pass; clips are grouped by length to limit padding.
+            feature_extractor (*optional*): defaults to the one described by `self.config`.
+            downmix (`bool`, defaults to `False`): average the channels of multichannel input.
+            progress (`bool`, *optional*): show a progress bar; by default shown when there is more than one batch.
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_clips, pooled_size)` on the CPU, in the input order.
+        """
+        feature_extractor = feature_extractor or RespM2DFeatureExtractor.from_model_config(self.config)
+        items = audio if isinstance(audio, (list, tuple)) and audio and not np.isscalar(audio[0]) else [audio]
+        durations = [item_duration(item, sampling_rate, index) for index, item in enumerate(items)]
+        order = sorted(range(len(items)), key=durations.__getitem__)
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        show = len(batches) > 1 if progress is None else progress
+        embeddings = [None] * len(items)
+        for batch in progress_bar(batches, show, desc="Embedding"):
+            waveforms = [
+                load_item(items[i], sampling_rate, feature_extractor.sampling_rate, downmix, i) for i in batch
+            ]
+            inputs = feature_extractor(waveforms, sampling_rate=feature_extractor.sampling_rate, device=self.device)
+            pooled = self(**inputs).pooler_output.float().cpu()
+            for row, i in enumerate(batch):
+                embeddings[i] = pooled[row]
+        return torch.stack(embeddings)
+
+
+def scatter_chunks(values, index, grid):
+    """Puts per-chunk results (N, ...) back into a (batch, num_chunks, ...) tensor, zeros where a chunk is empty."""
+    out = values.new_zeros(*grid, *values.shape[1:])
+    out[index] = values
+    return out
+
+
+def item_duration(item, sampling_rate, index):
+    """Duration in seconds of an `embed` input, read from the file header for paths."""
+    if isinstance(item, (str, Path)):
+        if not Path(item).is_file():
+            raise FileNotFoundError(f"Audio file not found: {item}")
+        return soundfile.info(str(item)).duration
+    if isinstance(item, dict):
+        return len(item["array"]) / item["sampling_rate"]
+    if sampling_rate is None:
+        raise ValueError(f"Input {index} is an array: pass `sampling_rate` for array inputs.")
+    return len(item) / sampling_rate
+
+
+def load_item(item, sampling_rate, target_rate, downmix, index):
+    """Returns an `embed` input as a mono float32 array at `target_rate`."""
+    if isinstance(item, (str, Path)):
+        return load_audio(item, target_rate, downmix=downmix)
+    if isinstance(item, dict):
+        item, sampling_rate = item["array"], item["sampling_rate"]
+    waveform = to_mono_float32(item, name=f"audio clip {index}", downmix=downmix)
+    return resample(waveform, sampling_rate, target_rate)
+
+
+def progress_bar(iterable, show, desc):
+    if not show:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc)
+
+
+__all__ = ["RespM2DModel", "RespM2DPreTrainedModel", "RespM2DModelOutput"]
