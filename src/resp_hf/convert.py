@@ -100,7 +100,7 @@ def load_checkpoint(path):
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        refused = re.search(r"unsupported GLOBAL (\S+)", str(error))
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
         if refused:
             raise UnsafeCheckpointError(
                 f"Refused to load {path}: unpickling it would call {refused.group(1)}, which is not an allowed "

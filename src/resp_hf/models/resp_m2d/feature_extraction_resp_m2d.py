@@ -99,11 +99,11 @@ def load_audio(path, sampling_rate, downmix=False):
     return resample(audio, file_rate, sampling_rate)
 
 
-def split_batch(raw_speech):
-    """Returns a list of clips: a list/tuple of arrays is a batch, anything else is one clip."""
-    if isinstance(raw_speech, (list, tuple)) and raw_speech and not np.isscalar(raw_speech[0]):
-        return list(raw_speech)
-    return [raw_speech]
+def split_batch(inputs):
+    """Returns a list of items: a list/tuple of anything but numbers is a batch; anything else is one item."""
+    if isinstance(inputs, (list, tuple)) and inputs and not isinstance(inputs[0], (int, float, np.number)):
+        return list(inputs)
+    return [inputs]
 
 
 class RespM2DFeatureExtractor(SequenceFeatureExtractor):
@@ -219,8 +219,6 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         if not float(sampling_rate).is_integer() or sampling_rate <= 0:
             raise ValueError(f"sampling_rate must be a positive integer, got {sampling_rate}.")
         clips = split_batch(raw_speech)
-        if not clips:
-            raise ValueError("Got an empty batch: no audio to process.")
         waveforms = [self._prepare_clip(clip, index, len(clips), int(sampling_rate), downmix) for index, clip in enumerate(clips)]
         features, attention_mask = self.extract(waveforms, device=device)
         data = {"input_features": features}
@@ -266,4 +264,4 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         return features, attention_mask
 
 
-__all__ = ["RespM2DFeatureExtractor", "load_audio"]
+__all__ = ["RespM2DFeatureExtractor", "load_audio", "split_batch"]

@@ -4,7 +4,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import soundfile
 import torch
 from torch import nn
@@ -15,7 +14,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_resp_m2d import RespM2DConfig
-from .feature_extraction_resp_m2d import RespM2DFeatureExtractor, load_audio, resample, to_mono_float32
+from .feature_extraction_resp_m2d import RespM2DFeatureExtractor, load_audio, resample, split_batch, to_mono_float32
 
 
 @dataclass
@@ -199,6 +198,8 @@ class RespM2DModel(RespM2DPreTrainedModel):
         """
         Patch columns that each chunk of each clip contributes, as the original runtime counts them: the clip is
         padded to whole patches, cut every `unit_frames` frames, and each piece yields `floor(width / patch)` columns.
+        (When the unit is not a multiple of the patch, e.g. 80x1001 with 16x16 patches, a last piece narrower than a
+        patch makes the original crash; here it simply contributes no column.)
         """
         patch_frames = self.config.patch_size[1]
         padded = torch.div(num_frames + patch_frames - 1, patch_frames, rounding_mode="floor") * patch_frames
@@ -327,7 +328,7 @@ class RespM2DModel(RespM2DPreTrainedModel):
             `torch.FloatTensor` of shape `(num_clips, pooled_size)` on the CPU, in the input order.
         """
         feature_extractor = feature_extractor or RespM2DFeatureExtractor.from_model_config(self.config)
-        items = audio if isinstance(audio, (list, tuple)) and audio and not np.isscalar(audio[0]) else [audio]
+        items = split_batch(audio)
         durations = [item_duration(item, sampling_rate, index) for index, item in enumerate(items)]
         order = sorted(range(len(items)), key=durations.__getitem__)
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]

@@ -1,0 +1,81 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from resp_hf import RespM2DConfig, RespM2DModel, convert_m2d_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+GOLDEN = SHARED / "golden"
+GOLDEN_CHECKPOINT = GOLDEN / "m2d_vit_base-80x608p16x16p16k-golden" / "checkpoint-300.pth"
+
+
+def pytest_sessionstart(session):
+    if not GOLDEN_CHECKPOINT.is_file():
+        raise pytest.UsageError(f"The shared reference data is missing: expected {GOLDEN_CHECKPOINT} (../shared).")
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch, tmp_path_factory):
+    """Every test runs offline with a private Hugging Face cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+
+
+@pytest.fixture(scope="session")
+def golden_meta():
+    return json.loads((GOLDEN / "meta.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def golden_expected():
+    with np.load(GOLDEN / "expected.npz") as data:
+        return dict(data)
+
+
+@pytest.fixture(scope="session")
+def golden_audio(golden_meta):
+    """Golden clips as float32 arrays at 16 kHz, by name."""
+    clips = {}
+    for name, meta in golden_meta.items():
+        audio, rate = soundfile.read(GOLDEN / "inputs" / meta["wav"], dtype="float32")
+        assert rate == 16000
+        clips[name] = audio
+    return clips
+
+
+@pytest.fixture(scope="session")
+def golden_folder(tmp_path_factory):
+    """The golden checkpoint converted once per test session."""
+    folder = tmp_path_factory.mktemp("golden_converted")
+    convert_m2d_checkpoint(GOLDEN_CHECKPOINT, folder)
+    return folder
+
+
+def tiny_config(**overrides):
+    """A 2-layer, 64-wide encoder for fast tests."""
+    settings = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        input_size=(80, 96),
+        patch_size=(16, 16),
+        norm_mean=-5.0,
+        norm_std=4.0,
+    )
+    settings.update(overrides)
+    return RespM2DConfig(**settings)
+
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return RespM2DModel(tiny_config(**overrides)).eval()
+
+
+def noise(seconds, rate=16000, seed=0, amplitude=0.1):
+    return (amplitude * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32)

@@ -1,0 +1,350 @@
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import safetensors.torch
+import torch
+from conftest import GOLDEN, GOLDEN_CHECKPOINT
+
+from resp_hf import RespM2DModel, UnsafeCheckpointError, convert_m2d_checkpoint
+from resp_hf.convert import load_checkpoint, parse_checkpoint_name
+
+GOLDEN_DROPPED = {
+    "decoder_blocks": 12,
+    "decoder_embed": 2,
+    "decoder_norm": 2,
+    "decoder_pos_embed": 1,
+    "decoder_pred": 2,
+    "mask_token": 1,
+    "target_blocks": 24,
+    "target_norm": 2,
+}
+REMOTE_CODE = ["configuration_resp_m2d.py", "feature_extraction_resp_m2d.py", "modeling_resp_m2d.py"]
+
+# Runs in a fresh interpreter where `resp_hf` cannot be imported: only the folder's remote code is used.
+PARITY_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["resp_hf"] = None
+    import numpy as np, soundfile, torch
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    folder, golden = sys.argv[1], sys.argv[2]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    flat = AutoModel.from_pretrained(folder, trust_remote_code=True, pooling="mean").eval()
+    extractor = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
+    expected = np.load(golden + "/expected.npz")
+    meta = json.load(open(golden + "/meta.json"))
+    report = {"classes": [type(model).__module__, type(extractor).__module__]}
+    for name, info in meta.items():
+        audio, rate = soundfile.read(golden + "/inputs/" + info["wav"], dtype="float32")
+        inputs = extractor(audio, sampling_rate=rate)
+        with torch.no_grad():
+            out = model(**inputs, output_hidden_states=True)
+            flat_out = flat(**inputs)
+        pairs = {
+            "log_mel": inputs["input_features"][0],
+            "frame_embeddings": out.frame_embeddings[0],
+            "clip_embedding": out.pooler_output[0],
+            "clip_embedding_flat": flat_out.pooler_output[0],
+        }
+        if name + "/hidden_states" in expected:
+            pairs["hidden_states"] = torch.stack([h[0, 0] for h in out.hidden_states])
+            pairs["last_hidden_state"] = out.last_hidden_state[0, 0]
+        for key, value in pairs.items():
+            target = expected[name + "/" + key]
+            report[name + "/" + key] = (
+                float(np.abs(value.numpy() - target).max()) if value.shape == target.shape else f"shape {tuple(value.shape)}"
+            )
+    print(json.dumps(report))
+    """
+)
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "resp_hf.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def test_cli_conversion_matches_the_original_runtime_in_a_fresh_process(tmp_path, golden_expected):
+    folder = tmp_path / "converted"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    result = run_cli("convert", GOLDEN_CHECKPOINT, folder, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "dropped 46 non-encoder tensors" in result.stdout
+    script = tmp_path / "parity.py"
+    script.write_text(PARITY_SCRIPT)
+    parity = subprocess.run(
+        [sys.executable, script, folder, GOLDEN], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+    )
+    assert parity.returncode == 0, parity.stderr
+    report = json.loads(parity.stdout.strip().splitlines()[-1])
+    assert all(module.startswith("transformers_modules.") for module in report.pop("classes"))
+    assert set(report) == set(golden_expected)
+    errors = {key: value for key, value in report.items() if isinstance(value, str) or value >= 1e-3}
+    assert not errors, errors
+
+
+def test_converted_folder_is_complete_and_self_contained(golden_folder):
+    files = sorted(path.name for path in golden_folder.iterdir())
+    assert files == sorted(["README.md", "config.json", "model.safetensors", "preprocessor_config.json", *REMOTE_CODE])
+    config = json.loads((golden_folder / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_resp_m2d.RespM2DConfig",
+        "AutoModel": "modeling_resp_m2d.RespM2DModel",
+        "AutoFeatureExtractor": "feature_extraction_resp_m2d.RespM2DFeatureExtractor",
+    }
+    assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]) == (2, 768, 12)
+    assert (config["norm_mean"], config["norm_std"]) == pytest.approx((-5.3, 3.9))
+    preprocessor = json.loads((golden_folder / "preprocessor_config.json").read_text())
+    assert preprocessor["auto_map"]["AutoFeatureExtractor"] == "feature_extraction_resp_m2d.RespM2DFeatureExtractor"
+    assert (preprocessor["mean"], preprocessor["std"]) == (config["norm_mean"], config["norm_std"])
+    for name in REMOTE_CODE:
+        source = (golden_folder / name).read_text()
+        assert "resp_hf" not in source, name
+        imports = [line for line in source.splitlines() if line.startswith("from .")]
+        assert all(line.split()[1].lstrip(".") + ".py" in REMOTE_CODE for line in imports), imports
+    card = (golden_folder / "README.md").read_text()
+    assert "m2d_vit_base-80x608p16x16p16k-golden/checkpoint-300.pth" in card
+    assert "| clip embedding | 3840-d" in card and "mean -5.3, std 3.9" in card
+    assert card.startswith("---\nlibrary_name: transformers")
+
+
+def golden_state_dict():
+    return load_checkpoint(GOLDEN_CHECKPOINT)["model"]
+
+
+def encoder_only(state_dict):
+    prefixes = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.", "norm_stats")
+    return {key: value for key, value in state_dict.items() if key.startswith(prefixes)}
+
+
+def save_checkpoint(tmp_path, payload, folder="m2d_vit_base-80x608p16x16p16k-variant", filename="checkpoint.pth"):
+    path = tmp_path / folder / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path
+
+
+def variant(kind):
+    full = golden_state_dict()
+    encoder = encoder_only(full)
+    extra = torch.zeros(4, 4)
+    if kind == "evar_fine_tuned":
+        state = {f"module.ar.runtime.backbone.{k}": v for k, v in encoder.items()}
+        state.update({"module.head.norm.running_mean": torch.zeros(3840), "module.head.mlp.mlp.0.weight": torch.zeros(5, 3840)})
+        return state, {"module": 2}
+    if kind == "portable_runtime":
+        state = {f"backbone.{k}": v for k, v in encoder.items()}
+        state.update({"head.weight": torch.zeros(5, 3840), "head_norm.running_mean": torch.zeros(3840)})
+        return state, {"head": 1, "head_norm": 1}
+    if kind == "encoder_only_release":
+        return {"model": encoder, "args": argparse.Namespace(model="m2d_vit_base")}, {}
+    if kind == "m2d_x":
+        return {"model": {**full, "offline_predictor.weight": extra, "offline_predictor.bias": extra[0]}}, {
+            **GOLDEN_DROPPED,
+            "offline_predictor": 2,
+        }
+    if kind == "m2d_clap":
+        return {"model": {**encoder, "audio_proj.0.weight": extra, "text_proj.weight": extra}}, {"audio_proj": 1, "text_proj": 1}
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["evar_fine_tuned", "portable_runtime", "encoder_only_release", "m2d_x", "m2d_clap"])
+def test_checkpoint_variants_give_the_same_encoder(tmp_path, golden_folder, kind):
+    payload, expected_dropped = variant(kind)
+    report = convert_m2d_checkpoint(save_checkpoint(tmp_path, payload), tmp_path / "out", write_card=False)
+    assert report.dropped == expected_dropped
+    assert (report.config.norm_mean, report.config.norm_std) == pytest.approx((-5.3, 3.9))
+    if kind == "m2d_clap":
+        assert any("audio_proj, text_proj" in note for note in report.notes)
+    converted = RespM2DModel.from_pretrained(tmp_path / "out").state_dict()
+    reference = RespM2DModel.from_pretrained(golden_folder).state_dict()
+    assert converted.keys() == reference.keys()
+    assert all(torch.equal(converted[key], reference[key]) for key in reference)
+
+
+def test_golden_report_lists_dropped_tensors(tmp_path):
+    report = convert_m2d_checkpoint(GOLDEN_CHECKPOINT, tmp_path / "out", write_card=False)
+    assert report.dropped == GOLDEN_DROPPED
+    assert report.notes == []
+    assert "dropped 46 non-encoder tensors" in str(report)
+
+
+def test_missing_norm_stats_fall_back_to_the_m2d_default(tmp_path):
+    encoder = encoder_only(golden_state_dict())
+    del encoder["norm_stats"]
+    report = convert_m2d_checkpoint(save_checkpoint(tmp_path, {"model": encoder}), tmp_path / "out", write_card=False)
+    assert (report.config.norm_mean, report.config.norm_std) == (-7.1, 4.2)
+    assert any("norm_stats" in note for note in report.notes)
+
+
+def official_state_dict(depth, width, mlp, grid, patch, seed=0):
+    """A random encoder in the original timm naming, as official M2D releases store it."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {
+        "cls_token": (1, 1, width),
+        "pos_embed": (1, 1 + grid[0] * grid[1], width),
+        "patch_embed.proj.weight": (width, 1, *patch),
+        "patch_embed.proj.bias": (width,),
+        "norm.weight": (width,),
+        "norm.bias": (width,),
+    }
+    for i in range(depth):
+        tensors.update(
+            {
+                f"blocks.{i}.norm1.weight": (width,),
+                f"blocks.{i}.norm1.bias": (width,),
+                f"blocks.{i}.attn.qkv.weight": (3 * width, width),
+                f"blocks.{i}.attn.qkv.bias": (3 * width,),
+                f"blocks.{i}.attn.proj.weight": (width, width),
+                f"blocks.{i}.attn.proj.bias": (width,),
+                f"blocks.{i}.norm2.weight": (width,),
+                f"blocks.{i}.norm2.bias": (width,),
+                f"blocks.{i}.mlp.fc1.weight": (mlp, width),
+                f"blocks.{i}.mlp.fc1.bias": (mlp,),
+                f"blocks.{i}.mlp.fc2.weight": (width, mlp),
+                f"blocks.{i}.mlp.fc2.bias": (width,),
+            }
+        )
+    state = {key: 0.02 * torch.randn(shape, generator=generator) for key, shape in tensors.items()}
+    state["norm_stats"] = torch.tensor([-6.5, 4.5])
+    return state
+
+
+@pytest.mark.parametrize(
+    "name, grid, patch, expected",
+    [
+        ("m2d_as_vit_base-80x1001p16x16p32k-240413_AS-FT_enconly", (5, 62), (16, 16), dict(rate=32000, n_fft=800, hop=320, f_max=16000.0, steps=62)),
+        ("m2d_clap_vit_base-80x1001p16x16-240501", (5, 62), (16, 16), dict(rate=16000, n_fft=400, hop=160, f_max=8000.0, steps=62)),
+        ("m2d_vit_base-80x200p80x4-test", (1, 50), (80, 4), dict(rate=16000, n_fft=400, hop=160, f_max=8000.0, steps=50)),
+    ],
+)
+def test_config_is_inferred_from_the_name_and_shapes(tmp_path, name, grid, patch, expected):
+    state = official_state_dict(depth=3, width=96, mlp=160, grid=grid, patch=patch)
+    report = convert_m2d_checkpoint(save_checkpoint(tmp_path, {"model": state}, folder=name), tmp_path / "out")
+    config = report.config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (3, 96, 1, 160)
+    assert config.input_size == parse_checkpoint_name(name)["input_size"] and config.patch_size == list(patch)
+    assert (config.sampling_rate, config.n_fft, config.hop_length, config.f_max) == (
+        expected["rate"], expected["n_fft"], expected["hop"], expected["f_max"]
+    )
+    assert config.time_patches_per_chunk == expected["steps"]
+    assert config.frame_embedding_size == grid[0] * 96
+    model = RespM2DModel.from_pretrained(tmp_path / "out")
+    assert torch.equal(model.embeddings.position_embeddings, state["pos_embed"])
+    assert torch.equal(model.encoder.layer[2].mlp.fc2.weight, state["blocks.2.mlp.fc2.weight"])
+    with torch.no_grad():
+        output = model(torch.randn(1, 80, config.unit_frames + 20))
+    assert output.frame_embeddings.shape == (1, expected["steps"] + 20 // patch[1], grid[0] * 96)
+
+
+def test_name_can_be_given_when_the_folder_is_renamed(tmp_path):
+    path = save_checkpoint(tmp_path, {"model": encoder_only(golden_state_dict())}, folder="my_weights")
+    with pytest.raises(ValueError, match="pass that name explicitly"):
+        convert_m2d_checkpoint(path, tmp_path / "out")
+    result = run_cli("convert", path, tmp_path / "out", "--name", "m2d_vit_base-80x608p16x16p16k", "--no-card")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "out" / "README.md").exists()
+    assert RespM2DModel.from_pretrained(tmp_path / "out").config.input_size == [80, 608]
+
+
+def test_name_that_contradicts_the_weights_is_an_error(tmp_path):
+    path = save_checkpoint(tmp_path, {"model": encoder_only(golden_state_dict())}, folder="m2d_vit_base-80x1001p16x16")
+    with pytest.raises(ValueError, match=r"(?s)do not fit.*embeddings.position_embeddings: checkpoint \(1, 191, 768\), model \(1, 311, 768\)"):
+        convert_m2d_checkpoint(path, tmp_path / "out")
+    path = save_checkpoint(tmp_path, {"model": encoder_only(golden_state_dict())}, folder="m2d_vit_base-80x608p16x8")
+    with pytest.raises(ValueError, match=r"patch size \[16, 8\].*kernel \[16, 16\]"):
+        convert_m2d_checkpoint(path, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.pop("blocks.1.mlp.fc2.weight"), "missing: encoder.layer.1.mlp.fc2.weight"),
+        (lambda s: s.update({"blocks.0.attn.proj.weight": torch.zeros(768, 700)}), "wrong shape: encoder.layer.0.attention.proj.weight"),
+        (lambda s: s.update({"blocks.0.ls1.gamma": torch.zeros(768)}), "Unrecognized encoder weight 'blocks.0.ls1.gamma'"),
+        (lambda s: s.update({k.replace("blocks.0.", "blocks.3."): v for k, v in s.items() if k.startswith("blocks.0.")}), r"not numbered 0..N-1"),
+        (lambda s: s.pop("pos_embed"), "lacks the encoder weight 'embeddings.position_embeddings'"),
+        (lambda s: s.update({"norm_stats": torch.zeros(3)}), r"norm_stats must hold \(mean, std\)"),
+    ],
+)
+def test_malformed_checkpoints_are_clear_errors(tmp_path, edit, message):
+    state = encoder_only(golden_state_dict())
+    edit(state)
+    with pytest.raises(ValueError, match=message):
+        convert_m2d_checkpoint(save_checkpoint(tmp_path, {"model": state}), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (os.urandom(2048), "not a PyTorch checkpoint"),
+        (b"just some text, not a checkpoint", "not a readable PyTorch checkpoint"),
+        ([1, 2, 3], "holds no state dict of tensors"),
+        ({"model": {"note": "no tensors here"}}, "holds no state dict of tensors"),
+        ({"model": {"decoder_pred.weight": torch.zeros(2)}}, "holds no M2D encoder weights"),
+    ],
+)
+def test_files_that_are_not_m2d_checkpoints_are_refused(tmp_path, content, message):
+    path = tmp_path / "m2d_vit_base-80x608p16x16" / "checkpoint.pth"
+    path.parent.mkdir()
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(ValueError, match=message):
+        convert_m2d_checkpoint(path, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="Checkpoint not found"):
+        convert_m2d_checkpoint(path.with_name("absent.pth"), tmp_path / "out")
+
+
+class Payload:
+    """Unpickling this runs `os.system`: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "code_was_executed"
+    state = encoder_only(golden_state_dict())
+    path = save_checkpoint(tmp_path, {"model": state, "args": Payload(marker)})
+    with pytest.raises(UnsafeCheckpointError, match=r"would call .*system.*Nothing from the file was executed"):
+        convert_m2d_checkpoint(path, tmp_path / "out")
+    result = run_cli("convert", path, tmp_path / "out")
+    assert result.returncode == 2 and "Refused to load" in result.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_safetensors_checkpoints_convert_too(tmp_path, golden_folder):
+    path = tmp_path / "m2d_vit_base-80x608p16x16p16k-st" / "model.safetensors"
+    path.parent.mkdir()
+    safetensors.torch.save_file(encoder_only(golden_state_dict()), path)
+    convert_m2d_checkpoint(path, tmp_path / "out")
+    converted = RespM2DModel.from_pretrained(tmp_path / "out").embeddings.position_embeddings
+    assert torch.equal(converted, RespM2DModel.from_pretrained(golden_folder).embeddings.position_embeddings)
+
+
+@pytest.mark.parametrize(
+    "name, parsed",
+    [
+        ("m2d_vit_base-80x608p16x16-221006-mr7", ("m2d_vit_base", [80, 608], [16, 16], 16000)),
+        ("m2d_vit_base-80x608p16x16p16k", ("m2d_vit_base", [80, 608], [16, 16], 16000)),
+        ("m2d_as_vit_base-80x1001p16x16p32k-240413", ("m2d_as_vit_base", [80, 1001], [16, 16], 32000)),
+        ("m2d_vit_base-80x200p80x4", ("m2d_vit_base", [80, 200], [80, 4], 16000)),
+    ],
+)
+def test_official_names_are_parsed(name, parsed):
+    info = parse_checkpoint_name(name)
+    assert (info["model"], info["input_size"], info["patch_size"], info["sampling_rate"]) == parsed

@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+import soundfile
+import soxr
+import torch
+from conftest import noise
+
+from resp_hf import RespM2DConfig, RespM2DFeatureExtractor
+from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import load_audio, slaney_mel_filter_bank
+
+
+@pytest.fixture(scope="module")
+def golden_extractor():
+    return RespM2DFeatureExtractor(mean=-5.300000190734863, std=3.9000000953674316)
+
+
+def test_log_mel_matches_original_runtime(golden_extractor, golden_audio, golden_expected):
+    for name, audio in golden_audio.items():
+        features = golden_extractor(audio, sampling_rate=16000)["input_features"]
+        expected = golden_expected[f"{name}/log_mel"]
+        assert features.shape == (1, *expected.shape), name
+        assert np.abs(features[0].numpy() - expected).max() < 1e-3, name
+
+
+def test_batch_gives_each_clip_its_own_frames(golden_extractor, golden_audio, golden_meta):
+    names = list(golden_audio)
+    batch = golden_extractor([golden_audio[name] for name in names], sampling_rate=16000)
+    longest = max(meta["log_mel_frames"] for meta in golden_meta.values())
+    assert batch["input_features"].shape == (len(names), 80, longest)
+    for row, name in enumerate(names):
+        frames = golden_meta[name]["log_mel_frames"]
+        alone = golden_extractor(golden_audio[name], sampling_rate=16000)["input_features"][0]
+        assert batch["attention_mask"][row].sum() == frames
+        assert torch.equal(batch["attention_mask"][row, :frames], torch.ones(frames, dtype=torch.int32))
+        assert torch.allclose(batch["input_features"][row, :, :frames], alone, atol=1e-5)
+        assert torch.all(batch["input_features"][row, :, frames:] == 0.0)
+
+
+def test_integer_pcm_is_rescaled_like_float():
+    extractor = RespM2DFeatureExtractor()
+    pcm = (noise(1.0) * 2**15).astype(np.int16)
+    as_float = extractor(pcm.astype(np.float32) / 2**15, sampling_rate=16000)["input_features"]
+    assert torch.allclose(extractor(pcm, sampling_rate=16000)["input_features"], as_float, atol=1e-6)
+    pcm32 = pcm.astype(np.int32) * 2**16
+    assert torch.allclose(extractor(pcm32, sampling_rate=16000)["input_features"], as_float, atol=1e-6)
+
+
+def test_other_rates_are_resampled_with_soxr():
+    extractor = RespM2DFeatureExtractor()
+    audio_44k = noise(1.0, rate=44100)
+    expected = extractor(soxr.resample(audio_44k, 44100, 16000, quality="HQ"), sampling_rate=16000)["input_features"]
+    features = extractor(audio_44k, sampling_rate=44100)["input_features"]
+    assert features.shape == expected.shape == (1, 80, 101)
+    assert torch.allclose(features, expected, atol=1e-6)
+
+
+def test_torch_and_list_inputs_and_numpy_output():
+    extractor = RespM2DFeatureExtractor()
+    audio = noise(0.5)
+    reference = extractor(audio, sampling_rate=16000)["input_features"]
+    assert torch.equal(extractor(torch.from_numpy(audio), sampling_rate=16000)["input_features"], reference)
+    assert torch.allclose(extractor(audio.tolist(), sampling_rate=16000)["input_features"], reference)
+    as_numpy = extractor([audio], sampling_rate=16000, return_tensors="np")
+    assert isinstance(as_numpy["input_features"], np.ndarray)
+    np.testing.assert_array_equal(as_numpy["input_features"], reference.numpy())
+
+
+def test_attention_mask_can_be_left_out():
+    extractor = RespM2DFeatureExtractor()
+    assert "attention_mask" not in extractor(noise(0.5), sampling_rate=16000, return_attention_mask=False)
+
+
+def test_stereo_needs_an_explicit_downmix():
+    extractor = RespM2DFeatureExtractor()
+    stereo = np.stack([noise(0.5, seed=1), noise(0.5, seed=2)], axis=1)  # (samples, channels) as soundfile reads it
+    with pytest.raises(ValueError, match="multichannel"):
+        extractor(stereo, sampling_rate=16000)
+    mixed = extractor(stereo, sampling_rate=16000, downmix=True)["input_features"]
+    expected = extractor(stereo.mean(axis=1), sampling_rate=16000)["input_features"]
+    assert torch.allclose(mixed, expected, atol=1e-6)
+    channels_first = extractor(stereo.T.copy(), sampling_rate=16000, downmix=True)["input_features"]
+    assert torch.allclose(channels_first, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "audio, message",
+    [
+        (np.zeros(0, dtype=np.float32), "empty"),
+        (np.array([0.1, np.nan] * 400, dtype=np.float32), "NaN or Inf"),
+        (np.array([0.1, np.inf] * 400, dtype=np.float32), "NaN or Inf"),
+        (np.zeros(100, dtype=np.float32), "too short"),
+        (np.zeros((2, 2, 800), dtype=np.float32), "1-D waveform"),
+        (np.arange(1000), "dtype int64"),
+        ([], "audio is empty"),
+    ],
+)
+def test_bad_audio_is_a_clear_error(audio, message):
+    with pytest.raises(ValueError, match=message):
+        RespM2DFeatureExtractor()(audio, sampling_rate=16000)
+
+
+def test_bad_clip_is_named_by_its_index():
+    with pytest.raises(ValueError, match="audio clip 1 contains NaN"):
+        RespM2DFeatureExtractor()([noise(0.5), np.full(8000, np.nan, dtype=np.float32)], sampling_rate=16000)
+
+
+@pytest.mark.parametrize("rate", [0, -16000, 16000.5])
+def test_bad_sampling_rate_is_an_error(rate):
+    with pytest.raises(ValueError, match="sampling_rate"):
+        RespM2DFeatureExtractor()(noise(0.5), sampling_rate=rate)
+
+
+def test_32k_front_end_follows_the_config():
+    config = RespM2DConfig(sampling_rate=32000)
+    assert (config.n_fft, config.win_length, config.hop_length, config.f_min, config.f_max) == (800, 800, 320, 50.0, 16000.0)
+    extractor = RespM2DFeatureExtractor.from_model_config(config)
+    features = extractor(noise(1.0, rate=32000), sampling_rate=32000)["input_features"]
+    assert features.shape == (1, 80, 101)
+    np.testing.assert_allclose(extractor.mel_filters, slaney_mel_filter_bank(32000, 800, 80, 50.0, 16000.0))
+
+
+def test_mel_filters_are_slaney_normalized_triangles():
+    filters = slaney_mel_filter_bank(16000, 400, 80, 50.0, 8000.0)
+    assert filters.shape == (80, 201)
+    assert (filters >= 0).all()
+    # Slaney normalization gives each triangle unit area in Hz; wide high-frequency triangles show it best.
+    bin_hz = 16000 / 400
+    np.testing.assert_allclose(filters[-10:].sum(axis=1) * bin_hz, 1.0, rtol=0.02)
+    peaks = filters.argmax(axis=1)
+    assert (np.diff(peaks) >= 0).all()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    extractor = RespM2DFeatureExtractor(mean=-6.0, std=3.5)
+    extractor.save_pretrained(tmp_path)
+    loaded = RespM2DFeatureExtractor.from_pretrained(tmp_path)
+    audio = noise(0.7)
+    assert torch.equal(loaded(audio, sampling_rate=16000)["input_features"], extractor(audio, sampling_rate=16000)["input_features"])
+
+
+def test_load_audio_reads_resamples_and_reports_problems(tmp_path):
+    audio = noise(1.0, rate=44100)
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, audio, 44100, subtype="PCM_24")
+    loaded = load_audio(path, 16000)
+    assert loaded.dtype == np.float32 and loaded.shape == (16000,)
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        load_audio(tmp_path / "missing.wav", 16000)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really a wave file")
+    with pytest.raises(ValueError, match="Could not read audio file .*broken.wav"):
+        load_audio(broken, 16000)
+    stereo = tmp_path / "stereo.wav"
+    soundfile.write(stereo, np.stack([audio, audio], axis=1), 44100)
+    with pytest.raises(ValueError, match="stereo.wav .*multichannel"):
+        load_audio(stereo, 16000)
+    np.testing.assert_allclose(load_audio(stereo, 16000, downmix=True), loaded, atol=1e-4)
