@@ -197,6 +197,7 @@ def test_embed_errors_name_the_problem(tmp_path):
         (torch.randn(1, 64, 100), None, r"\(batch, 80, frames\)"),
         (torch.randn(2, 80, 100), torch.ones(2, 90), "attention_mask must be"),
         (torch.randn(1, 80, 100), torch.zeros(1, 100), "no complete patch"),
+        (torch.randn(1, 80, 100), torch.arange(100)[None] >= 50, "right-padded"),
     ],
 )
 def test_bad_model_inputs_are_clear_errors(features, mask, message):

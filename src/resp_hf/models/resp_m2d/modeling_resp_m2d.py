@@ -213,7 +213,7 @@ class RespM2DModel(RespM2DPreTrainedModel):
         if attention_mask is None:
             num_frames = torch.full((batch,), frames, device=input_features.device)
         else:
-            num_frames = attention_mask.sum(-1)
+            num_frames = attention_mask.sum(-1).long()
             input_features = input_features * attention_mask[:, None, :].to(input_features.dtype)
         num_chunks = math.ceil(frames / self.config.unit_frames)
         valid = self.valid_patches_per_chunk(num_frames, num_chunks)
@@ -285,6 +285,8 @@ class RespM2DModel(RespM2DPreTrainedModel):
                 f"attention_mask must be (batch, frames) = {(input_features.shape[0], input_features.shape[2])}, "
                 f"got {tuple(attention_mask.shape)}."
             )
+        if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+            raise ValueError("attention_mask must be right-padded: 1 for the leading real frames, then 0.")
 
     def stack_frequency_bands(self, last_hidden_state, index, patches, grid):
         """Per patch column, concatenates the F band embeddings (lowest first); chunks are joined in time."""
