@@ -1,15 +1,22 @@
 import json
+import os
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import soundfile
-import torch
+# Offline, with a private Hugging Face home: set before transformers / huggingface_hub read them at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="resp_hf_tests_hf_home_")
 
-from resp_hf import RespM2DConfig, RespM2DModel, convert_m2d_checkpoint
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile  # noqa: E402
+import torch  # noqa: E402
+
+from resp_hf import RespM2DConfig, RespM2DModel, convert_m2d_checkpoint  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
+OPERA = SHARED / "opera"
 GOLDEN = SHARED / "golden"
 GOLDEN_CHECKPOINT = GOLDEN / "m2d_vit_base-80x608p16x16p16k-golden" / "checkpoint-300.pth"
 
@@ -17,13 +24,6 @@ GOLDEN_CHECKPOINT = GOLDEN / "m2d_vit_base-80x608p16x16p16k-golden" / "checkpoin
 def pytest_sessionstart(session):
     if not GOLDEN_CHECKPOINT.is_file():
         raise pytest.UsageError(f"The shared reference data is missing: expected {GOLDEN_CHECKPOINT} (../shared).")
-
-
-@pytest.fixture(autouse=True)
-def offline_hub(monkeypatch, tmp_path_factory):
-    """Every test runs offline with a private Hugging Face cache."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ GOLDEN_DROPPED = {
     "target_blocks": 24,
     "target_norm": 2,
 }
-REMOTE_CODE = ["configuration_resp_m2d.py", "feature_extraction_resp_m2d.py", "modeling_resp_m2d.py"]
+REMOTE_CODE = ["configuration_resp_m2d.py", "feature_extraction_resp_m2d.py", "modeling_resp_m2d.py", "pipeline_resp_m2d.py"]
 
 # Runs in a fresh interpreter where `resp_hf` cannot be imported: only the folder's remote code is used.
 PARITY_SCRIPT = textwrap.dedent(
@@ -97,8 +97,10 @@ def test_converted_folder_is_complete_and_self_contained(golden_folder):
     assert config["auto_map"] == {
         "AutoConfig": "configuration_resp_m2d.RespM2DConfig",
         "AutoModel": "modeling_resp_m2d.RespM2DModel",
+        "AutoModelForAudioClassification": "modeling_resp_m2d.RespM2DForAudioClassification",
         "AutoFeatureExtractor": "feature_extraction_resp_m2d.RespM2DFeatureExtractor",
     }
+    assert config["custom_pipelines"]["audio-classification"]["impl"] == "pipeline_resp_m2d.RespM2DAudioClassificationPipeline"
     assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]) == (2, 768, 12)
     assert (config["norm_mean"], config["norm_std"]) == pytest.approx((-5.3, 3.9))
     preprocessor = json.loads((golden_folder / "preprocessor_config.json").read_text())

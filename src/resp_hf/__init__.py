@@ -1,10 +1,12 @@
 """resp_hf: M2D respiratory audio foundation models for Hugging Face Transformers."""
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
 
 from .models.resp_m2d import (
+    RespM2DAudioClassificationPipeline,
     RespM2DConfig,
     RespM2DFeatureExtractor,
+    RespM2DForAudioClassification,
     RespM2DModel,
     RespM2DModelOutput,
     RespM2DPreTrainedModel,
@@ -15,17 +17,21 @@ __version__ = "0.1.0"
 # Local use without trust_remote_code, and remote code + auto_map in every saved folder.
 AutoConfig.register(RespM2DConfig.model_type, RespM2DConfig, exist_ok=True)
 AutoModel.register(RespM2DConfig, RespM2DModel, exist_ok=True)
+AutoModelForAudioClassification.register(RespM2DConfig, RespM2DForAudioClassification, exist_ok=True)
 AutoFeatureExtractor.register(RespM2DConfig, RespM2DFeatureExtractor, exist_ok=True)
 RespM2DConfig.register_for_auto_class()
 RespM2DModel.register_for_auto_class("AutoModel")
+RespM2DForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
 RespM2DFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 
 from .convert import ConversionReport, UnsafeCheckpointError, convert_m2d_checkpoint  # noqa: E402
 
 __all__ = [
     "ConversionReport",
+    "RespM2DAudioClassificationPipeline",
     "RespM2DConfig",
     "RespM2DFeatureExtractor",
+    "RespM2DForAudioClassification",
     "RespM2DModel",
     "RespM2DModelOutput",
     "RespM2DPreTrainedModel",

@@ -12,7 +12,16 @@ POOLING_MODES = ("frequency", "mean", "cls")
 AUTO_MAP = {
     "AutoConfig": "configuration_resp_m2d.RespM2DConfig",
     "AutoModel": "modeling_resp_m2d.RespM2DModel",
+    "AutoModelForAudioClassification": "modeling_resp_m2d.RespM2DForAudioClassification",
     "AutoFeatureExtractor": "feature_extraction_resp_m2d.RespM2DFeatureExtractor",
+}
+# `pipeline("audio-classification", trust_remote_code=True)` uses this pipeline, which batches clips of any length.
+CUSTOM_PIPELINES = {
+    "audio-classification": {
+        "impl": "pipeline_resp_m2d.RespM2DAudioClassificationPipeline",
+        "pt": ["AutoModelForAudioClassification"],
+        "type": "audio",
+    }
 }
 
 
@@ -43,9 +52,15 @@ class RespM2DConfig(PreTrainedConfig):
         norm_mean, norm_std (`float`):
             Statistics used to normalize log-mel features, `(x - norm_mean) / norm_std`, taken from the checkpoint.
         pooling (`str`, defaults to `"frequency"`):
-            How `pooler_output` summarizes a clip: `"frequency"` averages the stacked frequency-band embeddings
-            over time (F x hidden, e.g. 3840-d), `"mean"` averages all patch tokens (hidden-d, the original
-            runtime's `flat_features`), `"cls"` averages the CLS token of the chunks (hidden-d).
+            How `pooler_output` (and the classifier's input) summarizes a clip: `"frequency"` averages the stacked
+            frequency-band embeddings over time (F x hidden, e.g. 3840-d), `"mean"` averages all patch tokens
+            (hidden-d, the original runtime's `flat_features`), `"cls"` averages the CLS token of the chunks (hidden-d).
+        classifier_layer (`int` or `str`, *optional*):
+            Which encoder states [`RespM2DForAudioClassification`] pools: `None` for the final output (after the
+            last LayerNorm, as the original runtime), an index `k` into `hidden_states` (0 = embeddings, k = output of
+            block k, before the final LayerNorm), or `"weighted"` for a learned softmax-weighted sum of all blocks' outputs.
+        freeze_encoder (`bool`, defaults to `False`):
+            Train only the classification head (linear probing).
     """
 
     model_type = "resp_m2d"
@@ -74,6 +89,8 @@ class RespM2DConfig(PreTrainedConfig):
         norm_mean=-7.1,
         norm_std=4.2,
         pooling="frequency",
+        classifier_layer=None,
+        freeze_encoder=False,
         **kwargs,
     ):
         front_end = _front_end_settings(sampling_rate, n_fft, win_length, hop_length, f_min, f_max)
@@ -99,8 +116,11 @@ class RespM2DConfig(PreTrainedConfig):
         self.norm_mean = float(norm_mean)
         self.norm_std = float(norm_std)
         self.pooling = pooling
+        self.classifier_layer = classifier_layer
+        self.freeze_encoder = freeze_encoder
         self._validate_encoder()
         kwargs["auto_map"] = {**AUTO_MAP, **kwargs.get("auto_map", {})}
+        kwargs["custom_pipelines"] = {**CUSTOM_PIPELINES, **kwargs.get("custom_pipelines", {})}
         super().__init__(**kwargs)
 
     def _validate_encoder(self):
@@ -122,6 +142,11 @@ class RespM2DConfig(PreTrainedConfig):
             raise ValueError(f"norm_std must be positive, got {self.norm_std}.")
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLING_MODES}.")
+        layer = self.classifier_layer
+        if not (layer is None or layer == "weighted" or (isinstance(layer, int) and 0 <= layer <= self.num_hidden_layers)):
+            raise ValueError(
+                f"classifier_layer={layer!r} must be None (final output), 'weighted', or an index 0..{self.num_hidden_layers}."
+            )
 
     @property
     def num_mel_bins(self):

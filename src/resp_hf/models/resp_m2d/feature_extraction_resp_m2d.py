@@ -1,6 +1,6 @@
 """Log-mel front end of the M2D runtime as a Hugging Face feature extractor."""
 
-import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -84,18 +84,23 @@ def resample(audio, orig_sampling_rate, target_sampling_rate):
     return soxr.resample(audio, orig_sampling_rate, target_sampling_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def load_audio(path, sampling_rate, downmix=False):
-    """Reads an audio file with soundfile and returns mono float32 at `sampling_rate`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Audio file not found: {path}")
+def load_audio(source, sampling_rate, downmix=False, name=None):
+    """
+    Reads audio with soundfile and returns mono float32 at `sampling_rate`.
+
+    `source` is a file path or a binary file-like object (e.g. `io.BytesIO` of encoded bytes); `name` describes it
+    in error messages (by default the path).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        source = Path(source)
+        if not source.is_file():
+            raise FileNotFoundError(f"Audio file not found: {source}")
+    name = name or f"audio file {source}"
     try:
-        audio, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+        audio, file_rate = soundfile.read(source, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise ValueError(f"Could not read audio file {path}: {error}") from error
-    if audio.shape[1] == 1:
-        audio = audio[:, 0]
-    audio = to_mono_float32(audio, name=f"Audio file {path}", downmix=downmix)
+        raise ValueError(f"Could not read {name}: {error}") from error
+    audio = to_mono_float32(audio[:, 0] if audio.shape[1] == 1 else audio, name=name, downmix=downmix)
     return resample(audio, file_rate, sampling_rate)
 
 

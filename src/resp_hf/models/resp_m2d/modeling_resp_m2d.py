@@ -11,10 +11,12 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_resp_m2d import RespM2DConfig
 from .feature_extraction_resp_m2d import RespM2DFeatureExtractor, load_audio, resample, split_batch, to_mono_float32
+from .pipeline_resp_m2d import RespM2DAudioClassificationPipeline
 
 
 @dataclass
@@ -175,6 +177,11 @@ class RespM2DPreTrainedModel(PreTrainedModel):
         if isinstance(module, RespM2DEmbeddings):
             init.trunc_normal_(module.position_embeddings, std=self.config.initializer_range)
             init.trunc_normal_(module.cls_token, std=self.config.initializer_range)
+        if module is getattr(self, "classifier", None):
+            init.trunc_normal_(module.weight, std=2e-5)  # as the original M2D/EVAR head
+            init.zeros_(module.bias)
+        if isinstance(module, RespM2DForAudioClassification) and module.layer_weights is not None:
+            init.zeros_(module.layer_weights)
 
 
 class RespM2DModel(RespM2DPreTrainedModel):
@@ -264,10 +271,11 @@ class RespM2DModel(RespM2DPreTrainedModel):
         hidden = self.layernorm(hidden)
 
         last_hidden_state = scatter_chunks(hidden, index, grid)
-        frame_embeddings, frame_mask = self.stack_frequency_bands(last_hidden_state, index, patches, grid)
+        frame_mask = self.frame_mask(patches, index, grid, time_patches)
+        frame_embeddings = self.stack_frequency_bands(last_hidden_state, frame_mask)
         output = RespM2DModelOutput(
             last_hidden_state=last_hidden_state,
-            pooler_output=self.pool(last_hidden_state, frame_embeddings, frame_mask, index, grid),
+            pooler_output=self.pool(last_hidden_state, frame_mask),
             frame_embeddings=frame_embeddings,
             frame_mask=frame_mask,
             hidden_states=tuple(scatter_chunks(h, index, grid) for h in all_hidden) if output_hidden_states else None,
@@ -288,27 +296,33 @@ class RespM2DModel(RespM2DPreTrainedModel):
         if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
             raise ValueError("attention_mask must be right-padded: 1 for the leading real frames, then 0.")
 
-    def stack_frequency_bands(self, last_hidden_state, index, patches, grid):
-        """Per patch column, concatenates the F band embeddings (lowest first); chunks are joined in time."""
-        batch, num_chunks = grid
-        bands = self.config.num_frequency_patches
-        tokens = last_hidden_state[:, :, 1:].unflatten(2, (bands, -1))  # (B, chunks, F, T, D)
-        time_patches = tokens.shape[3]
-        frames = tokens.permute(0, 1, 3, 2, 4).flatten(3).flatten(1, 2)  # (B, chunks * T, F * D)
-        steps = torch.zeros(batch, dtype=torch.long, device=frames.device).index_add_(0, index[0], patches)
-        frame_mask = torch.arange(num_chunks * time_patches, device=frames.device)[None, :] < steps[:, None]
-        max_steps = int(steps.max())
-        frame_mask = frame_mask[:, :max_steps]
-        return frames[:, :max_steps] * frame_mask[..., None].to(frames.dtype), frame_mask
+    def frame_mask(self, patches, index, grid, time_patches):
+        """(batch, time steps) mask of the patch columns that belong to each clip (a prefix of the joined chunks)."""
+        steps = torch.zeros(grid[0], dtype=torch.long, device=patches.device).index_add_(0, index[0], patches)
+        return torch.arange(int(steps.max()), device=patches.device)[None, :] < steps[:, None]
 
-    def pool(self, last_hidden_state, frame_embeddings, frame_mask, index, grid):
-        """Clip embedding: frequency-wise time mean, flat token mean, or CLS mean (see `config.pooling`)."""
+    def stack_frequency_bands(self, hidden_state, frame_mask):
+        """
+        Frame embeddings of per-chunk token states (batch, chunks, tokens, hidden): per patch column the F band
+        embeddings concatenated lowest band first, chunks joined in time, padded steps zeroed.
+        """
+        tokens = hidden_state[:, :, 1:].unflatten(2, (self.config.num_frequency_patches, -1))  # (B, chunks, F, T, D)
+        frames = tokens.permute(0, 1, 3, 2, 4).flatten(3).flatten(1, 2)  # (B, chunks * T, F * D)
+        frames = frames[:, : frame_mask.shape[1]]
+        return frames * frame_mask[..., None].to(frames.dtype)
+
+    def pool(self, hidden_state, frame_mask):
+        """
+        Clip embedding of per-chunk token states (the last layer's or any other): frequency-wise time mean, flat
+        token mean, or CLS mean over the clip's chunks (see `config.pooling`).
+        """
+        steps = frame_mask.sum(1, keepdim=True)
         if self.config.pooling == "cls":
-            chunk_mask = torch.zeros(grid, dtype=last_hidden_state.dtype, device=last_hidden_state.device)
-            chunk_mask[index] = 1
-            cls = (last_hidden_state[:, :, 0] * chunk_mask[..., None]).sum(1)
-            return cls / chunk_mask.sum(1, keepdim=True)
-        pooled = frame_embeddings.sum(1) / frame_mask.sum(1, keepdim=True).to(frame_embeddings.dtype)
+            time_patches = (hidden_state.shape[2] - 1) // self.config.num_frequency_patches
+            chunk_starts = torch.arange(hidden_state.shape[1], device=steps.device) * time_patches
+            chunk_mask = (chunk_starts[None, :] < steps).to(hidden_state.dtype)
+            return (hidden_state[:, :, 0] * chunk_mask[..., None]).sum(1) / chunk_mask.sum(1, keepdim=True)
+        pooled = self.stack_frequency_bands(hidden_state, frame_mask).sum(1) / steps.to(hidden_state.dtype)
         if self.config.pooling == "mean":
             return pooled.unflatten(-1, (self.config.num_frequency_patches, -1)).mean(1)
         return pooled
@@ -345,6 +359,99 @@ class RespM2DModel(RespM2DPreTrainedModel):
             for row, i in enumerate(batch):
                 embeddings[i] = pooled[row]
         return torch.stack(embeddings)
+
+
+class RespM2DForAudioClassification(RespM2DPreTrainedModel):
+    """
+    The M2D encoder with the head of the original M2D/EVAR runtime: the clip embedding of `config.pooling`
+    (frequency-wise by default) of the layer chosen by `config.classifier_layer`, a non-affine BatchNorm1d and a
+    linear layer. The loss follows `config.problem_type` (single-label: cross-entropy, multi-label: BCE,
+    regression: MSE), inferred from `num_labels` and the label dtype when unset, as in built-in models.
+    `RespM2DForAudioClassification.from_pretrained(encoder_folder, num_labels=..., id2label=...)` starts a new head.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.resp_m2d = RespM2DModel(config)
+        weighted = config.classifier_layer == "weighted"
+        self.layer_weights = nn.Parameter(torch.zeros(config.num_hidden_layers)) if weighted else None
+        self.head_norm = nn.BatchNorm1d(config.pooled_size, affine=False)
+        self.classifier = nn.Linear(config.pooled_size, config.num_labels)
+        self.post_init()
+        if config.freeze_encoder:
+            self.freeze_encoder()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        if model.config.freeze_encoder:  # loading re-creates the parameters, so freeze again
+            model.freeze_encoder()
+        return model
+
+    def freeze_encoder(self):
+        """Stops gradients to the encoder (linear probing); the head, and layer weights if any, still train."""
+        self.config.freeze_encoder = True
+        self.resp_m2d.requires_grad_(False)
+
+    def layer_states(self, outputs):
+        """Per-chunk token states of the layer the head reads (see `config.classifier_layer`)."""
+        layer = self.config.classifier_layer
+        if layer is None:
+            return outputs.last_hidden_state
+        if layer == "weighted":
+            weights = self.layer_weights.softmax(0)
+            return (torch.stack(outputs.hidden_states[1:], dim=-1) * weights).sum(-1)
+        return outputs.hidden_states[layer]
+
+    def forward(
+        self,
+        input_features,
+        attention_mask=None,
+        labels=None,
+        output_hidden_states=None,
+        output_attentions=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        r"""
+        labels (`torch.Tensor`, *optional*):
+            Class indices of shape `(batch,)` for single-label, multi-hot floats `(batch, num_labels)` for multi-label,
+            or float targets `(batch,)` / `(batch, num_labels)` for regression.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
+            outputs = self.resp_m2d(
+                input_features,
+                attention_mask=attention_mask,
+                output_hidden_states=output_hidden_states or self.config.classifier_layer is not None,
+                output_attentions=output_attentions,
+                return_dict=True,
+            )
+        pooled = self.resp_m2d.pool(self.layer_states(outputs), outputs.frame_mask)
+        logits = self.classifier(self.head_norm(pooled))
+        output = SequenceClassifierOutput(
+            loss=None if labels is None else self.loss(logits, labels),
+            logits=logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def loss(self, logits, labels):
+        """Loss of `config.problem_type`, set from `num_labels` and the label dtype on first use when unset."""
+        if self.config.problem_type is None:
+            if self.config.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view_as(logits.squeeze(-1)))
+        if self.config.problem_type == "single_label_classification":
+            return nn.functional.cross_entropy(logits, labels.view(-1))
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 def scatter_chunks(values, index, grid):
@@ -385,4 +492,10 @@ def progress_bar(iterable, show, desc):
     return tqdm(iterable, desc=desc)
 
 
-__all__ = ["RespM2DModel", "RespM2DPreTrainedModel", "RespM2DModelOutput"]
+__all__ = [
+    "RespM2DAudioClassificationPipeline",
+    "RespM2DForAudioClassification",
+    "RespM2DModel",
+    "RespM2DModelOutput",
+    "RespM2DPreTrainedModel",
+]

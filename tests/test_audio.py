@@ -1,0 +1,221 @@
+import numpy as np
+import pytest
+import soundfile
+import soxr
+from datasets import Audio, Dataset, DatasetDict
+
+from resp_hf.audio import decode_audio, decode_audio_column
+from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import load_audio
+
+
+def tone(seconds, rate, channels=1, seed=0):
+    """Quiet noise in [-0.5, 0.5], shape (samples,) or (samples, channels)."""
+    rng = np.random.default_rng(seed)
+    shape = (int(seconds * rate),) if channels == 1 else (int(seconds * rate), channels)
+    return (rng.uniform(-0.5, 0.5, size=shape)).astype(np.float32)
+
+
+@pytest.fixture
+def audio_files(tmp_path):
+    """Small files of several formats, rates and sample types."""
+    specs = {
+        "pcm16_4k.wav": (4000, "PCM_16"),
+        "pcm32_44k.wav": (44100, "PCM_32"),
+        "float_16k.wav": (16000, "FLOAT"),
+        "pcm16_8k.flac": (8000, "PCM_16"),
+    }
+    paths = {}
+    for seed, (name, (rate, subtype)) in enumerate(specs.items()):
+        path = tmp_path / name
+        soundfile.write(path, tone(0.25, rate, seed=seed), rate, subtype=subtype)
+        paths[name] = path
+    return paths
+
+
+@pytest.fixture
+def stereo_file(tmp_path):
+    path = tmp_path / "stereo_22k.wav"
+    soundfile.write(path, tone(0.2, 22050, channels=2), 22050, subtype="PCM_16")
+    return path
+
+
+# decode_audio
+
+
+def test_paths_decode_like_load_audio(audio_files):
+    for path in audio_files.values():
+        expected = load_audio(path, 16000)
+        for value in (path, str(path), {"bytes": None, "path": str(path)}):
+            decoded = decode_audio(value)
+            assert decoded.dtype == np.float32
+            np.testing.assert_array_equal(decoded, expected)
+
+
+def test_bytes_are_decoded_and_preferred_over_path(audio_files, tmp_path):
+    path = audio_files["pcm32_44k.wav"]
+    value = {"bytes": path.read_bytes(), "path": str(tmp_path / "not_there.wav")}
+    np.testing.assert_array_equal(decode_audio(value, sampling_rate=8000), load_audio(path, 8000))
+    np.testing.assert_array_equal(decode_audio({"bytes": path.read_bytes()}), load_audio(path, 16000))
+
+
+def test_decoded_dict_is_resampled_and_converted():
+    audio = tone(0.5, 44100)
+    decoded = decode_audio({"array": audio.astype(np.float64).tolist(), "sampling_rate": 44100, "path": None})
+    expected = soxr.resample(audio, 44100, 16000, quality="HQ")
+    assert decoded.dtype == np.float32
+    assert decoded.shape == (8000,)
+    np.testing.assert_allclose(decoded, expected, atol=1e-6)
+    same_rate = decode_audio({"array": audio, "sampling_rate": 16000})
+    np.testing.assert_array_equal(same_rate, audio)
+
+
+def test_decoded_integer_pcm_is_rescaled():
+    pcm = np.array([0, 16384, -32768], dtype=np.int16)
+    decoded = decode_audio({"array": pcm, "sampling_rate": 16000})
+    np.testing.assert_array_equal(decoded, np.array([0.0, 0.5, -1.0], dtype=np.float32))
+
+
+def test_stereo_fails_unless_downmixed(stereo_file):
+    with pytest.raises(ValueError, match="multichannel"):
+        decode_audio(stereo_file)
+    with pytest.raises(ValueError, match="multichannel"):
+        decode_audio({"bytes": stereo_file.read_bytes(), "path": None})
+    expected = load_audio(stereo_file, 16000, downmix=True)
+    np.testing.assert_array_equal(decode_audio(stereo_file, downmix=True), expected)
+    from_bytes = decode_audio({"bytes": stereo_file.read_bytes(), "path": None}, downmix=True)
+    np.testing.assert_array_equal(from_bytes, expected)
+    stereo_array, rate = soundfile.read(stereo_file, dtype="float32")
+    from_array = decode_audio({"array": stereo_array, "sampling_rate": rate}, downmix=True)
+    np.testing.assert_allclose(from_array, expected, atol=1e-6)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "missing.wav"
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        decode_audio(missing)
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        decode_audio({"bytes": None, "path": str(missing)})
+
+
+def test_corrupt_audio_raises_value_error(tmp_path):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF this is not really audio")
+    with pytest.raises(ValueError, match="corrupt.wav"):
+        decode_audio(corrupt)
+    with pytest.raises(ValueError, match="Could not read the audio bytes of audio 'clip_7.flac'"):
+        decode_audio({"bytes": b"not audio", "path": "clip_7.flac"})
+    with pytest.raises(ValueError, match="Could not read the audio bytes of audio:"):
+        decode_audio({"bytes": b"not audio", "path": None})
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        ({"bytes": None, "path": None}, ValueError, r"found keys \['bytes', 'path'\]"),
+        ({"audio": "x.wav"}, ValueError, r"found keys \['audio'\]"),
+        ({"array": [0.1, 0.2]}, ValueError, "no 'sampling_rate'"),
+        ({"array": [0.1, 0.2], "sampling_rate": -5}, ValueError, "must be a positive integer"),
+        (np.zeros(16000, dtype=np.float32), TypeError, "Cannot decode audio from a ndarray"),
+        (12, TypeError, "Cannot decode audio from a int"),
+    ],
+)
+def test_invalid_values_raise(value, error, message):
+    with pytest.raises(error, match=message):
+        decode_audio(value)
+
+
+def test_invalid_target_rate_raises(audio_files):
+    with pytest.raises(ValueError, match="sampling_rate must be a positive integer, got 0"):
+        decode_audio(audio_files["float_16k.wav"], sampling_rate=0)
+
+
+# decode_audio_column
+
+
+def path_dataset(audio_files):
+    paths = [str(path) for path in audio_files.values()]
+    return Dataset.from_dict({"audio": paths, "label": list(range(len(paths)))})
+
+
+def check_decoded_rows(dataset, audio_files, sampling_rate=16000, column="audio"):
+    for index, path in enumerate(audio_files.values()):
+        row = dataset[index]
+        assert row["label"] == index
+        assert row[column]["sampling_rate"] == sampling_rate
+        assert row[column]["path"] == str(path)
+        assert row[column]["array"].dtype == np.float32
+        np.testing.assert_array_equal(row[column]["array"], load_audio(path, sampling_rate))
+
+
+def test_string_path_column_is_decoded_lazily(audio_files):
+    dataset = decode_audio_column(path_dataset(audio_files), sampling_rate=8000)
+    check_decoded_rows(dataset, audio_files, sampling_rate=8000)
+    assert dataset.column_names == ["audio", "label"]
+
+
+def test_audio_feature_column_is_decoded_without_torchcodec(audio_files):
+    dataset = path_dataset(audio_files).cast_column("audio", Audio())
+    decoded = decode_audio_column(dataset)
+    assert decoded.features["audio"] == Audio(decode=False)
+    check_decoded_rows(decoded, audio_files)
+
+
+def test_batches_and_other_columns(audio_files):
+    decoded = decode_audio_column(path_dataset(audio_files).cast_column("audio", Audio()))
+    batch = decoded[1:3]
+    assert batch["label"] == [1, 2]
+    paths = list(audio_files.values())[1:3]
+    for item, path in zip(batch["audio"], paths):
+        np.testing.assert_array_equal(item["array"], load_audio(path, 16000))
+    assert decoded["label"] == [0, 1, 2, 3]
+
+
+def test_column_with_bytes_is_decoded(audio_files):
+    paths = list(audio_files.values())
+    dataset = Dataset.from_dict(
+        {"sound": [{"bytes": path.read_bytes(), "path": path.name} for path in paths]}
+    ).cast_column("sound", Audio())
+    row = decode_audio_column(dataset, column="sound")[2]
+    assert row["sound"]["path"] == paths[2].name
+    np.testing.assert_array_equal(row["sound"]["array"], load_audio(paths[2], 16000))
+
+
+def test_column_of_decoded_dicts_is_resampled():
+    audio = tone(0.5, 44100)
+    dataset = Dataset.from_dict({"audio": [{"array": audio, "sampling_rate": 44100}]})
+    row = decode_audio_column(dataset)[0]
+    assert row["audio"]["path"] is None
+    expected = soxr.resample(audio, 44100, 16000, quality="HQ")
+    np.testing.assert_allclose(row["audio"]["array"], expected, atol=1e-6)
+
+
+def test_dataset_dict_decodes_every_split(audio_files):
+    dataset = path_dataset(audio_files).cast_column("audio", Audio())
+    splits = DatasetDict(train=dataset, test=dataset)
+    decoded = decode_audio_column(splits)
+    assert isinstance(decoded, DatasetDict)
+    assert sorted(decoded) == ["test", "train"]
+    for split in decoded.values():
+        check_decoded_rows(split, audio_files)
+
+
+def test_stereo_column_downmix(stereo_file):
+    dataset = Dataset.from_dict({"audio": [str(stereo_file)]})
+    with pytest.raises(ValueError, match="multichannel"):
+        decode_audio_column(dataset)[0]
+    row = decode_audio_column(dataset, downmix=True)[0]
+    np.testing.assert_array_equal(row["audio"]["array"], load_audio(stereo_file, 16000, downmix=True))
+
+
+def test_missing_file_in_column_names_the_path(tmp_path):
+    dataset = Dataset.from_dict({"audio": [str(tmp_path / "gone.flac")]}).cast_column("audio", Audio())
+    with pytest.raises(FileNotFoundError, match="gone.flac"):
+        decode_audio_column(dataset)[0]
+
+
+def test_missing_column_lists_available_columns(audio_files):
+    with pytest.raises(ValueError, match=r"Column 'speech' not found .* \['audio', 'label'\]"):
+        decode_audio_column(path_dataset(audio_files), column="speech")
+    splits = DatasetDict(train=path_dataset(audio_files))
+    with pytest.raises(ValueError, match="Column 'speech' not found"):
+        decode_audio_column(splits, column="speech")

@@ -1,0 +1,152 @@
+import pytest
+import torch
+from conftest import tiny_config
+from transformers import AutoModel, AutoModelForAudioClassification
+
+from resp_hf import RespM2DConfig, RespM2DForAudioClassification, RespM2DModel
+
+
+def tiny_classifier(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return RespM2DForAudioClassification(tiny_config(**overrides))
+
+
+def batch(size=4, frames=150, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(size, 80, frames, generator=generator)
+    mask = torch.ones(size, frames, dtype=torch.long)
+    mask[1, 70:] = 0
+    return features, mask
+
+
+def head_input(model, features, mask):
+    """What the classification head receives (the input of its BatchNorm)."""
+    captured = {}
+    handle = model.head_norm.register_forward_hook(lambda module, args, output: captured.setdefault("x", args[0]))
+    with torch.no_grad():
+        model(features, attention_mask=mask)
+    handle.remove()
+    return captured["x"]
+
+
+@pytest.mark.parametrize(
+    "num_labels, labels, problem_type, expected_loss",
+    [
+        (3, torch.tensor([0, 2, 1, 2]), "single_label_classification", lambda logits, y: torch.nn.functional.cross_entropy(logits, y)),
+        (
+            3,
+            torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]]),
+            "multi_label_classification",
+            lambda logits, y: torch.nn.functional.binary_cross_entropy_with_logits(logits, y),
+        ),
+        (1, torch.tensor([0.5, 1.5, -0.2, 3.0]), "regression", lambda logits, y: torch.nn.functional.mse_loss(logits[:, 0], y)),
+    ],
+)
+def test_problem_types_forward_and_backward(num_labels, labels, problem_type, expected_loss):
+    model = tiny_classifier(num_labels=num_labels).train()
+    features, mask = batch()
+    output = model(features, attention_mask=mask, labels=labels)
+    assert model.config.problem_type == problem_type
+    assert output.logits.shape == (4, num_labels)
+    torch.testing.assert_close(output.loss, expected_loss(output.logits, labels))
+    output.loss.backward()
+    assert model.classifier.weight.grad.abs().sum() > 0
+    assert model.resp_m2d.encoder.layer[0].attention.qkv.weight.grad.abs().sum() > 0
+
+
+def test_head_is_a_non_affine_batch_norm_and_linear_layer():
+    model = tiny_classifier(num_labels=2)
+    assert not model.head_norm.affine and model.head_norm.num_features == 320
+    assert model.classifier.in_features == 320
+    assert model.classifier.weight.std() < 1e-4  # the original head's trunc_normal(std=2e-5)
+
+
+def test_default_head_reads_the_frequency_pooled_final_output():
+    model = tiny_classifier(num_labels=2).eval()
+    features, mask = batch()
+    with torch.no_grad():
+        expected = model.resp_m2d(features, attention_mask=mask).pooler_output
+    torch.testing.assert_close(head_input(model, features, mask), expected)
+
+
+@pytest.mark.parametrize("pooling, size", [("frequency", 320), ("mean", 64), ("cls", 64)])
+def test_pooling_option_sets_what_the_head_reads(pooling, size):
+    model = tiny_classifier(num_labels=2, pooling=pooling).eval()
+    features, mask = batch()
+    with torch.no_grad():
+        expected = model.resp_m2d(features, attention_mask=mask).pooler_output
+    assert expected.shape == (4, size) and model.classifier.in_features == size
+    torch.testing.assert_close(head_input(model, features, mask), expected)
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_an_intermediate_layer_can_be_pooled(layer):
+    model = tiny_classifier(num_labels=2, classifier_layer=layer).eval()
+    features, mask = batch()
+    with torch.no_grad():
+        outputs = model.resp_m2d(features, attention_mask=mask, output_hidden_states=True)
+    expected = model.resp_m2d.pool(outputs.hidden_states[layer], outputs.frame_mask)
+    received = head_input(model, features, mask)
+    torch.testing.assert_close(received, expected)
+    assert not torch.allclose(received, outputs.pooler_output)
+
+
+def test_weighted_layers_learn_a_softmax_mixture():
+    model = tiny_classifier(num_labels=2, classifier_layer="weighted").eval()
+    features, mask = batch()
+    with torch.no_grad():
+        outputs = model.resp_m2d(features, attention_mask=mask, output_hidden_states=True)
+        pooled = [model.resp_m2d.pool(h, outputs.frame_mask) for h in outputs.hidden_states[1:]]
+        torch.testing.assert_close(head_input(model, features, mask), (pooled[0] + pooled[1]) / 2)  # equal weights at start
+        model.layer_weights.copy_(torch.tensor([30.0, 0.0]))
+        torch.testing.assert_close(head_input(model, features, mask), pooled[0], atol=1e-5, rtol=0)
+    model.train()
+    model(features, attention_mask=mask, labels=torch.tensor([0, 1, 1, 0])).loss.backward()
+    assert model.layer_weights.grad.abs().sum() > 0
+
+
+def test_frozen_encoder_trains_only_the_head(tmp_path):
+    model = tiny_classifier(num_labels=2, freeze_encoder=True).train()
+    features, mask = batch()
+    model(features, attention_mask=mask, labels=torch.tensor([0, 1, 1, 0])).loss.backward()
+    assert all(p.grad is None for p in model.resp_m2d.parameters())
+    assert model.classifier.weight.grad is not None
+    model.save_pretrained(tmp_path)
+    reloaded = RespM2DForAudioClassification.from_pretrained(tmp_path)
+    assert reloaded.config.freeze_encoder
+    assert not any(p.requires_grad for p in reloaded.resp_m2d.parameters())
+    assert all(p.requires_grad for p in reloaded.classifier.parameters())
+
+
+def test_new_head_on_a_converted_encoder_and_auto_classes(tmp_path):
+    torch.manual_seed(0)
+    encoder = RespM2DModel(tiny_config()).eval()
+    encoder.save_pretrained(tmp_path / "encoder")
+    labels = {0: "healthy", 1: "copd", 2: "asthma"}
+    classifier = AutoModelForAudioClassification.from_pretrained(
+        tmp_path / "encoder", num_labels=3, id2label=labels, label2id={name: i for i, name in labels.items()}
+    )
+    assert type(classifier) is RespM2DForAudioClassification
+    assert classifier.config.id2label == labels and classifier.config.label2id["copd"] == 1
+    assert torch.equal(classifier.resp_m2d.embeddings.position_embeddings, encoder.embeddings.position_embeddings)
+    classifier.save_pretrained(tmp_path / "classifier")
+
+    features, mask = batch()
+    reloaded = AutoModelForAudioClassification.from_pretrained(tmp_path / "classifier").eval()
+    classifier.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(features, attention_mask=mask).logits, classifier(features, attention_mask=mask).logits)
+        encoder_from_classifier = AutoModel.from_pretrained(tmp_path / "classifier").eval()
+        assert type(encoder_from_classifier) is RespM2DModel
+        torch.testing.assert_close(
+            encoder_from_classifier(features, attention_mask=mask).pooler_output,
+            encoder(features, attention_mask=mask).pooler_output,
+            atol=0,
+            rtol=0,
+        )
+
+
+@pytest.mark.parametrize("layer", [-1, 3, "sum", 1.5])
+def test_bad_classifier_layer_is_a_clear_error(layer):
+    with pytest.raises(ValueError, match="classifier_layer"):
+        RespM2DConfig(num_hidden_layers=2, classifier_layer=layer)
