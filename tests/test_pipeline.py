@@ -1,0 +1,171 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+import torch
+from conftest import OPERA, noise, tiny_config
+from transformers import pipeline
+
+from resp_hf import RespM2DFeatureExtractor, RespM2DForAudioClassification
+from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import load_audio
+
+ICBHI = OPERA / "datasets" / "icbhi" / "ICBHI_final_database"
+KAUH = OPERA / "datasets" / "KAUH" / "AudioFiles"
+RECORDINGS = [
+    ICBHI / "101_1b1_Al_sc_Meditron.wav",  # 44.1 kHz, 32-bit
+    ICBHI / "101_1b1_Pr_sc_Meditron.wav",  # 44.1 kHz, 24-bit
+    ICBHI / "102_1b1_Ar_sc_Meditron.wav",  # 44.1 kHz, 16-bit
+    ICBHI / "104_1b1_Al_sc_Litt3200.wav",  # 4 kHz, 16-bit
+    KAUH / "BP10_Asthma,E W,P R U,59,M.wav",  # 4 kHz, 16-bit
+    KAUH / "BP12_Asthma,E W,P L L,50,F.wav",
+]
+LABELS = {0: "healthy", 1: "copd"}
+
+
+def save_classifier(folder, seed=0, **overrides):
+    torch.manual_seed(seed)
+    labels = overrides.pop("id2label", LABELS)
+    config = tiny_config(num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}, **overrides)
+    model = RespM2DForAudioClassification(config).eval()
+    torch.nn.init.normal_(model.classifier.weight, std=0.05)  # a visible decision, unlike the fresh head's 2e-5
+    model.save_pretrained(folder)
+    RespM2DFeatureExtractor.from_model_config(config).save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("classifier")
+    return folder, save_classifier(folder)
+
+
+def expected_scores(model, audio, function=torch.softmax):
+    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
+    with torch.no_grad():
+        logits = model(**extractor(audio, sampling_rate=16000)).logits[0]
+    scores = function(logits, -1) if function is torch.softmax else function(logits)
+    return {model.config.id2label[i]: float(score) for i, score in enumerate(scores)}
+
+
+def as_dict(result):
+    return {entry["label"]: entry["score"] for entry in result}
+
+
+def assert_scores_close(result, expected, atol=1e-5):
+    got = as_dict(result)
+    assert got.keys() == expected.keys()
+    for label, score in expected.items():
+        assert got[label] == pytest.approx(score, abs=atol), label
+
+
+def test_pipeline_classifies_real_recordings_from_a_folder(classifier):
+    folder, model = classifier
+    classify = pipeline("audio-classification", model=str(folder), trust_remote_code=True)
+    assert type(classify).__name__ == "RespM2DAudioClassificationPipeline"
+    assert type(classify).__module__.startswith("transformers_modules.")
+    for path in RECORDINGS:
+        result = classify(str(path))
+        assert [entry["score"] for entry in result] == sorted((entry["score"] for entry in result), reverse=True)
+        assert sum(entry["score"] for entry in result) == pytest.approx(1.0, abs=1e-6)
+        assert_scores_close(result, expected_scores(model, load_audio(path, 16000)))
+
+
+def test_batched_pipeline_gives_the_same_scores_as_one_at_a_time(classifier):
+    folder, _ = classifier
+    classify = pipeline("audio-classification", model=str(folder), trust_remote_code=True)
+    paths = [str(path) for path in RECORDINGS]
+    one_by_one = [classify(path) for path in paths]
+    batched = classify(paths, batch_size=4)
+    assert len(batched) == len(paths)
+    for single, together in zip(one_by_one, batched):
+        assert_scores_close(together, as_dict(single))
+
+
+def test_pipeline_takes_arrays_dicts_and_top_k(classifier):
+    folder, model = classifier
+    classify = pipeline("audio-classification", model=str(folder), trust_remote_code=True)
+    audio = noise(3.0, seed=11)
+    assert_scores_close(classify(audio), expected_scores(model, audio))
+    pcm = (audio * 2**15).astype(np.int16)
+    assert_scores_close(classify(pcm), expected_scores(model, pcm.astype(np.float32) / 2**15))
+    audio_44k = noise(2.0, rate=44100, seed=12)
+    resampled = soxr.resample(audio_44k, 44100, 16000, quality="HQ")
+    assert_scores_close(classify({"array": audio_44k, "sampling_rate": 44100}), expected_scores(model, resampled))
+    top = classify(audio, top_k=1)
+    assert len(top) == 1 and top[0]["label"] == max(expected_scores(model, audio).items(), key=lambda kv: kv[1])[0]
+
+
+def test_multi_label_models_score_with_a_sigmoid(tmp_path):
+    labels = {0: "crackle", 1: "wheeze", 2: "normal"}
+    model = save_classifier(tmp_path, id2label=labels, problem_type="multi_label_classification")
+    classify = pipeline("audio-classification", model=str(tmp_path), trust_remote_code=True)
+    audio = noise(2.0, seed=13)
+    result = classify(audio)
+    assert_scores_close(result, expected_scores(model, audio, function=torch.sigmoid))
+    assert sum(entry["score"] for entry in result) != pytest.approx(1.0, abs=1e-3)
+
+
+def test_single_label_scores_follow_function_to_apply(classifier):
+    folder, model = classifier
+    classify = pipeline("audio-classification", model=str(folder), trust_remote_code=True)
+    audio = noise(2.0, seed=14)
+    assert_scores_close(classify(audio, function_to_apply="sigmoid"), expected_scores(model, audio, function=torch.sigmoid))
+
+
+def test_pipeline_input_errors_name_the_problem(classifier, tmp_path):
+    folder, model = classifier
+    classify = pipeline("audio-classification", model=str(folder), trust_remote_code=True)
+    stereo = tmp_path / "stereo.wav"
+    left, right = noise(2.0, rate=8000, seed=1), noise(2.0, rate=8000, seed=2)
+    soundfile.write(stereo, np.stack([left, right], axis=1), 8000)
+    with pytest.raises(ValueError, match="stereo.wav.*multichannel"):
+        classify(str(stereo))
+    assert_scores_close(classify(str(stereo), downmix=True), expected_scores(model, load_audio(stereo, 16000, downmix=True)))
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        classify(str(tmp_path / "missing.wav"))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        classify(np.full(16000, np.nan, dtype=np.float32))
+
+
+def build_hub_cache(folder, cache_dir, repo_id, commit="0123456789abcdef0123456789abcdef01234567"):
+    """Lays out `folder` as the Hub cache would after downloading `repo_id` at `commit`."""
+    repo_dir = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / commit
+    shutil.copytree(folder, snapshot)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+HUB_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["resp_hf"] = None  # only the repo's remote code may be used
+    from transformers import AutoModel, pipeline
+
+    classify = pipeline("audio-classification", model="org/resp-m2d", trust_remote_code=True)
+    encoder = AutoModel.from_pretrained("org/resp-m2d", trust_remote_code=True)
+    print(json.dumps({"result": classify(sys.argv[1]), "encoder": type(encoder).__name__}))
+    """
+)
+
+
+def test_pipeline_from_a_repo_id_in_the_hub_cache_offline(classifier, tmp_path):
+    folder, model = classifier
+    build_hub_cache(folder, tmp_path / "hub", "org/resp-m2d")
+    script = tmp_path / "hub_pipeline.py"
+    script.write_text(HUB_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home")}
+    path = RECORDINGS[-1]
+    run = subprocess.run([sys.executable, script, str(path)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr
+    output = json.loads(run.stdout.strip().splitlines()[-1])
+    assert output["encoder"] == "RespM2DModel"
+    assert_scores_close(output["result"], expected_scores(model, load_audio(path, 16000)))
