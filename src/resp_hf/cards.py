@@ -1,7 +1,12 @@
-"""Model cards rendered from the templates in `hub_cards/`."""
+"""Model cards: YAML front matter from `huggingface_hub.ModelCardData`, bodies from the templates in `hub_cards/`."""
 
 from pathlib import Path
 from string import Template
+
+from huggingface_hub import EvalResult, ModelCardData
+
+TAGS = ["audio", "respiratory-sounds", "m2d", "resp_hf"]
+METRIC_TYPES = {"auroc": "roc_auc", "accuracy": "accuracy", "mae": "mae", "rmse": "rmse", "mape": "mape"}
 
 
 def card_template(name):
@@ -14,12 +19,48 @@ def card_template(name):
     raise FileNotFoundError(f"Model card template {name}.md not found next to the package or in the source tree.")
 
 
-def write_encoder_card(output_dir, config, source_name, sha256, repo_id=None):
-    """Writes `README.md` describing a converted encoder."""
-    output_dir = Path(output_dir)
-    text = card_template("resp_m2d_encoder").substitute(
-        model_name=repo_id or output_dir.name,
-        repo_id=repo_id or str(output_dir),
+def render_card(template, card_data, **fields):
+    """Front matter plus the template body, with the shared limitations and citation sections."""
+    common = card_template("common_sections").template.strip()
+    body = card_template(template).substitute(common_sections=common, **fields)
+    return f"---\n{card_data.to_yaml()}\n---\n\n{body.strip()}\n"
+
+
+def metrics_table(results):
+    """Markdown table of `{split: {metric: value}}`."""
+    metrics = sorted({name for values in results.values() for name in values})
+    lines = ["| split | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for split, values in results.items():
+        lines.append(f"| {split} | " + " | ".join(f"{values[m]:.4f}" if m in values else "" for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def eval_results(results, task_type, dataset_name, dataset_type):
+    """`model-index` entries for the known metrics of `{split: {metric: value}}`."""
+    return [
+        EvalResult(
+            task_type=task_type,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split=split,
+            metric_type=METRIC_TYPES[metric],
+            metric_value=float(value),
+        )
+        for split, values in results.items()
+        for metric, value in values.items()
+        if metric in METRIC_TYPES
+    ]
+
+
+def encoder_card(config, source_name, sha256, repo_id=None, name=None):
+    """Card of a converted encoder."""
+    model_name = repo_id or name or "resp-m2d"
+    card_data = ModelCardData(library_name="transformers", license="other", pipeline_tag="feature-extraction", tags=TAGS)
+    return render_card(
+        "resp_m2d_encoder",
+        card_data,
+        model_name=model_name,
+        repo_id=repo_id or "path/to/this/folder",
         source_name=source_name,
         sha256=sha256,
         sampling_rate=config.sampling_rate,
@@ -41,7 +82,52 @@ def write_encoder_card(output_dir, config, source_name, sha256, repo_id=None):
         pooled_size=config.pooled_size,
         pooling=config.pooling,
         frame_embedding_size=config.frame_embedding_size,
+        evaluation="Not evaluated by `resp_hf` yet.",
     )
-    path = output_dir / "README.md"
+
+
+def classifier_card(config, base_model, dataset_name, results, repo_id=None, name=None, training_data=None):
+    """Card of a fine-tuned classifier; `results` is `{split: {metric: value}}` (e.g. validation and test)."""
+    model_name = repo_id or name or "resp-m2d-classifier"
+    regression = config.problem_type == "regression"
+    card_data = ModelCardData(
+        library_name="transformers",
+        license="other",
+        pipeline_tag="audio-classification",
+        tags=TAGS,
+        datasets=[dataset_name],
+        metrics=["mae"] if regression else ["roc_auc", "accuracy"],
+        base_model=base_model,
+        model_name=model_name,
+        eval_results=eval_results(results, "audio-classification", dataset_name, dataset_name) or None,
+    )
+    labels = ", ".join(f"`{config.id2label[i]}`" for i in range(config.num_labels))
+    multi_label = config.problem_type == "multi_label_classification"
+    return render_card(
+        "resp_m2d_classifier",
+        card_data,
+        model_name=model_name,
+        repo_id=repo_id or "path/to/this/folder",
+        base_model=base_model,
+        problem_type=config.problem_type,
+        labels=labels,
+        pooling=config.pooling,
+        classifier_layer=config.classifier_layer,
+        freeze_encoder=config.freeze_encoder,
+        sampling_rate=config.sampling_rate,
+        multi_label_note=(
+            "This is a multi-label model: the pipeline scores each label with a sigmoid "
+            '(`function_to_apply="sigmoid"` is the default for it).'
+            if multi_label
+            else ""
+        ),
+        training_data=training_data or f"Fine-tuned on `{dataset_name}`.",
+        evaluation=metrics_table(results) if results else "No evaluation results were recorded.",
+    )
+
+
+def write_card(folder, text):
+    """Writes `README.md` into `folder` and returns its path."""
+    path = Path(folder) / "README.md"
     path.write_text(text, encoding="utf-8")
     return path

@@ -14,7 +14,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from .cards import write_encoder_card
+from . import cards
 from .models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 
 DEFAULT_NORM_STATS = (-7.1, 4.2)
@@ -266,7 +266,8 @@ def convert_m2d_checkpoint(checkpoint_path, output_dir, name=None, write_card=Tr
     model.save_pretrained(output_dir)
     RespM2DFeatureExtractor.from_model_config(config).save_pretrained(output_dir)
     if write_card:
-        write_encoder_card(output_dir, config, source_name=f"{name}/{checkpoint_path.name}", sha256=report.sha256)
+        source = f"{name}/{checkpoint_path.name}"
+        cards.write_card(output_dir, cards.encoder_card(config, source, report.sha256, name=output_dir.name))
     return report
 
 
