@@ -79,3 +79,16 @@ def tiny_model(seed=0, **overrides):
 
 def noise(seconds, rate=16000, seed=0, amplitude=0.1):
     return (amplitude * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32)
+
+
+def run_without_resp_hf(code, *args, cwd=None):
+    """Runs `code` in a fresh interpreter where `resp_hf` cannot be imported; returns the JSON it prints last."""
+    import subprocess
+    import sys
+
+    script = "import sys\nsys.modules['resp_hf'] = None\n" + code
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

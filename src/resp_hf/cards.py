@@ -6,6 +6,8 @@ from string import Template
 from huggingface_hub import EvalResult, ModelCardData
 
 TAGS = ["audio", "respiratory-sounds", "m2d", "resp_hf"]
+# Loading snippets of cards written next to a local folder use this in place of the repo id until the folder is pushed.
+LOCAL_REPO_PLACEHOLDER = "path/to/this/folder"
 METRIC_TYPES = {"auroc": "roc_auc", "accuracy": "accuracy", "mae": "mae", "rmse": "rmse", "mape": "mape"}
 
 
@@ -60,7 +62,7 @@ def encoder_card(config, source_name, sha256, repo_id=None, name=None):
         "resp_m2d_encoder",
         card_data,
         model_name=model_name,
-        repo_id=repo_id or "path/to/this/folder",
+        repo_id=repo_id or LOCAL_REPO_PLACEHOLDER,
         source_name=source_name,
         sha256=sha256,
         sampling_rate=config.sampling_rate,
@@ -107,7 +109,7 @@ def classifier_card(config, base_model, dataset_name, results, repo_id=None, nam
         "resp_m2d_classifier",
         card_data,
         model_name=model_name,
-        repo_id=repo_id or "path/to/this/folder",
+        repo_id=repo_id or LOCAL_REPO_PLACEHOLDER,
         base_model=base_model,
         problem_type=config.problem_type,
         labels=labels,
@@ -124,6 +126,11 @@ def classifier_card(config, base_model, dataset_name, results, repo_id=None, nam
         training_data=training_data or f"Fine-tuned on `{dataset_name}`.",
         evaluation=metrics_table(results) if results else "No evaluation results were recorded.",
     )
+
+
+def card_for_repo(text, repo_id):
+    """A card written for a local folder, with its loading snippets pointing at `repo_id`."""
+    return text.replace(LOCAL_REPO_PLACEHOLDER, repo_id)
 
 
 def write_card(folder, text):

@@ -30,15 +30,57 @@ def run_convert(args):
     print(report)
 
 
+def add_finetune_command(subparsers):
+    parser = subparsers.add_parser(
+        "finetune",
+        help="Fine-tune an encoder on a labelled audio dataset with Trainer.",
+        description="Fine-tune with Trainer; all further arguments go to the fine-tuning script "
+        "(run `resp-hf finetune --help` for them).",
+        add_help=False,
+    )
+    parser.set_defaults(handler=run_finetune)
+
+
+def run_finetune(args):
+    from .training.finetune import main as finetune_main
+
+    finetune_main(args.rest)
+
+
+def add_push_command(subparsers):
+    parser = subparsers.add_parser(
+        "push",
+        help="Upload a converted or fine-tuned folder (model, feature extractor, remote code, card) to the Hub.",
+    )
+    parser.add_argument("folder", help="a folder written by `resp-hf convert` or `resp-hf finetune`")
+    parser.add_argument("repo_id", help="e.g. my-org/resp-m2d")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--token", help="Hub token (default: the logged-in one)")
+    parser.add_argument("--message", default="Upload resp_hf model", help="commit message")
+    parser.set_defaults(handler=run_push)
+
+
+def run_push(args):
+    from .hub import push_folder
+
+    commit = push_folder(args.folder, args.repo_id, private=args.private, token=args.token, commit_message=args.message)
+    print(f"Pushed {args.folder} to {args.repo_id}: {getattr(commit, 'commit_url', commit)}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="resp-hf", description="Respiratory audio foundation models for Transformers.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_convert_command(subparsers)
+    add_finetune_command(subparsers)
+    add_push_command(subparsers)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if rest and args.command != "finetune":
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.handler(args)

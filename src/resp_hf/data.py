@@ -1,0 +1,53 @@
+"""Building Hugging Face datasets from folders of labelled recordings and from saved datasets."""
+
+from pathlib import Path
+
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def folder_split(root, extensions=AUDIO_EXTENSIONS):
+    """A split from `root/<class name>/**/<audio file>`: an `audio` path column and a `label` ClassLabel."""
+    classes = sorted(path.name for path in root.iterdir() if path.is_dir())
+    if not classes:
+        raise ValueError(f"{root} has no class subfolders: expected {root}/<class name>/<audio files>.")
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in extensions and p.is_file())
+        if not files:
+            raise ValueError(f"Class folder {root / name} holds no audio files ({', '.join(extensions)}).")
+        paths += [str(p) for p in files]
+        labels += [index] * len(files)
+    return Dataset.from_dict({"audio": paths, "label": labels}).cast_column("label", ClassLabel(names=classes))
+
+
+def load_audio_folder(root, extensions=AUDIO_EXTENSIONS):
+    """
+    A `DatasetDict` from a folder of labelled recordings: `root/<class>/<files>` gives a `train` split, and
+    `root/{train,validation,test}/<class>/<files>` gives those splits (their class names must agree). No audio is
+    decoded: the `audio` column holds file paths, read later with soundfile (torchcodec is not needed).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Audio folder not found: {root}")
+    split_dirs = {name: root / name for name in SPLIT_NAMES if (root / name).is_dir()}
+    if not split_dirs:
+        return DatasetDict({"train": folder_split(root, extensions)})
+    splits = DatasetDict({name: folder_split(path, extensions) for name, path in split_dirs.items()})
+    names = {name: split.features["label"].names for name, split in splits.items()}
+    if len({tuple(v) for v in names.values()}) > 1:
+        raise ValueError(f"The splits of {root} have different class folders: {names}.")
+    return splits
+
+
+def load_any_dataset(source):
+    """A `DatasetDict` from a `save_to_disk` folder, a folder of labelled recordings, or a Hub dataset name."""
+    path = Path(source)
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()):
+        dataset = load_from_disk(str(path))
+        return dataset if isinstance(dataset, DatasetDict) else DatasetDict({"train": dataset})
+    if path.is_dir():
+        return load_audio_folder(path)
+    return load_dataset(source)

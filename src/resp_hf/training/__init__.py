@@ -1,0 +1,1 @@
+"""Training entry points: fine-tuning with Trainer (and, later, further pre-training with Accelerate)."""

@@ -1,0 +1,161 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import run_without_resp_hf, tiny_config, tiny_model
+from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
+from safetensors.torch import load
+from transformers import AutoModelForAudioClassification
+
+from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DForAudioClassification
+from resp_hf.cards import classifier_card, encoder_card
+from resp_hf.cli import main as cli_main
+
+REMOTE_CODE = {"configuration_resp_m2d.py", "feature_extraction_resp_m2d.py", "modeling_resp_m2d.py", "pipeline_resp_m2d.py"}
+MODEL_FILES = {"config.json", "model.safetensors", *REMOTE_CODE}
+# Loads a downloaded repository with remote code only, and embeds a seeded clip.
+REMOTE_EMBED = """
+import json, torch
+from transformers import AutoFeatureExtractor, AutoModel
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+extractor = AutoFeatureExtractor.from_pretrained(sys.argv[1], trust_remote_code=True)
+torch.manual_seed(0)
+audio = 0.1 * torch.randn(16000)
+with torch.no_grad():
+    embedding = model(**extractor(audio.numpy(), sampling_rate=16000)).pooler_output[0]
+print(json.dumps({"classes": [type(model).__name__, type(extractor).__name__], "embedding": embedding.tolist()}))
+"""
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """Intercepts repository creation and uploads (commits, folder uploads); returns the commits with their files."""
+    commits = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, commit_message, **kwargs):
+        files = {}
+        for operation in operations:
+            source = operation.path_or_fileobj
+            files[operation.path_in_repo] = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+        commits.append({"repo_id": repo_id, "message": commit_message, "files": files})
+        url = f"https://huggingface.co/{repo_id}/commit/{'0' * 40}"
+        return CommitInfo(commit_url=url, commit_message=commit_message, commit_description="", oid="0" * 40)
+
+    def upload_folder(self, repo_id, folder_path, commit_message, **kwargs):
+        files = {path.name: path.read_bytes() for path in Path(folder_path).iterdir() if path.is_file()}
+        commits.append({"repo_id": repo_id, "message": commit_message, "files": files})
+        readme = files["README.md"].decode()  # the Hub rejects a README whose front matter is not valid YAML
+        assert readme.startswith("---\n") and isinstance(yaml.safe_load(readme.split("---\n")[1]), dict)
+        url = f"https://huggingface.co/{repo_id}/commit/{'0' * 40}"
+        return CommitInfo(commit_url=url, commit_message=commit_message, commit_description="", oid="0" * 40)
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return commits
+
+
+def materialize(files, folder):
+    """Writes uploaded files into a folder, as a download of the repository would."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+def test_model_and_feature_extractor_push_to_hub_upload_loadable_remote_code(hub, tmp_path):
+    model = tiny_model(seed=4)
+    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
+    model.push_to_hub("org/resp-m2d")
+    extractor.push_to_hub("org/resp-m2d")
+    assert [commit["repo_id"] for commit in hub] == ["org/resp-m2d", "org/resp-m2d"]
+    model_files, extractor_files = hub[0]["files"], hub[1]["files"]
+    assert set(model_files) == MODEL_FILES | {"README.md"}
+    assert set(extractor_files) == {"preprocessor_config.json", "feature_extraction_resp_m2d.py", "README.md"}
+    config = json.loads(model_files["config.json"])
+    assert config["auto_map"]["AutoModel"] == "modeling_resp_m2d.RespM2DModel"
+    assert config["auto_map"]["AutoFeatureExtractor"] == "feature_extraction_resp_m2d.RespM2DFeatureExtractor"
+    weights = load(model_files["model.safetensors"])
+    assert torch.equal(weights["embeddings.position_embeddings"], model.embeddings.position_embeddings)
+
+    folder = materialize({**model_files, **extractor_files}, tmp_path / "download")
+    remote = run_without_resp_hf(REMOTE_EMBED, folder, cwd=tmp_path)
+    assert remote["classes"] == ["RespM2DModel", "RespM2DFeatureExtractor"]
+    torch.manual_seed(0)
+    audio = 0.1 * torch.randn(16000)
+    with torch.no_grad():
+        expected = model(**extractor(audio.numpy(), sampling_rate=16000)).pooler_output[0]
+    torch.testing.assert_close(torch.tensor(remote["embedding"]), expected, atol=1e-6, rtol=0)
+
+
+def save_fine_tuned(folder):
+    torch.manual_seed(0)
+    labels = {0: "healthy", 1: "copd"}
+    config = tiny_config(num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()})
+    config.problem_type = "single_label_classification"
+    model = RespM2DForAudioClassification(config)
+    model.save_pretrained(folder)
+    RespM2DFeatureExtractor.from_model_config(config).save_pretrained(folder)
+    card = classifier_card(config, "org/resp-m2d", "icbhi-copd", {"test": {"auroc": 0.91, "accuracy": 0.85}}, name=folder.name)
+    (folder / "README.md").write_text(card)
+    return model
+
+
+def test_cli_push_uploads_model_extractor_code_and_card_in_one_commit(hub, tmp_path):
+    folder = tmp_path / "copd-classifier"
+    model = save_fine_tuned(folder)
+    assert cli_main(["push", str(folder), "org/resp-m2d-copd"]) == 0
+    assert len(hub) == 1
+    files = hub[0]["files"]
+    assert set(files) == MODEL_FILES | {"README.md", "preprocessor_config.json"}
+    config = json.loads(files["config.json"])
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForAudioClassification", "AutoFeatureExtractor"}
+    assert config["id2label"] == {"0": "healthy", "1": "copd"}
+    preprocessor = json.loads(files["preprocessor_config.json"])
+    assert preprocessor["auto_map"] == {"AutoFeatureExtractor": "feature_extraction_resp_m2d.RespM2DFeatureExtractor"}
+    card = files["README.md"].decode()
+    assert 'pipeline("audio-classification", model="org/resp-m2d-copd", trust_remote_code=True)' in card
+    assert "path/to/this/folder" not in card
+    assert ModelCard(card).data.to_dict()["model-index"][0]["results"][0]["metrics"][0]["value"] in (0.91, 0.85)
+
+    download = materialize(files, tmp_path / "download")
+    loaded = AutoModelForAudioClassification.from_pretrained(download, trust_remote_code=True).eval()
+    features = torch.randn(1, 80, 120)
+    with torch.no_grad():
+        assert torch.equal(loaded(features).logits, model.eval()(features).logits)
+
+
+def test_push_of_a_converted_encoder_keeps_its_card(hub, golden_folder):
+    assert cli_main(["push", str(golden_folder), "org/resp-m2d-golden"]) == 0
+    card = hub[0]["files"]["README.md"].decode()
+    assert "checkpoint-300.pth" in card and 'AutoModel.from_pretrained("org/resp-m2d-golden"' in card
+
+
+def test_push_of_a_folder_that_is_not_a_model_is_a_clear_error(hub, tmp_path):
+    assert cli_main(["push", str(tmp_path), "org/x"]) == 2
+    assert hub == []
+
+
+def test_cards_have_valid_front_matter_and_required_sections():
+    config = RespM2DConfig(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, problem_type="single_label_classification")
+    results = {"validation": {"auroc": 0.8, "accuracy": 0.7, "loss": 0.5}, "test": {"auroc": 0.75}}
+    card = ModelCard(classifier_card(config, "org/base", "my-data", results, repo_id="org/clf"))
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "audio-classification"
+    assert data["license"] == "other" and "respiratory-sounds" in data["tags"]
+    assert data["datasets"] == ["my-data"] and data["metrics"] == ["roc_auc", "accuracy"] and data["base_model"] == "org/base"
+    metrics = {(r["dataset"]["split"], m["type"]): m["value"] for r in data["model-index"][0]["results"] for m in r["metrics"]}
+    assert metrics == {("validation", "roc_auc"): 0.8, ("validation", "accuracy"): 0.7, ("test", "roc_auc"): 0.75}
+    for section in ("## Intended use", "## How to load", "## Training data", "## Evaluation", "## Limitations", "## Citation"):
+        assert section in card.text
+    assert "| validation | 0.7000 | 0.8000 | 0.5000 |" in card.text and "OPERA" in card.text
+
+    encoder = ModelCard(encoder_card(RespM2DConfig(), "m2d/checkpoint.pth", "abc", repo_id="org/enc"))
+    assert encoder.data.to_dict()["pipeline_tag"] == "feature-extraction"
+    assert 'AutoModel.from_pretrained("org/enc", trust_remote_code=True)' in encoder.text
+    assert "Not a medical device" in encoder.text
