@@ -1,6 +1,6 @@
 """Convert an official M2D checkpoint and embed audio files with it.
 
-    python examples/convert_and_embed.py CHECKPOINT.pth OUTPUT_DIR audio1.wav audio2.wav ... [--save embeddings.npy]
+python examples/convert_and_embed.py CHECKPOINT.pth OUTPUT_DIR audio1.wav audio2.wav ... [--save embeddings.npy]
 """
 
 import argparse

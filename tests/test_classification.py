@@ -32,14 +32,24 @@ def head_input(model, features, mask):
 @pytest.mark.parametrize(
     "num_labels, labels, problem_type, expected_loss",
     [
-        (3, torch.tensor([0, 2, 1, 2]), "single_label_classification", lambda logits, y: torch.nn.functional.cross_entropy(logits, y)),
+        (
+            3,
+            torch.tensor([0, 2, 1, 2]),
+            "single_label_classification",
+            lambda logits, y: torch.nn.functional.cross_entropy(logits, y),
+        ),
         (
             3,
             torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]]),
             "multi_label_classification",
             lambda logits, y: torch.nn.functional.binary_cross_entropy_with_logits(logits, y),
         ),
-        (1, torch.tensor([0.5, 1.5, -0.2, 3.0]), "regression", lambda logits, y: torch.nn.functional.mse_loss(logits[:, 0], y)),
+        (
+            1,
+            torch.tensor([0.5, 1.5, -0.2, 3.0]),
+            "regression",
+            lambda logits, y: torch.nn.functional.mse_loss(logits[:, 0], y),
+        ),
     ],
 )
 def test_problem_types_forward_and_backward(num_labels, labels, problem_type, expected_loss):
@@ -97,7 +107,9 @@ def test_weighted_layers_learn_a_softmax_mixture():
     with torch.no_grad():
         outputs = model.resp_m2d(features, attention_mask=mask, output_hidden_states=True)
         pooled = [model.resp_m2d.pool(h, outputs.frame_mask) for h in outputs.hidden_states[1:]]
-        torch.testing.assert_close(head_input(model, features, mask), (pooled[0] + pooled[1]) / 2)  # equal weights at start
+        torch.testing.assert_close(
+            head_input(model, features, mask), (pooled[0] + pooled[1]) / 2
+        )  # equal weights at start
         model.layer_weights.copy_(torch.tensor([30.0, 0.0]))
         torch.testing.assert_close(head_input(model, features, mask), pooled[0], atol=1e-5, rtol=0)
     model.train()
@@ -135,7 +147,9 @@ def test_new_head_on_a_converted_encoder_and_auto_classes(tmp_path):
     reloaded = AutoModelForAudioClassification.from_pretrained(tmp_path / "classifier").eval()
     classifier.eval()
     with torch.no_grad():
-        assert torch.equal(reloaded(features, attention_mask=mask).logits, classifier(features, attention_mask=mask).logits)
+        assert torch.equal(
+            reloaded(features, attention_mask=mask).logits, classifier(features, attention_mask=mask).logits
+        )
         encoder_from_classifier = AutoModel.from_pretrained(tmp_path / "classifier").eval()
         assert type(encoder_from_classifier) is RespM2DModel
         torch.testing.assert_close(

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -23,7 +24,12 @@ GOLDEN_DROPPED = {
     "target_blocks": 24,
     "target_norm": 2,
 }
-REMOTE_CODE = ["configuration_resp_m2d.py", "feature_extraction_resp_m2d.py", "modeling_resp_m2d.py", "pipeline_resp_m2d.py"]
+REMOTE_CODE = [
+    "configuration_resp_m2d.py",
+    "feature_extraction_resp_m2d.py",
+    "modeling_resp_m2d.py",
+    "pipeline_resp_m2d.py",
+]
 
 # Runs in a fresh interpreter where `resp_hf` cannot be imported: only the folder's remote code is used.
 PARITY_SCRIPT = textwrap.dedent(
@@ -58,7 +64,9 @@ PARITY_SCRIPT = textwrap.dedent(
         for key, value in pairs.items():
             target = expected[name + "/" + key]
             report[name + "/" + key] = (
-                float(np.abs(value.numpy() - target).max()) if value.shape == target.shape else f"shape {tuple(value.shape)}"
+                float(np.abs(value.numpy() - target).max())
+                if value.shape == target.shape
+                else f"shape {tuple(value.shape)}"
             )
     print(json.dumps(report))
     """
@@ -100,7 +108,10 @@ def test_converted_folder_is_complete_and_self_contained(golden_folder):
         "AutoModelForAudioClassification": "modeling_resp_m2d.RespM2DForAudioClassification",
         "AutoFeatureExtractor": "feature_extraction_resp_m2d.RespM2DFeatureExtractor",
     }
-    assert config["custom_pipelines"]["audio-classification"]["impl"] == "pipeline_resp_m2d.RespM2DAudioClassificationPipeline"
+    assert (
+        config["custom_pipelines"]["audio-classification"]["impl"]
+        == "pipeline_resp_m2d.RespM2DAudioClassificationPipeline"
+    )
     assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]) == (2, 768, 12)
     assert (config["norm_mean"], config["norm_std"]) == pytest.approx((-5.3, 3.9))
     preprocessor = json.loads((golden_folder / "preprocessor_config.json").read_text())
@@ -139,7 +150,9 @@ def variant(kind):
     extra = torch.zeros(4, 4)
     if kind == "evar_fine_tuned":
         state = {f"module.ar.runtime.backbone.{k}": v for k, v in encoder.items()}
-        state.update({"module.head.norm.running_mean": torch.zeros(3840), "module.head.mlp.mlp.0.weight": torch.zeros(5, 3840)})
+        state.update(
+            {"module.head.norm.running_mean": torch.zeros(3840), "module.head.mlp.mlp.0.weight": torch.zeros(5, 3840)}
+        )
         return state, {"module": 2}
     if kind == "portable_runtime":
         state = {f"backbone.{k}": v for k, v in encoder.items()}
@@ -153,7 +166,10 @@ def variant(kind):
             "offline_predictor": 2,
         }
     if kind == "m2d_clap":
-        return {"model": {**encoder, "audio_proj.0.weight": extra, "text_proj.weight": extra}}, {"audio_proj": 1, "text_proj": 1}
+        return {"model": {**encoder, "audio_proj.0.weight": extra, "text_proj.weight": extra}}, {
+            "audio_proj": 1,
+            "text_proj": 1,
+        }
     raise AssertionError(kind)
 
 
@@ -222,19 +238,42 @@ def official_state_dict(depth, width, mlp, grid, patch, seed=0):
 @pytest.mark.parametrize(
     "name, grid, patch, expected",
     [
-        ("m2d_as_vit_base-80x1001p16x16p32k-240413_AS-FT_enconly", (5, 62), (16, 16), dict(rate=32000, n_fft=800, hop=320, f_max=16000.0, steps=62)),
-        ("m2d_clap_vit_base-80x1001p16x16-240501", (5, 62), (16, 16), dict(rate=16000, n_fft=400, hop=160, f_max=8000.0, steps=62)),
-        ("m2d_vit_base-80x200p80x4-test", (1, 50), (80, 4), dict(rate=16000, n_fft=400, hop=160, f_max=8000.0, steps=50)),
+        (
+            "m2d_as_vit_base-80x1001p16x16p32k-240413_AS-FT_enconly",
+            (5, 62),
+            (16, 16),
+            dict(rate=32000, n_fft=800, hop=320, f_max=16000.0, steps=62),
+        ),
+        (
+            "m2d_clap_vit_base-80x1001p16x16-240501",
+            (5, 62),
+            (16, 16),
+            dict(rate=16000, n_fft=400, hop=160, f_max=8000.0, steps=62),
+        ),
+        (
+            "m2d_vit_base-80x200p80x4-test",
+            (1, 50),
+            (80, 4),
+            dict(rate=16000, n_fft=400, hop=160, f_max=8000.0, steps=50),
+        ),
     ],
 )
 def test_config_is_inferred_from_the_name_and_shapes(tmp_path, name, grid, patch, expected):
     state = official_state_dict(depth=3, width=96, mlp=160, grid=grid, patch=patch)
     report = convert_m2d_checkpoint(save_checkpoint(tmp_path, {"model": state}, folder=name), tmp_path / "out")
     config = report.config
-    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (3, 96, 1, 160)
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (
+        3,
+        96,
+        1,
+        160,
+    )
     assert config.input_size == parse_checkpoint_name(name)["input_size"] and config.patch_size == list(patch)
     assert (config.sampling_rate, config.n_fft, config.hop_length, config.f_max) == (
-        expected["rate"], expected["n_fft"], expected["hop"], expected["f_max"]
+        expected["rate"],
+        expected["n_fft"],
+        expected["hop"],
+        expected["f_max"],
     )
     assert config.time_patches_per_chunk == expected["steps"]
     assert config.frame_embedding_size == grid[0] * 96
@@ -258,7 +297,10 @@ def test_name_can_be_given_when_the_folder_is_renamed(tmp_path):
 
 def test_name_that_contradicts_the_weights_is_an_error(tmp_path):
     path = save_checkpoint(tmp_path, {"model": encoder_only(golden_state_dict())}, folder="m2d_vit_base-80x1001p16x16")
-    with pytest.raises(ValueError, match=r"(?s)do not fit.*embeddings.position_embeddings: checkpoint \(1, 191, 768\), model \(1, 311, 768\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)do not fit.*embeddings.position_embeddings: checkpoint \(1, 191, 768\), model \(1, 311, 768\)",
+    ):
         convert_m2d_checkpoint(path, tmp_path / "out")
     path = save_checkpoint(tmp_path, {"model": encoder_only(golden_state_dict())}, folder="m2d_vit_base-80x608p16x8")
     with pytest.raises(ValueError, match=r"patch size \[16, 8\].*kernel \[16, 16\]"):
@@ -269,9 +311,20 @@ def test_name_that_contradicts_the_weights_is_an_error(tmp_path):
     "edit, message",
     [
         (lambda s: s.pop("blocks.1.mlp.fc2.weight"), "missing: encoder.layer.1.mlp.fc2.weight"),
-        (lambda s: s.update({"blocks.0.attn.proj.weight": torch.zeros(768, 700)}), "wrong shape: encoder.layer.0.attention.proj.weight"),
-        (lambda s: s.update({"blocks.0.ls1.gamma": torch.zeros(768)}), "Unrecognized encoder weight 'blocks.0.ls1.gamma'"),
-        (lambda s: s.update({k.replace("blocks.0.", "blocks.3."): v for k, v in s.items() if k.startswith("blocks.0.")}), r"not numbered 0..N-1"),
+        (
+            lambda s: s.update({"blocks.0.attn.proj.weight": torch.zeros(768, 700)}),
+            "wrong shape: encoder.layer.0.attention.proj.weight",
+        ),
+        (
+            lambda s: s.update({"blocks.0.ls1.gamma": torch.zeros(768)}),
+            "Unrecognized encoder weight 'blocks.0.ls1.gamma'",
+        ),
+        (
+            lambda s: s.update(
+                {k.replace("blocks.0.", "blocks.3."): v for k, v in s.items() if k.startswith("blocks.0.")}
+            ),
+            r"not numbered 0..N-1",
+        ),
         (lambda s: s.pop("pos_embed"), "lacks the encoder weight 'embeddings.position_embeddings'"),
         (lambda s: s.update({"norm_stats": torch.zeros(3)}), r"norm_stats must hold \(mean, std\)"),
     ],
@@ -287,12 +340,14 @@ def test_malformed_checkpoints_are_clear_errors(tmp_path, edit, message):
 @pytest.mark.parametrize(
     "content, message",
     [
-        (os.urandom(2048), "not a PyTorch checkpoint"),
+        (bytes(np.random.default_rng(0).integers(0, 256, 2048, dtype=np.uint8)), "not a PyTorch checkpoint"),
+        (b"PK\x03\x04" + bytes(500), "not a readable PyTorch checkpoint"),
         (b"just some text, not a checkpoint", "not a readable PyTorch checkpoint"),
         ([1, 2, 3], "holds no state dict of tensors"),
         ({"model": {"note": "no tensors here"}}, "holds no state dict of tensors"),
         ({"model": {"decoder_pred.weight": torch.zeros(2)}}, "holds no M2D encoder weights"),
     ],
+    ids=["random_bytes", "broken_zip", "text", "list", "no_tensors", "no_encoder"],
 )
 def test_files_that_are_not_m2d_checkpoints_are_refused(tmp_path, content, message):
     path = tmp_path / "m2d_vit_base-80x608p16x16" / "checkpoint.pth"

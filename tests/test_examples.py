@@ -11,9 +11,18 @@ from resp_hf import RespM2DModel
 def test_convert_and_embed_example(tmp_path, golden_audio):
     files = [GOLDEN / "inputs" / "kauh_BP1_asthma.wav", GOLDEN / "inputs" / "synth_noise_0.3s.wav"]
     result = subprocess.run(
-        [sys.executable, REPO_ROOT / "examples" / "convert_and_embed.py", GOLDEN_CHECKPOINT, tmp_path / "model", *files,
-         "--save", tmp_path / "embeddings.npy"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            REPO_ROOT / "examples" / "convert_and_embed.py",
+            GOLDEN_CHECKPOINT,
+            tmp_path / "model",
+            *files,
+            "--save",
+            tmp_path / "embeddings.npy",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert "kauh_BP1_asthma.wav: (3840,) embedding" in result.stdout

@@ -112,7 +112,13 @@ def test_bad_sampling_rate_is_an_error(rate):
 
 def test_32k_front_end_follows_the_config():
     config = RespM2DConfig(sampling_rate=32000)
-    assert (config.n_fft, config.win_length, config.hop_length, config.f_min, config.f_max) == (800, 800, 320, 50.0, 16000.0)
+    assert (config.n_fft, config.win_length, config.hop_length, config.f_min, config.f_max) == (
+        800,
+        800,
+        320,
+        50.0,
+        16000.0,
+    )
     extractor = RespM2DFeatureExtractor.from_model_config(config)
     features = extractor(noise(1.0, rate=32000), sampling_rate=32000)["input_features"]
     assert features.shape == (1, 80, 101)
@@ -135,7 +141,9 @@ def test_save_and_load_round_trip(tmp_path):
     extractor.save_pretrained(tmp_path)
     loaded = RespM2DFeatureExtractor.from_pretrained(tmp_path)
     audio = noise(0.7)
-    assert torch.equal(loaded(audio, sampling_rate=16000)["input_features"], extractor(audio, sampling_rate=16000)["input_features"])
+    assert torch.equal(
+        loaded(audio, sampling_rate=16000)["input_features"], extractor(audio, sampling_rate=16000)["input_features"]
+    )
 
 
 def test_load_audio_reads_resamples_and_reports_problems(tmp_path):

@@ -13,38 +13,18 @@ from transformers import AutoModelForAudioClassification
 
 from resp_hf import RespM2DFeatureExtractor
 from resp_hf.cli import main as cli_main
-from resp_hf.data import load_audio_folder, load_any_dataset
+from resp_hf.data import load_any_dataset, load_audio_folder
+from resp_hf.synthetic import write_two_class_recordings
 from resp_hf.training.finetune import AudioClassificationCollator, label_task, layer_wise_parameter_groups
 
 RATE = 16000
 
 
-def low_band_noise(rng, seconds):
-    noise = rng.standard_normal(int(seconds * RATE))
-    spectrum = np.fft.rfft(noise)
-    spectrum[np.fft.rfftfreq(noise.size, 1 / RATE) > 500] = 0
-    return np.fft.irfft(spectrum, noise.size)
-
-
-def high_band_tone(rng, seconds):
-    t = np.arange(int(seconds * RATE)) / RATE
-    return np.sin(2 * np.pi * rng.uniform(2500, 4500) * t) + 0.05 * rng.standard_normal(t.size)
-
-
-def write_split(folder, count, rng):
-    for name, make in (("noise", low_band_noise), ("tone", high_band_tone)):
-        (folder / name).mkdir(parents=True)
-        for i in range(count):
-            audio = make(rng, rng.uniform(0.8, 2.0))
-            soundfile.write(folder / name / f"{i:03d}.wav", (0.3 * audio / np.abs(audio).max()).astype(np.float32), RATE)
-
-
 @pytest.fixture(scope="module")
 def recordings(tmp_path_factory):
     root = tmp_path_factory.mktemp("recordings")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 16), ("validation", 6), ("test", 10)):
-        write_split(root / split, count, rng)
+    for seed, (split, count) in enumerate((("train", 16), ("validation", 6), ("test", 10))):
+        write_two_class_recordings(root / split, per_class=count, seed=seed, seconds=(0.8, 2.0))
     return root
 
 
@@ -59,17 +39,33 @@ def encoder_folder(tmp_path_factory):
 
 def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, encoder_folder, tmp_path):
     output = tmp_path / "classifier"
-    code = cli_main([
-        "finetune", "--model_name_or_path", str(encoder_folder), "--dataset", str(recordings),
-        "--output_dir", str(output), "--num_train_epochs", "4", "--learning_rate", "1e-3",
-        "--per_device_train_batch_size", "8", "--seed", "0", "--layer_decay", "0.75",
-    ])
+    code = cli_main(
+        [
+            "finetune",
+            "--model_name_or_path",
+            str(encoder_folder),
+            "--dataset",
+            str(recordings),
+            "--output_dir",
+            str(output),
+            "--num_train_epochs",
+            "4",
+            "--learning_rate",
+            "1e-3",
+            "--per_device_train_batch_size",
+            "8",
+            "--seed",
+            "0",
+            "--layer_decay",
+            "0.75",
+        ]
+    )
     assert code == 0
     test_metrics = json.loads((output / "test_results.json").read_text())
     assert test_metrics["test_auroc"] > 0.9
 
     model = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True).eval()
-    assert model.config.id2label == {0: "noise", 1: "tone"}
+    assert model.config.id2label == {0: "breath", 1: "wheeze"}
     extractor = RespM2DFeatureExtractor.from_pretrained(output)
     test = load_audio_folder(recordings)["test"]
     audio = [soundfile.read(path, dtype="float32")[0] for path in test["audio"]]
@@ -81,7 +77,10 @@ def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, 
     card = (output / "README.md").read_text()
     assert "pipeline_tag: audio-classification" in card and "model-index" in card and "Not a medical device" in card
     assert sorted(p.name for p in output.glob("*.py")) == [
-        "configuration_resp_m2d.py", "feature_extraction_resp_m2d.py", "modeling_resp_m2d.py", "pipeline_resp_m2d.py"
+        "configuration_resp_m2d.py",
+        "feature_extraction_resp_m2d.py",
+        "modeling_resp_m2d.py",
+        "pipeline_resp_m2d.py",
     ]
 
 
@@ -114,8 +113,9 @@ def test_label_types_choose_the_problem_type():
 
 
 def test_layer_wise_learning_rate_decay_groups():
-    from resp_hf import RespM2DForAudioClassification
     from conftest import tiny_config
+
+    from resp_hf import RespM2DForAudioClassification
 
     model = RespM2DForAudioClassification(tiny_config(num_labels=2))
     groups = layer_wise_parameter_groups(model, learning_rate=1e-3, layer_decay=0.5, weight_decay=0.05)
@@ -134,7 +134,7 @@ def test_layer_wise_learning_rate_decay_groups():
 def test_audio_folder_and_saved_datasets(recordings, tmp_path):
     splits = load_audio_folder(recordings)
     assert list(splits) == ["train", "validation", "test"]
-    assert splits["train"].features["label"].names == ["noise", "tone"]
+    assert splits["train"].features["label"].names == ["breath", "wheeze"]
     assert splits["test"].num_rows == 20 and sorted(set(splits["test"]["label"])) == [0, 1]
     flat = load_audio_folder(recordings / "train")
     assert list(flat) == ["train"] and flat["train"].num_rows == 32
@@ -143,7 +143,7 @@ def test_audio_folder_and_saved_datasets(recordings, tmp_path):
     reloaded = load_any_dataset(tmp_path / "saved")
     assert isinstance(reloaded["train"].features["audio"], Audio)
     with pytest.raises(ValueError, match="no class subfolders"):
-        load_audio_folder(recordings / "train" / "noise")
+        load_audio_folder(recordings / "train" / "breath")
     with pytest.raises(FileNotFoundError, match="Audio folder not found"):
         load_audio_folder(tmp_path / "nowhere")
 
@@ -152,11 +152,24 @@ def test_fine_tuning_on_a_saved_dataset_with_an_audio_column(recordings, encoder
     dataset = load_audio_folder(recordings).cast_column("audio", Audio())  # decoding it would need torchcodec
     dataset.save_to_disk(tmp_path / "saved")
     output = tmp_path / "probe"
-    code = cli_main([
-        "finetune", "--model_name_or_path", str(encoder_folder), "--dataset", str(tmp_path / "saved"),
-        "--output_dir", str(output), "--num_train_epochs", "1", "--freeze_encoder", "--pooling", "mean",
-        "--classifier_layer", "1",
-    ])
+    code = cli_main(
+        [
+            "finetune",
+            "--model_name_or_path",
+            str(encoder_folder),
+            "--dataset",
+            str(tmp_path / "saved"),
+            "--output_dir",
+            str(output),
+            "--num_train_epochs",
+            "1",
+            "--freeze_encoder",
+            "--pooling",
+            "mean",
+            "--classifier_layer",
+            "1",
+        ]
+    )
     assert code == 0
     model = AutoModelForAudioClassification.from_pretrained(output)
     assert model.config.freeze_encoder and model.config.pooling == "mean" and model.config.classifier_layer == 1
@@ -167,7 +180,9 @@ def test_fine_tuning_on_a_saved_dataset_with_an_audio_column(recordings, encoder
 def test_finetune_example_runs_end_to_end(tmp_path):
     result = subprocess.run(
         [sys.executable, REPO_ROOT / "examples" / "finetune_synthetic.py", tmp_path, "--epochs", "3"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "breath_000.wav: {'score':" in result.stdout and "'label': 'breath'" in result.stdout

@@ -13,7 +13,12 @@ from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DForAudioClass
 from resp_hf.cards import classifier_card, encoder_card
 from resp_hf.cli import main as cli_main
 
-REMOTE_CODE = {"configuration_resp_m2d.py", "feature_extraction_resp_m2d.py", "modeling_resp_m2d.py", "pipeline_resp_m2d.py"}
+REMOTE_CODE = {
+    "configuration_resp_m2d.py",
+    "feature_extraction_resp_m2d.py",
+    "modeling_resp_m2d.py",
+    "pipeline_resp_m2d.py",
+}
 MODEL_FILES = {"config.json", "model.safetensors", *REMOTE_CODE}
 # Loads a downloaded repository with remote code only, and embeds a seeded clip.
 REMOTE_EMBED = """
@@ -41,7 +46,9 @@ def hub(monkeypatch):
         files = {}
         for operation in operations:
             source = operation.path_or_fileobj
-            files[operation.path_in_repo] = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+            files[operation.path_in_repo] = (
+                Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+            )
         commits.append({"repo_id": repo_id, "message": commit_message, "files": files})
         url = f"https://huggingface.co/{repo_id}/commit/{'0' * 40}"
         return CommitInfo(commit_url=url, commit_message=commit_message, commit_description="", oid="0" * 40)
@@ -101,7 +108,9 @@ def save_fine_tuned(folder):
     model = RespM2DForAudioClassification(config)
     model.save_pretrained(folder)
     RespM2DFeatureExtractor.from_model_config(config).save_pretrained(folder)
-    card = classifier_card(config, "org/resp-m2d", "icbhi-copd", {"test": {"auroc": 0.91, "accuracy": 0.85}}, name=folder.name)
+    card = classifier_card(
+        config, "org/resp-m2d", "icbhi-copd", {"test": {"auroc": 0.91, "accuracy": 0.85}}, name=folder.name
+    )
     (folder / "README.md").write_text(card)
     return model
 
@@ -114,7 +123,12 @@ def test_cli_push_uploads_model_extractor_code_and_card_in_one_commit(hub, tmp_p
     files = hub[0]["files"]
     assert set(files) == MODEL_FILES | {"README.md", "preprocessor_config.json"}
     config = json.loads(files["config.json"])
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForAudioClassification", "AutoFeatureExtractor"}
+    assert set(config["auto_map"]) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForAudioClassification",
+        "AutoFeatureExtractor",
+    }
     assert config["id2label"] == {"0": "healthy", "1": "copd"}
     preprocessor = json.loads(files["preprocessor_config.json"])
     assert preprocessor["auto_map"] == {"AutoFeatureExtractor": "feature_extraction_resp_m2d.RespM2DFeatureExtractor"}
@@ -148,10 +162,23 @@ def test_cards_have_valid_front_matter_and_required_sections():
     data = card.data.to_dict()
     assert data["library_name"] == "transformers" and data["pipeline_tag"] == "audio-classification"
     assert data["license"] == "other" and "respiratory-sounds" in data["tags"]
-    assert data["datasets"] == ["my-data"] and data["metrics"] == ["roc_auc", "accuracy"] and data["base_model"] == "org/base"
-    metrics = {(r["dataset"]["split"], m["type"]): m["value"] for r in data["model-index"][0]["results"] for m in r["metrics"]}
+    assert (
+        data["datasets"] == ["my-data"]
+        and data["metrics"] == ["roc_auc", "accuracy"]
+        and data["base_model"] == "org/base"
+    )
+    metrics = {
+        (r["dataset"]["split"], m["type"]): m["value"] for r in data["model-index"][0]["results"] for m in r["metrics"]
+    }
     assert metrics == {("validation", "roc_auc"): 0.8, ("validation", "accuracy"): 0.7, ("test", "roc_auc"): 0.75}
-    for section in ("## Intended use", "## How to load", "## Training data", "## Evaluation", "## Limitations", "## Citation"):
+    for section in (
+        "## Intended use",
+        "## How to load",
+        "## Training data",
+        "## Evaluation",
+        "## Limitations",
+        "## Citation",
+    ):
         assert section in card.text
     assert "| validation | 0.7000 | 0.8000 | 0.5000 |" in card.text and "OPERA" in card.text
 

@@ -20,13 +20,17 @@ def original_runtime_frames(model, features):
     unit, patch_frames, bands = config.unit_frames, config.patch_size[1], config.num_frequency_patches
     width = config.hidden_size
     chunks = math.ceil(features.shape[-1] / unit)
-    x = torch.nn.functional.pad(features[None, None], (0, (patch_frames - features.shape[-1] % patch_frames) % patch_frames))
+    x = torch.nn.functional.pad(
+        features[None, None], (0, (patch_frames - features.shape[-1] % patch_frames) % patch_frames)
+    )
     table = model.embeddings.position_embeddings
     outputs = []
     for i in range(chunks):
         if x[..., i * unit : (i + 1) * unit].shape[-1] < patch_frames:
             continue
-        patches = model.embeddings.patch_embeddings.projection(x[..., i * unit : (i + 1) * unit]).flatten(2).transpose(1, 2)
+        patches = (
+            model.embeddings.patch_embeddings.projection(x[..., i * unit : (i + 1) * unit]).flatten(2).transpose(1, 2)
+        )
         columns = patches.shape[1] // bands
         positions = table[:, 1:].reshape(1, bands, -1, width)[:, :, :columns].reshape(1, bands * columns, width)
         hidden = torch.cat([model.embeddings.cls_token + table[:, :1], patches + positions], dim=1)
@@ -72,7 +76,9 @@ def test_golden_batch_equals_each_clip_alone(golden_folder, golden_audio):
             alone = model(**extractor(golden_audio[name], sampling_rate=16000))
             steps = alone.frame_embeddings.shape[1]
             assert int(batch.frame_mask[row].sum()) == steps
-            torch.testing.assert_close(batch.frame_embeddings[row, :steps], alone.frame_embeddings[0], atol=1e-4, rtol=0)
+            torch.testing.assert_close(
+                batch.frame_embeddings[row, :steps], alone.frame_embeddings[0], atol=1e-4, rtol=0
+            )
             torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], atol=1e-4, rtol=0)
 
 

@@ -32,7 +32,9 @@ LABELS = {0: "healthy", 1: "copd"}
 def save_classifier(folder, seed=0, **overrides):
     torch.manual_seed(seed)
     labels = overrides.pop("id2label", LABELS)
-    config = tiny_config(num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}, **overrides)
+    config = tiny_config(
+        num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}, **overrides
+    )
     model = RespM2DForAudioClassification(config).eval()
     torch.nn.init.normal_(model.classifier.weight, std=0.05)  # a visible decision, unlike the fresh head's 2e-5
     model.save_pretrained(folder)
@@ -116,7 +118,9 @@ def test_single_label_scores_follow_function_to_apply(classifier):
     folder, model = classifier
     classify = pipeline("audio-classification", model=str(folder), trust_remote_code=True)
     audio = noise(2.0, seed=14)
-    assert_scores_close(classify(audio, function_to_apply="sigmoid"), expected_scores(model, audio, function=torch.sigmoid))
+    assert_scores_close(
+        classify(audio, function_to_apply="sigmoid"), expected_scores(model, audio, function=torch.sigmoid)
+    )
 
 
 def test_pipeline_input_errors_name_the_problem(classifier, tmp_path):
@@ -127,7 +131,9 @@ def test_pipeline_input_errors_name_the_problem(classifier, tmp_path):
     soundfile.write(stereo, np.stack([left, right], axis=1), 8000)
     with pytest.raises(ValueError, match="stereo.wav.*multichannel"):
         classify(str(stereo))
-    assert_scores_close(classify(str(stereo), downmix=True), expected_scores(model, load_audio(stereo, 16000, downmix=True)))
+    assert_scores_close(
+        classify(str(stereo), downmix=True), expected_scores(model, load_audio(stereo, 16000, downmix=True))
+    )
     with pytest.raises(FileNotFoundError, match="missing.wav"):
         classify(str(tmp_path / "missing.wav"))
     with pytest.raises(ValueError, match="NaN or Inf"):
@@ -162,9 +168,16 @@ def test_pipeline_from_a_repo_id_in_the_hub_cache_offline(classifier, tmp_path):
     build_hub_cache(folder, tmp_path / "hub", "org/resp-m2d")
     script = tmp_path / "hub_pipeline.py"
     script.write_text(HUB_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HOME": str(tmp_path / "home"),
+    }
     path = RECORDINGS[-1]
-    run = subprocess.run([sys.executable, script, str(path)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    run = subprocess.run(
+        [sys.executable, script, str(path)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+    )
     assert run.returncode == 0, run.stderr
     output = json.loads(run.stdout.strip().splitlines()[-1])
     assert output["encoder"] == "RespM2DModel"

@@ -29,7 +29,9 @@ def decode_array_dict(value, sampling_rate, downmix):
 
 def decode_bytes(data, path, sampling_rate, downmix):
     """Decodes encoded audio bytes (WAV, FLAC, ...) with soundfile; `path` only names the source in errors."""
-    return load_audio(io.BytesIO(data), sampling_rate, downmix=downmix, name=f"the audio bytes of {describe_audio(path)}")
+    return load_audio(
+        io.BytesIO(data), sampling_rate, downmix=downmix, name=f"the audio bytes of {describe_audio(path)}"
+    )
 
 
 def describe_audio(path):

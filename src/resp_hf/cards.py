@@ -57,7 +57,9 @@ def eval_results(results, task_type, dataset_name, dataset_type):
 def encoder_card(config, source_name, sha256, repo_id=None, name=None):
     """Card of a converted encoder."""
     model_name = repo_id or name or "resp-m2d"
-    card_data = ModelCardData(library_name="transformers", license="other", pipeline_tag="feature-extraction", tags=TAGS)
+    card_data = ModelCardData(
+        library_name="transformers", license="other", pipeline_tag="feature-extraction", tags=TAGS
+    )
     return render_card(
         "resp_m2d_encoder",
         card_data,

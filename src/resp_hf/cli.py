@@ -12,7 +12,9 @@ def add_convert_command(subparsers):
         description="Convert an official M2D .pth checkpoint into a folder that loads with AutoModel and "
         "AutoFeatureExtractor (trust_remote_code=True).",
     )
-    parser.add_argument("checkpoint", help="the .pth file, e.g. m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth")
+    parser.add_argument(
+        "checkpoint", help="the .pth file, e.g. m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth"
+    )
     parser.add_argument("output_dir", help="folder to write")
     parser.add_argument(
         "--name",
@@ -68,7 +70,9 @@ def run_push(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="resp-hf", description="Respiratory audio foundation models for Transformers.")
+    parser = argparse.ArgumentParser(
+        prog="resp-hf", description="Respiratory audio foundation models for Transformers."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_convert_command(subparsers)
     add_finetune_command(subparsers)

@@ -49,7 +49,9 @@ def check_finite(array, name):
 def check_classification_inputs(logits, labels, problem_type):
     """Converts and validates classification inputs; returns `(logits, labels)` as float64 / numpy arrays."""
     if problem_type not in CLASSIFICATION_PROBLEM_TYPES:
-        raise ValueError(f"Unknown problem_type {problem_type!r}; expected one of {list(CLASSIFICATION_PROBLEM_TYPES)}.")
+        raise ValueError(
+            f"Unknown problem_type {problem_type!r}; expected one of {list(CLASSIFICATION_PROBLEM_TYPES)}."
+        )
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
     if logits.ndim != 2:

@@ -29,7 +29,9 @@ def stage_folder(folder, staging_dir, repo_id):
     if card_path.is_file():
         card = cards.card_for_repo(card_path.read_text(encoding="utf-8"), repo_id)
     elif isinstance(model, RespM2DForAudioClassification):
-        card = cards.classifier_card(model.config, base_model="unknown", dataset_name="unknown", results={}, repo_id=repo_id)
+        card = cards.classifier_card(
+            model.config, base_model="unknown", dataset_name="unknown", results={}, repo_id=repo_id
+        )
     else:
         card = cards.encoder_card(model.config, source_name="unknown", sha256="unknown", repo_id=repo_id)
     cards.write_card(staging_dir, card)

@@ -37,7 +37,9 @@ class FinetuneArguments:
     train_split: str = field(default="train")
     eval_split: str = field(default="validation", metadata={"help": "carved out of train when the dataset lacks it"})
     test_split: str = field(default="test", metadata={"help": "evaluated at the end when present"})
-    validation_fraction: float = field(default=0.2, metadata={"help": "share of train held out when there is no eval split"})
+    validation_fraction: float = field(
+        default=0.2, metadata={"help": "share of train held out when there is no eval split"}
+    )
     pooling: str = field(default="frequency", metadata={"help": "frequency, mean or cls"})
     classifier_layer: str = field(default=None, metadata={"help": "None (final output), a layer index, or 'weighted'"})
     freeze_encoder: bool = field(default=False, metadata={"help": "train only the head (linear probing)"})
@@ -125,7 +127,11 @@ def layer_wise_parameter_groups(model, learning_rate, layer_decay, weight_decay)
         no_decay = parameter.ndim == 1 or name.endswith(("cls_token", "position_embeddings"))
         group = groups.setdefault(
             (layer, no_decay),
-            {"params": [], "lr": learning_rate * layer_decay ** (depth + 1 - layer), "weight_decay": 0.0 if no_decay else weight_decay},
+            {
+                "params": [],
+                "lr": learning_rate * layer_decay ** (depth + 1 - layer),
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            },
         )
         group["params"].append(parameter)
     return list(groups.values())
@@ -180,7 +186,9 @@ def finetune(args, training_args):
     training_args.greater_is_better = metric not in LOWER_IS_BETTER
     optimizers = (None, None)
     if args.layer_decay != 1.0:
-        groups = layer_wise_parameter_groups(model, training_args.learning_rate, args.layer_decay, training_args.weight_decay)
+        groups = layer_wise_parameter_groups(
+            model, training_args.learning_rate, args.layer_decay, training_args.weight_decay
+        )
         optimizers = (torch.optim.AdamW(groups, lr=training_args.learning_rate), None)
     trainer = Trainer(
         model=model,
@@ -230,7 +238,9 @@ def save_best_model(trainer, feature_extractor, args, results, train_size):
 
 def build_parser():
     return HfArgumentParser(
-        (FinetuneArguments, FinetuneTrainingArguments), prog="resp-hf finetune", description=__doc__,
+        (FinetuneArguments, FinetuneTrainingArguments),
+        prog="resp-hf finetune",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 

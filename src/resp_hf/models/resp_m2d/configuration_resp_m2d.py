@@ -39,7 +39,8 @@ class RespM2DConfig(PreTrainedConfig):
         window (`str`, defaults to `"hann"`):
             STFT window; only the periodic Hann window of the original runtime is supported.
         input_size (`list[int]`, defaults to `[80, 608]`):
-            Unit input of the encoder: mel bins x log-mel frames per chunk. Longer audio is split into chunks of this size.
+            Unit input of the encoder: mel bins x log-mel frames per chunk. Longer audio is split into chunks of
+            this size.
         patch_size (`list[int]`, defaults to `[16, 16]`):
             Patch size in mel bins x frames.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size (`int`):
@@ -58,7 +59,8 @@ class RespM2DConfig(PreTrainedConfig):
         classifier_layer (`int` or `str`, *optional*):
             Which encoder states [`RespM2DForAudioClassification`] pools: `None` for the final output (after the
             last LayerNorm, as the original runtime), an index `k` into `hidden_states` (0 = embeddings, k = output of
-            block k, before the final LayerNorm), or `"weighted"` for a learned softmax-weighted sum of all blocks' outputs.
+            block k, before the final LayerNorm), or `"weighted"` for a learned softmax-weighted sum of all blocks'
+            outputs.
         freeze_encoder (`bool`, defaults to `False`):
             Train only the classification head (linear probing).
     """
@@ -130,7 +132,8 @@ class RespM2DConfig(PreTrainedConfig):
             raise ValueError(f"input_size and patch_size need 2 values, got {self.input_size} and {self.patch_size}.")
         if self.input_size[0] % self.patch_size[0]:
             raise ValueError(
-                f"The mel bins of input_size {self.input_size} must be a multiple of the patch height {self.patch_size[0]}."
+                f"The mel bins of input_size {self.input_size} must be a multiple of the patch height "
+                f"{self.patch_size[0]}."
             )
         if self.input_size[1] < self.patch_size[1]:
             raise ValueError(f"The unit length {self.input_size[1]} is shorter than one patch {self.patch_size[1]}.")
@@ -143,9 +146,12 @@ class RespM2DConfig(PreTrainedConfig):
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLING_MODES}.")
         layer = self.classifier_layer
-        if not (layer is None or layer == "weighted" or (isinstance(layer, int) and 0 <= layer <= self.num_hidden_layers)):
+        if not (
+            layer is None or layer == "weighted" or (isinstance(layer, int) and 0 <= layer <= self.num_hidden_layers)
+        ):
             raise ValueError(
-                f"classifier_layer={layer!r} must be None (final output), 'weighted', or an index 0..{self.num_hidden_layers}."
+                f"classifier_layer={layer!r} must be None (final output), 'weighted', "
+                f"or an index 0..{self.num_hidden_layers}."
             )
 
     @property

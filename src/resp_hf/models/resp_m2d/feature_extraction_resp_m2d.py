@@ -33,7 +33,7 @@ def mel_to_hz_slaney(mel):
 
 
 def slaney_mel_filter_bank(sampling_rate, n_fft, num_mel_bins, f_min, f_max):
-    """Triangular mel filters on the Slaney scale with Slaney (area) normalization, shape (num_mel_bins, n_fft // 2 + 1)."""
+    """Triangular Slaney-scale mel filters with Slaney (area) normalization: (num_mel_bins, n_fft // 2 + 1)."""
     fft_freqs = np.linspace(0.0, sampling_rate / 2.0, n_fft // 2 + 1)
     mel_points = np.linspace(hz_to_mel_slaney(f_min), hz_to_mel_slaney(f_max), num_mel_bins + 2)
     edges = mel_to_hz_slaney(mel_points)
@@ -218,13 +218,16 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
             raise TypeError(f"Unexpected arguments: {sorted(kwargs)}")
         if sampling_rate is None:
             logger.warning(
-                f"No sampling_rate given; assuming {self.sampling_rate} Hz. Pass `sampling_rate` to avoid silent errors."
+                f"No sampling_rate given; assuming {self.sampling_rate} Hz. "
+                "Pass `sampling_rate` to avoid silent errors."
             )
             sampling_rate = self.sampling_rate
         if not float(sampling_rate).is_integer() or sampling_rate <= 0:
             raise ValueError(f"sampling_rate must be a positive integer, got {sampling_rate}.")
         clips = split_batch(raw_speech)
-        waveforms = [self._prepare_clip(clip, index, len(clips), int(sampling_rate), downmix) for index, clip in enumerate(clips)]
+        waveforms = [
+            self._prepare_clip(clip, index, len(clips), int(sampling_rate), downmix) for index, clip in enumerate(clips)
+        ]
         features, attention_mask = self.extract(waveforms, device=device)
         data = {"input_features": features}
         if self.return_attention_mask if return_attention_mask is None else return_attention_mask:

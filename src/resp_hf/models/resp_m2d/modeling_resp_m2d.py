@@ -235,7 +235,7 @@ class RespM2DModel(RespM2DPreTrainedModel):
         return chunks, (clip_index, chunk_index), patches, (batch, num_chunks)
 
     def token_mask(self, patches, time_patches):
-        """Boolean key mask (N, 1, 1, 1 + F * time_patches) that hides padded patch columns, or None if none is padded."""
+        """Boolean key mask (N, 1, 1, 1 + F * time_patches) hiding padded patch columns; None if none is padded."""
         if bool((patches == time_patches).all()):
             return None
         columns = torch.arange(time_patches, device=patches.device)[None, :] < patches[:, None]
@@ -258,7 +258,9 @@ class RespM2DModel(RespM2DPreTrainedModel):
         attention_mask (`torch.LongTensor` of shape `(batch, frames)`, *optional*):
             1 for real frames, 0 for padding. Padded frames are zeroed and their patches masked out.
         """
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_input(input_features, attention_mask)
@@ -286,7 +288,8 @@ class RespM2DModel(RespM2DPreTrainedModel):
     def _check_input(self, input_features, attention_mask):
         if input_features.ndim != 3 or input_features.shape[1] != self.config.num_mel_bins:
             raise ValueError(
-                f"input_features must be (batch, {self.config.num_mel_bins}, frames), got {tuple(input_features.shape)}."
+                f"input_features must be (batch, {self.config.num_mel_bins}, frames), "
+                f"got {tuple(input_features.shape)}."
             )
         if attention_mask is not None and attention_mask.shape != (input_features.shape[0], input_features.shape[2]):
             raise ValueError(
@@ -351,9 +354,7 @@ class RespM2DModel(RespM2DPreTrainedModel):
         show = len(batches) > 1 if progress is None else progress
         embeddings = [None] * len(items)
         for batch in progress_bar(batches, show, desc="Embedding"):
-            waveforms = [
-                load_item(items[i], sampling_rate, feature_extractor.sampling_rate, downmix, i) for i in batch
-            ]
+            waveforms = [load_item(items[i], sampling_rate, feature_extractor.sampling_rate, downmix, i) for i in batch]
             inputs = feature_extractor(waveforms, sampling_rate=feature_extractor.sampling_rate, device=self.device)
             pooled = self(**inputs).pooler_output.float().cpu()
             for row, i in enumerate(batch):
@@ -419,7 +420,9 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
             or float targets `(batch,)` / `(batch, num_labels)` for regression.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
             outputs = self.resp_m2d(
                 input_features,
