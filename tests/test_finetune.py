@@ -187,3 +187,29 @@ def test_finetune_example_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "breath_000.wav: {'score':" in result.stdout and "'label': 'breath'" in result.stdout
     assert (tmp_path / "classifier" / "model.safetensors").is_file()
+
+
+def test_training_script_is_the_finetune_command(recordings, encoder_folder, tmp_path):
+    script = REPO_ROOT / "training" / "finetune.py"
+    result = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--model_name_or_path",
+            encoder_folder,
+            "--dataset",
+            recordings / "train",
+            "--output_dir",
+            tmp_path / "out",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validation: accuracy" in result.stdout
+    assert (tmp_path / "out" / "model.safetensors").is_file()
