@@ -1,0 +1,1 @@
+"""Model folders (flat, self-contained: copied as remote code into saved checkpoints)."""
