@@ -69,6 +69,46 @@ def run_push(args):
     print(f"Pushed {args.folder} to {args.repo_id}: {getattr(commit, 'commit_url', commit)}")
 
 
+def add_opera_commands(subparsers):
+    opera = subparsers.add_parser("opera", help="The OPERA benchmark tasks as Hugging Face datasets.")
+    commands = opera.add_subparsers(dest="opera_command", required=True)
+    listing = commands.add_parser("list", help="List the 19 OPERA tasks (and which an OPERA checkout can build).")
+    listing.add_argument("--opera-root", help="an OPERA checkout: show which tasks its data can build")
+    listing.set_defaults(handler=run_opera_list)
+    build = commands.add_parser("build", help="Build one task from an OPERA checkout and save it with save_to_disk.")
+    build.add_argument("task", help="task id (T1-T19) or name, e.g. T7 or icbhi_copd")
+    build.add_argument("--opera-root", required=True, help="the OPERA checkout with the datasets downloaded")
+    build.add_argument("--output", required=True, help="folder to save the DatasetDict in")
+    build.add_argument("--allow-missing", action="store_true", help="leave out missing or unreadable audio files")
+    build.set_defaults(handler=run_opera_build)
+    push = commands.add_parser("push", help="Push a built task to the Hub (checks its license first).")
+    push.add_argument("folder", help="a folder written by `resp-hf opera build`")
+    push.add_argument("repo_id", help="dataset repository, e.g. my-org/opera-t7")
+    push.add_argument("--private", action="store_true", help="create a private repository")
+    push.add_argument(
+        "--confirm-license", action="store_true", help="push a dataset whose license restricts redistribution"
+    )
+    push.set_defaults(handler=run_opera_push)
+
+
+def run_opera_list(args):
+    from .opera.commands import list_tasks
+
+    print(list_tasks(args.opera_root))
+
+
+def run_opera_build(args):
+    from .opera.commands import build_and_save
+
+    print(build_and_save(args.task, args.opera_root, args.output, allow_missing=args.allow_missing))
+
+
+def run_opera_push(args):
+    from .opera.commands import push_built_task
+
+    print(push_built_task(args.folder, args.repo_id, confirm_license=args.confirm_license, private=args.private))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="resp-hf", description="Respiratory audio foundation models for Transformers."
@@ -77,6 +117,7 @@ def build_parser():
     add_convert_command(subparsers)
     add_finetune_command(subparsers)
     add_push_command(subparsers)
+    add_opera_commands(subparsers)
     return parser
 
 
@@ -88,7 +129,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, PermissionError, KeyError) as error:
         print(f"resp-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,491 @@
+"""
+The rules that turn an OPERA checkout into task rows, one function per dataset.
+
+Each builder returns rows (dicts) with the audio `path` relative to the OPERA root, `label`, `split` (`train`,
+`validation`, `test`; or a `fold` column for leave-one-subject-out tasks), `subject_id` and the metadata the source
+has. Labels and splits are derived from the dataset's own metadata with OPERA's rules; where the checkout holds
+OPERA's committed manifest (`feature/*_eval/*.npy`), the derived table must equal it, and rows take its order, which
+OPERA's seeded validation carve-outs depend on.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from .common import (
+    OPERA_VALIDATION_SEED,
+    OperaDataError,
+    carve_validation,
+    check_against_manifest,
+    load_manifest,
+    read_csv_rows,
+    read_tab_table,
+    require,
+    seeded_split,
+)
+
+OPERA_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+
+
+def glob_relative(root, folder, pattern):
+    """Sorted paths (relative to the OPERA root, as OPERA writes them) of the files matching `pattern` in `folder`."""
+    return sorted(str(path.relative_to(root)) for path in (root / folder).glob(pattern) if path.is_file())
+
+
+def none_if(value, *missing):
+    return None if value in missing else value
+
+
+def as_float(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --- T7: ICBHI 2017 ------------------------------------------------------------------------------------------------
+
+ICBHI_DIR = "datasets/icbhi"
+ICBHI_AUDIO = f"{ICBHI_DIR}/ICBHI_final_database"
+ICBHI_MANIFEST = tuple(f"feature/icbhidisease_eval/{name}.npy" for name in ("sound_dir_loc", "labels", "split"))
+ICBHI_CLASSES = {"Healthy": 0, "COPD": 1}
+
+
+def icbhi(task, root, report):
+    """Diagnosis per patient and the official challenge train/test split; Healthy and COPD recordings only."""
+    require(root, f"{ICBHI_DIR}/ICBHI_Challenge_diagnosis.txt", f"{ICBHI_DIR}/ICBHI_challenge_train_test.txt")
+    diagnosis = {fields[0]: fields[1] for fields in read_tab_table(root / ICBHI_DIR / "ICBHI_Challenge_diagnosis.txt")}
+    official = {fields[0]: fields[1] for fields in read_tab_table(root / ICBHI_DIR / "ICBHI_challenge_train_test.txt")}
+    demographics_path = root / ICBHI_DIR / "ICBHI_Challenge_demographic_information.txt"
+    demographics = {f[0]: f for f in read_tab_table(demographics_path)} if demographics_path.is_file() else {}
+    manifest = load_manifest(root, task.manifest)
+    paths = manifest[0] if manifest else glob_relative(root, ICBHI_AUDIO, "*.wav")
+    if not paths:
+        raise OperaDataError(f"No ICBHI recordings under {root / ICBHI_AUDIO} and no OPERA manifest to list them.")
+    rows = []
+    for path in paths:
+        recording = Path(path).stem
+        patient, _, location, mode, device = recording.split("_")
+        if patient not in diagnosis or recording not in official:
+            raise OperaDataError(f"ICBHI metadata has no diagnosis or official split for {recording}.")
+        person = demographics.get(patient, [])
+        rows.append(
+            {
+                "path": path,
+                "label": diagnosis[patient],
+                "split": official[recording],
+                "subject_id": patient,
+                "chest_location": location,
+                "acquisition_mode": mode,
+                "device": device,
+                "age": as_float(person[1]) if len(person) > 1 else None,
+                "sex": none_if(person[2], "NA") if len(person) > 2 else None,
+            }
+        )
+    if manifest:
+        check_against_manifest(task.id, [(r["path"], r["label"], r["split"]) for r in rows], list(zip(*manifest)))
+    rows = [row for row in rows if row["label"] in ICBHI_CLASSES]
+    for row in rows:
+        row["label"] = ICBHI_CLASSES[row["label"]]
+    return carve_validation(rows, 0.2, OPERA_VALIDATION_SEED)
+
+
+# --- T10: KAUH -----------------------------------------------------------------------------------------------------
+
+KAUH_AUDIO = "datasets/KAUH/AudioFiles"
+KAUH_MANIFEST = tuple(
+    f"feature/kauh_eval/{name}.npy" for name in ("sound_dir_loc_subset", "labels_both", "train_test_split")
+)
+
+
+def kauh_class(file_name):
+    """OPERA's KAUH class from a file name `<filter>P<id>_<diagnosis>,...`: healthy, asthma, COPD, or None (excluded)."""
+    diagnosis = file_name.split(",")[0].split("_")[-1]
+    if diagnosis == "N":
+        return "healthy"
+    if "asthma" in diagnosis or "Asthma" in diagnosis:
+        return "asthma"
+    if "COPD" in diagnosis:  # case-sensitive, as OPERA: a lower-case "copd" recording is excluded
+        return "COPD"
+    return None
+
+
+def kauh_metadata(file_name):
+    """Patient, stethoscope filter, diagnosis, sound type, chest location, age and sex from a KAUH file name."""
+    stem = Path(file_name).stem
+    prefix, rest = stem.split("_", 1)
+    fields = [field.strip() for field in rest.split(",")]
+    fields += [""] * (5 - len(fields))
+    return {
+        "subject_id": prefix[2:],
+        "stethoscope_filter": prefix[:2],
+        "diagnosis": fields[0],
+        "sound_type": fields[1],
+        "chest_location": fields[2],
+        "age": as_float(fields[3]),
+        "sex": fields[4] or None,
+    }
+
+
+def kauh(task, root, report):
+    """Labels from the file names (healthy 0, asthma or COPD 1); OPERA's committed split, its 'val' rows as test."""
+    manifest = load_manifest(root, task.manifest)
+    if manifest is None:
+        raise OperaDataError(
+            f"T10 needs OPERA's committed KAUH split ({', '.join(task.manifest)}): OPERA drew it once and it cannot "
+            "be regenerated. Use an OPERA checkout that includes feature/kauh_eval/."
+        )
+    paths, classes, splits = manifest
+    derived = [(path, kauh_class(Path(path).name), split) for path, split in zip(paths, splits)]
+    check_against_manifest(task.id, derived, list(zip(paths, classes, splits)))
+    extra = [p for p in glob_relative(root, KAUH_AUDIO, "*.wav") if kauh_class(Path(p).name) and p not in set(paths)]
+    if extra:
+        raise OperaDataError(
+            f"T10: {len(extra)} KAUH recordings qualify by OPERA's rule but are not in its manifest, e.g. {extra[:5]}."
+        )
+    rows = [
+        {
+            "path": path,
+            "label": int(kauh_class(Path(path).name) != "healthy"),
+            "split": "train" if split == "train" else "test",
+            **kauh_metadata(Path(path).name),
+        }
+        for path, split in zip(paths, splits)
+    ]
+    report.notes.append("OPERA evaluates KAUH's 'val' rows as test data; they are in the test split here.")
+    return carve_validation(rows, 0.1, OPERA_VALIDATION_SEED)
+
+
+# --- T11: Respiratory@TR --------------------------------------------------------------------------------------------
+
+COPD_DIR = "datasets/copd"
+COPD_AUDIO = f"{COPD_DIR}/RespiratoryDatabase@TR"
+COPD_MANIFEST = tuple(f"feature/copd_eval/{name}.npy" for name in ("sound_dir_loc", "labels", "train_test_split"))
+
+
+def respiratory_tr(task, root, report):
+    """Severity 0-4 per patient from Labels.csv; patient-wise test (20%) then validation (20% of the rest), seed 1337."""
+    require(root, f"{COPD_DIR}/Labels.csv")
+    patients = [(row["Patient ID"], row["Diagnosis"]) for row in read_csv_rows(root / COPD_DIR / "Labels.csv")]
+    severity = {patient: int(diagnosis[-1]) for patient, diagnosis in patients if patient}
+    ids = list(severity)
+    labels = [severity[patient] for patient in ids]
+    rest, test = seeded_split(ids, labels, 0.2, OPERA_VALIDATION_SEED)
+    rest_ids = [ids[i] for i in rest]
+    train, validation = seeded_split(rest_ids, [severity[p] for p in rest_ids], 0.2, OPERA_VALIDATION_SEED)
+    split_of = {rest_ids[i]: "train" for i in train} | {rest_ids[i]: "validation" for i in validation}
+    manifest = load_manifest(root, task.manifest)
+    paths = manifest[0] if manifest else glob_relative(root, COPD_AUDIO, "*.wav")
+    rows = []
+    for path in paths:
+        name = Path(path).stem
+        patient = name[:4]
+        if patient not in severity:
+            raise OperaDataError(f"Respiratory@TR recording {path} has no diagnosis in Labels.csv.")
+        rows.append(
+            {
+                "path": path,
+                "label": severity[patient],
+                "split": split_of.get(patient, "test"),
+                "subject_id": patient,
+                "channel": name[5:],
+            }
+        )
+    if manifest:
+        opera = [(p, label, OPERA_SPLITS[s]) for p, label, s in zip(*manifest)]
+        check_against_manifest(task.id, [(r["path"], r["label"], r["split"]) for r in rows], opera)
+    return rows
+
+
+# --- T5/T6: CoughVID -------------------------------------------------------------------------------------------------
+
+COUGHVID_DIR = "datasets/coughvid"
+COUGHVID_MANIFEST = {
+    label: tuple(f"feature/coughvid_eval/{name}_{label}.npy" for name in ("sound_dir_loc", "label", "split"))
+    for label in ("covid", "gender")
+}
+COUGHVID_LABELS = {"T5": ("status", {"COVID-19": 1, "healthy": 0}), "T6": ("gender", {"female": 1, "male": 0})}
+
+
+def coughvid_path(root, uuid, manifest_paths):
+    """`wav/<uuid>.wav`, or `wav/<uuid minus its last character>.wav` as OPERA's conversion named some files."""
+    for stem in (uuid, uuid[:-1]):
+        path = f"{COUGHVID_DIR}/wav/{stem}.wav"
+        if path in manifest_paths or (root / path).is_file():
+            return path
+    return f"{COUGHVID_DIR}/wav/{uuid}.wav"
+
+
+def coughvid(task, root, report):
+    """Labels from metadata_compiled.csv; OPERA's train and val uuid lists, test = the gender-test list."""
+    lists = {name: f"{COUGHVID_DIR}/coughvid_{name}_uuids.npy" for name in ("_train", "_val", "gender_test")}
+    require(root, f"{COUGHVID_DIR}/metadata_compiled.csv", *lists.values())
+    uuids = {name: set(np.load(root / path, allow_pickle=True).tolist()) for name, path in lists.items()}
+    column, mapping = COUGHVID_LABELS[task.id]
+    manifest = load_manifest(root, task.manifest)
+    manifest_paths = set(manifest[0]) if manifest else set()
+    rows = []
+    for record in read_csv_rows(root / COUGHVID_DIR / "metadata_compiled.csv"):
+        uuid = record["uuid"]
+        if record[column] not in mapping or not any(uuid in group for group in uuids.values()):
+            continue
+        split = "train" if uuid in uuids["_train"] else "validation" if uuid in uuids["_val"] else "test"
+        rows.append(
+            {
+                "path": coughvid_path(root, uuid, manifest_paths),
+                "label": mapping[record[column]],
+                "split": split,
+                "subject_id": uuid,
+                "age": as_float(record["age"]),
+                "gender": record["gender"] or None,
+                "status": record["status"] or None,
+                "cough_detected": as_float(record["cough_detected"]),
+            }
+        )
+    if manifest:
+        opera = [(p, label, OPERA_SPLITS[s]) for p, label, s in zip(*manifest)]
+        check_against_manifest(task.id, [(r["path"], r["label"], r["split"]) for r in rows], opera)
+    return rows
+
+
+# --- T1/T2: UK COVID-19 ----------------------------------------------------------------------------------------------
+
+COVIDUK_DIR = "datasets/covidUK"
+COVIDUK_MANIFEST = {
+    modality: tuple(f"feature/coviduk_eval/{name}_{modality}.npy" for name in ("sound_dir_loc", "label", "split"))
+    for modality in ("exhalation", "cough")
+}
+COVIDUK_RESULTS = {"Negative": 0, "Positive": 1}
+
+
+def coviduk_labels(root, modality):
+    """File name -> COVID-19 test result from audio_metadata.csv and participant_metadata.csv, when present."""
+    audio, participants = root / COVIDUK_DIR / "audio_metadata.csv", root / COVIDUK_DIR / "participant_metadata.csv"
+    if not (audio.is_file() and participants.is_file()):
+        return None
+    result = {row["participant_identifier"]: row["covid_test_result"] for row in read_csv_rows(participants)}
+    labels = {}
+    for row in read_csv_rows(audio):
+        outcome = result.get(row["participant_identifier"])
+        if outcome in COVIDUK_RESULTS:
+            labels[row[f"{modality}_file_name"]] = COVIDUK_RESULTS[outcome]
+    return labels
+
+
+def coviduk(task, root, report):
+    """OPERA's downsampled train/val/test file lists; labels from the participant metadata (or OPERA's manifest)."""
+    modality = task.modality
+    lists = {
+        split: f"{COVIDUK_DIR}/{modality}_{name}_files_downsample.npy"
+        for split, name in (("train", "training"), ("validation", "val"), ("test", "testing"))
+    }
+    require(root, *lists.values())
+    split_of = {name: split for split, path in lists.items() for name in np.load(root / path, allow_pickle=True)}
+    manifest = load_manifest(root, task.manifest)
+    labels = coviduk_labels(root, modality)
+    if labels is None:
+        if manifest is None:
+            raise OperaDataError(
+                f"{task.id} needs datasets/covidUK/audio_metadata.csv and participant_metadata.csv "
+                "(or OPERA's committed feature/coviduk_eval manifest) for the labels."
+            )
+        labels = {Path(path).name: label for path, label in zip(manifest[0], manifest[1])}
+        report.notes.append("Labels taken from OPERA's manifest: the participant metadata is not in this checkout.")
+    names = [Path(path).name for path in manifest[0]] if manifest else sorted(split_of)
+    missing = [name for name in names if name not in labels]
+    if missing:
+        raise OperaDataError(f"{task.id}: no COVID-19 test result for {len(missing)} files, e.g. {missing[:5]}.")
+    rows = [
+        {
+            "path": f"{COVIDUK_DIR}/audio_selected/{name}",
+            "label": labels[name],
+            "split": split_of[name],
+            "subject_id": name.split("_")[0] if "_" in name else None,
+        }
+        for name in names
+        if name in split_of
+    ]
+    if manifest:
+        opera = [(p, label, OPERA_SPLITS[s]) for p, label, s in zip(*manifest)]
+        check_against_manifest(task.id, [(r["path"], r["label"], r["split"]) for r in rows], opera)
+    return rows
+
+
+# --- T8/T9: Coswara ------------------------------------------------------------------------------------------------
+
+COSWARA_MANIFEST = {
+    label: (
+        f"feature/coswara_eval/cough_aligned_filenames_{label}_w_cough-shallow.npy",
+        f"feature/coswara_eval/cough_aligned_{label}_label_cough-shallow.npy",
+    )
+    for label in ("smoker", "sex")
+}
+COSWARA_SPLIT = "feature/coswara_eval/cough_aligned_train_test_split_{}_w_cough-shallow.npy"
+
+
+def coswara(task, root, report):
+    """OPERA's quality-filtered, cough-aligned file list and labels; 80/20 stratified split then 20% validation."""
+    manifest = load_manifest(root, task.manifest)
+    if manifest is None:
+        raise OperaDataError(
+            f"{task.id} needs OPERA's Coswara file list {task.manifest[0]}: it comes from OPERA's "
+            "quality annotations and cough-heavy alignment. Use an OPERA checkout with feature/."
+        )
+    paths, labels = manifest
+    kept, test = seeded_split(paths, labels, 0.2, OPERA_VALIDATION_SEED)
+    split = ["train"] * len(paths)
+    for index in test:
+        split[index] = "test"
+    label_name = "smoker" if task.id == "T8" else "sex"
+    committed = root / COSWARA_SPLIT.format(label_name)
+    if committed.is_file() and np.load(committed).tolist() != split:
+        raise OperaDataError(f"{task.id}: OPERA's committed split {committed.name} differs from its seeded rule.")
+    rows = [
+        {
+            "path": path,
+            "label": label,
+            "split": part,
+            "subject_id": Path(path).parent.name,
+            "recording_date": Path(path).parent.parent.name,
+        }
+        for path, label, part in zip(paths, labels, split)
+    ]
+    return carve_validation(rows, 0.2, OPERA_VALIDATION_SEED)
+
+
+# --- T3/T4: COVID-19 Sounds ------------------------------------------------------------------------------------------
+
+COVID19_SOUNDS_CSV = ("datasets/covid19-sounds/data_0426_en_task1.csv", "datasets/covid/data_0426_en_task1.csv")
+COVID19_SOUNDS_AUDIO = "datasets/covid19-sounds/0426_EN_used_task1"
+COVID19_SOUNDS_SPLITS = {"0": "train", "1": "validation", "2": "test"}
+
+
+def covid19sounds(task, root, report):
+    """Task-1 table: every 5th training row (OPERA's downsampling), then validation, then test."""
+    table = next((root / path for path in COVID19_SOUNDS_CSV if (root / path).is_file()), None)
+    if table is None:
+        raise OperaDataError(
+            f"{task.id} needs {COVID19_SOUNDS_CSV[0]} (COVID-19 Sounds is shared on request; see `resp-hf opera list`)."
+        )
+    column = "Breath filename" if task.modality == "breath" else "Cough filename"
+    records = read_csv_rows(table, delimiter=";")
+    by_split = {
+        split: [r for r in records if COVID19_SOUNDS_SPLITS.get(r["split"]) == split]
+        for split in ("train", "validation", "test")
+    }
+    ordered = by_split["train"][::5] + by_split["validation"] + by_split["test"]
+    rows = []
+    for record in ordered:
+        user = "form-app-users" if record["Uid"].startswith("2020") else record["Uid"]
+        rows.append(
+            {
+                "path": f"{COVID19_SOUNDS_AUDIO}/{user}/{record['Folder Name']}/{record[column]}",
+                "label": int(record["label"]),
+                "split": COVID19_SOUNDS_SPLITS[record["split"]],
+                "subject_id": record["Uid"],
+            }
+        )
+    return rows
+
+
+# --- T12: SSBPR ------------------------------------------------------------------------------------------------------
+
+SSBPR_DIR = "datasets/SSBPR"
+SSBPR_MANIFEST = ("feature/snoring_eval/sound_dir_loc.npy", "feature/snoring_eval/labels.npy")
+SSBPR_PRONE = 5
+
+
+def ssbpr(task, root, report):
+    """Position = last character of the file name (prone excluded); random 60/20/20 split, stratified, seed 42."""
+    manifest = load_manifest(root, task.manifest)
+    paths = manifest[0] if manifest else glob_relative(root, SSBPR_DIR, "*/*/*.wav")
+    if not paths:
+        raise OperaDataError(f"No SSBPR recordings under {root / SSBPR_DIR} and no OPERA manifest to list them.")
+    rows = [
+        {
+            "path": p,
+            "label": int(Path(p).stem[-1]),
+            "split": "train",
+            "subject_id": Path(p).parent.name,
+            "sex_folder": Path(p).parent.parent.name,
+        }
+        for p in paths
+    ]
+    rows = [row for row in rows if row["label"] != SSBPR_PRONE]
+    if manifest:
+        derived = [(r["path"], r["label"], "train") for r in rows]
+        check_against_manifest(task.id, derived, [(p, label, "train") for p, label in zip(*manifest)])
+    labels = [row["label"] for row in rows]
+    rest, test = seeded_split(rows, labels, 0.2, 42)
+    _, validation = seeded_split(rest, [labels[i] for i in rest], 0.25, 42)
+    for index in test:
+        rows[index]["split"] = "test"
+    for index in validation:
+        rows[rest[index]]["split"] = "validation"
+    return rows
+
+
+# --- T13-T18: MMlung -------------------------------------------------------------------------------------------------
+
+MMLUNG_DIR = "datasets/mmlung"
+MMLUNG_LABELS = "feature/mmlung_eval/label.npy"
+MMLUNG_COLUMNS = {"deep breath": "Deep_Breath_file", 'vowel "o"': "O_Single_file"}
+MMLUNG_TARGETS = {"FVC": 0, "FEV1": 1, "FEV1/FVC": 2}
+
+
+def read_xlsx_rows(path):
+    """Rows of the first sheet of an .xlsx file as dicts keyed by the header row."""
+    from openpyxl import load_workbook
+
+    sheet = load_workbook(path, read_only=True, data_only=True).worksheets[0]
+    rows = [[("" if cell is None else str(cell)).strip() for cell in row] for row in sheet.iter_rows(values_only=True)]
+    header, body = rows[0], rows[1:]
+    return [dict(zip(header, row)) for row in body if any(row)]
+
+
+def mmlung(task, root, report):
+    """All_path.xlsx rows (one per participant) with OPERA's spirometry targets; one leave-one-out fold per row."""
+    require(root, f"{MMLUNG_DIR}/All_path.xlsx", MMLUNG_LABELS)
+    records = read_xlsx_rows(root / MMLUNG_DIR / "All_path.xlsx")
+    targets = np.load(root / MMLUNG_LABELS)
+    if len(targets) != len(records):
+        raise OperaDataError(f"{MMLUNG_LABELS} has {len(targets)} rows but All_path.xlsx has {len(records)}.")
+    column = MMLUNG_COLUMNS[task.modality]
+    target = MMLUNG_TARGETS[task.target.split(" ")[0]]
+    return [
+        {
+            "path": MMLUNG_DIR + record[column][1:],
+            "label": float(values[target]),
+            "split": "train",
+            "subject_id": str(index),
+            "fold": index,
+        }
+        for index, (record, values) in enumerate(zip(records, targets))
+    ]
+
+
+# --- T19: NoseMic ----------------------------------------------------------------------------------------------------
+
+NOSEMIC_AUDIO = "datasets/nosemic/audio"
+NOSEMIC_TEST_SUBJECTS = ("4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "17", "18", "19", "20", "21")
+
+
+def nosemic(task, root, report):
+    """`<user>_<x>_<y>_<rate>` file names; each listed subject is one leave-one-out fold (others are always train)."""
+    require(root, NOSEMIC_AUDIO)
+    paths = sorted(str(path.relative_to(root)) for path in (root / NOSEMIC_AUDIO).iterdir() if path.is_file())
+    rows = []
+    for path in paths:
+        fields = Path(path).stem.split("_")
+        if len(fields) != 4 or as_float(fields[3]) is None:
+            raise OperaDataError(f"NoseMic file {path} is not named <user>_<x>_<y>_<breaths per minute>.")
+        rows.append(
+            {
+                "path": path,
+                "label": float(fields[3]),
+                "split": "train",
+                "subject_id": fields[0],
+                "fold": fields[0] if fields[0] in NOSEMIC_TEST_SUBJECTS else None,
+            }
+        )
+    return rows
