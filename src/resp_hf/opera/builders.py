@@ -99,7 +99,7 @@ KAUH_MANIFEST = tuple(
 
 
 def kauh_class(file_name):
-    """OPERA's KAUH class from a file name `<filter>P<id>_<diagnosis>,...`: healthy, asthma, COPD, or None (excluded)."""
+    """OPERA's class of a KAUH file `<filter>P<id>_<diagnosis>,...`: healthy, asthma, COPD, or None (excluded)."""
     diagnosis = file_name.split(",")[0].split("_")[-1]
     if diagnosis == "N":
         return "healthy"
@@ -164,7 +164,7 @@ COPD_MANIFEST = tuple(f"feature/copd_eval/{name}.npy" for name in ("sound_dir_lo
 
 
 def respiratory_tr(task, root, report):
-    """Severity 0-4 per patient from Labels.csv; patient-wise test (20%) then validation (20% of the rest), seed 1337."""
+    """Severity 0-4 per patient (Labels.csv); patient-wise test 20%, then validation 20% of the rest, seed 1337."""
     require(root, f"{COPD_DIR}/Labels.csv")
     patients = [(row["Patient ID"], row["Diagnosis"]) for row in read_csv_rows(root / COPD_DIR / "Labels.csv")]
     severity = {patient: int(diagnosis[-1]) for patient, diagnosis in patients if patient}
