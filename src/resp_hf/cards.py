@@ -1,9 +1,11 @@
 """Model cards: YAML front matter from `huggingface_hub.ModelCardData`, bodies from the templates in `hub_cards/`."""
 
+import json
+import re
 from pathlib import Path
 from string import Template
 
-from huggingface_hub import EvalResult, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TAGS = ["audio", "respiratory-sounds", "m2d", "resp_hf"]
 # Loading snippets of cards written next to a local folder use this in place of the repo id until the folder is pushed.
@@ -140,3 +142,49 @@ def write_card(folder, text):
     path = Path(folder) / "README.md"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def benchmark_table(results):
+    """Markdown table of benchmark results (`results.json` entries): task, metric, mean ± std over seeds."""
+    lines = ["| task | metric | layer | mean ± std | seeds |", "|---|---|---|---|---|"]
+    for row in results:
+        lines.append(
+            f"| {row['task']} ({row['task_name']}) | {row['metric']} | {row['layer']} | "
+            f"{row['mean']:.3f} ± {row['std']:.3f} | {row['n_seeds']} |"
+        )
+    return "\n".join(lines)
+
+
+def add_benchmark_results(folder, results_path):
+    """
+    Writes OPERA benchmark results into the card of `folder`: a `model-index` entry per task (the last layer's
+    result, or every layer's when only intermediate layers were run) and a table in the Evaluation section.
+    """
+    card_path = Path(folder) / "README.md"
+    if not card_path.is_file():
+        raise FileNotFoundError(f"{folder} has no README.md model card (convert and finetune write one).")
+    results = json.loads(Path(results_path).read_text())
+    rows = [row for row in results["results"] if row["layer"] == "last"] or results["results"]
+    card = ModelCard(card_path.read_text(encoding="utf-8"))
+    card.data.model_name = card.data.model_name or Path(folder).name
+    card.data.eval_results = [
+        EvalResult(
+            task_type="audio-classification" if row["metric"] == "AUROC" else "audio-regression",
+            dataset_type=f"opera-{row['task'].lower()}",
+            dataset_name=f"OPERA {row['task']} ({row['task_name']})",
+            dataset_split="test",
+            metric_type=METRIC_TYPES[row["metric"].lower()] if row["metric"] == "MAE" else "roc_auc",
+            metric_value=round(float(row["mean"]), 4),
+        )
+        for row in rows
+    ]
+    body = (
+        "OPERA linear-probe benchmark (frozen encoder, linear head, mean ± std over seeds; "
+        f"baselines: {results.get('baselines_source', 'OPERA')}):\n\n{benchmark_table(results['results'])}"
+    )
+    section = re.compile(r"(## Evaluation\n\n)(.*?)(?=\n## |\Z)", re.DOTALL)
+    if not section.search(card.text):
+        raise ValueError(f"The card in {folder} has no '## Evaluation' section to write the results into.")
+    card.text = section.sub(lambda match: match.group(1) + body + "\n", card.text, count=1)
+    write_card(folder, str(card))
+    return card_path

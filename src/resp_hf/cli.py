@@ -3,6 +3,7 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def add_convert_command(subparsers):
@@ -109,6 +110,61 @@ def run_opera_push(args):
     print(push_built_task(args.folder, args.repo_id, confirm_license=args.confirm_license, private=args.private))
 
 
+def add_benchmark_command(subparsers):
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="OPERA linear-probe evaluation of an encoder (frozen embeddings, linear heads over seeds).",
+        description="Embed each task once (cached), train OPERA's linear head over seeds with Trainer, and write "
+        "results.csv, results.md, results.json and per-task plots with the published OPERA baselines.",
+    )
+    parser.add_argument("--model", required=True, help="converted folder or Hub repo id")
+    parser.add_argument("--tasks", default="", help="comma-separated OPERA task ids, e.g. T5,T6,T7")
+    parser.add_argument("--opera-root", help="OPERA checkout with the datasets (for --tasks)")
+    parser.add_argument("--dataset", action="append", default=[], help="a DatasetDict saved on disk (repeatable)")
+    parser.add_argument("--output", required=True, help="folder for results, plots, predictions and the cache")
+    parser.add_argument("--crop", choices=("center", "random", "none"), default="center", help="fit clips to 10 s")
+    parser.add_argument("--seconds", type=float, default=10.0, help="window length (default 10 s)")
+    parser.add_argument("--layers", choices=("last", "all"), default="last", help="evaluate every layer with 'all'")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds of the linear heads")
+    parser.add_argument("--epochs", type=int, help="override the task's epochs (64; KAUH 50)")
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch")
+    parser.add_argument("--allow-missing", action="store_true", help="leave out missing OPERA audio files")
+    parser.add_argument("--cache-dir", help="embedding cache (default OUTPUT/embedding_cache)")
+    parser.set_defaults(handler=run_benchmark_command)
+
+
+def run_benchmark_command(args):
+    from .benchmark import BenchmarkSettings, run_benchmark
+
+    settings = BenchmarkSettings(
+        crop=args.crop,
+        seconds=args.seconds,
+        layers=args.layers,
+        seeds=tuple(int(seed) for seed in args.seeds.split(",")),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        allow_missing=args.allow_missing,
+    )
+    tasks = [task for task in args.tasks.split(",") if task]
+    if not tasks and not args.dataset:
+        raise ValueError("Nothing to evaluate: pass --tasks (with --opera-root) and/or --dataset.")
+    run_benchmark(args.model, args.output, tasks, args.opera_root, args.dataset, settings, cache_dir=args.cache_dir)
+    print((Path(args.output) / "results.md").read_text())
+
+
+def add_card_command(subparsers):
+    parser = subparsers.add_parser("card", help="Write benchmark results (model-index and table) into a model card.")
+    parser.add_argument("folder", help="a converted or fine-tuned model folder")
+    parser.add_argument("--results", required=True, help="results.json written by `resp-hf benchmark`")
+    parser.set_defaults(handler=run_card_command)
+
+
+def run_card_command(args):
+    from .cards import add_benchmark_results
+
+    print(f"Updated {add_benchmark_results(args.folder, args.results)}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="resp-hf", description="Respiratory audio foundation models for Transformers."
@@ -118,6 +174,8 @@ def build_parser():
     add_finetune_command(subparsers)
     add_push_command(subparsers)
     add_opera_commands(subparsers)
+    add_benchmark_command(subparsers)
+    add_card_command(subparsers)
     return parser
 
 

@@ -1,0 +1,373 @@
+"""Aggregating linear-probe runs over seeds and reporting them beside the published OPERA baselines.
+
+A *record* is one (task, layer, seed) run::
+
+    {"task": "T7", "task_name": "icbhi_copd", "metric": "AUROC", "layer": "last", "seed": 0, "value": 0.85,
+     "best_epoch": 12, "n_train": 600, "n_validation": 70, "n_test": 250}
+
+`write_results` turns a list of records into `results.csv`, `results.md`, `results.json` and `plots/*.png`.
+"""
+
+import csv
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+BASELINES_FILE = "baselines.csv"
+HIGHER_IS_BETTER = {"AUROC": True, "MAE": False}
+RECORD_KEYS = (
+    "task",
+    "task_name",
+    "metric",
+    "layer",
+    "seed",
+    "value",
+    "best_epoch",
+    "n_train",
+    "n_validation",
+    "n_test",
+)
+LAST_LAYER = "last"
+MISSING_CELL = "–"
+MODEL_COLOR = "#d62728"
+BASELINE_COLOR = "#9aa5b1"
+
+
+def load_baselines():
+    """The published OPERA baselines shipped with the package, one dict per (task, model), mean and std as floats."""
+    text = resources.files("resp_hf.benchmark").joinpath(BASELINES_FILE).read_text(encoding="utf-8")
+    rows = list(csv.DictReader(text.splitlines()))
+    for row in rows:
+        row["mean"] = float(row["mean"])
+        row["std"] = float(row["std"])
+    return rows
+
+
+def format_mean_std(mean, std):
+    """`0.853 ± 0.012`: a mean and standard deviation with 3 decimals."""
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def is_higher_better(metric):
+    """Whether larger values of `metric` are better (AUROC) or smaller ones (MAE)."""
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"Unknown metric {metric!r}; expected one of {sorted(HIGHER_IS_BETTER)}.")
+    return HIGHER_IS_BETTER[metric]
+
+
+def task_sort_key(task):
+    """Orders task ids naturally: T2 before T10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", task) if part]
+
+
+def layer_sort_key(layer):
+    """Orders layers as `last` first, then numeric indices ascending, then any other names."""
+    if layer == LAST_LAYER:
+        return (0, 0, "")
+    if layer.isdigit():
+        return (1, int(layer), "")
+    return (2, 0, layer)
+
+
+def check_records(records):
+    """Raises ValueError on missing keys, unknown metrics, inconsistent task metadata or repeated runs."""
+    task_metadata = {}
+    runs = set()
+    for index, record in enumerate(records):
+        missing = [key for key in RECORD_KEYS if key not in record]
+        if missing:
+            raise ValueError(f"Record {index} lacks the key(s) {missing}; every record needs {list(RECORD_KEYS)}.")
+        is_higher_better(record["metric"])
+        if not np.isfinite(record["value"]):
+            raise ValueError(f"Record {index} ({record['task']}, seed {record['seed']}) has a non-finite value.")
+        metadata = (record["task_name"], record["metric"])
+        if task_metadata.setdefault(record["task"], metadata) != metadata:
+            raise ValueError(
+                f"Task {record['task']!r} has records with different (task_name, metric): "
+                f"{task_metadata[record['task']]} and {metadata}."
+            )
+        run = (record["task"], str(record["layer"]), record["seed"])
+        if run in runs:
+            raise ValueError(f"Task {run[0]!r}, layer {run[1]!r}, seed {run[2]!r} appears in more than one record.")
+        runs.add(run)
+
+
+def group_by_task_and_layer(records):
+    """`{(task, layer): [records]}` in task then layer order, each list sorted by seed; layers become strings."""
+    groups = {}
+    for record in records:
+        groups.setdefault((record["task"], str(record["layer"])), []).append(record)
+    order = sorted(groups, key=lambda key: (task_sort_key(key[0]), layer_sort_key(key[1])))
+    return {key: sorted(groups[key], key=lambda record: record["seed"]) for key in order}
+
+
+def aggregate(records):
+    """One summary per (task, layer): mean and std of `value` over the seeds present, with `n_seeds` and `seeds`.
+
+    The std is the population standard deviation (numpy's default, ddof=0), as OPERA reports mean ± std over its
+    5 runs; with a single seed it is 0.
+    """
+    check_records(records)
+    summaries = []
+    for (task, layer), group in group_by_task_and_layer(records).items():
+        values = np.array([record["value"] for record in group], dtype=np.float64)
+        summaries.append(
+            {
+                "task": task,
+                "task_name": group[0]["task_name"],
+                "metric": group[0]["metric"],
+                "layer": layer,
+                "mean": float(values.mean()),
+                "std": float(values.std()),
+                "n_seeds": len(group),
+                "seeds": [record["seed"] for record in group],
+            }
+        )
+    return summaries
+
+
+def row_label(model_name, layer):
+    """Names the evaluated model's row: `model_name` for the last layer, `model_name (layer 6)` otherwise."""
+    return model_name if layer == LAST_LAYER else f"{model_name} (layer {layer})"
+
+
+def baselines_for(summaries, baselines):
+    """The baselines of the tasks in `summaries`; raises ValueError when a task's metric differs from OPERA's."""
+    metrics = {summary["task"]: summary["metric"] for summary in summaries}
+    selected = [row for row in baselines if row["task"] in metrics]
+    for row in selected:
+        if row["metric"] != metrics[row["task"]]:
+            raise ValueError(
+                f"Task {row['task']!r} is scored with {metrics[row['task']]} here but with {row['metric']} in the "
+                "OPERA baselines; rename the task or use the same metric to compare them."
+            )
+    return selected
+
+
+def baselines_source(baselines):
+    """The distinct citation strings of `baselines`, joined with ' | ', or None when there are none."""
+    sources = list(dict.fromkeys(row["source"] for row in baselines))
+    return " | ".join(sources) if sources else None
+
+
+def comparison_rows(summaries, baselines, model_name):
+    """Table rows `(label, {task: (mean, std)})`: the evaluated model's layers first, then each baseline model."""
+    evaluated, published = {}, {}
+    for summary in sorted(summaries, key=lambda summary: layer_sort_key(summary["layer"])):
+        label = row_label(model_name, summary["layer"])
+        evaluated.setdefault(label, {})[summary["task"]] = (summary["mean"], summary["std"])
+    for row in baselines:
+        published.setdefault(row["model"], {})[row["task"]] = (row["mean"], row["std"])
+    return list(evaluated.items()) + list(published.items())
+
+
+def best_per_task(rows, task_metrics):
+    """`{task: best mean rounded to 3 decimals}` over all rows: the max for AUROC, the min for MAE."""
+    best = {}
+    for task, metric in task_metrics.items():
+        means = [round(cells[task][0], 3) for _, cells in rows if task in cells]
+        best[task] = max(means) if is_higher_better(metric) else min(means)
+    return best
+
+
+def average_cell(cells, tasks):
+    """The mean over `tasks` of a row's means with 3 decimals, or '–' when a task has no value in the row."""
+    if not all(task in cells for task in tasks):
+        return MISSING_CELL
+    return f"{np.mean([cells[task][0] for task in tasks]):.3f}"
+
+
+def metric_header(metric):
+    """`AUROC ↑` or `MAE ↓`."""
+    return f"{metric} {'↑' if is_higher_better(metric) else '↓'}"
+
+
+def markdown_table(rows, task_metrics):
+    """The comparison as Markdown table lines: one column per task, bolded best, and per-metric averages."""
+    tasks = list(task_metrics)
+    average_metrics = [metric for metric in HIGHER_IS_BETTER if metric in task_metrics.values()]
+    header = ["Model"] + [f"{task}<br>{metric_header(metric)}" for task, metric in task_metrics.items()]
+    header += [f"Avg. {metric_header(metric)}" for metric in average_metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" :---: "] * (len(header) - 1)) + "|"]
+    best = best_per_task(rows, task_metrics)
+    for label, cells in rows:
+        row = [label]
+        for task in tasks:
+            if task not in cells:
+                row.append(MISSING_CELL)
+                continue
+            text = format_mean_std(*cells[task])
+            row.append(f"**{text}**" if round(cells[task][0], 3) == best[task] else text)
+        for metric in average_metrics:
+            row.append(average_cell(cells, [task for task in tasks if task_metrics[task] == metric]))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def markdown_report(summaries, baselines, model_name):
+    """The full `results.md` text: title, table, task names and sources."""
+    task_metrics = {summary["task"]: summary["metric"] for summary in summaries}
+    task_names = {summary["task"]: summary["task_name"] for summary in summaries}
+    rows = comparison_rows(summaries, baselines, model_name)
+    seed_counts = " or ".join(str(count) for count in sorted({summary["n_seeds"] for summary in summaries}))
+    lines = [f"# Linear-probe results: {model_name}", ""]
+    lines += markdown_table(rows, task_metrics)
+    lines += [
+        "",
+        "Best mean per task in bold (highest AUROC, lowest MAE). "
+        "Tasks: " + ", ".join(f"{task} = {name}" for task, name in task_names.items()) + ".",
+        "",
+        f"Sources: {model_name}: this evaluation, mean ± std (population, ddof=0) over {seed_counts} seed(s) per task.",
+    ]
+    source = baselines_source(baselines)
+    if source:
+        lines[-1] += f" Baselines: mean ± std over 5 seeds, {source}."
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(records, summaries):
+    """`results.csv` rows: every record in task, layer, seed order, then `mean` and `std` rows per (task, layer)."""
+    rows = []
+    for group in group_by_task_and_layer(records).values():
+        for record in group:
+            row = {key: record[key] for key in RECORD_KEYS}
+            row["layer"] = str(row["layer"])
+            rows.append(row)
+    for summary in summaries:
+        for statistic in ("mean", "std"):
+            row = dict.fromkeys(RECORD_KEYS, "")
+            row.update({key: summary[key] for key in ("task", "task_name", "metric", "layer")})
+            row.update(seed=statistic, value=summary[statistic])
+            rows.append(row)
+    return rows
+
+
+def write_csv(path, rows):
+    """Writes `rows` with the record columns; None becomes an empty cell."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RECORD_KEYS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+
+
+def json_report(summaries, baselines, model_name):
+    """The `results.json` content: per (task, layer) summaries and the baselines' citation."""
+    keys = ("task", "task_name", "metric", "layer", "mean", "std", "n_seeds", "seeds")
+    return {
+        "model_name": model_name,
+        "results": [{key: summary[key] for key in keys} for summary in summaries],
+        "baselines_source": baselines_source(baselines),
+    }
+
+
+def representative_summary(summaries):
+    """The summary plotted against the baselines: the `last` layer's, else the best layer's."""
+    for summary in summaries:
+        if summary["layer"] == LAST_LAYER:
+            return summary
+    pick = max if is_higher_better(summaries[0]["metric"]) else min
+    return pick(summaries, key=lambda summary: summary["mean"])
+
+
+def new_figure():
+    """A 7 x 4 inch figure drawn by the non-interactive Agg canvas, leaving pyplot's global backend untouched."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError("Plotting the results needs matplotlib: pip install matplotlib") from error
+    figure = Figure(figsize=(7, 4), dpi=120)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_task_bars(path, summary, baselines, label):
+    """Bar chart of mean ± std for the evaluated model (highlighted, first) and the task's baselines."""
+    names = [label] + [row["model"] for row in baselines]
+    means = np.array([summary["mean"]] + [row["mean"] for row in baselines])
+    stds = np.array([summary["std"]] + [row["std"] for row in baselines])
+    colors = [MODEL_COLOR] + [BASELINE_COLOR] * len(baselines)
+    figure = new_figure()
+    axes = figure.subplots()
+    positions = np.arange(len(names))
+    axes.bar(positions, means, yerr=stds, color=colors, capsize=4, edgecolor="black", linewidth=0.6)
+    for position, mean, std in zip(positions, means, stds):
+        axes.annotate(
+            f"{mean:.3f}", (position, mean + std), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8
+        )
+    axes.set_xticks(positions, names, rotation=20, ha="right", fontsize=9)
+    axes.get_xticklabels()[0].set_fontweight("bold")
+    axes.set_ylim(0, float(np.max(means + stds)) * 1.15 or 1.0)
+    axes.set_ylabel(metric_header(summary["metric"]))
+    axes.set_title(f"{summary['task']}: {summary['task_name']}")
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_axisbelow(True)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def plot_layer_curve(path, summaries, model_name):
+    """Line plot of mean ± std (band) against the numeric layer index; the `last` layer as a dashed reference."""
+    numeric = sorted((summary for summary in summaries if summary["layer"].isdigit()), key=lambda s: int(s["layer"]))
+    layers = np.array([int(summary["layer"]) for summary in numeric])
+    means = np.array([summary["mean"] for summary in numeric])
+    stds = np.array([summary["std"] for summary in numeric])
+    figure = new_figure()
+    axes = figure.subplots()
+    axes.plot(layers, means, marker="o", color=MODEL_COLOR, label=model_name)
+    axes.fill_between(layers, means - stds, means + stds, color=MODEL_COLOR, alpha=0.2, label="± std")
+    for summary in summaries:
+        if summary["layer"] == LAST_LAYER:
+            axes.axhline(summary["mean"], color="black", linestyle="--", linewidth=1, label=f"{model_name} (last)")
+    axes.set_xticks(layers)
+    axes.set_xlabel("Layer")
+    axes.set_ylabel(metric_header(numeric[0]["metric"]))
+    axes.set_title(f"{numeric[0]['task']}: {numeric[0]['task_name']} by layer")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def write_plots(plot_dir, summaries, baselines, model_name):
+    """Writes `<task>.png` per task and `<task>_layers.png` for tasks run on several layers, some numeric."""
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    bars, curves = {}, {}
+    for task in dict.fromkeys(summary["task"] for summary in summaries):
+        task_summaries = [summary for summary in summaries if summary["task"] == task]
+        shown = representative_summary(task_summaries)
+        bars[task] = plot_dir / f"{task}.png"
+        task_baselines = [row for row in baselines if row["task"] == task]
+        plot_task_bars(bars[task], shown, task_baselines, row_label(model_name, shown["layer"]))
+        if len(task_summaries) > 1 and any(summary["layer"].isdigit() for summary in task_summaries):
+            curves[task] = plot_dir / f"{task}_layers.png"
+            plot_layer_curve(curves[task], task_summaries, model_name)
+    return bars, curves
+
+
+def write_results(records, output_dir, model_name):
+    """Writes results.csv, results.md, results.json and plots/ under `output_dir`; returns the written paths.
+
+    The returned dict has `csv`, `markdown` and `json` paths, `plots` (`{task: bar chart}`) and `layer_plots`
+    (`{task: per-layer curve}`, only for tasks run on several layers).
+    """
+    if not records:
+        raise ValueError("No records to write: run at least one (task, layer, seed) probe first.")
+    summaries = aggregate(records)
+    baselines = baselines_for(summaries, load_baselines())
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "csv": output_dir / "results.csv",
+        "markdown": output_dir / "results.md",
+        "json": output_dir / "results.json",
+    }
+    write_csv(paths["csv"], csv_rows(records, summaries))
+    paths["markdown"].write_text(markdown_report(summaries, baselines, model_name), encoding="utf-8")
+    report = json_report(summaries, baselines, model_name)
+    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths["plots"], paths["layer_plots"] = write_plots(output_dir / "plots", summaries, baselines, model_name)
+    return paths

@@ -1,0 +1,275 @@
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from conftest import OPERA, tiny_model
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from huggingface_hub import ModelCard
+from sklearn.metrics import roc_auc_score
+
+from resp_hf import RespM2DFeatureExtractor
+from resp_hf.benchmark import BenchmarkSettings, fit_length, run_benchmark
+from resp_hf.benchmark.embeddings import embed_split
+from resp_hf.benchmark.probe import KeepBestEpoch
+from resp_hf.cli import main as cli_main
+from resp_hf.synthetic import high_band_tone, low_band_noise
+
+RATE = 16000
+PER_CLASS = {"train": 48, "validation": 16, "test": 16}
+
+
+def write_clip(folder, name, audio):
+    path = folder / f"{name}.wav"
+    soundfile.write(path, (0.3 * audio / np.abs(audio).max()).astype(np.float32), RATE)
+    return str(path)
+
+
+def spectral_dataset(folder, classes=2, shuffle_labels=False, seed=0):
+    """Clips whose classes differ by spectrum: low-band noise, 2-4 kHz tones, (6-7 kHz tones)."""
+    makers = [low_band_noise, high_band_tone, lambda rng, s, r: high_band_tone(rng, s, r, band=(6000.0, 7000.0))]
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, per_class in PER_CLASS.items():
+        paths, labels = [], []
+        for label in range(classes):
+            for i in range(per_class):
+                paths.append(
+                    write_clip(folder, f"{split}_{label}_{i}", makers[label](rng, rng.uniform(0.5, 1.5), RATE))
+                )
+                labels.append(label)
+        if shuffle_labels:
+            labels = rng.permutation(labels).tolist()
+        features = Features(
+            {"audio": Value("string"), "label": ClassLabel(num_classes=classes), "path": Value("string")}
+        )
+        splits[split] = Dataset.from_dict({"audio": paths, "label": labels, "path": paths}, features=features)
+    return DatasetDict(splits)
+
+
+@pytest.fixture(scope="module")
+def binary_dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("spectral")
+    dataset = spectral_dataset(folder)
+    dataset.save_to_disk(str(folder / "dataset"))
+    return folder / "dataset"
+
+
+def read_results(output):
+    with open(output / "results.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_separable_classes_reach_high_auroc_and_results_match_saved_predictions(binary_dataset, tmp_path):
+    records = run_benchmark(
+        tiny_model(), tmp_path, datasets=[binary_dataset], settings=BenchmarkSettings(progress=False)
+    )
+    values = [r["value"] for r in records]
+    assert len(values) == 5 and np.mean(values) > 0.9
+    for record in records:
+        saved = np.load(tmp_path / "predictions" / f"dataset_layer-last_seed-{record['seed']}.npz")
+        probabilities = torch.softmax(torch.from_numpy(saved["logits"]), -1)[:, 1].numpy()
+        assert record["value"] == pytest.approx(roc_auc_score(saved["labels"], probabilities), abs=1e-12)
+        assert 1 <= record["best_epoch"] <= 64
+    rows = read_results(tmp_path)
+    mean_row = next(row for row in rows if row["seed"] == "mean")
+    std_row = next(row for row in rows if row["seed"] == "std")
+    assert float(mean_row["value"]) == pytest.approx(np.mean(values)) and float(std_row["value"]) == pytest.approx(
+        np.std(values)
+    )
+    assert {"results.md", "results.json"} <= {p.name for p in tmp_path.iterdir()} and (
+        tmp_path / "plots" / "dataset.png"
+    ).is_file()
+
+
+def test_shuffled_labels_give_chance_auroc_and_mean_std_use_the_seeds_run(tmp_path):
+    dataset = spectral_dataset(tmp_path, shuffle_labels=True, seed=3)
+    dataset.save_to_disk(str(tmp_path / "shuffled"))
+    records = run_benchmark(
+        tiny_model(),
+        tmp_path / "out",
+        datasets=[tmp_path / "shuffled"],
+        settings=BenchmarkSettings(seeds=(0, 2), progress=False),
+    )
+    values = [r["value"] for r in records]
+    assert [r["seed"] for r in records] == [0, 2]
+    assert abs(np.mean(values) - 0.5) < 0.2
+    result = json.loads((tmp_path / "out" / "results.json").read_text())["results"][0]
+    assert result["n_seeds"] == 2 and result["mean"] == pytest.approx(np.mean(values))
+    assert result["std"] == pytest.approx(np.std(values))
+
+
+def test_multiclass_auroc_is_macro_one_vs_rest_on_saved_predictions(tmp_path):
+    dataset = spectral_dataset(tmp_path, classes=3)
+    dataset.save_to_disk(str(tmp_path / "three"))
+    records = run_benchmark(
+        tiny_model(),
+        tmp_path / "out",
+        datasets=[tmp_path / "three"],
+        settings=BenchmarkSettings(seeds=(0,), epochs=8, progress=False),
+    )
+    saved = np.load(tmp_path / "out" / "predictions" / "three_layer-last_seed-0.npz")
+    probabilities = torch.softmax(torch.from_numpy(saved["logits"]), -1).numpy()
+    expected = roc_auc_score(saved["labels"], probabilities, multi_class="ovr", average="macro")
+    assert records[0]["value"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_embedding_cache_skips_the_encoder_and_follows_model_and_settings(binary_dataset, tmp_path):
+    model = tiny_model()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    settings = BenchmarkSettings(seeds=(0,), epochs=2, progress=False)
+    run_benchmark(model, tmp_path / "first", datasets=[binary_dataset], settings=settings, cache_dir=tmp_path / "cache")
+    assert len(calls) > 0
+    calls.clear()
+    run_benchmark(
+        model, tmp_path / "second", datasets=[binary_dataset], settings=settings, cache_dir=tmp_path / "cache"
+    )
+    assert calls == []
+    with torch.no_grad():
+        model.encoder.layer[0].mlp.fc1.bias.add_(0.01)
+    run_benchmark(model, tmp_path / "third", datasets=[binary_dataset], settings=settings, cache_dir=tmp_path / "cache")
+    assert len(calls) > 0
+    calls.clear()
+    cropped = BenchmarkSettings(seeds=(0,), epochs=2, progress=False, crop="none")
+    run_benchmark(model, tmp_path / "fourth", datasets=[binary_dataset], settings=cropped, cache_dir=tmp_path / "cache")
+    assert len(calls) > 0
+
+
+def test_ten_second_windows_pad_crop_and_random_crops_are_reproducible():
+    length = 10 * RATE
+    short = np.ones(3 * RATE, dtype=np.float32)
+    padded = fit_length(short, length, "center", seed=0)
+    assert padded.shape == (length,) and padded[: 3 * RATE].all() and not padded[3 * RATE :].any()
+    long = np.arange(25 * RATE, dtype=np.float32)
+    center = fit_length(long, length, "center", seed=0)
+    assert center.shape == (length,) and center[0] == (15 * RATE) // 2
+    first, again = fit_length(long, length, "random", [0, 7]), fit_length(long, length, "random", [0, 7])
+    other = fit_length(long, length, "random", [0, 8])
+    assert np.array_equal(first, again) and not np.array_equal(first, other) and first.shape == (length,)
+    assert fit_length(long, length, "none", seed=0) is long
+    with pytest.raises(ValueError, match="crop='middle'"):
+        fit_length(long, length, "middle", seed=0)
+
+
+def test_embeddings_are_the_model_on_the_fitted_windows(tmp_path):
+    model = tiny_model()
+    long_audio = low_band_noise(np.random.default_rng(0), 12.0)
+    paths = [write_clip(tmp_path, "long", long_audio), write_clip(tmp_path, "short", long_audio[: 2 * RATE])]
+    split = Dataset.from_dict({"audio": paths, "label": [0, 1]})
+    embeddings = embed_split(model, split, progress=False)["last"]
+    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
+    stored = [soundfile.read(path, dtype="float32")[0] for path in paths]
+    windows = [fit_length(audio, 10 * RATE, "center", seed=0) for audio in stored]
+    with torch.no_grad():
+        expected = model(**extractor(windows, sampling_rate=RATE)).pooler_output
+    torch.testing.assert_close(torch.from_numpy(embeddings), expected, atol=1e-5, rtol=0)
+
+
+def test_the_best_validation_epoch_is_kept_first_on_ties():
+    model = torch.nn.Linear(1, 1)
+    keep = KeepBestEpoch("auroc", greater_is_better=True)
+    for epoch, value in enumerate([0.5, 0.7, float("nan"), 0.7, 0.6], start=1):
+        model.weight.data.fill_(epoch)
+        keep.on_evaluate(None, None, None, metrics={"eval_auroc": value}, model=model)
+    assert keep.best_epoch == 2 and keep.best_state["weight"].item() == 2.0
+    lower = KeepBestEpoch("mae", greater_is_better=False)
+    for value in (3.0, 1.0, 2.0):
+        lower.on_evaluate(None, None, None, metrics={"eval_mae": value}, model=model)
+    assert lower.best_epoch == 2
+
+
+def test_leave_one_subject_out_regression(tmp_path):
+    rng = np.random.default_rng(0)
+    paths, targets, folds = [], [], []
+    for subject in range(4):
+        for i in range(6):
+            frequency = rng.uniform(1000, 5000)
+            paths.append(write_clip(tmp_path, f"{subject}_{i}", high_band_tone(rng, 1.0, RATE, (frequency, frequency))))
+            targets.append(frequency / 1000)
+            folds.append(str(subject) if subject < 3 else None)
+    DatasetDict(
+        {"train": Dataset.from_dict({"audio": paths, "label": targets, "fold": folds, "path": paths})}
+    ).save_to_disk(str(tmp_path / "rates"))
+    records = run_benchmark(
+        tiny_model(),
+        tmp_path / "out",
+        datasets=[tmp_path / "rates"],
+        settings=BenchmarkSettings(seeds=(0,), epochs=4, progress=False),
+    )
+    assert records[0]["metric"] == "MAE" and records[0]["best_epoch"] is None
+    saved = np.load(tmp_path / "out" / "predictions" / "rates_layer-last_seed-0.npz")
+    assert len(saved["fold_mae"]) == 3 and records[0]["value"] == pytest.approx(saved["fold_mae"].mean())
+    tested = saved["folds"] != ""
+    assert np.abs(saved["predictions"][tested]).sum() > 0 and not saved["predictions"][~tested].any()
+
+
+def test_opera_tasks_with_a_single_class_split_stop_with_a_clear_message(golden_folder, tmp_path, capsys):
+    code = cli_main(
+        [
+            "benchmark",
+            "--model",
+            str(golden_folder),
+            "--tasks",
+            "T10",
+            "--opera-root",
+            str(OPERA),
+            "--allow-missing",
+            "--output",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2
+    assert "T10: the train split has a single class (asthma_or_copd; 5 rows)" in capsys.readouterr().err
+    code = cli_main(
+        [
+            "benchmark",
+            "--model",
+            str(golden_folder),
+            "--tasks",
+            "T7",
+            "--opera-root",
+            str(OPERA),
+            "--allow-missing",
+            "--output",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2 and "T7: the train split is missing or empty" in capsys.readouterr().err
+
+
+def test_golden_checkpoint_end_to_end_with_layers_and_card(golden_folder, binary_dataset, tmp_path, capsys):
+    model_folder = tmp_path / "model"
+    shutil.copytree(golden_folder, model_folder)
+    code = cli_main(
+        [
+            "benchmark",
+            "--model",
+            str(model_folder),
+            "--dataset",
+            str(binary_dataset),
+            "--output",
+            str(tmp_path / "out"),
+            "--layers",
+            "all",
+            "--seeds",
+            "0,1",
+            "--epochs",
+            "4",
+        ]
+    )
+    assert code == 0
+    assert "| Model |" in capsys.readouterr().out
+    rows = read_results(tmp_path / "out")
+    assert {row["layer"] for row in rows} == {"1", "2", "last"}
+    assert (tmp_path / "out" / "plots" / "dataset_layers.png").is_file()
+    assert cli_main(["card", str(model_folder), "--results", str(tmp_path / "out" / "results.json")]) == 0
+    card = ModelCard((model_folder / "README.md").read_text())
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    last = next(r for r in results if r["layer"] == "last")
+    entry = card.data.to_dict()["model-index"][0]["results"][0]
+    assert entry["metrics"][0] == {"type": "roc_auc", "value": round(last["mean"], 4)}
+    assert f"{last['mean']:.3f} ± {last['std']:.3f}" in card.text and "Not evaluated by" not in card.text
