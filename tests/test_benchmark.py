@@ -273,3 +273,20 @@ def test_golden_checkpoint_end_to_end_with_layers_and_card(golden_folder, binary
     entry = card.data.to_dict()["model-index"][0]["results"][0]
     assert entry["metrics"][0] == {"type": "roc_auc", "value": round(last["mean"], 4)}
     assert f"{last['mean']:.3f} ± {last['std']:.3f}" in card.text and "Not evaluated by" not in card.text
+
+
+def test_benchmark_example_runs(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    result = subprocess.run(
+        [sys.executable, REPO_ROOT / "examples" / "benchmark_synthetic.py", tmp_path, "--seeds", "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| encoder |" in result.stdout
+    assert (tmp_path / "results" / "plots" / "breath_vs_wheeze.png").is_file()
