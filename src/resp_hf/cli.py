@@ -165,6 +165,35 @@ def run_card_command(args):
     print(f"Updated {add_benchmark_results(args.folder, args.results)}")
 
 
+def add_pretrain_commands(subparsers):
+    pretrain = subparsers.add_parser(
+        "pretrain",
+        help="Further pre-training with the M2D objective (Accelerate).",
+        description="All further arguments go to the pre-training script (run `resp-hf pretrain --help`).",
+        add_help=False,
+    )
+    pretrain.set_defaults(handler=run_pretrain)
+    logmel = subparsers.add_parser("logmel", help="Precompute raw log-mel .npy files (and files.csv) for pre-training.")
+    logmel.add_argument("input_dir", help="folder of audio files (searched recursively)")
+    logmel.add_argument("output_dir", help="folder for the .npy files and files.csv")
+    logmel.add_argument("--model", help="a resp_hf folder whose front end to use (default: the 16 kHz M2D one)")
+    logmel.set_defaults(handler=run_logmel)
+
+
+def run_pretrain(args):
+    from .training.pretrain import main as pretrain_main
+
+    pretrain_main(args.rest)
+
+
+def run_logmel(args):
+    from .models.resp_m2d import RespM2DConfig
+    from .training.pretrain_data import precompute_log_mels
+
+    config = RespM2DConfig.from_pretrained(args.model) if args.model else RespM2DConfig()
+    print(f"Wrote {precompute_log_mels(args.input_dir, args.output_dir, config)}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="resp-hf", description="Respiratory audio foundation models for Transformers."
@@ -176,12 +205,13 @@ def build_parser():
     add_opera_commands(subparsers)
     add_benchmark_command(subparsers)
     add_card_command(subparsers)
+    add_pretrain_commands(subparsers)
     return parser
 
 
 def main(argv=None):
     args, rest = build_parser().parse_known_args(argv)
-    if rest and args.command != "finetune":
+    if rest and args.command not in ("finetune", "pretrain"):
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,0 +1,397 @@
+"""Further pre-training of an M2D encoder with the M2D objective, on one CPU or many GPUs through Accelerate.
+
+    accelerate launch -m resp_hf.training.pretrain --init m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth \\
+        --data audioset.csv --data resp.csv:5 --output-dir ./m2d-resp --epochs 50 --batch-size 64
+
+`--data` takes CSV file lists (a `path` column of audio or precomputed log-mel `.npy` files) or folders, each with an
+optional `:N` repetition count. `--init` takes a `resp_hf` folder, an official M2D checkpoint (full training
+checkpoints also restore the target encoder and predictor), or `scratch`.
+"""
+
+import argparse
+import csv
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from transformers import get_cosine_schedule_with_warmup
+
+from ..convert import (
+    BLOCK_KEYS,
+    extract_state_dict,
+    infer_config,
+    load_checkpoint,
+    parse_checkpoint_name,
+    split_encoder_weights,
+)
+from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
+from .m2d import M2DPretrainingModel, predictor_config
+from .pretrain_data import LogMelUnits, norm_stats_from_sample, read_source
+
+STATE_FILE = "m2d_pretraining.safetensors"
+PREDICTOR_KEYS = {
+    "decoder_embed": "predictor.embed",
+    "decoder_norm": "predictor.norm",
+    "decoder_pred": "predictor.head",
+}
+
+
+def official_block_key(key, prefix, new_prefix):
+    """`<prefix>.<i>.<timm name>` -> `<new_prefix>.<i>.<resp_hf name>` (the block naming of the converter)."""
+    index, rest = key[len(prefix) + 1 :].split(".", 1)
+    module, kind = rest.rsplit(".", 1)
+    if module not in BLOCK_KEYS:
+        raise ValueError(f"Unrecognized block weight {key!r} in the checkpoint.")
+    return f"{new_prefix}.{index}.{BLOCK_KEYS[module]}.{kind}"
+
+
+def pretraining_weights(state_dict):
+    """Target-encoder and predictor weights of an official training checkpoint, renamed for `M2DPretrainingModel`."""
+    renamed = {}
+    for key, value in state_dict.items():
+        if key.startswith("target_blocks."):
+            renamed[official_block_key(key, "target_blocks", "target_layers")] = value
+        elif key.startswith("target_norm."):
+            renamed[key] = value  # the same name in M2DPretrainingModel
+        elif key.startswith("decoder_blocks."):
+            renamed[official_block_key(key, "decoder_blocks", "predictor.layers")] = value
+        elif key == "mask_token":
+            renamed["predictor.mask_token"] = value
+        elif key == "decoder_pos_embed":
+            renamed["predictor.position_embeddings"] = value
+        elif key.split(".")[0] in PREDICTOR_KEYS:
+            module, kind = key.split(".")
+            renamed[f"{PREDICTOR_KEYS[module]}.{kind}"] = value
+    return renamed
+
+
+def predictor_config_from(weights):
+    """Predictor width and depth from its weights (heads = width / 32, as M2D's 512-d, 16-head predictor)."""
+    width = weights["predictor.embed.weight"].shape[0]
+    depth = 1 + max(int(key.split(".")[2]) for key in weights if key.startswith("predictor.layers."))
+    return predictor_config(width=width, depth=depth, heads=max(1, width // 32))
+
+
+def model_from_official(path, name=None, predictor=None):
+    """An M2D pre-training model from an official checkpoint; its target encoder and predictor are reused if present."""
+    path = Path(path)
+    state_dict = extract_state_dict(load_checkpoint(path), path)
+    encoder, _ = split_encoder_weights(state_dict)
+    norm = [float(v) for v in state_dict["norm_stats"]] if "norm_stats" in state_dict else [-7.1, 4.2]
+    config = infer_config(encoder, parse_checkpoint_name(name or path.resolve().parent.name), norm)
+    extra = pretraining_weights(state_dict)
+    has_predictor = "predictor.embed.weight" in extra
+    model = M2DPretrainingModel(config, predictor_config_from(extra) if has_predictor else predictor)
+    model.online.load_state_dict(encoder)
+    reused = []
+    if any(key.startswith("target_") for key in extra):
+        reused.append("target encoder")
+    else:
+        model.update_target(0.0)  # the target starts as a copy of the online encoder
+    if has_predictor:
+        reused.append("predictor")
+    missing, unexpected = model.load_state_dict(extra, strict=False)
+    if unexpected:
+        raise ValueError(f"Checkpoint weights the pre-training model does not have: {unexpected[:5]}")
+    return model, reused
+
+
+def build_model(init, encoder_config=None, name=None, predictor=None):
+    """`(model, notes)` from `scratch`, a resp_hf folder (with its saved target/predictor) or an official file."""
+    if init == "scratch":
+        model = M2DPretrainingModel(RespM2DConfig(**(encoder_config or {})), predictor)
+        model.update_target(0.0)
+        return model, ["initialized from scratch"]
+    path = Path(init)
+    if path.is_dir():
+        online = RespM2DModel.from_pretrained(path)
+        state_path = path / STATE_FILE
+        model = M2DPretrainingModel(online.config, predictor)
+        model.online.load_state_dict(online.state_dict())
+        if state_path.is_file():
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(state_path), strict=False)
+            return model, [f"encoder, target encoder and predictor from {path}"]
+        model.update_target(0.0)
+        return model, [f"encoder from {path}; new target copy and predictor"]
+    model, reused = model_from_official(path, name, predictor)
+    return model, [f"encoder from {path}" + (f"; reused its {' and '.join(reused)}" if reused else "")]
+
+
+class TrainState:
+    """Optimizer steps, epochs and batches consumed in the current epoch, saved with `accelerator.save_state`."""
+
+    def __init__(self):
+        self.step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0
+
+    def state_dict(self):
+        return {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+
+    def load_state_dict(self, state):
+        self.step, self.epoch, self.batches_in_epoch = (int(state[k]) for k in ("step", "epoch", "batches_in_epoch"))
+
+
+def ema_decay(step, total_steps, start, end):
+    """EMA decay rising linearly from `start` to `end` over training."""
+    return start + (end - start) * min(1.0, step / max(1, total_steps))
+
+
+def parameter_groups(model, weight_decay):
+    """AdamW groups: no weight decay for biases, norms, the CLS/mask tokens and positional tables."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        skip = parameter.ndim == 1 or name.endswith(("cls_token", "mask_token", "position_embeddings"))
+        (no_decay if skip else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def export_encoder(model, output_dir):
+    """The online encoder as a resp_hf folder (AutoModel / AutoFeatureExtractor), plus the target and predictor."""
+    from safetensors.torch import save_file
+
+    output_dir = Path(output_dir)
+    model.online.save_pretrained(output_dir)
+    RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(output_dir)
+    rest = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("online.")}
+    save_file(rest, output_dir / STATE_FILE)
+    return output_dir
+
+
+def plot_loss(log_path, output_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_path) as handle:
+        rows = list(csv.DictReader(handle))
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=120)
+    axis.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
+    axis.set_xlabel("step")
+    axis.set_ylabel("M2D loss (2 - 2 cos)")
+    axis.set_title("Further pre-training loss")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(output_path)
+    plt.close(figure)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="resp-hf pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--init", required=True, help="resp_hf folder, official .pth, or 'scratch'")
+    parser.add_argument("--name", help="official-style name for a .pth in a renamed folder")
+    parser.add_argument("--encoder-config", type=json.loads, help="JSON RespM2DConfig fields for --init scratch")
+    parser.add_argument("--data", action="append", required=True, help="CSV list or folder, optionally :N (repeatable)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument(
+        "--norm-stats", default="inherit", help="'inherit' from --init, 'compute' from a data sample, or 'MEAN,STD'"
+    )
+    parser.add_argument("--predictor-width", type=int, default=512, help="predictor ViT width (M2D: 512)")
+    parser.add_argument("--predictor-depth", type=int, default=8, help="predictor blocks (M2D: 8)")
+    parser.add_argument("--predictor-heads", type=int, default=16, help="predictor heads (M2D: 16)")
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
+    parser.add_argument("--batch-size", type=int, default=64, help="per process")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--base-lr", type=float, default=3e-4, help="scaled by effective batch / 256")
+    parser.add_argument("--warmup-epochs", type=float, default=4.0)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--mask-ratio", type=float, default=0.7)
+    parser.add_argument("--ema-start", type=float, default=0.99995)
+    parser.add_argument("--ema-end", type=float, default=0.99999)
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--save-every", type=int, default=1000, help="save_state every N optimizer steps")
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--resume", help="a checkpoint folder, or 'latest' in --output-dir")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def resolve_norm_stats(model, args, paths):
+    if args.norm_stats == "inherit":
+        return
+    if args.norm_stats == "compute":
+        mean, std = norm_stats_from_sample(paths, model.config, seed=args.seed)
+    else:
+        mean, std = (float(v) for v in args.norm_stats.split(","))
+    model.config.norm_mean, model.config.norm_std = mean, std
+
+
+def latest_checkpoint(output_dir):
+    checkpoints = sorted((Path(output_dir) / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not checkpoints:
+        raise FileNotFoundError(f"No checkpoint under {output_dir}/checkpoints to resume from.")
+    return checkpoints[-1]
+
+
+def train(args):
+    """Runs pre-training; returns the exported encoder folder."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=tensorboard_or_none(),
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),  # epoch order = f(seed, epoch)
+    )
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    paths = [path for spec in args.data for path in read_source(spec)]
+    predictor = predictor_config(args.predictor_width, args.predictor_depth, args.predictor_heads)
+    model, notes = build_model(args.init, args.encoder_config, args.name, predictor)
+    resolve_norm_stats(model, args, paths)
+    dataset = LogMelUnits(paths, model.config, seed=args.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    if len(loader) == 0:
+        raise ValueError(f"{len(dataset)} files are fewer than one batch of {args.batch_size}.")
+    effective_batch = args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    learning_rate = args.base_lr * effective_batch / 256
+    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    total_steps = args.max_steps or args.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=learning_rate, betas=(0.9, 0.95))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_epochs * steps_per_epoch), total_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if args.resume:
+        accelerator.load_state(str(latest_checkpoint(output_dir) if args.resume == "latest" else args.resume))
+    accelerator.init_trackers(
+        "pretrain", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
+    )
+    stop = install_stop_handler()
+    log = CsvLog(output_dir / "training_log.csv", accelerator.is_main_process)
+    accelerator.print(
+        "\n".join(
+            [
+                f"M2D further pre-training: {len(dataset)} files, effective batch {effective_batch}, "
+                f"lr {learning_rate:.2e}, {total_steps} steps",
+                *notes,
+            ]
+        )
+    )
+    started, samples = time.time(), 0
+    while state.step < total_steps and not stop["now"]:
+        dataset.set_epoch(state.epoch)
+        loader.set_epoch(state.epoch)
+        batches = loader
+        if state.batches_in_epoch:
+            batches = accelerator.skip_first_batches(loader, state.batches_in_epoch)
+        for chunks in batches:
+            state.batches_in_epoch += 1
+            with accelerator.accumulate(model):
+                loss = model(chunks, args.mask_ratio)[0]
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            samples += chunks.shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            decay = ema_decay(state.step, total_steps, args.ema_start, args.ema_end)
+            accelerator.unwrap_model(model).update_target(decay)
+            state.step += 1
+            loss_value = accelerator.gather(loss.detach()[None]).mean().item()
+            if state.step % args.log_every == 0 or state.step == 1:
+                throughput = samples / (time.time() - started)
+                values = {
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "loss": loss_value,
+                    "lr": scheduler.get_last_lr()[0],
+                    "ema_decay": decay,
+                    "samples_per_second": throughput,
+                }
+                log.write(values)
+                accelerator.log(values, step=state.step)
+                accelerator.print(f"step {state.step}/{total_steps} loss {loss_value:.4f} {throughput:.1f} samples/s")
+            if state.step % args.save_every == 0 or stop["now"] or state.step >= total_steps:
+                accelerator.save_state(str(output_dir / "checkpoints" / f"step-{state.step}"))
+            if stop["now"] or state.step >= total_steps:
+                break
+        else:
+            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if stop["now"]:
+        accelerator.print(
+            f"Interrupted: saved step {state.step} to {output_dir}/checkpoints; resume with --resume latest"
+        )
+        return None
+    encoder_dir = output_dir / "encoder"
+    if accelerator.is_main_process:
+        export_encoder(accelerator.unwrap_model(model), encoder_dir)
+        if log.path.is_file():
+            plot_loss(log.path, output_dir / "loss.png")
+    return encoder_dir
+
+
+def tensorboard_or_none():
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return None
+    return "tensorboard"
+
+
+class CsvLog:
+    """Appends training metrics to a CSV (main process only)."""
+
+    def __init__(self, path, enabled):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def write(self, values):
+        if not self.enabled:
+            return
+        new = not self.path.is_file()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(values))
+            if new:
+                writer.writeheader()
+            writer.writerow(values)
+
+
+def install_stop_handler():
+    """SIGTERM and Ctrl-C ask the loop to save a checkpoint and stop after the current step."""
+    stop = {"now": False}
+
+    def request_stop(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    encoder_dir = train(args)
+    if encoder_dir is not None:
+        print(f"Exported the online encoder to {encoder_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
