@@ -3,6 +3,9 @@
     accelerate launch -m resp_hf.training.pretrain --init m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth \\
         --data audioset.csv --data resp.csv:5 --output-dir ./m2d-resp --epochs 50 --batch-size 64
 
+Several CPU processes (gloo): `accelerate launch --multi_gpu --num_processes 2 -m resp_hf.training.pretrain --cpu ...`
+(accelerate's own `--cpu` launch option starts a single process unless MPI is configured).
+
 `--data` takes CSV file lists (a `path` column of audio or precomputed log-mel `.npy` files) or folders, each with an
 optional `:N` repetition count. `--init` takes a `resp_hf` folder, an official M2D checkpoint (full training
 checkpoints also restore the target encoder and predictor), or `scratch`.
@@ -20,6 +23,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import load_file, save_file
 from transformers import get_cosine_schedule_with_warmup
 
 from ..convert import (
@@ -112,12 +116,11 @@ def build_model(init, encoder_config=None, name=None, predictor=None):
     if path.is_dir():
         online = RespM2DModel.from_pretrained(path)
         state_path = path / STATE_FILE
-        model = M2DPretrainingModel(online.config, predictor)
+        saved = load_file(state_path) if state_path.is_file() else {}
+        model = M2DPretrainingModel(online.config, predictor_config_from(saved) if saved else predictor)
         model.online.load_state_dict(online.state_dict())
-        if state_path.is_file():
-            from safetensors.torch import load_file
-
-            model.load_state_dict(load_file(state_path), strict=False)
+        if saved:
+            model.load_state_dict(saved, strict=False)
             return model, [f"encoder, target encoder and predictor from {path}"]
         model.update_target(0.0)
         return model, [f"encoder from {path}; new target copy and predictor"]
@@ -158,8 +161,6 @@ def parameter_groups(model, weight_decay):
 
 def export_encoder(model, output_dir):
     """The online encoder as a resp_hf folder (AutoModel / AutoFeatureExtractor), plus the target and predictor."""
-    from safetensors.torch import save_file
-
     output_dir = Path(output_dir)
     model.online.save_pretrained(output_dir)
     RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(output_dir)
@@ -213,6 +214,7 @@ def build_parser():
     parser.add_argument("--ema-start", type=float, default=0.99995)
     parser.add_argument("--ema-end", type=float, default=0.99999)
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    parser.add_argument("--cpu", action="store_true", help="train on CPU processes even when GPUs are present")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--save-every", type=int, default=1000, help="save_state every N optimizer steps")
@@ -242,6 +244,7 @@ def latest_checkpoint(output_dir):
 def train(args):
     """Runs pre-training; returns the exported encoder folder."""
     accelerator = Accelerator(
+        cpu=args.cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=tensorboard_or_none(),

@@ -1,0 +1,212 @@
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import GOLDEN_CHECKPOINT, run_without_resp_hf
+
+from resp_hf import RespM2DConfig, RespM2DModel
+from resp_hf.cli import main as cli_main
+from resp_hf.convert import load_checkpoint
+from resp_hf.synthetic import write_two_class_recordings
+from resp_hf.training.m2d import M2DPretrainingModel, predictor_config, random_masks
+from resp_hf.training.pretrain import build_model, model_from_official
+
+TINY = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "input_size": [80, 96],
+    "norm_mean": -6.0,
+    "norm_std": 4.0,
+}
+SMALL_PREDICTOR = ["--predictor-width", "32", "--predictor-depth", "2", "--predictor-heads", "4"]
+
+
+def tiny_pretraining_model(seed=0):
+    torch.manual_seed(seed)
+    return M2DPretrainingModel(RespM2DConfig(**TINY), predictor_config(width=32, depth=2, heads=4))
+
+
+@pytest.fixture(scope="module")
+def log_mel_list(tmp_path_factory):
+    """Synthetic recordings precomputed to log-mel .npy files with `resp-hf logmel`."""
+    root = tmp_path_factory.mktemp("pretrain")
+    write_two_class_recordings(root / "audio", per_class=16, seed=0, seconds=(1.5, 4.0))
+    assert cli_main(["logmel", str(root / "audio"), str(root / "logmel")]) == 0
+    return root / "logmel" / "files.csv"
+
+
+def pretrain_args(data, output, steps, *extra):
+    return [
+        "pretrain",
+        "--init",
+        "scratch",
+        "--encoder-config",
+        json.dumps(TINY),
+        "--data",
+        str(data),
+        "--output-dir",
+        str(output),
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "8",
+        "--num-workers",
+        "0",
+        "--log-every",
+        "1",
+        "--warmup-epochs",
+        "0.5",
+        "--base-lr",
+        "1e-2",
+        *SMALL_PREDICTOR,
+        *extra,
+    ]
+
+
+def logged_losses(output):
+    with open(output / "training_log.csv") as handle:
+        return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle)}
+
+
+def test_masks_split_every_sample_into_visible_and_masked_patches():
+    generator = torch.Generator().manual_seed(0)
+    visible, masked = random_masks(4, 190, 0.7, generator)
+    assert visible.shape == (4, 57) and masked.shape == (4, 133)  # int(190 * 0.3) visible
+    for row in range(4):
+        assert sorted(visible[row].tolist() + masked[row].tolist()) == list(range(190))
+        assert visible[row].tolist() == sorted(visible[row].tolist()) and masked[row].tolist() == sorted(
+            masked[row].tolist()
+        )
+    assert not torch.equal(visible[0], visible[1])
+    with pytest.raises(ValueError, match="leaves 0 of 10 patches visible"):
+        random_masks(1, 10, 0.95)
+
+
+def test_predictor_outputs_line_up_with_the_masked_positions():
+    model = tiny_pretraining_model().eval()
+    predictor = model.predictor
+    chunks = torch.randn(2, 80, 96)
+    tokens = model.patch_tokens(chunks)
+    visible, masked = random_masks(2, tokens.shape[1], 0.7, torch.Generator().manual_seed(1))
+    online = model.encode_online(tokens, visible)
+    with torch.no_grad():
+        predictions = predictor(online, visible, masked)
+        embedded = predictor.embed(online)
+        for row in range(2):  # the full sequence built by hand, position by position
+            sequence = predictor.mask_token[0].repeat(tokens.shape[1], 1).clone()
+            for slot, position in enumerate(visible[row].tolist()):
+                sequence[position] = embedded[row, 1 + slot]
+            hidden = torch.cat([embedded[row, :1], sequence])[None] + predictor.position_embeddings
+            for layer in predictor.layers:
+                hidden, _ = layer(hidden)
+            full = predictor.head(predictor.norm(hidden))[0, 1:]
+            torch.testing.assert_close(predictions[row], full[masked[row]])
+    assert predictions.shape == (2, masked.shape[1], 64)
+
+
+def test_target_encodes_only_the_masked_patches_and_loss_is_normalized_mse():
+    model = tiny_pretraining_model().eval()
+    chunks = torch.randn(2, 80, 96)
+    torch.manual_seed(3)
+    loss, predictions, targets, visible, masked = model(chunks)
+    tokens = model.patch_tokens(chunks)
+    expected_targets = model.encode_target(tokens, masked)
+    torch.testing.assert_close(targets, expected_targets)
+    changed = tokens.clone()
+    changed.scatter_(1, visible[..., None].expand(-1, -1, 64), torch.randn(2, visible.shape[1], 64))
+    torch.testing.assert_close(model.encode_target(changed, masked), targets)  # visible patches play no part
+    normalized = torch.nn.functional.normalize(predictions, dim=-1) - torch.nn.functional.normalize(targets, dim=-1)
+    torch.testing.assert_close(loss, normalized.square().sum(-1).mean())
+
+
+def test_ema_update_moves_the_target_towards_the_online_encoder():
+    model = tiny_pretraining_model()
+    with torch.no_grad():
+        for parameter in model.online.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    old = [p.clone() for p in model.target_layers.parameters()] + [p.clone() for p in model.target_norm.parameters()]
+    online = list(model.online.encoder.layer.parameters()) + list(model.online.layernorm.parameters())
+    model.update_target(0.99)
+    new = list(model.target_layers.parameters()) + list(model.target_norm.parameters())
+    for before, after, source in zip(old, new, online):
+        torch.testing.assert_close(after, 0.99 * before + 0.01 * source)
+    assert not any(p.requires_grad for p in new)
+
+
+def test_smoke_training_lowers_the_loss_and_exports_a_loadable_encoder(log_mel_list, tmp_path):
+    output = tmp_path / "run"
+    assert cli_main(pretrain_args(log_mel_list, output, 30)) == 0
+    losses = logged_losses(output)
+    assert len(losses) == 30
+    assert sum(losses[s] for s in range(26, 31)) / 5 < sum(losses[s] for s in range(1, 6)) / 5
+    assert (output / "loss.png").is_file() and (output / "checkpoints" / "step-30").is_dir()
+    model, notes = build_model(str(output / "encoder"))
+    assert "target encoder and predictor" in notes[0]
+    remote = run_without_resp_hf(REMOTE_EMBED, output / "encoder", cwd=tmp_path)
+    torch.manual_seed(0)
+    features = torch.randn(1, 80, 150)
+    with torch.no_grad():
+        expected = model.online(features).pooler_output[0]
+    torch.testing.assert_close(torch.tensor(remote), expected, atol=1e-6, rtol=0)
+
+
+REMOTE_EMBED = """
+import json, torch
+from transformers import AutoModel
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+torch.manual_seed(0)
+features = torch.randn(1, 80, 150)
+with torch.no_grad():
+    print(json.dumps(model(features).pooler_output[0].tolist()))
+"""
+
+
+def test_resume_gives_the_same_next_losses_as_an_uninterrupted_run(log_mel_list, tmp_path):
+    assert cli_main(pretrain_args(log_mel_list, tmp_path / "straight", 8, "--save-every", "4")) == 0
+    straight = logged_losses(tmp_path / "straight")
+    shutil.copytree(tmp_path / "straight" / "checkpoints" / "step-4", tmp_path / "resumed" / "checkpoints" / "step-4")
+    assert cli_main(pretrain_args(log_mel_list, tmp_path / "resumed", 8, "--resume", "latest")) == 0
+    resumed = logged_losses(tmp_path / "resumed")
+    assert sorted(resumed) == [5, 6, 7, 8]
+    for step in resumed:
+        assert resumed[step] == pytest.approx(straight[step], abs=1e-6), step
+
+
+def test_accelerate_launch_with_two_cpu_processes(log_mel_list, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "-m",
+        "resp_hf.training.pretrain",
+        *pretrain_args(log_mel_list, tmp_path / "ddp", 4, "--cpu")[1:],
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "effective batch 16" in result.stdout
+    assert (tmp_path / "ddp" / "encoder" / "model.safetensors").is_file()
+    assert RespM2DModel.from_pretrained(tmp_path / "ddp" / "encoder").config.hidden_size == 64
+
+
+def test_initialization_from_the_golden_checkpoint_reuses_online_target_and_predictor(golden_folder):
+    model, reused = model_from_official(GOLDEN_CHECKPOINT)
+    assert reused == ["target encoder", "predictor"]
+    official = load_checkpoint(GOLDEN_CHECKPOINT)["model"]
+    converted = RespM2DModel.from_pretrained(golden_folder).state_dict()
+    assert all(torch.equal(model.online.state_dict()[key], value) for key, value in converted.items())
+    assert torch.equal(model.target_layers[1].attention.qkv.weight, official["target_blocks.1.attn.qkv.weight"])
+    assert torch.equal(model.target_norm.bias, official["target_norm.bias"])
+    assert torch.equal(model.predictor.layers[0].mlp.fc2.weight, official["decoder_blocks.0.mlp.fc2.weight"])
+    assert torch.equal(model.predictor.position_embeddings, official["decoder_pos_embed"])
+    assert torch.equal(model.predictor.mask_token, official["mask_token"])
+    assert torch.equal(model.predictor.head.weight, official["decoder_pred.weight"])
+    assert model.config.norm_mean == pytest.approx(-5.3)
