@@ -42,10 +42,21 @@ def main():
     args = parser.parse_args()
     dataset = make_dataset(args.workdir)
     model = args.model or make_small_encoder(args.workdir / "encoder")
-    return cli_main([
-        "benchmark", "--model", str(model), "--dataset", str(dataset), "--output", str(args.workdir / "results"),
-        "--layers", args.layers, "--seeds", args.seeds,
-    ])
+    return cli_main(
+        [
+            "benchmark",
+            "--model",
+            str(model),
+            "--dataset",
+            str(dataset),
+            "--output",
+            str(args.workdir / "results"),
+            "--layers",
+            args.layers,
+            "--seeds",
+            args.seeds,
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -210,3 +210,16 @@ def test_initialization_from_the_golden_checkpoint_reuses_online_target_and_pred
     assert torch.equal(model.predictor.mask_token, official["mask_token"])
     assert torch.equal(model.predictor.head.weight, official["decoder_pred.weight"])
     assert model.config.norm_mean == pytest.approx(-5.3)
+
+
+def test_pretrain_smoke_example(tmp_path):
+    from conftest import REPO_ROOT
+
+    result = subprocess.run(
+        [sys.executable, REPO_ROOT / "examples" / "pretrain_smoke.py", tmp_path, "--steps", "6"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Exported encoder embeds a clip as (1, 320)" in result.stdout
