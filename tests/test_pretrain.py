@@ -146,6 +146,7 @@ def test_smoke_training_lowers_the_loss_and_exports_a_loadable_encoder(log_mel_l
     assert len(losses) == 30
     assert sum(losses[s] for s in range(26, 31)) / 5 < sum(losses[s] for s in range(1, 6)) / 5
     assert (output / "loss.png").is_file() and (output / "checkpoints" / "step-30").is_dir()
+    assert list(output.rglob("events.out.tfevents*"))  # TensorBoard log
     model, notes = build_model(str(output / "encoder"))
     assert "target encoder and predictor" in notes[0]
     remote = run_without_resp_hf(REMOTE_EMBED, output / "encoder", cwd=tmp_path)
@@ -223,3 +224,28 @@ def test_pretrain_smoke_example(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Exported encoder embeds a clip as (1, 320)" in result.stdout
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(log_mel_list, tmp_path):
+    import signal
+
+    output = tmp_path / "interrupted"
+    arguments = pretrain_args(log_mel_list, output, 1000, "--save-every", "1000", "--no-progress")[1:]
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "resp_hf.training.pretrain", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    for line in process.stdout:
+        if line.startswith("step 2/"):
+            process.send_signal(signal.SIGTERM)
+            break
+    rest = process.stdout.read()
+    assert process.wait(timeout=300) == 0, rest
+    assert "Interrupted: saved step" in rest
+    saved = sorted(int(p.name.split("-")[1]) for p in (output / "checkpoints").glob("step-*"))
+    assert len(saved) == 1 and saved[0] >= 2 and not (output / "encoder").exists()
+    assert cli_main(pretrain_args(log_mel_list, output, saved[0] + 2, "--resume", "latest")) == 0
+    assert max(logged_losses(output)) == saved[0] + 2 and (output / "encoder" / "model.safetensors").is_file()

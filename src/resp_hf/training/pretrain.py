@@ -24,6 +24,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from ..convert import (
@@ -219,8 +220,12 @@ def build_parser():
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--save-every", type=int, default=1000, help="save_state every N optimizer steps")
     parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--resume", help="a checkpoint folder, or 'latest' in --output-dir")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--resume",
+        help="a checkpoint folder, or 'latest' in --output-dir (resume only from "
+        "folders you wrote: Accelerate stores RNG and sampler states with pickle)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
     return parser
 
 
@@ -293,7 +298,13 @@ def train(args):
             ]
         )
     )
-    started, samples = time.time(), 0
+    interval_start, interval_samples = time.time(), 0
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc="Pre-training",
+        disable=args.no_progress or not accelerator.is_local_main_process,
+    )
     while state.step < total_steps and not stop["now"]:
         dataset.set_epoch(state.epoch)
         loader.set_epoch(state.epoch)
@@ -308,15 +319,17 @@ def train(args):
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            samples += chunks.shape[0] * accelerator.num_processes
+            interval_samples += chunks.shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             decay = ema_decay(state.step, total_steps, args.ema_start, args.ema_end)
             accelerator.unwrap_model(model).update_target(decay)
             state.step += 1
+            bar.update(1)
             loss_value = accelerator.gather(loss.detach()[None]).mean().item()
             if state.step % args.log_every == 0 or state.step == 1:
-                throughput = samples / (time.time() - started)
+                throughput = interval_samples / (time.time() - interval_start)  # since the previous log line
+                interval_start, interval_samples = time.time(), 0
                 values = {
                     "step": state.step,
                     "epoch": state.epoch,
@@ -327,13 +340,18 @@ def train(args):
                 }
                 log.write(values)
                 accelerator.log(values, step=state.step)
-                accelerator.print(f"step {state.step}/{total_steps} loss {loss_value:.4f} {throughput:.1f} samples/s")
+                bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_second=f"{throughput:.1f}")
+                if args.no_progress:
+                    accelerator.print(
+                        f"step {state.step}/{total_steps} loss {loss_value:.4f} {throughput:.1f} samples/s"
+                    )
             if state.step % args.save_every == 0 or stop["now"] or state.step >= total_steps:
                 accelerator.save_state(str(output_dir / "checkpoints" / f"step-{state.step}"))
             if stop["now"] or state.step >= total_steps:
                 break
         else:
             state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+    bar.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if stop["now"]:
