@@ -10,12 +10,9 @@ For OPERA tasks, pass `--tasks T7,T10 --opera-root OPERA` to `resp-hf benchmark`
 import argparse
 from pathlib import Path
 
-import torch
-
-from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from resp_hf.cli import main as cli_main
 from resp_hf.data import load_audio_folder
-from resp_hf.synthetic import write_two_class_recordings
+from resp_hf.synthetic import save_small_encoder, write_two_class_recordings
 
 
 def make_dataset(folder):
@@ -23,14 +20,6 @@ def make_dataset(folder):
         write_two_class_recordings(folder / "recordings" / split, per_class=per_class, seed=seed, seconds=(0.5, 2.0))
     load_audio_folder(folder / "recordings").save_to_disk(str(folder / "breath_vs_wheeze"))
     return folder / "breath_vs_wheeze"
-
-
-def make_small_encoder(folder):
-    torch.manual_seed(0)
-    config = RespM2DConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
-    RespM2DModel(config).save_pretrained(folder)
-    RespM2DFeatureExtractor.from_model_config(config).save_pretrained(folder)
-    return folder
 
 
 def main():
@@ -41,7 +30,7 @@ def main():
     parser.add_argument("--seeds", default="0,1,2,3,4")
     args = parser.parse_args()
     dataset = make_dataset(args.workdir)
-    model = args.model or make_small_encoder(args.workdir / "encoder")
+    model = args.model or save_small_encoder(args.workdir / "encoder")
     return cli_main(
         [
             "benchmark",

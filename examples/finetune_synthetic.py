@@ -11,20 +11,10 @@ Without `--encoder`, a small random encoder is created (a real run starts from a
 import argparse
 from pathlib import Path
 
-import torch
 from transformers import pipeline
 
-from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
-from resp_hf.synthetic import write_two_class_recordings
+from resp_hf.synthetic import save_small_encoder, write_two_class_recordings
 from resp_hf.training.finetune import main as finetune_main
-
-
-def make_small_encoder(folder):
-    torch.manual_seed(0)
-    config = RespM2DConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
-    RespM2DModel(config).save_pretrained(folder)
-    RespM2DFeatureExtractor.from_model_config(config).save_pretrained(folder)
-    return folder
 
 
 def main():
@@ -35,7 +25,7 @@ def main():
     args = parser.parse_args()
 
     recordings = write_two_class_recordings(args.workdir / "recordings", per_class=24)
-    encoder = args.encoder or make_small_encoder(args.workdir / "encoder")
+    encoder = args.encoder or save_small_encoder(args.workdir / "encoder")
     output = args.workdir / "classifier"
     finetune_main(
         [

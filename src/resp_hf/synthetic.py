@@ -34,3 +34,16 @@ def write_two_class_recordings(folder, per_class, seed=0, sampling_rate=16000, s
             audio = (0.3 * audio / np.abs(audio).max()).astype(np.float32)
             soundfile.write(folder / name / f"{name}_{index:03d}.wav", audio, sampling_rate)
     return folder
+
+
+def save_small_encoder(folder, seed=0):
+    """A small random encoder (2 layers, width 64) with its feature extractor: a stand-in for demos and smoke runs."""
+    import torch
+
+    from .models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
+
+    torch.manual_seed(seed)
+    config = RespM2DConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    RespM2DModel(config).save_pretrained(folder)
+    RespM2DFeatureExtractor.from_model_config(config).save_pretrained(folder)
+    return Path(folder)

@@ -32,6 +32,12 @@ def glob_relative(root, folder, pattern):
     return sorted(str(path.relative_to(root)) for path in (root / folder).glob(pattern) if path.is_file())
 
 
+def check_rows_against_manifest(task_id, rows, manifest):
+    """Derived rows against OPERA's aligned (path, label, split) arrays, OPERA's "val" being our validation split."""
+    opera = [(path, label, OPERA_SPLITS[split]) for path, label, split in zip(*manifest)]
+    check_against_manifest(task_id, [(row["path"], row["label"], row["split"]) for row in rows], opera)
+
+
 def none_if(value, *missing):
     return None if value in missing else value
 
@@ -192,8 +198,7 @@ def respiratory_tr(task, root, report):
             }
         )
     if manifest:
-        opera = [(p, label, OPERA_SPLITS[s]) for p, label, s in zip(*manifest)]
-        check_against_manifest(task.id, [(r["path"], r["label"], r["split"]) for r in rows], opera)
+        check_rows_against_manifest(task.id, rows, manifest)
     return rows
 
 
@@ -243,8 +248,7 @@ def coughvid(task, root, report):
             }
         )
     if manifest:
-        opera = [(p, label, OPERA_SPLITS[s]) for p, label, s in zip(*manifest)]
-        check_against_manifest(task.id, [(r["path"], r["label"], r["split"]) for r in rows], opera)
+        check_rows_against_manifest(task.id, rows, manifest)
     return rows
 
 
@@ -306,8 +310,7 @@ def coviduk(task, root, report):
         if name in split_of
     ]
     if manifest:
-        opera = [(p, label, OPERA_SPLITS[s]) for p, label, s in zip(*manifest)]
-        check_against_manifest(task.id, [(r["path"], r["label"], r["split"]) for r in rows], opera)
+        check_rows_against_manifest(task.id, rows, manifest)
     return rows
 
 
