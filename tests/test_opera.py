@@ -255,6 +255,15 @@ def test_covid19_sounds_rule_downsamples_training_rows(tmp_path):
     names = {"0": "train", "1": "validation", "2": "test"}
     assert table(dataset) == {path: (label, names[split]) for path, label, split in kept}
     assert dataset["train"]["path"] == [path for path, _, _ in train]
+    manifest = root / "feature/task1_eval/downsampled"
+    manifest.mkdir(parents=True)
+    np.save(manifest / "sound_dir_loc_breath.npy", np.array([path for path, _, _ in kept]))
+    np.save(manifest / "labels.npy", np.array([label for _, label, _ in kept]))
+    np.save(manifest / "data_split.npy", np.array([int(split) for _, _, split in kept]))
+    assert table(build_task("T3", root)) == table(dataset)  # agrees with OPERA's committed manifest
+    np.save(manifest / "labels.npy", np.array([1 - label for _, label, _ in kept]))
+    with pytest.raises(OperaDataError, match="does not reproduce OPERA's committed manifest"):
+        build_task("T3", root)
     (tmp_path / "empty").mkdir()
     with pytest.raises(OperaDataError, match="T4 needs datasets/covid19-sounds/data_0426_en_task1.csv"):
         build_task("T4", tmp_path / "empty")

@@ -249,3 +249,29 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(log_mel_list, tm
     assert len(saved) == 1 and saved[0] >= 2 and not (output / "encoder").exists()
     assert cli_main(pretrain_args(log_mel_list, output, saved[0] + 2, "--resume", "latest")) == 0
     assert max(logged_losses(output)) == saved[0] + 2 and (output / "encoder" / "model.safetensors").is_file()
+
+
+def test_bf16_mixed_precision_and_gradient_accumulation(log_mel_list, tmp_path):
+    arguments = pretrain_args(
+        log_mel_list,
+        tmp_path / "bf16",
+        3,
+        "--mixed-precision",
+        "bf16",
+        "--gradient-accumulation-steps",
+        "2",
+        "--no-progress",
+    )[1:]
+    # A fresh process: Accelerate keeps one precision per process.
+    result = subprocess.run(
+        [sys.executable, "-m", "resp_hf.training.pretrain", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "effective batch 16" in result.stdout
+    losses = logged_losses(tmp_path / "bf16")
+    assert sorted(losses) == [1, 2, 3] and all(0 < loss < 4 for loss in losses.values())
+    assert (tmp_path / "bf16" / "encoder" / "model.safetensors").is_file()

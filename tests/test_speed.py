@@ -19,7 +19,9 @@ def test_bf16_embeddings_stay_within_cosine_0999_of_fp32_on_the_golden_clips(gol
 def test_full_and_partial_chunks_in_separate_batches_match_one_padded_batch():
     model = tiny_model()
     extractor = RespM2DFeatureExtractor.from_model_config(model.config)
-    inputs = extractor([noise(2.5, seed=i) for i in range(3)], sampling_rate=16000)  # 251 frames: chunks of 96, 96 and 59 (4 patches)
+    inputs = extractor(
+        [noise(2.5, seed=i) for i in range(3)], sampling_rate=16000
+    )  # 251 frames: chunks of 96, 96 and 59 (4 patches)
     chunks, _, patches, _ = model.split_into_chunks(inputs["input_features"], inputs["attention_mask"])
     assert sorted(set(patches.tolist())) == [4, 6]
     with torch.no_grad():

@@ -361,6 +361,7 @@ def coswara(task, root, report):
 COVID19_SOUNDS_CSV = ("datasets/covid19-sounds/data_0426_en_task1.csv", "datasets/covid/data_0426_en_task1.csv")
 COVID19_SOUNDS_AUDIO = "datasets/covid19-sounds/0426_EN_used_task1"
 COVID19_SOUNDS_SPLITS = {"0": "train", "1": "validation", "2": "test"}
+COVID19_SOUNDS_MANIFEST = "feature/task1_eval/downsampled"
 
 
 def covid19sounds(task, root, report):
@@ -388,6 +389,11 @@ def covid19sounds(task, root, report):
                 "subject_id": record["Uid"],
             }
         )
+    names = (f"sound_dir_loc_{task.modality}", "labels", "data_split")
+    manifest = load_manifest(root, tuple(f"{COVID19_SOUNDS_MANIFEST}/{name}.npy" for name in names))
+    if manifest:  # OPERA stores this split as 0/1/2
+        opera = [(path, label, COVID19_SOUNDS_SPLITS[str(split)]) for path, label, split in zip(*manifest)]
+        check_against_manifest(task.id, [(row["path"], row["label"], row["split"]) for row in rows], opera)
     return rows
 
 

@@ -71,7 +71,7 @@ class M2DPredictor(nn.Module):
         """Online output (B, 1 + keep, D) -> predictions (B, N - keep, D), one per masked patch in `masked` order."""
         tokens = self.embed(visible_output)
         batch, num_patches = visible.shape[0], visible.shape[1] + masked.shape[1]
-        full = self.mask_token.expand(batch, num_patches, -1).clone()
+        full = self.mask_token.to(tokens.dtype).expand(batch, num_patches, -1).clone()
         full.scatter_(1, visible[..., None].expand(-1, -1, full.shape[-1]), tokens[:, 1:])
         hidden = torch.cat([tokens[:, :1], full], dim=1) + self.position_embeddings
         for layer in self.layers:
