@@ -81,12 +81,6 @@ def check_against_manifest(task_id, derived, manifest):
         )
 
 
-def order_like(rows, paths):
-    """Rows re-ordered as `paths` (OPERA's manifest order, which its seeded splits depend on)."""
-    by_path = {row["path"]: row for row in rows}
-    return [by_path[path] for path in paths]
-
-
 def seeded_split(items, labels, test_size, seed, stratify=True):
     """Indices `(kept, held_out)` of sklearn's `train_test_split`, as OPERA calls it (membership depends on order)."""
     indices = np.arange(len(items))
