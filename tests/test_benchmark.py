@@ -203,6 +203,11 @@ def test_leave_one_subject_out_regression(tmp_path):
     assert records[0]["metric"] == "MAE" and records[0]["best_epoch"] is None
     saved = np.load(tmp_path / "out" / "predictions" / "rates_layer-last_seed-0.npz")
     assert len(saved["fold_mae"]) == 3 and records[0]["value"] == pytest.approx(saved["fold_mae"].mean())
+    assert records[0]["mape"] == pytest.approx(saved["fold_mape"].mean())
+    result = json.loads((tmp_path / "out" / "results.json").read_text())["results"][0]
+    assert result["mape_mean"] == pytest.approx(records[0]["mape"]) and result["mape_std"] == 0.0
+    rows = read_results(tmp_path / "out")
+    assert float(rows[0]["mape"]) == pytest.approx(records[0]["mape"])
     tested = saved["folds"] != ""
     assert np.abs(saved["predictions"][tested]).sum() > 0 and not saved["predictions"][~tested].any()
 

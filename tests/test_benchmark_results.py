@@ -150,6 +150,7 @@ def test_results_csv_lists_every_run_then_mean_and_std_rows(tmp_path):
         "n_train",
         "n_validation",
         "n_test",
+        "mape",
     ]
     assert [(row["layer"], row["seed"]) for row in rows] == [
         ("last", "0"),
@@ -171,6 +172,7 @@ def test_results_csv_lists_every_run_then_mean_and_std_rows(tmp_path):
         "n_train": "100",
         "n_validation": "20",
         "n_test": "40",
+        "mape": "",
     }
     assert rows[1]["best_epoch"] == ""
     assert float(rows[3]["value"]) == pytest.approx(0.85) and float(rows[4]["value"]) == pytest.approx(0.05)

@@ -30,6 +30,9 @@ RECORD_KEYS = (
     "n_validation",
     "n_test",
 )
+# Optional per-record values (regression tasks also report MAPE); written as extra CSV columns and summaries.
+OPTIONAL_KEYS = ("mape",)
+CSV_COLUMNS = (*RECORD_KEYS, *OPTIONAL_KEYS)
 LAST_LAYER = "last"
 MISSING_CELL = "–"
 MODEL_COLOR = "#d62728"
@@ -114,18 +117,21 @@ def aggregate(records):
     summaries = []
     for (task, layer), group in group_by_task_and_layer(records).items():
         values = np.array([record["value"] for record in group], dtype=np.float64)
-        summaries.append(
-            {
-                "task": task,
-                "task_name": group[0]["task_name"],
-                "metric": group[0]["metric"],
-                "layer": layer,
-                "mean": float(values.mean()),
-                "std": float(values.std()),
-                "n_seeds": len(group),
-                "seeds": [record["seed"] for record in group],
-            }
-        )
+        summary = {
+            "task": task,
+            "task_name": group[0]["task_name"],
+            "metric": group[0]["metric"],
+            "layer": layer,
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "n_seeds": len(group),
+            "seeds": [record["seed"] for record in group],
+        }
+        for key in OPTIONAL_KEYS:
+            extra = [record.get(key) for record in group]
+            if all(value is not None for value in extra):
+                summary[f"{key}_mean"], summary[f"{key}_std"] = float(np.mean(extra)), float(np.std(extra))
+        summaries.append(summary)
     return summaries
 
 
@@ -233,14 +239,15 @@ def csv_rows(records, summaries):
     rows = []
     for group in group_by_task_and_layer(records).values():
         for record in group:
-            row = {key: record[key] for key in RECORD_KEYS}
+            row = {key: record.get(key) for key in CSV_COLUMNS}
             row["layer"] = str(row["layer"])
             rows.append(row)
     for summary in summaries:
         for statistic in ("mean", "std"):
-            row = dict.fromkeys(RECORD_KEYS, "")
+            row = dict.fromkeys(CSV_COLUMNS, "")
             row.update({key: summary[key] for key in ("task", "task_name", "metric", "layer")})
             row.update(seed=statistic, value=summary[statistic])
+            row.update({key: summary.get(f"{key}_{statistic}", "") for key in OPTIONAL_KEYS})
             rows.append(row)
     return rows
 
@@ -248,17 +255,17 @@ def csv_rows(records, summaries):
 def write_csv(path, rows):
     """Writes `rows` with the record columns; None becomes an empty cell."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=RECORD_KEYS, lineterminator="\n")
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
 
 
 def json_report(summaries, baselines, model_name):
     """The `results.json` content: per (task, layer) summaries and the baselines' citation."""
-    keys = ("task", "task_name", "metric", "layer", "mean", "std", "n_seeds", "seeds")
+    keys = ("task", "task_name", "metric", "layer", "mean", "std", "n_seeds", "seeds", "mape_mean", "mape_std")
     return {
         "model_name": model_name,
-        "results": [{key: summary[key] for key in keys} for summary in summaries],
+        "results": [{key: summary[key] for key in keys if key in summary} for summary in summaries],
         "baselines_source": baselines_source(baselines),
     }
 

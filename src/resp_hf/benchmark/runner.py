@@ -169,7 +169,7 @@ def evaluate_regression(spec, dataset, embedder, settings, predictions_dir):
     records = []
     for layer in embedder.layers:
         for seed in settings.seeds:
-            maes, predictions = [], np.zeros_like(labels)
+            maes, mapes, predictions = [], [], np.zeros_like(labels)
             for fold in sorted(set(folds) - {""}, key=lambda f: (len(f), f)):
                 test = np.flatnonzero(folds == fold)
                 rest = np.flatnonzero(folds != fold)
@@ -184,15 +184,19 @@ def evaluate_regression(spec, dataset, embedder, settings, predictions_dir):
                     batch_size=spec.batch_size,
                 )
                 predictions[test] = logits[:, 0]
-                maes.append(regression_metrics(logits[:, 0], labels[test])["mae"])
+                metrics = regression_metrics(logits[:, 0], labels[test])
+                maes.append(metrics["mae"])
+                mapes.append(metrics["mape"])
             np.savez(
                 predictions_dir / f"{spec.id}_layer-{layer}_seed-{seed}.npz",
                 predictions=predictions,
                 labels=labels,
                 folds=folds,
                 fold_mae=np.asarray(maes),
+                fold_mape=np.asarray(mapes),
             )
-            records.append(record(spec, layer, seed, float(np.mean(maes)), None, dataset))
+            result = record(spec, layer, seed, float(np.mean(maes)), None, dataset)
+            records.append({**result, "mape": float(np.mean(mapes))})
     return records
 
 
