@@ -91,7 +91,7 @@ def run_end_to_end(model, extractor, waveforms, device, dtype):
     return run_encoder(model, features, device, dtype)
 
 
-def measure(model, device, batch_sizes, clip_seconds, repeats, dtypes, mixed_count, mixed_range):
+def measure(model, device, batch_sizes, clip_seconds, repeats, dtypes, mixed_count, mixed_range, compile_batch=None):
     extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     rng = np.random.default_rng(0)
     results = {"feature_extraction": {}, "end_to_end": [], "mixed_lengths": {}}
@@ -129,6 +129,30 @@ def measure(model, device, batch_sizes, clip_seconds, repeats, dtypes, mixed_cou
                     "fraction_of_attainable": achieved / peak,
                 }
             )
+
+    if compile_batch:  # the same end-to-end measurement with the encoder blocks compiled by torch.compile
+        eager = model.encoder
+        model.encoder = torch.compile(eager)
+        raw = clips[:compile_batch]
+        for dtype_name, dtype in dtypes.items():
+            total_seconds = best_time(partial(run_end_to_end, model, extractor, raw, device, dtype), repeats, warmup=2)
+            row = next(
+                r for r in results["end_to_end"] if r["dtype"] == dtype_name and r["batch_size"] == compile_batch
+            )
+            achieved = flops_per_clip * compile_batch / total_seconds
+            results["end_to_end"].append(
+                {
+                    **row,
+                    "dtype": f"{dtype_name} (compiled)",
+                    "clips_per_second": compile_batch / total_seconds,
+                    "audio_seconds_per_second": compile_batch * clip_seconds / total_seconds,
+                    "end_to_end_seconds": total_seconds,
+                    "encoder_seconds": None,
+                    "achieved_flops": achieved,
+                    "fraction_of_attainable": achieved / row["attainable_matmul_flops"],
+                }
+            )
+        model.encoder = eager
 
     lengths = rng.uniform(*mixed_range, size=mixed_count)
     mixed = [(0.1 * rng.standard_normal(int(s * RATE))).astype(np.float32) for s in lengths]
@@ -187,6 +211,7 @@ def main(argv=None):
     parser.add_argument("--output", required=True)
     parser.add_argument("--quick", action="store_true", help="a small model and few repeats (CI)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also measure batch 8 with torch.compile (slow start)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -220,6 +245,7 @@ def main(argv=None):
             dtypes,
             6 if quick else 32,
             (0.5, 3.0) if quick else (0.5, 30.0),
+            compile_batch=(2 if quick else 8) if args.compile else None,
         ),
     }
     output = Path(args.output)

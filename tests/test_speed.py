@@ -48,7 +48,7 @@ def test_length_bucketed_embed_equals_one_clip_at_a_time():
 
 def test_speed_benchmark_quick_mode_writes_its_report(tmp_path):
     result = subprocess.run(
-        [sys.executable, REPO_ROOT / "benchmarks" / "speed.py", "--quick", "--output", tmp_path],
+        [sys.executable, REPO_ROOT / "benchmarks" / "speed.py", "--quick", "--compile", "--output", tmp_path],
         capture_output=True,
         text=True,
         timeout=600,
@@ -57,7 +57,7 @@ def test_speed_benchmark_quick_mode_writes_its_report(tmp_path):
     report = json.loads((tmp_path / "speed.json").read_text())
     assert report["feature_extraction"]["audio_seconds_per_second"] > 0
     rows = {(row["dtype"], row["batch_size"]) for row in report["end_to_end"]}
-    assert rows == {("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)}
+    assert rows == {("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2), ("fp32 (compiled)", 2), ("bf16 (compiled)", 2)}
     assert all(0 < row["fraction_of_attainable"] for row in report["end_to_end"])
     assert report["mixed_lengths"]["bucketed_audio_seconds_per_second"] > 0 and report["peak_memory_mb"] > 0
     markdown = (tmp_path / "speed.md").read_text()
