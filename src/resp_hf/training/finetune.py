@@ -155,9 +155,15 @@ def prepare_splits(dataset, args):
 
 
 def parse_classifier_layer(value):
-    if value in (None, "None", "none", "weighted"):
-        return None if value in ("None", "none") else value
-    return int(value)
+    """`--classifier_layer`: None (the final output), "weighted", or a layer index."""
+    if value in (None, "None", "none"):
+        return None
+    if value == "weighted":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--classifier_layer must be None, 'weighted' or a layer index, got {value!r}.") from None
 
 
 def finetune(args, training_args):
