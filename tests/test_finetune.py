@@ -213,3 +213,11 @@ def test_training_script_is_the_finetune_command(recordings, encoder_folder, tmp
     assert result.returncode == 0, result.stderr[-3000:]
     assert "validation: accuracy" in result.stdout
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_classifier_layer_argument():
+    from resp_hf.training.finetune import parse_classifier_layer
+
+    assert [parse_classifier_layer(v) for v in (None, "None", "weighted", "3")] == [None, None, "weighted", 3]
+    with pytest.raises(ValueError, match="--classifier_layer must be None, 'weighted' or a layer index, got 'top'"):
+        parse_classifier_layer("top")
