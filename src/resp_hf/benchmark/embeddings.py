@@ -13,6 +13,7 @@ from datasets import Audio
 
 from ..audio import decode_audio
 from ..models.resp_m2d import RespM2DFeatureExtractor
+from ..models.resp_m2d.modeling_resp_m2d import progress_bar
 
 CROP_MODES = ("center", "random", "none")
 
@@ -111,7 +112,7 @@ def embed_split(model, split, layers=("last",), crop="center", seconds=10.0, cro
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     outputs = {layer: [None] * len(values) for layer in layers}
     needs_hidden = any(layer != "last" for layer in layers)
-    for batch in progress_bar(batches, progress, "Embedding"):
+    for batch in progress_bar(batches, progress is not False, "Embedding"):
         waveforms = [
             fit_length(decode_audio(values[i], rate, downmix=True), length, crop, [crop_seed, i]) for i in batch
         ]
@@ -131,11 +132,3 @@ def audio_duration(value):
     if isinstance(value, dict) and value.get("bytes") is not None:
         return soundfile.info(io.BytesIO(value["bytes"])).duration
     return soundfile.info(value if isinstance(value, str) else value["path"]).duration
-
-
-def progress_bar(iterable, show, desc):
-    if show is False:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False)

@@ -32,9 +32,9 @@ def glob_relative(root, folder, pattern):
     return sorted(str(path.relative_to(root)) for path in (root / folder).glob(pattern) if path.is_file())
 
 
-def check_rows_against_manifest(task_id, rows, manifest):
-    """Derived rows against OPERA's aligned (path, label, split) arrays, OPERA's "val" being our validation split."""
-    opera = [(path, label, OPERA_SPLITS[split]) for path, label, split in zip(*manifest)]
+def check_rows_against_manifest(task_id, rows, manifest, split_names=OPERA_SPLITS):
+    """Derived rows against OPERA's aligned (path, label, split) arrays; `split_names` names OPERA's split values."""
+    opera = [(path, label, split_names[str(split)]) for path, label, split in zip(*manifest)]
     check_against_manifest(task_id, [(row["path"], row["label"], row["split"]) for row in rows], opera)
 
 
@@ -392,8 +392,7 @@ def covid19sounds(task, root, report):
     names = (f"sound_dir_loc_{task.modality}", "labels", "data_split")
     manifest = load_manifest(root, tuple(f"{COVID19_SOUNDS_MANIFEST}/{name}.npy" for name in names))
     if manifest:  # OPERA stores this split as 0/1/2
-        opera = [(path, label, COVID19_SOUNDS_SPLITS[str(split)]) for path, label, split in zip(*manifest)]
-        check_against_manifest(task.id, [(row["path"], row["label"], row["split"]) for row in rows], opera)
+        check_rows_against_manifest(task.id, rows, manifest, COVID19_SOUNDS_SPLITS)
     return rows
 
 
