@@ -81,109 +81,191 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_encoder(model, features, device, dtype):
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+class TokenCounter:
+    """Records the token count of every chunk the encoder computes (padding included), via the embeddings."""
+
+    def __init__(self, model):
+        self.tokens = []
+        self.handle = model.embeddings.register_forward_hook(self.record)
+
+    def record(self, module, args, output):
+        self.tokens += [output.shape[1]] * output.shape[0]
+
+    def remove(self):
+        self.handle.remove()
+
+
+def run_encoder(model, features, dtype):
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
         return model(**features).pooler_output
 
 
-def run_end_to_end(model, extractor, waveforms, device, dtype):
-    features = extractor(waveforms, sampling_rate=RATE, device=device)
-    return run_encoder(model, features, device, dtype)
+def run_end_to_end(model, extractor, waveforms, dtype):
+    return run_encoder(model, extractor(waveforms, sampling_rate=RATE, device=model.device), dtype)
 
 
-def measure(model, device, batch_sizes, clip_seconds, repeats, dtypes, mixed_count, mixed_range, compile_batch=None):
-    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
-    rng = np.random.default_rng(0)
-    results = {"feature_extraction": {}, "end_to_end": [], "mixed_lengths": {}}
+def run_in_input_order(model, extractor, waveforms, batch_size, dtype):
+    """End to end over consecutive slices of `waveforms`, without `embed`'s length bucketing."""
+    for start in range(0, len(waveforms), batch_size):
+        run_end_to_end(model, extractor, waveforms[start : start + batch_size], dtype)
 
-    clips = [(0.1 * rng.standard_normal(int(clip_seconds * RATE))).astype(np.float32) for _ in range(max(batch_sizes))]
+
+def noise_clips(rng, seconds):
+    return [(0.1 * rng.standard_normal(int(s * RATE))).astype(np.float32) for s in seconds]
+
+
+def measure_feature_extraction(extractor, clips, clip_seconds, device, repeats):
     seconds = best_time(lambda: extractor(clips, sampling_rate=RATE, device=device), repeats)
-    results["feature_extraction"] = {
+    return {
         "clips": len(clips),
         "clip_seconds": clip_seconds,
         "audio_seconds_per_second": len(clips) * clip_seconds / seconds,
     }
 
-    flops_per_clip = encoder_flops(model.config, chunk_tokens(model.config, clip_seconds))
-    for dtype_name, dtype in dtypes.items():
-        peak = matmul_rate(
-            device, dtype if dtype is not None else torch.float32, 2048 if device.type == "cpu" else 8192, repeats
-        )
-        for batch_size in batch_sizes:
-            batch = extractor(clips[:batch_size], sampling_rate=RATE, device=device)
-            raw = clips[:batch_size]
 
-            encoder_seconds = best_time(partial(run_encoder, model, batch, device, dtype), repeats)
-            total_seconds = best_time(partial(run_end_to_end, model, extractor, raw, device, dtype), repeats)
-            achieved = flops_per_clip * batch_size / total_seconds
-            results["end_to_end"].append(
-                {
-                    "dtype": dtype_name,
-                    "batch_size": batch_size,
-                    "clips_per_second": batch_size / total_seconds,
-                    "audio_seconds_per_second": batch_size * clip_seconds / total_seconds,
-                    "encoder_seconds": encoder_seconds,
-                    "end_to_end_seconds": total_seconds,
-                    "achieved_flops": achieved,
-                    "attainable_matmul_flops": peak,
-                    "fraction_of_attainable": achieved / peak,
-                }
-            )
-
-    if compile_batch:  # the same end-to-end measurement with the encoder blocks compiled by torch.compile
-        eager = model.encoder
-        model.encoder = torch.compile(eager)
-        raw = clips[:compile_batch]
-        for dtype_name, dtype in dtypes.items():
-            total_seconds = best_time(partial(run_end_to_end, model, extractor, raw, device, dtype), repeats, warmup=2)
-            row = next(
-                r for r in results["end_to_end"] if r["dtype"] == dtype_name and r["batch_size"] == compile_batch
-            )
-            achieved = flops_per_clip * compile_batch / total_seconds
-            results["end_to_end"].append(
-                {
-                    **row,
-                    "dtype": f"{dtype_name} (compiled)",
-                    "clips_per_second": compile_batch / total_seconds,
-                    "audio_seconds_per_second": compile_batch * clip_seconds / total_seconds,
-                    "end_to_end_seconds": total_seconds,
-                    "encoder_seconds": None,
-                    "achieved_flops": achieved,
-                    "fraction_of_attainable": achieved / row["attainable_matmul_flops"],
-                }
-            )
-        model.encoder = eager
-
-    lengths = rng.uniform(*mixed_range, size=mixed_count)
-    mixed = [(0.1 * rng.standard_normal(int(s * RATE))).astype(np.float32) for s in lengths]
-    batch_size = max(batch_sizes)
-    bucketed = best_time(lambda: model.embed(mixed, sampling_rate=RATE, batch_size=batch_size, progress=False), repeats)
-
-    def in_input_order():
-        with torch.no_grad():
-            for start in range(0, len(mixed), batch_size):
-                model(**extractor(mixed[start : start + batch_size], sampling_rate=RATE, device=device))
-
-    unsorted = best_time(in_input_order, repeats)
-    results["mixed_lengths"] = {
-        "clips": mixed_count,
-        "seconds_range": list(mixed_range),
-        "total_audio_seconds": float(lengths.sum()),
-        "bucketed_audio_seconds_per_second": float(lengths.sum()) / bucketed,
-        "input_order_audio_seconds_per_second": float(lengths.sum()) / unsorted,
+def throughput_row(dtype_name, batch_size, clips, audio_seconds, seconds, flops, peak, **extra):
+    achieved = flops / seconds
+    return {
+        "dtype": dtype_name,
+        "batch_size": batch_size,
+        "clips_per_second": clips / seconds,
+        "audio_seconds_per_second": audio_seconds / seconds,
+        "achieved_flops": achieved,
+        "attainable_matmul_flops": peak,
+        "fraction_of_attainable": achieved / peak,
+        **extra,
     }
-    results["peak_memory_mb"] = peak_memory_mb(device)
-    return results
+
+
+def measure_end_to_end(model, extractor, clips, clip_seconds, batch_sizes, dtypes, peaks, repeats):
+    """Waveform-to-embedding throughput of equal-length clips, and the encoder alone, per dtype and batch size."""
+    flops_per_clip = encoder_flops(model.config, chunk_tokens(model.config, clip_seconds))
+    rows = []
+    for dtype_name, dtype in dtypes.items():
+        for batch_size in batch_sizes:
+            raw = clips[:batch_size]
+            features = extractor(raw, sampling_rate=RATE, device=model.device)
+            encoder_seconds = best_time(partial(run_encoder, model, features, dtype), repeats)
+            seconds = best_time(partial(run_end_to_end, model, extractor, raw, dtype), repeats)
+            rows.append(
+                throughput_row(
+                    dtype_name,
+                    batch_size,
+                    batch_size,
+                    batch_size * clip_seconds,
+                    seconds,
+                    flops_per_clip * batch_size,
+                    peaks[dtype_name],
+                    encoder_seconds=encoder_seconds,
+                    end_to_end_seconds=seconds,
+                )
+            )
+    return rows
+
+
+def measure_compiled(model, extractor, clips, clip_seconds, batch_size, dtypes, peaks, repeats):
+    """The end-to-end measurement at one batch size with the encoder blocks compiled by `torch.compile`."""
+    flops = encoder_flops(model.config, chunk_tokens(model.config, clip_seconds)) * batch_size
+    eager = model.encoder
+    model.encoder = torch.compile(eager)
+    rows = []
+    try:
+        for dtype_name, dtype in dtypes.items():
+            run = partial(run_end_to_end, model, extractor, clips[:batch_size], dtype)
+            seconds = best_time(run, repeats, warmup=2)
+            rows.append(
+                throughput_row(
+                    f"{dtype_name} (compiled)",
+                    batch_size,
+                    batch_size,
+                    batch_size * clip_seconds,
+                    seconds,
+                    flops,
+                    peaks[dtype_name],
+                    encoder_seconds=None,
+                    end_to_end_seconds=seconds,
+                )
+            )
+    finally:
+        model.encoder = eager
+    return rows
+
+
+def measure_mixed_lengths(model, extractor, clips, batch_sizes, dtypes, peaks, repeats):
+    """
+    Throughput on clips of mixed lengths through `embed` (length bucketing), and in input order at the middle batch
+    size. `achieved_flops` counts the useful encoder FLOPs (no padding); `padded_token_share` is the part of the
+    tokens the encoder computed that were padding of shorter last chunks.
+    """
+    audio_seconds = sum(len(clip) for clip in clips) / RATE
+    useful = sum(encoder_flops(model.config, chunk_tokens(model.config, len(clip) / RATE)) for clip in clips)
+    runs = [(batch_size, "length-bucketed") for batch_size in batch_sizes]
+    runs.append((batch_sizes[len(batch_sizes) // 2], "input order"))
+    rows = []
+    for dtype_name, dtype in dtypes.items():
+        for batch_size, order in runs:
+            if order == "input order":
+                run = partial(run_in_input_order, model, extractor, clips, batch_size, dtype)
+            else:
+                run = partial(
+                    model.embed, clips, sampling_rate=RATE, batch_size=batch_size, progress=False, autocast_dtype=dtype
+                )
+            counter = TokenCounter(model)
+            run()
+            counter.remove()
+            computed = encoder_flops(model.config, counter.tokens)
+            seconds = best_time(run, repeats, warmup=0)
+            rows.append(
+                throughput_row(
+                    dtype_name,
+                    batch_size,
+                    len(clips),
+                    audio_seconds,
+                    seconds,
+                    useful,
+                    peaks[dtype_name],
+                    order=order,
+                    padded_flop_share=1 - useful / computed,
+                )
+            )
+    return rows
+
+
+def measure(model, batch_sizes, clip_seconds, repeats, dtypes, mixed_count, mixed_range, compile_batch=None):
+    device = model.device
+    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
+    rng = np.random.default_rng(0)
+    clips = noise_clips(rng, [clip_seconds] * max(batch_sizes))
+    mixed = noise_clips(rng, rng.uniform(*mixed_range, size=mixed_count))
+    peak_size = 2048 if device.type == "cpu" else 8192
+    peaks = {name: matmul_rate(device, dtype or torch.float32, peak_size, repeats) for name, dtype in dtypes.items()}
+    end_to_end = measure_end_to_end(model, extractor, clips, clip_seconds, batch_sizes, dtypes, peaks, repeats)
+    if compile_batch:
+        end_to_end += measure_compiled(model, extractor, clips, clip_seconds, compile_batch, dtypes, peaks, repeats)
+    return {
+        "feature_extraction": measure_feature_extraction(extractor, clips, clip_seconds, device, repeats),
+        "end_to_end": end_to_end,
+        "mixed_lengths": {
+            "clips": mixed_count,
+            "seconds_range": list(mixed_range),
+            "total_audio_seconds": sum(len(clip) for clip in mixed) / RATE,
+            "rows": measure_mixed_lengths(model, extractor, mixed, batch_sizes, dtypes, peaks, repeats),
+        },
+        "peak_memory_mb": peak_memory_mb(device),
+    }
 
 
 def markdown(report):
     extraction = report["feature_extraction"]
+    mixed = report["mixed_lengths"]
     lines = [
         f"Machine: {report['machine']}; torch {report['torch']}, transformers {report['transformers']}; "
         f"{report['date']}; model: {report['model']} ({report['parameters'] / 1e6:.1f} M parameters).",
         "",
         f"Feature extraction ({extraction['clips']} x {extraction['clip_seconds']:g} s clips): "
         f"{extraction['audio_seconds_per_second']:,.0f} audio seconds per second.",
+        "",
+        f"End to end, {extraction['clip_seconds']:g}-s clips:",
         "",
         "| dtype | batch | clips/s | audio s/s | achieved TFLOP/s | attainable matmul TFLOP/s | fraction |",
         "|---|---|---|---|---|---|---|",
@@ -194,14 +276,21 @@ def markdown(report):
             f"{row['audio_seconds_per_second']:.1f} | {row['achieved_flops'] / 1e12:.3f} | "
             f"{row['attainable_matmul_flops'] / 1e12:.3f} | {row['fraction_of_attainable']:.0%} |"
         )
-    mixed = report["mixed_lengths"]
     lines += [
         "",
-        f"Mixed lengths ({mixed['clips']} clips of {mixed['seconds_range'][0]:g}-{mixed['seconds_range'][1]:g} s): "
-        f"{mixed['bucketed_audio_seconds_per_second']:.1f} audio s/s with length bucketing (`embed`), "
-        f"{mixed['input_order_audio_seconds_per_second']:.1f} in input order. "
-        f"Peak memory: {report['peak_memory_mb']:.0f} MB.",
+        f"End to end, {mixed['clips']} clips of {mixed['seconds_range'][0]:g}-{mixed['seconds_range'][1]:g} s "
+        f"({mixed['total_audio_seconds']:.0f} s of audio); useful TFLOP/s counts no padding:",
+        "",
+        "| dtype | batch | order | audio s/s | useful TFLOP/s | fraction | padded FLOPs |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for row in mixed["rows"]:
+        lines.append(
+            f"| {row['dtype']} | {row['batch_size']} | {row['order']} | {row['audio_seconds_per_second']:.1f} | "
+            f"{row['achieved_flops'] / 1e12:.3f} | {row['fraction_of_attainable']:.0%} | "
+            f"{row['padded_flop_share']:.0%} |"
+        )
+    lines += ["", f"Peak memory: {report['peak_memory_mb']:.0f} MB."]
     return "\n".join(lines) + "\n"
 
 
@@ -238,13 +327,12 @@ def main(argv=None):
         "parameters": sum(p.numel() for p in model.parameters()),
         **measure(
             model,
-            device,
             (1, 2) if quick else (1, 8, 32),
             2.0 if quick else 10.0,
             1 if quick else args.repeats,
             dtypes,
             6 if quick else 32,
-            (0.5, 3.0) if quick else (0.5, 30.0),
+            (0.5, 8.0) if quick else (0.5, 30.0),
             compile_batch=(2 if quick else 8) if args.compile else None,
         ),
     }

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 from conftest import GOLDEN_CHECKPOINT, run_without_resp_hf
+from datasets import Audio, Dataset, DatasetDict
 
 from resp_hf import RespM2DConfig, RespM2DModel
 from resp_hf.cli import main as cli_main
@@ -14,6 +15,7 @@ from resp_hf.convert import load_checkpoint
 from resp_hf.synthetic import write_two_class_recordings
 from resp_hf.training.m2d import M2DPretrainingModel, predictor_config, random_masks
 from resp_hf.training.pretrain import build_model, model_from_official
+from resp_hf.training.pretrain_data import LogMelUnits, read_source
 
 TINY = {
     "hidden_size": 64,
@@ -275,3 +277,66 @@ def test_bf16_mixed_precision_and_gradient_accumulation(log_mel_list, tmp_path):
     losses = logged_losses(tmp_path / "bf16")
     assert sorted(losses) == [1, 2, 3] and all(0 < loss < 4 for loss in losses.values())
     assert (tmp_path / "bf16" / "encoder" / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    return write_two_class_recordings(tmp_path_factory.mktemp("sources") / "audio", per_class=5, seed=1)
+
+
+@pytest.fixture(scope="module")
+def saved_dataset(recordings):
+    """A `save_to_disk` DatasetDict of the recordings (train: breath, test: wheeze) with an `Audio` column `sound`."""
+    splits = DatasetDict(
+        {
+            split: Dataset.from_dict({"sound": sorted(map(str, (recordings / name).glob("*.wav")))}).cast_column(
+                "sound", Audio()
+            )
+            for split, name in (("train", "breath"), ("test", "wheeze"))
+        }
+    )
+    folder = recordings.parent / "dataset"
+    splits.save_to_disk(str(folder))
+    return folder
+
+
+def test_file_sources_read_csv_lists_and_folders_with_repetition(recordings, tmp_path):
+    wheeze = sorted(str(p) for p in (recordings / "wheeze").glob("*.wav"))
+    (tmp_path / "list.csv").write_text("path\n" + "\n".join(wheeze) + "\n")
+    assert read_source(f"{tmp_path / 'list.csv'}:3") == wheeze * 3
+    assert read_source(recordings / "wheeze") == wheeze
+    (tmp_path / "bad.csv").write_text("file\nx.wav\n")
+    with pytest.raises(ValueError, match="no 'path' column"):
+        read_source(tmp_path / "bad.csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no audio"):
+        read_source(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_source(tmp_path / "missing.csv:2")
+    with pytest.raises(ValueError, match="at least 1"):
+        read_source(f"{recordings / 'wheeze'}:0")
+
+
+def test_dataset_sources_give_the_same_log_mel_as_the_files(recordings, saved_dataset):
+    train = read_source(saved_dataset, audio_column="sound")
+    test = read_source(f"{saved_dataset}@test:2", audio_column="sound")
+    assert len(train) == 5 and len(test) == 10
+    config = RespM2DConfig(**TINY)
+    units = LogMelUnits(test + train, config)
+    wheeze = sorted(str(p) for p in (recordings / "wheeze").glob("*.wav"))
+    breath = sorted(str(p) for p in (recordings / "breath").glob("*.wav"))
+    for item, path in zip(test[5:] + train, wheeze + breath):
+        torch.testing.assert_close(units.log_mel(item), units.log_mel(path), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="no split 'validation'.*'train', 'test'"):
+        read_source(f"{saved_dataset}@validation", audio_column="sound")
+    with pytest.raises(ValueError, match="no column 'audio'.*--audio-column"):
+        read_source(saved_dataset)
+
+
+def test_pretraining_on_a_saved_dataset_mixed_with_a_file_list(saved_dataset, log_mel_list, tmp_path):
+    arguments = pretrain_args(f"{saved_dataset}@test:2", tmp_path / "run", 2, "--audio-column", "sound")
+    arguments += ["--data", str(log_mel_list), "--norm-stats", "compute"]
+    assert cli_main(arguments) == 0
+    assert sorted(logged_losses(tmp_path / "run")) == [1, 2]
+    config = json.loads((tmp_path / "run" / "encoder" / "config.json").read_text())
+    assert config["norm_mean"] != TINY["norm_mean"]  # computed over the dataset rows and the files

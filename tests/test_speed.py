@@ -59,6 +59,16 @@ def test_speed_benchmark_quick_mode_writes_its_report(tmp_path):
     rows = {(row["dtype"], row["batch_size"]) for row in report["end_to_end"]}
     assert rows == {("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2), ("fp32 (compiled)", 2), ("bf16 (compiled)", 2)}
     assert all(0 < row["fraction_of_attainable"] for row in report["end_to_end"])
-    assert report["mixed_lengths"]["bucketed_audio_seconds_per_second"] > 0 and report["peak_memory_mb"] > 0
+    mixed = report["mixed_lengths"]["rows"]
+    assert {(row["dtype"], row["batch_size"], row["order"]) for row in mixed} == {
+        (dtype, batch, order)
+        for dtype in ("fp32", "bf16")
+        for batch, order in ((1, "length-bucketed"), (2, "length-bucketed"), (2, "input order"))
+    }
+    assert all(row["padded_flop_share"] == 0 for row in mixed if row["batch_size"] == 1)
+    assert all(0 <= row["padded_flop_share"] < 1 and row["audio_seconds_per_second"] > 0 for row in mixed)
+    assert report["peak_memory_mb"] > 0
     markdown = (tmp_path / "speed.md").read_text()
-    assert "| dtype | batch |" in markdown and "Feature extraction" in markdown
+    assert (
+        "| dtype | batch |" in markdown and "| dtype | batch | order |" in markdown and "Feature extraction" in markdown
+    )

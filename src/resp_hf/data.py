@@ -42,10 +42,15 @@ def load_audio_folder(root, extensions=AUDIO_EXTENSIONS):
     return splits
 
 
+def is_saved_dataset(path):
+    """Whether `path` is a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
+    return path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file())
+
+
 def load_any_dataset(source):
     """A `DatasetDict` from a `save_to_disk` folder, a folder of labelled recordings, or a Hub dataset name."""
     path = Path(source)
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()):
+    if is_saved_dataset(path):
         dataset = load_from_disk(str(path))
         return dataset if isinstance(dataset, DatasetDict) else DatasetDict({"train": dataset})
     if path.is_dir():

@@ -6,8 +6,9 @@
 Several CPU processes (gloo): `accelerate launch --multi_gpu --num_processes 2 -m resp_hf.training.pretrain --cpu ...`
 (accelerate's own `--cpu` launch option starts a single process unless MPI is configured).
 
-`--data` takes CSV file lists (a `path` column of audio or precomputed log-mel `.npy` files) or folders, each with an
-optional `:N` repetition count. `--init` takes a `resp_hf` folder, an official M2D checkpoint (full training
+`--data` takes CSV file lists (a `path` column of audio or precomputed log-mel `.npy` files), folders, and Hugging Face
+datasets (a `save_to_disk` folder or `hf:<Hub id>`, with `@SPLIT`, default `train`), each with an optional `:N`
+repetition count. `--init` takes a `resp_hf` folder, an official M2D checkpoint (full training
 checkpoints also restore the target encoder and predictor), or `scratch`.
 """
 
@@ -196,7 +197,13 @@ def build_parser():
     parser.add_argument("--init", required=True, help="resp_hf folder, official .pth, or 'scratch'")
     parser.add_argument("--name", help="official-style name for a .pth in a renamed folder")
     parser.add_argument("--encoder-config", type=json.loads, help="JSON RespM2DConfig fields for --init scratch")
-    parser.add_argument("--data", action="append", required=True, help="CSV list or folder, optionally :N (repeatable)")
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="CSV list, folder, saved dataset or hf:<dataset>[@SPLIT], optionally :N (repeatable)",
+    )
+    parser.add_argument("--audio-column", default="audio", help="audio column of dataset sources")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument(
         "--norm-stats", default="inherit", help="'inherit' from --init, 'compute' from a data sample, or 'MEAN,STD'"
@@ -229,11 +236,11 @@ def build_parser():
     return parser
 
 
-def resolve_norm_stats(model, args, paths):
+def resolve_norm_stats(model, args, items):
     if args.norm_stats == "inherit":
         return
     if args.norm_stats == "compute":
-        mean, std = norm_stats_from_sample(paths, model.config, seed=args.seed)
+        mean, std = norm_stats_from_sample(items, model.config, seed=args.seed)
     else:
         mean, std = (float(v) for v in args.norm_stats.split(","))
     model.config.norm_mean, model.config.norm_std = mean, std
@@ -258,11 +265,11 @@ def train(args):
     )
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
-    paths = [path for spec in args.data for path in read_source(spec)]
+    items = [item for spec in args.data for item in read_source(spec, args.audio_column)]
     predictor = predictor_config(args.predictor_width, args.predictor_depth, args.predictor_heads)
     model, notes = build_model(args.init, args.encoder_config, args.name, predictor)
-    resolve_norm_stats(model, args, paths)
-    dataset = LogMelUnits(paths, model.config, seed=args.seed)
+    resolve_norm_stats(model, args, items)
+    dataset = LogMelUnits(items, model.config, seed=args.seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.batch_size,
@@ -272,7 +279,7 @@ def train(args):
         generator=torch.Generator().manual_seed(args.seed),
     )
     if len(loader) == 0:
-        raise ValueError(f"{len(dataset)} files are fewer than one batch of {args.batch_size}.")
+        raise ValueError(f"{len(dataset)} clips are fewer than one batch of {args.batch_size}.")
     effective_batch = args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
     learning_rate = args.base_lr * effective_batch / 256
     steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
@@ -292,7 +299,7 @@ def train(args):
     accelerator.print(
         "\n".join(
             [
-                f"M2D further pre-training: {len(dataset)} files, effective batch {effective_batch}, "
+                f"M2D further pre-training: {len(dataset)} clips, effective batch {effective_batch}, "
                 f"lr {learning_rate:.2e}, {total_steps} steps",
                 *notes,
             ]

@@ -317,7 +317,7 @@ class RespM2DModel(RespM2DPreTrainedModel):
         frame_embeddings = self.stack_frequency_bands(last_hidden_state, frame_mask)
         output = RespM2DModelOutput(
             last_hidden_state=last_hidden_state,
-            pooler_output=self.pool(last_hidden_state, frame_mask),
+            pooler_output=self.pool(last_hidden_state, frame_mask, frame_embeddings),
             frame_embeddings=frame_embeddings,
             frame_mask=frame_mask,
             hidden_states=tuple(scatter_chunks(h, index, grid) for h in all_hidden) if output_hidden_states else None,
@@ -354,10 +354,11 @@ class RespM2DModel(RespM2DPreTrainedModel):
         frames = frames[:, : frame_mask.shape[1]]
         return frames * frame_mask[..., None].to(frames.dtype)
 
-    def pool(self, hidden_state, frame_mask):
+    def pool(self, hidden_state, frame_mask, frame_embeddings=None):
         """
         Clip embedding of per-chunk token states (the last layer's or any other): frequency-wise time mean, flat
-        token mean, or CLS mean over the clip's chunks (see `config.pooling`).
+        token mean, or CLS mean over the clip's chunks (see `config.pooling`). `frame_embeddings`, when given, are
+        the already stacked frames of `hidden_state`.
         """
         steps = frame_mask.sum(1, keepdim=True)
         if self.config.pooling == "cls":
@@ -365,7 +366,9 @@ class RespM2DModel(RespM2DPreTrainedModel):
             chunk_starts = torch.arange(hidden_state.shape[1], device=steps.device) * time_patches
             chunk_mask = (chunk_starts[None, :] < steps).to(hidden_state.dtype)
             return (hidden_state[:, :, 0] * chunk_mask[..., None]).sum(1) / chunk_mask.sum(1, keepdim=True)
-        pooled = self.stack_frequency_bands(hidden_state, frame_mask).sum(1) / steps.to(hidden_state.dtype)
+        if frame_embeddings is None:
+            frame_embeddings = self.stack_frequency_bands(hidden_state, frame_mask)
+        pooled = frame_embeddings.sum(1) / steps.to(hidden_state.dtype)
         if self.config.pooling == "mean":
             return pooled.unflatten(-1, (self.config.num_frequency_patches, -1)).mean(1)
         return pooled
