@@ -164,3 +164,41 @@ def test_new_head_on_a_converted_encoder_and_auto_classes(tmp_path):
 def test_bad_classifier_layer_is_a_clear_error(layer):
     with pytest.raises(ValueError, match="classifier_layer"):
         RespM2DConfig(num_hidden_layers=2, classifier_layer=layer)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_any_integer_label_dtype_is_single_label(dtype):
+    model = tiny_classifier(num_labels=3).train()
+    features, mask = batch()
+    labels = torch.tensor([0, 2, 1, 2])
+    output = model(features, attention_mask=mask, labels=labels.to(dtype))
+    assert model.config.problem_type == "single_label_classification"
+    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(output.logits, labels))
+
+
+def test_from_pretrained_with_loading_info_returns_the_frozen_model_and_the_info(tmp_path):
+    tiny_classifier(num_labels=2, freeze_encoder=True).save_pretrained(tmp_path)
+    model, info = RespM2DForAudioClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == set() or not info["missing_keys"]
+    assert not any(p.requires_grad for p in model.resp_m2d.parameters())
+
+
+def test_a_single_clip_trains_with_the_running_statistics():
+    model = tiny_classifier(num_labels=2).train()
+    features, mask = batch()
+    model(features, attention_mask=mask, labels=torch.tensor([0, 1, 1, 0]))  # updates the running statistics
+    running = model.head_norm.running_mean.clone()
+    output = model(features[:1], attention_mask=mask[:1], labels=torch.tensor([1]))
+    output.loss.backward()
+    assert torch.equal(model.head_norm.running_mean, running)
+    with torch.no_grad():
+        expected = model.eval()(features[:1], attention_mask=mask[:1]).logits
+    torch.testing.assert_close(output.logits.detach(), expected)
+
+
+def test_bad_overrides_in_from_pretrained_are_clear_errors(tmp_path):
+    tiny_classifier(num_labels=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="pooling='max'"):
+        RespM2DForAudioClassification.from_pretrained(tmp_path, pooling="max")
+    with pytest.raises(ValueError, match="index 0..2"):
+        RespM2DForAudioClassification.from_pretrained(tmp_path, classifier_layer=5)

@@ -65,6 +65,36 @@ def test_torch_and_list_inputs_and_numpy_output():
     np.testing.assert_array_equal(as_numpy["input_features"], reference.numpy())
 
 
+def test_single_channel_2d_half_precision_and_float64_default_inputs():
+    extractor = RespM2DFeatureExtractor()
+    audio = noise(0.5)
+    reference = extractor(audio, sampling_rate=16000)["input_features"]
+    for single_channel in (audio[None], audio[:, None]):  # (1, T) as torchaudio reads it, (T, 1) as soundfile does
+        assert torch.equal(extractor(single_channel, sampling_rate=16000)["input_features"], reference)
+    as_bf16 = torch.from_numpy(audio).bfloat16()
+    expected = extractor(as_bf16.float().numpy(), sampling_rate=16000)["input_features"]
+    assert torch.equal(extractor(as_bf16, sampling_rate=16000)["input_features"], expected)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert torch.equal(extractor(audio, sampling_rate=16000)["input_features"], reference)
+    finally:
+        torch.set_default_dtype(default)
+
+
+@pytest.mark.parametrize("n_fft, win_length", [(400, 400), (401, 401), (512, 400)])
+def test_num_frames_counts_what_the_stft_makes(n_fft, win_length):
+    extractor = RespM2DFeatureExtractor(n_fft=n_fft, win_length=win_length)
+    for samples in (n_fft // 2 + 1, 16000, 16159, 16160, 16161):
+        features = extractor(noise(samples / 16000), sampling_rate=16000)["input_features"]
+        assert features.shape[-1] == extractor.num_frames(samples), samples
+
+
+def test_mel_range_above_nyquist_is_an_error():
+    with pytest.raises(ValueError, match="sampling_rate / 2 = 4000 Hz"):
+        RespM2DFeatureExtractor(sampling_rate=8000, n_fft=200, win_length=200, hop_length=80)
+
+
 def test_attention_mask_can_be_left_out():
     extractor = RespM2DFeatureExtractor()
     assert "attention_mask" not in extractor(noise(0.5), sampling_rate=16000, return_attention_mask=False)

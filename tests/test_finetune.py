@@ -15,7 +15,13 @@ from resp_hf import RespM2DFeatureExtractor
 from resp_hf.cli import main as cli_main
 from resp_hf.data import load_any_dataset, load_audio_folder
 from resp_hf.synthetic import write_two_class_recordings
-from resp_hf.training.finetune import AudioClassificationCollator, label_task, layer_wise_parameter_groups
+from resp_hf.training.finetune import (
+    AudioClassificationCollator,
+    build_parser,
+    finetune,
+    label_task,
+    layer_wise_parameter_groups,
+)
 
 RATE = 16000
 
@@ -221,3 +227,55 @@ def test_classifier_layer_argument():
     assert [parse_classifier_layer(v) for v in (None, "None", "weighted", "3")] == [None, None, "weighted", 3]
     with pytest.raises(ValueError, match="--classifier_layer must be None, 'weighted' or a layer index, got 'top'"):
         parse_classifier_layer("top")
+
+
+def test_user_set_best_model_metric_and_optimizer_settings_are_kept(recordings, encoder_folder, tmp_path):
+    arguments = [
+        "--model_name_or_path",
+        str(encoder_folder),
+        "--dataset",
+        str(recordings),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "1",
+        "--eval_strategy",
+        "steps",
+        "--save_strategy",
+        "steps",
+        "--metric_for_best_model",
+        "accuracy",
+        "--layer_decay",
+        "0.75",
+        "--adam_beta2",
+        "0.98",
+        "--adam_epsilon",
+        "1e-6",
+    ]
+    trainer, _ = finetune(*build_parser().parse_args_into_dataclasses(args=arguments))
+    assert trainer.args.metric_for_best_model == "accuracy" and trainer.args.greater_is_better
+    groups = trainer.optimizer.param_groups
+    assert all(group["betas"] == (0.9, 0.98) and group["eps"] == 1e-6 for group in groups)
+    assert len({group["initial_lr"] for group in groups}) > 1  # still layer-wise
+
+
+def test_auto_best_model_metric_follows_the_problem_type(recordings, encoder_folder, tmp_path):
+    arguments = ["--model_name_or_path", str(encoder_folder), "--dataset", str(recordings / "train")]
+    arguments += ["--output_dir", str(tmp_path / "out"), "--max_steps", "1"]
+    trainer, _ = finetune(*build_parser().parse_args_into_dataclasses(args=arguments))
+    assert trainer.args.metric_for_best_model == "auroc" and trainer.args.greater_is_better
+
+
+def test_a_missing_local_dataset_path_is_not_looked_up_on_the_hub(tmp_path):
+    for missing in ("./nope", str(tmp_path / "nope"), "~/nope-resp-hf"):
+        with pytest.raises(FileNotFoundError, match="nope"):
+            load_any_dataset(missing)
+
+
+def test_cli_reports_a_missing_model_in_one_line_and_shows_the_traceback_on_request(recordings, tmp_path, capsys):
+    arguments = ["finetune", "--model_name_or_path", str(tmp_path / "absent"), "--dataset", str(recordings)]
+    arguments += ["--output_dir", str(tmp_path / "out")]
+    assert cli_main(arguments) == 2
+    assert "resp-hf finetune: error:" in capsys.readouterr().err
+    with pytest.raises(OSError):
+        cli_main(["--traceback", *arguments])

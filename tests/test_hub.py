@@ -150,9 +150,25 @@ def test_push_of_a_converted_encoder_keeps_its_card(hub, golden_folder):
     assert "checkpoint-300.pth" in card and 'AutoModel.from_pretrained("org/resp-m2d-golden"' in card
 
 
-def test_push_of_a_folder_that_is_not_a_model_is_a_clear_error(hub, tmp_path):
+def test_push_of_a_folder_that_is_not_a_model_is_a_clear_error(hub, tmp_path, monkeypatch):
+    created = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: created.append(repo_id))
     assert cli_main(["push", str(tmp_path), "org/x"]) == 2
-    assert hub == []
+    assert hub == [] and created == []  # checked before the repository is created
+
+
+def test_cards_keep_local_paths_out_of_the_metadata(tmp_path):
+    config = RespM2DConfig(num_labels=2, id2label={0: "a", 1: "b"}, problem_type="single_label_classification")
+    (tmp_path / "my recordings").mkdir()
+    results = {"test": {"auroc": 0.9}}
+    card = ModelCard(classifier_card(config, str(tmp_path), str(tmp_path / "my recordings"), results))
+    data = card.data.to_dict()
+    assert "base_model" not in data and "datasets" not in data
+    assert data["model-index"][0]["results"][0]["dataset"]["type"] == "my-recordings"
+    assert str(tmp_path / "my recordings") in card.text  # still named in the text
+    for name in ("unknown", "./enc", "../x", "/abs/path"):
+        assert "base_model" not in ModelCard(classifier_card(config, name, "org/data", results)).data.to_dict()
+    assert ModelCard(classifier_card(config, "org/enc", "org/data", results)).data.to_dict()["datasets"] == ["org/data"]
 
 
 def test_cards_have_valid_front_matter_and_required_sections():

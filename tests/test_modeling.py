@@ -123,16 +123,19 @@ def test_pooling_modes():
     assert outputs["mean"].pooler_output.shape == outputs["cls"].pooler_output.shape == (2, 64)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_gradients():
     features = torch.randn(2, 80, 120)
-    gradients = []
+    gradients, norm_calls = [], []
     for checkpointing in (False, True):
         model = tiny_model(seed=3, hidden_dropout_prob=0.0).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
+        calls = []
+        model.encoder.layer[0].layernorm_before.register_forward_hook(lambda *args, calls=calls: calls.append(1))
         model(features).pooler_output.square().sum().backward()
         gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert model.is_gradient_checkpointing
+        norm_calls.append(len(calls))
+    assert norm_calls[1] == 2 * norm_calls[0]  # the checkpointed block ran again during backward
     torch.testing.assert_close(gradients[0], gradients[1])
 
 
@@ -194,6 +197,40 @@ def test_embed_errors_name_the_problem(tmp_path):
         model.embed([noise(1.0)])
     with pytest.raises(FileNotFoundError, match="nowhere.wav"):
         model.embed([str(tmp_path / "nowhere.wav")])
+    (tmp_path / "broken.wav").write_bytes(b"RIFF0000WAVEnot really")
+    with pytest.raises(ValueError, match="Could not read audio file .*broken.wav"):
+        model.embed([str(tmp_path / "broken.wav")])
+    with pytest.raises(ValueError, match=r"Input 1 is a dict with keys \['array'\]"):
+        model.embed([noise(1.0), {"array": noise(1.0)}], sampling_rate=16000)
+    with pytest.raises(ValueError, match="empty list"):
+        model.embed([])
+
+
+def test_embed_runs_in_eval_mode_and_restores_the_mode():
+    model = tiny_model(hidden_dropout_prob=0.5).train()
+    clips = [noise(1.0, seed=1), {"raw": noise(0.7, seed=2), "sampling_rate": 16000}]
+    first = model.embed(clips, sampling_rate=16000, progress=False)
+    assert model.training
+    torch.testing.assert_close(model.embed(clips, sampling_rate=16000, progress=False), first, atol=0, rtol=0)
+    torch.testing.assert_close(model.eval().embed(clips, sampling_rate=16000, progress=False), first, atol=0, rtol=0)
+
+
+def test_eager_attention_gives_the_sdpa_result(tmp_path, monkeypatch):
+    tiny_model().save_pretrained(tmp_path)
+    features, mask = torch.randn(2, 80, 150), torch.ones(2, 150, dtype=torch.long)
+    mask[1, 60:] = 0
+    sdpa, calls = torch.nn.functional.scaled_dot_product_attention, []
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
+    outputs = {}
+    for implementation in ("sdpa", "eager"):
+        model = RespM2DModel.from_pretrained(tmp_path, attn_implementation=implementation).eval()
+        calls.clear()
+        with torch.no_grad():
+            outputs[implementation] = model(features, attention_mask=mask).pooler_output
+        assert bool(calls) == (implementation == "sdpa")
+    torch.testing.assert_close(outputs["eager"], outputs["sdpa"], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -202,7 +239,9 @@ def test_embed_errors_name_the_problem(tmp_path):
         (torch.randn(80, 100), None, r"\(batch, 80, frames\)"),
         (torch.randn(1, 64, 100), None, r"\(batch, 80, frames\)"),
         (torch.randn(2, 80, 100), torch.ones(2, 90), "attention_mask must be"),
-        (torch.randn(1, 80, 100), torch.zeros(1, 100), "no complete patch"),
+        (torch.randn(1, 80, 100), torch.zeros(1, 100), r"Clip 0 has no frames"),
+        (torch.randn(3, 80, 100), torch.ones(3, 100).index_fill(0, torch.tensor([0, 2]), 0), r"Clips 0, 2 have no"),
+        (torch.randn(2, 80, 0), None, "no frames"),
         (torch.randn(1, 80, 100), torch.arange(100)[None] >= 50, "right-padded"),
     ],
 )
@@ -218,7 +257,13 @@ def test_bad_model_inputs_are_clear_errors(features, mask, message):
         ({"hidden_size": 100, "num_attention_heads": 12}, "not a multiple of num_attention_heads"),
         ({"pooling": "max"}, "pooling='max'"),
         ({"sampling_rate": 22050}, "No front-end defaults"),
-        ({"norm_std": 0.0}, "norm_std must be positive"),
+        ({"norm_std": 0.0}, "norm_std finite and positive, got -7.1 and 0.0"),
+        ({"norm_mean": float("nan")}, "norm_mean must be finite"),
+        ({"norm_std": float("inf")}, "norm_std finite and positive"),
+        ({"f_max": 9000.0}, r"f_max <= sampling_rate / 2 = 8000 Hz, got f_min=50 and f_max=9000"),
+        ({"f_min": 8000.0}, "f_min < f_max"),
+        ({"classifier_layer": True}, "classifier_layer=True"),
+        ({"classifier_layer": 13}, "index 0..12"),
     ],
 )
 def test_bad_configs_are_clear_errors(overrides, message):

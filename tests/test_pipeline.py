@@ -1,9 +1,13 @@
+import contextlib
+import functools
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -138,6 +142,52 @@ def test_pipeline_input_errors_name_the_problem(classifier, tmp_path):
         classify(str(tmp_path / "missing.wav"))
     with pytest.raises(ValueError, match="NaN or Inf"):
         classify(np.full(16000, np.nan, dtype=np.float32))
+
+
+def test_pipeline_reads_bytes_urls_and_arrays_at_a_given_rate(classifier):
+    folder, model = classifier
+    classify = pipeline("audio-classification", model=str(folder), trust_remote_code=True)
+    path = RECORDINGS[3]  # 4 kHz
+    expected = expected_scores(model, load_audio(path, 16000))
+    assert_scores_close(classify(path.read_bytes()), expected)
+    with serve_folder(path.parent) as url:
+        assert_scores_close(classify(f"{url}/{path.name}"), expected)
+    audio_8k = noise(2.0, rate=8000, seed=15)
+    at_8k = classify(audio_8k, sampling_rate=8000)
+    assert_scores_close(at_8k, as_dict(classify({"array": audio_8k, "sampling_rate": 8000})))
+    assert_scores_close(at_8k, expected_scores(model, soxr.resample(audio_8k, 8000, 16000, quality="HQ")))
+    with pytest.raises(ValueError, match="Could not read the audio bytes"):
+        classify(b"not audio")
+    with pytest.raises(ValueError, match=r"keys \['array'\].*'sampling_rate'"):
+        classify({"array": audio_8k})
+    with pytest.raises(TypeError, match="downmx"):
+        classify(audio_8k, downmx=True)
+
+
+def test_batches_are_masked_even_when_the_extractor_does_not_return_masks_by_default(classifier, tmp_path):
+    folder, _ = classifier
+    shutil.copytree(folder, tmp_path / "model", dirs_exist_ok=True)
+    extractor = RespM2DFeatureExtractor.from_pretrained(tmp_path / "model")
+    extractor.return_attention_mask = False
+    extractor.save_pretrained(tmp_path / "model")
+    classify = pipeline("audio-classification", model=str(tmp_path / "model"), trust_remote_code=True)
+    clips = [noise(seconds, seed=i) for i, seconds in enumerate((0.5, 2.0, 1.2))]
+    for single, together in zip([classify(clip) for clip in clips], classify(clips, batch_size=3)):
+        assert_scores_close(together, as_dict(single))
+
+
+@contextlib.contextmanager
+def serve_folder(folder):
+    """Serves `folder` over HTTP on localhost for the duration of the block; yields its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
 
 
 def build_hub_cache(folder, cache_dir, repo_id, commit="0123456789abcdef0123456789abcdef01234567"):

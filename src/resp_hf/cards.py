@@ -92,20 +92,36 @@ def encoder_card(config, source_name, sha256, repo_id=None, name=None):
     )
 
 
+def hub_id(name):
+    """`name` if it can be a Hub repo id, else None (a local path or "unknown", which card metadata must not hold)."""
+    if not name or name == "unknown" or Path(name).exists():
+        return None
+    return name if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) and not name.startswith(".") else None
+
+
+def dataset_slug(name):
+    """A metadata-safe dataset type: the Hub id, or the last part of a local path."""
+    return hub_id(name) or re.sub(r"[^\w.-]+", "-", Path(name).name).strip("-.") or "local-dataset"
+
+
 def classifier_card(config, base_model, dataset_name, results, repo_id=None, name=None, training_data=None):
-    """Card of a fine-tuned classifier; `results` is `{split: {metric: value}}` (e.g. validation and test)."""
+    """
+    Card of a fine-tuned classifier; `results` is `{split: {metric: value}}` (e.g. validation and test). Local paths
+    are named in the text but kept out of the metadata (`base_model`, `datasets`), which the Hub validates.
+    """
     model_name = repo_id or name or "resp-m2d-classifier"
     regression = config.problem_type == "regression"
+    dataset_id = hub_id(dataset_name)
     card_data = ModelCardData(
         library_name="transformers",
         license="other",
         pipeline_tag="audio-classification",
         tags=TAGS,
-        datasets=[dataset_name],
+        datasets=[dataset_id] if dataset_id else None,
         metrics=["mae"] if regression else ["roc_auc", "accuracy"],
-        base_model=base_model,
+        base_model=hub_id(base_model),
         model_name=model_name,
-        eval_results=eval_results(results, "audio-classification", dataset_name, dataset_name) or None,
+        eval_results=eval_results(results, "audio-classification", dataset_name, dataset_slug(dataset_name)) or None,
     )
     labels = ", ".join(f"`{config.id2label[i]}`" for i in range(config.num_labels))
     multi_label = config.problem_type == "multi_label_classification"

@@ -55,4 +55,6 @@ def load_any_dataset(source):
         return dataset if isinstance(dataset, DatasetDict) else DatasetDict({"train": dataset})
     if path.is_dir():
         return load_audio_folder(path)
+    if path.exists() or str(source).startswith((".", "/", "~")) or path.expanduser().exists():
+        raise FileNotFoundError(f"Dataset not found: {source} is not a folder (a Hub dataset name has no such prefix).")
     return load_dataset(source)

@@ -22,8 +22,7 @@ from ..audio import decode_audio
 from ..data import load_any_dataset
 from ..evaluate import build_compute_metrics
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
-
-LOWER_IS_BETTER = ("loss", "mae", "rmse", "mape")
+from ..models.resp_m2d.configuration_resp_m2d import POOLING_MODES
 
 
 @dataclass
@@ -40,11 +39,10 @@ class FinetuneArguments:
     validation_fraction: float = field(
         default=0.2, metadata={"help": "share of train held out when there is no eval split"}
     )
-    pooling: str = field(default="frequency", metadata={"help": "frequency, mean or cls"})
+    pooling: str = field(default="frequency", metadata={"help": "embedding the head reads", "choices": POOLING_MODES})
     classifier_layer: str = field(default=None, metadata={"help": "None (final output), a layer index, or 'weighted'"})
     freeze_encoder: bool = field(default=False, metadata={"help": "train only the head (linear probing)"})
     layer_decay: float = field(default=1.0, metadata={"help": "layer-wise learning-rate decay (1.0: none)"})
-    best_metric: str = field(default="auto", metadata={"help": "metric that picks the best epoch (auto: auroc or mae)"})
     downmix: bool = field(default=False, metadata={"help": "average the channels of multichannel recordings"})
 
 
@@ -59,6 +57,13 @@ class FinetuneTrainingArguments(TrainingArguments):
     save_total_limit: int = field(default=2)
     remove_unused_columns: bool = field(default=False)
     report_to: str = field(default="none")
+    metric_for_best_model: str = field(
+        default="auto",
+        metadata={
+            "help": "metric that picks the best epoch; auto: auroc, or mae for regression (with any other, "
+            "set --greater_is_better as usual)"
+        },
+    )
     dataloader_pin_memory: bool = field(default_factory=torch.cuda.is_available)
 
 
@@ -187,15 +192,16 @@ def finetune(args, training_args):
         ignore_mismatched_sizes=True,
     )
     feature_extractor = RespM2DFeatureExtractor.from_model_config(model.config)
-    metric = ("mae" if problem_type == "regression" else "auroc") if args.best_metric == "auto" else args.best_metric
-    training_args.metric_for_best_model = metric
-    training_args.greater_is_better = metric not in LOWER_IS_BETTER
+    if training_args.metric_for_best_model == "auto":
+        training_args.metric_for_best_model = "mae" if problem_type == "regression" else "auroc"
+        training_args.greater_is_better = problem_type != "regression"
     optimizers = (None, None)
     if args.layer_decay != 1.0:
         groups = layer_wise_parameter_groups(
             model, training_args.learning_rate, args.layer_decay, training_args.weight_decay
         )
-        optimizers = (torch.optim.AdamW(groups, lr=training_args.learning_rate), None)
+        optimizer_class, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+        optimizers = (optimizer_class(groups, **optimizer_kwargs), None)
     trainer = Trainer(
         model=model,
         args=training_args,

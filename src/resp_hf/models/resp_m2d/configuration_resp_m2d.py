@@ -1,6 +1,10 @@
 """Configuration of the M2D (Masked Modeling Duo) audio encoder for respiratory sounds."""
 
+import math
+
 from transformers import PreTrainedConfig
+
+from .feature_extraction_resp_m2d import check_mel_range
 
 # Front-end settings of the original M2D runtime for each supported sampling rate.
 FRONT_END_DEFAULTS = {
@@ -120,12 +124,13 @@ class RespM2DConfig(PreTrainedConfig):
         self.pooling = pooling
         self.classifier_layer = classifier_layer
         self.freeze_encoder = freeze_encoder
-        self._validate_encoder()
+        self.check_settings()
         kwargs["auto_map"] = {**AUTO_MAP, **kwargs.get("auto_map", {})}
         kwargs["custom_pipelines"] = {**CUSTOM_PIPELINES, **kwargs.get("custom_pipelines", {})}
         super().__init__(**kwargs)
 
-    def _validate_encoder(self):
+    def check_settings(self):
+        """Raises ValueError for unsupported settings (models call it again, after `from_pretrained` overrides)."""
         if self.window != "hann":
             raise ValueError(f"window={self.window!r} is not supported; M2D uses a periodic 'hann' window.")
         if len(self.input_size) != 2 or len(self.patch_size) != 2:
@@ -141,14 +146,16 @@ class RespM2DConfig(PreTrainedConfig):
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}."
             )
-        if self.norm_std <= 0:
-            raise ValueError(f"norm_std must be positive, got {self.norm_std}.")
+        if not (math.isfinite(self.norm_mean) and math.isfinite(self.norm_std) and self.norm_std > 0):
+            raise ValueError(
+                f"norm_mean must be finite and norm_std finite and positive, got {self.norm_mean} and {self.norm_std}."
+            )
+        check_mel_range(self.sampling_rate, self.f_min, self.f_max)
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLING_MODES}.")
         layer = self.classifier_layer
-        if not (
-            layer is None or layer == "weighted" or (isinstance(layer, int) and 0 <= layer <= self.num_hidden_layers)
-        ):
+        is_index = isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer <= self.num_hidden_layers
+        if not (layer is None or layer == "weighted" or is_index):
             raise ValueError(
                 f"classifier_layer={layer!r} must be None (final output), 'weighted', "
                 f"or an index 0..{self.num_hidden_layers}."

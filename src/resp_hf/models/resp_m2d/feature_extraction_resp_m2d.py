@@ -32,6 +32,15 @@ def mel_to_hz_slaney(mel):
     return np.where(mel >= 15.0, log_part, linear)
 
 
+def check_mel_range(sampling_rate, f_min, f_max):
+    """Raises ValueError unless 0 <= f_min < f_max <= the Nyquist frequency (empty mel filters otherwise)."""
+    if not 0 <= f_min < f_max <= sampling_rate / 2:
+        raise ValueError(
+            f"The mel range must satisfy 0 <= f_min < f_max <= sampling_rate / 2 = {sampling_rate / 2:g} Hz, "
+            f"got f_min={f_min:g} and f_max={f_max:g}."
+        )
+
+
 def slaney_mel_filter_bank(sampling_rate, n_fft, num_mel_bins, f_min, f_max):
     """Triangular Slaney-scale mel filters with Slaney (area) normalization: (num_mel_bins, n_fft // 2 + 1)."""
     fft_freqs = np.linspace(0.0, sampling_rate / 2.0, n_fft // 2 + 1)
@@ -48,7 +57,8 @@ def slaney_mel_filter_bank(sampling_rate, n_fft, num_mel_bins, f_min, f_max):
 def to_mono_float32(audio, name="audio", downmix=False):
     """Checks one clip and returns it as a 1-D float32 array in [-1, 1] (integer PCM is rescaled)."""
     if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu().numpy()
+        audio = audio.detach().cpu()
+        audio = (audio.float() if audio.is_floating_point() else audio).numpy()
     audio = np.asarray(audio)
     if audio.dtype in PCM_SCALES:
         audio = audio.astype(np.float32) / np.float32(PCM_SCALES[audio.dtype])
@@ -60,6 +70,8 @@ def to_mono_float32(audio, name="audio", downmix=False):
         raise ValueError(
             f"{name} has dtype {audio.dtype}; pass float audio in [-1, 1] or integer PCM (int8, uint8, int16, int32)."
         )
+    if audio.ndim == 2 and 1 in audio.shape:  # (1, T) or (T, 1): mono whichever axis is time
+        audio = audio.reshape(-1)
     if audio.ndim == 2:
         if not downmix:
             raise ValueError(
@@ -102,6 +114,16 @@ def load_audio(source, sampling_rate, downmix=False, name=None):
         raise ValueError(f"Could not read {name}: {error}") from error
     audio = to_mono_float32(audio[:, 0] if audio.shape[1] == 1 else audio, name=name, downmix=downmix)
     return resample(audio, file_rate, sampling_rate)
+
+
+def audio_from_dict(value, name="audio"):
+    """`(array, sampling_rate)` of a `{"array" (or "raw"), "sampling_rate"}` dict, as datasets and pipelines use."""
+    audio = value["array"] if value.get("array") is not None else value.get("raw")
+    if audio is None or value.get("sampling_rate") is None:
+        raise ValueError(
+            f"{name} is a dict with keys {sorted(value)}; expected an 'array' (or 'raw') and its 'sampling_rate'."
+        )
+    return audio, value["sampling_rate"]
 
 
 def split_batch(inputs):
@@ -155,6 +177,7 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         )
         if win_length > n_fft:
             raise ValueError(f"win_length {win_length} is longer than n_fft {n_fft}.")
+        check_mel_range(sampling_rate, f_min, f_max)
         self.n_fft = n_fft
         self.win_length = win_length
         self.hop_length = hop_length
@@ -185,8 +208,8 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         return self.n_fft // 2 + 1
 
     def num_frames(self, num_samples):
-        """Number of log-mel frames the front end makes from `num_samples` samples."""
-        return 1 + num_samples // self.hop_length
+        """Number of log-mel frames the front end makes from `num_samples` samples (centered STFT)."""
+        return 1 + (num_samples + 2 * (self.n_fft // 2) - self.n_fft) // self.hop_length
 
     def __call__(
         self,
@@ -254,12 +277,12 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         """
         pad = self.n_fft // 2
         lengths = [len(waveform) for waveform in waveforms]
-        padded = torch.zeros(len(waveforms), max(lengths) + 2 * pad, device=device)
+        padded = torch.zeros(len(waveforms), max(lengths) + 2 * pad, dtype=torch.float32, device=device)
         for row, waveform in zip(padded, waveforms):
             clip = torch.as_tensor(waveform, device=device)[None, None]
             reflected = torch.nn.functional.pad(clip, (pad, pad), mode="reflect")[0, 0]
             row[: reflected.numel()] = reflected
-        window = torch.hann_window(self.win_length, periodic=True, device=device)
+        window = torch.hann_window(self.win_length, periodic=True, dtype=torch.float32, device=device)
         spectrum = torch.stft(
             padded, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
         )
@@ -272,4 +295,4 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         return features, attention_mask
 
 
-__all__ = ["RespM2DFeatureExtractor", "load_audio", "split_batch"]
+__all__ = ["RespM2DFeatureExtractor", "audio_from_dict", "load_audio", "split_batch"]

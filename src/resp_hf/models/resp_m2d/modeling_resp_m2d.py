@@ -15,7 +15,14 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_resp_m2d import RespM2DConfig
-from .feature_extraction_resp_m2d import RespM2DFeatureExtractor, load_audio, resample, split_batch, to_mono_float32
+from .feature_extraction_resp_m2d import (
+    RespM2DFeatureExtractor,
+    audio_from_dict,
+    load_audio,
+    resample,
+    split_batch,
+    to_mono_float32,
+)
 from .pipeline_resp_m2d import RespM2DAudioClassificationPipeline
 
 
@@ -85,10 +92,14 @@ class RespM2DEmbeddings(nn.Module):
 
 
 class RespM2DAttention(nn.Module):
-    """Multi-head self-attention with a fused query/key/value projection."""
+    """
+    Multi-head self-attention with a fused query/key/value projection: SDPA, or the explicit softmax when attention
+    probabilities are asked for or `attn_implementation="eager"`.
+    """
 
     def __init__(self, config):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.dropout = config.attention_probs_dropout_prob
@@ -102,7 +113,7 @@ class RespM2DAttention(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         dropout = self.dropout if self.training else 0.0
         probs = None
-        if output_attentions:
+        if output_attentions or self.config._attn_implementation == "eager":
             scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(self.head_dim)
             if attention_mask is not None:
                 scores = scores.masked_fill(~attention_mask, float("-inf"))
@@ -172,6 +183,10 @@ class RespM2DPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["RespM2DEmbeddings", "RespM2DLayer"]
     _supports_sdpa = True
 
+    def __init__(self, config, *inputs, **kwargs):
+        config.check_settings()
+        super().__init__(config, *inputs, **kwargs)
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, RespM2DEmbeddings):
@@ -225,8 +240,6 @@ class RespM2DModel(RespM2DPreTrainedModel):
         num_chunks = math.ceil(frames / self.config.unit_frames)
         valid = self.valid_patches_per_chunk(num_frames, num_chunks)
         clip_index, chunk_index = torch.nonzero(valid > 0, as_tuple=True)
-        if clip_index.numel() == 0:
-            raise ValueError("The input holds no complete patch: every clip is shorter than one patch of frames.")
         patches = valid[clip_index, chunk_index]
         width = int(patches.max()) * self.config.patch_size[1]
         padded = nn.functional.pad(input_features, (0, num_chunks * self.config.unit_frames - frames))
@@ -291,7 +304,6 @@ class RespM2DModel(RespM2DPreTrainedModel):
         output_hidden_states=None,
         output_attentions=None,
         return_dict=None,
-        **kwargs,
     ):
         r"""
         input_features (`torch.FloatTensor` of shape `(batch, n_mels, frames)`):
@@ -338,6 +350,14 @@ class RespM2DModel(RespM2DPreTrainedModel):
             )
         if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
             raise ValueError("attention_mask must be right-padded: 1 for the leading real frames, then 0.")
+        if attention_mask is None:
+            num_frames = torch.full(input_features.shape[:1], input_features.shape[2])
+        else:
+            num_frames = attention_mask.sum(-1)
+        empty = torch.nonzero(num_frames == 0).flatten().tolist()
+        if empty:
+            clips = f"Clip {empty[0]} has" if len(empty) == 1 else f"Clips {', '.join(map(str, empty))} have"
+            raise ValueError(f"{clips} no frames (an empty input or an all-zero attention_mask row).")
 
     def frame_mask(self, patches, index, grid, time_patches):
         """(batch, time steps) mask of the patch columns that belong to each clip (a prefix of the joined chunks)."""
@@ -400,6 +420,8 @@ class RespM2DModel(RespM2DPreTrainedModel):
         Returns:
             `torch.FloatTensor` of shape `(num_clips, pooled_size)` on the CPU, in the input order.
         """
+        if isinstance(audio, (list, tuple)) and len(audio) == 0:
+            raise ValueError("embed() got an empty list: pass at least one clip.")
         feature_extractor = feature_extractor or RespM2DFeatureExtractor.from_model_config(self.config)
         items = split_batch(audio)
         durations = [item_duration(item, sampling_rate, index) for index, item in enumerate(items)]
@@ -407,14 +429,25 @@ class RespM2DModel(RespM2DPreTrainedModel):
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         show = len(batches) > 1 if progress is None else progress
         embeddings = [None] * len(items)
-        for batch in progress_bar(batches, show, desc="Embedding"):
-            waveforms = [load_item(items[i], sampling_rate, feature_extractor.sampling_rate, downmix, i) for i in batch]
-            inputs = feature_extractor(waveforms, sampling_rate=feature_extractor.sampling_rate, device=self.device)
-            with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                pooled = self(**inputs).pooler_output.float().cpu()
-            for row, i in enumerate(batch):
-                embeddings[i] = pooled[row]
+        was_training = self.training
+        self.eval()  # no dropout, whatever mode the model is in
+        try:
+            for batch in progress_bar(batches, show, desc="Embedding"):
+                rate = feature_extractor.sampling_rate
+                waveforms = [load_item(items[i], sampling_rate, rate, downmix, i) for i in batch]
+                for i, embedding in zip(batch, self.embed_waveforms(waveforms, feature_extractor, autocast_dtype)):
+                    embeddings[i] = embedding
+        finally:
+            self.train(was_training)
         return torch.stack(embeddings)
+
+    def embed_waveforms(self, waveforms, feature_extractor, autocast_dtype=None):
+        """Clip embeddings (float32, on the CPU) of mono waveforms at the extractor's rate, in one forward pass."""
+        inputs = feature_extractor(
+            waveforms, sampling_rate=feature_extractor.sampling_rate, return_attention_mask=True, device=self.device
+        )
+        with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return self(**inputs).pooler_output.float().cpu()
 
 
 class RespM2DForAudioClassification(RespM2DPreTrainedModel):
@@ -439,10 +472,11 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) with output_loading_info
         if model.config.freeze_encoder:  # loading re-creates the parameters, so freeze again
             model.freeze_encoder()
-        return model
+        return loaded
 
     def freeze_encoder(self):
         """Stops gradients to the encoder (linear probing); the head, and layer weights if any, still train."""
@@ -467,7 +501,6 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
         output_hidden_states=None,
         output_attentions=None,
         return_dict=None,
-        **kwargs,
     ):
         r"""
         labels (`torch.Tensor`, *optional*):
@@ -487,7 +520,7 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
                 return_dict=True,
             )
         pooled = self.resp_m2d.pool(self.layer_states(outputs), outputs.frame_mask)
-        logits = self.classifier(self.head_norm(pooled))
+        logits = self.classifier(self.normalize(pooled))
         output = SequenceClassifierOutput(
             loss=None if labels is None else self.loss(logits, labels),
             logits=logits,
@@ -496,19 +529,26 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def normalize(self, pooled):
+        """The head's BatchNorm; a lone clip in training (e.g. an epoch's last batch) uses the running statistics."""
+        if self.training and pooled.shape[0] == 1:
+            norm = self.head_norm
+            return nn.functional.batch_norm(pooled, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
+        return self.head_norm(pooled)
+
     def loss(self, logits, labels):
         """Loss of `config.problem_type`, set from `num_labels` and the label dtype on first use when unset."""
         if self.config.problem_type is None:
             if self.config.num_labels == 1:
                 self.config.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
+            elif not labels.is_floating_point():
                 self.config.problem_type = "single_label_classification"
             else:
                 self.config.problem_type = "multi_label_classification"
         if self.config.problem_type == "regression":
             return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view_as(logits.squeeze(-1)))
         if self.config.problem_type == "single_label_classification":
-            return nn.functional.cross_entropy(logits, labels.view(-1))
+            return nn.functional.cross_entropy(logits, labels.view(-1).long())
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
@@ -524,9 +564,13 @@ def item_duration(item, sampling_rate, index):
     if isinstance(item, (str, Path)):
         if not Path(item).is_file():
             raise FileNotFoundError(f"Audio file not found: {item}")
-        return soundfile.info(str(item)).duration
+        try:
+            return soundfile.info(str(item)).duration
+        except (soundfile.LibsndfileError, RuntimeError) as error:
+            raise ValueError(f"Could not read audio file {item}: {error}") from error
     if isinstance(item, dict):
-        return len(item["array"]) / item["sampling_rate"]
+        audio, rate = audio_from_dict(item, name=f"Input {index}")
+        return len(audio) / rate
     if sampling_rate is None:
         raise ValueError(f"Input {index} is an array: pass `sampling_rate` for array inputs.")
     return len(item) / sampling_rate
@@ -537,7 +581,7 @@ def load_item(item, sampling_rate, target_rate, downmix, index):
     if isinstance(item, (str, Path)):
         return load_audio(item, target_rate, downmix=downmix)
     if isinstance(item, dict):
-        item, sampling_rate = item["array"], item["sampling_rate"]
+        item, sampling_rate = audio_from_dict(item, name=f"Input {index}")
     waveform = to_mono_float32(item, name=f"audio clip {index}", downmix=downmix)
     return resample(waveform, sampling_rate, target_rate)
 

@@ -1,46 +1,67 @@
 """The audio-classification pipeline used by RespM2D models (loaded through `config.custom_pipelines`)."""
 
+import io
+import urllib.request
 from pathlib import Path
 
 from transformers import AudioClassificationPipeline
 
-from .feature_extraction_resp_m2d import load_audio, resample, to_mono_float32
+from .feature_extraction_resp_m2d import audio_from_dict, load_audio, resample, to_mono_float32
 
 
 class RespM2DAudioClassificationPipeline(AudioClassificationPipeline):
     """
     `pipeline("audio-classification")` for RespM2D models. Like the standard pipeline, but:
 
-    - local files are read with soundfile and resampled with soxr (the model's own front end; no ffmpeg needed),
-      and `{"array", "sampling_rate"}` dicts at any rate are resampled with soxr (no torchaudio needed);
+    - file paths, http(s) URLs and encoded bytes are decoded with soundfile (WAV, FLAC, OGG, MP3; no ffmpeg needed),
+      and `{"array", "sampling_rate"}` dicts, or arrays passed with `sampling_rate=`, at any rate are resampled with
+      soxr (no torchaudio needed); arrays without `sampling_rate` are taken to be at the model's rate;
     - `batch_size > 1` works for clips of different lengths (features are padded along time, with attention masks);
-    - `downmix=True` averages the channels of multichannel input instead of failing.
+    - `downmix=True` averages the channels of multichannel input instead of failing;
+    - unknown arguments are errors rather than ignored.
 
     Multi-label models apply a sigmoid (`config.problem_type="multi_label_classification"`, or pass
     `function_to_apply="sigmoid"`); single-label models a softmax.
     """
 
-    def _sanitize_parameters(self, top_k=None, function_to_apply=None, downmix=None, **kwargs):
+    def _sanitize_parameters(self, top_k=None, function_to_apply=None, sampling_rate=None, downmix=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for the audio-classification pipeline: {sorted(kwargs)}.")
         preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(
-            top_k=top_k, function_to_apply=function_to_apply, **kwargs
+            top_k=top_k, function_to_apply=function_to_apply
         )
+        if sampling_rate is not None:
+            preprocess_params["sampling_rate"] = sampling_rate
         if downmix is not None:
             preprocess_params["downmix"] = downmix
         return preprocess_params, forward_params, postprocess_params
 
-    def preprocess(self, inputs, downmix=False):
+    def preprocess(self, inputs, sampling_rate=None, downmix=False):
         rate = self.feature_extractor.sampling_rate
-        if isinstance(inputs, Path) or (isinstance(inputs, str) and not inputs.startswith(("http://", "https://"))):
-            inputs = load_audio(inputs, rate, downmix=downmix)
-        elif isinstance(inputs, dict) and "sampling_rate" in inputs and ("array" in inputs or "raw" in inputs):
-            audio = inputs["array"] if "array" in inputs else inputs["raw"]
-            inputs = resample(to_mono_float32(audio, name="audio", downmix=downmix), inputs["sampling_rate"], rate)
-        elif not isinstance(inputs, (str, bytes, dict)):
-            inputs = to_mono_float32(inputs, name="audio", downmix=downmix)
-        processed = super().preprocess(inputs)
+        waveform = self.load_waveform(inputs, sampling_rate, downmix)
+        processed = self.feature_extractor(
+            waveform, sampling_rate=rate, return_attention_mask=True, return_tensors="pt"
+        )
+        if self.dtype is not None:
+            processed = processed.to(dtype=self.dtype)
         # Time first, so that the pipeline's batch collation pads the frame axis.
         processed["input_features"] = processed["input_features"].transpose(1, 2)
         return processed
+
+    def load_waveform(self, inputs, sampling_rate, downmix):
+        """Mono float32 audio at the model's rate from a path, URL, bytes, dict or array."""
+        rate = self.feature_extractor.sampling_rate
+        if isinstance(inputs, str) and inputs.startswith(("http://", "https://")):
+            with urllib.request.urlopen(inputs) as response:
+                inputs, name = response.read(), f"the audio at {inputs}"
+            return load_audio(io.BytesIO(inputs), rate, downmix=downmix, name=name)
+        if isinstance(inputs, (str, Path)):
+            return load_audio(inputs, rate, downmix=downmix)
+        if isinstance(inputs, bytes):
+            return load_audio(io.BytesIO(inputs), rate, downmix=downmix, name="the audio bytes")
+        if isinstance(inputs, dict):
+            inputs, sampling_rate = audio_from_dict(inputs)
+        return resample(to_mono_float32(inputs, name="audio", downmix=downmix), sampling_rate or rate, rate)
 
     def _forward(self, model_inputs):
         model_inputs["input_features"] = model_inputs["input_features"].transpose(1, 2)
