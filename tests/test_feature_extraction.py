@@ -193,3 +193,14 @@ def test_load_audio_reads_resamples_and_reports_problems(tmp_path):
     with pytest.raises(ValueError, match="stereo.wav .*multichannel"):
         load_audio(stereo, 16000)
     np.testing.assert_allclose(load_audio(stereo, 16000, downmix=True), loaded, atol=1e-4)
+
+
+def test_float_audio_far_outside_unit_range_is_warned_about(caplog):
+    pcm_as_float = (noise(0.5) * 2**15).astype(np.float32)
+    with caplog.at_level("WARNING"):
+        RespM2DFeatureExtractor()(pcm_as_float, sampling_rate=16000)
+    assert "float audio is expected in [-1, 1]" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        RespM2DFeatureExtractor()(noise(0.5), sampling_rate=16000)
+    assert "expected in [-1, 1]" not in caplog.text

@@ -86,6 +86,9 @@ def to_mono_float32(audio, name="audio", downmix=False):
         raise ValueError(f"{name} is empty.")
     if not np.isfinite(audio).all():
         raise ValueError(f"{name} contains NaN or Inf samples.")
+    peak = float(np.abs(audio).max())
+    if peak > 2.0:
+        logger.warning(f"{name} peaks at {peak:.4g}: float audio is expected in [-1, 1] (integer PCM cast to float?).")
     return audio
 
 
