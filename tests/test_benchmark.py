@@ -1,5 +1,7 @@
 import csv
+import io
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -7,14 +9,15 @@ import pytest
 import soundfile
 import torch
 from conftest import OPERA, tiny_model
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
 from huggingface_hub import ModelCard
 from sklearn.metrics import roc_auc_score
 
 from resp_hf import RespM2DFeatureExtractor
 from resp_hf.benchmark import BenchmarkSettings, fit_length, run_benchmark
-from resp_hf.benchmark.embeddings import embed_split
-from resp_hf.benchmark.probe import KeepBestEpoch
+from resp_hf.benchmark.embeddings import embed_split, split_fingerprint
+from resp_hf.benchmark.probe import KeepBestEpoch, LinearProbe, LinearProbeConfig
+from resp_hf.benchmark.runner import Embedder
 from resp_hf.cli import main as cli_main
 from resp_hf.synthetic import high_band_tone, low_band_noise
 
@@ -139,6 +142,38 @@ def test_embedding_cache_skips_the_encoder_and_follows_model_and_settings(binary
     assert len(calls) > 0
 
 
+def wav_bytes(audio):
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio.astype(np.float32), RATE, format="WAV")
+    return buffer.getvalue()
+
+
+def hub_style_split(amplitude):
+    """Audio held as bytes under file names that do not exist here, as in a dataset loaded from the Hub."""
+    rng = np.random.default_rng(0)
+    audio = [{"bytes": wav_bytes(amplitude * low_band_noise(rng, 1.0)), "path": f"clip{i}.wav"} for i in range(3)]
+    features = Features({"audio": {"bytes": Value("binary"), "path": Value("string")}, "label": Value("int64")})
+    split = Dataset.from_dict({"audio": audio, "label": [0, 1, 0]}, features=features)
+    return split.cast_column("audio", Audio(sampling_rate=RATE))
+
+
+def test_embedding_cache_follows_the_audio_bytes_not_only_the_names(tmp_path):
+    quiet, loud = hub_style_split(0.1), hub_style_split(0.9)
+    assert split_fingerprint(quiet) != split_fingerprint(loud)
+    assert split_fingerprint(quiet) == split_fingerprint(hub_style_split(0.1))
+    model = tiny_model()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    embed = Embedder(model, BenchmarkSettings(seconds=1.0, progress=False), tmp_path / "cache")
+    first = embed(quiet)["last"]
+    calls.clear()
+    second = embed(loud)["last"]
+    assert len(calls) > 0 and not np.allclose(first, second)
+    calls.clear()
+    np.testing.assert_array_equal(embed(quiet)["last"], first)
+    assert calls == []
+
+
 def test_ten_second_windows_pad_crop_and_random_crops_are_reproducible():
     length = 10 * RATE
     short = np.ones(3 * RATE, dtype=np.float32)
@@ -182,6 +217,30 @@ def test_the_best_validation_epoch_is_kept_first_on_ties():
     assert lower.best_epoch == 2
 
 
+def test_the_probe_starts_and_is_penalized_like_operas_linear_head():
+    torch.manual_seed(0)
+    probe = LinearProbe(LinearProbeConfig(input_size=3840, num_labels=2, l2_strength=0.5))
+    assert probe.linear.weight.std().item() == pytest.approx(0.01, rel=0.05) and not probe.linear.bias.any()
+    with torch.no_grad():
+        probe.linear.bias.fill_(2.0)
+    features, labels = torch.randn(4, 3840), torch.tensor([0, 1, 1, 0])
+    output = probe(features, labels=labels)
+    squares = probe.linear.weight.square().sum() + probe.linear.bias.square().sum()
+    expected = torch.nn.functional.cross_entropy(output.logits, labels) + 0.5 * squares
+    torch.testing.assert_close(output.loss, expected)
+
+    config = LinearProbeConfig(
+        input_size=8, num_labels=1, l2_strength=0.1, target_mean=15.0, target_std=4.0, problem_type="regression"
+    )
+    regression = LinearProbe(config)
+    features, targets = torch.randn(5, 8), torch.tensor([12.0, 14.0, 15.0, 18.0, 20.0])
+    output = regression(features, labels=targets)
+    torch.testing.assert_close(output.logits, regression.linear(features) * 4.0 + 15.0)
+    squares = regression.linear.weight.square().sum() + regression.linear.bias.square().sum()
+    expected = torch.nn.functional.mse_loss(output.logits[:, 0], targets) + 0.1 * squares  # in breaths per minute
+    torch.testing.assert_close(output.loss, expected)
+
+
 def test_leave_one_subject_out_regression(tmp_path):
     rng = np.random.default_rng(0)
     paths, targets, folds = [], [], []
@@ -209,7 +268,87 @@ def test_leave_one_subject_out_regression(tmp_path):
     rows = read_results(tmp_path / "out")
     assert float(rows[0]["mape"]) == pytest.approx(records[0]["mape"])
     tested = saved["folds"] != ""
-    assert np.abs(saved["predictions"][tested]).sum() > 0 and not saved["predictions"][~tested].any()
+    assert np.isfinite(saved["predictions"][tested]).all() and np.isnan(saved["predictions"][~tested]).all()
+
+
+def test_split_regression_keeps_the_best_validation_epoch_and_reports_test_mae(tmp_path):
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, count in (("train", 24), ("validation", 8), ("test", 8)):
+        frequencies = rng.uniform(1000, 5000, count)
+        paths = [
+            write_clip(tmp_path, f"{split}_{i}", high_band_tone(rng, 1.0, RATE, (f, f)))
+            for i, f in enumerate(frequencies)
+        ]
+        splits[split] = Dataset.from_dict({"audio": paths, "label": (frequencies / 1000).tolist(), "path": paths})
+    DatasetDict(splits).save_to_disk(str(tmp_path / "pitch"))
+    records = run_benchmark(
+        tiny_model(),
+        tmp_path / "out",
+        datasets=[tmp_path / "pitch"],
+        settings=BenchmarkSettings(seeds=(0,), epochs=4, progress=False),
+    )
+    saved = np.load(tmp_path / "out" / "predictions" / "pitch_layer-last_seed-0.npz")
+    errors = saved["logits"][:, 0] - saved["labels"]
+    assert records[0]["metric"] == "MAE" and 1 <= records[0]["best_epoch"] <= 4
+    assert records[0]["value"] == pytest.approx(np.abs(errors).mean(), rel=1e-5)
+    assert records[0]["mape"] == pytest.approx(np.abs(errors / saved["labels"]).mean(), rel=1e-5)
+    assert (records[0]["n_train"], records[0]["n_validation"], records[0]["n_test"]) == (24, 8, 8)
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_a_class_missing_from_validation_or_test_stops_before_any_embedding(tmp_path, split):
+    features = Features({"audio": Value("string"), "label": ClassLabel(names=["low", "mid", "high"])})
+    labels = {"train": [0, 1, 2, 0, 1, 2], "validation": [0, 1, 2], "test": [0, 1, 2]}
+    labels[split] = [0, 0, 1]
+    dataset = DatasetDict(
+        {
+            name: Dataset.from_dict({"audio": ["unused.wav"] * len(y), "label": y}, features=features)
+            for name, y in labels.items()
+        }
+    )
+    dataset.save_to_disk(str(tmp_path / "three"))
+    model = tiny_model()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(
+        ValueError, match=f"three: the {split} split lacks the class\\(es\\) high \\(3 rows\\), so AUROC is undefined"
+    ):
+        run_benchmark(
+            model, tmp_path / "out", datasets=[tmp_path / "three"], settings=BenchmarkSettings(progress=False)
+        )
+    assert calls == []
+
+
+def test_folds_are_for_regression_only(tmp_path):
+    features = Features({"audio": Value("string"), "label": ClassLabel(names=["no", "yes"]), "fold": Value("string")})
+    rows = {"audio": ["unused.wav"] * 4, "label": [0, 1, 0, 1], "fold": ["a", "a", "b", "b"]}
+    DatasetDict({"train": Dataset.from_dict(rows, features=features)}).save_to_disk(str(tmp_path / "folded"))
+    with pytest.raises(ValueError, match="folded: leave-one-subject-out folds .* are for regression tasks only"):
+        run_benchmark(tiny_model(), tmp_path / "out", datasets=[tmp_path / "folded"])
+
+
+def test_allow_missing_warns_and_notes_what_it_left_out(tmp_path, caplog):
+    root = tmp_path / "OPERA"
+    shutil.copytree(OPERA, root)
+    paths, splits = (
+        np.load(root / "feature/kauh_eval" / f"{name}.npy").tolist()
+        for name in ("sound_dir_loc_subset", "train_test_split")
+    )
+    silence = np.zeros(RATE // 10, dtype=np.float32)
+    for path in paths:
+        if not (root / path).exists():
+            soundfile.write(root / path, silence, RATE)
+    gone = [path for path, split in zip(paths, splits) if split != "train"][:3]
+    for path in gone:
+        (root / path).unlink()
+    settings = BenchmarkSettings(seeds=(0,), epochs=1, seconds=1.0, allow_missing=True, progress=False)
+    with caplog.at_level(logging.WARNING):
+        run_benchmark(tiny_model(), tmp_path / "out", tasks=["T10"], opera_root=root, settings=settings)
+    note = f"T10: left out 3 of {len(paths)} recordings, missing or unreadable (test 3)."
+    assert note in caplog.messages
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["notes"] == [note]
+    assert f"- {note}" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_opera_tasks_with_a_single_class_split_stop_with_a_clear_message(golden_folder, tmp_path, capsys):
@@ -244,6 +383,51 @@ def test_opera_tasks_with_a_single_class_split_stop_with_a_clear_message(golden_
         ]
     )
     assert code == 2 and "T7: the train split is missing or empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--tasks", "T7"], "OPERA tasks need --opera-root"),
+        (["--tasks", "T42", "--opera-root", str(OPERA)], "error: Unknown OPERA task 'T42'; known: T1"),
+        (["--tasks", "T7", "--opera-root", "/nonexistent/OPERA"], "OPERA root not found: /nonexistent/OPERA"),
+    ],
+)
+def test_benchmark_arguments_are_checked_before_the_model_loads(tmp_path, capsys, arguments, message):
+    absent_model = tmp_path / "no-model-here"
+    code = cli_main(["benchmark", "--model", str(absent_model), "--output", str(tmp_path / "out"), *arguments])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--epochs", "0", "argument --epochs: must be at least 1, got 0"),
+        ("--batch-size", "0", "argument --batch-size: must be at least 1, got 0"),
+        ("--seeds", "0,0", "argument --seeds: the seeds must be distinct, got 0,0"),
+        ("--seeds", "0,x", "argument --seeds: invalid distinct_seeds value: '0,x'"),
+    ],
+)
+def test_benchmark_rejects_unusable_numbers_as_usage_errors(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["benchmark", "--model", "m", "--dataset", "d", "--output", str(tmp_path), option, value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (BenchmarkSettings(epochs=0), "epochs must be at least 1, got 0"),
+        (BenchmarkSettings(batch_size=0), "batch_size must be at least 1, got 0"),
+        (BenchmarkSettings(seeds=(1, 1)), r"seeds must be distinct and at least one, got \[1, 1\]"),
+        (BenchmarkSettings(seeds=()), r"seeds must be distinct and at least one, got \[\]"),
+    ],
+)
+def test_run_benchmark_checks_its_settings_first(binary_dataset, tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        run_benchmark(tmp_path / "no-model-here", tmp_path / "out", datasets=[binary_dataset], settings=settings)
+    assert not (tmp_path / "out").exists()
 
 
 def test_golden_checkpoint_end_to_end_with_layers_and_card(golden_folder, binary_dataset, tmp_path, capsys):

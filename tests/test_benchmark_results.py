@@ -335,3 +335,33 @@ def test_write_results_refuses_empty_records_and_metric_mismatches(tmp_path):
         write_results([], tmp_path, "m")
     with pytest.raises(ValueError, match="scored with MAE here but with AUROC"):
         write_results([record("T7", "last", 0, 0.5, metric="MAE")], tmp_path, "m")
+
+
+def test_results_json_writes_an_undefined_mape_as_null(tmp_path):
+    records = [
+        {**record("T19", "last", seed, 2.0 + seed, metric="MAE", task_name="nosemic_rr"), "mape": mape}
+        for seed, mape in [(0, 0.1), (1, float("nan"))]
+    ]
+    text = write_results(records, tmp_path, "resp-m2d")["json"].read_text(encoding="utf-8")
+
+    def reject(constant):
+        raise ValueError(f"results.json holds {constant}, which is not JSON")
+
+    result = json.loads(text, parse_constant=reject)["results"][0]
+    assert result["mean"] == 2.5 and result["mape_mean"] is None and result["mape_std"] is None
+
+
+def test_results_say_what_the_baselines_std_is_over_and_list_the_notes(tmp_path):
+    records = [record("T7", "last", 0, 0.8, task_name="icbhi_copd")]
+    records += [record("T19", "last", 0, 2.0, metric="MAE", task_name="nosemic_rr")]
+    note = "T7: left out 3 of 828 recordings, missing or unreadable (train 2, test 1)."
+    paths = write_results(records, tmp_path, "resp-m2d", notes=[note])
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    sources = next(line for line in markdown.splitlines() if line.startswith("Sources:"))
+    assert "Baselines: AUROC mean ± std over 5 seeds; MAE mean ± std over the leave-one-subject-out folds" in sources
+    assert markdown.endswith(f"Notes:\n- {note}\n")
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["notes"] == [note]
+    only_auroc = write_results(records[:1], tmp_path / "auroc", "resp-m2d")
+    text = only_auroc["markdown"].read_text(encoding="utf-8")
+    assert "Baselines: AUROC mean ± std over 5 seeds, OPERA" in text and "folds" not in text and "Notes" not in text
+    assert json.loads(only_auroc["json"].read_text(encoding="utf-8"))["notes"] == []

@@ -13,6 +13,7 @@ from sklearn.model_selection import train_test_split
 from resp_hf.audio import decode_audio_column
 from resp_hf.cli import main as cli_main
 from resp_hf.opera import TASKS, OperaDataError, build_task, get_task
+from resp_hf.opera.common import carve_validation
 
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 
@@ -66,11 +67,16 @@ def expected_fixed(task_id):
     return expected
 
 
-def expected_coswara(task_id, label):
+def expected_coswara(task_id):
     def expected(root):
+        """OPERA's linear_evaluation_coswara: a stratified 80/20 split, then 20% of the shuffled train part."""
         paths, labels = manifest(root, *get_task(task_id).manifest)
-        committed = np.load(root / f"feature/coswara_eval/cough_aligned_train_test_split_{label}_w_cough-shallow.npy")
-        return with_validation(list(zip(paths, labels, committed.tolist())), 0.2)
+        train, test, train_labels, _ = train_test_split(
+            paths, labels, test_size=0.2, random_state=1337, stratify=labels
+        )
+        _, validation = train_test_split(train, test_size=0.2, random_state=1337, stratify=train_labels)
+        split = {p: "train" for p in train} | {p: "validation" for p in validation} | {p: "test" for p in test}
+        return {p: (label, split[p]) for p, label in zip(paths, labels)}
 
     return expected
 
@@ -81,8 +87,8 @@ EXPECTED = {
     "T5": expected_fixed("T5"),
     "T6": expected_fixed("T6"),
     "T7": expected_t7,
-    "T8": expected_coswara("T8", "smoker"),
-    "T9": expected_coswara("T9", "sex"),
+    "T8": expected_coswara("T8"),
+    "T9": expected_coswara("T9"),
     "T10": expected_t10,
     "T11": expected_fixed("T11"),
 }
@@ -181,7 +187,7 @@ def test_missing_root_and_metadata_are_clear_errors(tmp_path):
     shutil.rmtree(root / "feature/kauh_eval")
     with pytest.raises(OperaDataError, match="T10 needs OPERA's committed KAUH split"):
         build_task("T10", root, allow_missing=True)
-    with pytest.raises(KeyError, match="Unknown OPERA task 'T42'"):
+    with pytest.raises(ValueError, match="Unknown OPERA task 'T42'"):
         build_task("T42", root)
 
 
@@ -335,6 +341,35 @@ def test_nosemic_folds_and_file_name_rule(tmp_path):
         build_task("T19", root)
 
 
+def test_a_train_split_too_small_to_carve_validation_from_is_a_data_error(tmp_path, capsys):
+    root = tmp_path / "OPERA"
+    shutil.copytree(OPERA, root)
+    shutil.rmtree(root / "feature/icbhidisease_eval")  # without OPERA's manifest only the few test recordings remain
+    assert cli_main(["opera", "build", "T7", "--opera-root", str(root), "--output", str(tmp_path / "t7")]) == 2
+    assert "error: T7: the train split is empty, so no validation set can be carved" in capsys.readouterr().err
+    task = get_task("T7")
+    one_copd = [{"label": label, "split": "train"} for label in (0, 0, 0, 0, 1)]
+    with pytest.raises(OperaDataError, match="T7: the train split has a single COPD row"):
+        carve_validation(task, one_copd, 0.2, 1337)
+    two_each = [{"label": label, "split": "train"} for label in (0, 0, 1, 1)]
+    with pytest.raises(OperaDataError, match="T7: cannot carve OPERA's validation set .*number of classes = 2"):
+        carve_validation(task, two_each, 0.2, 1337)
+
+
+def test_allow_missing_counts_what_it_leaves_out_per_split(placeholder_checkout, tmp_path):
+    root = tmp_path / "OPERA"
+    shutil.copytree(placeholder_checkout, root)
+    paths, _, splits = manifest(root, *get_task("T10").manifest)
+    gone = [path for path, split in zip(paths, splits) if split != "train"][:2]
+    for path in gone:
+        (root / path).unlink()
+    _, report = build_task("T10", root, allow_missing=True, return_report=True)
+    assert report.missing == gone and report.left_out == {"test": 2}
+    assert report.left_out_note() == f"T10: left out 2 of {len(paths)} recordings, missing or unreadable (test 2)."
+    _, complete = build_task("T10", placeholder_checkout, return_report=True)
+    assert complete.left_out == {} and complete.left_out_note() is None
+
+
 def test_registry_describes_all_19_tasks():
     assert list(TASKS) == [f"T{i}" for i in range(1, 20)]
     for task in TASKS.values():
@@ -343,6 +378,15 @@ def test_registry_describes_all_19_tasks():
         assert (task.num_labels == 1) == (task.task_type == "regression")
     assert get_task("icbhi_copd") is get_task("t7") is TASKS["T7"]
     assert TASKS["T10"].epochs == 50 and TASKS["T7"].batch_size == 32 and TASKS["T5"].batch_size == 64
+    assert TASKS["T12"].epochs == 32
+
+
+def test_registry_takes_operas_l2_strength_and_describes_the_mmlung_protocol_used():
+    assert TASKS["T19"].l2_strength == 1e-1  # OPERA linear_eval.py __main__, task "rr"
+    assert {task.l2_strength for task in TASKS.values() if task.id != "T19"} == {1e-5}
+    for task_id in ("T13", "T18"):
+        validation = TASKS[task_id].validation
+        assert "20% of the training rows of each fold" in validation and "OPERA instead fits" in validation
 
 
 def test_cli_list_shows_buildable_tasks(capsys):
@@ -351,6 +395,12 @@ def test_cli_list_shows_buildable_tasks(capsys):
     assert len(lines) == 19
     assert "partial (7/828 files)" in lines["T7"] and "partial (9/234 files)" in lines["T10"]
     assert "no audio (0/504 files)" in lines["T11"] and "no: " in lines["T3"]
+
+
+def test_cli_list_of_a_missing_root_is_one_error(tmp_path, capsys):
+    assert cli_main(["opera", "list", "--opera-root", str(tmp_path / "nowhere")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"error: OPERA root not found: {tmp_path / 'nowhere'}" in captured.err
 
 
 def test_push_warns_before_uploading_restricted_datasets(tmp_path, monkeypatch):

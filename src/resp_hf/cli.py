@@ -110,6 +110,22 @@ def run_opera_push(args):
     print(push_built_task(args.folder, args.repo_id, confirm_license=args.confirm_license, private=args.private))
 
 
+def positive_int(text):
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def distinct_seeds(text):
+    """An argparse type: comma-separated distinct integers (returned as the text given)."""
+    seeds = [int(seed) for seed in text.split(",")]
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"the seeds must be distinct, got {text}")
+    return text
+
+
 def add_benchmark_command(subparsers):
     parser = subparsers.add_parser(
         "benchmark",
@@ -125,9 +141,11 @@ def add_benchmark_command(subparsers):
     parser.add_argument("--crop", choices=("center", "random", "none"), default="center", help="fit clips to 10 s")
     parser.add_argument("--seconds", type=float, default=10.0, help="window length (default 10 s)")
     parser.add_argument("--layers", choices=("last", "all"), default="last", help="evaluate every layer with 'all'")
-    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds of the linear heads")
-    parser.add_argument("--epochs", type=int, help="override the task's epochs (64; KAUH 50)")
-    parser.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch")
+    parser.add_argument(
+        "--seeds", type=distinct_seeds, default="0,1,2,3,4", help="comma-separated distinct seeds of the linear heads"
+    )
+    parser.add_argument("--epochs", type=positive_int, help="override the task's epochs (64; KAUH 50, SSBPR 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="clips per encoder batch")
     parser.add_argument("--allow-missing", action="store_true", help="leave out missing OPERA audio files")
     parser.add_argument("--cache-dir", help="embedding cache (default OUTPUT/embedding_cache)")
     parser.set_defaults(handler=run_benchmark_command)
@@ -198,6 +216,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="resp-hf", description="Respiratory audio foundation models for Transformers."
     )
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of errors")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_convert_command(subparsers)
     add_finetune_command(subparsers)
@@ -217,8 +236,11 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError, PermissionError, KeyError) as error:
-        print(f"resp-hf {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as error:
+        if args.traceback:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"resp-hf {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

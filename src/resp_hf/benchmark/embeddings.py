@@ -53,13 +53,32 @@ def model_fingerprint(model):
 
 
 def split_fingerprint(split):
-    """Digest of a split's audio paths, labels, file sizes and modification times."""
+    """Digest of a split's labels and audio: the content of bytes or arrays, the size and mtime of files on disk."""
     digest = hashlib.sha256()
     for value, label in zip(audio_values(split), split["label"]):
-        path = value if isinstance(value, str) else value.get("path")
-        stat = os.stat(path) if path and os.path.exists(path) else None
-        digest.update(json.dumps([path, label, stat and stat.st_size, stat and stat.st_mtime_ns]).encode())
+        digest.update(json.dumps([label, audio_identity(value)]).encode())
     return digest.hexdigest()
+
+
+def audio_identity(value):
+    """
+    What identifies one undecoded audio value: a digest of its bytes or array when it holds them, else its path with
+    the file's size and modification time (a path that is not a file on disk can only be named).
+    """
+    if isinstance(value, (str, os.PathLike)):
+        value = {"path": value}
+    if value.get("bytes") is not None:
+        return ["bytes", hashlib.sha256(value["bytes"]).hexdigest()]
+    if value.get("array") is not None:
+        samples = np.ascontiguousarray(value["array"])
+        content = hashlib.sha256(samples.tobytes()).hexdigest()
+        return ["array", str(samples.dtype), samples.shape, value.get("sampling_rate"), content]
+    path = value.get("path")
+    path = None if path is None else os.fspath(path)
+    if path and os.path.isfile(path):
+        stat = os.stat(path)
+        return ["file", path, stat.st_size, stat.st_mtime_ns]
+    return ["path", path]
 
 
 def audio_values(split):

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import initialization as init
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_callback import PrinterCallback
 
@@ -16,10 +17,11 @@ LEARNING_RATE = 1e-4
 EPOCH_DECAY = 0.97
 L2_STRENGTH = 1e-5
 MAX_GRAD_NORM = 1.0
+INIT_STD = 0.01
 
 
 class LinearProbeConfig(PretrainedConfig):
-    """A linear layer on clip embeddings, with OPERA's L2 penalty on its weights."""
+    """A linear layer on clip embeddings, with OPERA's L2 penalty on its parameters."""
 
     model_type = "resp_linear_probe"
 
@@ -34,7 +36,10 @@ class LinearProbeConfig(PretrainedConfig):
 
 
 class LinearProbe(PreTrainedModel):
-    """Cross-entropy (or MSE on standardized targets for regression) plus `l2_strength * sum(weight ** 2)`."""
+    """
+    OPERA's `LinearHead` (classification) and `LinearHeadR` (regression): cross-entropy, or MSE in target units with the
+    layer predicting standardized targets, plus `l2_strength` times the sum of squares of the weight and bias.
+    """
 
     config_class = LinearProbeConfig
     main_input_name = "features"
@@ -45,8 +50,12 @@ class LinearProbe(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module):
-        if isinstance(module, nn.Linear):  # torch's default Linear initialization, as OPERA's head
-            module.reset_parameters()
+        if isinstance(module, nn.Linear):  # OPERA's weights_init
+            init.normal_(module.weight, mean=0.0, std=INIT_STD)
+            init.zeros_(module.bias)
+
+    def l2_penalty(self):
+        return self.config.l2_strength * (self.linear.weight.square().sum() + self.linear.bias.square().sum())
 
     def forward(self, features, labels=None, **kwargs):
         logits = self.linear(features)
@@ -54,12 +63,11 @@ class LinearProbe(PreTrainedModel):
             logits = logits * self.config.target_std + self.config.target_mean
         loss = None
         if labels is not None:
-            penalty = self.config.l2_strength * self.linear.weight.square().sum()
             if self.config.problem_type == "regression":
-                scale = self.config.target_std
-                loss = nn.functional.mse_loss(logits.squeeze(-1) / scale, labels.float() / scale) + penalty
+                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.float())
             else:
-                loss = nn.functional.cross_entropy(logits, labels.long()) + penalty
+                loss = nn.functional.cross_entropy(logits, labels.long())
+            loss = loss + self.l2_penalty()
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 

@@ -213,8 +213,8 @@ def markdown_table(rows, task_metrics):
     return lines
 
 
-def markdown_report(summaries, baselines, model_name):
-    """The full `results.md` text: title, table, task names and sources."""
+def markdown_report(summaries, baselines, model_name, notes=()):
+    """The full `results.md` text: title, table, task names, sources and any notes on the data."""
     task_metrics = {summary["task"]: summary["metric"] for summary in summaries}
     task_names = {summary["task"]: summary["task_name"] for summary in summaries}
     rows = comparison_rows(summaries, baselines, model_name)
@@ -230,8 +230,21 @@ def markdown_report(summaries, baselines, model_name):
     ]
     source = baselines_source(baselines)
     if source:
-        lines[-1] += f" Baselines: mean ± std over 5 seeds, {source}."
+        lines[-1] += f" Baselines: {baselines_spread(baselines)}, {source}."
+    if notes:
+        lines += ["", "Notes:", *[f"- {note}" for note in notes]]
     return "\n".join(lines) + "\n"
+
+
+def baselines_spread(baselines):
+    """What OPERA's published std is taken over: 5 seeds for AUROC tasks, the folds of one run for MAE tasks."""
+    metrics = {row["metric"] for row in baselines}
+    spreads = []
+    if "AUROC" in metrics:
+        spreads.append("AUROC mean ± std over 5 seeds")
+    if "MAE" in metrics:
+        spreads.append("MAE mean ± std over the leave-one-subject-out folds of one run")
+    return "; ".join(spreads)
 
 
 def csv_rows(records, summaries):
@@ -260,14 +273,20 @@ def write_csv(path, rows):
         writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
 
 
-def json_report(summaries, baselines, model_name):
-    """The `results.json` content: per (task, layer) summaries and the baselines' citation."""
+def json_report(summaries, baselines, model_name, notes=()):
+    """The `results.json` content: per (task, layer) summaries, the baselines' citation and notes on the data."""
     keys = ("task", "task_name", "metric", "layer", "mean", "std", "n_seeds", "seeds", "mape_mean", "mape_std")
     return {
         "model_name": model_name,
-        "results": [{key: summary[key] for key in keys if key in summary} for summary in summaries],
+        "results": [{key: json_value(summary[key]) for key in keys if key in summary} for summary in summaries],
         "baselines_source": baselines_source(baselines),
+        "notes": list(notes),
     }
+
+
+def json_value(value):
+    """`value`, with a NaN float (an undefined MAPE) as None: JSON has no NaN."""
+    return None if isinstance(value, float) and np.isnan(value) else value
 
 
 def representative_summary(summaries):
@@ -355,8 +374,10 @@ def write_plots(plot_dir, summaries, baselines, model_name):
     return bars, curves
 
 
-def write_results(records, output_dir, model_name):
+def write_results(records, output_dir, model_name, notes=()):
     """Writes results.csv, results.md, results.json and plots/ under `output_dir`; returns the written paths.
+
+    `notes` (strings, e.g. recordings left out of a task) are listed in results.md and results.json.
 
     The returned dict has `csv`, `markdown` and `json` paths, `plots` (`{task: bar chart}`) and `layer_plots`
     (`{task: per-layer curve}`, only for tasks run on several layers).
@@ -373,8 +394,8 @@ def write_results(records, output_dir, model_name):
         "json": output_dir / "results.json",
     }
     write_csv(paths["csv"], csv_rows(records, summaries))
-    paths["markdown"].write_text(markdown_report(summaries, baselines, model_name), encoding="utf-8")
-    report = json_report(summaries, baselines, model_name)
-    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(markdown_report(summaries, baselines, model_name, notes), encoding="utf-8")
+    report = json_report(summaries, baselines, model_name, notes)
+    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     paths["plots"], paths["layer_plots"] = write_plots(output_dir / "plots", summaries, baselines, model_name)
     return paths

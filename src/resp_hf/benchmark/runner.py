@@ -2,6 +2,7 @@
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,15 @@ from datasets import ClassLabel, load_from_disk
 from ..evaluate import classification_metrics, regression_metrics
 from ..models.resp_m2d import RespM2DModel
 from ..opera import build_task, get_task
+from ..opera.build import check_root
 from ..opera.common import OPERA_VALIDATION_SEED, seeded_split
 from .embeddings import EmbeddingCache, embed_split, layer_names, model_fingerprint, split_fingerprint
-from .probe import train_linear_probe
+from .probe import L2_STRENGTH, train_linear_probe
 from .results import write_results
 
 logger = logging.getLogger(__name__)
 LOSO_VALIDATION_SEED = 42
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass
@@ -30,12 +33,21 @@ class BenchmarkSettings:
     layers: str = "last"
     seeds: tuple = (0, 1, 2, 3, 4)
     batch_size: int = 16
-    epochs: int = None  # default: the task's (64; KAUH 50)
+    epochs: int = None  # default: the task's (64; KAUH 50, SSBPR 32)
     allow_missing: bool = False
     progress: bool = None
 
     def embedding_key(self):
         return {"crop": self.crop, "seconds": self.seconds, "crop_seed": self.crop_seed, "protocol": 1}
+
+    def check(self):
+        """Raises ValueError on settings no run can use: epochs or batch size below 1, no seeds or a repeated seed."""
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {list(self.seeds)}.")
 
 
 @dataclass
@@ -48,16 +60,21 @@ class TaskSpec:
     label_names: tuple
     epochs: int = 64
     batch_size: int = 32
+    l2_strength: float = L2_STRENGTH
 
     @property
     def problem_type(self):
         return "regression" if self.metric == "MAE" else "single_label_classification"
 
+    @property
+    def num_labels(self):
+        return len(self.label_names) or 1
+
 
 def opera_spec(task_id):
     task = get_task(task_id)
     metric = "MAE" if task.task_type == "regression" else "AUROC"
-    return TaskSpec(task.id, task.name, metric, task.label_names, task.epochs, task.batch_size)
+    return TaskSpec(task.id, task.name, metric, task.label_names, task.epochs, task.batch_size, task.l2_strength)
 
 
 def dataset_spec(path, dataset):
@@ -71,9 +88,14 @@ def dataset_spec(path, dataset):
     return TaskSpec(Path(path).name, Path(path).name, "AUROC" if names else "MAE", names)
 
 
+def has_folds(dataset):
+    """Whether a DatasetDict is leave-one-subject-out: a `train` split with a `fold` column."""
+    return "train" in dataset and "fold" in dataset["train"].column_names
+
+
 def with_validation(dataset):
-    """Adds a stratified 20% validation carve-out of train (seed 1337) when a classification dataset has none."""
-    if "train" not in dataset or "validation" in dataset or "fold" in dataset["train"].column_names:
+    """Adds a 20% validation carve-out of train (seed 1337; stratified for classes) when a dataset has none."""
+    if "train" not in dataset or "validation" in dataset or has_folds(dataset):
         return dataset
     train = dataset["train"]
     labels = train["label"]
@@ -85,20 +107,37 @@ def with_validation(dataset):
 
 
 def check_splits(spec, dataset):
-    """Fails clearly when a split the protocol needs is missing, or a classification split has a single class."""
-    if "train" in dataset and "fold" in dataset["train"].column_names:
+    """
+    Fails clearly, before any training, when a split the protocol needs is missing or empty, or when AUROC would be
+    undefined: a train split with a single class, or a validation or test split without every class.
+    """
+    if has_folds(dataset):
+        if spec.metric != "MAE":
+            raise ValueError(f"{spec.id}: leave-one-subject-out folds (a 'fold' column) are for regression tasks only.")
         return
-    for split in ("train", "validation", "test"):
+    for split in SPLITS:
         if split not in dataset or dataset[split].num_rows == 0:
             raise ValueError(f"{spec.id}: the {split} split is missing or empty (splits: {list(dataset)}).")
-        if spec.metric == "AUROC":
-            classes = sorted(set(dataset[split]["label"]))
-            if len(classes) < 2:
-                names = [spec.label_names[c] for c in classes]
-                raise ValueError(
-                    f"{spec.id}: the {split} split has a single class ({', '.join(names)}; "
-                    f"{dataset[split].num_rows} rows), so AUROC is undefined. Add the missing recordings."
-                )
+    if spec.metric == "AUROC":
+        for split in SPLITS:
+            check_classes(spec, split, dataset[split])
+
+
+def check_classes(spec, split, rows):
+    """AUROC needs two classes to train on and every class in validation (to pick the epoch) and test."""
+    present = set(rows["label"])
+    if split == "train" and len(present) < 2:
+        names = [spec.label_names[c] for c in sorted(present)]
+        raise ValueError(
+            f"{spec.id}: the train split has a single class ({', '.join(names)}; {rows.num_rows} rows), so AUROC is "
+            "undefined. Add the missing recordings."
+        )
+    missing = [name for index, name in enumerate(spec.label_names) if index not in present]
+    if split != "train" and missing:
+        raise ValueError(
+            f"{spec.id}: the {split} split lacks the class(es) {', '.join(missing)} ({rows.num_rows} rows), so AUROC "
+            "is undefined. Add the missing recordings."
+        )
 
 
 class Embedder:
@@ -135,33 +174,42 @@ class Embedder:
         return cached
 
 
-def evaluate_classification(spec, dataset, embedder, settings, predictions_dir):
-    embeddings = {split: embedder(dataset[split]) for split in ("train", "validation", "test")}
-    labels = {split: np.asarray(dataset[split]["label"]) for split in embeddings}
+def score_on_test(spec, logits, labels):
+    """The test metric as `{"value": AUROC}`, or `{"value": MAE, "mape": MAPE}` for regression."""
+    if spec.metric == "MAE":
+        metrics = regression_metrics(logits[:, 0], labels)
+        return {"value": metrics["mae"], "mape": metrics["mape"]}
+    return {"value": classification_metrics(logits, labels, spec.problem_type)["auroc"]}
+
+
+def evaluate_splits(spec, dataset, embedder, settings, predictions_dir):
+    """Train/validation/test splits: per layer and seed, the head of the best validation epoch, scored on test."""
+    embeddings = {split: embedder(dataset[split]) for split in SPLITS}
+    labels = {split: np.asarray(dataset[split]["label"]) for split in SPLITS}
+    paths = np.asarray(dataset["test"]["path"] if "path" in dataset["test"].column_names else [])
     records = []
     for layer in embedder.layers:
         for seed in settings.seeds:
             logits, best_epoch, _ = train_linear_probe(
-                *[(embeddings[split][layer], labels[split]) for split in ("train", "validation", "test")],
+                *[(embeddings[split][layer], labels[split]) for split in SPLITS],
                 problem_type=spec.problem_type,
-                num_labels=len(spec.label_names),
+                num_labels=spec.num_labels,
                 seed=seed,
                 epochs=settings.epochs or spec.epochs,
                 batch_size=spec.batch_size,
+                l2_strength=spec.l2_strength,
             )
-            value = classification_metrics(logits, labels["test"], spec.problem_type)["auroc"]
-            np.savez(
-                predictions_dir / f"{spec.id}_layer-{layer}_seed-{seed}.npz",
-                logits=logits,
-                labels=labels["test"],
-                paths=np.asarray(dataset["test"]["path"] if "path" in dataset["test"].column_names else []),
-            )
-            records.append(record(spec, layer, seed, value, best_epoch, dataset))
+            path = prediction_path(predictions_dir, spec, layer, seed)
+            np.savez(path, logits=logits, labels=labels["test"], paths=paths)
+            records.append(record(spec, layer, seed, score_on_test(spec, logits, labels["test"]), best_epoch, dataset))
     return records
 
 
-def evaluate_regression(spec, dataset, embedder, settings, predictions_dir):
-    """Leave-one-subject-out: each fold trains on the other rows (20% of them validation) and tests on its rows."""
+def evaluate_folds(spec, dataset, embedder, settings, predictions_dir):
+    """
+    Leave-one-subject-out: each fold trains on the other rows (20% of them validation, seed 42) and tests on its rows;
+    a seed's MAE and MAPE are the means over folds. Rows in no fold only train; their saved prediction is NaN.
+    """
     rows = dataset["train"]
     embeddings = embedder(rows)
     labels = np.asarray(rows["label"], dtype=np.float32)
@@ -169,7 +217,7 @@ def evaluate_regression(spec, dataset, embedder, settings, predictions_dir):
     records = []
     for layer in embedder.layers:
         for seed in settings.seeds:
-            maes, mapes, predictions = [], [], np.zeros_like(labels)
+            maes, mapes, predictions = [], [], np.full_like(labels, np.nan)
             for fold in sorted(set(folds) - {""}, key=lambda f: (len(f), f)):
                 test = np.flatnonzero(folds == fold)
                 rest = np.flatnonzero(folds != fold)
@@ -182,33 +230,38 @@ def evaluate_regression(spec, dataset, embedder, settings, predictions_dir):
                     seed=seed,
                     epochs=settings.epochs or spec.epochs,
                     batch_size=spec.batch_size,
+                    l2_strength=spec.l2_strength,
                 )
                 predictions[test] = logits[:, 0]
-                metrics = regression_metrics(logits[:, 0], labels[test])
-                maes.append(metrics["mae"])
-                mapes.append(metrics["mape"])
+                scores = score_on_test(spec, logits, labels[test])
+                maes.append(scores["value"])
+                mapes.append(scores["mape"])
             np.savez(
-                predictions_dir / f"{spec.id}_layer-{layer}_seed-{seed}.npz",
+                prediction_path(predictions_dir, spec, layer, seed),
                 predictions=predictions,
                 labels=labels,
                 folds=folds,
                 fold_mae=np.asarray(maes),
                 fold_mape=np.asarray(mapes),
             )
-            result = record(spec, layer, seed, float(np.mean(maes)), None, dataset)
-            records.append({**result, "mape": float(np.mean(mapes))})
+            records.append(record(spec, layer, seed, {"value": np.mean(maes), "mape": np.mean(mapes)}, None, dataset))
     return records
 
 
-def record(spec, layer, seed, value, best_epoch, dataset):
-    sizes = {split: dataset[split].num_rows if split in dataset else 0 for split in ("train", "validation", "test")}
+def prediction_path(predictions_dir, spec, layer, seed):
+    return predictions_dir / f"{spec.id}_layer-{layer}_seed-{seed}.npz"
+
+
+def record(spec, layer, seed, scores, best_epoch, dataset):
+    """One run's record (see `resp_hf.benchmark.results`): `scores` holds `value` and, for regression, `mape`."""
+    sizes = {split: dataset[split].num_rows if split in dataset else 0 for split in SPLITS}
     return {
         "task": spec.id,
         "task_name": spec.name,
         "metric": spec.metric,
         "layer": layer,
         "seed": seed,
-        "value": float(value),
+        **{name: float(score) for name, score in scores.items()},
         "best_epoch": best_epoch,
         "n_train": sizes["train"],
         "n_validation": sizes["validation"],
@@ -222,6 +275,31 @@ def load_model(model_name_or_path, device=None):
     return RespM2DModel.from_pretrained(model_name_or_path).eval().to(device)
 
 
+def build_opera_task(task_id, opera_root, allow_missing):
+    """An OPERA task's DatasetDict, and a note (also logged) on the recordings `allow_missing` left out, or None."""
+    dataset, report = build_task(task_id, opera_root, allow_missing=allow_missing, return_report=True)
+    note = report.left_out_note()
+    if note:
+        logger.warning(note)
+    return dataset, note
+
+
+def benchmark_jobs(tasks, opera_root, datasets, allow_missing):
+    """
+    `(spec, load)` per task, where `load()` returns `(dataset, note)`. Task ids, the OPERA root and the saved datasets
+    are checked here, before a model is loaded.
+    """
+    if tasks and opera_root is None:
+        raise ValueError("OPERA tasks need --opera-root (the OPERA checkout with the datasets).")
+    jobs = [(opera_spec(task), partial(build_opera_task, task, opera_root, allow_missing)) for task in tasks]
+    if tasks:
+        check_root(opera_root)
+    for path in datasets:
+        dataset = load_from_disk(str(path))
+        jobs.append((dataset_spec(path, dataset), lambda dataset=dataset: (dataset, None)))
+    return jobs
+
+
 def run_benchmark(
     model, output_dir, tasks=(), opera_root=None, datasets=(), settings=None, model_name=None, cache_dir=None
 ):
@@ -231,25 +309,23 @@ def run_benchmark(
     `output_dir`. Embeddings are cached in `cache_dir` (default `output_dir/embedding_cache`). Returns the records.
     """
     settings = settings or BenchmarkSettings()
+    settings.check()
+    jobs = benchmark_jobs(tasks, opera_root, datasets, settings.allow_missing)
     if isinstance(model, (str, Path)):
         model_name = model_name or Path(model).name
         model = load_model(model)
     output_dir = Path(output_dir)
     predictions_dir = output_dir / "predictions"
     predictions_dir.mkdir(parents=True, exist_ok=True)
-    if tasks and opera_root is None:
-        raise ValueError("OPERA tasks need --opera-root (the OPERA checkout with the datasets).")
     embedder = Embedder(model, settings, cache_dir or output_dir / "embedding_cache")
-    jobs = [(opera_spec(t), lambda t=t: build_task(t, opera_root, allow_missing=settings.allow_missing)) for t in tasks]
-    for path in datasets:
-        dataset = load_from_disk(str(path))
-        jobs.append((dataset_spec(path, dataset), lambda dataset=dataset: dataset))
-    records = []
+    records, notes = [], []
     for spec, load in jobs:
-        dataset = with_validation(load())
+        dataset, note = load()
+        notes += [note] if note else []
+        dataset = with_validation(dataset)
         check_splits(spec, dataset)
-        evaluate = evaluate_regression if spec.metric == "MAE" else evaluate_classification
+        evaluate = evaluate_folds if has_folds(dataset) else evaluate_splits
         logger.info("Evaluating %s (%s)", spec.id, spec.name)
         records += evaluate(spec, dataset, embedder, settings, predictions_dir)
-    write_results(records, output_dir, model_name or "model")
+    write_results(records, output_dir, model_name or "model", notes=notes)
     return records

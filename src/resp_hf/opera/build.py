@@ -1,5 +1,6 @@
 """Turning an OPERA checkout into a `DatasetDict` for one task: rows, manifest check, validation, audio checks."""
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -7,12 +8,11 @@ import numpy as np
 import soundfile
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .common import OperaDataError
+from .common import SHOWN, OperaDataError
 from .registry import get_task
 
 TARGET_SAMPLING_RATE = 16000
 SPLIT_ORDER = ("train", "validation", "test")
-SHOWN_PATHS = 5
 
 
 @dataclass
@@ -20,10 +20,19 @@ class BuildReport:
     """What a build used and left out."""
 
     task_id: str
-    rows: int = 0
+    rows: int = 0  # rows the metadata gives, before recordings are left out
     missing: list = field(default_factory=list)
     unreadable: dict = field(default_factory=dict)
+    left_out: dict = field(default_factory=dict)  # {split: recordings left out}
     notes: list = field(default_factory=list)
+
+    def left_out_note(self):
+        """How many recordings were left out (missing or unreadable audio), per split; None when none were."""
+        if not self.left_out:
+            return None
+        counts = ", ".join(f"{split} {count}" for split, count in self.left_out.items())
+        total = sum(self.left_out.values())
+        return f"{self.task_id}: left out {total} of {self.rows} recordings, missing or unreadable ({counts})."
 
     def summary(self, dataset):
         """Split sizes and label counts as a Markdown table, plus what was left out."""
@@ -39,9 +48,7 @@ class BuildReport:
                 counts = [f"{labels.mean():.3f}", f"{labels.min():.3f}-{labels.max():.3f}"] if len(labels) else ["", ""]
             lines.append(f"| {split} | {len(labels)} | " + " | ".join(counts) + " |")
         if self.missing:
-            lines.append(
-                f"\nLeft out {len(self.missing)} missing audio files, e.g. {', '.join(self.missing[:SHOWN_PATHS])}"
-            )
+            lines.append(f"\nLeft out {len(self.missing)} missing audio files, e.g. {', '.join(self.missing[:SHOWN])}")
         for path, error in self.unreadable.items():
             lines.append(f"Left out unreadable file {path}: {error}")
         lines += [f"Note: {note}" for note in self.notes]
@@ -74,19 +81,28 @@ def drop_unavailable(rows, root, allow_missing, report):
     if report.missing and not allow_missing:
         raise OperaDataError(
             f"{len(report.missing)} of {len(rows)} audio files of {report.task_id} are missing under {root}, e.g. "
-            f"{', '.join(report.missing[:SHOWN_PATHS])}. Download the dataset, or pass allow_missing=True "
+            f"{', '.join(report.missing[:SHOWN])}. Download the dataset, or pass allow_missing=True "
             "(--allow-missing) to leave them out."
         )
     missing = set(report.missing)
     present = [row for row in rows if row["path"] not in missing]
     report.unreadable = unreadable_files(root, [row["path"] for row in present])
     if report.unreadable and not allow_missing:
-        details = "; ".join(f"{path}: {error}" for path, error in list(report.unreadable.items())[:SHOWN_PATHS])
+        details = "; ".join(f"{path}: {error}" for path, error in list(report.unreadable.items())[:SHOWN])
         raise OperaDataError(
             f"{len(report.unreadable)} audio files of {report.task_id} cannot be read: {details}. "
             "Replace them, or pass allow_missing=True (--allow-missing) to leave them out."
         )
-    return [row for row in present if row["path"] not in report.unreadable]
+    kept = [row for row in present if row["path"] not in report.unreadable]
+    report.left_out = left_out_by_split(rows, kept)
+    return kept
+
+
+def left_out_by_split(rows, kept):
+    """`{split: rows not kept}` in split order, for the splits that lost any."""
+    kept_paths = {row["path"] for row in kept}
+    counts = Counter(row["split"] for row in rows if row["path"] not in kept_paths)
+    return {split: counts[split] for split in SPLIT_ORDER if counts[split]}
 
 
 def task_features(task, rows):

@@ -93,7 +93,7 @@ def icbhi(task, root, report):
     rows = [row for row in rows if row["label"] in ICBHI_CLASSES]
     for row in rows:
         row["label"] = ICBHI_CLASSES[row["label"]]
-    return carve_validation(rows, 0.2, OPERA_VALIDATION_SEED)
+    return carve_validation(task, rows, 0.2, OPERA_VALIDATION_SEED)
 
 
 # --- T10: KAUH -----------------------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def kauh(task, root, report):
         for path, split in zip(paths, splits)
     ]
     report.notes.append("OPERA evaluates KAUH's 'val' rows as test data; they are in the test split here.")
-    return carve_validation(rows, 0.1, OPERA_VALIDATION_SEED)
+    return carve_validation(task, rows, 0.1, OPERA_VALIDATION_SEED)
 
 
 # --- T11: Respiratory@TR --------------------------------------------------------------------------------------------
@@ -327,7 +327,10 @@ COSWARA_SPLIT = "feature/coswara_eval/cough_aligned_train_test_split_{}_w_cough-
 
 
 def coswara(task, root, report):
-    """OPERA's quality-filtered, cough-aligned file list and labels; 80/20 stratified split then 20% validation."""
+    """
+    OPERA's quality-filtered, cough-aligned file list and labels; a stratified 80/20 split, then 20% of the train part
+    (in the shuffled order sklearn returns it, as OPERA passes it on) to validation.
+    """
     manifest = load_manifest(root, task.manifest)
     if manifest is None:
         raise OperaDataError(
@@ -353,7 +356,8 @@ def coswara(task, root, report):
         }
         for path, label, part in zip(paths, labels, split)
     ]
-    return carve_validation(rows, 0.2, OPERA_VALIDATION_SEED)
+    carve_validation(task, [rows[i] for i in kept], 0.2, OPERA_VALIDATION_SEED)  # OPERA splits the shuffled train part
+    return rows
 
 
 # --- T3/T4: COVID-19 Sounds ------------------------------------------------------------------------------------------

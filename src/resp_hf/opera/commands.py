@@ -34,6 +34,8 @@ def format_table(header, rows):
 def list_tasks(opera_root=None):
     """The registry as a text table; with `opera_root`, which tasks can be built from it."""
     header = ["task", "name", "dataset", "modality", "type", "metric", "license", "redistributable"]
+    if opera_root is not None:
+        check_root(opera_root)
     rows = []
     for task in TASKS.values():
         kind = f"{task.task_type} ({task.num_labels})" if task.label_names else task.task_type

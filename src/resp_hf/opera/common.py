@@ -1,6 +1,7 @@
 """Helpers shared by the OPERA task builders: required files, OPERA's manifests, OPERA's seeded splits."""
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +91,34 @@ def seeded_split(items, labels, test_size, seed, stratify=True):
     return kept.tolist(), held_out.tolist()
 
 
-def carve_validation(rows, fraction, seed):
-    """Moves a stratified, seeded `fraction` of the train rows (in their current order) to validation, like OPERA."""
+def carve_validation(task, rows, fraction, seed):
+    """
+    Moves a stratified, seeded `fraction` of the train rows to validation, like OPERA; which rows go depends on the
+    order of `rows`, which must be the order OPERA passes them to sklearn. Returns `rows`.
+    """
     train = [row for row in rows if row["split"] == "train"]
-    _, held_out = seeded_split(train, [row["label"] for row in train], fraction, seed)
+    labels = [row["label"] for row in train]
+    check_stratifiable(task, labels)
+    try:
+        _, held_out = seeded_split(train, labels, fraction, seed)
+    except ValueError as error:  # e.g. fewer held-out rows than classes
+        raise OperaDataError(f"{task.id}: cannot carve OPERA's validation set from the train split: {error}") from error
     for index in held_out:
         train[index]["split"] = "validation"
     return rows
+
+
+def check_stratifiable(task, labels):
+    """A stratified split needs training rows, and at least two of each class."""
+    if not labels:
+        raise OperaDataError(
+            f"{task.id}: the train split is empty, so no validation set can be carved from it. Check that the "
+            "checkout holds the dataset's audio and metadata (see `resp-hf opera list --opera-root`)."
+        )
+    counts = Counter(labels)
+    single = [task.label_names[label] for label in sorted(counts) if counts[label] < 2]
+    if single:
+        raise OperaDataError(
+            f"{task.id}: the train split has a single {' / '.join(single)} row, too few for OPERA's stratified "
+            "validation carve-out. Add the missing recordings."
+        )

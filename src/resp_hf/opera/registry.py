@@ -19,7 +19,6 @@ class OperaTask:
     metric: str  # "AUROC" or "MAE"
     split_protocol: str
     validation: str
-    clip_seconds: str  # OPERA's input length convention for the task
     license: str
     download: str
     redistributable: bool
@@ -27,6 +26,7 @@ class OperaTask:
     builder: object = field(default=None, repr=False, compare=False)
     epochs: int = 64
     batch_size: int = 64
+    l2_strength: float = 1e-5  # OPERA's L2 penalty on the linear head
 
     @property
     def num_labels(self):
@@ -41,7 +41,6 @@ UK_COVID = dict(
     metric="AUROC",
     split_protocol="fixed train/val/test file lists (datasets/covidUK/*_files_downsample.npy)",
     validation="OPERA's val list",
-    clip_seconds="2 s (OPERA-CE/CT input length)",
     license="Open Government Licence v3.0",
     download="https://zenodo.org/records/10043978",
     redistributable=True,
@@ -54,7 +53,6 @@ COVID19_SOUNDS = dict(
     metric="AUROC",
     split_protocol="fixed train/val/test from data_0426_en_task1.csv; train downsampled to every 5th row",
     validation="OPERA's val split",
-    clip_seconds="8 s",
     license="data transfer agreement, on request",
     download="https://covid-19-sounds.org/blog/neurips_dataset",
     redistributable=False,
@@ -66,7 +64,6 @@ COUGHVID = dict(
     metric="AUROC",
     split_protocol="fixed train/val/test uuid lists (datasets/coughvid/*_uuids.npy); test = the rest",
     validation="OPERA's val list",
-    clip_seconds="2 s",
     license="CC BY 4.0",
     download="https://zenodo.org/records/4048312",
     redistributable=True,
@@ -79,7 +76,6 @@ COSWARA = dict(
     metric="AUROC",
     split_protocol="random 80/20 train/test, stratified, seed 1337 (as committed in cough_aligned_train_test_split_*)",
     validation="20% of train, stratified, seed 1337 (OPERA linear_eval)",
-    clip_seconds="2 s (CE) / 8 s (CT)",
     license="CC BY 4.0",
     download="https://github.com/iiscleap/Coswara-Data",
     redistributable=True,
@@ -91,8 +87,10 @@ MMLUNG = dict(
     label_names=(),
     metric="MAE",
     split_protocol="leave-one-subject-out over the 40 participants (fold column)",
-    validation="none (sklearn linear regression with 5-fold grid search inside each fold)",
-    clip_seconds="1 s (CE) / 20 s (CT)",
+    validation=(
+        "20% of the training rows of each fold, random, seed 42, for the linear probe's best epoch; OPERA instead fits "
+        "StandardScaler + sklearn LinearRegression (fit_intercept chosen by 5-fold grid search) with no validation"
+    ),
     license="custom (research and education use), on request",
     download="https://github.com/MohammedMosuily/mmlung (request from the authors)",
     redistributable=False,
@@ -157,7 +155,6 @@ def _tasks():
         metric="AUROC",
         split_protocol="official ICBHI challenge train/test (not patient-disjoint)",
         validation="20% of train, stratified, seed 1337 (OPERA linear_eval)",
-        clip_seconds="8 s",
         license="CC0 (free for research)",
         download="https://bhichallenge.med.auth.gr",
         redistributable=True,
@@ -196,7 +193,6 @@ def _tasks():
         metric="AUROC",
         split_protocol="OPERA's committed train/test assignment (train_test_split.npy; its 'val' rows are test data)",
         validation="10% of train, stratified, seed 1337 (OPERA linear_eval)",
-        clip_seconds="8 s",
         license="CC BY 4.0",
         download="https://data.mendeley.com/datasets/jwyy9np4gv/3",
         redistributable=True,
@@ -216,7 +212,6 @@ def _tasks():
         metric="AUROC (macro one-vs-rest)",
         split_protocol="patient-wise train/val/test: 20% test, then 20% of the rest val (stratified, seed 1337)",
         validation="OPERA's val split",
-        clip_seconds="8 s",
         license="CC BY 4.0",
         download="https://data.mendeley.com/datasets/p9z4h98s6j/1",
         redistributable=True,
@@ -235,7 +230,6 @@ def _tasks():
         metric="AUROC (macro one-vs-rest)",
         split_protocol="random file-level 60/20/20: 20% test, then 25% of the rest val (stratified, seed 42)",
         validation="as in the split protocol",
-        clip_seconds="2 s",
         license="CC BY 4.0, on request",
         download="https://github.com/xiaoli1996/SSBPR",
         redistributable=False,
@@ -267,7 +261,7 @@ def _tasks():
         metric="MAE",
         split_protocol="leave-one-subject-out over subjects 4-14 and 17-21 (fold column; other subjects train only)",
         validation="20% of the training rows of each fold, random, seed 42",
-        clip_seconds="1 s (CE) / 30 s (CT)",
+        l2_strength=1e-1,
         license="custom, on request",
         download="contact the NoseMic authors (see OPERA)",
         redistributable=False,
@@ -286,4 +280,4 @@ def get_task(task_id):
     for task in TASKS.values():
         if key.upper() == task.id or key == task.name:
             return task
-    raise KeyError(f"Unknown OPERA task {task_id!r}; known: {', '.join(TASKS)} (see `resp-hf opera list`).")
+    raise ValueError(f"Unknown OPERA task {task_id!r}; known: {', '.join(TASKS)} (see `resp-hf opera list`).")
