@@ -1,11 +1,15 @@
 import csv
 import json
+import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 import torch
+from accelerate.data_loader import DataLoaderShard
 from conftest import GOLDEN_CHECKPOINT, run_without_resp_hf
 from datasets import Audio, Dataset, DatasetDict
 
@@ -14,7 +18,7 @@ from resp_hf.cli import main as cli_main
 from resp_hf.convert import load_checkpoint
 from resp_hf.synthetic import write_two_class_recordings
 from resp_hf.training.m2d import M2DPretrainingModel, predictor_config, random_masks
-from resp_hf.training.pretrain import build_model, model_from_official
+from resp_hf.training.pretrain import build_model, model_from_official, parameter_groups
 from resp_hf.training.pretrain_data import LogMelUnits, read_source
 
 TINY = {
@@ -71,9 +75,17 @@ def pretrain_args(data, output, steps, *extra):
     ]
 
 
-def logged_losses(output):
+def logged_rows(output):
     with open(output / "training_log.csv") as handle:
-        return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle)}
+        return list(csv.DictReader(handle))
+
+
+def logged_losses(output):
+    return {int(row["step"]): float(row["loss"]) for row in logged_rows(output)}
+
+
+def saved_checkpoints(output):
+    return sorted(path.name for path in (output / "checkpoints").iterdir())
 
 
 def test_masks_split_every_sample_into_visible_and_masked_patches():
@@ -112,8 +124,10 @@ def test_predictor_outputs_line_up_with_the_masked_positions():
     assert predictions.shape == (2, masked.shape[1], 64)
 
 
-def test_target_encodes_only_the_masked_patches_and_loss_is_normalized_mse():
+def test_target_encodes_only_the_masked_patches_and_loss_is_m2d_normalized_mse():
     model = tiny_pretraining_model().eval()
+    with torch.no_grad():  # a trained target norm shifts the targets' mean, which M2D's loss removes
+        model.target_norm.bias.normal_(0, 0.5)
     chunks = torch.randn(2, 80, 96)
     torch.manual_seed(3)
     loss, predictions, targets, visible, masked = model(chunks)
@@ -123,8 +137,35 @@ def test_target_encodes_only_the_masked_patches_and_loss_is_normalized_mse():
     changed = tokens.clone()
     changed.scatter_(1, visible[..., None].expand(-1, -1, 64), torch.randn(2, visible.shape[1], 64))
     torch.testing.assert_close(model.encode_target(changed, masked), targets)  # visible patches play no part
-    normalized = torch.nn.functional.normalize(predictions, dim=-1) - torch.nn.functional.normalize(targets, dim=-1)
-    torch.testing.assert_close(loss, normalized.square().sum(-1).mean())
+    # M2D's norm_pix_loss: standardize each target (unbiased variance, eps 1e-6), then |p/|p| - t/|t||^2 = 2 - 2 cos.
+    standardized = (targets - targets.mean(-1, keepdim=True)) / (targets.var(-1, keepdim=True) + 1e-6) ** 0.5
+    normalize = torch.nn.functional.normalize
+    difference = normalize(predictions, dim=-1) - normalize(standardized, dim=-1)
+    torch.testing.assert_close(loss, difference.square().sum(-1).mean())
+
+
+def m2d_sincos_table(width, frequency_patches, time_patches):
+    """MAE/M2D `get_2d_sincos_pos_embed`, patch (f, t) by patch: [sin(t w), cos(t w), sin(f w), cos(f w)], CLS zero."""
+    omega = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))
+    rows = [torch.zeros(width, dtype=torch.float64)]
+    for f in range(frequency_patches):
+        for t in range(time_patches):
+            rows.append(torch.cat([(t * omega).sin(), (t * omega).cos(), (f * omega).sin(), (f * omega).cos()]))
+    return torch.stack(rows).float()[None]
+
+
+def test_positional_tables_are_m2d_sincos_and_stay_fixed_during_training():
+    model = tiny_pretraining_model()
+    encoder_table = model.online.embeddings.position_embeddings
+    torch.testing.assert_close(encoder_table, m2d_sincos_table(64, 5, 6))  # 80 x 96 input, 16 x 16 patches
+    torch.testing.assert_close(model.predictor.position_embeddings, m2d_sincos_table(32, 5, 6))
+    before = encoder_table.detach().clone()
+    patch_weight = model.online.embeddings.patch_embeddings.projection.weight.detach().clone()
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-2)
+    model(torch.randn(2, 80, 96))[0].backward()
+    optimizer.step()
+    assert torch.equal(encoder_table, before)
+    assert not torch.equal(model.online.embeddings.patch_embeddings.projection.weight, patch_weight)
 
 
 def test_ema_update_moves_the_target_towards_the_online_encoder():
@@ -150,7 +191,7 @@ def test_smoke_training_lowers_the_loss_and_exports_a_loadable_encoder(log_mel_l
     assert (output / "loss.png").is_file() and (output / "checkpoints" / "step-30").is_dir()
     assert list(output.rglob("events.out.tfevents*"))  # TensorBoard log
     model, notes = build_model(str(output / "encoder"))
-    assert "target encoder and predictor" in notes[0]
+    assert "target encoder and predictor" in notes[0] and "--predictor-* options do not apply" in notes[1]
     remote = run_without_resp_hf(REMOTE_EMBED, output / "encoder", cwd=tmp_path)
     torch.manual_seed(0)
     features = torch.randn(1, 80, 150)
@@ -181,23 +222,92 @@ def test_resume_gives_the_same_next_losses_as_an_uninterrupted_run(log_mel_list,
         assert resumed[step] == pytest.approx(straight[step], abs=1e-6), step
 
 
+def test_resuming_an_older_checkpoint_drops_the_later_log_rows(log_mel_list, tmp_path):
+    output = tmp_path / "run"
+    assert cli_main(pretrain_args(log_mel_list, output, 6, "--save-every", "3")) == 0
+    first = logged_losses(output)
+    checkpoint = str(output / "checkpoints" / "step-3")
+    assert cli_main(pretrain_args(log_mel_list, output, 6, "--resume", checkpoint)) == 0
+    assert [int(row["step"]) for row in logged_rows(output)] == [1, 2, 3, 4, 5, 6]
+    for step, loss in logged_losses(output).items():
+        assert loss == pytest.approx(first[step], abs=1e-6), step
+
+
+RANK_PROBE = """
+import os, signal, sys
+import torch
+from resp_hf.training import m2d
+from resp_hf.training.pretrain import main
+
+draw_masks = m2d.random_masks
+rank = os.environ["RANK"]
+draws = []
+
+
+def recorded_masks(*args, **kwargs):
+    visible, masked = draw_masks(*args, **kwargs)
+    draws.append(visible)
+    torch.save(draws, f"masks-{rank}.pt")
+    if rank == os.environ.get("SIGNAL_RANK") and len(draws) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)  # this process alone is asked to stop, during step 2
+    return visible, masked
+
+
+m2d.random_masks = recorded_masks
+sys.exit(main())
+"""
+
+
+def launch_two_cpu_processes(arguments, cwd, env=None, timeout=300):
+    """`accelerate launch` of `RANK_PROBE` on two CPU processes; on a timeout the launcher is asked to end them."""
+    (cwd / "probe.py").write_text(RANK_PROBE)
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    process = subprocess.Popen(
+        [*accelerate, "probe.py", *arguments, "--cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # torchrun then stops its workers, which run in sessions of their own (SIGKILL after 30 s)
+        process.communicate(timeout=120)
+        raise
+    return process.returncode, stdout, stderr
+
+
 def test_accelerate_launch_with_two_cpu_processes(log_mel_list, tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "-m",
-        "resp_hf.training.pretrain",
-        *pretrain_args(log_mel_list, tmp_path / "ddp", 4, "--cpu")[1:],
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "effective batch 16" in result.stdout
+    arguments = pretrain_args(log_mel_list, tmp_path / "ddp", 4, "--warmup-epochs", "1")[1:]
+    returncode, stdout, stderr = launch_two_cpu_processes(arguments, tmp_path)
+    assert returncode == 0, stderr[-4000:]
+    assert "effective batch 16" in stdout and stdout.count("Exported the online encoder") == 1
     assert (tmp_path / "ddp" / "encoder" / "model.safetensors").is_file()
     assert RespM2DModel.from_pretrained(tmp_path / "ddp" / "encoder").config.hidden_size == 64
+    # The single-process schedule in optimizer steps: 32 clips / (8 x 2 processes) = 2 steps an epoch, so 2 warm-up
+    # steps out of 4, at 1e-2 x 16 / 256.
+    peak, warmup, total = 1e-2 * 16 / 256, 2, 4
+    for row in logged_rows(tmp_path / "ddp"):
+        step = int(row["step"])
+        progress = (step - warmup) / (total - warmup)
+        expected = peak * step / warmup if step < warmup else peak * 0.5 * (1 + math.cos(math.pi * progress))
+        assert float(row["lr"]) == pytest.approx(expected, abs=1e-12), step
+    first, second = (torch.load(tmp_path / f"masks-{rank}.pt") for rank in (0, 1))
+    assert len(first) == len(second) == 4
+    assert not any(torch.equal(a, b) for a, b in zip(first, second))  # each process draws its own masks
+
+
+def test_a_stop_request_on_one_process_stops_every_process_at_the_same_step(log_mel_list, tmp_path):
+    output = tmp_path / "ddp"
+    arguments = pretrain_args(log_mel_list, output, 100, "--save-every", "100")[1:]
+    returncode, stdout, stderr = launch_two_cpu_processes(arguments, tmp_path, env={"SIGNAL_RANK": "1"})
+    assert returncode != 0 and "Interrupted: saved step 2" in stdout, stderr[-4000:]
+    assert saved_checkpoints(output) == ["step-2"]
+    saved = {path.name for path in (output / "checkpoints" / "step-2").iterdir()}
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl"} <= saved
+    assert sorted(logged_losses(output)) == [1, 2]
 
 
 def test_initialization_from_the_golden_checkpoint_reuses_online_target_and_predictor(golden_folder):
@@ -228,29 +338,57 @@ def test_pretrain_smoke_example(tmp_path):
     assert "Exported encoder embeds a clip as (1, 320)" in result.stdout
 
 
-def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(log_mel_list, tmp_path):
-    import signal
-
+def test_sigterm_to_the_process_group_saves_a_checkpoint_and_the_run_resumes_from_it(log_mel_list, tmp_path):
     output = tmp_path / "interrupted"
     arguments = pretrain_args(log_mel_list, output, 1000, "--save-every", "1000", "--no-progress")[1:]
+    arguments += ["--num-workers", "2"]
     process = subprocess.Popen(
         [sys.executable, "-u", "-m", "resp_hf.training.pretrain", *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=tmp_path,
+        start_new_session=True,
     )
     for line in process.stdout:
         if line.startswith("step 2/"):
-            process.send_signal(signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGTERM)  # as Slurm's scancel: the DataLoader workers get it too
             break
     rest = process.stdout.read()
-    assert process.wait(timeout=300) == 0, rest
+    assert process.wait(timeout=300) == 128 + signal.SIGTERM, rest
     assert "Interrupted: saved step" in rest
-    saved = sorted(int(p.name.split("-")[1]) for p in (output / "checkpoints").glob("step-*"))
-    assert len(saved) == 1 and saved[0] >= 2 and not (output / "encoder").exists()
-    assert cli_main(pretrain_args(log_mel_list, output, saved[0] + 2, "--resume", "latest")) == 0
-    assert max(logged_losses(output)) == saved[0] + 2 and (output / "encoder" / "model.safetensors").is_file()
+    (checkpoint,) = saved_checkpoints(output)
+    step = int(checkpoint.removeprefix("step-"))
+    assert step >= 2 and not (output / "encoder").exists()
+    written = set(os.listdir(output / "checkpoints" / checkpoint))
+    assert {"model.safetensors", "optimizer.bin", "custom_checkpoint_1.pkl"} <= written  # the last is written last
+    (output / "checkpoints" / f"step-{step + 100}.partial").mkdir()  # a save that did not finish is not resumed
+    assert cli_main(pretrain_args(log_mel_list, output, step + 2, "--resume", "latest")) == 0
+    assert max(logged_losses(output)) == step + 2 and (output / "encoder" / "model.safetensors").is_file()
+
+
+def test_a_stop_request_as_an_epoch_ends_still_saves_the_step(log_mel_list, tmp_path, monkeypatch):
+    iterate = DataLoaderShard.__iter__
+
+    def iterate_then_request_a_stop(self):
+        yield from iterate(self)
+        os.kill(os.getpid(), signal.SIGTERM)  # after the last step's checks, as the loader shuts down
+
+    monkeypatch.setattr(DataLoaderShard, "__iter__", iterate_then_request_a_stop)
+    output = tmp_path / "run"
+    assert cli_main(pretrain_args(log_mel_list, output, 100, "--save-every", "100")) == 143  # 128 + SIGTERM
+    assert saved_checkpoints(output) == ["step-4"]  # 32 clips in batches of 8: 4 steps an epoch
+    monkeypatch.undo()
+    assert cli_main(pretrain_args(log_mel_list, output, 6, "--resume", "latest")) == 0
+    assert [int(row["step"]) for row in logged_rows(output)] == [1, 2, 3, 4, 5, 6]
+    assert (output / "encoder" / "model.safetensors").is_file()
+
+
+def test_negative_norm_stats_in_the_documented_form(log_mel_list, tmp_path):
+    arguments = pretrain_args(log_mel_list, tmp_path / "run", 1, "--norm-stats=-7.1,4.2")
+    assert cli_main(arguments) == 0
+    config = json.loads((tmp_path / "run" / "encoder" / "config.json").read_text())
+    assert (config["norm_mean"], config["norm_std"]) == (-7.1, 4.2)
 
 
 def test_bf16_mixed_precision_and_gradient_accumulation(log_mel_list, tmp_path):

@@ -201,7 +201,7 @@ def add_pretrain_commands(subparsers):
 def run_pretrain(args):
     from .training.pretrain import main as pretrain_main
 
-    pretrain_main(args.rest)
+    return pretrain_main(args.rest)
 
 
 def run_logmel(args):
@@ -235,14 +235,14 @@ def main(argv=None):
     args.rest = rest
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        args.handler(args)
+        code = args.handler(args)  # None, or an exit code (an interrupted pre-training run: 128 + signal)
     except (ValueError, OSError, KeyError) as error:
         if args.traceback:
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"resp-hf {args.command}: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

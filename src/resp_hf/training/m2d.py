@@ -11,7 +11,10 @@ from ..models.resp_m2d.modeling_resp_m2d import RespM2DLayer
 
 
 def sincos_positions(width, grid_frequency, grid_time):
-    """Fixed 2-D sine-cosine table (1 + F * T, width), CLS row zero; half the channels per axis (patches F-major)."""
+    """
+    M2D's fixed 2-D sine-cosine table (1, 1 + F * T, width), CLS row zero, patches F-major: the first half of the
+    channels encodes the time position, the second half the frequency position (MAE's `get_2d_sincos_pos_embed`).
+    """
     if width % 4:
         raise ValueError(f"The positional width {width} must be a multiple of 4.")
     quarter = width // 4
@@ -22,7 +25,7 @@ def sincos_positions(width, grid_frequency, grid_time):
         angles = positions.reshape(-1)[:, None] * omega[None, :]
         return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
-    table = np.concatenate([encode(frequency), encode(time)], axis=1)
+    table = np.concatenate([encode(time), encode(frequency)], axis=1)
     return torch.from_numpy(np.concatenate([np.zeros((1, width)), table])).float()[None]
 
 
@@ -33,6 +36,16 @@ def random_masks(batch, num_patches, mask_ratio, generator=None, device=None):
         raise ValueError(f"mask_ratio={mask_ratio} leaves {keep} of {num_patches} patches visible.")
     order = torch.rand(batch, num_patches, generator=generator).argsort(dim=1).to(device)
     return order[:, :keep].sort(dim=1).values, order[:, keep:].sort(dim=1).values
+
+
+def m2d_loss(predictions, targets, eps=1e-6):
+    """
+    M2D's loss with its default `norm_pix_loss`: each target vector standardized over its channels (unbiased
+    variance), then the mean over masked patches of `2 - 2 * cos(prediction, target)`.
+    """
+    targets = (targets - targets.mean(dim=-1, keepdim=True)) / (targets.var(dim=-1, keepdim=True) + eps) ** 0.5
+    cosine = (nn.functional.normalize(predictions, dim=-1) * nn.functional.normalize(targets, dim=-1)).sum(dim=-1)
+    return (2 - 2 * cosine).mean()
 
 
 def gather_tokens(tokens, indices):
@@ -83,13 +96,23 @@ class M2DPretrainingModel(nn.Module):
     """
     M2D: the online encoder (a `RespM2DModel`) sees the visible patches; the target encoder (an exponential moving
     average of the online blocks and final norm, sharing the patch and positional embeddings) sees only the masked
-    patches; the predictor maps the online output to the target's masked-patch embeddings. Loss: mean over masked
-    patches of `2 - 2 * cos(prediction, target)`.
+    patches; the predictor maps the online output to the target's masked-patch embeddings. Loss: `m2d_loss`. As in
+    M2D, the encoder's positional table is a fixed sine-cosine table (checkpoints load their own over it).
     """
 
     def __init__(self, encoder_config, predictor=None):
         super().__init__()
         self.online = RespM2DModel(encoder_config)
+        positions = self.online.embeddings.position_embeddings
+        with torch.no_grad():
+            positions.copy_(
+                sincos_positions(
+                    encoder_config.hidden_size,
+                    encoder_config.num_frequency_patches,
+                    encoder_config.time_patches_per_chunk,
+                )
+            )
+        positions.requires_grad_(False)
         self.target_layers = copy.deepcopy(self.online.encoder.layer).requires_grad_(False)
         self.target_norm = copy.deepcopy(self.online.layernorm).requires_grad_(False)
         self.predictor = M2DPredictor(encoder_config, predictor or predictor_config())
@@ -128,8 +151,7 @@ class M2DPretrainingModel(nn.Module):
         visible, masked = random_masks(tokens.shape[0], tokens.shape[1], mask_ratio, generator, tokens.device)
         predictions = self.predictor(self.encode_online(tokens, visible), visible, masked)
         targets = self.encode_target(tokens.detach(), masked)
-        cosine = nn.functional.cosine_similarity(predictions.float(), targets.float(), dim=-1)
-        return (2 - 2 * cosine).mean(), predictions, targets, visible, masked
+        return m2d_loss(predictions.float(), targets.float()), predictions, targets, visible, masked
 
     @torch.no_grad()
     def update_target(self, decay):

@@ -13,9 +13,11 @@ checkpoints also restore the target encoder and predictor), or `scratch`.
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -41,6 +43,8 @@ from .m2d import M2DPretrainingModel, predictor_config
 from .pretrain_data import LogMelUnits, norm_stats_from_sample, read_source
 
 STATE_FILE = "m2d_pretraining.safetensors"
+PARTIAL = ".partial"  # suffix of a checkpoint folder still being written
+PREDICTOR_OPTIONS_IGNORED = "the predictor keeps its saved size (--predictor-* options do not apply)"
 PREDICTOR_KEYS = {
     "decoder_embed": "predictor.embed",
     "decoder_norm": "predictor.norm",
@@ -123,11 +127,12 @@ def build_model(init, encoder_config=None, name=None, predictor=None):
         model.online.load_state_dict(online.state_dict())
         if saved:
             model.load_state_dict(saved, strict=False)
-            return model, [f"encoder, target encoder and predictor from {path}"]
+            return model, [f"encoder, target encoder and predictor from {path}", PREDICTOR_OPTIONS_IGNORED]
         model.update_target(0.0)
         return model, [f"encoder from {path}; new target copy and predictor"]
     model, reused = model_from_official(path, name, predictor)
-    return model, [f"encoder from {path}" + (f"; reused its {' and '.join(reused)}" if reused else "")]
+    notes = [f"encoder from {path}" + (f"; reused its {' and '.join(reused)}" if reused else "")]
+    return model, notes + ([PREDICTOR_OPTIONS_IGNORED] if "predictor" in reused else [])
 
 
 class TrainState:
@@ -206,7 +211,10 @@ def build_parser():
     parser.add_argument("--audio-column", default="audio", help="audio column of dataset sources")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument(
-        "--norm-stats", default="inherit", help="'inherit' from --init, 'compute' from a data sample, or 'MEAN,STD'"
+        "--norm-stats",
+        default="inherit",
+        help="'inherit' from --init, 'compute' from a data sample, or MEAN,STD written with '=' when the mean is "
+        "negative: --norm-stats=-7.1,4.2",
     )
     parser.add_argument("--predictor-width", type=int, default=512, help="predictor ViT width (M2D: 512)")
     parser.add_argument("--predictor-depth", type=int, default=8, help="predictor blocks (M2D: 8)")
@@ -247,23 +255,46 @@ def resolve_norm_stats(model, args, items):
 
 
 def latest_checkpoint(output_dir):
-    checkpoints = sorted((Path(output_dir) / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    if not checkpoints:
-        raise FileNotFoundError(f"No checkpoint under {output_dir}/checkpoints to resume from.")
-    return checkpoints[-1]
+    """The complete checkpoint of the highest step (a `step-N.partial` folder is a save that did not finish)."""
+    complete = [p for p in (Path(output_dir) / "checkpoints").glob("step-*") if p.name.removeprefix("step-").isdigit()]
+    if not complete:
+        raise FileNotFoundError(f"No complete checkpoint under {output_dir}/checkpoints to resume from.")
+    return max(complete, key=lambda p: int(p.name.removeprefix("step-")))
+
+
+def save_checkpoint(accelerator, output_dir, step):
+    """`save_state` into `checkpoints/step-N.partial`, renamed to `step-N` once every process has written its part."""
+    checkpoint = Path(output_dir) / "checkpoints" / f"step-{step}"
+    partial = checkpoint.with_name(checkpoint.name + PARTIAL)
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(checkpoint, ignore_errors=True)  # left by an earlier run that went past the resumed step
+        partial.rename(checkpoint)
+    accelerator.wait_for_everyone()
+
+
+def ignore_stop_signals(worker_id):
+    """
+    DataLoader workers ignore Ctrl-C and SIGTERM sent to the whole process group (a terminal, Slurm): the main process
+    saves a checkpoint on them, which needs its workers alive.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train(args):
-    """Runs pre-training; returns the exported encoder folder."""
+    """Runs pre-training and exports the encoder; returns the number of the signal that interrupted it, or 0."""
     accelerator = Accelerator(
         cpu=args.cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=tensorboard_or_none(),
         project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),  # epoch order = f(seed, epoch)
+        # epoch order = f(seed, epoch), the same on every process whatever its own seed
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
-    set_seed(args.seed)
+    set_seed(args.seed)  # the same initial weights on every process
     output_dir = Path(args.output_dir)
     items = [item for spec in args.data for item in read_source(spec, args.audio_column)]
     predictor = predictor_config(args.predictor_width, args.predictor_depth, args.predictor_heads)
@@ -276,6 +307,7 @@ def train(args):
         shuffle=True,
         drop_last=True,
         num_workers=args.num_workers,
+        worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(args.seed),
     )
     if len(loader) == 0:
@@ -285,17 +317,19 @@ def train(args):
     steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=learning_rate, betas=(0.9, 0.95))
+    # Stepped here once per optimizer step (a prepared scheduler would step once per process).
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_epochs * steps_per_epoch), total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    set_seed(args.seed, device_specific=True)  # different masks on every process
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
+    accelerator.register_for_checkpointing(state, scheduler)
+    log = CsvLog(output_dir / "training_log.csv", accelerator.is_main_process)
     if args.resume:
         accelerator.load_state(str(latest_checkpoint(output_dir) if args.resume == "latest" else args.resume))
+        log.drop_after(state.step)
     accelerator.init_trackers(
         "pretrain", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
     )
-    stop = install_stop_handler()
-    log = CsvLog(output_dir / "training_log.csv", accelerator.is_main_process)
     accelerator.print(
         "\n".join(
             [
@@ -306,72 +340,81 @@ def train(args):
         )
     )
     interval_start, interval_samples = time.time(), 0
+    saved_step = state.step if args.resume else None
+    stopped = 0  # the signal that stopped training, agreed on by every process
     bar = tqdm(
         total=total_steps,
         initial=state.step,
         desc="Pre-training",
         disable=args.no_progress or not accelerator.is_local_main_process,
     )
-    while state.step < total_steps and not stop["now"]:
-        dataset.set_epoch(state.epoch)
-        loader.set_epoch(state.epoch)
-        batches = loader
-        if state.batches_in_epoch:
-            batches = accelerator.skip_first_batches(loader, state.batches_in_epoch)
-        for chunks in batches:
-            state.batches_in_epoch += 1
-            with accelerator.accumulate(model):
-                loss = model(chunks, args.mask_ratio)[0]
-                accelerator.backward(loss)
-                optimizer.step()
+    with stop_requests() as stop:
+        while state.step < total_steps and not stopped:
+            dataset.set_epoch(state.epoch)
+            loader.set_epoch(state.epoch)
+            batches = loader
+            if state.batches_in_epoch:
+                batches = accelerator.skip_first_batches(loader, state.batches_in_epoch)
+            for chunks in batches:
+                state.batches_in_epoch += 1
+                with accelerator.accumulate(model):
+                    loss = model(chunks, args.mask_ratio)[0]
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                interval_samples += chunks.shape[0] * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
                 scheduler.step()
-                optimizer.zero_grad()
-            interval_samples += chunks.shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            decay = ema_decay(state.step, total_steps, args.ema_start, args.ema_end)
-            accelerator.unwrap_model(model).update_target(decay)
-            state.step += 1
-            bar.update(1)
-            loss_value = accelerator.gather(loss.detach()[None]).mean().item()
-            if state.step % args.log_every == 0 or state.step == 1:
-                throughput = interval_samples / (time.time() - interval_start)  # since the previous log line
-                interval_start, interval_samples = time.time(), 0
-                values = {
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    "loss": loss_value,
-                    "lr": scheduler.get_last_lr()[0],
-                    "ema_decay": decay,
-                    "samples_per_second": throughput,
-                }
-                log.write(values)
-                accelerator.log(values, step=state.step)
-                bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_second=f"{throughput:.1f}")
-                if args.no_progress:
-                    accelerator.print(
-                        f"step {state.step}/{total_steps} loss {loss_value:.4f} {throughput:.1f} samples/s"
-                    )
-            if state.step % args.save_every == 0 or stop["now"] or state.step >= total_steps:
-                accelerator.save_state(str(output_dir / "checkpoints" / f"step-{state.step}"))
-            if stop["now"] or state.step >= total_steps:
-                break
-        else:
-            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+                decay = ema_decay(state.step, total_steps, args.ema_start, args.ema_end)
+                accelerator.unwrap_model(model).update_target(decay)
+                state.step += 1
+                bar.update(1)
+                loss_value = accelerator.gather(loss.detach()[None]).mean().item()
+                if state.step % args.log_every == 0 or state.step == 1:
+                    throughput = interval_samples / (time.time() - interval_start)  # since the previous log line
+                    interval_start, interval_samples = time.time(), 0
+                    values = {
+                        "step": state.step,
+                        "epoch": state.epoch,
+                        "loss": loss_value,
+                        "lr": scheduler.get_last_lr()[0],
+                        "ema_decay": decay,
+                        "samples_per_second": throughput,
+                    }
+                    log.write(values)
+                    accelerator.log(values, step=state.step)
+                    bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_second=f"{throughput:.1f}")
+                    if args.no_progress:
+                        accelerator.print(
+                            f"step {state.step}/{total_steps} loss {loss_value:.4f} {throughput:.1f} samples/s"
+                        )
+                stopped = agreed_stop_signal(accelerator, stop)
+                if state.step % args.save_every == 0 or stopped or state.step >= total_steps:
+                    save_checkpoint(accelerator, output_dir, state.step)
+                    saved_step = state.step
+                if stopped or state.step >= total_steps:
+                    break
+            else:
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+                stopped = agreed_stop_signal(accelerator, stop)
+        if stopped and saved_step != state.step:  # the request came as the epoch ended
+            save_checkpoint(accelerator, output_dir, state.step)
     bar.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    if stop["now"]:
+    if stopped:
         accelerator.print(
             f"Interrupted: saved step {state.step} to {output_dir}/checkpoints; resume with --resume latest"
         )
-        return None
+        return stopped
     encoder_dir = output_dir / "encoder"
     if accelerator.is_main_process:
         export_encoder(accelerator.unwrap_model(model), encoder_dir)
         if log.path.is_file():
             plot_loss(log.path, output_dir / "loss.png")
-    return encoder_dir
+    accelerator.print(f"Exported the online encoder to {encoder_dir}")
+    return 0
 
 
 def tensorboard_or_none():
@@ -400,25 +443,45 @@ class CsvLog:
                 writer.writeheader()
             writer.writerow(values)
 
+    def drop_after(self, step):
+        """Removes the rows of steps after `step`, left by a run that went past the checkpoint being resumed."""
+        if not self.enabled or not self.path.is_file():
+            return
+        with open(self.path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields, rows = reader.fieldnames, list(reader)
+        with open(self.path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(row for row in rows if int(row["step"]) <= step)
 
-def install_stop_handler():
-    """SIGTERM and Ctrl-C ask the loop to save a checkpoint and stop after the current step."""
-    stop = {"now": False}
+
+@contextlib.contextmanager
+def stop_requests():
+    """While active, SIGTERM and Ctrl-C only record their signal number (the loop then saves and stops)."""
+    stop = {"signal": 0}
 
     def request_stop(signum, frame):
-        stop["now"] = True
+        stop["signal"] = signum
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return stop
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def agreed_stop_signal(accelerator, stop):
+    """The signal of a stop request on any process (0 if none), the same on all, so that all stop at one step."""
+    received = torch.tensor([stop["signal"]], device=accelerator.device)
+    return int(accelerator.gather(received).max())
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    encoder_dir = train(args)
-    if encoder_dir is not None:
-        print(f"Exported the online encoder to {encoder_dir}")
-    return 0
+    """Returns 0, or 128 + the signal number when interrupted (130 for Ctrl-C, 143 for SIGTERM), as shells do."""
+    stopped = train(build_parser().parse_args(argv))
+    return 128 + stopped if stopped else 0
 
 
 if __name__ == "__main__":
