@@ -344,7 +344,8 @@ def plot_layer_curve(path, summaries, model_name):
     figure = new_figure()
     axes = figure.subplots()
     axes.plot(layers, means, marker="o", color=MODEL_COLOR, label=model_name)
-    axes.fill_between(layers, means - stds, means + stds, color=MODEL_COLOR, alpha=0.2, label="± std")
+    upper = np.minimum(means + stds, 1.0) if numeric[0]["metric"] == "AUROC" else means + stds  # AUROC <= 1
+    axes.fill_between(layers, means - stds, upper, color=MODEL_COLOR, alpha=0.2, label="± std")
     for summary in summaries:
         if summary["layer"] == LAST_LAYER:
             axes.axhline(summary["mean"], color="black", linestyle="--", linewidth=1, label=f"{model_name} (last)")
