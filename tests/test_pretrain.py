@@ -17,6 +17,7 @@ from resp_hf import RespM2DConfig, RespM2DModel
 from resp_hf.cli import main as cli_main
 from resp_hf.convert import load_checkpoint
 from resp_hf.synthetic import write_two_class_recordings
+from resp_hf.training import pretrain
 from resp_hf.training.m2d import M2DPretrainingModel, predictor_config, random_masks
 from resp_hf.training.pretrain import build_model, model_from_official, parameter_groups
 from resp_hf.training.pretrain_data import LogMelUnits, read_source
@@ -222,11 +223,19 @@ def test_resume_gives_the_same_next_losses_as_an_uninterrupted_run(log_mel_list,
         assert resumed[step] == pytest.approx(straight[step], abs=1e-6), step
 
 
-def test_resuming_an_older_checkpoint_drops_the_later_log_rows(log_mel_list, tmp_path):
+def test_resuming_an_older_checkpoint_drops_the_later_log_rows_and_sets_later_checkpoints_aside(
+    log_mel_list, tmp_path, monkeypatch
+):
     output = tmp_path / "run"
     assert cli_main(pretrain_args(log_mel_list, output, 6, "--save-every", "3")) == 0
     first = logged_losses(output)
     checkpoint = str(output / "checkpoints" / "step-3")
+    saves = []
+    monkeypatch.setattr(pretrain, "save_checkpoint", lambda *args: saves.append(saved_checkpoints(output)))
+    assert cli_main(pretrain_args(log_mel_list, output, 4, "--resume", checkpoint)) == 0
+    assert saves == [["step-3", "superseded"]]  # the earlier run's step-6 cannot be taken for the latest
+    assert (output / "checkpoints" / "superseded" / "step-6").is_dir()
+    monkeypatch.undo()
     assert cli_main(pretrain_args(log_mel_list, output, 6, "--resume", checkpoint)) == 0
     assert [int(row["step"]) for row in logged_rows(output)] == [1, 2, 3, 4, 5, 6]
     for step, loss in logged_losses(output).items():

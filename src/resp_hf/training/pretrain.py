@@ -254,12 +254,34 @@ def resolve_norm_stats(model, args, items):
     model.config.norm_mean, model.config.norm_std = mean, std
 
 
+def complete_checkpoints(output_dir):
+    """`{step: folder}` of the complete checkpoints (a `step-N.partial` folder is a save that did not finish)."""
+    folders = (Path(output_dir) / "checkpoints").glob("step-*")
+    return {int(p.name.removeprefix("step-")): p for p in folders if p.name.removeprefix("step-").isdigit()}
+
+
 def latest_checkpoint(output_dir):
-    """The complete checkpoint of the highest step (a `step-N.partial` folder is a save that did not finish)."""
-    complete = [p for p in (Path(output_dir) / "checkpoints").glob("step-*") if p.name.removeprefix("step-").isdigit()]
+    """The complete checkpoint of the highest step."""
+    complete = complete_checkpoints(output_dir)
     if not complete:
         raise FileNotFoundError(f"No complete checkpoint under {output_dir}/checkpoints to resume from.")
-    return max(complete, key=lambda p: int(p.name.removeprefix("step-")))
+    return complete[max(complete)]
+
+
+def set_aside_later_checkpoints(output_dir, step):
+    """
+    Moves the checkpoints past `step` (left by the run now resumed from an earlier step) to `checkpoints/superseded/`,
+    so that `--resume latest` cannot pick them; returns the moved folders.
+    """
+    later = [folder for saved, folder in sorted(complete_checkpoints(output_dir).items()) if saved > step]
+    moved = []
+    for folder in later:
+        target = folder.parent / "superseded" / folder.name
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(exist_ok=True)
+        moved.append(folder.rename(target))
+    return moved
 
 
 def save_checkpoint(accelerator, output_dir, step):
@@ -327,6 +349,10 @@ def train(args):
     if args.resume:
         accelerator.load_state(str(latest_checkpoint(output_dir) if args.resume == "latest" else args.resume))
         log.drop_after(state.step)
+        if accelerator.is_main_process:
+            for folder in set_aside_later_checkpoints(output_dir, state.step):
+                accelerator.print(f"Moved {folder.name}, past the resumed step {state.step}, to {folder.parent}.")
+        accelerator.wait_for_everyone()
     accelerator.init_trackers(
         "pretrain", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
     )
