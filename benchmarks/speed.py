@@ -100,6 +100,11 @@ def run_encoder(model, features, dtype):
         return model(**features).pooler_output
 
 
+def run_chunks(model, chunks, patches, dtype):
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
+        return model.encode_group(chunks, patches)
+
+
 def run_end_to_end(model, extractor, waveforms, dtype):
     return run_encoder(model, extractor(waveforms, sampling_rate=RATE, device=model.device), dtype)
 
@@ -194,8 +199,8 @@ def measure_compiled(model, extractor, clips, clip_seconds, batch_size, dtypes, 
 def measure_mixed_lengths(model, extractor, clips, batch_sizes, dtypes, peaks, repeats):
     """
     Throughput on clips of mixed lengths through `embed` (length bucketing), and in input order at the middle batch
-    size. `achieved_flops` counts the useful encoder FLOPs (no padding); `padded_token_share` is the part of the
-    tokens the encoder computed that were padding of shorter last chunks.
+    size. `achieved_flops` counts the useful encoder FLOPs (no padding); `padded_flop_share` is the part of the
+    encoder FLOPs spent on the padding of shorter last chunks.
     """
     audio_seconds = sum(len(clip) for clip in clips) / RATE
     useful = sum(encoder_flops(model.config, chunk_tokens(model.config, len(clip) / RATE)) for clip in clips)
@@ -231,7 +236,32 @@ def measure_mixed_lengths(model, extractor, clips, batch_sizes, dtypes, peaks, r
     return rows
 
 
-def measure(model, batch_sizes, clip_seconds, repeats, dtypes, mixed_count, mixed_range, compile_batch=None):
+def measure_chunk_batches(model, chunk_counts, dtypes, peaks, repeats):
+    """The encoder alone on full chunks (no padding, no mask), by the number of chunks in one pass."""
+    config = model.config
+    tokens = 1 + config.num_frequency_patches * config.time_patches_per_chunk
+    rows = []
+    for dtype_name, dtype in dtypes.items():
+        for count in chunk_counts:
+            chunks = torch.randn(count, config.num_mel_bins, config.unit_frames, device=model.device)
+            patches = torch.full((count,), config.time_patches_per_chunk, device=model.device)
+            seconds = best_time(partial(run_chunks, model, chunks, patches, dtype), repeats, warmup=2)
+            achieved = encoder_flops(config, [tokens] * count) / seconds
+            rows.append(
+                {
+                    "dtype": dtype_name,
+                    "chunks": count,
+                    "achieved_flops": achieved,
+                    "attainable_matmul_flops": peaks[dtype_name],
+                    "fraction_of_attainable": achieved / peaks[dtype_name],
+                }
+            )
+    return rows
+
+
+def measure(
+    model, batch_sizes, clip_seconds, repeats, dtypes, mixed_count, mixed_range, chunk_counts, compile_batch=None
+):
     device = model.device
     extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     rng = np.random.default_rng(0)
@@ -251,6 +281,7 @@ def measure(model, batch_sizes, clip_seconds, repeats, dtypes, mixed_count, mixe
             "total_audio_seconds": sum(len(clip) for clip in mixed) / RATE,
             "rows": measure_mixed_lengths(model, extractor, mixed, batch_sizes, dtypes, peaks, repeats),
         },
+        "chunk_batches": measure_chunk_batches(model, chunk_counts, dtypes, peaks, repeats),
         "peak_memory_mb": peak_memory_mb(device),
     }
 
@@ -289,6 +320,18 @@ def markdown(report):
             f"| {row['dtype']} | {row['batch_size']} | {row['order']} | {row['audio_seconds_per_second']:.1f} | "
             f"{row['achieved_flops'] / 1e12:.3f} | {row['fraction_of_attainable']:.0%} | "
             f"{row['padded_flop_share']:.0%} |"
+        )
+    lines += [
+        "",
+        "Encoder alone on full chunks (no padding), by chunks per pass:",
+        "",
+        "| dtype | chunks | achieved TFLOP/s | fraction |",
+        "|---|---|---|---|",
+    ]
+    for row in report["chunk_batches"]:
+        lines.append(
+            f"| {row['dtype']} | {row['chunks']} | {row['achieved_flops'] / 1e12:.3f} | "
+            f"{row['fraction_of_attainable']:.0%} |"
         )
     lines += ["", f"Peak memory: {report['peak_memory_mb']:.0f} MB."]
     return "\n".join(lines) + "\n"
@@ -333,6 +376,7 @@ def main(argv=None):
             dtypes,
             6 if quick else 32,
             (0.5, 8.0) if quick else (0.5, 30.0),
+            (2, 4) if quick else (8, 16, 32, 64),
             compile_batch=(2 if quick else 8) if args.compile else None,
         ),
     }

@@ -320,6 +320,25 @@ def test_a_class_missing_from_validation_or_test_stops_before_any_embedding(tmp_
     assert calls == []
 
 
+def test_a_bad_later_dataset_stops_the_run_before_anything_is_embedded(tmp_path):
+    good = spectral_dataset(tmp_path, classes=2)
+    good.save_to_disk(str(tmp_path / "good"))
+    DatasetDict({"train": good["train"], "validation": good["validation"]}).save_to_disk(str(tmp_path / "bad"))
+    model = tiny_model()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match="bad: the test split is missing or empty"):
+        run_benchmark(model, tmp_path / "out", datasets=[tmp_path / "good", tmp_path / "bad"])
+    assert calls == []
+
+
+def test_integer_labels_that_are_not_a_class_label_are_an_error(tmp_path):
+    rows = {"audio": ["unused.wav"] * 4, "label": [0, 1, 0, 1]}
+    DatasetDict({"train": Dataset.from_dict(rows), "test": Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ids"))
+    with pytest.raises(ValueError, match=r"ids: the 'label' column is Value\('int64'\); cast it to ClassLabel"):
+        run_benchmark(tiny_model(), tmp_path / "out", datasets=[tmp_path / "ids"])
+
+
 def test_folds_are_for_regression_only(tmp_path):
     features = Features({"audio": Value("string"), "label": ClassLabel(names=["no", "yes"]), "fold": Value("string")})
     rows = {"audio": ["unused.wav"] * 4, "label": [0, 1, 0, 1], "fold": ["a", "a", "b", "b"]}
@@ -461,7 +480,9 @@ def test_golden_checkpoint_end_to_end_with_layers_and_card(golden_folder, binary
     last = next(r for r in results if r["layer"] == "last")
     entry = card.data.to_dict()["model-index"][0]["results"][0]
     assert entry["metrics"][0] == {"type": "roc_auc", "value": round(last["mean"], 4)}
+    assert entry["dataset"] == {"name": "dataset", "type": "dataset", "split": "test"}  # not labelled as OPERA
     assert f"{last['mean']:.3f} ± {last['std']:.3f}" in card.text and "Not evaluated by" not in card.text
+    assert "baselines: None" not in card.text
 
 
 def test_benchmark_example_runs(tmp_path):

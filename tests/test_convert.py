@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from conftest import GOLDEN, GOLDEN_CHECKPOINT
+from conftest import GOLDEN, GOLDEN_CHECKPOINT, OPERA
 
 from resp_hf import RespM2DModel, UnsafeCheckpointError, convert_m2d_checkpoint
 from resp_hf.convert import load_checkpoint, parse_checkpoint_name
@@ -405,3 +405,31 @@ def test_safetensors_checkpoints_convert_too(tmp_path, golden_folder):
 def test_official_names_are_parsed(name, parsed):
     info = parse_checkpoint_name(name)
     assert (info["model"], info["input_size"], info["patch_size"], info["sampling_rate"]) == parsed
+
+
+WITHOUT_TRAIN_EXTRAS = """
+import json, sys
+for name in ("datasets", "sklearn", "accelerate", "matplotlib", "openpyxl", "tensorboard"):
+    sys.modules[name] = None  # the [train] extras are not installed
+import numpy as np
+from transformers import pipeline
+from resp_hf import RespM2DModel
+from resp_hf.cli import main
+assert main(["convert", sys.argv[1], sys.argv[2]]) == 0
+model = RespM2DModel.from_pretrained(sys.argv[2])
+embedding = model.embed(np.zeros(16000, dtype=np.float32) + 0.01, sampling_rate=16000)
+scores = pipeline("audio-classification", model=sys.argv[2], trust_remote_code=True)(sys.argv[3])
+print(json.dumps({"size": embedding.shape[1], "labels": len(scores)}))
+"""
+
+
+def test_conversion_embedding_and_the_pipeline_need_no_training_extras(tmp_path):
+    recording = OPERA / "datasets" / "icbhi" / "ICBHI_final_database" / "104_1b1_Al_sc_Litt3200.wav"
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TRAIN_EXTRAS, GOLDEN_CHECKPOINT, tmp_path / "converted", recording],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"size": 3840, "labels": 2}

@@ -165,6 +165,8 @@ def test_cards_keep_local_paths_out_of_the_metadata(tmp_path):
     data = card.data.to_dict()
     assert "base_model" not in data and "datasets" not in data
     assert data["model-index"][0]["results"][0]["dataset"]["type"] == "my-recordings"
+    assert data["model-index"][0]["results"][0]["dataset"]["name"] == "my-recordings"
+    assert str(tmp_path) not in card.content.split("---")[1]  # nowhere in the front matter
     assert str(tmp_path / "my recordings") in card.text  # still named in the text
     for name in ("unknown", "./enc", "../x", "/abs/path"):
         assert "base_model" not in ModelCard(classifier_card(config, name, "org/data", results)).data.to_dict()

@@ -190,6 +190,9 @@ def test_smoke_training_lowers_the_loss_and_exports_a_loadable_encoder(log_mel_l
     assert len(losses) == 30
     assert sum(losses[s] for s in range(26, 31)) / 5 < sum(losses[s] for s in range(1, 6)) / 5
     assert (output / "loss.png").is_file() and (output / "checkpoints" / "step-30").is_dir()
+    card = (output / "encoder" / "README.md").read_text()
+    assert "Further pre-trained with `resp-hf pretrain`" in card and "for 30 optimizer steps" in card
+    assert "Converted from the original checkpoint" not in card
     assert list(output.rglob("events.out.tfevents*"))  # TensorBoard log
     model, notes = build_model(str(output / "encoder"))
     assert "target encoder and predictor" in notes[0] and "--predictor-* options do not apply" in notes[1]

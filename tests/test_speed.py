@@ -67,6 +67,10 @@ def test_speed_benchmark_quick_mode_writes_its_report(tmp_path):
     }
     assert all(row["padded_flop_share"] == 0 for row in mixed if row["batch_size"] == 1)
     assert all(0 <= row["padded_flop_share"] < 1 and row["audio_seconds_per_second"] > 0 for row in mixed)
+    assert [(row["dtype"], row["chunks"]) for row in report["chunk_batches"]] == [
+        (dtype, chunks) for dtype in ("fp32", "bf16") for chunks in (2, 4)
+    ]
+    assert all(row["fraction_of_attainable"] > 0 for row in report["chunk_batches"])
     assert report["peak_memory_mb"] > 0
     markdown = (tmp_path / "speed.md").read_text()
     assert (

@@ -56,8 +56,14 @@ def eval_results(results, task_type, dataset_name, dataset_type):
     ]
 
 
-def encoder_card(config, source_name, sha256, repo_id=None, name=None):
-    """Card of a converted encoder."""
+CONVERTED_TRAINING_DATA = (
+    "Converted from the original checkpoint named above; see its release for the pre-training data (M2D models are "
+    "pre-trained on AudioSet, M2D+Resp further on AudioSet mixed with respiratory datasets)."
+)
+
+
+def encoder_card(config, source_name, sha256, repo_id=None, name=None, training_data=CONVERTED_TRAINING_DATA):
+    """Card of an encoder: converted from an official checkpoint by default, else as `training_data` says."""
     model_name = repo_id or name or "resp-m2d"
     card_data = ModelCardData(
         library_name="transformers", license="other", pipeline_tag="feature-extraction", tags=TAGS
@@ -88,6 +94,7 @@ def encoder_card(config, source_name, sha256, repo_id=None, name=None):
         pooled_size=config.pooled_size,
         pooling=config.pooling,
         frame_embedding_size=config.frame_embedding_size,
+        training_data=training_data,
         evaluation="Not evaluated by `resp_hf` yet.",
     )
 
@@ -121,7 +128,7 @@ def classifier_card(config, base_model, dataset_name, results, repo_id=None, nam
         metrics=["mae"] if regression else ["roc_auc", "accuracy"],
         base_model=hub_id(base_model),
         model_name=model_name,
-        eval_results=eval_results(results, "audio-classification", dataset_name, dataset_slug(dataset_name)) or None,
+        eval_results=eval_results(results, "audio-classification", *[dataset_slug(dataset_name)] * 2) or None,
     )
     labels = ", ".join(f"`{config.id2label[i]}`" for i in range(config.num_labels))
     multi_label = config.problem_type == "multi_label_classification"
@@ -171,6 +178,11 @@ def benchmark_table(results):
     return "\n".join(lines)
 
 
+def is_opera_task(row):
+    """Whether a results row is one of OPERA's tasks T1-T19 (the others come from `--dataset` folders)."""
+    return re.fullmatch(r"T(1[0-9]|[1-9])", row["task"]) is not None
+
+
 def add_benchmark_results(folder, results_path):
     """
     Writes OPERA benchmark results into the card of `folder`: a `model-index` entry per task (the last layer's
@@ -186,17 +198,18 @@ def add_benchmark_results(folder, results_path):
     card.data.eval_results = [
         EvalResult(
             task_type="audio-classification" if row["metric"] == "AUROC" else "audio-regression",
-            dataset_type=f"opera-{row['task'].lower()}",
-            dataset_name=f"OPERA {row['task']} ({row['task_name']})",
+            dataset_type=f"opera-{row['task'].lower()}" if is_opera_task(row) else dataset_slug(row["task"]),
+            dataset_name=f"OPERA {row['task']} ({row['task_name']})" if is_opera_task(row) else row["task_name"],
             dataset_split="test",
             metric_type=METRIC_TYPES[row["metric"].lower()] if row["metric"] == "MAE" else "roc_auc",
             metric_value=round(float(row["mean"]), 4),
         )
         for row in rows
     ]
+    baselines = f"; baselines: {results['baselines_source']}" if results.get("baselines_source") else ""
     body = (
-        "OPERA linear-probe benchmark (frozen encoder, linear head, mean ± std over seeds; "
-        f"baselines: {results.get('baselines_source', 'OPERA')}):\n\n{benchmark_table(results['results'])}"
+        "Linear-probe benchmark with OPERA's protocol (frozen encoder, linear head, mean ± std over seeds"
+        f"{baselines}):\n\n{benchmark_table(results['results'])}"
     )
     section = re.compile(r"(## Evaluation\n\n)(.*?)(?=\n## |\Z)", re.DOTALL)
     if not section.search(card.text):

@@ -138,7 +138,7 @@ def add_benchmark_command(subparsers):
     parser.add_argument("--opera-root", help="OPERA checkout with the datasets (for --tasks)")
     parser.add_argument("--dataset", action="append", default=[], help="a DatasetDict saved on disk (repeatable)")
     parser.add_argument("--output", required=True, help="folder for results, plots, predictions and the cache")
-    parser.add_argument("--crop", choices=("center", "random", "none"), default="center", help="fit clips to 10 s")
+    parser.add_argument("--crop", choices=("center", "random", "none"), default="center", help="fit clips to --seconds")
     parser.add_argument("--seconds", type=float, default=10.0, help="window length (default 10 s)")
     parser.add_argument("--layers", choices=("last", "all"), default="last", help="evaluate every layer with 'all'")
     parser.add_argument(
@@ -146,7 +146,7 @@ def add_benchmark_command(subparsers):
     )
     parser.add_argument("--epochs", type=positive_int, help="override the task's epochs (64; KAUH 50, SSBPR 32)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="clips per encoder batch")
-    parser.add_argument("--allow-missing", action="store_true", help="leave out missing OPERA audio files")
+    parser.add_argument("--allow-missing", action="store_true", help="leave out missing or unreadable OPERA audio")
     parser.add_argument("--cache-dir", help="embedding cache (default OUTPUT/embedding_cache)")
     parser.set_defaults(handler=run_benchmark_command)
 

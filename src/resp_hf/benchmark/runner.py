@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import ClassLabel, load_from_disk
+from datasets import ClassLabel, Value, load_from_disk
 
 from ..evaluate import classification_metrics, regression_metrics
 from ..models.resp_m2d import RespM2DModel
@@ -84,6 +84,11 @@ def dataset_spec(path, dataset):
     if missing:
         raise ValueError(f"{path} lacks the column(s) {sorted(missing)}; the benchmark needs 'audio' and 'label'.")
     label = first.features["label"]
+    if not isinstance(label, ClassLabel) and not (isinstance(label, Value) and label.dtype.startswith("float")):
+        raise ValueError(
+            f"{path}: the 'label' column is {label}; cast it to ClassLabel(names=[...]) for classification (AUROC) or "
+            "to a float for regression (MAE)."
+        )
     names = tuple(label.names) if isinstance(label, ClassLabel) else ()
     return TaskSpec(Path(path).name, Path(path).name, "AUROC" if names else "MAE", names)
 
@@ -318,12 +323,15 @@ def run_benchmark(
     predictions_dir = output_dir / "predictions"
     predictions_dir.mkdir(parents=True, exist_ok=True)
     embedder = Embedder(model, settings, cache_dir or output_dir / "embedding_cache")
-    records, notes = [], []
-    for spec, load in jobs:
+    checked, notes = [], []
+    for spec, load in jobs:  # every task is built and checked before anything is embedded
         dataset, note = load()
         notes += [note] if note else []
         dataset = with_validation(dataset)
         check_splits(spec, dataset)
+        checked.append((spec, dataset))
+    records = []
+    for spec, dataset in checked:
         evaluate = evaluate_folds if has_folds(dataset) else evaluate_splits
         logger.info("Evaluating %s (%s)", spec.id, spec.name)
         records += evaluate(spec, dataset, embedder, settings, predictions_dir)

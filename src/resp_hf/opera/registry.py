@@ -62,7 +62,7 @@ COUGHVID = dict(
     modality="cough",
     task_type="binary",
     metric="AUROC",
-    split_protocol="fixed train/val/test uuid lists (datasets/coughvid/*_uuids.npy); test = the rest",
+    split_protocol="OPERA's train, val and gender-test uuid lists (datasets/coughvid/*_uuids.npy); others unused",
     validation="OPERA's val list",
     license="CC BY 4.0",
     download="https://zenodo.org/records/4048312",

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from .. import cards
 from ..convert import (
     BLOCK_KEYS,
     extract_state_dict,
@@ -166,13 +167,23 @@ def parameter_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def export_encoder(model, output_dir):
-    """The online encoder as a resp_hf folder (AutoModel / AutoFeatureExtractor), plus the target and predictor."""
+def export_encoder(model, output_dir, args, steps):
+    """
+    The online encoder as a resp_hf folder (AutoModel / AutoFeatureExtractor) with a model card, plus the target and
+    predictor.
+    """
     output_dir = Path(output_dir)
     model.online.save_pretrained(output_dir)
     RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(output_dir)
     rest = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("online.")}
     save_file(rest, output_dir / STATE_FILE)
+    sources = ", ".join(f"`{spec}`" for spec in args.data)
+    training_data = (
+        f"Further pre-trained with `resp-hf pretrain` (the M2D objective) from `{args.init}` for {steps} optimizer "
+        f"steps on {sources}."
+    )
+    card = cards.encoder_card(model.config, args.init, "n/a", name=output_dir.name, training_data=training_data)
+    cards.write_card(output_dir, card)
     return output_dir
 
 
@@ -436,7 +447,7 @@ def train(args):
         return stopped
     encoder_dir = output_dir / "encoder"
     if accelerator.is_main_process:
-        export_encoder(accelerator.unwrap_model(model), encoder_dir)
+        export_encoder(accelerator.unwrap_model(model), encoder_dir, args, state.step)
         if log.path.is_file():
             plot_loss(log.path, output_dir / "loss.png")
     accelerator.print(f"Exported the online encoder to {encoder_dir}")

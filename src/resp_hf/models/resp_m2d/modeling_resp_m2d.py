@@ -202,8 +202,9 @@ class RespM2DPreTrainedModel(PreTrainedModel):
 class RespM2DModel(RespM2DPreTrainedModel):
     """
     The M2D ViT encoder. Log-mel input of any length is cut into consecutive chunks of `config.input_size[1]` frames;
-    the last chunk is padded to whole patches and uses the first columns of the positional table. All chunks of all
-    clips run as one batch with masked attention, so a clip's outputs do not depend on the rest of the batch.
+    the last chunk is padded to whole patches and uses the first columns of the positional table. The full chunks of
+    all clips run as one batch and the shorter last chunks as another, masked, so a clip's outputs do not depend on
+    the rest of the batch.
     """
 
     def __init__(self, config):
