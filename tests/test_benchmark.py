@@ -339,6 +339,15 @@ def test_integer_labels_that_are_not_a_class_label_are_an_error(tmp_path):
         run_benchmark(tiny_model(), tmp_path / "out", datasets=[tmp_path / "ids"])
 
 
+def test_a_train_split_too_small_to_carve_validation_from_is_a_clear_error(tmp_path):
+    features = Features({"audio": Value("string"), "label": ClassLabel(names=["no", "yes"])})
+    rows = {"audio": ["unused.wav"] * 3, "label": [0, 0, 1]}
+    splits = {name: Dataset.from_dict(rows, features=features) for name in ("train", "test")}
+    DatasetDict(splits).save_to_disk(str(tmp_path / "tiny"))
+    with pytest.raises(ValueError, match="tiny: cannot carve a 20% validation split out of its 3 train rows"):
+        run_benchmark(tiny_model(), tmp_path / "out", datasets=[tmp_path / "tiny"])
+
+
 def test_folds_are_for_regression_only(tmp_path):
     features = Features({"audio": Value("string"), "label": ClassLabel(names=["no", "yes"]), "fold": Value("string")})
     rows = {"audio": ["unused.wav"] * 4, "label": [0, 1, 0, 1], "fold": ["a", "a", "b", "b"]}

@@ -204,3 +204,10 @@ def test_float_audio_far_outside_unit_range_is_warned_about(caplog):
     with caplog.at_level("WARNING"):
         RespM2DFeatureExtractor()(noise(0.5), sampling_rate=16000)
     assert "expected in [-1, 1]" not in caplog.text
+
+
+def test_downmixing_a_file_averages_its_channels_even_when_it_has_more_channels_than_frames(tmp_path):
+    frames = np.array([[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 0.0, 0.8], [0.5, 0.5, 0.5, 0.5]], dtype=np.float32)
+    soundfile.write(tmp_path / "four.wav", frames, 16000, subtype="FLOAT")
+    mixed = load_audio(tmp_path / "four.wav", 16000, downmix=True)
+    np.testing.assert_allclose(mixed, frames.mean(axis=1), rtol=0, atol=1e-7)

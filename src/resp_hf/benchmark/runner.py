@@ -98,14 +98,20 @@ def has_folds(dataset):
     return "train" in dataset and "fold" in dataset["train"].column_names
 
 
-def with_validation(dataset):
+def with_validation(spec, dataset):
     """Adds a 20% validation carve-out of train (seed 1337; stratified for classes) when a dataset has none."""
     if "train" not in dataset or "validation" in dataset or has_folds(dataset):
         return dataset
     train = dataset["train"]
     labels = train["label"]
     stratify = isinstance(train.features["label"], ClassLabel)
-    kept, held_out = seeded_split(labels, labels if stratify else None, 0.2, OPERA_VALIDATION_SEED, stratify)
+    try:
+        kept, held_out = seeded_split(labels, labels if stratify else None, 0.2, OPERA_VALIDATION_SEED, stratify)
+    except ValueError as error:  # too few rows, or a class with a single row
+        raise ValueError(
+            f"{spec.id}: cannot carve a 20% validation split out of its {train.num_rows} train rows ({error}). "
+            "Add recordings or save a validation split."
+        ) from error
     dataset = dict(dataset)
     dataset["train"], dataset["validation"] = train.select(kept), train.select(held_out)
     return dataset
@@ -327,7 +333,7 @@ def run_benchmark(
     for spec, load in jobs:  # every task is built and checked before anything is embedded
         dataset, note = load()
         notes += [note] if note else []
-        dataset = with_validation(dataset)
+        dataset = with_validation(spec, dataset)
         check_splits(spec, dataset)
         checked.append((spec, dataset))
     records = []

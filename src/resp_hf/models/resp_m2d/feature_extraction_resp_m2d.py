@@ -115,7 +115,9 @@ def load_audio(source, sampling_rate, downmix=False, name=None):
         audio, file_rate = soundfile.read(source, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
         raise ValueError(f"Could not read {name}: {error}") from error
-    audio = to_mono_float32(audio[:, 0] if audio.shape[1] == 1 else audio, name=name, downmix=downmix)
+    if audio.shape[1] == 1 or downmix:  # soundfile reads (frames, channels): average the channels, not a guess
+        audio = audio.mean(axis=1, dtype=np.float32)
+    audio = to_mono_float32(audio, name=name, downmix=downmix)
     return resample(audio, file_rate, sampling_rate)
 
 
