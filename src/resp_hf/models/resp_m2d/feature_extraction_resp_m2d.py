@@ -1,5 +1,6 @@
 """Log-mel front end of the M2D runtime as a Hugging Face feature extractor."""
 
+import io
 import os
 from pathlib import Path
 
@@ -129,6 +130,20 @@ def audio_from_dict(value, name="audio"):
             f"{name} is a dict with keys {sorted(value)}; expected an 'array' (or 'raw') and its 'sampling_rate'."
         )
     return audio, value["sampling_rate"]
+
+
+def load_waveform(audio, sampling_rate, target_rate, downmix=False, name="audio"):
+    """
+    Mono float32 audio at `target_rate` from a file path, encoded bytes, a `{"array", "sampling_rate"}` dict, or an
+    array at `sampling_rate` (taken to be `target_rate` when None); `name` describes it in error messages.
+    """
+    if isinstance(audio, (str, os.PathLike)):
+        return load_audio(audio, target_rate, downmix=downmix)
+    if isinstance(audio, bytes):
+        return load_audio(io.BytesIO(audio), target_rate, downmix=downmix, name=f"the {name} bytes")
+    if isinstance(audio, dict):
+        audio, sampling_rate = audio_from_dict(audio, name=name)
+    return resample(to_mono_float32(audio, name=name, downmix=downmix), sampling_rate or target_rate, target_rate)
 
 
 def split_batch(inputs):
@@ -300,4 +315,4 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         return features, attention_mask
 
 
-__all__ = ["RespM2DFeatureExtractor", "audio_from_dict", "load_audio", "split_batch"]
+__all__ = ["RespM2DFeatureExtractor", "audio_from_dict", "load_audio", "load_waveform", "split_batch"]

@@ -18,10 +18,8 @@ from .configuration_resp_m2d import RespM2DConfig
 from .feature_extraction_resp_m2d import (
     RespM2DFeatureExtractor,
     audio_from_dict,
-    load_audio,
-    resample,
+    load_waveform,
     split_batch,
-    to_mono_float32,
 )
 from .pipeline_resp_m2d import RespM2DAudioClassificationPipeline
 
@@ -434,8 +432,10 @@ class RespM2DModel(RespM2DPreTrainedModel):
         self.eval()  # no dropout, whatever mode the model is in
         try:
             for batch in progress_bar(batches, show, desc="Embedding"):
-                rate = feature_extractor.sampling_rate
-                waveforms = [load_item(items[i], sampling_rate, rate, downmix, i) for i in batch]
+                waveforms = [
+                    load_waveform(items[i], sampling_rate, feature_extractor.sampling_rate, downmix, name=f"Input {i}")
+                    for i in batch
+                ]
                 for i, embedding in zip(batch, self.embed_waveforms(waveforms, feature_extractor, autocast_dtype)):
                     embeddings[i] = embedding
         finally:
@@ -575,16 +575,6 @@ def item_duration(item, sampling_rate, index):
     if sampling_rate is None:
         raise ValueError(f"Input {index} is an array: pass `sampling_rate` for array inputs.")
     return len(item) / sampling_rate
-
-
-def load_item(item, sampling_rate, target_rate, downmix, index):
-    """Returns an `embed` input as a mono float32 array at `target_rate`."""
-    if isinstance(item, (str, Path)):
-        return load_audio(item, target_rate, downmix=downmix)
-    if isinstance(item, dict):
-        item, sampling_rate = audio_from_dict(item, name=f"Input {index}")
-    waveform = to_mono_float32(item, name=f"audio clip {index}", downmix=downmix)
-    return resample(waveform, sampling_rate, target_rate)
 
 
 def progress_bar(iterable, show, desc):

@@ -2,11 +2,10 @@
 
 import io
 import urllib.request
-from pathlib import Path
 
 from transformers import AudioClassificationPipeline
 
-from .feature_extraction_resp_m2d import audio_from_dict, load_audio, resample, to_mono_float32
+from .feature_extraction_resp_m2d import load_audio, load_waveform
 
 
 class RespM2DAudioClassificationPipeline(AudioClassificationPipeline):
@@ -55,13 +54,7 @@ class RespM2DAudioClassificationPipeline(AudioClassificationPipeline):
             with urllib.request.urlopen(inputs) as response:
                 inputs, name = response.read(), f"the audio at {inputs}"
             return load_audio(io.BytesIO(inputs), rate, downmix=downmix, name=name)
-        if isinstance(inputs, (str, Path)):
-            return load_audio(inputs, rate, downmix=downmix)
-        if isinstance(inputs, bytes):
-            return load_audio(io.BytesIO(inputs), rate, downmix=downmix, name="the audio bytes")
-        if isinstance(inputs, dict):
-            inputs, sampling_rate = audio_from_dict(inputs)
-        return resample(to_mono_float32(inputs, name="audio", downmix=downmix), sampling_rate or rate, rate)
+        return load_waveform(inputs, sampling_rate, rate, downmix=downmix)
 
     def _forward(self, model_inputs):
         model_inputs["input_features"] = model_inputs["input_features"].transpose(1, 2)
