@@ -552,6 +552,69 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
             return nn.functional.cross_entropy(logits, labels.view(-1).long())
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
+    def frame_logits(self, input_features, attention_mask=None):
+        """
+        Time-resolved scores: the clip head applied to every time step (patch column, 160 ms for 16x16 patches at
+        16 kHz) on its own. This is the trained clip classifier read step by step, not a trained event detector: a
+        step's logits say how the head would label a clip that sounded like that step throughout.
+
+        Per step, the head reads what `config.pooling` averages over time: the F band embeddings concatenated
+        ("frequency") or their mean ("mean"), of the layer chosen by `config.classifier_layer`, normalized with the
+        head's running statistics (as in evaluation). The head is affine, so in evaluation the clip logits are the mean
+        of the step logits over the clip's steps. `pooling="cls"` has one CLS token per chunk, not per step: refused.
+
+        Returns:
+            `dict` with `logits` (batch, num_labels): the clip logits, as `forward` gives in evaluation;
+            `step_logits` (batch, steps, num_labels), zeros at padded steps; `step_mask` (batch, steps), True for the
+            clip's steps; `step_start` and `step_end` (batch, steps): each step's span in seconds, from the log-mel
+            frames it covers (the last step ends at the clip's last frame; padded steps are 0).
+        """
+        if self.config.pooling == "cls":
+            raise ValueError(
+                "frame_logits() needs per-step embeddings, but this model pools the CLS token (pooling='cls'), "
+                "which exists once per chunk, not per time step: use a model with pooling='frequency' or 'mean'."
+            )
+        outputs = self.resp_m2d(
+            input_features,
+            attention_mask=attention_mask,
+            output_hidden_states=self.config.classifier_layer is not None,
+            return_dict=True,
+        )
+        states = self.layer_states(outputs)
+        step_mask = outputs.frame_mask
+        frames = self.resp_m2d.stack_frequency_bands(states, step_mask)  # (batch, steps, F * hidden)
+        steps = frames
+        if self.config.pooling == "mean":
+            steps = frames.unflatten(-1, (self.config.num_frequency_patches, -1)).mean(-2)
+        norm = self.head_norm
+
+        def head(pooled):  # the running statistics, so that steps do not normalize each other
+            mean, var = norm.running_mean, norm.running_var
+            return self.classifier(nn.functional.batch_norm(pooled, mean, var, training=False, eps=norm.eps))
+
+        step_logits = head(steps.flatten(0, 1)).unflatten(0, steps.shape[:2]) * step_mask[..., None]
+        clip_logits = head(self.resp_m2d.pool(states, step_mask, frames))
+
+        # A step is one patch column; chunks of `unit_frames` frames hold `unit_frames // patch` columns each.
+        patch_frames = self.config.patch_size[1]
+        columns_per_chunk = self.config.unit_frames // patch_frames
+        index = torch.arange(step_mask.shape[1], device=step_mask.device)
+        chunk, column = index // columns_per_chunk, index % columns_per_chunk
+        first_frame = chunk * self.config.unit_frames + column * patch_frames
+        if attention_mask is None:
+            num_frames = torch.full_like(step_mask[:, 0], input_features.shape[-1], dtype=torch.long)
+        else:
+            num_frames = attention_mask.sum(-1).long()
+        last_frame = torch.minimum(first_frame[None, :] + patch_frames, num_frames[:, None])
+        seconds_per_frame = self.config.hop_length / self.config.sampling_rate
+        return {
+            "logits": clip_logits,
+            "step_logits": step_logits,
+            "step_mask": step_mask,
+            "step_start": first_frame[None, :] * seconds_per_frame * step_mask,
+            "step_end": last_frame * seconds_per_frame * step_mask,
+        }
+
 
 def scatter_chunks(values, index, grid):
     """Puts per-chunk results (N, ...) back into a (batch, num_chunks, ...) tensor, zeros where a chunk is empty."""
