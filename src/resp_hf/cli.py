@@ -212,6 +212,47 @@ def run_logmel(args):
     print(f"Wrote {precompute_log_mels(args.input_dir, args.output_dir, config)}")
 
 
+def add_demo_commands(subparsers):
+    plot = subparsers.add_parser(
+        "plot", help="Plot a recording's spectrogram with the model's per-step scores (or embeddings) under it."
+    )
+    plot.add_argument("model", help="a resp_hf folder or Hub repo id (classifier or encoder)")
+    plot.add_argument("audio", help="an audio file (WAV, FLAC, OGG, MP3; any rate)")
+    plot.add_argument("--output", required=True, help="image to write, e.g. figure.png (or .pdf, .svg)")
+    plot.add_argument("--downmix", action="store_true", help="average the channels of multichannel audio")
+    plot.set_defaults(handler=run_plot)
+    demo = subparsers.add_parser("demo", help="Start a local Gradio web demo of a model (needs resp-hf[demo]).")
+    demo.add_argument("model", help="a resp_hf folder or Hub repo id")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    demo.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
+    demo.set_defaults(handler=run_demo)
+    space = subparsers.add_parser(
+        "space", help="Write a Hugging Face Space folder (app.py, requirements.txt, README.md) that demos a model."
+    )
+    space.add_argument("model_id", help="the model's Hub repo id, e.g. my-org/resp-m2d-icbhi")
+    space.add_argument("output_dir", help="folder to write (must be empty or new)")
+    space.add_argument("--title", help="the Space's title (default: from the model id)")
+    space.set_defaults(handler=run_space)
+
+
+def run_plot(args):
+    from .visualize import plot_file
+
+    print(f"Wrote {plot_file(args.model, args.audio, args.output, downmix=args.downmix)}")
+
+
+def run_demo(args):
+    from .demo import launch_demo
+
+    launch_demo(args.model, host=args.host, port=args.port)
+
+
+def run_space(args):
+    from .demo import write_space
+
+    print(f"Wrote {write_space(args.model_id, args.output_dir, title=args.title)}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="resp-hf", description="Respiratory audio foundation models for Transformers."
@@ -225,6 +266,7 @@ def build_parser():
     add_benchmark_command(subparsers)
     add_card_command(subparsers)
     add_pretrain_commands(subparsers)
+    add_demo_commands(subparsers)
     return parser
 
 
