@@ -193,7 +193,10 @@ def plot_file(model: str | Path, audio: str | Path, output: str | Path, downmix:
     """Writes the figure of one recording (`resp-hf plot`); returns the output path."""
     from matplotlib import pyplot as plt
 
-    figure = plot_analysis(analyze(load_model(model), str(audio), downmix=downmix), name=Path(audio).name)
+    rate = RespM2DConfig.from_pretrained(model).sampling_rate
+    waveform = load_waveform(str(audio), None, rate, downmix=downmix)  # a bad file fails before the model loads
+    analysis = analyze(load_model(model), waveform, sampling_rate=rate)
+    figure = plot_analysis(analysis, name=Path(audio).name)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=120)
