@@ -122,14 +122,10 @@ def title_of(analysis, name=None, top_k=3):
 
 def plot_analysis(analysis: Analysis, name: str | None = None):
     """A figure: the spectrogram above, the per-step scores (or principal components) below, on one time axis."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no display, and no global figure list to leak into
 
-    matplotlib.use("Agg")  # no display needed; the figure is saved or sent to a browser
-    from matplotlib import pyplot as plt
-
-    figure, (top, bottom) = plt.subplots(
-        2, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}, layout="constrained"
-    )
+    figure = Figure(figsize=(11, 6.5), layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     draw_spectrogram(top, analysis, figure)
     if analysis.step_scores is not None:
         draw_scores(bottom, analysis)
@@ -191,8 +187,6 @@ def draw_components(axis, analysis):
 
 def plot_file(model: str | Path, audio: str | Path, output: str | Path, downmix: bool = False) -> Path:
     """Writes the figure of one recording (`resp-hf plot`); returns the output path."""
-    from matplotlib import pyplot as plt
-
     rate = RespM2DConfig.from_pretrained(model).sampling_rate
     waveform = load_waveform(str(audio), None, rate, downmix=downmix)  # a bad file fails before the model loads
     analysis = analyze(load_model(model), waveform, sampling_rate=rate)
@@ -200,7 +194,6 @@ def plot_file(model: str | Path, audio: str | Path, output: str | Path, downmix:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=120)
-    plt.close(figure)
     return output
 
 
