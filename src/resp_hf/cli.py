@@ -225,6 +225,7 @@ def add_demo_commands(subparsers):
     demo.add_argument("model", help="a resp_hf folder or Hub repo id")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     demo.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
+    demo.add_argument("--title", help="the page's title (default: the model's folder or repo name)")
     demo.set_defaults(handler=run_demo)
     space = subparsers.add_parser(
         "space", help="Write a Hugging Face Space folder (app.py, requirements.txt, README.md) that demos a model."
@@ -244,7 +245,7 @@ def run_plot(args):
 def run_demo(args):
     from .demo import launch_demo
 
-    launch_demo(args.model, host=args.host, port=args.port)
+    launch_demo(args.model, host=args.host, port=args.port, title=args.title)
 
 
 def run_space(args):

@@ -111,9 +111,9 @@ def build_demo(model_name_or_path: str | Path, title: str | None = None):
     return demo
 
 
-def launch_demo(model_name_or_path: str | Path, host: str = "127.0.0.1", port: int = 7860):
+def launch_demo(model_name_or_path: str | Path, host: str = "127.0.0.1", port: int = 7860, title: str | None = None):
     """Serves the demo until interrupted (`resp-hf demo`)."""
-    build_demo(model_name_or_path).launch(server_name=host, server_port=port, show_error=False)
+    build_demo(model_name_or_path, title=title).launch(server_name=host, server_port=port, show_error=False)
 
 
 SPACE_APP = '''"""Gradio Space for {model_id}, written by `resp-hf space`: upload or record a respiratory sound."""
