@@ -9,14 +9,15 @@ import tomllib
 import numpy as np
 import pytest
 import soundfile
-from conftest import OPERA, REPO_ROOT, noise
+from conftest import OPERA, REPO_ROOT, noise, tiny_model
 from huggingface_hub import metadata_load
 from packaging.requirements import Requirement
 from test_timeline import save_classifier
 from transformers import pipeline
 
 from resp_hf.cli import main
-from resp_hf.demo import DEMO_REQUIREMENTS, analyze_upload, write_space
+from resp_hf import RespM2DFeatureExtractor
+from resp_hf.demo import DEMO_REQUIREMENTS, analyze_upload, describe_model, write_space
 from resp_hf.visualize import load_model
 
 RECORDING = OPERA / "datasets" / "icbhi" / "ICBHI_final_database" / "104_1b1_Al_sc_Litt3200.wav"  # 4 kHz
@@ -75,6 +76,31 @@ def test_stereo_is_averaged_when_asked(classifier_folder, tmp_path):
     expected = model.resp_m2d.embed(mean, sampling_rate=16000)[0].numpy()
     np.testing.assert_allclose(np.load(embedding_path), expected, atol=1e-5)
     assert labels is not None
+
+
+@pytest.mark.parametrize("suffix", ["flac", "ogg", "mp3"])
+def test_compressed_formats_at_other_rates_are_analyzed(classifier_folder, tmp_path, suffix):
+    path = tmp_path / f"clip.{suffix}"
+    soundfile.write(path, noise(1.5, rate=22050), 22050)
+    decoded, rate = soundfile.read(path, dtype="float32")
+    model = load_model(classifier_folder)
+    status, labels, _, embedding_path = analyze_upload(model, str(path), False, tmp_path)
+    assert status == f"**clip.{suffix}**: {len(decoded) / rate:.1f} s, analyzed at 16000 Hz."
+    expected = model.resp_m2d.embed({"array": decoded, "sampling_rate": rate})[0].numpy()
+    np.testing.assert_allclose(np.load(embedding_path), expected, atol=1e-5)
+    assert set(labels) == set(model.config.id2label.values())
+
+
+def test_an_encoder_folder_gives_the_embedding_view(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "encoder")
+    RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(tmp_path / "encoder")
+    encoder = load_model(tmp_path / "encoder")
+    assert "no classifier head" in describe_model(encoder, "encoder")
+    status, labels, figure, embedding_path = analyze_upload(encoder, str(RECORDING), False, tmp_path)
+    assert labels is None and "16000 Hz" in status
+    assert [text.get_text() for text in figure.axes[1].get_legend().get_texts()] == ["PC1", "PC2", "PC3"]
+    np.testing.assert_allclose(np.load(embedding_path), encoder.embed(str(RECORDING))[0].numpy(), atol=1e-5)
 
 
 def test_nothing_uploaded_asks_for_a_recording(classifier_folder, tmp_path):

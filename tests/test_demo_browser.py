@@ -96,7 +96,9 @@ def browser():
     driver_path = shutil.which("chromedriver")
     assert driver_path, "chromedriver not found: install Debian's chromium and chromium-driver (see .ci/run)."
     options = Options()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1150"):
+    arguments = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1150"]
+    arguments += ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]  # a test-tone microphone
+    for argument in arguments:
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(60)
@@ -158,3 +160,17 @@ def test_corrupt_upload_shows_the_error_in_the_page(demo_url, browser, tmp_path)
     assert "Could not read corrupt.wav" in status and "Traceback" not in browser.page_source
     assert not browser.find_elements(By.CSS_SELECTOR, "#figure img")
     assert not browser.find_elements(By.CSS_SELECTOR, "#embedding a[href*='.npy']")
+
+
+def test_recording_from_the_microphone_is_analyzed(demo_url, browser):
+    browser.get(demo_url)
+    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "button[aria-label='Record audio']"))
+    browser.find_element(By.CSS_SELECTOR, "button[aria-label='Record audio']").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, "button.record-button")).click()
+    time.sleep(2)  # Chromium's fake microphone plays a beep
+    browser.find_element(By.CSS_SELECTOR, "button.stop-button").click()
+    WebDriverWait(browser, RESULT_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#figure img"))
+    status = status_text(browser)
+    assert status.startswith("audio.wav: ") and "analyzed at 16000 Hz" in status
+    assert float(status.split(": ")[1].split(" s")[0]) >= 1.5
+    assert browser.find_element(By.ID, "labels").text.splitlines()[1] in LABELS.values()

@@ -102,7 +102,8 @@ def build_demo(model_name_or_path: str | Path, title: str | None = None):
                 downmix = gr.Checkbox(label=DOWNMIX_LABEL, value=False)
                 button = gr.Button("Analyze", variant="primary", elem_id="analyze")
                 status = gr.Markdown(elem_id="status")
-                labels = gr.Label(num_top_classes=TOP_K, label="Clip labels", elem_id="labels")
+                is_classifier = isinstance(model, RespM2DForAudioClassification)
+                labels = gr.Label(num_top_classes=TOP_K, label="Clip labels", elem_id="labels", visible=is_classifier)
                 embedding = gr.File(label="Clip embedding (.npy)", elem_id="embedding")
             with gr.Column(scale=2):
                 figure = gr.Plot(show_label=False, elem_id="figure", format="png")  # the figure has its own title
