@@ -552,7 +552,9 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
             return nn.functional.cross_entropy(logits, labels.view(-1).long())
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
-    def frame_logits(self, input_features, attention_mask=None):
+    def frame_logits(
+        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """
         Time-resolved scores: the clip head applied to every time step (patch column, 160 ms for 16x16 patches at
         16 kHz) on its own. This is the trained clip classifier read step by step, not a trained event detector: a
