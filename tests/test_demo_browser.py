@@ -72,8 +72,10 @@ def wait_for_server(process, url, log):
 def demo_url(golden_classifier, tmp_path_factory):
     """Runs `resp-hf demo` on a free local port for the module's tests; stops it afterwards."""
     port = free_port()
-    log = tmp_path_factory.mktemp("demo_server") / "server.log"
+    server_dir = tmp_path_factory.mktemp("demo_server")
+    log = server_dir / "server.log"
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["GRADIO_TEMP_DIR"] = str(server_dir / "uploads")  # Gradio's copies of the uploads stay in the test's folder
     command = [sys.executable, "-m", "resp_hf.cli", "demo", str(golden_classifier), "--port", str(port)]
     command += ["--title", TITLE]
     with open(log, "w") as output:
