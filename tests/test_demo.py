@@ -1,5 +1,6 @@
 """The web demo's request handler and the Space folder written by `resp-hf space` (the browser test drives the page)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -153,3 +154,16 @@ def test_space_refuses_bad_ids_and_non_empty_folders(tmp_path, capsys):
     (tmp_path / "b" / "keep.txt").write_text("mine")
     assert main(["space", "my-org/model", str(tmp_path / "b")]) == 2
     assert "is not empty" in capsys.readouterr().err and (tmp_path / "b" / "keep.txt").read_text() == "mine"
+
+
+def test_missing_demo_extra_is_one_line_with_the_install_command(classifier_folder, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "gradio" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", str(classifier_folder)])
+    expected = "resp-hf demo: error: gradio is not installed; install the extra: pip install -e '.[demo]'"
+    assert exit_info.value.code == expected

@@ -1,6 +1,7 @@
 """The `resp-hf` command line."""
 
 import argparse
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -236,19 +237,28 @@ def add_demo_commands(subparsers):
     space.set_defaults(handler=run_space)
 
 
+def require_demo_extra(command, module):
+    """Exits with one line naming the install command when `module` (from the `demo` extra) is missing."""
+    if importlib.util.find_spec(module) is None:
+        sys.exit(f"resp-hf {command}: error: {module} is not installed; install the extra: pip install -e '.[demo]'")
+
+
 def run_plot(args):
+    require_demo_extra("plot", "matplotlib")
     from .visualize import plot_file
 
     print(f"Wrote {plot_file(args.model, args.audio, args.output, downmix=args.downmix)}")
 
 
 def run_demo(args):
+    require_demo_extra("demo", "gradio")
     from .demo import launch_demo
 
     launch_demo(args.model, host=args.host, port=args.port, title=args.title)
 
 
 def run_space(args):
+    require_demo_extra("space", "gradio")
     from .demo import write_space
 
     print(f"Wrote {write_space(args.model_id, args.output_dir, title=args.title)}")
