@@ -23,13 +23,16 @@ def add_convert_command(subparsers):
         "(default: the checkpoint's folder name)",
     )
     parser.add_argument("--no-card", action="store_true", help="do not write README.md")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.set_defaults(handler=run_convert)
 
 
 def run_convert(args):
     from .convert import convert_m2d_checkpoint
 
-    report = convert_m2d_checkpoint(args.checkpoint, args.output_dir, name=args.name, write_card=not args.no_card)
+    report = convert_m2d_checkpoint(
+        args.checkpoint, args.output_dir, name=args.name, write_card=not args.no_card, overwrite=args.overwrite
+    )
     print(report)
 
 
