@@ -198,6 +198,13 @@ def add_pretrain_commands(subparsers):
     logmel.add_argument("input_dir", help="folder of audio files (searched recursively)")
     logmel.add_argument("output_dir", help="folder for the .npy files and files.csv")
     logmel.add_argument("--model", help="a resp_hf folder whose front end to use (default: the 16 kHz M2D one)")
+    logmel.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.0,
+        help="zero-pad shorter audio to this length first (M2D's wav_to_lms.py and the m2d-resp recipe: 6.1)",
+    )
+    logmel.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     logmel.set_defaults(handler=run_logmel)
 
 
@@ -212,7 +219,10 @@ def run_logmel(args):
     from .training.pretrain_data import precompute_log_mels
 
     config = RespM2DConfig.from_pretrained(args.model) if args.model else RespM2DConfig()
-    print(f"Wrote {precompute_log_mels(args.input_dir, args.output_dir, config)}")
+    files = precompute_log_mels(
+        args.input_dir, args.output_dir, config, min_seconds=args.min_seconds, overwrite=args.overwrite
+    )
+    print(f"Wrote {files}")
 
 
 def build_parser():

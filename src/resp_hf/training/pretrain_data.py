@@ -13,6 +13,7 @@ from datasets import Audio
 from ..audio import decode_audio
 from ..data import AUDIO_EXTENSIONS, is_saved_dataset, load_any_dataset
 from ..models.resp_m2d import RespM2DFeatureExtractor
+from .output_folders import atomic_file, atomic_folder, check_output_folder
 
 
 def raw_log_mel_extractor(config):
@@ -92,14 +93,16 @@ def dataset_rows(name, split, audio_column):
 class LogMelUnits(torch.utils.data.Dataset):
     """
     Normalized log-mel crops of the unit size (n_mels x unit frames) of `items` from `read_source`. The crop position
-    depends only on (seed, epoch, index), so an interrupted run resumes on exactly the same data.
+    depends only on (seed, epoch, index), so an interrupted run resumes on exactly the same data. Audio shorter than
+    `min_seconds` is zero-padded before the log-mel (M2D's `wav_to_lms.py` pads to 6.1 s).
     """
 
-    def __init__(self, items, config, seed=0):
+    def __init__(self, items, config, seed=0, min_seconds=0.0):
         self.items = list(items)
         self.config = config
         self.seed = seed
         self.epoch = 0
+        self.min_seconds = min_seconds
         self.extractor = raw_log_mel_extractor(config)
 
     def __len__(self):
@@ -110,53 +113,87 @@ class LogMelUnits(torch.utils.data.Dataset):
 
     def log_mel(self, item):
         """Raw log-mel (n_mels, frames) of an audio file, a stored `.npy`, or a `(dataset, row)` pair."""
+        rate = self.extractor.sampling_rate
         if isinstance(item, tuple):
             dataset, row = item
-            audio = decode_audio(dataset[row][dataset.column_names[0]], self.extractor.sampling_rate, downmix=True)
+            audio = decode_audio(dataset[row][dataset.column_names[0]], rate, downmix=True)
         elif item.endswith(".npy"):
-            array = np.load(item)
+            array = np.load(item, allow_pickle=False)
             if array.ndim != 2 or array.shape[0] != self.config.num_mel_bins:
                 raise ValueError(f"{item} holds shape {array.shape}, expected ({self.config.num_mel_bins}, frames).")
             return torch.from_numpy(array.astype(np.float32))
         else:
-            audio = decode_audio(item, self.extractor.sampling_rate, downmix=True)
-        return self.extractor(audio, sampling_rate=self.extractor.sampling_rate)["input_features"][0]
+            audio = decode_audio(item, rate, downmix=True)
+        audio = pad_to_seconds(audio, self.min_seconds, rate)
+        return self.extractor(audio, sampling_rate=rate)["input_features"][0]
 
     def __getitem__(self, index):
-        features = (self.log_mel(self.items[index]) - self.config.norm_mean) / self.config.norm_std
-        frames = self.config.unit_frames
-        if features.shape[1] < frames:
-            return torch.nn.functional.pad(features, (0, frames - features.shape[1]))
         generator = np.random.default_rng([self.seed, self.epoch, index])
-        start = int(generator.integers(0, features.shape[1] - frames + 1))
-        return features[:, start : start + frames]
+        crop = random_crop(self.log_mel(self.items[index]), self.config.unit_frames, generator)
+        return (crop - self.config.norm_mean) / self.config.norm_std
 
 
-def norm_stats_from_sample(items, config, count=1000, seed=0):
-    """Mean and std of the raw log-mel of up to `count` randomly chosen items (see `read_source`)."""
-    dataset = LogMelUnits(items, config)
-    chosen = np.random.default_rng(seed).permutation(len(items))[:count]
-    values = torch.cat([dataset.log_mel(dataset.items[i]).flatten() for i in chosen])
-    return float(values.mean()), float(values.std())
+def pad_to_seconds(audio, seconds, sampling_rate):
+    """`audio` zero-padded at the end to at least `seconds`."""
+    missing = int(sampling_rate * seconds) - audio.shape[-1]
+    return np.pad(audio, (0, missing)) if missing > 0 else audio
 
 
-def precompute_log_mels(input_dir, output_dir, config, progress=True):
-    """Writes the raw log-mel of every audio file under `input_dir` as `.npy` plus a `files.csv` list to train on."""
+def random_crop(features, frames, generator):
+    """
+    A random `frames`-long window of a raw log-mel, zero-padded at the end when shorter (M2D's `complete_audio`: the
+    start is drawn from 0 .. length - frames - 1, and padding comes before normalization).
+    """
+    length = features.shape[1]
+    if length < frames:
+        return torch.nn.functional.pad(features, (0, frames - length))
+    start = int(generator.integers(0, length - frames)) if length > frames else 0
+    return features[:, start : start + frames]
+
+
+def norm_stats_from_crops(dataset, count=5000, seed=0):
+    """
+    Mean and std of the raw log-mel over `count` random unit-size crops, as M2D computes them at the start of
+    training (audio_dataset.py: items drawn with replacement, one random crop each, std + float32 eps).
+    """
+    generator = np.random.default_rng(seed)
+    total, total_squares, values = 0.0, 0.0, 0
+    for index in generator.integers(0, len(dataset), size=count):
+        crop = random_crop(dataset.log_mel(dataset.items[index]), dataset.config.unit_frames, generator).double()
+        total, total_squares, values = total + float(crop.sum()), total_squares + float((crop**2).sum()), values + crop.numel()
+    mean = total / values
+    variance = (total_squares - values * mean**2) / (values - 1)  # unbiased, as torch.std
+    return mean, float(np.sqrt(max(variance, 0.0))) + float(torch.finfo().eps)
+
+
+def precompute_log_mels(input_dir, output_dir, config, progress=True, min_seconds=0.0, overwrite=False):
+    """
+    Writes the raw log-mel of every audio file under `input_dir` as `.npy` plus a `files.csv` list to train on. The
+    folder appears whole once every file is written; a non-empty `output_dir` is replaced only with `overwrite`.
+    """
     from tqdm.auto import tqdm
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
+    check_output_folder(output_dir, overwrite)
     audio = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not audio:
         raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) under {input_dir}.")
-    dataset = LogMelUnits([], config)
+    dataset = LogMelUnits([], config, min_seconds=min_seconds)
     written = []
-    for path in tqdm(audio, desc="Log-mel", disable=not progress):
-        target = output_dir / path.relative_to(input_dir).with_suffix(".npy")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, dataset.log_mel(str(path)).numpy().astype(np.float32))
-        written.append(target.relative_to(output_dir))
-    with open(output_dir / "files.csv", "w", newline="") as handle:
+    with atomic_folder(output_dir) as folder:
+        for path in tqdm(audio, desc="Log-mel", disable=not progress):
+            relative = path.relative_to(input_dir).with_suffix(".npy")
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            np.save(folder / relative, dataset.log_mel(str(path)).numpy().astype(np.float32))
+            written.append(relative)
+        write_file_list(folder / "files.csv", written)
+    return output_dir / "files.csv"
+
+
+def write_file_list(path, paths):
+    """A CSV file list (one `path` column) that `read_source` reads, written atomically."""
+    with atomic_file(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path"])
-        writer.writerows([[str(path)] for path in written])
-    return output_dir / "files.csv"
+        writer.writerows([[str(item)] for item in paths])
+    return path
