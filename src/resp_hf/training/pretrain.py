@@ -342,6 +342,9 @@ def checkpoint_problem(folder):
         files = json.loads(manifest.read_text())["files"]
     except (ValueError, KeyError, TypeError):
         return f"{manifest} is unreadable"
+    unlisted = sorted(set(path.name for path in Path(folder).iterdir()) - set(files) - {MANIFEST_FILE})
+    if unlisted:
+        return f"{Path(folder) / unlisted[0]} was not saved with the checkpoint (remove it if you put it there)"
     for name, expected in files.items():
         path = Path(folder) / name
         if not path.is_file():
