@@ -197,3 +197,129 @@ def write_file_list(path, paths):
         writer.writerow(["path"])
         writer.writerows([[str(item)] for item in paths])
     return path
+
+
+# The M2D+Resp paper's further pre-training data (Interspeech 2025), counted in entries of its file lists.
+PAPER_COUNTS = {
+    "icbhi_train": 539,  # ICBHI 2017 training recordings (the official split lists 540; one has no recording)
+    "icbhi": 539 * 6,
+    "hf_lung": 3839,
+    "coughvid": 7054,
+    "respiratory": 14127,
+    "respiratory_repeated": 409683,
+    "audioset": 2005132,
+    "mixture": 2414815,
+}
+ICBHI_SPLIT_FILE = "ICBHI_challenge_train_test.txt"
+COUGHVID_METADATA = "metadata_compiled.csv"
+
+
+def icbhi_training_recordings(folder):
+    """
+    The `.wav` of every recording the official split (`ICBHI_challenge_train_test.txt`, in `folder` or its parent)
+    marks `train`, and the names it lists without a recording.
+    """
+    folder = Path(folder)
+    split_files = [path / ICBHI_SPLIT_FILE for path in (folder, folder.parent) if (path / ICBHI_SPLIT_FILE).is_file()]
+    if not split_files:
+        raise FileNotFoundError(f"{ICBHI_SPLIT_FILE} (ICBHI's official split) is not in {folder} or its parent folder.")
+    found, missing = [], []
+    for number, line in enumerate(split_files[0].read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("train", "test"):
+            raise ValueError(f"{split_files[0]}, line {number}: expected '<recording>\\t<train|test>', got {line!r}.")
+        if fields[1] == "train":
+            path = folder / f"{fields[0]}.wav"
+            (found if path.is_file() else missing).append(path)
+    return found, missing
+
+
+def folder_recordings(folder):
+    """Every audio file under `folder`, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Folder not found: {folder}.")
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def coughvid_recordings(folder, threshold=0.95):
+    """CoughVID recordings whose `cough_detected` score (in `metadata_compiled.csv`) is above `threshold`."""
+    folder = Path(folder)
+    metadata = folder / COUGHVID_METADATA
+    if not metadata.is_file():
+        raise FileNotFoundError(f"{metadata} (CoughVID's metadata with the cough_detected scores) not found.")
+    with open(metadata, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"uuid", "cough_detected"} <= set(rows[0]):
+        raise ValueError(f"{metadata} has no 'uuid' and 'cough_detected' columns (found {list(rows[0])}).")
+    audio = {path.stem: path for path in folder_recordings(folder)}
+    chosen, missing = [], []
+    for number, row in enumerate(rows, start=2):
+        try:
+            score = float(row["cough_detected"] or "nan")
+        except ValueError:
+            raise ValueError(f"{metadata}, line {number}: cough_detected is {row['cough_detected']!r}.") from None
+        if score > threshold and row["uuid"] in audio:
+            chosen.append(audio[row["uuid"]])
+        elif score > threshold:
+            missing.append(row["uuid"])
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} CoughVID recordings with cough_detected > {threshold} have no audio file in {folder} "
+            f"(first: {missing[0]}); convert them all (e.g. .webm to .wav) before building the list."
+        )
+    return chosen
+
+
+def build_pretraining_lists(
+    output_dir,
+    icbhi,
+    hf_lung,
+    coughvid,
+    audioset=None,
+    icbhi_repeat=6,
+    respiratory_repeat=29,
+    cough_threshold=0.95,
+    overwrite=False,
+):
+    """
+    Writes the paper's respiratory list `respiratory.csv` (ICBHI's training recordings x `icbhi_repeat`, HF_Lung,
+    CoughVID above `cough_threshold`) and, given an AudioSet list or folder, `mixture.csv`: AudioSet plus the
+    respiratory list x `respiratory_repeat`. Returns the counts and notes.
+    """
+    output_dir = Path(output_dir)
+    check_output_folder(output_dir, overwrite)
+    icbhi_train, icbhi_missing = icbhi_training_recordings(icbhi)
+    parts = {
+        "icbhi_train": icbhi_train,
+        "icbhi": icbhi_train * icbhi_repeat,
+        "hf_lung": folder_recordings(hf_lung),
+        "coughvid": coughvid_recordings(coughvid, cough_threshold),
+    }
+    respiratory = parts["icbhi"] + parts["hf_lung"] + parts["coughvid"]
+    counts = {name: len(items) for name, items in parts.items()}
+    counts |= {"respiratory": len(respiratory), "respiratory_repeated": len(respiratory) * respiratory_repeat}
+    notes = []
+    if icbhi_missing:  # the official split names 921 recordings; the database holds 920
+        missing = ", ".join(path.stem for path in icbhi_missing)
+        notes.append(f"ICBHI's split lists {len(icbhi_missing)} training recordings with no .wav: {missing}")
+    with atomic_folder(output_dir) as folder:
+        write_file_list(folder / "respiratory.csv", [path.resolve() for path in respiratory])
+        if audioset:
+            audioset_items = file_paths(Path(audioset))
+            counts |= {"audioset": len(audioset_items)}
+            counts |= {"mixture": len(audioset_items) + counts["respiratory_repeated"]}
+            mixture = audioset_items + [str(path.resolve()) for path in respiratory] * respiratory_repeat
+            write_file_list(folder / "mixture.csv", mixture)
+    return counts, notes
+
+
+def pretraining_lists_report(output_dir, counts, notes):
+    """The counts next to the paper's, one line each."""
+    lines = [f"Wrote {Path(output_dir) / 'respiratory.csv'}" + (" and mixture.csv" if "mixture" in counts else "")]
+    width = max(map(len, counts))
+    for name, count in counts.items():
+        lines.append(f"  {name:<{width}}  {count:>9,}   (paper: {PAPER_COUNTS[name]:,})")
+    return "\n".join(lines + [f"  note: {note}" for note in notes])
