@@ -512,7 +512,9 @@ def test_an_earlier_output_folder_is_kept_unless_overwrite_and_files_follow_the_
     assert cli_main(["convert", str(bad), str(output), "--overwrite"]) == 2
     assert (output / "model.safetensors").read_bytes() == first  # a failed conversion leaves the folder as it was
 
-    other = save_checkpoint(tmp_path, {"model": small_training_state(depth=2)}, folder="m2d_vit_base-80x608p16x16p16k-c")
+    other = save_checkpoint(
+        tmp_path, {"model": small_training_state(depth=2)}, folder="m2d_vit_base-80x608p16x16p16k-c"
+    )
     assert cli_main(["convert", str(other), str(output), "--overwrite"]) == 0
     assert RespM2DModel.from_pretrained(output).config.num_hidden_layers == 2
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(

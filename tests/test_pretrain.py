@@ -520,7 +520,8 @@ def test_the_m2d_resp_recipe_sets_the_papers_values_and_explicit_options_win():
     args = pretrain.parse_args(["--recipe", "m2d-resp", "--data", "x.csv", "--output-dir", "run", "--epochs", "3"])
     assert args.epochs == 3 and args.clip_grad == 3.0
     plain = pretrain.parse_args(["--init", "scratch", "--data", "x.csv", "--output-dir", "run"])
-    assert (plain.clip_grad, plain.min_seconds, plain.effective_batch_size, plain.mixed_precision) == (None, 0.0, None, "no")
+    defaults = (plain.clip_grad, plain.min_seconds, plain.effective_batch_size, plain.mixed_precision)
+    assert defaults == (None, 0.0, None, "no")
     with pytest.raises(SystemExit):
         pretrain.parse_args(["--data", "x.csv", "--output-dir", "run"])  # --init is required without a recipe
 

@@ -1,7 +1,11 @@
 """Further pre-training of an M2D encoder with the M2D objective, on one CPU or many GPUs through Accelerate.
 
-    accelerate launch -m resp_hf.training.pretrain --init m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth \\
-        --data audioset.csv --data resp.csv:5 --output-dir ./m2d-resp --epochs 50 --batch-size 64
+    accelerate launch -m resp_hf.training.pretrain --recipe m2d-resp \\
+        --init m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth \\
+        --data audioset.csv --data respiratory.csv:29 --output-dir ./m2d-resp --batch-size 64
+
+`--recipe m2d-resp` sets the M2D+Resp paper's values (`recipes.py` names the source of each); `resp-hf pretrain-data`
+writes the paper's respiratory list and mixture.
 
 Several CPU processes (gloo): `accelerate launch --multi_gpu --num_processes 2 -m resp_hf.training.pretrain --cpu ...`
 (accelerate's own `--cpu` launch option starts a single process unless MPI is configured).

@@ -160,7 +160,9 @@ def norm_stats_from_crops(dataset, count=5000, seed=0):
     total, total_squares, values = 0.0, 0.0, 0
     for index in generator.integers(0, len(dataset), size=count):
         crop = random_crop(dataset.log_mel(dataset.items[index]), dataset.config.unit_frames, generator).double()
-        total, total_squares, values = total + float(crop.sum()), total_squares + float((crop**2).sum()), values + crop.numel()
+        total += float(crop.sum())
+        total_squares += float((crop**2).sum())
+        values += crop.numel()
     mean = total / values
     variance = (total_squares - values * mean**2) / (values - 1)  # unbiased, as torch.std
     return mean, float(np.sqrt(max(variance, 0.0))) + float(torch.finfo().eps)
