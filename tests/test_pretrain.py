@@ -688,3 +688,18 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(log_mel_li
     assert cli_main(pretrain_args(log_mel_list, output, 3, "--resume", "latest")) == 2
     error = capsys.readouterr().err
     assert "No undamaged checkpoint" in error and f"{output / 'checkpoints' / 'step-1' / 'optimizer.bin'}" in error
+
+
+def test_a_run_with_the_recipe_scaled_down_to_a_tiny_encoder(recordings, tmp_path, capsys):
+    output = tmp_path / "run"
+    arguments = ["pretrain", "--recipe", "m2d-resp", "--init", "scratch", "--encoder-config", json.dumps(TINY)]
+    arguments += ["--data", f"{recordings}:2", "--output-dir", str(output), "--epochs", "2", "--batch-size", "8"]
+    arguments += ["--effective-batch-size", "16", "--mixed-precision", "no", "--norm-stats-crops", "20"]
+    arguments += ["--num-workers", "0", "--no-progress", "--log-every", "1", *SMALL_PREDICTOR]
+    assert cli_main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "20 clips, effective batch 16, lr 1.87e-05, 2 steps" in printed  # 3e-4 x 16 / 256; 20 // 8 batches / 2
+    assert sorted(logged_losses(output)) == [1, 2]
+    config = json.loads((output / "encoder" / "config.json").read_text())
+    dataset = LogMelUnits(read_source(f"{recordings}:2"), RespM2DConfig(**TINY), min_seconds=6.1)
+    assert (config["norm_mean"], config["norm_std"]) == pytest.approx(norm_stats_from_crops(dataset, 20, seed=0))
