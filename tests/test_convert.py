@@ -12,6 +12,7 @@ import torch
 from conftest import GOLDEN, GOLDEN_CHECKPOINT, OPERA
 
 from resp_hf import RespM2DModel, UnsafeCheckpointError, convert_m2d_checkpoint
+from resp_hf.cli import main as cli_main
 from resp_hf.convert import load_checkpoint, parse_checkpoint_name
 
 GOLDEN_DROPPED = {
@@ -323,7 +324,7 @@ def test_name_that_contradicts_the_weights_is_an_error(tmp_path):
             lambda s: s.update(
                 {k.replace("blocks.0.", "blocks.3."): v for k, v in s.items() if k.startswith("blocks.0.")}
             ),
-            r"not numbered 0..N-1",
+            r"lacks blocks \[2\] \(found blocks \[0, 1, 3\]\)",
         ),
         (lambda s: s.pop("pos_embed"), "lacks the encoder weight 'embeddings.position_embeddings'"),
         (lambda s: s.update({"norm_stats": torch.zeros(3)}), r"norm_stats must hold \(mean, std\)"),
@@ -433,3 +434,109 @@ def test_conversion_embedding_and_the_pipeline_need_no_training_extras(tmp_path)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"size": 3840, "labels": 2}
+
+
+PAPER_RELEASE = "m2d_vit_base-80x608p16x16p16k-250826-AS+Resp400K"
+
+
+def test_the_papers_m2d_resp_release_converts_under_its_official_folder_name(tmp_path):
+    # The release is encoder-only (PortableM2D's backbone state dict, saved flat): 150 ViT-Base weights + norm_stats.
+    state = official_state_dict(depth=12, width=768, mlp=3072, grid=(5, 38), patch=(16, 16))
+    assert len(state) == 151
+    path = save_checkpoint(tmp_path, state, folder=PAPER_RELEASE, filename="checkpoint-50.pth")
+    report = convert_m2d_checkpoint(path, tmp_path / "out")
+    config = report.config
+    assert (config.sampling_rate, config.input_size, config.patch_size) == (16000, [80, 608], [16, 16])
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (12, 768, 12)
+    assert (config.norm_mean, config.norm_std) == (-6.5, 4.5) and report.dropped == {}
+    model = RespM2DModel.from_pretrained(tmp_path / "out")
+    assert torch.equal(model.encoder.layer[11].attention.qkv.weight, state["blocks.11.attn.qkv.weight"])
+    assert torch.equal(model.layernorm.bias, state["norm.bias"])
+    assert f"{PAPER_RELEASE}/checkpoint-50.pth" in (tmp_path / "out" / "README.md").read_text()
+
+
+def small_training_state(depth=3):
+    """A small official-style training checkpoint: online blocks plus their EMA copies as target blocks."""
+    state = official_state_dict(depth=depth, width=64, mlp=128, grid=(5, 38), patch=(16, 16))
+    targets = {f"target_{key}": value.clone() for key, value in state.items() if key.startswith("blocks.")}
+    return {**state, **targets}
+
+
+def drop(state, prefix):
+    return {key: value for key, value in state.items() if not key.startswith(prefix)}
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: drop(s, "blocks.2."), r"2 online encoder blocks but 3 target encoder blocks"),
+        (lambda s: drop(s, "blocks.1."), r"lacks blocks \[1\] \(found blocks \[0, 2\]\)"),
+        (lambda s: drop(s, "target_blocks.1."), r"lacks target_blocks \[1\]"),
+    ],
+    ids=["last_online_block_missing", "online_gap", "target_gap"],
+)
+def test_checkpoints_missing_a_whole_block_are_refused(tmp_path, edit, message):
+    path = save_checkpoint(tmp_path, {"model": edit(small_training_state())})
+    with pytest.raises(ValueError, match=message):
+        convert_m2d_checkpoint(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path):
+    state = small_training_state()
+    state["blocks.1.attn.qkv.weight"][0, 0] = float("nan")
+    state["norm.bias"][3] = float("inf")
+    path = save_checkpoint(tmp_path, {"model": state})
+    with pytest.raises(ValueError, match=r"NaN or Inf values in 2 tensors: norm.bias, blocks.1.attn.qkv.weight\."):
+        convert_m2d_checkpoint(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_earlier_output_folder_is_kept_unless_overwrite_and_files_follow_the_umask(tmp_path, capsys):
+    good = save_checkpoint(tmp_path, {"model": small_training_state()}, folder="m2d_vit_base-80x608p16x16p16k-a")
+    output = tmp_path / "out"
+    assert cli_main(["convert", str(good), str(output)]) == 0
+    capsys.readouterr()
+    first = (output / "model.safetensors").read_bytes()
+    expected_mode = 0o666 & ~current_umask()
+    modes = {path.name: path.stat().st_mode & 0o777 for path in output.iterdir()}
+    assert modes["model.safetensors"] == expected_mode and set(modes.values()) == {expected_mode}
+
+    assert cli_main(["convert", str(good), str(output)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "is not empty" in error and "--overwrite" in error and len(error.splitlines()) == 1
+
+    damaged = small_training_state()
+    damaged["norm.weight"][0] = float("nan")
+    bad = save_checkpoint(tmp_path, {"model": damaged}, folder="m2d_vit_base-80x608p16x16p16k-b")
+    assert cli_main(["convert", str(bad), str(output), "--overwrite"]) == 2
+    assert (output / "model.safetensors").read_bytes() == first  # a failed conversion leaves the folder as it was
+
+    other = save_checkpoint(
+        tmp_path, {"model": small_training_state(depth=2)}, folder="m2d_vit_base-80x608p16x16p16k-c"
+    )
+    assert cli_main(["convert", str(other), str(output), "--overwrite"]) == 0
+    assert RespM2DModel.from_pretrained(output).config.num_hidden_layers == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["out", "m2d_vit_base-80x608p16x16p16k-a", "m2d_vit_base-80x608p16x16p16k-b", "m2d_vit_base-80x608p16x16p16k-c"]
+    )  # no temporary folders left behind
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_cli_errors_for_a_file_as_output_and_a_checkpoint_that_does_not_exist(tmp_path, capsys):
+    good = save_checkpoint(tmp_path, {"model": small_training_state()}, folder="m2d_vit_base-80x608p16x16p16k-a")
+    existing_file = tmp_path / "out.bin"
+    existing_file.write_text("keep me")
+    assert cli_main(["convert", str(good), str(existing_file)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{existing_file} is an existing file" in error and len(error.splitlines()) == 1
+    assert existing_file.read_text() == "keep me"
+
+    assert cli_main(["convert", str(tmp_path / "nonexist.pth"), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{tmp_path / 'nonexist.pth'} does not exist" in error and "name" not in error

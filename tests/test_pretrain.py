@@ -7,20 +7,22 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 from accelerate.data_loader import DataLoaderShard
 from conftest import GOLDEN_CHECKPOINT, run_without_resp_hf
 from datasets import Audio, Dataset, DatasetDict
 
-from resp_hf import RespM2DConfig, RespM2DModel
+from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from resp_hf.cli import main as cli_main
 from resp_hf.convert import load_checkpoint
 from resp_hf.synthetic import write_two_class_recordings
 from resp_hf.training import pretrain
 from resp_hf.training.m2d import M2DPretrainingModel, predictor_config, random_masks
 from resp_hf.training.pretrain import build_model, model_from_official, parameter_groups
-from resp_hf.training.pretrain_data import LogMelUnits, read_source
+from resp_hf.training.pretrain_data import LogMelUnits, norm_stats_from_crops, read_source
 
 TINY = {
     "hidden_size": 64,
@@ -373,7 +375,8 @@ def test_sigterm_to_the_process_group_saves_a_checkpoint_and_the_run_resumes_fro
     step = int(checkpoint.removeprefix("step-"))
     assert step >= 2 and not (output / "encoder").exists()
     written = set(os.listdir(output / "checkpoints" / checkpoint))
-    assert {"model.safetensors", "optimizer.bin", "custom_checkpoint_1.pkl"} <= written  # the last is written last
+    assert {"model.safetensors", "optimizer.bin", "train_state.json", "checkpoint.json"} <= written
+    assert not any(name.startswith("custom_checkpoint") for name in written)  # nothing the resume would unpickle
     (output / "checkpoints" / f"step-{step + 100}.partial").mkdir()  # a save that did not finish is not resumed
     assert cli_main(pretrain_args(log_mel_list, output, step + 2, "--resume", "latest")) == 0
     assert max(logged_losses(output)) == step + 2 and (output / "encoder" / "model.safetensors").is_file()
@@ -490,3 +493,213 @@ def test_pretraining_on_a_saved_dataset_mixed_with_a_file_list(saved_dataset, lo
     assert sorted(logged_losses(tmp_path / "run")) == [1, 2]
     config = json.loads((tmp_path / "run" / "encoder" / "config.json").read_text())
     assert config["norm_mean"] != TINY["norm_mean"]  # computed over the dataset rows and the files
+
+
+def test_the_m2d_resp_recipe_sets_the_papers_values_and_explicit_options_win():
+    args = pretrain.parse_args(["--recipe", "m2d-resp", "--data", "mixture.csv", "--output-dir", "run"])
+    values = {key: getattr(args, key) for key in vars(args)}
+    assert values | {
+        "init": "m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth",
+        "epochs": 50,
+        "effective_batch_size": 2048,
+        "base_lr": 3e-4,
+        "warmup_epochs": 20.0,
+        "clip_grad": 3.0,
+        "mixed_precision": "fp16",
+        "mask_ratio": 0.7,
+        "ema_start": 0.99995,
+        "ema_end": 0.99999,
+        "weight_decay": 0.05,
+        "norm_stats": "compute",
+        "norm_stats_crops": 5000,
+        "min_seconds": 6.1,
+        "predictor_width": 512,
+        "predictor_depth": 8,
+        "predictor_heads": 16,
+    } == values
+    args = pretrain.parse_args(["--recipe", "m2d-resp", "--data", "x.csv", "--output-dir", "run", "--epochs", "3"])
+    assert args.epochs == 3 and args.clip_grad == 3.0
+    plain = pretrain.parse_args(["--init", "scratch", "--data", "x.csv", "--output-dir", "run"])
+    defaults = (plain.clip_grad, plain.min_seconds, plain.effective_batch_size, plain.mixed_precision)
+    assert defaults == (None, 0.0, None, "no")
+    with pytest.raises(SystemExit):
+        pretrain.parse_args(["--data", "x.csv", "--output-dir", "run"])  # --init is required without a recipe
+
+
+def test_the_effective_batch_size_sets_gradient_accumulation():
+    args = pretrain.parse_args(["--recipe", "m2d-resp", "--data", "x.csv", "--output-dir", "r", "--batch-size", "64"])
+    assert pretrain.gradient_accumulation_steps(args, num_processes=4) == 8  # 2048 = 64 x 4 x 8
+    assert pretrain.gradient_accumulation_steps(args, num_processes=1) == 32
+    args.batch_size = 48
+    with pytest.raises(ValueError, match=r"--effective-batch-size 2048 is not a multiple of --batch-size 48 x 1"):
+        pretrain.gradient_accumulation_steps(args, num_processes=1)
+
+
+def test_gradient_clipping_warmup_in_epochs_and_the_ema_schedule(log_mel_list, tmp_path, monkeypatch):
+    norms = []
+    step = torch.optim.AdamW.step
+
+    def record_gradient_norm(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record_gradient_norm)
+    extra = ["--warmup-epochs", "1", "--ema-start", "0.9", "--ema-end", "0.99"]
+    assert cli_main(pretrain_args(log_mel_list, tmp_path / "free", 6, *extra)) == 0
+    assert max(norms) > 0.05  # without clipping the gradients are larger than the limit tested next
+    norms.clear()
+    assert cli_main(pretrain_args(log_mel_list, tmp_path / "clipped", 6, *extra, "--clip-grad", "0.05")) == 0
+    assert len(norms) == 6 and max(norms) <= 0.05 * (1 + 1e-5)
+    # 32 clips in batches of 8: 4 steps an epoch, so 1 warm-up epoch is 4 steps; then cosine to 0 at step 6.
+    peak = 1e-2 * 8 / 256
+    for row in logged_rows(tmp_path / "clipped"):
+        k = int(row["step"])
+        expected = peak * k / 4 if k < 4 else peak * 0.5 * (1 + math.cos(math.pi * (k - 4) / 2))
+        assert float(row["lr"]) == pytest.approx(expected, abs=1e-12), k
+        # M2D's ema_decay_sched: init + (end - init) * step / (total_steps - 1), step counted from 0
+        assert float(row["ema_decay"]) == pytest.approx(0.9 + 0.09 * (k - 1) / 5, abs=1e-12), k
+
+
+def test_norm_stats_come_from_random_unit_size_crops(tmp_path):
+    config = RespM2DConfig(**TINY)  # 96-frame units
+    ramp = np.arange(80 * 500, dtype=np.float32).reshape(80, 500) % 500  # each row counts the frames 0..499
+    np.save(tmp_path / "ramp.npy", ramp)
+    dataset = LogMelUnits([str(tmp_path / "ramp.npy")], config)
+    for seed in range(5):
+        mean, std = norm_stats_from_crops(dataset, count=1, seed=seed)
+        start = mean - 95 / 2  # one crop of the frames start .. start + 95
+        assert start == pytest.approx(round(start), abs=1e-6) and 0 <= round(start) <= 500 - 96 - 1
+        assert std == pytest.approx(float(torch.arange(96.0).repeat(80).std()), rel=1e-6)
+    # Short clips are zero-padded to the unit before the statistics, as M2D pads its log-mel crops.
+    np.save(tmp_path / "short.npy", np.full((80, 48), 2.0, dtype=np.float32))
+    mean, std = norm_stats_from_crops(LogMelUnits([str(tmp_path / "short.npy")], config), count=3)
+    assert mean == pytest.approx(1.0)
+    assert std == pytest.approx(float(torch.tensor([2.0] * 48 + [0.0] * 48).repeat(3 * 80).std()), rel=1e-6)
+
+
+def test_audio_shorter_than_min_seconds_is_zero_padded_before_the_log_mel(recordings, tmp_path):
+    config = RespM2DConfig(**TINY)
+    path = sorted((recordings / "breath").glob("*.wav"))[0]
+    audio, rate = soundfile.read(path, dtype="float32")
+    assert len(audio) < 6.1 * rate
+    padded = np.concatenate([audio, np.zeros(int(6.1 * rate) - len(audio), dtype=np.float32)])
+    extractor = RespM2DFeatureExtractor.from_model_config(config)
+    extractor.mean, extractor.std = 0.0, 1.0
+    expected = extractor(padded, sampling_rate=rate)["input_features"][0]
+    features = LogMelUnits([str(path)], config, min_seconds=6.1).log_mel(str(path))
+    assert features.shape[1] == 611  # 6.1 s at a 10 ms hop, centred frames
+    torch.testing.assert_close(features, expected, atol=0, rtol=0)
+    assert LogMelUnits([str(path)], config).log_mel(str(path)).shape[1] < 611
+    assert cli_main(["logmel", str(recordings / "breath"), str(tmp_path / "lms"), "--min-seconds", "6.1"]) == 0
+    stored = np.load(tmp_path / "lms" / path.with_suffix(".npy").name)
+    np.testing.assert_array_equal(stored, expected.numpy())
+
+
+def test_an_earlier_run_folder_is_refused_unless_resume_or_overwrite(log_mel_list, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert cli_main(pretrain_args(log_mel_list, output, 2)) == 0
+    capsys.readouterr()
+    assert cli_main(pretrain_args(log_mel_list, output, 2)) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{output} is not empty" in error and "--overwrite" in error and len(error.splitlines()) == 1
+    assert [int(row["step"]) for row in logged_rows(output)] == [1, 2]  # the earlier log is untouched
+    (output / "notes.txt").write_text("mine")
+    assert cli_main(pretrain_args(log_mel_list, output, 3, "--overwrite")) == 0
+    assert [int(row["step"]) for row in logged_rows(output)] == [1, 2, 3]  # a fresh log, not appended
+    assert saved_checkpoints(output) == ["step-3"] and (output / "notes.txt").read_text() == "mine"
+    assert cli_main(pretrain_args(log_mel_list, output, 3, "--overwrite", "--resume", "latest")) == 2
+    assert "pass only one" in capsys.readouterr().err
+
+
+def test_logmel_refuses_an_earlier_output_folder_unless_overwrite(recordings, tmp_path, capsys):
+    output = tmp_path / "lms"
+    assert cli_main(["logmel", str(recordings / "wheeze"), str(output)]) == 0
+    first = (output / "files.csv").read_text()
+    assert cli_main(["logmel", str(recordings / "breath"), str(output)]) == 2
+    assert "is not empty" in capsys.readouterr().err and (output / "files.csv").read_text() == first
+    assert cli_main(["logmel", str(recordings / "breath"), str(output), "--overwrite"]) == 0
+    assert "breath" in (output / "files.csv").read_text() and not list(output.glob("wheeze*"))
+    mode = 0o666 & ~current_umask()
+    assert {path.stat().st_mode & 0o777 for path in output.iterdir()} == {mode}
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class Payload:
+    """Unpickling this runs `os.system`: a stand-in for a crafted pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_in_the_checkpoint_is_not_executed_on_resume(log_mel_list, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "run"
+    assert cli_main(pretrain_args(log_mel_list, output, 4, "--save-every", "2")) == 0
+    straight = logged_losses(output)
+    checkpoint = output / "checkpoints" / "step-2"
+    assert not list(checkpoint.glob("custom_checkpoint_*"))  # no project state that Accelerate would unpickle
+    loads = []
+    load = torch.load
+
+    def record_load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", record_load)
+    assert cli_main(pretrain_args(log_mel_list, output, 4, "--resume", str(checkpoint))) == 0
+    assert loads and all(weights_only is True for weights_only in loads)  # optimizer and random states only
+    assert all(logged_losses(output)[step] == pytest.approx(straight[step], abs=1e-6) for step in (3, 4))
+
+    marker = tmp_path / "code_was_executed"
+    crafted = checkpoint / "custom_checkpoint_0.pkl"  # what Accelerate unpickles with weights_only=False
+    torch.save(Payload(marker), crafted)
+    capsys.readouterr()
+    assert cli_main(pretrain_args(log_mel_list, output, 4, "--resume", str(checkpoint))) == 2
+    assert f"{crafted} was not saved with the checkpoint" in capsys.readouterr().err
+    crafted.unlink()
+    torch.save(Payload(marker), checkpoint / "random_states_0.pkl")  # a listed file replaced
+    assert cli_main(pretrain_args(log_mel_list, output, 4, "--resume", str(checkpoint))) == 2
+    assert "random_states_0.pkl is truncated or altered" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(log_mel_list, tmp_path, caplog, capsys):
+    output = tmp_path / "run"
+    assert cli_main(pretrain_args(log_mel_list, output, 3, "--save-every", "1")) == 0
+    straight = logged_losses(output)
+    damaged = output / "checkpoints" / "step-3" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    with caplog.at_level("WARNING"):
+        assert cli_main(pretrain_args(log_mel_list, output, 3, "--resume", "latest")) == 0
+    assert f"{damaged} is truncated" in caplog.text and "Resuming from" in caplog.text
+    assert str(output / "checkpoints" / "step-2") in caplog.text
+    assert logged_losses(output)[3] == pytest.approx(straight[3], abs=1e-6)
+    for step in (1, 2, 3):  # every checkpoint damaged: an error naming the files
+        (output / "checkpoints" / f"step-{step}" / "optimizer.bin").write_bytes(b"")
+    capsys.readouterr()
+    assert cli_main(pretrain_args(log_mel_list, output, 3, "--resume", "latest")) == 2
+    error = capsys.readouterr().err
+    assert "No undamaged checkpoint" in error and f"{output / 'checkpoints' / 'step-1' / 'optimizer.bin'}" in error
+
+
+def test_a_run_with_the_recipe_scaled_down_to_a_tiny_encoder(recordings, tmp_path, capsys):
+    output = tmp_path / "run"
+    arguments = ["pretrain", "--recipe", "m2d-resp", "--init", "scratch", "--encoder-config", json.dumps(TINY)]
+    arguments += ["--data", f"{recordings}:2", "--output-dir", str(output), "--epochs", "2", "--batch-size", "8"]
+    arguments += ["--effective-batch-size", "16", "--mixed-precision", "no", "--norm-stats-crops", "20"]
+    arguments += ["--num-workers", "0", "--no-progress", "--log-every", "1", *SMALL_PREDICTOR]
+    assert cli_main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "20 clips, effective batch 16, lr 1.87e-05, 2 steps" in printed  # 3e-4 x 16 / 256; 20 // 8 batches / 2
+    assert sorted(logged_losses(output)) == [1, 2]
+    config = json.loads((output / "encoder" / "config.json").read_text())
+    dataset = LogMelUnits(read_source(f"{recordings}:2"), RespM2DConfig(**TINY), min_seconds=6.1)
+    assert (config["norm_mean"], config["norm_std"]) == pytest.approx(norm_stats_from_crops(dataset, 20, seed=0))

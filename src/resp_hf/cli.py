@@ -24,13 +24,16 @@ def add_convert_command(subparsers):
         "(default: the checkpoint's folder name)",
     )
     parser.add_argument("--no-card", action="store_true", help="do not write README.md")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.set_defaults(handler=run_convert)
 
 
 def run_convert(args):
     from .convert import convert_m2d_checkpoint
 
-    report = convert_m2d_checkpoint(args.checkpoint, args.output_dir, name=args.name, write_card=not args.no_card)
+    report = convert_m2d_checkpoint(
+        args.checkpoint, args.output_dir, name=args.name, write_card=not args.no_card, overwrite=args.overwrite
+    )
     print(report)
 
 
@@ -196,7 +199,51 @@ def add_pretrain_commands(subparsers):
     logmel.add_argument("input_dir", help="folder of audio files (searched recursively)")
     logmel.add_argument("output_dir", help="folder for the .npy files and files.csv")
     logmel.add_argument("--model", help="a resp_hf folder whose front end to use (default: the 16 kHz M2D one)")
+    logmel.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.0,
+        help="zero-pad shorter audio to this length first (M2D's wav_to_lms.py and the m2d-resp recipe: 6.1)",
+    )
+    logmel.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     logmel.set_defaults(handler=run_logmel)
+
+
+def add_pretrain_data_command(subparsers):
+    parser = subparsers.add_parser(
+        "pretrain-data",
+        help="Build the M2D+Resp paper's respiratory list and AudioSet mixture for `resp-hf pretrain`.",
+        description="Writes respiratory.csv (ICBHI training recordings x6, HF_Lung, CoughVID with cough_detected > "
+        "0.95) and, with --audioset, mixture.csv (AudioSet + the respiratory list x29), and prints the counts next "
+        "to the paper's.",
+    )
+    parser.add_argument("--icbhi", required=True, help="ICBHI_final_database (the split file in it or its parent)")
+    parser.add_argument("--hf-lung", required=True, help="folder of the HF_Lung_V2 recordings (the paper: 3,839)")
+    parser.add_argument("--coughvid", required=True, help="CoughVID folder: metadata_compiled.csv and the audio")
+    parser.add_argument("--audioset", help="AudioSet file list (.csv with a path column) or folder")
+    parser.add_argument("--output", required=True, help="folder for respiratory.csv and mixture.csv")
+    parser.add_argument("--icbhi-repeat", type=positive_int, default=6, help="ICBHI repetitions (paper: 6)")
+    parser.add_argument("--repeat", type=positive_int, default=29, help="respiratory list repetitions (paper: 29)")
+    parser.add_argument("--cough-threshold", type=float, default=0.95, help="CoughVID cough_detected above this")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.set_defaults(handler=run_pretrain_data)
+
+
+def run_pretrain_data(args):
+    from .training.pretrain_data import build_pretraining_lists, pretraining_lists_report
+
+    counts, notes = build_pretraining_lists(
+        args.output,
+        args.icbhi,
+        args.hf_lung,
+        args.coughvid,
+        audioset=args.audioset,
+        icbhi_repeat=args.icbhi_repeat,
+        respiratory_repeat=args.repeat,
+        cough_threshold=args.cough_threshold,
+        overwrite=args.overwrite,
+    )
+    print(pretraining_lists_report(args.output, counts, notes))
 
 
 def run_pretrain(args):
@@ -210,7 +257,10 @@ def run_logmel(args):
     from .training.pretrain_data import precompute_log_mels
 
     config = RespM2DConfig.from_pretrained(args.model) if args.model else RespM2DConfig()
-    print(f"Wrote {precompute_log_mels(args.input_dir, args.output_dir, config)}")
+    files = precompute_log_mels(
+        args.input_dir, args.output_dir, config, min_seconds=args.min_seconds, overwrite=args.overwrite
+    )
+    print(f"Wrote {files}")
 
 
 def add_demo_commands(subparsers):
@@ -277,6 +327,7 @@ def build_parser():
     add_benchmark_command(subparsers)
     add_card_command(subparsers)
     add_pretrain_commands(subparsers)
+    add_pretrain_data_command(subparsers)
     add_demo_commands(subparsers)
     return parser
 

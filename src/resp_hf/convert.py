@@ -15,6 +15,7 @@ import torch
 
 from . import cards
 from .models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
+from .training.output_folders import atomic_folder, check_output_folder
 
 DEFAULT_NORM_STATS = (-7.1, 4.2)
 # Prefixes that wrap the encoder in fine-tuned checkpoints (EVAR, the portable runtime).
@@ -52,6 +53,8 @@ TOP_LEVEL_KEYS = {
 }
 ENCODER_KEY_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
 BLOCK_PATTERN = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
+# Block stacks of training checkpoints: the online encoder, its EMA target (the same depth) and the predictor.
+BLOCK_STACKS = ("blocks", "target_blocks", "decoder_blocks")
 
 
 class UnsafeCheckpointError(ValueError):
@@ -160,6 +163,43 @@ def split_encoder_weights(state_dict):
     return encoder, dict(sorted(dropped.items()))
 
 
+def check_finite(state_dict, path):
+    """Fails naming every floating-point tensor that holds NaN or Inf (it would give non-finite embeddings)."""
+    bad = [
+        key
+        for key, value in state_dict.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise ValueError(f"{path} holds NaN or Inf values in {len(bad)} tensors: {shown}. The checkpoint is damaged.")
+
+
+def check_block_numbering(state_dict, path):
+    """
+    Fails when a block stack has a gap (blocks 0, 1, 3) or when the EMA target's depth differs from the online
+    encoder's: a block missing from a damaged checkpoint would otherwise give a shallower encoder.
+    """
+    indices = {stack: set() for stack in BLOCK_STACKS}
+    for key in state_dict:
+        stack, _, rest = key.partition(".")
+        index = rest.split(".", 1)[0]
+        if stack in indices and index.isdigit():
+            indices[stack].add(int(index))
+    for stack, found in indices.items():
+        if found and sorted(found) != list(range(max(found) + 1)):
+            missing = sorted(set(range(max(found) + 1)) - found)
+            raise ValueError(
+                f"{path} lacks {stack} {missing} (found {stack} {sorted(found)}): the checkpoint is incomplete."
+            )
+    online, target = len(indices["blocks"]), len(indices["target_blocks"])
+    if target and online != target:
+        raise ValueError(
+            f"{path} holds {online} online encoder blocks but {target} target encoder blocks: the checkpoint is "
+            "incomplete or mixes two models."
+        )
+
+
 def parse_checkpoint_name(name):
     """Model, input size, patch size and sampling rate from an official name like `m2d_vit_base-80x608p16x16p16k`."""
     match = NAME_PATTERN.match(name)
@@ -193,9 +233,7 @@ def infer_config(encoder, name_info, norm_stats):
         raise ValueError(
             f"The name says patch size {name_info['patch_size']}, but the patch embedding has kernel {kernel}."
         )
-    layers = sorted({int(key.split(".")[2]) for key in encoder if key.startswith("encoder.layer.")})
-    if layers != list(range(len(layers))):
-        raise ValueError(f"The encoder blocks are not numbered 0..N-1: found {layers}.")
+    layers = {int(key.split(".")[2]) for key in encoder if key.startswith("encoder.layer.")}  # 0..N-1, checked
     return RespM2DConfig(
         sampling_rate=name_info["sampling_rate"],
         input_size=name_info["input_size"],
@@ -232,7 +270,7 @@ def check_encoder_weights(model, encoder):
         )
 
 
-def convert_m2d_checkpoint(checkpoint_path, output_dir, name=None, write_card=True):
+def convert_m2d_checkpoint(checkpoint_path, output_dir, name=None, write_card=True, overwrite=False):
     """
     Converts an official M2D checkpoint into a folder that loads with `AutoModel` / `AutoFeatureExtractor`
     (`trust_remote_code=True`): `config.json`, `model.safetensors`, `preprocessor_config.json`, the remote code and a
@@ -244,14 +282,20 @@ def convert_m2d_checkpoint(checkpoint_path, output_dir, name=None, write_card=Tr
         name (`str`, *optional*): official-style name giving the input and patch size and sampling rate
             (e.g. `m2d_vit_base-80x608p16x16p16k`); by default the checkpoint's parent folder name.
         write_card (`bool`, defaults to `True`): write `README.md` from the template in `hub_cards/`.
+        overwrite (`bool`, defaults to `False`): replace a non-empty `output_dir` (refused otherwise).
 
     Returns:
         [`ConversionReport`]: the config, the dropped tensors per prefix and notes.
     """
     checkpoint_path, output_dir = Path(checkpoint_path), Path(output_dir)
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {checkpoint_path} does not exist or is not a file.")
+    check_output_folder(output_dir, overwrite)
     name = name or checkpoint_path.resolve().parent.name
     name_info = parse_checkpoint_name(name)
     state_dict = extract_state_dict(load_checkpoint(checkpoint_path), checkpoint_path)
+    check_finite(state_dict, checkpoint_path)
+    check_block_numbering(state_dict, checkpoint_path)
     encoder, dropped = split_encoder_weights(state_dict)
     notes = []
     if "norm_stats" in state_dict:
@@ -275,11 +319,12 @@ def convert_m2d_checkpoint(checkpoint_path, output_dir, name=None, write_card=Tr
         dropped=dropped,
         notes=notes,
     )
-    model.save_pretrained(output_dir)
-    RespM2DFeatureExtractor.from_model_config(config).save_pretrained(output_dir)
-    if write_card:
-        source = f"{name}/{checkpoint_path.name}"
-        cards.write_card(output_dir, cards.encoder_card(config, source, report.sha256, name=output_dir.name))
+    with atomic_folder(output_dir) as folder:
+        model.save_pretrained(folder)
+        RespM2DFeatureExtractor.from_model_config(config).save_pretrained(folder)
+        if write_card:
+            source = f"{name}/{checkpoint_path.name}"
+            cards.write_card(folder, cards.encoder_card(config, source, report.sha256, name=output_dir.name))
     return report
 
 

@@ -1,7 +1,11 @@
 """Further pre-training of an M2D encoder with the M2D objective, on one CPU or many GPUs through Accelerate.
 
-    accelerate launch -m resp_hf.training.pretrain --init m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth \\
-        --data audioset.csv --data resp.csv:5 --output-dir ./m2d-resp --epochs 50 --batch-size 64
+    accelerate launch -m resp_hf.training.pretrain --recipe m2d-resp \\
+        --init m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth \\
+        --data audioset.csv --data respiratory.csv:29 --output-dir ./m2d-resp --batch-size 64
+
+`--recipe m2d-resp` sets the M2D+Resp paper's values (`recipes.py` names the source of each); `resp-hf pretrain-data`
+writes the paper's respiratory list and mixture.
 
 Several CPU processes (gloo): `accelerate launch --multi_gpu --num_processes 2 -m resp_hf.training.pretrain --cpu ...`
 (accelerate's own `--cpu` launch option starts a single process unless MPI is configured).
@@ -16,6 +20,7 @@ import argparse
 import contextlib
 import csv
 import json
+import logging
 import math
 import shutil
 import signal
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -33,7 +38,10 @@ from transformers import get_cosine_schedule_with_warmup
 from .. import cards
 from ..convert import (
     BLOCK_KEYS,
+    check_block_numbering,
+    check_finite,
     extract_state_dict,
+    file_sha256,
     infer_config,
     load_checkpoint,
     parse_checkpoint_name,
@@ -41,10 +49,21 @@ from ..convert import (
 )
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from .m2d import M2DPretrainingModel, predictor_config
-from .pretrain_data import LogMelUnits, norm_stats_from_sample, read_source
+from .output_folders import atomic_file, atomic_folder, check_output_folder, write_text_atomically
+from .pretrain_data import LogMelUnits, norm_stats_from_crops, read_source
+from .recipes import RECIPES
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "m2d_pretraining.safetensors"
 PARTIAL = ".partial"  # suffix of a checkpoint folder still being written
+# The project's own resumable state, in formats that cannot run code when read: counters, schedule and EMA progress
+# (JSON), each process's random generators (safetensors), and a manifest of sizes and checksums written last.
+TRAIN_STATE_FILE = "train_state.json"
+RNG_STATE_FILE = "rng_state_{}.safetensors"
+MANIFEST_FILE = "checkpoint.json"
+# What a run writes in --output-dir (`pretrain` is the TensorBoard run folder); --overwrite removes these only.
+RUN_OUTPUTS = ("checkpoints", "encoder", "training_log.csv", "loss.png", "pretrain")
 PREDICTOR_OPTIONS_IGNORED = "the predictor keeps its saved size (--predictor-* options do not apply)"
 PREDICTOR_KEYS = {
     "decoder_embed": "predictor.embed",
@@ -93,6 +112,8 @@ def model_from_official(path, name=None, predictor=None):
     """An M2D pre-training model from an official checkpoint; its target encoder and predictor are reused if present."""
     path = Path(path)
     state_dict = extract_state_dict(load_checkpoint(path), path)
+    check_finite(state_dict, path)
+    check_block_numbering(state_dict, path)
     encoder, _ = split_encoder_weights(state_dict)
     norm = [float(v) for v in state_dict["norm_stats"]] if "norm_stats" in state_dict else [-7.1, 4.2]
     config = infer_config(encoder, parse_checkpoint_name(name or path.resolve().parent.name), norm)
@@ -137,7 +158,7 @@ def build_model(init, encoder_config=None, name=None, predictor=None):
 
 
 class TrainState:
-    """Optimizer steps, epochs and batches consumed in the current epoch, saved with `accelerator.save_state`."""
+    """Optimizer steps, epochs and batches consumed in the current epoch (saved as JSON in each checkpoint)."""
 
     def __init__(self):
         self.step = 0
@@ -152,8 +173,8 @@ class TrainState:
 
 
 def ema_decay(step, total_steps, start, end):
-    """EMA decay rising linearly from `start` to `end` over training."""
-    return start + (end - start) * min(1.0, step / max(1, total_steps))
+    """EMA decay rising linearly from `start` at step 0 to `end` at the last step (M2D's `ema_decay_sched`)."""
+    return start + (end - start) * min(1.0, step / max(1, total_steps - 1))
 
 
 def parameter_groups(model, weight_decay):
@@ -173,18 +194,23 @@ def export_encoder(model, output_dir, args, steps):
     predictor.
     """
     output_dir = Path(output_dir)
-    model.online.save_pretrained(output_dir)
-    RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(output_dir)
+    with atomic_folder(output_dir) as folder:
+        write_encoder_folder(model, folder, args, steps, name=output_dir.name)
+    return output_dir
+
+
+def write_encoder_folder(model, folder, args, steps, name):
+    model.online.save_pretrained(folder)
+    RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(folder)
     rest = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("online.")}
-    save_file(rest, output_dir / STATE_FILE)
+    save_file(rest, folder / STATE_FILE)
     sources = ", ".join(f"`{spec}`" for spec in args.data)
     training_data = (
         f"Further pre-trained with `resp-hf pretrain` (the M2D objective) from `{args.init}` for {steps} optimizer "
         f"steps on {sources}."
     )
-    card = cards.encoder_card(model.config, args.init, "n/a", name=output_dir.name, training_data=training_data)
-    cards.write_card(output_dir, card)
-    return output_dir
+    card = cards.encoder_card(model.config, args.init, "n/a", name=name, training_data=training_data)
+    cards.write_card(folder, card)
 
 
 def plot_loss(log_path, output_path):
@@ -206,9 +232,16 @@ def plot_loss(log_path, output_path):
     plt.close(figure)
 
 
-def build_parser():
+def build_parser(recipe=None):
+    """The options; a recipe from `recipes.RECIPES` replaces their defaults (explicit options still win)."""
     parser = argparse.ArgumentParser(
         prog="resp-hf pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="set every default to a published run: 'm2d-resp' is the M2D+Resp paper's further pre-training "
+        "(see resp_hf/training/recipes.py for each value and its source)",
     )
     parser.add_argument("--init", required=True, help="resp_hf folder, official .pth, or 'scratch'")
     parser.add_argument("--name", help="official-style name for a .pth in a renamed folder")
@@ -224,8 +257,18 @@ def build_parser():
     parser.add_argument(
         "--norm-stats",
         default="inherit",
-        help="'inherit' from --init, 'compute' from a data sample, or MEAN,STD written with '=' when the mean is "
-        "negative: --norm-stats=-7.1,4.2",
+        help="'inherit' from --init, 'compute' from random crops of the data (see --norm-stats-crops), or MEAN,STD "
+        "written with '=' when the mean is negative: --norm-stats=-7.1,4.2",
+    )
+    parser.add_argument(
+        "--norm-stats-crops", type=int, default=5000, help="random unit-size crops for --norm-stats compute (M2D: 5000)"
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.0,
+        help="zero-pad shorter audio to this length before the log-mel (M2D's wav_to_lms.py: 6.1); .npy items "
+        "are used as stored",
     )
     parser.add_argument("--predictor-width", type=int, default=512, help="predictor ViT width (M2D: 512)")
     parser.add_argument("--predictor-depth", type=int, default=8, help="predictor blocks (M2D: 8)")
@@ -234,8 +277,14 @@ def build_parser():
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
     parser.add_argument("--batch-size", type=int, default=64, help="per process")
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument(
+        "--effective-batch-size",
+        type=int,
+        help="sets --gradient-accumulation-steps to this / (--batch-size x processes), which must divide it",
+    )
     parser.add_argument("--base-lr", type=float, default=3e-4, help="scaled by effective batch / 256")
-    parser.add_argument("--warmup-epochs", type=float, default=4.0)
+    parser.add_argument("--warmup-epochs", type=float, default=4.0, help="linear warm-up, then cosine decay to 0")
+    parser.add_argument("--clip-grad", type=float, help="clip the gradient norm to this (default: no clipping)")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--mask-ratio", type=float, default=0.7)
     parser.add_argument("--ema-start", type=float, default=0.99995)
@@ -248,18 +297,35 @@ def build_parser():
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument(
         "--resume",
-        help="a checkpoint folder, or 'latest' in --output-dir (resume only from "
-        "folders you wrote: Accelerate stores RNG and sampler states with pickle)",
+        help="a checkpoint folder, or 'latest' in --output-dir (a damaged latest checkpoint is skipped for the "
+        "previous complete one)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start afresh in an --output-dir that holds an earlier run"
     )
     parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
+    if recipe:
+        defaults = RECIPES[recipe]
+        parser.set_defaults(recipe=recipe, **defaults)
+        for action in parser._actions:
+            action.required = action.required and action.dest not in defaults
     return parser
+
+
+def parse_args(argv=None):
+    """Options with the defaults of `--recipe`, if given."""
+    recipe_parser = argparse.ArgumentParser(add_help=False)
+    recipe_parser.add_argument("--recipe", choices=sorted(RECIPES))
+    recipe, _ = recipe_parser.parse_known_args(argv)
+    return build_parser(recipe.recipe).parse_args(argv)
 
 
 def resolve_norm_stats(model, args, items):
     if args.norm_stats == "inherit":
         return
     if args.norm_stats == "compute":
-        mean, std = norm_stats_from_sample(items, model.config, seed=args.seed)
+        dataset = LogMelUnits(items, model.config, min_seconds=args.min_seconds)
+        mean, std = norm_stats_from_crops(dataset, args.norm_stats_crops, seed=args.seed)
     else:
         mean, std = (float(v) for v in args.norm_stats.split(","))
     model.config.norm_mean, model.config.norm_std = mean, std
@@ -271,12 +337,51 @@ def complete_checkpoints(output_dir):
     return {int(p.name.removeprefix("step-")): p for p in folders if p.name.removeprefix("step-").isdigit()}
 
 
-def latest_checkpoint(output_dir):
-    """The complete checkpoint of the highest step."""
-    complete = complete_checkpoints(output_dir)
-    if not complete:
+def checkpoint_problem(folder):
+    """What is wrong with a checkpoint folder (a missing, truncated or altered file), or None when it is whole."""
+    manifest = Path(folder) / MANIFEST_FILE
+    if not manifest.is_file():
+        return f"{manifest} is missing (the save did not finish, or an older resp_hf wrote the checkpoint)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{manifest} is unreadable"
+    unlisted = sorted(set(path.name for path in Path(folder).iterdir()) - set(files) - {MANIFEST_FILE})
+    if unlisted:
+        return f"{Path(folder) / unlisted[0]} was not saved with the checkpoint (remove it if you put it there)"
+    for name, expected in files.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{path} is truncated or altered ({path.stat().st_size} bytes, {expected['size']} saved)"
+        if file_sha256(path) != expected["sha256"]:
+            return f"{path} is corrupted (its checksum differs from the saved one)"
+    return None
+
+
+def checkpoint_to_resume(output_dir, resume):
+    """
+    The folder `--resume` names, checked whole; for 'latest', the highest complete step, skipping damaged ones with a
+    warning that names the bad file.
+    """
+    if resume != "latest":
+        problem = checkpoint_problem(resume)
+        if problem:
+            raise ValueError(f"Cannot resume from {resume}: {problem}.")
+        return Path(resume)
+    saved = complete_checkpoints(output_dir)
+    if not saved:
         raise FileNotFoundError(f"No complete checkpoint under {output_dir}/checkpoints to resume from.")
-    return complete[max(complete)]
+    problems = []
+    for step in sorted(saved, reverse=True):
+        problem = checkpoint_problem(saved[step])
+        if problem is None:
+            for skipped in problems:
+                logger.warning(f"Skipping a damaged checkpoint: {skipped}. Resuming from {saved[step]} instead.")
+            return saved[step]
+        problems.append(problem)
+    raise ValueError(f"No undamaged checkpoint under {output_dir}/checkpoints to resume from: {'; '.join(problems)}.")
 
 
 def set_aside_later_checkpoints(output_dir, step):
@@ -295,16 +400,73 @@ def set_aside_later_checkpoints(output_dir, step):
     return moved
 
 
-def save_checkpoint(accelerator, output_dir, step):
-    """`save_state` into `checkpoints/step-N.partial`, renamed to `step-N` once every process has written its part."""
-    checkpoint = Path(output_dir) / "checkpoints" / f"step-{step}"
+def save_checkpoint(accelerator, output_dir, state, scheduler):
+    """
+    `save_state` plus the project's state into `checkpoints/step-N.partial`; once every process has written its part,
+    the manifest of sizes and checksums, then the rename to `step-N`.
+    """
+    checkpoint = Path(output_dir) / "checkpoints" / f"step-{state.step}"
     partial = checkpoint.with_name(checkpoint.name + PARTIAL)
     accelerator.save_state(str(partial))
+    save_file(random_states(), partial / RNG_STATE_FILE.format(accelerator.process_index))
+    if accelerator.is_main_process:
+        (partial / TRAIN_STATE_FILE).write_text(json.dumps({**state.state_dict(), "scheduler": scheduler.state_dict()}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        files = {
+            path.name: {"size": path.stat().st_size, "sha256": file_sha256(path)}
+            for path in sorted(partial.iterdir())
+            if path.is_file()
+        }
+        write_text_atomically(partial / MANIFEST_FILE, json.dumps({"step": state.step, "files": files}, indent=1))
         shutil.rmtree(checkpoint, ignore_errors=True)  # left by an earlier run that went past the resumed step
         partial.rename(checkpoint)
     accelerator.wait_for_everyone()
+
+
+def load_checkpoint_state(accelerator, folder, state, scheduler):
+    """
+    Restores a checkpoint without unpickling objects: Accelerate reads the weights (safetensors) and the optimizer
+    (weights-only); the counters, schedule and random generators come from JSON and safetensors.
+    """
+    accelerator.load_state(str(folder))
+    saved = json.loads((folder / TRAIN_STATE_FILE).read_text())
+    state.load_state_dict(saved)
+    scheduler.load_state_dict(saved["scheduler"])
+    rng_path = folder / RNG_STATE_FILE.format(accelerator.process_index)
+    if not rng_path.is_file():
+        raise ValueError(f"{rng_path} is missing: resume with as many processes as the run that saved {folder}.")
+    restore_random_states(load_file(rng_path))
+
+
+def random_states():
+    """This process's torch generators (CPU and every GPU), which draw the masks."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states.update({f"cuda_{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def restore_random_states(states):
+    torch.set_rng_state(states["cpu"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([states[f"cuda_{i}"] for i in range(torch.cuda.device_count())])
+
+
+def prepare_output_dir(output_dir, args, is_main_process):
+    """Refuses an earlier run's folder unless --resume or --overwrite; with --overwrite, removes that run's outputs."""
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --output-dir and --overwrite replaces it: pass only one.")
+    if args.resume:
+        return
+    check_output_folder(output_dir, args.overwrite, option="--resume latest to continue it, or --overwrite")
+    if args.overwrite and is_main_process:
+        for name in RUN_OUTPUTS:
+            path = Path(output_dir) / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
 
 
 def ignore_stop_signals(worker_id):
@@ -318,9 +480,14 @@ def ignore_stop_signals(worker_id):
 
 def train(args):
     """Runs pre-training and exports the encoder; returns the number of the signal that interrupted it, or 0."""
+    output_dir = Path(args.output_dir)
+    processes = PartialState(cpu=args.cpu)
+    prepare_output_dir(output_dir, args, processes.is_main_process)
+    resume_from = checkpoint_to_resume(output_dir, args.resume) if args.resume else None
+    accumulation = gradient_accumulation_steps(args, processes.num_processes)
     accelerator = Accelerator(
         cpu=args.cpu,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation,
         mixed_precision=args.mixed_precision,
         log_with=tensorboard_or_none(),
         project_dir=args.output_dir,
@@ -328,12 +495,11 @@ def train(args):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     set_seed(args.seed)  # the same initial weights on every process
-    output_dir = Path(args.output_dir)
     items = [item for spec in args.data for item in read_source(spec, args.audio_column)]
     predictor = predictor_config(args.predictor_width, args.predictor_depth, args.predictor_heads)
     model, notes = build_model(args.init, args.encoder_config, args.name, predictor)
     resolve_norm_stats(model, args, items)
-    dataset = LogMelUnits(items, model.config, seed=args.seed)
+    dataset = LogMelUnits(items, model.config, seed=args.seed, min_seconds=args.min_seconds)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.batch_size,
@@ -345,20 +511,19 @@ def train(args):
     )
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} clips are fewer than one batch of {args.batch_size}.")
-    effective_batch = args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    effective_batch = args.batch_size * accumulation * accelerator.num_processes
     learning_rate = args.base_lr * effective_batch / 256
-    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / accumulation)
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=learning_rate, betas=(0.9, 0.95))
     # Stepped here once per optimizer step (a prepared scheduler would step once per process).
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_epochs * steps_per_epoch), total_steps)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     set_seed(args.seed, device_specific=True)  # different masks on every process
-    state = TrainState()
-    accelerator.register_for_checkpointing(state, scheduler)
+    state = TrainState()  # saved by save_checkpoint, not registered with Accelerate (which would pickle it)
     log = CsvLog(output_dir / "training_log.csv", accelerator.is_main_process)
-    if args.resume:
-        accelerator.load_state(str(latest_checkpoint(output_dir) if args.resume == "latest" else args.resume))
+    if resume_from:
+        load_checkpoint_state(accelerator, resume_from, state, scheduler)
         log.drop_after(state.step)
         if accelerator.is_main_process:
             for folder in set_aside_later_checkpoints(output_dir, state.step):
@@ -397,6 +562,8 @@ def train(args):
                 with accelerator.accumulate(model):
                     loss = model(chunks, args.mask_ratio)[0]
                     accelerator.backward(loss)
+                    if args.clip_grad and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
                     optimizer.step()
                     optimizer.zero_grad()
                 interval_samples += chunks.shape[0] * accelerator.num_processes
@@ -428,7 +595,7 @@ def train(args):
                         )
                 stopped = agreed_stop_signal(accelerator, stop)
                 if state.step % args.save_every == 0 or stopped or state.step >= total_steps:
-                    save_checkpoint(accelerator, output_dir, state.step)
+                    save_checkpoint(accelerator, output_dir, state, scheduler)
                     saved_step = state.step
                 if stopped or state.step >= total_steps:
                     break
@@ -436,7 +603,7 @@ def train(args):
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 stopped = agreed_stop_signal(accelerator, stop)
         if stopped and saved_step != state.step:  # the request came as the epoch ended
-            save_checkpoint(accelerator, output_dir, state.step)
+            save_checkpoint(accelerator, output_dir, state, scheduler)
     bar.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -452,6 +619,19 @@ def train(args):
             plot_loss(log.path, output_dir / "loss.png")
     accelerator.print(f"Exported the online encoder to {encoder_dir}")
     return 0
+
+
+def gradient_accumulation_steps(args, num_processes):
+    """--gradient-accumulation-steps, or the number that makes --effective-batch-size (which it must divide)."""
+    if not args.effective_batch_size:
+        return args.gradient_accumulation_steps
+    per_step = args.batch_size * num_processes
+    if args.effective_batch_size % per_step:
+        raise ValueError(
+            f"--effective-batch-size {args.effective_batch_size} is not a multiple of --batch-size {args.batch_size} "
+            f"x {num_processes} processes = {per_step}; choose a --batch-size that divides it."
+        )
+    return args.effective_batch_size // per_step
 
 
 def tensorboard_or_none():
@@ -487,7 +667,7 @@ class CsvLog:
         with open(self.path, newline="") as handle:
             reader = csv.DictReader(handle)
             fields, rows = reader.fieldnames, list(reader)
-        with open(self.path, "w", newline="") as handle:
+        with atomic_file(self.path) as temporary, open(temporary, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             writer.writerows(row for row in rows if int(row["step"]) <= step)
@@ -517,7 +697,7 @@ def agreed_stop_signal(accelerator, stop):
 
 def main(argv=None):
     """Returns 0, or 128 + the signal number when interrupted (130 for Ctrl-C, 143 for SIGTERM), as shells do."""
-    stopped = train(build_parser().parse_args(argv))
+    stopped = train(parse_args(argv))
     return 128 + stopped if stopped else 0
 
 

@@ -13,6 +13,7 @@ from datasets import Audio
 from ..audio import decode_audio
 from ..data import AUDIO_EXTENSIONS, is_saved_dataset, load_any_dataset
 from ..models.resp_m2d import RespM2DFeatureExtractor
+from .output_folders import atomic_file, atomic_folder, check_output_folder
 
 
 def raw_log_mel_extractor(config):
@@ -92,14 +93,16 @@ def dataset_rows(name, split, audio_column):
 class LogMelUnits(torch.utils.data.Dataset):
     """
     Normalized log-mel crops of the unit size (n_mels x unit frames) of `items` from `read_source`. The crop position
-    depends only on (seed, epoch, index), so an interrupted run resumes on exactly the same data.
+    depends only on (seed, epoch, index), so an interrupted run resumes on exactly the same data. Audio shorter than
+    `min_seconds` is zero-padded before the log-mel (M2D's `wav_to_lms.py` pads to 6.1 s).
     """
 
-    def __init__(self, items, config, seed=0):
+    def __init__(self, items, config, seed=0, min_seconds=0.0):
         self.items = list(items)
         self.config = config
         self.seed = seed
         self.epoch = 0
+        self.min_seconds = min_seconds
         self.extractor = raw_log_mel_extractor(config)
 
     def __len__(self):
@@ -110,53 +113,215 @@ class LogMelUnits(torch.utils.data.Dataset):
 
     def log_mel(self, item):
         """Raw log-mel (n_mels, frames) of an audio file, a stored `.npy`, or a `(dataset, row)` pair."""
+        rate = self.extractor.sampling_rate
         if isinstance(item, tuple):
             dataset, row = item
-            audio = decode_audio(dataset[row][dataset.column_names[0]], self.extractor.sampling_rate, downmix=True)
+            audio = decode_audio(dataset[row][dataset.column_names[0]], rate, downmix=True)
         elif item.endswith(".npy"):
-            array = np.load(item)
+            array = np.load(item, allow_pickle=False)
             if array.ndim != 2 or array.shape[0] != self.config.num_mel_bins:
                 raise ValueError(f"{item} holds shape {array.shape}, expected ({self.config.num_mel_bins}, frames).")
             return torch.from_numpy(array.astype(np.float32))
         else:
-            audio = decode_audio(item, self.extractor.sampling_rate, downmix=True)
-        return self.extractor(audio, sampling_rate=self.extractor.sampling_rate)["input_features"][0]
+            audio = decode_audio(item, rate, downmix=True)
+        audio = pad_to_seconds(audio, self.min_seconds, rate)
+        return self.extractor(audio, sampling_rate=rate)["input_features"][0]
 
     def __getitem__(self, index):
-        features = (self.log_mel(self.items[index]) - self.config.norm_mean) / self.config.norm_std
-        frames = self.config.unit_frames
-        if features.shape[1] < frames:
-            return torch.nn.functional.pad(features, (0, frames - features.shape[1]))
         generator = np.random.default_rng([self.seed, self.epoch, index])
-        start = int(generator.integers(0, features.shape[1] - frames + 1))
-        return features[:, start : start + frames]
+        crop = random_crop(self.log_mel(self.items[index]), self.config.unit_frames, generator)
+        return (crop - self.config.norm_mean) / self.config.norm_std
 
 
-def norm_stats_from_sample(items, config, count=1000, seed=0):
-    """Mean and std of the raw log-mel of up to `count` randomly chosen items (see `read_source`)."""
-    dataset = LogMelUnits(items, config)
-    chosen = np.random.default_rng(seed).permutation(len(items))[:count]
-    values = torch.cat([dataset.log_mel(dataset.items[i]).flatten() for i in chosen])
-    return float(values.mean()), float(values.std())
+def pad_to_seconds(audio, seconds, sampling_rate):
+    """`audio` zero-padded at the end to at least `seconds`."""
+    missing = int(sampling_rate * seconds) - audio.shape[-1]
+    return np.pad(audio, (0, missing)) if missing > 0 else audio
 
 
-def precompute_log_mels(input_dir, output_dir, config, progress=True):
-    """Writes the raw log-mel of every audio file under `input_dir` as `.npy` plus a `files.csv` list to train on."""
+def random_crop(features, frames, generator):
+    """
+    A random `frames`-long window of a raw log-mel, zero-padded at the end when shorter (M2D's `complete_audio`: the
+    start is drawn from 0 .. length - frames - 1, and padding comes before normalization).
+    """
+    length = features.shape[1]
+    if length < frames:
+        return torch.nn.functional.pad(features, (0, frames - length))
+    start = int(generator.integers(0, length - frames)) if length > frames else 0
+    return features[:, start : start + frames]
+
+
+def norm_stats_from_crops(dataset, count=5000, seed=0):
+    """
+    Mean and std of the raw log-mel over `count` random unit-size crops, as M2D computes them at the start of
+    training (audio_dataset.py: items drawn with replacement, one random crop each, std + float32 eps).
+    """
+    generator = np.random.default_rng(seed)
+    total, total_squares, values = 0.0, 0.0, 0
+    for index in generator.integers(0, len(dataset), size=count):
+        crop = random_crop(dataset.log_mel(dataset.items[index]), dataset.config.unit_frames, generator).double()
+        total += float(crop.sum())
+        total_squares += float((crop**2).sum())
+        values += crop.numel()
+    mean = total / values
+    variance = (total_squares - values * mean**2) / (values - 1)  # unbiased, as torch.std
+    return mean, float(np.sqrt(max(variance, 0.0))) + float(torch.finfo().eps)
+
+
+def precompute_log_mels(input_dir, output_dir, config, progress=True, min_seconds=0.0, overwrite=False):
+    """
+    Writes the raw log-mel of every audio file under `input_dir` as `.npy` plus a `files.csv` list to train on. The
+    folder appears whole once every file is written; a non-empty `output_dir` is replaced only with `overwrite`.
+    """
     from tqdm.auto import tqdm
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
+    check_output_folder(output_dir, overwrite)
     audio = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not audio:
         raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) under {input_dir}.")
-    dataset = LogMelUnits([], config)
+    dataset = LogMelUnits([], config, min_seconds=min_seconds)
     written = []
-    for path in tqdm(audio, desc="Log-mel", disable=not progress):
-        target = output_dir / path.relative_to(input_dir).with_suffix(".npy")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, dataset.log_mel(str(path)).numpy().astype(np.float32))
-        written.append(target.relative_to(output_dir))
-    with open(output_dir / "files.csv", "w", newline="") as handle:
+    with atomic_folder(output_dir) as folder:
+        for path in tqdm(audio, desc="Log-mel", disable=not progress):
+            relative = path.relative_to(input_dir).with_suffix(".npy")
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            np.save(folder / relative, dataset.log_mel(str(path)).numpy().astype(np.float32))
+            written.append(relative)
+        write_file_list(folder / "files.csv", written)
+    return output_dir / "files.csv"
+
+
+def write_file_list(path, paths):
+    """A CSV file list (one `path` column) that `read_source` reads, written atomically."""
+    with atomic_file(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path"])
-        writer.writerows([[str(path)] for path in written])
-    return output_dir / "files.csv"
+        writer.writerows([[str(item)] for item in paths])
+    return path
+
+
+# The M2D+Resp paper's further pre-training data (Interspeech 2025), counted in entries of its file lists.
+PAPER_COUNTS = {
+    "icbhi_train": 539,  # ICBHI 2017 training recordings (the official split lists 540; one has no recording)
+    "icbhi": 539 * 6,
+    "hf_lung": 3839,
+    "coughvid": 7054,
+    "respiratory": 14127,
+    "respiratory_repeated": 409683,
+    "audioset": 2005132,
+    "mixture": 2414815,
+}
+ICBHI_SPLIT_FILE = "ICBHI_challenge_train_test.txt"
+COUGHVID_METADATA = "metadata_compiled.csv"
+
+
+def icbhi_training_recordings(folder):
+    """
+    The `.wav` of every recording the official split (`ICBHI_challenge_train_test.txt`, in `folder` or its parent)
+    marks `train`, and the names it lists without a recording.
+    """
+    folder = Path(folder)
+    split_files = [path / ICBHI_SPLIT_FILE for path in (folder, folder.parent) if (path / ICBHI_SPLIT_FILE).is_file()]
+    if not split_files:
+        raise FileNotFoundError(f"{ICBHI_SPLIT_FILE} (ICBHI's official split) is not in {folder} or its parent folder.")
+    found, missing = [], []
+    for number, line in enumerate(split_files[0].read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("train", "test"):
+            raise ValueError(f"{split_files[0]}, line {number}: expected '<recording>\\t<train|test>', got {line!r}.")
+        if fields[1] == "train":
+            path = folder / f"{fields[0]}.wav"
+            (found if path.is_file() else missing).append(path)
+    return found, missing
+
+
+def folder_recordings(folder):
+    """Every audio file under `folder`, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Folder not found: {folder}.")
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def coughvid_recordings(folder, threshold=0.95):
+    """CoughVID recordings whose `cough_detected` score (in `metadata_compiled.csv`) is above `threshold`."""
+    folder = Path(folder)
+    metadata = folder / COUGHVID_METADATA
+    if not metadata.is_file():
+        raise FileNotFoundError(f"{metadata} (CoughVID's metadata with the cough_detected scores) not found.")
+    with open(metadata, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"uuid", "cough_detected"} <= set(rows[0]):
+        raise ValueError(f"{metadata} has no 'uuid' and 'cough_detected' columns (found {list(rows[0])}).")
+    audio = {path.stem: path for path in folder_recordings(folder)}
+    chosen, missing = [], []
+    for number, row in enumerate(rows, start=2):
+        try:
+            score = float(row["cough_detected"] or "nan")
+        except ValueError:
+            raise ValueError(f"{metadata}, line {number}: cough_detected is {row['cough_detected']!r}.") from None
+        if score > threshold and row["uuid"] in audio:
+            chosen.append(audio[row["uuid"]])
+        elif score > threshold:
+            missing.append(row["uuid"])
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} CoughVID recordings with cough_detected > {threshold} have no audio file in {folder} "
+            f"(first: {missing[0]}); convert them all (e.g. .webm to .wav) before building the list."
+        )
+    return chosen
+
+
+def build_pretraining_lists(
+    output_dir,
+    icbhi,
+    hf_lung,
+    coughvid,
+    audioset=None,
+    icbhi_repeat=6,
+    respiratory_repeat=29,
+    cough_threshold=0.95,
+    overwrite=False,
+):
+    """
+    Writes the paper's respiratory list `respiratory.csv` (ICBHI's training recordings x `icbhi_repeat`, HF_Lung,
+    CoughVID above `cough_threshold`) and, given an AudioSet list or folder, `mixture.csv`: AudioSet plus the
+    respiratory list x `respiratory_repeat`. Returns the counts and notes.
+    """
+    output_dir = Path(output_dir)
+    check_output_folder(output_dir, overwrite)
+    icbhi_train, icbhi_missing = icbhi_training_recordings(icbhi)
+    parts = {
+        "icbhi_train": icbhi_train,
+        "icbhi": icbhi_train * icbhi_repeat,
+        "hf_lung": folder_recordings(hf_lung),
+        "coughvid": coughvid_recordings(coughvid, cough_threshold),
+    }
+    respiratory = parts["icbhi"] + parts["hf_lung"] + parts["coughvid"]
+    counts = {name: len(items) for name, items in parts.items()}
+    counts |= {"respiratory": len(respiratory), "respiratory_repeated": len(respiratory) * respiratory_repeat}
+    notes = []
+    if icbhi_missing:  # the official split names 921 recordings; the database holds 920
+        missing = ", ".join(path.stem for path in icbhi_missing)
+        notes.append(f"ICBHI's split lists {len(icbhi_missing)} training recordings with no .wav: {missing}")
+    with atomic_folder(output_dir) as folder:
+        write_file_list(folder / "respiratory.csv", [path.resolve() for path in respiratory])
+        if audioset:
+            audioset_items = file_paths(Path(audioset))
+            counts |= {"audioset": len(audioset_items)}
+            counts |= {"mixture": len(audioset_items) + counts["respiratory_repeated"]}
+            mixture = audioset_items + [str(path.resolve()) for path in respiratory] * respiratory_repeat
+            write_file_list(folder / "mixture.csv", mixture)
+    return counts, notes
+
+
+def pretraining_lists_report(output_dir, counts, notes):
+    """The counts next to the paper's, one line each."""
+    lines = [f"Wrote {Path(output_dir) / 'respiratory.csv'}" + (" and mixture.csv" if "mixture" in counts else "")]
+    width = max(map(len, counts))
+    for name, count in counts.items():
+        lines.append(f"  {name:<{width}}  {count:>9,}   (paper: {PAPER_COUNTS[name]:,})")
+    return "\n".join(lines + [f"  note: {note}" for note in notes])

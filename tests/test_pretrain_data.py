@@ -1,0 +1,94 @@
+import csv
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile
+
+from resp_hf.cli import main as cli_main
+from resp_hf.training.pretrain_data import read_source
+
+
+def write_wav(path, seconds=0.2):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, np.zeros(int(16000 * seconds), dtype=np.float32), 16000)
+    return path
+
+
+@pytest.fixture
+def datasets(tmp_path):
+    """Small copies of the paper's sources in their published layouts."""
+    icbhi = tmp_path / "icbhi" / "ICBHI_final_database"
+    recordings = ("101_1b1_Al_sc_Meditron", "102_1b1_Ar_sc_Meditron", "103_2b2_Ar_mc_LittC2SE", "104_1b1_Ll_sc_Litt3200")
+    for name in recordings:
+        write_wav(icbhi / f"{name}.wav")
+    # The official split: CRLF lines, a training recording without its .wav (as in the real 921-line list).
+    (icbhi.parent / "ICBHI_challenge_train_test.txt").write_bytes(
+        b"101_1b1_Al_sc_Meditron\ttrain\r\n102_1b1_Ar_sc_Meditron\ttest\r\n103_2b2_Ar_mc_LittC2SE\ttrain\r\n"
+        b"104_1b1_Ll_sc_Litt3200\ttrain\r\n226_1b1_Pl_sc_LittC2SE\ttrain\r\n"
+    )
+    hf_lung = tmp_path / "HF_Lung_V2"
+    for name in ("train/steth_1.wav", "train/trunc_2.wav"):
+        write_wav(hf_lung / name)
+    coughvid = tmp_path / "coughvid"
+    scores = {"a1": "0.99", "b2": "0.9501", "c3": "0.95", "d4": "0.2", "e5": ""}
+    coughvid.mkdir()
+    with open(coughvid / "metadata_compiled.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["uuid", "datetime", "cough_detected", "status"])
+        writer.writerows([[uuid, "2020-04-13", score, "healthy"] for uuid, score in scores.items()])
+    for uuid in scores:
+        write_wav(coughvid / f"{uuid}.wav")
+    audioset = tmp_path / "audioset"
+    for index in range(3):
+        write_wav(audioset / f"clip{index}.wav")
+    return {"icbhi": icbhi, "hf_lung": hf_lung, "coughvid": coughvid, "audioset": audioset}
+
+
+def command(datasets, output, *extra):
+    arguments = ["pretrain-data", "--output", str(output), "--audioset", str(datasets["audioset"])]
+    for name in ("icbhi", "hf_lung", "coughvid"):
+        arguments += [f"--{name.replace('_', '-')}", str(datasets[name])]
+    return [*arguments, *extra]
+
+
+def test_the_papers_filters_and_repetitions_give_the_lists_and_counts(datasets, tmp_path, capsys):
+    output = tmp_path / "lists"
+    assert cli_main(command(datasets, output)) == 0
+    report = capsys.readouterr().out
+    respiratory = Counter(read_source(output / "respiratory.csv"))
+    icbhi = {str(datasets["icbhi"] / f"{name}.wav") for name in ("101_1b1_Al_sc_Meditron", "103_2b2_Ar_mc_LittC2SE")}
+    icbhi.add(str(datasets["icbhi"] / "104_1b1_Ll_sc_Litt3200.wav"))
+    hf_lung = {str(datasets["hf_lung"] / "train" / name) for name in ("steth_1.wav", "trunc_2.wav")}
+    coughvid = {str(datasets["coughvid"] / f"{uuid}.wav") for uuid in ("a1", "b2")}  # strictly above 0.95
+    assert respiratory == {**{path: 6 for path in icbhi}, **{path: 1 for path in hf_lung | coughvid}}
+    mixture = Counter(read_source(output / "mixture.csv"))
+    audioset = {str(datasets["audioset"] / f"clip{index}.wav") for index in range(3)}
+    assert mixture == {**{path: 1 for path in audioset}, **{path: 29 * n for path, n in respiratory.items()}}
+    for name, count, paper in [
+        ("icbhi_train", 3, 539),
+        ("icbhi", 18, 3234),
+        ("hf_lung", 2, 3839),
+        ("coughvid", 2, 7054),
+        ("respiratory", 22, 14127),
+        ("respiratory_repeated", 638, 409683),
+        ("audioset", 3, 2005132),
+        ("mixture", 641, 2414815),
+    ]:
+        assert re.search(rf"^  {name} +{count:,} +\(paper: {paper:,}\)$", report, re.MULTILINE), name
+    assert "1 training recordings with no .wav: 226_1b1_Pl_sc_LittC2SE" in report
+
+    assert cli_main(command(datasets, output)) == 2  # an earlier output is not replaced silently
+    assert cli_main(command(datasets, output, "--repeat", "2", "--overwrite")) == 0
+    assert len(read_source(output / "mixture.csv")) == 3 + 2 * 22
+
+
+def test_missing_coughvid_audio_and_a_missing_split_file_are_clear_errors(datasets, tmp_path, capsys):
+    (datasets["coughvid"] / "b2.wav").unlink()
+    assert cli_main(command(datasets, tmp_path / "a")) == 2
+    assert "1 CoughVID recordings with cough_detected > 0.95 have no audio file" in capsys.readouterr().err
+    (datasets["icbhi"].parent / "ICBHI_challenge_train_test.txt").unlink()
+    assert cli_main(command(datasets, tmp_path / "b")) == 2
+    assert "ICBHI_challenge_train_test.txt (ICBHI's official split) is not in" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
