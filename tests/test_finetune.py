@@ -43,7 +43,7 @@ def encoder_folder(tmp_path_factory):
     return folder
 
 
-def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, encoder_folder, tmp_path):
+def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, encoder_folder, tmp_path, capsys):
     output = tmp_path / "classifier"
     code = cli_main(
         [
@@ -67,8 +67,17 @@ def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, 
         ]
     )
     assert code == 0
-    test_metrics = json.loads((output / "test_results.json").read_text())
-    assert test_metrics["test_auroc"] > 0.9
+    test_metrics = json.loads((output / "results.json").read_text())["test"]
+    assert test_metrics["auroc"] > 0.9
+    assert "Removed the training checkpoints" in capsys.readouterr().out
+    # Ready to share: the model, its extractor, remote code, card and results; no Trainer checkpoints.
+    assert sorted(p.name for p in output.iterdir() if not p.name.endswith(".py")) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "results.json",
+    ]
 
     model = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True).eval()
     assert model.config.id2label == {0: "breath", 1: "wheeze"}
@@ -78,10 +87,14 @@ def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, 
     with torch.no_grad():
         logits = model(**extractor(audio, sampling_rate=RATE)).logits
     auroc = roc_auc_score(test["label"], logits.softmax(-1)[:, 1].numpy())
-    assert auroc == pytest.approx(test_metrics["test_auroc"], abs=1e-6)  # the saved model is the one evaluated
+    assert auroc == pytest.approx(test_metrics["auroc"], abs=1e-6)  # the saved model is the one evaluated
 
     card = (output / "README.md").read_text()
-    assert "pipeline_tag: audio-classification" in card and "model-index" in card and "Not a medical device" in card
+    assert "pipeline_tag: audio-classification" in card and "Not a medical device" in card
+    front_matter = card.split("---")[1]
+    # A local encoder and dataset: no base_model or model-index naming local folders; the results are in the text.
+    assert "base_model" not in front_matter and "model-index" not in front_matter and str(tmp_path) not in front_matter
+    assert f"| test | {test_metrics['accuracy']:.4f} | {test_metrics['auroc']:.4f} |" in card
     assert sorted(p.name for p in output.glob("*.py")) == [
         "configuration_resp_m2d.py",
         "feature_extraction_resp_m2d.py",

@@ -106,6 +106,37 @@ def hub_id(name):
     return name if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) and not name.startswith(".") else None
 
 
+def cached_repo_id(path, repo_type):
+    """The repo id of a Hub cache snapshot (`.../models--org--name/snapshots/<revision>/...`), else None."""
+    for part in Path(path).resolve().parts:
+        if part.startswith(f"{repo_type}s--"):
+            return "/".join(part.split("--")[1:])
+    return None
+
+
+def model_hub_id(source):
+    """
+    The Hub id of the model at `source` when known: `source` itself, the repository of a Hub cache snapshot, or the
+    Hub id that the folder's `config.json` (`_name_or_path`, written by older Transformers) or card (`base_model`)
+    names. None for a local model of unknown origin.
+    """
+    if hub_id(source) or not Path(source).is_dir():
+        return hub_id(source)
+    folder = Path(source)
+    config_path, card_path = folder / "config.json", folder / "README.md"
+    named = [cached_repo_id(folder, "model")]
+    if config_path.is_file():
+        named.append(json.loads(config_path.read_text(encoding="utf-8")).get("_name_or_path"))
+    if card_path.is_file():
+        named.append(ModelCard(card_path.read_text(encoding="utf-8")).data.base_model)
+    return next((hub_id(name) for name in named if isinstance(name, str) and hub_id(name)), None)
+
+
+def dataset_hub_id(source):
+    """The Hub id of a dataset: `source` itself or the repository of a Hub cache snapshot; None for a local one."""
+    return hub_id(source) or (cached_repo_id(source, "dataset") if Path(source).exists() else None)
+
+
 def dataset_slug(name):
     """A metadata-safe dataset type: the Hub id, or the last part of a local path."""
     return hub_id(name) or re.sub(r"[^\w.-]+", "-", Path(name).name).strip("-.") or "local-dataset"
@@ -113,12 +144,15 @@ def dataset_slug(name):
 
 def classifier_card(config, base_model, dataset_name, results, repo_id=None, name=None, training_data=None):
     """
-    Card of a fine-tuned classifier; `results` is `{split: {metric: value}}` (e.g. validation and test). Local paths
-    are named in the text but kept out of the metadata (`base_model`, `datasets`), which the Hub validates.
+    Card of a fine-tuned classifier; `results` is `{split: {metric: value}}` (e.g. validation and test). The metadata
+    names the base model and the dataset by their Hub ids when known (see `model_hub_id`, `dataset_hub_id`) and
+    leaves them out otherwise: local paths are named in the text only, and results on a local dataset stay out of
+    `model-index` (they are in the Evaluation table).
     """
     model_name = repo_id or name or "resp-m2d-classifier"
     regression = config.problem_type == "regression"
-    dataset_id = hub_id(dataset_name)
+    dataset_id = dataset_hub_id(dataset_name)
+    evaluations = eval_results(results, "audio-classification", dataset_id, dataset_id) if dataset_id else []
     card_data = ModelCardData(
         library_name="transformers",
         license="other",
@@ -126,9 +160,9 @@ def classifier_card(config, base_model, dataset_name, results, repo_id=None, nam
         tags=TAGS,
         datasets=[dataset_id] if dataset_id else None,
         metrics=["mae"] if regression else ["roc_auc", "accuracy"],
-        base_model=hub_id(base_model),
+        base_model=model_hub_id(base_model),
         model_name=model_name,
-        eval_results=eval_results(results, "audio-classification", *[dataset_slug(dataset_name)] * 2) or None,
+        eval_results=evaluations or None,
     )
     labels = ", ".join(f"`{config.id2label[i]}`" for i in range(config.num_labels))
     multi_label = config.problem_type == "multi_label_classification"
