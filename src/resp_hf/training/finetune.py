@@ -70,7 +70,7 @@ class FinetuneArguments:
     lora_alpha: float = field(default=None, metadata={"help": "LoRA scaling numerator (default: 2 x rank)"})
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "write into a non-empty output folder (replacing an earlier run)", "aliases": ["--overwrite"]},
+        metadata={"help": "write into a non-empty output folder, replacing its earlier run", "aliases": ["--overwrite"]},
     )
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "keep Trainer's checkpoints (with optimizer state) in OUTPUT/checkpoints"}
