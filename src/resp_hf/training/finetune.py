@@ -376,9 +376,19 @@ def save_best_model(trainer, feature_extractor, output_dir, args, results, train
         dataset_name=args.dataset,
         results=results,
         name=output_dir.name,
-        training_data=f"`{args.dataset}`: {train_size} training recordings.",
+        training_data=f"`{args.dataset}`: {train_size} training recordings." + lora_note(args),
     )
     cards.write_card(output_dir, card)
+
+
+def lora_note(args):
+    """How LoRA was used, for the model card (empty without LoRA)."""
+    if not args.lora_rank:
+        return ""
+    return (
+        f" LoRA adapters of rank {args.lora_rank} on {', '.join(LORA_TARGET_MODULES)} of every block, merged into the "
+        "encoder weights of this folder; the adapters (with the head) are in `adapter/`."
+    )
 
 
 def summary(results, output_dir, args):
