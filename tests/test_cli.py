@@ -27,7 +27,7 @@ def one_line_error(capsys, command):
         (["card", "{tmp}", "--results", "{tmp}/results.json"], "README.md"),
         (["benchmark", "--model", "{tmp}", "--output", "{tmp}/out"], "Nothing to evaluate"),
         (["opera", "list", "--opera-root", "{tmp}/no-opera"], "no-opera"),
-        (["finetune", "--model_name_or_path", "{tmp}", "--dataset", "{tmp}/no-data", "--output_dir", "{tmp}/o"], "no-data"),
+        (["finetune", "--model_name_or_path", "{tmp}", "--dataset", "{tmp}/gone", "--output_dir", "{tmp}/o"], "gone"),
     ],
 )
 def test_errors_of_use_are_one_line_with_exit_2_and_a_traceback_on_request(arguments, expected, tmp_path, capsys):
@@ -74,14 +74,29 @@ def test_usage_mistakes_are_one_line_with_exit_2(arguments, expected, capsys):
     assert len(lines) == 1 and expected in lines[0] and "--help" in lines[0], lines
 
 
-# The [train] extras are not installed: each command that needs them says which extra to install.
-WITHOUT_TRAIN_EXTRAS = """
+TRAIN_EXTRAS = ["datasets", "sklearn", "accelerate", "matplotlib", "openpyxl", "tensorboard"]
+
+
+def run_without(modules, commands, cwd):
+    """Runs the `resp-hf` commands in a fresh interpreter where `modules` cannot be imported: exit codes, stderr."""
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_MODULES, json.dumps(modules), json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+WITHOUT_MODULES = """
 import contextlib, io, json, sys
-for name in ("datasets", "sklearn", "accelerate", "matplotlib", "openpyxl", "tensorboard"):
-    sys.modules[name] = None
+for name in json.loads(sys.argv[1]):
+    sys.modules[name] = None  # as if not installed
 from resp_hf.cli import main
 outcomes = []
-for arguments in json.loads(sys.argv[1]):
+for arguments in json.loads(sys.argv[2]):
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         try:
@@ -102,21 +117,22 @@ def test_commands_that_need_the_train_extra_say_how_to_install_it(tmp_path):
         ["pretrain", "--help"],
         ["push", str(tmp_path), "org/x"],  # a core command: its own error, not a missing extra
     ]
-    result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TRAIN_EXTRAS, json.dumps(commands)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    *outcomes, push = json.loads(result.stdout.strip().splitlines()[-1])
+    *outcomes, push = run_without(TRAIN_EXTRAS, commands, tmp_path)
     assert push["code"] == 2 and "has no config.json" in push["stderr"]
     for command, outcome in zip(commands, outcomes):
         lines = outcome["stderr"].strip().splitlines()
         assert outcome["code"] == 2 and len(lines) == 1, (command, outcome)
         assert lines[0].startswith(f"resp-hf {command[0]}: error: this command needs the 'train' extra")
         assert lines[0].endswith('pip install "resp-hf[train]"')
+
+
+def test_lora_without_peft_says_how_to_install_it(tmp_path):
+    command = ["finetune", "--model_name_or_path", "m", "--dataset", "d", "--lora_rank", "4"]
+    [outcome] = run_without(["peft"], [command], tmp_path)
+    message = outcome["stderr"].strip()
+    assert outcome["code"] == 2 and len(message.splitlines()) == 1
+    assert message.startswith("resp-hf finetune: error: this command needs the 'peft' extra (")
+    assert message.endswith('pip install "resp-hf[peft]"')
 
 
 def test_the_training_script_is_the_command_with_its_error_handling(tmp_path):

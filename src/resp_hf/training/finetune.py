@@ -65,12 +65,13 @@ class FinetuneArguments:
     layer_decay: float = field(default=1.0, metadata={"help": "layer-wise learning-rate decay (1.0: none)"})
     downmix: bool = field(default=False, metadata={"help": "average the channels of multichannel recordings"})
     lora_rank: int = field(
-        default=None, metadata={"help": "train LoRA adapters of this rank on the attention and MLP projections"}
+        default=None,
+        metadata={"help": "train LoRA adapters of this rank on the attention and MLP projections (peft extra)"},
     )
     lora_alpha: float = field(default=None, metadata={"help": "LoRA scaling numerator (default: 2 x rank)"})
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "write into a non-empty output folder, replacing its earlier run", "aliases": ["--overwrite"]},
+        metadata={"help": "write into a non-empty output folder, replacing its run", "aliases": ["--overwrite"]},
     )
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "keep Trainer's checkpoints (with optimizer state) in OUTPUT/checkpoints"}
@@ -258,13 +259,20 @@ class BreakTiesByLossCallback(TrainerCallback):
             state.best_metric = math.nextafter(state.best_metric, -math.inf if args.greater_is_better else math.inf)
 
 
-def add_lora_adapters(model, args):
-    """Wraps `model` in PEFT LoRA adapters on the encoder's projections; the head trains in full."""
-    if args.freeze_encoder or args.layer_decay != 1.0 or model.config.classifier_layer == "weighted":
+def check_lora_settings(args):
+    """Refuses LoRA settings that would be ignored, before anything is loaded; needs the `peft` extra."""
+    if args.lora_rank < 1:
+        raise ValueError(f"--lora_rank must be at least 1, got {args.lora_rank}.")
+    if args.freeze_encoder or args.layer_decay != 1.0 or args.classifier_layer == "weighted":
         raise ValueError(
             "--lora_rank cannot be combined with --freeze_encoder, --layer_decay or --classifier_layer weighted: "
-            "LoRA already trains only the adapters and the head."
+            "LoRA trains only the adapters and the head."
         )
+    import peft  # noqa: F401  (a missing extra is reported before the data and model are loaded)
+
+
+def add_lora_adapters(model, args):
+    """Wraps `model` in PEFT LoRA adapters on the encoder's projections; the head trains in full."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -291,8 +299,8 @@ def finetune(args, training_args):
     output_dir = Path(training_args.output_dir)
     resume = resume_checkpoint(training_args.resume_from_checkpoint)
     check_output_dir(output_dir, args.overwrite_output_dir, resume is not None)
-    if args.lora_rank is not None and args.lora_rank < 1:
-        raise ValueError(f"--lora_rank must be at least 1, got {args.lora_rank}.")
+    if args.lora_rank is not None:
+        check_lora_settings(args)
     dataset = load_any_dataset(args.dataset)
     if args.train_split not in dataset:
         raise ValueError(f"The dataset has no {args.train_split!r} split; it has {list(dataset)}.")
@@ -312,7 +320,7 @@ def finetune(args, training_args):
         freeze_encoder=args.freeze_encoder,
         ignore_mismatched_sizes=True,
     )
-    if args.lora_rank:
+    if args.lora_rank is not None:
         model = add_lora_adapters(model, args)
     feature_extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     if training_args.metric_for_best_model == "auto":
