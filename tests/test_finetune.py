@@ -480,3 +480,18 @@ def test_lora_refuses_settings_it_would_ignore(recordings, encoder_folder, tmp_p
     assert "--lora_rank cannot be combined with --freeze_encoder" in capsys.readouterr().err
     assert cli_main(["finetune", *arguments[:-1], "0"]) == 2
     assert "--lora_rank must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_a_file_is_refused(recordings, encoder_folder, tmp_path, capsys):
+    (tmp_path / "model.bin").write_text("not a folder")
+    arguments = finetune_arguments(encoder_folder, recordings, tmp_path / "model.bin")
+    assert cli_main(["finetune", *arguments]) == 2
+    assert f"--output_dir {tmp_path / 'model.bin'} is a file" in capsys.readouterr().err
+
+
+def test_a_training_split_with_one_class_present_is_refused(encoder_folder, tmp_path):
+    rows = Dataset.from_dict({"audio": ["a.wav", "b.wav"], "label": [1, 1]})
+    rows.cast_column("label", ClassLabel(names=["healthy", "copd"])).save_to_disk(tmp_path / "saved")
+    arguments = finetune_arguments(encoder_folder, tmp_path / "saved", tmp_path / "out", "--eval_split", "train")
+    with pytest.raises(ValueError, match=r"has recordings of \['copd'\] only \(classes: \['healthy', 'copd'\]\)"):
+        finetune(*build_parser().parse_args_into_dataclasses(args=arguments))

@@ -214,6 +214,8 @@ def check_output_dir(output_dir, overwrite, resuming):
     Refuses to mix a new run into a folder that holds files, unless resuming or told to overwrite; overwriting
     removes the earlier run's checkpoints and outputs so that nothing of it is taken for the new run.
     """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output_dir {output_dir} is a file; pass a folder to write the model into.")
     if not output_dir.is_dir() or not any(output_dir.iterdir()) or resuming:
         return
     if not overwrite:
@@ -236,8 +238,8 @@ def check_classes(train, label_column, problem_type, names, source):
     present = sorted({names[label] for label in train[label_column]})
     if len(present) < 2:
         raise ValueError(
-            f"The training data of {source} has {len(present)} class ({', '.join(present) or 'none'}) of "
-            f"{names}: a classifier needs recordings of at least two classes."
+            f"The training data of {source} has recordings of {present or 'no class'} only (classes: {names}): "
+            "a classifier needs recordings of at least two classes."
         )
 
 
