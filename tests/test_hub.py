@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,7 @@ def test_cards_keep_local_paths_out_of_the_metadata(tmp_path):
     assert data["model-index"][0]["results"][0]["dataset"] == {"name": "org/data", "type": "org/data", "split": "test"}
 
 
-def test_cards_find_the_hub_id_of_a_local_base_model_or_dataset(tmp_path):
+def test_cards_find_the_hub_id_of_a_local_base_model_or_dataset(tmp_path, caplog):
     config = RespM2DConfig(num_labels=2, id2label={0: "a", 1: "b"}, problem_type="single_label_classification")
     results = {"test": {"auroc": 0.9}}
 
@@ -193,8 +194,13 @@ def test_cards_find_the_hub_id_of_a_local_base_model_or_dataset(tmp_path):
     older.mkdir()
     (older / "config.json").write_text(json.dumps({"_name_or_path": "org/older-encoder"}))
     assert metadata(older, tmp_path)["base_model"] == "org/older-encoder"
-    (older / "config.json").write_text(json.dumps({"_name_or_path": "/home/me/encoder"}))
-    assert "base_model" not in metadata(older, tmp_path)
+    for local in ("/home/me/encoder", "encoder"):  # a path where it was saved, not a Hub id
+        (older / "config.json").write_text(json.dumps({"_name_or_path": local}))
+        assert "base_model" not in metadata(older, tmp_path)
+    (older / "README.md").write_text("---\nbase_model: [unclosed\n---\n\nA hand-written card.\n")
+    with caplog.at_level(logging.WARNING, logger="resp_hf.cards"):
+        assert "base_model" not in metadata(older, tmp_path)  # a malformed card does not fail a finished run
+    assert f"Ignoring the metadata of {older / 'README.md'}" in caplog.text
 
     downloaded = tmp_path / "downloaded"  # a folder whose card names its Hub base model
     save_fine_tuned(downloaded)

@@ -1,11 +1,15 @@
 """Model cards: YAML front matter from `huggingface_hub.ModelCardData`, bodies from the templates in `hub_cards/`."""
 
 import json
+import logging
 import re
 from pathlib import Path
 from string import Template
 
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+logger = logging.getLogger(__name__)
 
 TAGS = ["audio", "respiratory-sounds", "m2d", "resp_hf"]
 # Loading snippets of cards written next to a local folder use this in place of the repo id until the folder is pushed.
@@ -117,19 +121,29 @@ def cached_repo_id(path, repo_type):
 def model_hub_id(source):
     """
     The Hub id of the model at `source` when known: `source` itself, the repository of a Hub cache snapshot, or the
-    Hub id that the folder's `config.json` (`_name_or_path`, written by older Transformers) or card (`base_model`)
-    names. None for a local model of unknown origin.
+    `org/name` that the folder's `config.json` (`_name_or_path`, written by older Transformers) or card
+    (`base_model`) names. None for a local model of unknown origin.
     """
     if hub_id(source) or not Path(source).is_dir():
         return hub_id(source)
     folder = Path(source)
-    config_path, card_path = folder / "config.json", folder / "README.md"
     named = [cached_repo_id(folder, "model")]
-    if config_path.is_file():
-        named.append(json.loads(config_path.read_text(encoding="utf-8")).get("_name_or_path"))
-    if card_path.is_file():
-        named.append(ModelCard(card_path.read_text(encoding="utf-8")).data.base_model)
-    return next((hub_id(name) for name in named if isinstance(name, str) and hub_id(name)), None)
+    if (folder / "config.json").is_file():
+        named.append(json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path"))
+    named.append(card_metadata(folder).get("base_model"))
+    return next((name for name in named if isinstance(name, str) and "/" in name and hub_id(name)), None)
+
+
+def card_metadata(folder):
+    """The front matter of the card in `folder` as a dict (empty without a card, or with a warning when malformed)."""
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        return {}
+    try:
+        return ModelCard(path.read_text(encoding="utf-8")).data.to_dict()
+    except (ValueError, yaml.YAMLError) as error:
+        logger.warning(f"Ignoring the metadata of {path}: it is not a valid card ({error}).")
+        return {}
 
 
 def dataset_hub_id(source):
