@@ -455,6 +455,8 @@ def test_lora_trains_adapters_and_saves_a_merged_model_and_the_adapters(recordin
     assert adapter["r"] == 4 and adapter["lora_alpha"] == 8
     assert sorted(adapter["target_modules"]) == ["fc1", "fc2", "proj", "qkv"]
     assert not (output / "adapter_config.json").exists()  # the top folder loads as a plain model
+    assert adapter["base_model_name_or_path"] is None  # a local encoder: no path written into a shared folder
+    assert sorted(p.name for p in (output / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
 
     merged = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True).eval()
     base = AutoModelForAudioClassification.from_pretrained(encoder_folder, num_labels=2).eval()

@@ -375,7 +375,7 @@ def save_best_model(trainer, feature_extractor, output_dir, args, results, train
     """
     model = trainer.model
     if args.lora_rank:
-        model.save_pretrained(output_dir / "adapter")
+        save_adapters(model, output_dir / "adapter", args.model_name_or_path)
         model = model.merge_and_unload()
     model.save_pretrained(output_dir)
     feature_extractor.save_pretrained(output_dir)
@@ -389,6 +389,19 @@ def save_best_model(trainer, feature_extractor, output_dir, args, results, train
         training_data=f"`{args.dataset}`: {train_size} training recordings." + lora_note(args),
     )
     cards.write_card(output_dir, card)
+
+
+def save_adapters(model, folder, base_model):
+    """
+    Saves the LoRA adapters and the head for `PeftModel.from_pretrained(base, folder)`. The base model is recorded by
+    its Hub id, or not at all (never a local path); PEFT's placeholder card is dropped (the folder's card covers it).
+    """
+    model.save_pretrained(folder)
+    (folder / "README.md").unlink(missing_ok=True)
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())  # PEFT fills in the local path when given none, so edit it after
+    config["base_model_name_or_path"] = cards.model_hub_id(base_model)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def lora_note(args):
