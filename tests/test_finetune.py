@@ -94,7 +94,8 @@ def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, 
     assert "pipeline_tag: audio-classification" in card and "Not a medical device" in card
     front_matter = card.split("---")[1]
     # A local encoder and dataset: no base_model or model-index naming local folders; the results are in the text.
-    assert "base_model" not in front_matter and "model-index" not in front_matter and str(tmp_path) not in front_matter
+    assert "base_model" not in front_matter and "model-index" not in front_matter
+    assert str(tmp_path) not in card and str(encoder_folder) not in card and f"`{recordings.name}` (a local folder)" in card
     assert f"| test | {test_metrics['accuracy']:.4f} | {test_metrics['auroc']:.4f} |" in card
     assert sorted(p.name for p in output.glob("*.py")) == [
         "configuration_resp_m2d.py",

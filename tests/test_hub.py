@@ -166,8 +166,9 @@ def test_cards_keep_local_paths_out_of_the_metadata(tmp_path):
     data = card.data.to_dict()
     # No Hub id for the base model or the dataset: left out, and results on a local dataset stay out of model-index.
     assert "base_model" not in data and "datasets" not in data and "model-index" not in data
-    assert str(tmp_path) not in card.content.split("---")[1]  # nowhere in the front matter
-    assert str(tmp_path / "my recordings") in card.text and "| test | 0.9000 |" in card.text  # named in the text
+    assert str(tmp_path) not in card.content and "| test | 0.9000 |" in card.text  # no local path, even in the text
+    assert f"| base model | `{tmp_path.name}` (a local folder) |" in card.text
+    assert "Fine-tuned on `my recordings` (a local folder)." in card.text
     for name in ("unknown", "./enc", "../x", "/abs/path"):
         assert "base_model" not in ModelCard(classifier_card(config, name, "org/data", results)).data.to_dict()
     data = ModelCard(classifier_card(config, "org/enc", "org/data", results)).data.to_dict()
@@ -189,6 +190,8 @@ def test_cards_find_the_hub_id_of_a_local_base_model_or_dataset(tmp_path, caplog
     data = metadata(snapshot, data_snapshot)
     assert data["base_model"] == "org/resp-m2d" and data["datasets"] == ["org/sounds"]
     assert data["model-index"][0]["results"][0]["dataset"]["name"] == "org/sounds"
+    card = classifier_card(config, str(snapshot), str(data_snapshot), results)
+    assert "| base model | `org/resp-m2d` |" in card and "Fine-tuned on `org/sounds`." in card
 
     older = tmp_path / "older"  # config.json written by an older Transformers names where it came from
     older.mkdir()

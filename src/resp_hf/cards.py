@@ -156,6 +156,13 @@ def dataset_slug(name):
     return hub_id(name) or re.sub(r"[^\w.-]+", "-", Path(name).name).strip("-.") or "local-dataset"
 
 
+def describe_source(source, source_id):
+    """A base model or dataset in card text: its Hub id, or a local folder by its name only (not the whole path)."""
+    if source_id or source in (None, "unknown"):
+        return f"`{source_id or 'unknown'}`"
+    return f"`{Path(source).name}` (a local folder)"
+
+
 def classifier_card(config, base_model, dataset_name, results, repo_id=None, name=None, training_data=None):
     """
     Card of a fine-tuned classifier; `results` is `{split: {metric: value}}` (e.g. validation and test). The metadata
@@ -165,7 +172,7 @@ def classifier_card(config, base_model, dataset_name, results, repo_id=None, nam
     """
     model_name = repo_id or name or "resp-m2d-classifier"
     regression = config.problem_type == "regression"
-    dataset_id = dataset_hub_id(dataset_name)
+    base_model_id, dataset_id = model_hub_id(base_model), dataset_hub_id(dataset_name)
     evaluations = eval_results(results, "audio-classification", dataset_id, dataset_id) if dataset_id else []
     card_data = ModelCardData(
         library_name="transformers",
@@ -174,7 +181,7 @@ def classifier_card(config, base_model, dataset_name, results, repo_id=None, nam
         tags=TAGS,
         datasets=[dataset_id] if dataset_id else None,
         metrics=["mae"] if regression else ["roc_auc", "accuracy"],
-        base_model=model_hub_id(base_model),
+        base_model=base_model_id,
         model_name=model_name,
         eval_results=evaluations or None,
     )
@@ -185,7 +192,7 @@ def classifier_card(config, base_model, dataset_name, results, repo_id=None, nam
         card_data,
         model_name=model_name,
         repo_id=repo_id or LOCAL_REPO_PLACEHOLDER,
-        base_model=base_model,
+        base_model=describe_source(base_model, base_model_id),
         problem_type=config.problem_type,
         labels=labels,
         pooling=config.pooling,
@@ -198,7 +205,7 @@ def classifier_card(config, base_model, dataset_name, results, repo_id=None, nam
             if multi_label
             else ""
         ),
-        training_data=training_data or f"Fine-tuned on `{dataset_name}`.",
+        training_data=training_data or f"Fine-tuned on {describe_source(dataset_name, dataset_id)}.",
         evaluation=metrics_table(results) if results else "No evaluation results were recorded.",
     )
 

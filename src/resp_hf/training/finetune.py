@@ -386,7 +386,8 @@ def save_best_model(trainer, feature_extractor, output_dir, args, results, train
         dataset_name=args.dataset,
         results=results,
         name=output_dir.name,
-        training_data=f"`{args.dataset}`: {train_size} training recordings." + lora_note(args),
+        training_data=f"{cards.describe_source(args.dataset, cards.dataset_hub_id(args.dataset))}: {train_size} "
+        "training recordings." + lora_note(args),
     )
     cards.write_card(output_dir, card)
 
