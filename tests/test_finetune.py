@@ -95,7 +95,8 @@ def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, 
     front_matter = card.split("---")[1]
     # A local encoder and dataset: no base_model or model-index naming local folders; the results are in the text.
     assert "base_model" not in front_matter and "model-index" not in front_matter
-    assert str(tmp_path) not in card and str(encoder_folder) not in card and f"`{recordings.name}` (a local folder)" in card
+    assert str(tmp_path) not in card and str(encoder_folder) not in card
+    assert f"`{recordings.name}` (a local folder)" in card
     assert f"| test | {test_metrics['accuracy']:.4f} | {test_metrics['auroc']:.4f} |" in card
     assert sorted(p.name for p in output.glob("*.py")) == [
         "configuration_resp_m2d.py",
@@ -457,7 +458,10 @@ def test_lora_trains_adapters_and_saves_a_merged_model_and_the_adapters(recordin
     assert sorted(adapter["target_modules"]) == ["fc1", "fc2", "proj", "qkv"]
     assert not (output / "adapter_config.json").exists()  # the top folder loads as a plain model
     assert adapter["base_model_name_or_path"] is None  # a local encoder: no path written into a shared folder
-    assert sorted(p.name for p in (output / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in (output / "adapter").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
 
     merged = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True).eval()
     base = AutoModelForAudioClassification.from_pretrained(encoder_folder, num_labels=2).eval()
