@@ -18,6 +18,7 @@ from resp_hf.data import load_any_dataset, load_audio_folder
 from resp_hf.synthetic import write_two_class_recordings
 from resp_hf.training.finetune import (
     AudioClassificationCollator,
+    BreakTiesByLossCallback,
     build_parser,
     finetune,
     label_task,
@@ -280,6 +281,7 @@ def test_auto_best_model_metric_follows_the_problem_type(recordings, encoder_fol
     arguments += ["--output_dir", str(tmp_path / "out"), "--max_steps", "1"]
     trainer, _ = finetune(*build_parser().parse_args_into_dataclasses(args=arguments))
     assert trainer.args.metric_for_best_model == "auroc" and trainer.args.greater_is_better
+    assert any(isinstance(callback, BreakTiesByLossCallback) for callback in trainer.callback_handler.callbacks)
 
 
 def test_a_missing_local_dataset_path_is_not_looked_up_on_the_hub(tmp_path):
@@ -398,8 +400,6 @@ class ScalarRegressor(torch.nn.Module):
 def test_tied_validation_scores_are_broken_by_the_lower_validation_loss(break_ties, tmp_path):
     from transformers import Trainer, TrainingArguments
 
-    from resp_hf.training.finetune import BreakTiesByLossCallback
-
     rows = [{"x": torch.tensor([x]), "labels": torch.tensor(2 * x + 1)} for x in torch.linspace(-1, 1, 16).tolist()]
     arguments = TrainingArguments(
         output_dir=str(tmp_path),
@@ -433,8 +433,6 @@ def test_tied_validation_scores_are_broken_by_the_lower_validation_loss(break_ti
 
 def test_a_tie_with_a_higher_loss_keeps_the_earlier_best():
     from transformers import TrainerState, TrainingArguments
-
-    from resp_hf.training.finetune import BreakTiesByLossCallback
 
     arguments = TrainingArguments(output_dir="unused", metric_for_best_model="auroc", report_to="none")
     state = TrainerState(best_metric=0.9, best_global_step=10)
