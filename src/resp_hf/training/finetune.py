@@ -467,7 +467,14 @@ def main(argv=None):
     return 0
 
 
-__all__ = ["AudioClassificationCollator", "FinetuneArguments", "finetune", "layer_wise_parameter_groups", "main"]
+__all__ = [
+    "AudioClassificationCollator",
+    "BreakTiesByLossCallback",
+    "FinetuneArguments",
+    "finetune",
+    "layer_wise_parameter_groups",
+    "main",
+]
 
 if __name__ == "__main__":
     sys.exit(main())
