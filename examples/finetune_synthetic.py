@@ -13,8 +13,8 @@ from pathlib import Path
 
 from transformers import pipeline
 
+from resp_hf.cli import main as resp_hf
 from resp_hf.synthetic import save_small_encoder, write_two_class_recordings
-from resp_hf.training.finetune import main as finetune_main
 
 
 def main():
@@ -27,8 +27,9 @@ def main():
     recordings = write_two_class_recordings(args.workdir / "recordings", per_class=24)
     encoder = args.encoder or save_small_encoder(args.workdir / "encoder")
     output = args.workdir / "classifier"
-    finetune_main(
+    code = resp_hf(
         [
+            "finetune",
             "--model_name_or_path",
             str(encoder),
             "--dataset",
@@ -43,8 +44,11 @@ def main():
             "8",
             "--seed",
             "0",
+            "--overwrite_output_dir",  # a rerun replaces the classifier of the previous one
         ]
     )
+    if code:
+        raise SystemExit(code)
     classify = pipeline("audio-classification", model=str(output), trust_remote_code=True)
     for name in ("breath", "wheeze"):
         path = recordings / name / f"{name}_000.wav"

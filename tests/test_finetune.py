@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from resp_hf.data import load_any_dataset, load_audio_folder
 from resp_hf.synthetic import write_two_class_recordings
 from resp_hf.training.finetune import (
     AudioClassificationCollator,
+    BreakTiesByLossCallback,
     build_parser,
     finetune,
     label_task,
@@ -43,7 +45,7 @@ def encoder_folder(tmp_path_factory):
     return folder
 
 
-def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, encoder_folder, tmp_path):
+def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, encoder_folder, tmp_path, capsys):
     output = tmp_path / "classifier"
     code = cli_main(
         [
@@ -67,8 +69,17 @@ def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, 
         ]
     )
     assert code == 0
-    test_metrics = json.loads((output / "test_results.json").read_text())
-    assert test_metrics["test_auroc"] > 0.9
+    test_metrics = json.loads((output / "results.json").read_text())["test"]
+    assert test_metrics["auroc"] > 0.9
+    assert "Removed the training checkpoints" in capsys.readouterr().out
+    # Ready to share: the model, its extractor, remote code, card and results; no Trainer checkpoints.
+    assert sorted(p.name for p in output.iterdir() if not p.name.endswith(".py")) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "results.json",
+    ]
 
     model = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True).eval()
     assert model.config.id2label == {0: "breath", 1: "wheeze"}
@@ -78,10 +89,16 @@ def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, 
     with torch.no_grad():
         logits = model(**extractor(audio, sampling_rate=RATE)).logits
     auroc = roc_auc_score(test["label"], logits.softmax(-1)[:, 1].numpy())
-    assert auroc == pytest.approx(test_metrics["test_auroc"], abs=1e-6)  # the saved model is the one evaluated
+    assert auroc == pytest.approx(test_metrics["auroc"], abs=1e-6)  # the saved model is the one evaluated
 
     card = (output / "README.md").read_text()
-    assert "pipeline_tag: audio-classification" in card and "model-index" in card and "Not a medical device" in card
+    assert "pipeline_tag: audio-classification" in card and "Not a medical device" in card
+    front_matter = card.split("---")[1]
+    # A local encoder and dataset: no base_model or model-index naming local folders; the results are in the text.
+    assert "base_model" not in front_matter and "model-index" not in front_matter
+    assert str(tmp_path) not in card and str(encoder_folder) not in card
+    assert f"`{recordings.name}` (a local folder)" in card
+    assert f"| test | {test_metrics['accuracy']:.4f} | {test_metrics['auroc']:.4f} |" in card
     assert sorted(p.name for p in output.glob("*.py")) == [
         "configuration_resp_m2d.py",
         "feature_extraction_resp_m2d.py",
@@ -264,6 +281,7 @@ def test_auto_best_model_metric_follows_the_problem_type(recordings, encoder_fol
     arguments += ["--output_dir", str(tmp_path / "out"), "--max_steps", "1"]
     trainer, _ = finetune(*build_parser().parse_args_into_dataclasses(args=arguments))
     assert trainer.args.metric_for_best_model == "auroc" and trainer.args.greater_is_better
+    assert any(isinstance(callback, BreakTiesByLossCallback) for callback in trainer.callback_handler.callbacks)
 
 
 def test_a_missing_local_dataset_path_is_not_looked_up_on_the_hub(tmp_path):
@@ -279,3 +297,206 @@ def test_cli_reports_a_missing_model_in_one_line_and_shows_the_traceback_on_requ
     assert "resp-hf finetune: error:" in capsys.readouterr().err
     with pytest.raises(OSError):
         cli_main(["--traceback", *arguments])
+
+
+def finetune_arguments(encoder_folder, dataset, output, *extra):
+    """Command-line arguments of a short fine-tuning run (two steps, evaluated and saved at each)."""
+    arguments = ["--model_name_or_path", str(encoder_folder), "--dataset", str(dataset), "--output_dir", str(output)]
+    arguments += ["--max_steps", "2", "--per_device_train_batch_size", "4", "--eval_strategy", "steps"]
+    return arguments + ["--save_strategy", "steps", "--eval_steps", "1", "--save_steps", "1", *extra]
+
+
+@pytest.mark.parametrize("layout", ["one class", "empty class folder"])
+def test_a_folder_without_two_classes_is_refused_before_training(layout, encoder_folder, tmp_path, capsys):
+    data = write_two_class_recordings(tmp_path / "data", per_class=3)
+    if layout == "one class":
+        shutil.rmtree(data / "wheeze")
+    else:
+        for path in (data / "wheeze").iterdir():
+            path.unlink()
+    output = tmp_path / "out"
+    assert cli_main(["finetune", *finetune_arguments(encoder_folder, data, output)]) == 2
+    message = "\n".join(line for line in capsys.readouterr().err.splitlines() if "error" in line)  # no progress bars
+    assert message.startswith("resp-hf finetune: error: ") and len(message.splitlines()) == 1 and str(data) in message
+    assert ("at least two classes" if layout == "one class" else "holds no audio files") in message
+    assert not output.exists()  # refused before Trainer was created
+
+
+def test_hidden_folders_and_files_are_not_classes_or_recordings(tmp_path):
+    data = write_two_class_recordings(tmp_path / "data", per_class=2)
+    (data / ".ipynb_checkpoints").mkdir()
+    (data / "breath" / "._breath_000.wav").write_bytes(b"\0\5\26\7")  # a macOS resource fork, not audio
+    split = load_audio_folder(data)["train"]
+    assert split.features["label"].names == ["breath", "wheeze"] and split.num_rows == 4
+
+
+def test_a_non_empty_output_folder_needs_overwrite_or_resume(recordings, encoder_folder, tmp_path, capsys):
+    output = tmp_path / "out"
+    arguments = finetune_arguments(encoder_folder, recordings / "train", output)
+    assert cli_main(["finetune", *arguments, "--keep_checkpoints"]) == 0
+    assert "Training checkpoints (with optimizer state) are in" in capsys.readouterr().out
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert not list(output.glob("checkpoint-*"))
+    before = (output / "model.safetensors").read_bytes()
+
+    assert cli_main(["finetune", *arguments]) == 2
+    message = capsys.readouterr().err
+    assert f"The output folder {output} is not empty" in message and "--overwrite_output_dir" in message
+    assert (output / "model.safetensors").read_bytes() == before and (output / "checkpoints").is_dir()
+
+    resumed = finetune_arguments(encoder_folder, recordings / "train", output, "--resume_from_checkpoint", "latest")
+    resumed[resumed.index("--max_steps") + 1] = "3"
+    trainer, _ = finetune(*build_parser().parse_args_into_dataclasses(args=resumed))
+    assert trainer.state.global_step == 3
+    assert [row["step"] for row in trainer.state.log_history if "eval_loss" in row] == [1, 2, 3, 3]  # and the final
+    assert not (output / "checkpoints").exists()  # removed at the end without --keep_checkpoints
+
+    (output / "stale.txt").write_text("kept")
+    (output / "checkpoints" / "checkpoint-9").mkdir(parents=True)  # an earlier run's, which must not be resumed
+    assert cli_main(["finetune", *arguments, "--overwrite", "--keep_checkpoints"]) == 0
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert (output / "stale.txt").read_text() == "kept"  # only what a run writes is replaced
+
+
+def test_errors_name_the_command_line_flag_on_the_command_line(encoder_folder, tmp_path, capsys):
+    data = tmp_path / "stereo"
+    for name in ("breath", "wheeze"):
+        (data / name).mkdir(parents=True)
+        for index in range(3):
+            stereo = np.random.default_rng(index).uniform(-0.1, 0.1, (8000, 2)).astype(np.float32)
+            soundfile.write(data / name / f"{index}.wav", stereo, RATE)
+    arguments = finetune_arguments(encoder_folder, data, tmp_path / "out")
+    with pytest.raises(ValueError, match="Pass downmix=True"):  # the Python API speaks Python
+        finetune(*build_parser().parse_args_into_dataclasses(args=arguments))
+    assert cli_main(["finetune", *arguments, "--overwrite"]) == 2
+    message = capsys.readouterr().err
+    assert "Pass --downmix to average the channels" in message and "downmix=True" not in message
+    assert cli_main(["finetune", *arguments, "--overwrite", "--downmix"]) == 0
+
+
+def test_no_evaluation_during_training_keeps_the_last_model(recordings, encoder_folder, tmp_path):
+    arguments = ["--model_name_or_path", str(encoder_folder), "--dataset", str(recordings), "--max_steps", "1"]
+    arguments += ["--output_dir", str(tmp_path / "out"), "--eval_strategy", "no"]
+    args, training_args = build_parser().parse_args_into_dataclasses(args=arguments)
+    assert not training_args.load_best_model_at_end
+    trainer, results = finetune(args, training_args)
+    assert trainer.state.best_global_step is None and "auroc" in results["validation"]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+class ScalarRegressor(torch.nn.Module):
+    """y = w x + b with a squared loss: a model whose validation loss falls epoch by epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+
+    def forward(self, x, labels=None):
+        prediction = self.linear(x).squeeze(-1)
+        return {"loss": ((prediction - labels) ** 2).mean(), "logits": prediction}
+
+
+@pytest.mark.parametrize("break_ties", [True, False])
+def test_tied_validation_scores_are_broken_by_the_lower_validation_loss(break_ties, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    rows = [{"x": torch.tensor([x]), "labels": torch.tensor(2 * x + 1)} for x in torch.linspace(-1, 1, 16).tolist()]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=3,
+        learning_rate=0.05,
+        per_device_train_batch_size=4,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="auroc",
+        report_to="none",
+        use_cpu=True,
+    )
+    torch.manual_seed(0)
+    trainer = Trainer(
+        model=ScalarRegressor(),
+        args=arguments,
+        train_dataset=rows,
+        eval_dataset=rows,
+        compute_metrics=lambda prediction: {"auroc": 1.0},  # every epoch ties
+        callbacks=[BreakTiesByLossCallback()] if break_ties else [],
+    )
+    trainer.train()
+    losses = {row["step"]: row["eval_loss"] for row in trainer.state.log_history if "eval_loss" in row}
+    assert list(losses.values()) == sorted(losses.values(), reverse=True)  # each epoch has a lower loss
+    expected = max(losses) if break_ties else min(losses)  # without the callback Trainer keeps the first
+    assert trainer.state.best_global_step == expected
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{expected}")
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(losses[expected])  # the best model was loaded
+
+
+def test_a_tie_with_a_higher_loss_keeps_the_earlier_best():
+    from transformers import TrainerState, TrainingArguments
+
+    arguments = TrainingArguments(output_dir="unused", metric_for_best_model="auroc", report_to="none")
+    state = TrainerState(best_metric=0.9, best_global_step=10)
+    state.log_history = [{"step": 10, "eval_loss": 0.5, "eval_auroc": 0.9}]
+    callback = BreakTiesByLossCallback()
+    callback.on_evaluate(arguments, state, None, metrics={"eval_auroc": 0.9, "eval_loss": 0.6})
+    assert state.best_metric == 0.9
+    callback.on_evaluate(arguments, state, None, metrics={"eval_auroc": 0.9, "eval_loss": 0.4})
+    assert state.best_metric < 0.9 and state.best_metric == np.nextafter(0.9, 0)
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model_and_the_adapters(recordings, encoder_folder, tmp_path):
+    from peft import PeftModel
+
+    output = tmp_path / "lora"
+    arguments = finetune_arguments(encoder_folder, recordings / "train", output, "--lora-rank", "4")
+    arguments += ["--learning_rate", "1e-2"]
+    assert cli_main(["finetune", *arguments]) == 0
+    adapter = json.loads((output / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and adapter["lora_alpha"] == 8
+    assert sorted(adapter["target_modules"]) == ["fc1", "fc2", "proj", "qkv"]
+    assert not (output / "adapter_config.json").exists()  # the top folder loads as a plain model
+    assert adapter["base_model_name_or_path"] is None  # a local encoder: no path written into a shared folder
+    assert sorted(p.name for p in (output / "adapter").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+
+    merged = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True).eval()
+    base = AutoModelForAudioClassification.from_pretrained(encoder_folder, num_labels=2).eval()
+    with_adapters = PeftModel.from_pretrained(
+        AutoModelForAudioClassification.from_pretrained(encoder_folder, num_labels=2), output / "adapter"
+    ).eval()
+    features = RespM2DFeatureExtractor.from_pretrained(output)(noise_clips(), sampling_rate=RATE)
+    with torch.no_grad():
+        expected = with_adapters(**features).logits
+        torch.testing.assert_close(merged(**features).logits, expected, atol=1e-5, rtol=1e-5)
+    merged_block, base_block = merged.resp_m2d.encoder.layer[0], base.resp_m2d.encoder.layer[0]
+    assert not torch.equal(merged_block.attention.qkv.weight, base_block.attention.qkv.weight)  # adapted
+    assert torch.equal(merged_block.layernorm_before.weight, base_block.layernorm_before.weight)  # not trained
+
+
+def noise_clips():
+    return [np.random.default_rng(seed).uniform(-0.1, 0.1, RATE).astype(np.float32) for seed in range(2)]
+
+
+def test_lora_refuses_settings_it_would_ignore(recordings, encoder_folder, tmp_path, capsys):
+    arguments = finetune_arguments(encoder_folder, recordings / "train", tmp_path / "o", "--lora_rank", "4")
+    assert cli_main(["finetune", *arguments, "--freeze_encoder"]) == 2
+    assert "--lora_rank cannot be combined with --freeze_encoder" in capsys.readouterr().err
+    assert cli_main(["finetune", *arguments[:-1], "0"]) == 2
+    assert "--lora_rank must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_a_file_is_refused(recordings, encoder_folder, tmp_path, capsys):
+    (tmp_path / "model.bin").write_text("not a folder")
+    arguments = finetune_arguments(encoder_folder, recordings, tmp_path / "model.bin")
+    assert cli_main(["finetune", *arguments]) == 2
+    assert f"--output_dir {tmp_path / 'model.bin'} is a file" in capsys.readouterr().err
+
+
+def test_a_training_split_with_one_class_present_is_refused(encoder_folder, tmp_path):
+    rows = Dataset.from_dict({"audio": ["a.wav", "b.wav"], "label": [1, 1]})
+    rows.cast_column("label", ClassLabel(names=["healthy", "copd"])).save_to_disk(tmp_path / "saved")
+    arguments = finetune_arguments(encoder_folder, tmp_path / "saved", tmp_path / "out", "--eval_split", "train")
+    with pytest.raises(ValueError, match=r"has recordings of \['copd'\] only \(classes: \['healthy', 'copd'\]\)"):
+        finetune(*build_parser().parse_args_into_dataclasses(args=arguments))

@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -163,14 +164,51 @@ def test_cards_keep_local_paths_out_of_the_metadata(tmp_path):
     results = {"test": {"auroc": 0.9}}
     card = ModelCard(classifier_card(config, str(tmp_path), str(tmp_path / "my recordings"), results))
     data = card.data.to_dict()
-    assert "base_model" not in data and "datasets" not in data
-    assert data["model-index"][0]["results"][0]["dataset"]["type"] == "my-recordings"
-    assert data["model-index"][0]["results"][0]["dataset"]["name"] == "my-recordings"
-    assert str(tmp_path) not in card.content.split("---")[1]  # nowhere in the front matter
-    assert str(tmp_path / "my recordings") in card.text  # still named in the text
+    # No Hub id for the base model or the dataset: left out, and results on a local dataset stay out of model-index.
+    assert "base_model" not in data and "datasets" not in data and "model-index" not in data
+    assert str(tmp_path) not in card.content and "| test | 0.9000 |" in card.text  # no local path, even in the text
+    assert f"| base model | `{tmp_path.name}` (a local folder) |" in card.text
+    assert "Fine-tuned on `my recordings` (a local folder)." in card.text
     for name in ("unknown", "./enc", "../x", "/abs/path"):
         assert "base_model" not in ModelCard(classifier_card(config, name, "org/data", results)).data.to_dict()
-    assert ModelCard(classifier_card(config, "org/enc", "org/data", results)).data.to_dict()["datasets"] == ["org/data"]
+    data = ModelCard(classifier_card(config, "org/enc", "org/data", results)).data.to_dict()
+    assert data["datasets"] == ["org/data"] and data["base_model"] == "org/enc"
+    assert data["model-index"][0]["results"][0]["dataset"] == {"name": "org/data", "type": "org/data", "split": "test"}
+
+
+def test_cards_find_the_hub_id_of_a_local_base_model_or_dataset(tmp_path, caplog):
+    config = RespM2DConfig(num_labels=2, id2label={0: "a", 1: "b"}, problem_type="single_label_classification")
+    results = {"test": {"auroc": 0.9}}
+
+    def metadata(base_model, dataset):
+        return ModelCard(classifier_card(config, str(base_model), str(dataset), results)).data.to_dict()
+
+    snapshot = tmp_path / "hub" / "models--org--resp-m2d" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    data_snapshot = tmp_path / "hub" / "datasets--org--sounds" / "snapshots" / ("b" * 40)
+    data_snapshot.mkdir(parents=True)
+    data = metadata(snapshot, data_snapshot)
+    assert data["base_model"] == "org/resp-m2d" and data["datasets"] == ["org/sounds"]
+    assert data["model-index"][0]["results"][0]["dataset"]["name"] == "org/sounds"
+    card = classifier_card(config, str(snapshot), str(data_snapshot), results)
+    assert "| base model | `org/resp-m2d` |" in card and "Fine-tuned on `org/sounds`." in card
+
+    older = tmp_path / "older"  # config.json written by an older Transformers names where it came from
+    older.mkdir()
+    (older / "config.json").write_text(json.dumps({"_name_or_path": "org/older-encoder"}))
+    assert metadata(older, tmp_path)["base_model"] == "org/older-encoder"
+    for local in ("/home/me/encoder", "encoder"):  # a path where it was saved, not a Hub id
+        (older / "config.json").write_text(json.dumps({"_name_or_path": local}))
+        assert "base_model" not in metadata(older, tmp_path)
+    (older / "README.md").write_text("---\nbase_model: [unclosed\n---\n\nA hand-written card.\n")
+    with caplog.at_level(logging.WARNING, logger="resp_hf.cards"):
+        assert "base_model" not in metadata(older, tmp_path)  # a malformed card does not fail a finished run
+    assert f"Ignoring the metadata of {older / 'README.md'}" in caplog.text
+
+    downloaded = tmp_path / "downloaded"  # a folder whose card names its Hub base model
+    save_fine_tuned(downloaded)
+    assert ModelCard((downloaded / "README.md").read_text()).data.base_model == "org/resp-m2d"
+    assert metadata(downloaded, tmp_path)["base_model"] == "org/resp-m2d"
 
 
 def test_cards_have_valid_front_matter_and_required_sections():

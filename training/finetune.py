@@ -5,7 +5,7 @@
 
 import sys
 
-from resp_hf.training.finetune import main
+from resp_hf.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["finetune", *sys.argv[1:]]))

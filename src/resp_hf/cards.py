@@ -1,11 +1,15 @@
 """Model cards: YAML front matter from `huggingface_hub.ModelCardData`, bodies from the templates in `hub_cards/`."""
 
 import json
+import logging
 import re
 from pathlib import Path
 from string import Template
 
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+logger = logging.getLogger(__name__)
 
 TAGS = ["audio", "respiratory-sounds", "m2d", "resp_hf"]
 # Loading snippets of cards written next to a local folder use this in place of the repo id until the folder is pushed.
@@ -106,19 +110,70 @@ def hub_id(name):
     return name if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) and not name.startswith(".") else None
 
 
+def cached_repo_id(path, repo_type):
+    """The repo id of a Hub cache snapshot (`.../models--org--name/snapshots/<revision>/...`), else None."""
+    for part in Path(path).resolve().parts:
+        if part.startswith(f"{repo_type}s--"):
+            return "/".join(part.split("--")[1:])
+    return None
+
+
+def model_hub_id(source):
+    """
+    The Hub id of the model at `source` when known: `source` itself, the repository of a Hub cache snapshot, or the
+    `org/name` that the folder's `config.json` (`_name_or_path`, written by older Transformers) or card
+    (`base_model`) names. None for a local model of unknown origin.
+    """
+    if hub_id(source) or not Path(source).is_dir():
+        return hub_id(source)
+    folder = Path(source)
+    named = [cached_repo_id(folder, "model")]
+    if (folder / "config.json").is_file():
+        named.append(json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path"))
+    named.append(card_metadata(folder).get("base_model"))
+    return next((name for name in named if isinstance(name, str) and "/" in name and hub_id(name)), None)
+
+
+def card_metadata(folder):
+    """The front matter of the card in `folder` as a dict (empty without a card, or with a warning when malformed)."""
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        return {}
+    try:
+        return ModelCard(path.read_text(encoding="utf-8")).data.to_dict()
+    except (ValueError, yaml.YAMLError) as error:
+        logger.warning(f"Ignoring the metadata of {path}: it is not a valid card ({error}).")
+        return {}
+
+
+def dataset_hub_id(source):
+    """The Hub id of a dataset: `source` itself or the repository of a Hub cache snapshot; None for a local one."""
+    return hub_id(source) or (cached_repo_id(source, "dataset") if Path(source).exists() else None)
+
+
 def dataset_slug(name):
     """A metadata-safe dataset type: the Hub id, or the last part of a local path."""
     return hub_id(name) or re.sub(r"[^\w.-]+", "-", Path(name).name).strip("-.") or "local-dataset"
 
 
+def describe_source(source, source_id):
+    """A base model or dataset in card text: its Hub id, or a local folder by its name only (not the whole path)."""
+    if source_id or source in (None, "unknown"):
+        return f"`{source_id or 'unknown'}`"
+    return f"`{Path(source).name}` (a local folder)"
+
+
 def classifier_card(config, base_model, dataset_name, results, repo_id=None, name=None, training_data=None):
     """
-    Card of a fine-tuned classifier; `results` is `{split: {metric: value}}` (e.g. validation and test). Local paths
-    are named in the text but kept out of the metadata (`base_model`, `datasets`), which the Hub validates.
+    Card of a fine-tuned classifier; `results` is `{split: {metric: value}}` (e.g. validation and test). The metadata
+    names the base model and the dataset by their Hub ids when known (see `model_hub_id`, `dataset_hub_id`) and
+    leaves them out otherwise: local paths are named in the text only, and results on a local dataset stay out of
+    `model-index` (they are in the Evaluation table).
     """
     model_name = repo_id or name or "resp-m2d-classifier"
     regression = config.problem_type == "regression"
-    dataset_id = hub_id(dataset_name)
+    base_model_id, dataset_id = model_hub_id(base_model), dataset_hub_id(dataset_name)
+    evaluations = eval_results(results, "audio-classification", dataset_id, dataset_id) if dataset_id else []
     card_data = ModelCardData(
         library_name="transformers",
         license="other",
@@ -126,9 +181,9 @@ def classifier_card(config, base_model, dataset_name, results, repo_id=None, nam
         tags=TAGS,
         datasets=[dataset_id] if dataset_id else None,
         metrics=["mae"] if regression else ["roc_auc", "accuracy"],
-        base_model=hub_id(base_model),
+        base_model=base_model_id,
         model_name=model_name,
-        eval_results=eval_results(results, "audio-classification", *[dataset_slug(dataset_name)] * 2) or None,
+        eval_results=evaluations or None,
     )
     labels = ", ".join(f"`{config.id2label[i]}`" for i in range(config.num_labels))
     multi_label = config.problem_type == "multi_label_classification"
@@ -137,7 +192,7 @@ def classifier_card(config, base_model, dataset_name, results, repo_id=None, nam
         card_data,
         model_name=model_name,
         repo_id=repo_id or LOCAL_REPO_PLACEHOLDER,
-        base_model=base_model,
+        base_model=describe_source(base_model, base_model_id),
         problem_type=config.problem_type,
         labels=labels,
         pooling=config.pooling,
@@ -150,7 +205,7 @@ def classifier_card(config, base_model, dataset_name, results, repo_id=None, nam
             if multi_label
             else ""
         ),
-        training_data=training_data or f"Fine-tuned on `{dataset_name}`.",
+        training_data=training_data or f"Fine-tuned on {describe_source(dataset_name, dataset_id)}.",
         evaluation=metrics_table(results) if results else "No evaluation results were recorded.",
     )
 

@@ -314,10 +314,27 @@ def run_space(args):
     print(f"Wrote {write_space(args.model_id, args.output_dir, title=args.title)}")
 
 
+# The optional modules each extra installs (pyproject.toml): a command that needs one names the extra to install.
+EXTRA_OF_MODULE = {
+    "accelerate": "train",
+    "datasets": "train",
+    "matplotlib": "train",
+    "openpyxl": "train",
+    "sklearn": "train",
+    "tensorboard": "train",
+    "peft": "peft",
+}
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes in one line (the usage of `resp-hf finetune` alone runs to dozens of lines), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="resp-hf", description="Respiratory audio foundation models for Transformers."
-    )
+    parser = OneLineErrorParser(prog="resp-hf", description="Respiratory audio foundation models for Transformers.")
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of errors")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_convert_command(subparsers)
@@ -332,19 +349,42 @@ def build_parser():
     return parser
 
 
+def missing_extra(error):
+    """The extra that installs the module a ModuleNotFoundError is about, or None when it is no optional module."""
+    return EXTRA_OF_MODULE.get((error.name or "").split(".")[0])
+
+
+def error_message(error):
+    """One line for an expected error: what went wrong, and the extra to install for a missing optional module."""
+    if isinstance(error, ModuleNotFoundError):
+        extra = missing_extra(error)
+        return f'this command needs the {extra!r} extra ({error}): pip install "resp-hf[{extra}]"'
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def is_expected(error):
+    """
+    Errors of use and data (bad arguments, files, folders, formats) and missing optional modules. Anything else
+    (KeyError, TypeError, RuntimeError, ...) is a bug and keeps its traceback.
+    """
+    if isinstance(error, ModuleNotFoundError):
+        return missing_extra(error) is not None
+    return isinstance(error, (ValueError, OSError))
+
+
 def main(argv=None):
-    args, rest = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
     if rest and args.command not in ("finetune", "pretrain"):
-        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         code = args.handler(args)  # None, or an exit code (an interrupted pre-training run: 128 + signal)
-    except (ValueError, OSError, KeyError) as error:
-        if args.traceback:
+    except Exception as error:
+        if args.traceback or not is_expected(error):
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"resp-hf {args.command}: error: {message}", file=sys.stderr)
+        print(f"resp-hf {args.command}: error: {error_message(error)}", file=sys.stderr)
         return 2
     return code or 0
 

@@ -8,14 +8,21 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 SPLIT_NAMES = ("train", "validation", "test")
 
 
+def is_hidden(path):
+    """Hidden files and folders (`.ipynb_checkpoints`, macOS `._name.wav` resource forks) are not data."""
+    return path.name.startswith(".")
+
+
 def folder_split(root, extensions=AUDIO_EXTENSIONS):
     """A split from `root/<class name>/**/<audio file>`: an `audio` path column and a `label` ClassLabel."""
-    classes = sorted(path.name for path in root.iterdir() if path.is_dir())
+    classes = sorted(path.name for path in root.iterdir() if path.is_dir() and not is_hidden(path))
     if not classes:
         raise ValueError(f"{root} has no class subfolders: expected {root}/<class name>/<audio files>.")
     paths, labels = [], []
     for index, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in extensions and p.is_file())
+        files = sorted(
+            p for p in (root / name).rglob("*") if p.suffix.lower() in extensions and p.is_file() and not is_hidden(p)
+        )
         if not files:
             raise ValueError(f"Class folder {root / name} holds no audio files ({', '.join(extensions)}).")
         paths += [str(p) for p in files]

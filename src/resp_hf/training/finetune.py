@@ -5,17 +5,25 @@
 `--dataset` is a folder of labelled recordings (`<class>/<files>`, optionally under train/validation/test), a
 DatasetDict saved with `save_to_disk`, or a Hub dataset name. Every `TrainingArguments` option can be passed too
 (`--learning_rate`, `--num_train_epochs`, `--per_device_train_batch_size`, `--bf16`, ...).
+
+The output folder gets the best model, its feature extractor, the remote code, a model card and `results.json`.
+Trainer's checkpoints go to `OUTPUT/checkpoints/` (`--resume_from_checkpoint latest` continues an interrupted run)
+and are deleted once the run ends, unless `--keep_checkpoints`. Ties of the best-model metric between evaluations
+are broken by the lower validation loss.
 """
 
 import argparse
+import json
+import logging
 import math
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from datasets import Audio, ClassLabel, Sequence, Value
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from .. import cards
 from ..audio import decode_audio
@@ -23,6 +31,18 @@ from ..data import load_any_dataset
 from ..evaluate import build_compute_metrics
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
 from ..models.resp_m2d.configuration_resp_m2d import POOLING_MODES
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+# What a run writes into the output folder besides the model files (removed first by --overwrite_output_dir).
+RUN_OUTPUTS = ("results.json", "README.md", "adapter", CHECKPOINTS_DIR)
+# Attention and MLP projections of each encoder block (see modeling_resp_m2d.py), which LoRA adapts.
+LORA_TARGET_MODULES = ["qkv", "proj", "fc1", "fc2"]
+# The head (BatchNorm statistics and linear layer) trains in full next to the adapters.
+LORA_HEAD_MODULES = ["head_norm", "classifier"]
+# Python argument spellings in library errors, and the flags that set them on the command line.
+CLI_SPELLINGS = {"downmix=True": "--downmix"}
 
 
 @dataclass
@@ -44,6 +64,18 @@ class FinetuneArguments:
     freeze_encoder: bool = field(default=False, metadata={"help": "train only the head (linear probing)"})
     layer_decay: float = field(default=1.0, metadata={"help": "layer-wise learning-rate decay (1.0: none)"})
     downmix: bool = field(default=False, metadata={"help": "average the channels of multichannel recordings"})
+    lora_rank: int = field(
+        default=None,
+        metadata={"help": "train LoRA adapters of this rank on the attention and MLP projections (peft extra)"},
+    )
+    lora_alpha: float = field(default=None, metadata={"help": "LoRA scaling numerator (default: 2 x rank)"})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "write into a non-empty output folder, replacing its run", "aliases": ["--overwrite"]},
+    )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "keep Trainer's checkpoints (with optimizer state) in OUTPUT/checkpoints"}
+    )
 
 
 @dataclass
@@ -65,6 +97,12 @@ class FinetuneTrainingArguments(TrainingArguments):
         },
     )
     dataloader_pin_memory: bool = field(default_factory=torch.cuda.is_available)
+
+    def __post_init__(self):
+        if self.eval_strategy in ("no", None) and self.load_best_model_at_end:
+            logger.info("No evaluation during training (--eval_strategy no): the last model is kept, not the best.")
+            self.load_best_model_at_end = False
+        super().__post_init__()
 
 
 def label_task(feature, column):
@@ -171,13 +209,106 @@ def parse_classifier_layer(value):
         raise ValueError(f"--classifier_layer must be None, 'weighted' or a layer index, got {value!r}.") from None
 
 
+def check_output_dir(output_dir, overwrite, resuming):
+    """
+    Refuses to mix a new run into a folder that holds files, unless resuming or told to overwrite; overwriting
+    removes the earlier run's checkpoints and outputs so that nothing of it is taken for the new run.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output_dir {output_dir} is a file; pass a folder to write the model into.")
+    if not output_dir.is_dir() or not any(output_dir.iterdir()) or resuming:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"The output folder {output_dir} is not empty: pass --overwrite_output_dir to replace what is in it, "
+            "--resume_from_checkpoint latest to continue its run, or choose another --output_dir."
+        )
+    for name in RUN_OUTPUTS:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def check_classes(train, label_column, problem_type, names, source):
+    """Refuses, before training, a single-label dataset whose training split holds fewer than two classes."""
+    if problem_type != "single_label_classification":
+        return
+    present = sorted({names[label] for label in train[label_column]})
+    if len(present) < 2:
+        raise ValueError(
+            f"The training data of {source} has recordings of {present or 'no class'} only (classes: {names}): "
+            "a classifier needs recordings of at least two classes."
+        )
+
+
+class BreakTiesByLossCallback(TrainerCallback):
+    """
+    Makes an evaluation whose best-model metric ties the best so far count as the new best when its validation
+    loss is lower (Trainer keeps the first of equal scores: with small data AUROC often ties at 1.0).
+    """
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        key = args.metric_for_best_model
+        key = key if key.startswith("eval_") else f"eval_{key}"
+        if key == "eval_loss" or state.best_metric is None or metrics.get(key) != state.best_metric:
+            return
+        best_rows = [row for row in state.log_history if row.get("step") == state.best_global_step]
+        best_loss = next((row["eval_loss"] for row in best_rows if "eval_loss" in row), None)
+        if best_loss is not None and metrics.get("eval_loss", math.inf) < best_loss:
+            # One step below the tie, so that Trainer's strict comparison takes this evaluation as the best.
+            state.best_metric = math.nextafter(state.best_metric, -math.inf if args.greater_is_better else math.inf)
+
+
+def check_lora_settings(args):
+    """Refuses LoRA settings that would be ignored, before anything is loaded; needs the `peft` extra."""
+    if args.lora_rank < 1:
+        raise ValueError(f"--lora_rank must be at least 1, got {args.lora_rank}.")
+    if args.freeze_encoder or args.layer_decay != 1.0 or args.classifier_layer == "weighted":
+        raise ValueError(
+            "--lora_rank cannot be combined with --freeze_encoder, --layer_decay or --classifier_layer weighted: "
+            "LoRA trains only the adapters and the head."
+        )
+    import peft  # noqa: F401  (a missing extra is reported before the data and model are loaded)
+
+
+def add_lora_adapters(model, args):
+    """Wraps `model` in PEFT LoRA adapters on the encoder's projections; the head trains in full."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=args.lora_rank,
+        lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+        target_modules=LORA_TARGET_MODULES,
+        modules_to_save=LORA_HEAD_MODULES,
+    )
+    return get_peft_model(model, config)
+
+
+def resume_checkpoint(value):
+    """`--resume_from_checkpoint`: None, True for the latest checkpoint ("latest"/"true"), or a checkpoint path."""
+    if value in (None, "", "false", "False"):
+        return None
+    return True if value in ("latest", "true", "True") else value
+
+
 def finetune(args, training_args):
-    """Fine-tunes, evaluates and saves the best model (Hub-ready, with a card). Returns `(trainer, results)`."""
+    """
+    Fine-tunes, evaluates and saves the best model (Hub-ready, with a card) in `training_args.output_dir`; Trainer's
+    checkpoints go to its `checkpoints/` subfolder. Returns `(trainer, results)`.
+    """
+    output_dir = Path(training_args.output_dir)
+    resume = resume_checkpoint(training_args.resume_from_checkpoint)
+    check_output_dir(output_dir, args.overwrite_output_dir, resume is not None)
+    if args.lora_rank is not None:
+        check_lora_settings(args)
     dataset = load_any_dataset(args.dataset)
     if args.train_split not in dataset:
         raise ValueError(f"The dataset has no {args.train_split!r} split; it has {list(dataset)}.")
     train, evaluation, test = prepare_splits(dataset, args)
     problem_type, names = label_task(train.features[args.label_column], args.label_column)
+    check_classes(train, args.label_column, problem_type, names, args.dataset)
     num_labels = len(names) if names else 1
     id2label = dict(enumerate(names)) if names else {0: args.label_column}
     model = RespM2DForAudioClassification.from_pretrained(
@@ -191,10 +322,13 @@ def finetune(args, training_args):
         freeze_encoder=args.freeze_encoder,
         ignore_mismatched_sizes=True,
     )
+    if args.lora_rank is not None:
+        model = add_lora_adapters(model, args)
     feature_extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     if training_args.metric_for_best_model == "auto":
         training_args.metric_for_best_model = "mae" if problem_type == "regression" else "auroc"
         training_args.greater_is_better = problem_type != "regression"
+    training_args.output_dir = str(output_dir / CHECKPOINTS_DIR)
     optimizers = (None, None)
     if args.layer_decay != 1.0:
         groups = layer_wise_parameter_groups(
@@ -212,13 +346,15 @@ def finetune(args, training_args):
         ),
         compute_metrics=build_compute_metrics(problem_type),
         optimizers=optimizers,
+        callbacks=[BreakTiesByLossCallback()],
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     results = {"validation": strip_prefix(trainer.evaluate(), "eval_")}
     if test is not None:
         results["test"] = strip_prefix(trainer.evaluate(test, metric_key_prefix="test"), "test_")
-        trainer.save_metrics("test", {f"test_{k}": v for k, v in results["test"].items()})
-    save_best_model(trainer, feature_extractor, args, results, len(train))
+    save_best_model(trainer, feature_extractor, output_dir, args, results, len(train))
+    if not args.keep_checkpoints:
+        shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
     return trainer, results
 
 
@@ -232,24 +368,75 @@ def strip_prefix(metrics, prefix):
     }
 
 
-def save_best_model(trainer, feature_extractor, args, results, train_size):
-    """Writes the (best) model, its feature extractor and a model card to `output_dir`."""
-    output_dir = Path(trainer.args.output_dir)
-    trainer.save_model(output_dir)
+def save_best_model(trainer, feature_extractor, output_dir, args, results, train_size):
+    """
+    Writes the (best) model, its feature extractor, remote code, `results.json` and a model card to `output_dir`.
+    A LoRA model is saved merged (it loads like any other) and its adapters, with the head, go to `adapter/`.
+    """
+    model = trainer.model
+    if args.lora_rank:
+        save_adapters(model, output_dir / "adapter", args.model_name_or_path)
+        model = model.merge_and_unload()
+    model.save_pretrained(output_dir)
     feature_extractor.save_pretrained(output_dir)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     card = cards.classifier_card(
-        trainer.model.config,
+        model.config,
         base_model=args.model_name_or_path,
         dataset_name=args.dataset,
         results=results,
         name=output_dir.name,
-        training_data=f"`{args.dataset}`: {train_size} training recordings.",
+        training_data=f"{cards.describe_source(args.dataset, cards.dataset_hub_id(args.dataset))}: {train_size} "
+        "training recordings." + lora_note(args),
     )
     cards.write_card(output_dir, card)
 
 
+def save_adapters(model, folder, base_model):
+    """
+    Saves the LoRA adapters and the head for `PeftModel.from_pretrained(base, folder)`. The base model is recorded by
+    its Hub id, or not at all (never a local path); PEFT's placeholder card is dropped (the folder's card covers it).
+    """
+    model.save_pretrained(folder)
+    (folder / "README.md").unlink(missing_ok=True)
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())  # PEFT fills in the local path when given none, so edit it after
+    config["base_model_name_or_path"] = cards.model_hub_id(base_model)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def lora_note(args):
+    """How LoRA was used, for the model card (empty without LoRA)."""
+    if not args.lora_rank:
+        return ""
+    return (
+        f" LoRA adapters of rank {args.lora_rank} on {', '.join(LORA_TARGET_MODULES)} of every block, merged into the "
+        "encoder weights of this folder; the adapters (with the head) are in `adapter/`."
+    )
+
+
+def summary(results, output_dir, args):
+    """What the command prints at the end: metrics per split, and what the output folder holds."""
+    lines = [
+        f"{split}: " + ", ".join(f"{name} {value:.4f}" for name, value in sorted(metrics.items()))
+        for split, metrics in results.items()
+    ]
+    lines.append(f"Saved the model, feature extractor, remote code and card in {output_dir}.")
+    if args.lora_rank:
+        lines.append(f"LoRA: the merged model is in {output_dir}, the adapters and head in {output_dir / 'adapter'}.")
+    checkpoints = output_dir / CHECKPOINTS_DIR
+    if args.keep_checkpoints:
+        lines.append(f"Training checkpoints (with optimizer state) are in {checkpoints}: not needed to use the model.")
+    else:
+        lines.append(f"Removed the training checkpoints ({checkpoints}); --keep_checkpoints keeps them.")
+    return "\n".join(lines)
+
+
 def build_parser():
-    return HfArgumentParser(
+    from ..cli import OneLineErrorParser
+
+    parser_class = type("FinetuneArgumentParser", (OneLineErrorParser, HfArgumentParser), {})
+    return parser_class(
         (FinetuneArguments, FinetuneTrainingArguments),
         prog="resp-hf finetune",
         description=__doc__,
@@ -257,15 +444,37 @@ def build_parser():
     )
 
 
+def in_cli_terms(error):
+    """`error` with the Python argument spellings of library messages replaced by the command-line flags."""
+    message = str(error)
+    for python_spelling, flag in CLI_SPELLINGS.items():
+        message = message.replace(python_spelling, flag)
+    return message
+
+
 def main(argv=None):
+    """The `resp-hf finetune` command: parses the arguments, fine-tunes and prints a summary."""
     args, training_args = build_parser().parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
-    _, results = finetune(args, training_args)
-    for split, metrics in results.items():
-        print(f"{split}: " + ", ".join(f"{name} {value:.4f}" for name, value in sorted(metrics.items())))
+    output_dir = Path(training_args.output_dir)
+    try:
+        _, results = finetune(args, training_args)
+    except ValueError as error:
+        message = in_cli_terms(error)
+        if message == str(error):
+            raise
+        raise ValueError(message) from error
+    print(summary(results, output_dir, args))
     return 0
 
 
-__all__ = ["AudioClassificationCollator", "FinetuneArguments", "finetune", "layer_wise_parameter_groups", "main"]
+__all__ = [
+    "AudioClassificationCollator",
+    "BreakTiesByLossCallback",
+    "FinetuneArguments",
+    "finetune",
+    "layer_wise_parameter_groups",
+    "main",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,149 @@
+"""The `resp-hf` command line: one-line errors with exit status 2, tracebacks on request, missing extras named."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+import resp_hf.cards
+from resp_hf.cli import main as cli_main
+
+
+def one_line_error(capsys, command):
+    """The stderr of a failed command, checked to be a single `resp-hf COMMAND: error: ...` line."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"resp-hf {command}: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (["convert", "{tmp}/absent.pth", "{tmp}/out", "--name", "m2d_vit_base-80x608p16x16p16k"], "absent.pth"),
+        (["push", "{tmp}", "org/x"], "config.json"),
+        (["card", "{tmp}", "--results", "{tmp}/results.json"], "README.md"),
+        (["benchmark", "--model", "{tmp}", "--output", "{tmp}/out"], "Nothing to evaluate"),
+        (["opera", "list", "--opera-root", "{tmp}/no-opera"], "no-opera"),
+        (["finetune", "--model_name_or_path", "{tmp}", "--dataset", "{tmp}/gone", "--output_dir", "{tmp}/o"], "gone"),
+    ],
+)
+def test_errors_of_use_are_one_line_with_exit_2_and_a_traceback_on_request(arguments, expected, tmp_path, capsys):
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    assert cli_main(arguments) == 2
+    assert expected in one_line_error(capsys, arguments[0])
+    with pytest.raises((ValueError, OSError)):
+        cli_main(["--traceback", *arguments])
+
+
+def test_a_multi_line_message_is_printed_on_one_line(tmp_path, capsys, monkeypatch):
+    def fail(folder, results):
+        raise ValueError("first line\nsecond line")
+
+    monkeypatch.setattr(resp_hf.cards, "add_benchmark_results", fail)
+    assert cli_main(["card", str(tmp_path), "--results", "r.json"]) == 2
+    assert one_line_error(capsys, "card") == "resp-hf card: error: first line second line"
+
+
+@pytest.mark.parametrize("bug", [KeyError("model"), TypeError("bad operand"), ModuleNotFoundError("x", name="x")])
+def test_bugs_keep_their_traceback(bug, tmp_path, monkeypatch):
+    def fail(folder, results):
+        raise bug
+
+    monkeypatch.setattr(resp_hf.cards, "add_benchmark_results", fail)
+    with pytest.raises(type(bug)):
+        cli_main(["card", str(tmp_path), "--results", "r.json"])
+
+
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (["convert"], "resp-hf convert: error: the following arguments are required: checkpoint, output_dir"),
+        (["convert", "a", "b", "--bogus"], "resp-hf: error: unrecognized arguments: --bogus"),
+        (["finetune", "--bogus"], "resp-hf finetune: error: "),
+        (["finetune", "--model_name_or_path", "m", "--dataset", "d", "--lora_rank", "four"], "--lora_rank"),
+    ],
+)
+def test_usage_mistakes_are_one_line_with_exit_2(arguments, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(arguments)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "--help" in lines[0], lines
+
+
+TRAIN_EXTRAS = ["datasets", "sklearn", "accelerate", "matplotlib", "openpyxl", "tensorboard"]
+
+
+def run_without(modules, commands, cwd):
+    """Runs the `resp-hf` commands in a fresh interpreter where `modules` cannot be imported: exit codes, stderr."""
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_MODULES, json.dumps(modules), json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+WITHOUT_MODULES = """
+import contextlib, io, json, sys
+for name in json.loads(sys.argv[1]):
+    sys.modules[name] = None  # as if not installed
+from resp_hf.cli import main
+outcomes = []
+for arguments in json.loads(sys.argv[2]):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            code = main(arguments)
+        except SystemExit as exit:
+            code = exit.code
+    outcomes.append({"code": code, "stderr": stderr.getvalue()})
+print(json.dumps(outcomes))
+"""
+
+
+def test_commands_that_need_the_train_extra_say_how_to_install_it(tmp_path):
+    commands = [
+        ["opera", "list"],
+        ["finetune", "--help"],
+        ["benchmark", "--model", str(tmp_path), "--output", str(tmp_path / "out"), "--dataset", str(tmp_path)],
+        ["logmel", str(tmp_path), str(tmp_path / "out")],
+        ["pretrain", "--help"],
+        ["push", str(tmp_path), "org/x"],  # a core command: its own error, not a missing extra
+    ]
+    *outcomes, push = run_without(TRAIN_EXTRAS, commands, tmp_path)
+    assert push["code"] == 2 and "has no config.json" in push["stderr"]
+    for command, outcome in zip(commands, outcomes):
+        lines = outcome["stderr"].strip().splitlines()
+        assert outcome["code"] == 2 and len(lines) == 1, (command, outcome)
+        assert lines[0].startswith(f"resp-hf {command[0]}: error: this command needs the 'train' extra")
+        assert lines[0].endswith('pip install "resp-hf[train]"')
+
+
+def test_lora_without_peft_says_how_to_install_it(tmp_path):
+    command = ["finetune", "--model_name_or_path", "m", "--dataset", "d", "--lora_rank", "4"]
+    [outcome] = run_without(["peft"], [command], tmp_path)
+    message = outcome["stderr"].strip()
+    assert outcome["code"] == 2 and len(message.splitlines()) == 1
+    assert message.startswith("resp-hf finetune: error: this command needs the 'peft' extra (")
+    assert message.endswith('pip install "resp-hf[peft]"')
+
+
+def test_the_training_script_is_the_command_with_its_error_handling(tmp_path):
+    result = subprocess.run(
+        [sys.executable, REPO_ROOT / "training" / "finetune.py", "--model_name_or_path", tmp_path, "--dataset", "./x"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "resp-hf finetune: error: Dataset not found: ./x is not a folder (a Hub dataset name has no such prefix)."
+    ]
