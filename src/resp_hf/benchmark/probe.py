@@ -136,12 +136,8 @@ def train_linear_probe(train, validation, test, problem_type, num_labels, seed, 
 
     Returns `(test_logits, best_epoch, validation_history)`.
     """
+    protocol.check_epochs(epochs or protocol.epochs)
     epochs = epochs or protocol.epochs
-    if epochs < protocol.checkpoint_every:
-        raise ValueError(
-            f"{protocol.task}: {epochs} epochs never reach OPERA's first checkpoint (every {protocol.checkpoint_every} "
-            "epochs), so no epoch could be kept; train for more epochs."
-        )
     regression = problem_type == "regression"
     train_labels = np.asarray(train[1], dtype=np.float32 if regression else np.int64)
     config = LinearProbeConfig(

@@ -387,15 +387,17 @@ def run_benchmark(
         notes += [note] if note else []
         dataset = with_validation(spec, dataset)
         check_splits(spec, dataset)
-        checked.append((spec, dataset))
+        protocol = settings.applied_to(spec.protocol)
+        protocol.check_epochs(protocol.epochs)
+        checked.append((spec, protocol, dataset))
     clear_earlier_results(output_dir)
     predictions_dir = output_dir / "predictions"
     predictions_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for spec, dataset in checked:
+    for spec, protocol, dataset in checked:
         evaluate = evaluate_folds if has_folds(dataset) else evaluate_splits
         logger.info("Evaluating %s (%s)", spec.id, spec.name)
-        records += evaluate(spec, settings.applied_to(spec.protocol), dataset, embedder, predictions_dir)
+        records += evaluate(spec, protocol, dataset, embedder, predictions_dir)
     write_results(records, output_dir, model_name or "model", notes=notes)
     return records
 

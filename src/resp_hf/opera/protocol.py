@@ -56,6 +56,14 @@ class ProbeProtocol:
     seconds: float = 10.0
     sources: dict = field(default_factory=dict, compare=False)
 
+    def check_epochs(self, epochs):
+        """Fails when `epochs` ends before the first epoch OPERA checkpoints, so that no head could be kept."""
+        if epochs < self.checkpoint_every:
+            raise ValueError(
+                f"{self.task}: {epochs} epoch(s) never reach OPERA's first checkpoint (every {self.checkpoint_every} "
+                "epochs), so no head could be kept; train for more epochs."
+            )
+
     def to_dict(self):
         """The protocol as JSON-ready values (seeds as a list)."""
         return asdict(self) | {"seeds": list(self.seeds)}
