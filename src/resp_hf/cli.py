@@ -161,7 +161,7 @@ def add_benchmark_command(subparsers):
         choices=("random", "center", "none"),
         help="fit clips longer than --seconds (default: the protocol's random start, seeded per recording)",
     )
-    parser.add_argument("--seconds", type=float, default=10.0, help="window length (default 10 s)")
+    parser.add_argument("--seconds", type=float, help="window length (default: the protocol's 10 s)")
     parser.add_argument(
         "--layers",
         default="last",

@@ -34,7 +34,7 @@ class BenchmarkSettings:
     """
 
     crop: str = None
-    seconds: float = 10.0
+    seconds: float = None
     crop_seed: int = 0
     layers: str = "last"
     seeds: tuple = None
@@ -54,9 +54,10 @@ class BenchmarkSettings:
             raise ValueError(f"seeds must be distinct and at least one, got {list(self.seeds)}.")
 
     def applied_to(self, protocol):
-        """`protocol` with these overrides (crop, seeds, epochs) applied: what a task actually runs."""
-        overrides = {"crop": self.crop, "seeds": self.seeds, "epochs": self.epochs, "seconds": self.seconds}
-        return replace(protocol, **{name: value for name, value in overrides.items() if value is not None})
+        """`protocol` itself, or a copy with these overrides (crop, seconds, seeds, epochs): what a task runs."""
+        overrides = {"crop": self.crop, "seconds": self.seconds, "seeds": self.seeds, "epochs": self.epochs}
+        overrides = {name: value for name, value in overrides.items() if value is not None}
+        return replace(protocol, **overrides) if overrides else protocol
 
 
 def dataset_protocol(name, metric, has_folds):

@@ -17,7 +17,6 @@ from .common import (
     OperaDataError,
     carve_validation,
     check_against_manifest,
-    csv_line,
     load_array,
     load_manifest,
     parse_field,
@@ -191,7 +190,7 @@ def respiratory_tr(task, root, report):
     records = read_csv_rows(table, required=("Patient ID", "Diagnosis"))
     severity = {
         row["Patient ID"]: parse_field(
-            table, csv_line(records, row), "Diagnosis", row["Diagnosis"], gold_stage, "COPD0-COPD4"
+            table, row["_row"], "Diagnosis", row["Diagnosis"], gold_stage, "COPD0-COPD4"
         )
         for row in records
         if row["Patient ID"]
@@ -410,7 +409,7 @@ def covid19sounds(task, root, report):
     column = "Breath filename" if task.modality == "breath" else "Cough filename"
     records = read_csv_rows(table, delimiter=";", required=("Uid", "Folder Name", column, "split", "label"))
     for record in records:
-        line = csv_line(records, record)
+        line = record["_row"]
         parse_field(table, line, "split", record["split"], COVID19_SOUNDS_SPLITS.__getitem__, "0, 1 or 2")
         parse_field(table, line, "label", record["label"], label_bit, "0 or 1")
     by_split = {

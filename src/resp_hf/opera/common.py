@@ -104,8 +104,10 @@ def load_object_array(path):
 
 def read_csv_rows(path, delimiter=",", required=()):
     """
-    Rows of a CSV file as dicts (a UTF-8 byte-order mark and surrounding spaces in names are dropped). Undecodable
-    text, a missing `required` column or a row with more fields than the header is an error naming file and line.
+    Rows of a CSV file as dicts, each with its line number under `"_row"` (a UTF-8 byte-order mark and surrounding
+    spaces in names are dropped). Undecodable
+    text, a missing `required` column, or a row that is empty or has more or fewer fields than the header is an error
+    naming file and line.
     """
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -119,22 +121,19 @@ def read_csv_rows(path, delimiter=",", required=()):
                 )
             rows = []
             for row in reader:
-                if None in row:
+                fields = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
+                if fields != len(header) or not any((value or "").strip() for value in row.values() if value):
+                    problem = "no values" if fields == len(header) else f"{fields} fields where the header has {len(header)}"
                     raise OperaDataError(
-                        f"{path}, line {reader.line_num}: more fields than the header's {len(header)} "
-                        f"({delimiter!r}-separated); fix or remove that row."
+                        f"{path}, line {reader.line_num}: {problem} ({delimiter!r}-separated); the file is damaged or "
+                        "truncated: fix or remove that row, or use the file as the dataset distributes it."
                     )
-                rows.append({(key or "").strip(): (value or "").strip() for key, value in row.items()})
+                rows.append({key.strip(): value.strip() for key, value in row.items()} | {"_row": reader.line_num})
             return rows
     except UnicodeDecodeError as error:
         raise OperaDataError(f"{path} is not UTF-8 text ({error}); use the file as the dataset distributes it.") from error
     except csv.Error as error:
         raise OperaDataError(f"{path} is not a readable CSV file ({error}).") from error
-
-
-def csv_line(rows, row):
-    """The line number of `row` in the CSV file `rows` was read from (one header line, no multi-line fields)."""
-    return rows.index(row) + 2
 
 
 def parse_field(path, line, column, value, convert, expected):
