@@ -11,8 +11,8 @@ import torch
 from conftest import tiny_model
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from resp_hf.benchmark import BenchmarkSettings, EmbeddingCache, fit_length, run_benchmark
-from resp_hf.benchmark import runner
+from resp_hf import RespM2DFeatureExtractor
+from resp_hf.benchmark import BenchmarkSettings, EmbeddingCache, fit_length, run_benchmark, runner
 from resp_hf.benchmark.embeddings import embed_split, hidden_state_index, parse_layers, recording_seed
 from resp_hf.benchmark.probe import KeepBestEpoch, train_linear_probe
 from resp_hf.cli import main as cli_main
@@ -26,7 +26,8 @@ RATE = 16000
 
 
 def test_layer_names_follow_the_original_m2d_numbering():
-    assert parse_layers("last", 12) == [11] and parse_layers("-1", 12) == [11] and parse_layers("all", 12) == list(range(12))
+    assert parse_layers("last", 12) == parse_layers("-1", 12) == [11]
+    assert parse_layers("all", 12) == list(range(12))
     assert parse_layers("0,5,-1", 12) == [0, 5, 11]
     for old in ("12", "13", "-13"):
         with pytest.raises(ValueError, match=r"0\.\.11 for this 12-block encoder.*named them 1\.\.12 and 'last'"):
@@ -43,8 +44,6 @@ def test_embeddings_of_each_layer_are_the_original_layers(tmp_path):
     soundfile.write(path, low_band_noise(np.random.default_rng(0), 2.0).astype(np.float32), RATE)
     split = Dataset.from_dict({"audio": [str(path)], "label": [0]})
     embeddings = embed_split(model, split, layers=[0, 1, 2], crop="none", progress=False)
-    from resp_hf import RespM2DFeatureExtractor
-
     extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     audio = soundfile.read(path, dtype="float32")[0]
     with torch.no_grad():
@@ -55,7 +54,8 @@ def test_embeddings_of_each_layer_are_the_original_layers(tmp_path):
         final = model.layernorm(out.hidden_states[3])
     torch.testing.assert_close(out.last_hidden_state, final)
     for layer, hidden in zip(("0", "1"), blocks):
-        torch.testing.assert_close(torch.from_numpy(embeddings[layer]), model.pool(hidden, out.frame_mask), rtol=0, atol=1e-6)
+        expected = model.pool(hidden, out.frame_mask)
+        torch.testing.assert_close(torch.from_numpy(embeddings[layer]), expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(torch.from_numpy(embeddings["2"]), out.pooler_output, rtol=0, atol=1e-6)
     pre_norm = model.pool(out.hidden_states[3], out.frame_mask)
     assert not torch.allclose(torch.from_numpy(embeddings["2"]), pre_norm, atol=1e-3)  # no pre-LayerNorm "last"
@@ -63,9 +63,8 @@ def test_embeddings_of_each_layer_are_the_original_layers(tmp_path):
 
 def test_a_layer_outside_the_model_is_a_cli_error_before_embedding(golden_folder, tmp_path, capsys):
     dataset = tiny_dataset(tmp_path)
-    code = cli_main(
-        ["benchmark", "--model", str(golden_folder), "--dataset", str(dataset), "--output", str(tmp_path / "o"), "--layers", "2"]
-    )
+    arguments = ["--model", str(golden_folder), "--dataset", str(dataset), "--output", str(tmp_path / "o")]
+    code = cli_main(["benchmark", *arguments, "--layers", "2"])
     assert code == 2
     assert "layers='2' is outside the model: layers follow the original M2D numbering: 0..1" in capsys.readouterr().err
 
@@ -79,7 +78,8 @@ def test_random_crop_starts_where_evar_can_start_and_is_seeded_per_recording():
     starts = {int(fit_length(waveform, length, "random", seed)[0]) for seed in range(300)}
     assert starts == set(range(excess))  # EVAR: np.random.randint(len - unit), so never `excess` itself
     first = recording_seed(0, {"path": "/data/a.wav"})
-    assert first == recording_seed(0, "/data/a.wav") != recording_seed(0, "/data/b.wav") != recording_seed(1, "/data/a.wav")
+    assert first == recording_seed(0, "/data/a.wav") != recording_seed(0, "/data/b.wav")
+    assert first != recording_seed(1, "/data/a.wav")
     assert BenchmarkSettings().applied_to(get_protocol("T7")).crop == "random"
     assert BenchmarkSettings(crop="center").applied_to(get_protocol("T7")).crop == "center"
 
@@ -91,10 +91,14 @@ def test_random_crops_do_not_depend_on_the_row_order(tmp_path):
     for i in range(3):
         paths.append(str(tmp_path / f"{i}.wav"))
         soundfile.write(paths[-1], low_band_noise(rng, 3.0).astype(np.float32), RATE)
-    forward = embed_split(model, Dataset.from_dict({"audio": paths, "label": [0, 1, 0]}), seconds=1.0, progress=False)
-    backward = embed_split(model, Dataset.from_dict({"audio": paths[::-1], "label": [0, 1, 0]}), seconds=1.0, progress=False)
+
+    def embed(audio, crop="random"):
+        split = Dataset.from_dict({"audio": audio, "label": [0, 1, 0]})
+        return embed_split(model, split, crop=crop, seconds=1.0, progress=False)
+
+    forward, backward = embed(paths), embed(paths[::-1])
     np.testing.assert_allclose(forward["1"], backward["1"][::-1], atol=1e-6)
-    center = embed_split(model, Dataset.from_dict({"audio": paths, "label": [0, 1, 0]}), crop="center", seconds=1.0, progress=False)
+    center = embed(paths, "center")
     assert not np.allclose(forward["1"], center["1"])
 
 
@@ -138,14 +142,15 @@ def test_epoch_selection_and_early_stopping_match_operas_lightning_callbacks(eve
     for trial in range(40):
         values = np.round(rng.uniform(0, 1, 64), 2 if trial % 2 else 3)  # coarse values make ties and tiny gains
         values[rng.integers(64)] = np.nan if trial % 5 == 0 else values[0]
-        keep = KeepBestEpoch("m", greater, checkpoint_every=every, patience=patience, min_delta=0.001 if patience else 0)
+        min_delta = 0.001 if patience else 0
+        keep = KeepBestEpoch("m", greater, checkpoint_every=every, patience=patience, min_delta=min_delta)
         control = Control()
         for epoch, value in enumerate(values, start=1):
             model.weight.data.fill_(epoch)
             keep.on_evaluate(None, None, control, metrics={"eval_m": float(value)}, model=model)
             if control.should_training_stop:
                 break
-        kept, ran = lightning_reference(values, every, patience, 0.001 if patience else 0, greater)
+        kept, ran = lightning_reference(values, every, patience, min_delta, greater)
         assert (keep.best_epoch, len(keep.history)) == (kept, ran), values
         if kept:
             assert keep.best_state["weight"].item() == kept
@@ -160,7 +165,8 @@ def test_the_probe_keeps_only_epochs_opera_checkpoints_and_stops_early():
     rng = np.random.default_rng(0)
     train, validation, test = separable(rng, 40), separable(rng, 20), separable(rng, 10)
     kauh = get_protocol("T10")
-    _, best_epoch, history = train_linear_probe(train, validation, test, "single_label_classification", 2, 0, kauh, epochs=20)
+    classification = "single_label_classification"
+    _, best_epoch, history = train_linear_probe(train, validation, test, classification, 2, 0, kauh, epochs=20)
     assert best_epoch % 5 == 0 and len(history) == 20
     # validation targets run against the training ones: the validation MAE worsens from the first epoch on
     targets = [(x, sign * x[:, 0] * 3.0 + 10.0) for (x, _), sign in zip((train, validation, test), (1, -1, 1))]
@@ -169,7 +175,7 @@ def test_the_probe_keeps_only_epochs_opera_checkpoints_and_stops_early():
     assert np.all(np.diff(history) > 0)
     assert len(history) == 6 and best_epoch == 3  # patience 5 after epoch 1; checkpoints at epochs 3 and 6
     with pytest.raises(ValueError, match="T10: 3 epoch\\(s\\) never reach OPERA's first checkpoint \\(every 5"):
-        train_linear_probe(train, validation, test, "single_label_classification", 2, 0, kauh, epochs=3)
+        train_linear_probe(train, validation, test, classification, 2, 0, kauh, epochs=3)
 
 
 def test_the_runner_trains_with_the_task_protocol_object(tmp_path, monkeypatch):
@@ -183,7 +189,8 @@ def test_the_runner_trains_with_the_task_protocol_object(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     for i in range(10):
         workbook.active.append([f"./audio/b{i}.wav", f"./audio/o{i}.wav"])
-        soundfile.write(root / f"datasets/mmlung/audio/b{i}.wav", high_band_tone(rng, 0.5, RATE).astype(np.float32), RATE)
+        audio = high_band_tone(rng, 0.5, RATE).astype(np.float32)
+        soundfile.write(root / f"datasets/mmlung/audio/b{i}.wav", audio, RATE)
     workbook.save(root / "datasets/mmlung/All_path.xlsx")
     np.save(root / "feature/mmlung_eval/label.npy", np.arange(30, dtype=float).reshape(10, 3) + 1)
     calls = []
@@ -193,7 +200,8 @@ def test_the_runner_trains_with_the_task_protocol_object(tmp_path, monkeypatch):
         return np.full((len(test[1]), 1), float(len(calls))), None, []
 
     monkeypatch.setattr(runner, "train_linear_probe", fake_probe)
-    records = run_benchmark(tiny_model(), tmp_path / "out", tasks=["T13"], opera_root=root, settings=BenchmarkSettings(progress=False))
+    settings = BenchmarkSettings(progress=False)
+    records = run_benchmark(tiny_model(), tmp_path / "out", tasks=["T13"], opera_root=root, settings=settings)
     assert len(calls) == 10 and all(protocol is PROTOCOLS["T13"] for *_, protocol in calls)
     assert {(train, validation, seed) for train, validation, seed, _ in calls} == {(8, 1, 0)}  # 9 rows: 11% is 1
     fold_mae = np.abs(np.arange(1, 11) - (np.arange(10) * 3 + 1))
@@ -243,11 +251,11 @@ def test_a_corrupt_cache_entry_is_recomputed_with_a_warning(tmp_path, caplog, ki
 def test_a_benchmark_run_recomputes_a_corrupt_cache_entry(tmp_path, caplog):
     dataset = tiny_dataset(tmp_path)
     settings = BenchmarkSettings(seeds=(0,), epochs=2, seconds=0.5, progress=False)
-    first = run_benchmark(tiny_model(), tmp_path / "a", datasets=[dataset], settings=settings, cache_dir=tmp_path / "c")
+    first = run_benchmark(tiny_model(), tmp_path / "a", [], None, [dataset], settings, cache_dir=tmp_path / "c")
     for entry in (tmp_path / "c").iterdir():
         corrupt(entry, "nan")
     with caplog.at_level(logging.WARNING):
-        again = run_benchmark(tiny_model(), tmp_path / "b", datasets=[dataset], settings=settings, cache_dir=tmp_path / "c")
+        again = run_benchmark(tiny_model(), tmp_path / "b", [], None, [dataset], settings, cache_dir=tmp_path / "c")
     assert "is corrupt" in caplog.text and [r["value"] for r in again] == [r["value"] for r in first]
 
 

@@ -350,10 +350,10 @@ def test_a_train_split_too_small_to_carve_validation_from_is_a_data_error(tmp_pa
     task = get_task("T7")
     one_copd = [{"label": label, "split": "train"} for label in (0, 0, 0, 0, 1)]
     with pytest.raises(OperaDataError, match="T7: the train split has a single COPD row"):
-        carve_validation(task, one_copd, 0.2, 1337)
+        carve_validation(task, one_copd)
     two_each = [{"label": label, "split": "train"} for label in (0, 0, 1, 1)]
     with pytest.raises(OperaDataError, match="T7: cannot carve OPERA's validation set .*number of classes = 2"):
-        carve_validation(task, two_each, 0.2, 1337)
+        carve_validation(task, two_each)
 
 
 def test_allow_missing_counts_what_it_leaves_out_per_split(placeholder_checkout, tmp_path):

@@ -51,7 +51,8 @@ def test_every_task_protocol_has_operas_values(task_id):
     if patience:
         assert protocol.early_stopping_min_delta == 0.001
     described = set(protocol.to_dict()) - {"sources", "task", "name"}
-    assert not [name for name in ("epochs", "l2_strength", "checkpoint_every", "seeds", "crop") if name not in protocol.sources]
+    sourced = ("epochs", "l2_strength", "checkpoint_every", "seeds", "crop")
+    assert not [name for name in sourced if name not in protocol.sources]
     assert described >= {"data", "label_rule", "split", "validation", "metric", "learning_rate", "lr_decay"}
 
 

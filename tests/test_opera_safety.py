@@ -72,7 +72,8 @@ def test_operas_pickled_uuid_lists_still_load_and_other_objects_are_refused(tmp_
     np.save(tmp_path / "dict.npy", np.array([{"not": "a string"}], dtype=object), allow_pickle=True)
     with pytest.raises(OperaDataError, match="dict.npy is not a numpy array of strings and numbers"):
         load_array(tmp_path / "dict.npy")
-    (tmp_path / "truncated.npy").write_bytes((OPERA / "datasets/covidUK/cough_val_files_downsample.npy").read_bytes()[:90])
+    plain = OPERA / "datasets/covidUK/cough_val_files_downsample.npy"
+    (tmp_path / "truncated.npy").write_bytes(plain.read_bytes()[:90])
     with pytest.raises(OperaDataError, match="truncated.npy is not a readable .npy array"):
         load_array(tmp_path / "truncated.npy")
 

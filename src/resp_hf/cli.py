@@ -84,7 +84,8 @@ def add_opera_commands(subparsers):
     build.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     build.set_defaults(handler=run_opera_build)
     protocol = commands.add_parser(
-        "protocol", help="Print the linear-probe protocol the benchmark runs for a task, with OPERA's source of each value."
+        "protocol",
+        help="Print the linear-probe protocol the benchmark runs for a task, with OPERA's source of each value.",
     )
     protocol.add_argument("task", help="task id (T1-T19) or name, e.g. T10 or kauh_obstructive")
     protocol.add_argument("--json", action="store_true", help="print it as JSON")
@@ -108,9 +109,10 @@ def run_opera_list(args):
 def run_opera_build(args):
     from .opera.commands import build_and_save
 
-    print(
-        build_and_save(args.task, args.opera_root, args.output, allow_missing=args.allow_missing, overwrite=args.overwrite)
+    summary = build_and_save(
+        args.task, args.opera_root, args.output, allow_missing=args.allow_missing, overwrite=args.overwrite
     )
+    print(summary)
 
 
 def run_opera_protocol(args):

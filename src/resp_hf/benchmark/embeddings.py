@@ -233,7 +233,10 @@ def embed_split(model, split, layers=(-1,), crop="random", seconds=10.0, crop_se
             **extractor(waveforms, sampling_rate=rate, device=model.device), output_hidden_states=needs_hidden
         )
         for layer, index in indices.items():
-            pooled = result.pooler_output if index is None else model.pool(result.hidden_states[index], result.frame_mask)
+            if index is None:
+                pooled = result.pooler_output
+            else:
+                pooled = model.pool(result.hidden_states[index], result.frame_mask)
             for row, position in enumerate(batch):
                 outputs[layer][position] = pooled[row].float().cpu().numpy()
     return {str(layer): np.stack(rows) for layer, rows in outputs.items()}

@@ -83,9 +83,9 @@ class EmbeddingDataset(torch.utils.data.Dataset):
 class KeepBestEpoch(TrainerCallback):
     """
     Keeps the weights of the best validation epoch among those OPERA checkpoints (every `checkpoint_every`-th epoch:
-    Lightning's `ModelCheckpoint(every_n_epochs=n)` saves after epochs n, 2n, ...; the first on ties), and stops training
-    like Lightning's `EarlyStopping` when `patience` epochs in a row fail to improve on the best value by `min_delta`
-    (or the metric is not finite). Epochs are numbered from 1.
+    Lightning's `ModelCheckpoint(every_n_epochs=n)` saves after epochs n, 2n, ...; the first on ties), and stops
+    training like Lightning's `EarlyStopping` when `patience` epochs in a row fail to improve on the best value by
+    `min_delta` (or the metric is not finite). Epochs are numbered from 1.
     """
 
     def __init__(self, metric, greater_is_better, checkpoint_every=1, patience=None, min_delta=0.0):

@@ -136,10 +136,9 @@ def with_validation(spec, dataset):
     train = dataset["train"]
     labels = train["label"]
     stratify = isinstance(train.features["label"], ClassLabel)
+    fraction, seed = spec.protocol.validation_fraction, spec.protocol.validation_seed
     try:
-        kept, held_out = seeded_split(
-            labels, labels if stratify else None, spec.protocol.validation_fraction, spec.protocol.validation_seed, stratify
-        )
+        kept, held_out = seeded_split(labels, labels if stratify else None, fraction, seed, stratify)
     except ValueError as error:  # too few rows, or a class with a single row
         raise ValueError(
             f"{spec.id}: cannot carve a 20% validation split out of its {train.num_rows} train rows ({error}). "

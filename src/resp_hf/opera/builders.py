@@ -62,9 +62,8 @@ ICBHI_CLASSES = {"Healthy": 0, "COPD": 1}
 def icbhi(task, root, report):
     """Diagnosis per patient and the official challenge train/test split; Healthy and COPD recordings only."""
     require(root, f"{ICBHI_DIR}/ICBHI_Challenge_diagnosis.txt", f"{ICBHI_DIR}/ICBHI_challenge_train_test.txt")
-    diagnosis_file, official_file = root / ICBHI_DIR / "ICBHI_Challenge_diagnosis.txt", root / ICBHI_DIR / "ICBHI_challenge_train_test.txt"
-    diagnosis = {fields[0]: fields[1] for fields in read_tab_table(diagnosis_file, min_fields=2)}
-    official = {fields[0]: fields[1] for fields in read_tab_table(official_file, min_fields=2)}
+    tables = [root / ICBHI_DIR / name for name in ("ICBHI_Challenge_diagnosis.txt", "ICBHI_challenge_train_test.txt")]
+    diagnosis, official = ({fields[0]: fields[1] for fields in read_tab_table(t, min_fields=2)} for t in tables)
     demographics_path = root / ICBHI_DIR / "ICBHI_Challenge_demographic_information.txt"
     demographics = {f[0]: f for f in read_tab_table(demographics_path)} if demographics_path.is_file() else {}
     manifest = load_manifest(root, task.manifest)
@@ -100,7 +99,7 @@ def icbhi(task, root, report):
     rows = [row for row in rows if row["label"] in ICBHI_CLASSES]
     for row in rows:
         row["label"] = ICBHI_CLASSES[row["label"]]
-    return carve_validation(task, rows, 0.2, OPERA_VALIDATION_SEED)
+    return carve_validation(task, rows)
 
 
 # --- T10: KAUH -----------------------------------------------------------------------------------------------------
@@ -166,7 +165,7 @@ def kauh(task, root, report):
         for path, split in zip(paths, splits)
     ]
     report.notes.append("OPERA evaluates KAUH's 'val' rows as test data; they are in the test split here.")
-    return carve_validation(task, rows, 0.1, OPERA_VALIDATION_SEED)
+    return carve_validation(task, rows)
 
 
 # --- T11: Respiratory@TR --------------------------------------------------------------------------------------------
@@ -380,7 +379,7 @@ def coswara(task, root, report):
         }
         for path, label, part in zip(paths, labels, split)
     ]
-    carve_validation(task, [rows[i] for i in kept], 0.2, OPERA_VALIDATION_SEED)  # OPERA splits the shuffled train part
+    carve_validation(task, [rows[i] for i in kept])  # OPERA splits the shuffled train part
     return rows
 
 
@@ -489,7 +488,8 @@ def read_xlsx_rows(path, required=()):
 
     try:
         sheet = load_workbook(path, read_only=True, data_only=True).worksheets[0]
-        rows = [[("" if cell is None else str(cell)).strip() for cell in row] for row in sheet.iter_rows(values_only=True)]
+        cells = sheet.iter_rows(values_only=True)
+        rows = [[("" if cell is None else str(cell)).strip() for cell in row] for row in cells]
     except Exception as error:  # zipfile, XML and openpyxl errors of a damaged or renamed file
         raise OperaDataError(
             f"{path} is not a readable .xlsx workbook ({type(error).__name__}: {error}); use the file as the dataset "

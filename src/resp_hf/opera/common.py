@@ -123,7 +123,8 @@ def read_csv_rows(path, delimiter=",", required=()):
             for row in reader:
                 fields = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
                 if fields != len(header) or not any((value or "").strip() for value in row.values() if value):
-                    problem = "no values" if fields == len(header) else f"{fields} fields where the header has {len(header)}"
+                    problem = f"{fields} fields where the header has {len(header)}"
+                    problem = "no values" if fields == len(header) else problem
                     raise OperaDataError(
                         f"{path}, line {reader.line_num}: {problem} ({delimiter!r}-separated); the file is damaged or "
                         "truncated: fix or remove that row, or use the file as the dataset distributes it."
@@ -131,9 +132,13 @@ def read_csv_rows(path, delimiter=",", required=()):
                 rows.append({key.strip(): value.strip() for key, value in row.items()} | {"_row": reader.line_num})
             return rows
     except UnicodeDecodeError as error:
-        raise OperaDataError(f"{path} is not UTF-8 text ({error}); use the file as the dataset distributes it.") from error
+        raise not_utf8(path, error) from error
     except csv.Error as error:
         raise OperaDataError(f"{path} is not a readable CSV file ({error}).") from error
+
+
+def not_utf8(path, error):
+    return OperaDataError(f"{path} is not UTF-8 text ({error}); use the file as the dataset distributes it.")
 
 
 def parse_field(path, line, column, value, convert, expected):
@@ -151,7 +156,7 @@ def read_tab_table(path, min_fields=1):
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as error:
-        raise OperaDataError(f"{path} is not UTF-8 text ({error}); use the file as the dataset distributes it.") from error
+        raise not_utf8(path, error) from error
     table = []
     for number, line in enumerate(lines, start=1):
         fields = line.split()
@@ -201,11 +206,16 @@ def seeded_split(items, labels, test_size, seed, stratify=True):
     return kept.tolist(), held_out.tolist()
 
 
-def carve_validation(task, rows, fraction, seed):
+def carve_validation(task, rows):
     """
-    Moves a stratified, seeded `fraction` of the train rows to validation, like OPERA; which rows go depends on the
-    order of `rows`, which must be the order OPERA passes them to sklearn. Returns `rows`.
+    Moves a stratified, seeded fraction of the train rows to validation, like OPERA, with the fraction and seed of the
+    task's protocol (`resp-hf opera protocol`); which rows go depends on the order of `rows`, which must be the order
+    OPERA passes them to sklearn. Returns `rows`.
     """
+    from .protocol import get_protocol  # imported here: the protocol module imports the registry, which imports us
+
+    protocol = get_protocol(task.id)
+    fraction, seed = protocol.validation_fraction, protocol.validation_seed
     train = [row for row in rows if row["split"] == "train"]
     labels = [row["label"] for row in train]
     check_stratifiable(task, labels)

@@ -225,7 +225,8 @@ def _protocols():
                     "checkpoint_every": f"{LINEAR_EVAL} linear_evaluation_mmlung: ModelCheckpoint(every_n_epochs=3)",
                     "early_stopping_patience": f"{LINEAR_EVAL} linear_evaluation_mmlung: EarlyStopping(monitor="
                     "'valid_MAE', min_delta=0.001, patience=5, mode='min')",
-                    "early_stopping_min_delta": f"{LINEAR_EVAL} linear_evaluation_mmlung: EarlyStopping(min_delta=0.001)",
+                    "early_stopping_min_delta": f"{LINEAR_EVAL} linear_evaluation_mmlung: "
+                    "EarlyStopping(min_delta=0.001)",
                     "validation_fraction": f"{LINEAR_EVAL} linear_evaluation_mmlung: train_test_split(test_size=0.11, "
                     "random_state=42)",
                     "validation_seed": f"{LINEAR_EVAL} linear_evaluation_mmlung: random_state=42",
