@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +66,8 @@ def parse_layers(layers, num_layers):
         return list(range(num_layers))
     numbering = (
         f"layers follow the original M2D numbering: 0..{num_layers - 1} for this {num_layers}-block encoder, -1 = "
-        f"{num_layers - 1} = the last block after the final LayerNorm (resp_hf before 0.3 named them 1..{num_layers} "
-        "and 'last', one higher)"
+        f"{num_layers - 1} = the last block after the final LayerNorm (earlier resp_hf versions named them "
+        f"1..{num_layers} and 'last', one higher)"
     )
     try:
         numbers = [int(part) for part in str(layers).split(",")]
@@ -76,8 +75,7 @@ def parse_layers(layers, num_layers):
         raise ValueError(f"layers={layers!r} must be 'last', 'all' or comma-separated numbers; {numbering}.") from None
     if any(not -num_layers <= number < num_layers for number in numbers):
         raise ValueError(f"layers={layers!r} is outside the model: {numbering}.")
-    resolved = sorted({number % num_layers for number in numbers})
-    return resolved
+    return sorted({number % num_layers for number in numbers})
 
 
 def model_fingerprint(model):
@@ -161,7 +159,7 @@ class EmbeddingCache:
             return None
         try:
             return self.verified(path, [str(layer) for layer in layers], rows)
-        except CorruptCacheEntry as error:
+        except CorruptCacheEntry as error:  # a cache is only an optimization: never let a bad entry stop a run
             logger.warning("Embedding cache file %s is corrupt (%s); recomputing it.", path, error)
             return None
 
@@ -170,7 +168,7 @@ class EmbeddingCache:
         try:
             with np.load(path, allow_pickle=False) as stored:
                 arrays = {name: stored[name] for name in stored.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        except Exception as error:  # zip, zlib, npy-header and I/O errors of a damaged file alike
             raise CorruptCacheEntry(f"unreadable: {type(error).__name__}: {error}") from error
         checksum = arrays.pop(CHECKSUM, None)
         if checksum is None or checksum.shape != () or str(checksum) != arrays_digest(arrays):

@@ -95,7 +95,7 @@ def check_records(records):
             raise ValueError(
                 f"Record {index} ({record['task']}) names its layer {record['layer']!r} with final_layer="
                 f"{record['final_layer']!r}; layers are original M2D numbers with a boolean final_layer (results "
-                "from resp_hf before 0.3 used 'last'; rerun `resp-hf benchmark`)."
+                "from earlier resp_hf versions used 'last'; rerun `resp-hf benchmark`)."
             )
         if not np.isfinite(record["value"]):
             raise ValueError(f"Record {index} ({record['task']}, seed {record['seed']}) has a non-finite value.")
