@@ -10,6 +10,7 @@ import soundfile
 import torch
 from conftest import tiny_model
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from test_opera_safety import mmlung_checkout
 
 from resp_hf import RespM2DFeatureExtractor
 from resp_hf.benchmark import BenchmarkSettings, EmbeddingCache, fit_length, run_benchmark, runner
@@ -180,19 +181,14 @@ def test_the_probe_keeps_only_epochs_opera_checkpoints_and_stops_early():
 
 def test_the_runner_trains_with_the_task_protocol_object(tmp_path, monkeypatch):
     """MMlung (T13): the printed protocol object, 11% of each fold's rows to validation, one seed, ± over folds."""
-    openpyxl = pytest.importorskip("openpyxl")
-    root = tmp_path / "OPERA"
-    (root / "datasets/mmlung/audio").mkdir(parents=True)
-    (root / "feature/mmlung_eval").mkdir(parents=True)
-    workbook = openpyxl.Workbook()
-    workbook.active.append(["Deep_Breath_file", "O_Single_file"])
+    rows = [[f"./audio/b{i}.wav", f"./audio/o{i}.wav"] for i in range(10)]
+    root = mmlung_checkout(tmp_path, [["Deep_Breath_file", "O_Single_file"], *rows])
+    np.save(root / "feature/mmlung_eval/label.npy", np.arange(30, dtype=float).reshape(10, 3) + 1)
+    (root / "datasets/mmlung/audio").mkdir()
     rng = np.random.default_rng(0)
     for i in range(10):
-        workbook.active.append([f"./audio/b{i}.wav", f"./audio/o{i}.wav"])
         audio = high_band_tone(rng, 0.5, RATE).astype(np.float32)
         soundfile.write(root / f"datasets/mmlung/audio/b{i}.wav", audio, RATE)
-    workbook.save(root / "datasets/mmlung/All_path.xlsx")
-    np.save(root / "feature/mmlung_eval/label.npy", np.arange(30, dtype=float).reshape(10, 3) + 1)
     calls = []
 
     def fake_probe(train, validation, test, problem_type, num_labels, seed, protocol, epochs=None):
