@@ -105,9 +105,8 @@ def load_object_array(path):
 def read_csv_rows(path, delimiter=",", required=()):
     """
     Rows of a CSV file as dicts, each with its line number under `"_row"` (a UTF-8 byte-order mark and surrounding
-    spaces in names are dropped). Undecodable
-    text, a missing `required` column, or a row that is empty or has more or fewer fields than the header is an error
-    naming file and line.
+    spaces in names are dropped). Undecodable text, a missing `required` column, or a row that is empty or has more or
+    fewer fields than the header is an error naming the file and line.
     """
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -119,22 +118,29 @@ def read_csv_rows(path, delimiter=",", required=()):
                     f"{path}: no column {', '.join(map(repr, missing))} (its header has {header}); use the file as "
                     "the dataset distributes it."
                 )
+            columns = len(set(reader.fieldnames or []))  # DictReader keeps one value per distinct name
             rows = []
             for row in reader:
-                fields = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
-                if fields != len(header) or not any((value or "").strip() for value in row.values() if value):
-                    problem = f"{fields} fields where the header has {len(header)}"
-                    problem = "no values" if fields == len(header) else problem
-                    raise OperaDataError(
-                        f"{path}, line {reader.line_num}: {problem} ({delimiter!r}-separated); the file is damaged or "
-                        "truncated: fix or remove that row, or use the file as the dataset distributes it."
-                    )
+                extra = row.pop(None, [])  # DictReader's place for fields beyond the header; missing ones are None
+                values = [value for value in row.values() if value is not None]
+                if len(values) != columns or extra:
+                    problem = f"{len(values) + len(extra)} fields where the header has {columns}"
+                    raise damaged_row(path, reader.line_num, problem, delimiter)
+                if not any(value.strip() for value in values):
+                    raise damaged_row(path, reader.line_num, "no values", delimiter)
                 rows.append({key.strip(): value.strip() for key, value in row.items()} | {"_row": reader.line_num})
             return rows
     except UnicodeDecodeError as error:
         raise not_utf8(path, error) from error
     except csv.Error as error:
         raise OperaDataError(f"{path} is not a readable CSV file ({error}).") from error
+
+
+def damaged_row(path, line, problem, delimiter):
+    return OperaDataError(
+        f"{path}, line {line}: {problem} ({delimiter!r}-separated); the file is damaged or truncated: fix or remove "
+        "that row, or use the file as the dataset distributes it."
+    )
 
 
 def not_utf8(path, error):
