@@ -492,6 +492,7 @@ def test_golden_checkpoint_end_to_end_with_layers_and_card(golden_folder, binary
     assert entry["dataset"] == {"name": "dataset", "type": "dataset", "split": "test"}  # not labelled as OPERA
     assert f"{last['mean']:.3f} ± {last['std']:.3f}" in card.text and "Not evaluated by" not in card.text
     assert "baselines: None" not in card.text
+    assert "| AUROC | 1 (final) |" in card.text and "| AUROC | 0 |" in card.text  # original M2D layer numbers
 
 
 def test_benchmark_example_runs(tmp_path):

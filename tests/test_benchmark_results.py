@@ -376,3 +376,17 @@ def test_results_say_what_the_baselines_std_is_over_and_list_the_notes(tmp_path)
     text = only_auroc["markdown"].read_text(encoding="utf-8")
     assert "Baselines: AUROC mean ± std over 5 seeds, OPERA" in text and "folds" not in text and "Notes" not in text
     assert json.loads(only_auroc["json"].read_text(encoding="utf-8"))["notes"] == []
+
+
+def test_a_single_leave_one_subject_out_run_reports_the_std_over_its_folds():
+    single = aggregate([{**record("T19", "11", 0, 2.0, metric="MAE"), "fold_std": 0.7}])[0]
+    assert (single["std"], single["spread"]) == (0.7, "folds")  # as OPERA: np.std(maes) over the subjects
+    runs = [{**record("T19", "11", seed, value, metric="MAE"), "fold_std": 0.7} for seed, value in [(0, 2.0), (1, 3.0)]]
+    several = aggregate(runs)[0]
+    assert (several["std"], several["spread"]) == (0.5, "seeds")
+
+
+def test_records_with_the_old_layer_names_are_refused():
+    old = {**record("T7", "last", 0, 0.8), "final_layer": True}
+    with pytest.raises(ValueError, match="layers are original M2D numbers .*rerun `resp-hf benchmark`"):
+        aggregate([old])
