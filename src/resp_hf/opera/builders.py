@@ -388,7 +388,13 @@ def coswara(task, root, report):
 COVID19_SOUNDS_CSV = ("datasets/covid19-sounds/data_0426_en_task1.csv", "datasets/covid/data_0426_en_task1.csv")
 COVID19_SOUNDS_AUDIO = "datasets/covid19-sounds/0426_EN_used_task1"
 COVID19_SOUNDS_SPLITS = {"0": "train", "1": "validation", "2": "test"}
-COVID19_SOUNDS_MANIFEST = "feature/covid19sounds_eval/downsampled"  # covid19sounds_processing.py writes it there
+COVID19_SOUNDS_MANIFEST = {  # where OPERA's covid19sounds_processing.py writes it
+    modality: tuple(
+        f"feature/covid19sounds_eval/downsampled/{name}.npy"
+        for name in (f"sound_dir_loc_{modality}", "labels", "data_split")
+    )
+    for modality in ("breath", "cough")
+}
 
 
 def label_bit(value):
@@ -427,8 +433,7 @@ def covid19sounds(task, root, report):
                 "subject_id": record["Uid"],
             }
         )
-    names = (f"sound_dir_loc_{task.modality}", "labels", "data_split")
-    manifest = load_manifest(root, tuple(f"{COVID19_SOUNDS_MANIFEST}/{name}.npy" for name in names))
+    manifest = load_manifest(root, task.manifest)
     if manifest:  # OPERA stores this split as 0/1/2
         check_rows_against_manifest(task.id, rows, manifest, COVID19_SOUNDS_SPLITS)
     return rows

@@ -113,11 +113,14 @@ def _tasks():
     ]
     covid19_sounds = [
         OperaTask(
-            id="T3", name="covid19sounds_breath", modality="breath", **COVID19_SOUNDS, builder=builders.covid19sounds
-        ),
-        OperaTask(
-            id="T4", name="covid19sounds_cough", modality="cough", **COVID19_SOUNDS, builder=builders.covid19sounds
-        ),
+            id=f"T{number}",
+            name=f"covid19sounds_{modality}",
+            modality=modality,
+            **COVID19_SOUNDS,
+            builder=builders.covid19sounds,
+            manifest=builders.COVID19_SOUNDS_MANIFEST[modality],
+        )
+        for number, modality in ((3, "breath"), (4, "cough"))
     ]
     coughvid = [
         OperaTask(
