@@ -73,7 +73,7 @@ def test_separable_classes_reach_high_auroc_and_results_match_saved_predictions(
     values = [r["value"] for r in records]
     assert len(values) == 5 and np.mean(values) > 0.9
     for record in records:
-        saved = np.load(tmp_path / "predictions" / f"dataset_layer-last_seed-{record['seed']}.npz")
+        saved = np.load(tmp_path / "predictions" / f"dataset_layer-1_seed-{record['seed']}.npz")
         probabilities = torch.softmax(torch.from_numpy(saved["logits"]), -1)[:, 1].numpy()
         assert record["value"] == pytest.approx(roc_auc_score(saved["labels"], probabilities), abs=1e-12)
         assert 1 <= record["best_epoch"] <= 64
@@ -114,7 +114,7 @@ def test_multiclass_auroc_is_macro_one_vs_rest_on_saved_predictions(tmp_path):
         datasets=[tmp_path / "three"],
         settings=BenchmarkSettings(seeds=(0,), epochs=8, progress=False),
     )
-    saved = np.load(tmp_path / "out" / "predictions" / "three_layer-last_seed-0.npz")
+    saved = np.load(tmp_path / "out" / "predictions" / "three_layer-1_seed-0.npz")
     probabilities = torch.softmax(torch.from_numpy(saved["logits"]), -1).numpy()
     expected = roc_auc_score(saved["labels"], probabilities, multi_class="ovr", average="macro")
     assert records[0]["value"] == pytest.approx(expected, abs=1e-12)
@@ -164,13 +164,13 @@ def test_embedding_cache_follows_the_audio_bytes_not_only_the_names(tmp_path):
     model = tiny_model()
     calls = []
     model.register_forward_hook(lambda *args: calls.append(1))
-    embed = Embedder(model, BenchmarkSettings(seconds=1.0, progress=False), tmp_path / "cache")
-    first = embed(quiet)["last"]
+    embed = Embedder(model, BenchmarkSettings(progress=False), tmp_path / "cache")
+    first = embed(quiet, "random", 1.0)["1"]  # the tiny encoder's final layer, original M2D numbering
     calls.clear()
-    second = embed(loud)["last"]
+    second = embed(loud, "random", 1.0)["1"]
     assert len(calls) > 0 and not np.allclose(first, second)
     calls.clear()
-    np.testing.assert_array_equal(embed(quiet)["last"], first)
+    np.testing.assert_array_equal(embed(quiet, "random", 1.0)["1"], first)
     assert calls == []
 
 
@@ -195,7 +195,7 @@ def test_embeddings_are_the_model_on_the_fitted_windows(tmp_path):
     long_audio = low_band_noise(np.random.default_rng(0), 12.0)
     paths = [write_clip(tmp_path, "long", long_audio), write_clip(tmp_path, "short", long_audio[: 2 * RATE])]
     split = Dataset.from_dict({"audio": paths, "label": [0, 1]})
-    embeddings = embed_split(model, split, progress=False)["last"]
+    embeddings = embed_split(model, split, crop="center", progress=False)["1"]
     extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     stored = [soundfile.read(path, dtype="float32")[0] for path in paths]
     windows = [fit_length(audio, 10 * RATE, "center", seed=0) for audio in stored]
@@ -260,7 +260,7 @@ def test_leave_one_subject_out_regression(tmp_path):
         settings=BenchmarkSettings(seeds=(0,), epochs=4, progress=False),
     )
     assert records[0]["metric"] == "MAE" and records[0]["best_epoch"] is None
-    saved = np.load(tmp_path / "out" / "predictions" / "rates_layer-last_seed-0.npz")
+    saved = np.load(tmp_path / "out" / "predictions" / "rates_layer-1_seed-0.npz")
     assert len(saved["fold_mae"]) == 3 and records[0]["value"] == pytest.approx(saved["fold_mae"].mean())
     assert records[0]["mape"] == pytest.approx(saved["fold_mape"].mean())
     result = json.loads((tmp_path / "out" / "results.json").read_text())["results"][0]
@@ -288,7 +288,7 @@ def test_split_regression_keeps_the_best_validation_epoch_and_reports_test_mae(t
         datasets=[tmp_path / "pitch"],
         settings=BenchmarkSettings(seeds=(0,), epochs=4, progress=False),
     )
-    saved = np.load(tmp_path / "out" / "predictions" / "pitch_layer-last_seed-0.npz")
+    saved = np.load(tmp_path / "out" / "predictions" / "pitch_layer-1_seed-0.npz")
     errors = saved["logits"][:, 0] - saved["labels"]
     assert records[0]["metric"] == "MAE" and 1 <= records[0]["best_epoch"] <= 4
     assert records[0]["value"] == pytest.approx(np.abs(errors).mean(), rel=1e-5)
@@ -370,7 +370,7 @@ def test_allow_missing_warns_and_notes_what_it_left_out(tmp_path, caplog):
     gone = [path for path, split in zip(paths, splits) if split != "train"][:3]
     for path in gone:
         (root / path).unlink()
-    settings = BenchmarkSettings(seeds=(0,), epochs=1, seconds=1.0, allow_missing=True, progress=False)
+    settings = BenchmarkSettings(seeds=(0,), epochs=5, seconds=1.0, allow_missing=True, progress=False)
     with caplog.at_level(logging.WARNING):
         run_benchmark(tiny_model(), tmp_path / "out", tasks=["T10"], opera_root=root, settings=settings)
     note = f"T10: left out 3 of {len(paths)} recordings, missing or unreadable (test 3)."
@@ -481,17 +481,18 @@ def test_golden_checkpoint_end_to_end_with_layers_and_card(golden_folder, binary
     assert code == 0
     assert "| Model |" in capsys.readouterr().out
     rows = read_results(tmp_path / "out")
-    assert {row["layer"] for row in rows} == {"1", "2", "last"}
+    assert {row["layer"] for row in rows} == {"0", "1"}  # the golden encoder's 2 blocks, original M2D numbering
     assert (tmp_path / "out" / "plots" / "dataset_layers.png").is_file()
     assert cli_main(["card", str(model_folder), "--results", str(tmp_path / "out" / "results.json")]) == 0
     card = ModelCard((model_folder / "README.md").read_text())
     results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
-    last = next(r for r in results if r["layer"] == "last")
+    last = next(r for r in results if r["final_layer"])
     entry = card.data.to_dict()["model-index"][0]["results"][0]
     assert entry["metrics"][0] == {"type": "roc_auc", "value": round(last["mean"], 4)}
     assert entry["dataset"] == {"name": "dataset", "type": "dataset", "split": "test"}  # not labelled as OPERA
     assert f"{last['mean']:.3f} ± {last['std']:.3f}" in card.text and "Not evaluated by" not in card.text
     assert "baselines: None" not in card.text
+    assert "| AUROC | 1 (final) |" in card.text and "| AUROC | 0 |" in card.text  # original M2D layer numbers
 
 
 def test_benchmark_example_runs(tmp_path):

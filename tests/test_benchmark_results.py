@@ -29,6 +29,7 @@ def record(task, layer, seed, value, metric="AUROC", task_name=None, best_epoch=
         "task_name": task_name or f"{task.lower()}_name",
         "metric": metric,
         "layer": layer,
+        "final_layer": str(layer) == "11",  # a 12-block encoder's final layer in the original M2D numbering
         "seed": seed,
         "value": value,
         "best_epoch": best_epoch,
@@ -83,16 +84,16 @@ def test_package_baselines_equal_the_shared_opera_table():
 
 def test_aggregate_uses_only_the_seeds_present():
     records = [
-        record("T10", "last", 2, 0.9),
-        record("T10", "last", 0, 0.7),
-        record("T10", "last", 1, 0.8),
-        record("T7", "last", 0, 0.8),
-        record("T7", "last", 1, 0.9),
+        record("T10", "11", 2, 0.9),
+        record("T10", "11", 0, 0.7),
+        record("T10", "11", 1, 0.8),
+        record("T7", "11", 0, 0.8),
+        record("T7", "11", 1, 0.9),
         record("T7", "6", 4, 0.6),
     ]
     summaries = aggregate(records)
-    assert [(s["task"], s["layer"]) for s in summaries] == [("T7", "last"), ("T7", "6"), ("T10", "last")]
-    two_seeds, one_seed, three_seeds = summaries
+    assert [(s["task"], s["layer"]) for s in summaries] == [("T7", "6"), ("T7", "11"), ("T10", "11")]
+    one_seed, two_seeds, three_seeds = summaries
     assert two_seeds["n_seeds"] == 2 and two_seeds["seeds"] == [0, 1]
     assert two_seeds["mean"] == pytest.approx(0.85) and two_seeds["std"] == pytest.approx(0.05)
     assert one_seed == {
@@ -100,8 +101,10 @@ def test_aggregate_uses_only_the_seeds_present():
         "task_name": "t7_name",
         "metric": "AUROC",
         "layer": "6",
+        "final_layer": False,
         "mean": pytest.approx(0.6),
         "std": 0.0,
+        "spread": "seeds",
         "n_seeds": 1,
         "seeds": [4],
     }
@@ -114,10 +117,10 @@ def test_aggregate_uses_only_the_seeds_present():
     "records, message",
     [
         ([{"task": "T7"}], "lacks the key"),
-        ([record("T7", "last", 0, 0.8, metric="F1")], "Unknown metric 'F1'"),
-        ([record("T7", "last", 0, float("nan"))], "non-finite"),
-        ([record("T7", "last", 0, 0.8), record("T7", "last", 0, 0.9)], "more than one record"),
-        ([record("T7", "last", 0, 0.8), record("T7", "6", 0, 0.5, metric="MAE")], "different \\(task_name, metric\\)"),
+        ([record("T7", "11", 0, 0.8, metric="F1")], "Unknown metric 'F1'"),
+        ([record("T7", "11", 0, float("nan"))], "non-finite"),
+        ([record("T7", "11", 0, 0.8), record("T7", "11", 0, 0.9)], "more than one record"),
+        ([record("T7", "11", 0, 0.8), record("T7", "6", 0, 0.5, metric="MAE")], "different \\(task_name, metric\\)"),
     ],
 )
 def test_aggregate_rejects_malformed_records(records, message):
@@ -132,8 +135,8 @@ def test_format_mean_std_uses_three_decimals():
 
 def test_results_csv_lists_every_run_then_mean_and_std_rows(tmp_path):
     records = [
-        record("T7", "last", 1, 0.9, task_name="icbhi_copd", best_epoch=None),
-        record("T7", "last", 0, 0.8, task_name="icbhi_copd", best_epoch=7),
+        record("T7", "11", 1, 0.9, task_name="icbhi_copd", best_epoch=None),
+        record("T7", "11", 0, 0.8, task_name="icbhi_copd", best_epoch=7),
         record("T7", 6, 0, 0.5, task_name="icbhi_copd"),
     ]
     paths = write_results(records, tmp_path / "out", "resp-m2d")
@@ -144,6 +147,7 @@ def test_results_csv_lists_every_run_then_mean_and_std_rows(tmp_path):
         "task_name",
         "metric",
         "layer",
+        "final_layer",
         "seed",
         "value",
         "best_epoch",
@@ -151,21 +155,23 @@ def test_results_csv_lists_every_run_then_mean_and_std_rows(tmp_path):
         "n_validation",
         "n_test",
         "mape",
+        "fold_std",
     ]
     assert [(row["layer"], row["seed"]) for row in rows] == [
-        ("last", "0"),
-        ("last", "1"),
         ("6", "0"),
-        ("last", "mean"),
-        ("last", "std"),
+        ("11", "0"),
+        ("11", "1"),
         ("6", "mean"),
         ("6", "std"),
+        ("11", "mean"),
+        ("11", "std"),
     ]
-    assert rows[0] == {
+    assert rows[1] == {
         "task": "T7",
         "task_name": "icbhi_copd",
         "metric": "AUROC",
-        "layer": "last",
+        "layer": "11",
+        "final_layer": "True",
         "seed": "0",
         "value": "0.8",
         "best_epoch": "7",
@@ -173,17 +179,18 @@ def test_results_csv_lists_every_run_then_mean_and_std_rows(tmp_path):
         "n_validation": "20",
         "n_test": "40",
         "mape": "",
+        "fold_std": "",
     }
-    assert rows[1]["best_epoch"] == ""
-    assert float(rows[3]["value"]) == pytest.approx(0.85) and float(rows[4]["value"]) == pytest.approx(0.05)
-    assert float(rows[5]["value"]) == pytest.approx(0.5) and float(rows[6]["value"]) == 0.0
+    assert rows[2]["best_epoch"] == ""
+    assert float(rows[5]["value"]) == pytest.approx(0.85) and float(rows[6]["value"]) == pytest.approx(0.05)
+    assert float(rows[3]["value"]) == pytest.approx(0.5) and float(rows[4]["value"]) == 0.0
     assert all(row["task"] == "T7" and row["metric"] == "AUROC" for row in rows)
     assert all(row["best_epoch"] == row["n_train"] == "" for row in rows[3:])
 
 
 def test_results_md_compares_layers_with_baselines_and_bolds_the_best(tmp_path):
-    records = [record("T7", "last", seed, value, task_name="icbhi_copd") for seed, value in enumerate([0.94, 0.96])]
-    records += [record("T10", "last", seed, value, task_name="kauh") for seed, value in enumerate([0.6, 0.7])]
+    records = [record("T7", "11", seed, value, task_name="icbhi_copd") for seed, value in enumerate([0.94, 0.96])]
+    records += [record("T10", "11", seed, value, task_name="kauh") for seed, value in enumerate([0.6, 0.7])]
     records += [record("T7", "6", seed, value, task_name="icbhi_copd") for seed, value in enumerate([0.7, 0.8])]
     markdown = write_results(records, tmp_path, "resp-m2d")["markdown"].read_text(encoding="utf-8")
     rows = table_rows(markdown)
@@ -208,7 +215,7 @@ def test_results_md_compares_layers_with_baselines_and_bolds_the_best(tmp_path):
 
 
 def test_results_md_averages_need_every_task_of_the_metric(tmp_path):
-    records = [record("T7", "last", 0, 0.5), record("X1", "last", 0, 0.9, task_name="my_dataset")]
+    records = [record("T7", "11", 0, 0.5), record("X1", "11", 0, 0.9, task_name="my_dataset")]
     markdown = write_results(records, tmp_path, "mine")["markdown"].read_text(encoding="utf-8")
     rows = table_rows(markdown)
     assert rows[0] == ["Model", "T7<br>AUROC ↑", "X1<br>AUROC ↑", "Avg. AUROC ↑"]
@@ -225,8 +232,8 @@ def test_results_md_averages_need_every_task_of_the_metric(tmp_path):
 
 
 def test_results_md_with_an_mae_task_bolds_the_lowest(tmp_path):
-    records = [record("T19", "last", seed, value, metric="MAE", task_name="nosemic_rr") for seed, value in [(0, 3.0)]]
-    records += [record("T12", "last", 0, 0.7)]
+    records = [record("T19", "11", seed, value, metric="MAE", task_name="nosemic_rr") for seed, value in [(0, 3.0)]]
+    records += [record("T12", "11", 0, 0.7)]
     markdown = write_results(records, tmp_path, "resp-m2d")["markdown"].read_text(encoding="utf-8")
     rows = table_rows(markdown)
     assert rows[0] == ["Model", "T12<br>AUROC ↑", "T19<br>MAE ↓", "Avg. AUROC ↑", "Avg. MAE ↓"]
@@ -236,7 +243,7 @@ def test_results_md_with_an_mae_task_bolds_the_lowest(tmp_path):
     assert row_by_label(rows, "OPERA-GT")["Avg. MAE ↓"] == "2.416"
     assert row_by_label(rows, "OPERA-CT")["T12<br>AUROC ↑"] == "**0.781 ± 0.000**"
 
-    better = [record("T19", "last", 0, 2.0, metric="MAE", task_name="nosemic_rr")]
+    better = [record("T19", "11", 0, 2.0, metric="MAE", task_name="nosemic_rr")]
     markdown = write_results(better, tmp_path / "better", "resp-m2d")["markdown"].read_text(encoding="utf-8")
     rows = table_rows(markdown)
     assert rows[0] == ["Model", "T19<br>MAE ↓", "Avg. MAE ↓"]
@@ -246,8 +253,8 @@ def test_results_md_with_an_mae_task_bolds_the_lowest(tmp_path):
 
 def test_results_json_holds_the_summaries_and_the_source(tmp_path):
     records = [
-        record("T19", "last", 0, 2.0, metric="MAE", task_name="nosemic_rr"),
-        record("T19", "last", 1, 3.0, metric="MAE", task_name="nosemic_rr"),
+        record("T19", "11", 0, 2.0, metric="MAE", task_name="nosemic_rr"),
+        record("T19", "11", 1, 3.0, metric="MAE", task_name="nosemic_rr"),
         record("T7", "3", 0, 0.75, task_name="icbhi_copd"),
     ]
     report = json.loads(write_results(records, tmp_path, "resp-m2d")["json"].read_text(encoding="utf-8"))
@@ -258,8 +265,10 @@ def test_results_json_holds_the_summaries_and_the_source(tmp_path):
             "task_name": "icbhi_copd",
             "metric": "AUROC",
             "layer": "3",
+            "final_layer": False,
             "mean": 0.75,
             "std": 0.0,
+            "spread": "seeds",
             "n_seeds": 1,
             "seeds": [0],
         },
@@ -267,9 +276,11 @@ def test_results_json_holds_the_summaries_and_the_source(tmp_path):
             "task": "T19",
             "task_name": "nosemic_rr",
             "metric": "MAE",
-            "layer": "last",
+            "layer": "11",
+            "final_layer": True,
             "mean": 2.5,
             "std": 0.5,
+            "spread": "seeds",
             "n_seeds": 2,
             "seeds": [0, 1],
         },
@@ -278,7 +289,7 @@ def test_results_json_holds_the_summaries_and_the_source(tmp_path):
 
 
 def test_results_json_has_no_source_without_opera_tasks(tmp_path):
-    report = json.loads(write_results([record("X1", "last", 0, 0.5)], tmp_path, "m")["json"].read_text("utf-8"))
+    report = json.loads(write_results([record("X1", "11", 0, 0.5)], tmp_path, "m")["json"].read_text("utf-8"))
     assert report["baselines_source"] is None
 
 
@@ -299,15 +310,15 @@ def color_fraction(path, color):
 
 def test_the_bar_chart_highlights_the_evaluated_model(tmp_path):
     assert matplotlib.colors.to_rgb(MODEL_COLOR) != matplotlib.colors.to_rgb(BASELINE_COLOR)
-    path = write_results([record("T7", "last", 0, 0.85)], tmp_path, "resp-m2d")["plots"]["T7"]
+    path = write_results([record("T7", "11", 0, 0.85)], tmp_path, "resp-m2d")["plots"]["T7"]
     highlighted, baselines = color_fraction(path, MODEL_COLOR), color_fraction(path, BASELINE_COLOR)
     assert highlighted > 0.02, "the evaluated model's bar is missing its highlight color"
     assert baselines > 4 * highlighted, "the seven baseline bars should share the other color"
 
 
 def test_plots_are_png_bar_charts_and_layer_curves(tmp_path):
-    records = [record("T7", layer, seed, 0.8 + 0.01 * seed) for layer in ("last", "3", "6") for seed in range(3)]
-    records += [record("T19", "last", seed, 2.0 + seed, metric="MAE") for seed in range(2)]
+    records = [record("T7", layer, seed, 0.8 + 0.01 * seed) for layer in ("11", "3", "6") for seed in range(3)]
+    records += [record("T19", "11", seed, 2.0 + seed, metric="MAE") for seed in range(2)]
     paths = write_results(records, tmp_path, "resp-m2d")
     assert paths["plots"] == {"T7": tmp_path / "plots" / "T7.png", "T19": tmp_path / "plots" / "T19.png"}
     assert paths["layer_plots"] == {"T7": tmp_path / "plots" / "T7_layers.png"}
@@ -323,9 +334,9 @@ def test_plots_work_for_a_task_without_baselines(tmp_path):
 
 
 def test_the_bar_chart_shows_the_last_layer_else_the_best_one():
-    summaries = aggregate([record("T7", layer, 0, value) for layer, value in [("3", 0.9), ("last", 0.6), ("6", 0.7)]])
-    assert representative_summary(summaries)["layer"] == "last"
-    assert representative_summary([s for s in summaries if s["layer"] != "last"])["layer"] == "3"
+    summaries = aggregate([record("T7", layer, 0, value) for layer, value in [("3", 0.9), ("11", 0.6), ("6", 0.7)]])
+    assert representative_summary(summaries)["layer"] == "11"
+    assert representative_summary([s for s in summaries if s["layer"] != "11"])["layer"] == "3"
     mae = aggregate([record("T19", layer, 0, value, metric="MAE") for layer, value in [("3", 2.5), ("6", 2.1)]])
     assert representative_summary(mae)["layer"] == "6"
 
@@ -334,12 +345,12 @@ def test_write_results_refuses_empty_records_and_metric_mismatches(tmp_path):
     with pytest.raises(ValueError, match="No records"):
         write_results([], tmp_path, "m")
     with pytest.raises(ValueError, match="scored with MAE here but with AUROC"):
-        write_results([record("T7", "last", 0, 0.5, metric="MAE")], tmp_path, "m")
+        write_results([record("T7", "11", 0, 0.5, metric="MAE")], tmp_path, "m")
 
 
 def test_results_json_writes_an_undefined_mape_as_null(tmp_path):
     records = [
-        {**record("T19", "last", seed, 2.0 + seed, metric="MAE", task_name="nosemic_rr"), "mape": mape}
+        {**record("T19", "11", seed, 2.0 + seed, metric="MAE", task_name="nosemic_rr"), "mape": mape}
         for seed, mape in [(0, 0.1), (1, float("nan"))]
     ]
     text = write_results(records, tmp_path, "resp-m2d")["json"].read_text(encoding="utf-8")
@@ -352,8 +363,8 @@ def test_results_json_writes_an_undefined_mape_as_null(tmp_path):
 
 
 def test_results_say_what_the_baselines_std_is_over_and_list_the_notes(tmp_path):
-    records = [record("T7", "last", 0, 0.8, task_name="icbhi_copd")]
-    records += [record("T19", "last", 0, 2.0, metric="MAE", task_name="nosemic_rr")]
+    records = [record("T7", "11", 0, 0.8, task_name="icbhi_copd")]
+    records += [record("T19", "11", 0, 2.0, metric="MAE", task_name="nosemic_rr")]
     note = "T7: left out 3 of 828 recordings, missing or unreadable (train 2, test 1)."
     paths = write_results(records, tmp_path, "resp-m2d", notes=[note])
     markdown = paths["markdown"].read_text(encoding="utf-8")
@@ -365,3 +376,17 @@ def test_results_say_what_the_baselines_std_is_over_and_list_the_notes(tmp_path)
     text = only_auroc["markdown"].read_text(encoding="utf-8")
     assert "Baselines: AUROC mean ± std over 5 seeds, OPERA" in text and "folds" not in text and "Notes" not in text
     assert json.loads(only_auroc["json"].read_text(encoding="utf-8"))["notes"] == []
+
+
+def test_a_single_leave_one_subject_out_run_reports_the_std_over_its_folds():
+    single = aggregate([{**record("T19", "11", 0, 2.0, metric="MAE"), "fold_std": 0.7}])[0]
+    assert (single["std"], single["spread"]) == (0.7, "folds")  # as OPERA: np.std(maes) over the subjects
+    runs = [{**record("T19", "11", seed, value, metric="MAE"), "fold_std": 0.7} for seed, value in [(0, 2.0), (1, 3.0)]]
+    several = aggregate(runs)[0]
+    assert (several["std"], several["spread"]) == (0.5, "seeds")
+
+
+def test_records_with_the_old_layer_names_are_refused():
+    old = {**record("T7", "last", 0, 0.8), "final_layer": True}
+    with pytest.raises(ValueError, match="layers are original M2D numbers .*rerun `resp-hf benchmark`"):
+        aggregate([old])

@@ -223,12 +223,17 @@ def write_card(folder, text):
 
 
 def benchmark_table(results):
-    """Markdown table of benchmark results (`results.json` entries): task, metric, mean ± std over seeds."""
-    lines = ["| task | metric | layer | mean ± std | seeds |", "|---|---|---|---|---|"]
+    """
+    Markdown table of benchmark results (`results.json` entries): task, metric, layer (original M2D numbering, the
+    final one marked), mean ± std and what the std is over (seeds, or the folds of a leave-one-subject-out run).
+    """
+    lines = ["| task | metric | layer | mean ± std | ± over |", "|---|---|---|---|---|"]
     for row in results:
+        layer = f"{row['layer']} (final)" if row["final_layer"] else row["layer"]
+        spread = "folds" if row.get("spread") == "folds" else f"{row['n_seeds']} seeds"
         lines.append(
-            f"| {row['task']} ({row['task_name']}) | {row['metric']} | {row['layer']} | "
-            f"{row['mean']:.3f} ± {row['std']:.3f} | {row['n_seeds']} |"
+            f"| {row['task']} ({row['task_name']}) | {row['metric']} | {layer} | "
+            f"{row['mean']:.3f} ± {row['std']:.3f} | {spread} |"
         )
     return "\n".join(lines)
 
@@ -240,14 +245,19 @@ def is_opera_task(row):
 
 def add_benchmark_results(folder, results_path):
     """
-    Writes OPERA benchmark results into the card of `folder`: a `model-index` entry per task (the last layer's
+    Writes OPERA benchmark results into the card of `folder`: a `model-index` entry per task (the final layer's
     result, or every layer's when only intermediate layers were run) and a table in the Evaluation section.
     """
     card_path = Path(folder) / "README.md"
     if not card_path.is_file():
         raise FileNotFoundError(f"{folder} has no README.md model card (convert and finetune write one).")
     results = json.loads(Path(results_path).read_text())
-    rows = [row for row in results["results"] if row["layer"] == "last"] or results["results"]
+    if any("final_layer" not in row for row in results["results"]):
+        raise ValueError(
+            f"{results_path} names layers the old way ('last', '1'..'12'); rerun `resp-hf benchmark` for results with "
+            "the original M2D layer numbers."
+        )
+    rows = [row for row in results["results"] if row["final_layer"]] or results["results"]
     card = ModelCard(card_path.read_text(encoding="utf-8"))
     card.data.model_name = card.data.model_name or Path(folder).name
     card.data.eval_results = [

@@ -85,7 +85,15 @@ def add_opera_commands(subparsers):
     build.add_argument("--opera-root", required=True, help="the OPERA checkout with the datasets downloaded")
     build.add_argument("--output", required=True, help="folder to save the DatasetDict in")
     build.add_argument("--allow-missing", action="store_true", help="leave out missing or unreadable audio files")
+    build.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     build.set_defaults(handler=run_opera_build)
+    protocol = commands.add_parser(
+        "protocol",
+        help="Print the linear-probe protocol the benchmark runs for a task, with OPERA's source of each value.",
+    )
+    protocol.add_argument("task", help="task id (T1-T19) or name, e.g. T10 or kauh_obstructive")
+    protocol.add_argument("--json", action="store_true", help="print it as JSON")
+    protocol.set_defaults(handler=run_opera_protocol)
     push = commands.add_parser("push", help="Push a built task to the Hub (checks its license first).")
     push.add_argument("folder", help="a folder written by `resp-hf opera build`")
     push.add_argument("repo_id", help="dataset repository, e.g. my-org/opera-t7")
@@ -105,7 +113,19 @@ def run_opera_list(args):
 def run_opera_build(args):
     from .opera.commands import build_and_save
 
-    print(build_and_save(args.task, args.opera_root, args.output, allow_missing=args.allow_missing))
+    summary = build_and_save(
+        args.task, args.opera_root, args.output, allow_missing=args.allow_missing, overwrite=args.overwrite
+    )
+    print(summary)
+
+
+def run_opera_protocol(args):
+    import json
+
+    from .opera.protocol import get_protocol
+
+    protocol = get_protocol(args.task)
+    print(json.dumps(protocol.to_dict(), indent=2) if args.json else protocol.describe())
 
 
 def run_opera_push(args):
@@ -142,16 +162,28 @@ def add_benchmark_command(subparsers):
     parser.add_argument("--opera-root", help="OPERA checkout with the datasets (for --tasks)")
     parser.add_argument("--dataset", action="append", default=[], help="a DatasetDict saved on disk (repeatable)")
     parser.add_argument("--output", required=True, help="folder for results, plots, predictions and the cache")
-    parser.add_argument("--crop", choices=("center", "random", "none"), default="center", help="fit clips to --seconds")
-    parser.add_argument("--seconds", type=float, default=10.0, help="window length (default 10 s)")
-    parser.add_argument("--layers", choices=("last", "all"), default="last", help="evaluate every layer with 'all'")
     parser.add_argument(
-        "--seeds", type=distinct_seeds, default="0,1,2,3,4", help="comma-separated distinct seeds of the linear heads"
+        "--crop",
+        choices=("random", "center", "none"),
+        help="fit clips longer than --seconds (default: the protocol's random start, seeded per recording)",
     )
-    parser.add_argument("--epochs", type=positive_int, help="override the task's epochs (64; KAUH 50, SSBPR 32)")
+    parser.add_argument("--seconds", type=float, help="window length (default: the protocol's 10 s)")
+    parser.add_argument(
+        "--layers",
+        default="last",
+        help="original M2D layer numbers 0..L-1 (-1 = last, after the final LayerNorm), comma-separated, or 'all' "
+        "(default: last)",
+    )
+    parser.add_argument(
+        "--seeds", type=distinct_seeds, help="comma-separated distinct head seeds (default: the protocol's)"
+    )
+    parser.add_argument("--epochs", type=positive_int, help="override the protocol's epochs (`resp-hf opera protocol`)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="clips per encoder batch")
     parser.add_argument("--allow-missing", action="store_true", help="leave out missing or unreadable OPERA audio")
     parser.add_argument("--cache-dir", help="embedding cache (default OUTPUT/embedding_cache)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run's results in --output (its cache is reused)"
+    )
     parser.set_defaults(handler=run_benchmark_command)
 
 
@@ -162,10 +194,11 @@ def run_benchmark_command(args):
         crop=args.crop,
         seconds=args.seconds,
         layers=args.layers,
-        seeds=tuple(int(seed) for seed in args.seeds.split(",")),
+        seeds=tuple(int(seed) for seed in args.seeds.split(",")) if args.seeds else None,
         epochs=args.epochs,
         batch_size=args.batch_size,
         allow_missing=args.allow_missing,
+        overwrite=args.overwrite,
     )
     tasks = [task for task in args.tasks.split(",") if task]
     if not tasks and not args.dataset:

@@ -3,7 +3,9 @@
 import hashlib
 import io
 import json
+import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +17,15 @@ from ..audio import decode_audio
 from ..models.resp_m2d import RespM2DFeatureExtractor
 from ..models.resp_m2d.modeling_resp_m2d import progress_bar
 
-CROP_MODES = ("center", "random", "none")
+CROP_MODES = ("random", "center", "none")
+logger = logging.getLogger(__name__)
 
 
 def fit_length(waveform, length, crop, seed):
     """
-    The protocol's window: zero-pad at the end when shorter than `length` samples; when longer, take the centre
-    (`"center"`) or a window at a position drawn from `seed` (`"random"`, reproducible). `"none"` keeps the clip.
+    The protocol's window: zero-pad at the end when shorter than `length` samples; when longer, take a window that
+    starts at `np.random.randint(excess)` as EVAR's `random_crop` does, drawn here from `seed` so that a run repeats
+    (`"random"`, the paper's), or the centre (`"center"`). `"none"` keeps the clip.
     """
     if crop not in CROP_MODES:
         raise ValueError(f"crop={crop!r} is not one of {CROP_MODES}.")
@@ -30,17 +34,48 @@ def fit_length(waveform, length, crop, seed):
     if len(waveform) < length:
         return np.pad(waveform, (0, length - len(waveform)))
     excess = len(waveform) - length
-    start = excess // 2 if crop == "center" else int(np.random.default_rng(seed).integers(0, excess + 1))
+    start = excess // 2 if crop == "center" else int(np.random.default_rng(seed).integers(0, excess))
     return waveform[start : start + length]
 
 
-def layer_names(model, layers):
-    """`"last"` (the final output, as `pooler_output`) or `"all"`: every block's output `"1"`..`"N"` plus `"last"`."""
+def recording_seed(crop_seed, value):
+    """The crop seed of one recording: `crop_seed` with its path (or its content when it has none), run-independent."""
+    identity = audio_identity(value)
+    name = identity[1] if identity[0] in ("file", "path") else identity
+    return int.from_bytes(hashlib.sha256(json.dumps([crop_seed, name]).encode()).digest()[:8], "little")
+
+
+def hidden_state_index(layer, num_layers):
+    """
+    Where the original M2D's layer `layer` is in Transformers' outputs. The original (`forward_encoder(...,
+    return_layers=True)`, the paper's layer sweep, EVAR's `output_layers`) numbers layers 0..L-1: layer k < L-1 is
+    block k+1's output before the final LayerNorm, `hidden_states[k + 1]` (hidden_states[0] is the embeddings); layer
+    L-1 (or -1) is the last block after the final LayerNorm, `last_hidden_state`, returned here as None.
+    """
+    return None if layer == num_layers - 1 else layer + 1
+
+
+def parse_layers(layers, num_layers):
+    """
+    The original M2D layer numbers (0..L-1) that `layers` names: `"last"` (= -1 = L-1), `"all"`, or comma-separated
+    numbers where negatives count from the end. Numbers outside the model are an error that explains the numbering.
+    """
     if layers == "last":
-        return ["last"]
+        return [num_layers - 1]
     if layers == "all":
-        return [str(k) for k in range(1, model.config.num_hidden_layers + 1)] + ["last"]
-    raise ValueError(f"layers={layers!r} must be 'last' or 'all'.")
+        return list(range(num_layers))
+    numbering = (
+        f"layers follow the original M2D numbering: 0..{num_layers - 1} for this {num_layers}-block encoder, -1 = "
+        f"{num_layers - 1} = the last block after the final LayerNorm (earlier resp_hf versions named them "
+        f"1..{num_layers} and 'last', one higher)"
+    )
+    try:
+        numbers = [int(part) for part in str(layers).split(",")]
+    except ValueError:
+        raise ValueError(f"layers={layers!r} must be 'last', 'all' or comma-separated numbers; {numbering}.") from None
+    if any(not -num_layers <= number < num_layers for number in numbers):
+        raise ValueError(f"layers={layers!r} is outside the model: {numbering}.")
+    return sorted({number % num_layers for number in numbers})
 
 
 def model_fingerprint(model):
@@ -88,8 +123,28 @@ def audio_values(split):
     return split["audio"]
 
 
+CHECKSUM = "__sha256__"
+
+
+def arrays_digest(arrays):
+    """SHA-256 over the names, dtypes, shapes and bytes of `arrays`, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(json.dumps([name, str(array.dtype), array.shape]).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+class CorruptCacheEntry(ValueError):
+    """A cache file that cannot be trusted: unreadable, of the wrong shape, non-finite or not matching its checksum."""
+
+
 class EmbeddingCache:
-    """`.npz` files of embeddings in `cache_dir`, keyed by a hash of the model weights, the data and the settings."""
+    """
+    `.npz` files of embeddings in `cache_dir`, keyed by a hash of the model weights, the data and the settings. Each
+    file carries a SHA-256 of its arrays; a file that fails to load or to verify is recomputed with a warning.
+    """
 
     def __init__(self, cache_dir):
         self.cache_dir = Path(cache_dir)
@@ -97,30 +152,65 @@ class EmbeddingCache:
     def path(self, key):
         return self.cache_dir / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]}.npz"
 
-    def load(self, key):
+    def load(self, key, layers, rows):
+        """The cached `{layer: (rows, size)}` arrays, or None when absent or corrupt (then a warning names the file)."""
         path = self.path(key)
         if not path.is_file():
             return None
-        with np.load(path) as stored:
-            return {name: stored[name] for name in stored.files}
+        try:
+            return self.verified(path, [str(layer) for layer in layers], rows)
+        except CorruptCacheEntry as error:  # a cache is only an optimization: never let a bad entry stop a run
+            logger.warning("Embedding cache file %s is corrupt (%s); recomputing it.", path, error)
+            return None
+
+    @staticmethod
+    def verified(path, layers, rows):
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        except Exception as error:  # zip, zlib, npy-header and I/O errors of a damaged file alike
+            raise CorruptCacheEntry(f"unreadable: {type(error).__name__}: {error}") from error
+        checksum = arrays.pop(CHECKSUM, None)
+        if checksum is None or checksum.shape != () or str(checksum) != arrays_digest(arrays):
+            raise CorruptCacheEntry("its checksum does not match its contents")
+        if sorted(arrays) != sorted(layers):
+            raise CorruptCacheEntry(f"it holds layers {sorted(arrays)}, not {sorted(layers)}")
+        for name, array in arrays.items():
+            if array.ndim != 2 or len(array) != rows:
+                raise CorruptCacheEntry(f"layer {name} has shape {array.shape}, not ({rows}, size)")
+            if not np.isfinite(array).all():
+                raise CorruptCacheEntry(f"layer {name} holds non-finite values")
+        return arrays
 
     def save(self, key, arrays):
+        """Writes the entry with its checksum to a temporary file, then renames it, so readers never see half a file."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        temporary = path.with_suffix(".tmp.npz")
-        np.savez(temporary, **arrays)
-        temporary.replace(path)
+        arrays = {str(name): array for name, array in arrays.items()}
+        descriptor, temporary = tempfile.mkstemp(dir=self.cache_dir, prefix=path.stem, suffix=".partial")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                np.savez(handle, **arrays, **{CHECKSUM: np.array(arrays_digest(arrays))})
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 @torch.no_grad()
-def embed_split(model, split, layers=("last",), crop="center", seconds=10.0, crop_seed=0, batch_size=16, progress=None):
+def embed_split(model, split, layers=(-1,), crop="random", seconds=10.0, crop_seed=0, batch_size=16, progress=None):
     """
-    Clip embeddings of every row of `split` for each layer: `{layer: (rows, size)}` float32 arrays.
+    Clip embeddings of every row of `split` for each layer (original M2D numbers, see `hidden_state_index`):
+    `{"k": (rows, size)}` float32 arrays keyed by the layer number as text.
 
     Audio is decoded batch by batch with soundfile + soxr at the model's rate and fitted to `seconds` (see
-    `fit_length`); whole clips (`crop="none"`) are batched by length. Layers other than `"last"` pool the block
-    outputs (`hidden_states[k]`) the same way as `pooler_output`.
+    `fit_length`; a random crop is seeded per recording); whole clips (`crop="none"`) are batched by length. The last
+    layer is `pooler_output`; the others pool their block's output the same way.
     """
+    num_layers = model.config.num_hidden_layers
+    layers = [layer % num_layers for layer in layers]
     extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     rate = extractor.sampling_rate
     length = int(round(seconds * rate))
@@ -130,20 +220,24 @@ def embed_split(model, split, layers=("last",), crop="center", seconds=10.0, cro
         order.sort(key=lambda i: audio_duration(values[i]))
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     outputs = {layer: [None] * len(values) for layer in layers}
-    needs_hidden = any(layer != "last" for layer in layers)
+    indices = {layer: hidden_state_index(layer, num_layers) for layer in layers}
+    needs_hidden = any(index is not None for index in indices.values())
     for batch in progress_bar(batches, progress is not False, "Embedding"):
         waveforms = [
-            fit_length(decode_audio(values[i], rate, downmix=True), length, crop, [crop_seed, i]) for i in batch
+            fit_length(decode_audio(values[i], rate, downmix=True), length, crop, recording_seed(crop_seed, values[i]))
+            for i in batch
         ]
         result = model(
             **extractor(waveforms, sampling_rate=rate, device=model.device), output_hidden_states=needs_hidden
         )
-        for layer in layers:
-            hidden = None if layer == "last" else result.hidden_states[int(layer)]
-            pooled = result.pooler_output if hidden is None else model.pool(hidden, result.frame_mask)
-            for row, index in enumerate(batch):
-                outputs[layer][index] = pooled[row].float().cpu().numpy()
-    return {layer: np.stack(rows) for layer, rows in outputs.items()}
+        for layer, index in indices.items():
+            if index is None:
+                pooled = result.pooler_output
+            else:
+                pooled = model.pool(result.hidden_states[index], result.frame_mask)
+            for row, position in enumerate(batch):
+                outputs[layer][position] = pooled[row].float().cpu().numpy()
+    return {str(layer): np.stack(rows) for layer, rows in outputs.items()}
 
 
 def audio_duration(value):

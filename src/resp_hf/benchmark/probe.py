@@ -13,10 +13,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from ..evaluate import build_compute_metrics
 
-LEARNING_RATE = 1e-4
-EPOCH_DECAY = 0.97
 L2_STRENGTH = 1e-5
-MAX_GRAD_NORM = 1.0
 INIT_STD = 0.01
 
 
@@ -84,62 +81,93 @@ class EmbeddingDataset(torch.utils.data.Dataset):
 
 
 class KeepBestEpoch(TrainerCallback):
-    """Keeps the weights of the epoch with the best validation metric (the first on ties), like OPERA's checkpoint."""
+    """
+    Keeps the weights of the best validation epoch among those OPERA checkpoints (every `checkpoint_every`-th epoch:
+    Lightning's `ModelCheckpoint(every_n_epochs=n)` saves after epochs n, 2n, ...; the first on ties), and stops
+    training like Lightning's `EarlyStopping` when `patience` epochs in a row fail to improve on the best value by
+    `min_delta` (or the metric is not finite). Epochs are numbered from 1.
+    """
 
-    def __init__(self, metric, greater_is_better):
+    def __init__(self, metric, greater_is_better, checkpoint_every=1, patience=None, min_delta=0.0):
         self.metric = f"eval_{metric}"
         self.greater_is_better = greater_is_better
+        self.checkpoint_every = checkpoint_every
+        self.patience = patience
+        self.min_delta = min_delta
         self.best_value = None
         self.best_epoch = None
         self.best_state = None
         self.history = []
+        self.stopping_best = None  # EarlyStopping's own best, over every epoch
+        self.epochs_without_improvement = 0
+
+    def improves(self, value, reference, margin=0.0):
+        if reference is None:
+            return True
+        return value > reference + margin if self.greater_is_better else value < reference - margin
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         value = metrics.get(self.metric, float("nan"))
         self.history.append(value)
-        if np.isnan(value):
-            return
-        better = self.best_value is None or (
-            value > self.best_value if self.greater_is_better else value < self.best_value
-        )
-        if better:
-            self.best_value, self.best_epoch = value, len(self.history)
+        epoch = len(self.history)
+        if epoch % self.checkpoint_every == 0 and np.isfinite(value) and self.improves(value, self.best_value):
+            self.best_value, self.best_epoch = value, epoch
             self.best_state = copy.deepcopy(model.state_dict())
+        if self.patience is not None:
+            self.check_early_stopping(value, control)
+
+    def check_early_stopping(self, value, control):
+        if not np.isfinite(value):
+            control.should_training_stop = True
+        elif self.improves(value, self.stopping_best, self.min_delta):
+            self.stopping_best, self.epochs_without_improvement = value, 0
+        else:
+            self.epochs_without_improvement += 1
+            control.should_training_stop = self.epochs_without_improvement >= self.patience
 
 
-def train_linear_probe(
-    train, validation, test, problem_type, num_labels, seed, epochs=64, batch_size=32, l2_strength=L2_STRENGTH
-):
+def train_linear_probe(train, validation, test, problem_type, num_labels, seed, protocol, epochs=None):
     """
-    Trains a linear head on `(features, labels)` pairs with OPERA's recipe: Adam at 1e-4 multiplied by 0.97 every
-    epoch, gradient clipping at 1.0, `epochs` epochs, and the epoch with the best validation AUROC (lowest MAE for
-    regression) kept. `seed` sets the head initialization and the shuffling.
+    Trains a linear head on `(features, labels)` pairs with a task's `ProbeProtocol` (see `resp_hf.opera.protocol`):
+    Adam at `learning_rate`, multiplied by `lr_decay` after every epoch, gradient clipping at `max_grad_norm`, the L2
+    penalty, `epochs` epochs (default: the protocol's) with early stopping when the protocol has it, and the head of
+    the best validation AUROC (lowest MAE for regression) among the epochs OPERA checkpoints. `seed` sets the head
+    initialization and the shuffling.
 
     Returns `(test_logits, best_epoch, validation_history)`.
     """
+    protocol.check_epochs(epochs or protocol.epochs)
+    epochs = epochs or protocol.epochs
     regression = problem_type == "regression"
     train_labels = np.asarray(train[1], dtype=np.float32 if regression else np.int64)
     config = LinearProbeConfig(
         input_size=train[0].shape[1],
         num_labels=num_labels,
-        l2_strength=l2_strength,
+        l2_strength=protocol.l2_strength,
         problem_type=problem_type,
         target_mean=float(train_labels.mean()) if regression else 0.0,
         target_std=float(train_labels.std() or 1.0) if regression else 1.0,
     )
     torch.manual_seed(seed)
     model = LinearProbe(config)
-    keep_best = KeepBestEpoch("mae" if regression else "auroc", greater_is_better=not regression)
-    steps_per_epoch = -(-len(train_labels) // batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: EPOCH_DECAY ** (step // steps_per_epoch))
+    keep_best = KeepBestEpoch(
+        "mae" if regression else "auroc",
+        greater_is_better=not regression,
+        checkpoint_every=protocol.checkpoint_every,
+        patience=protocol.early_stopping_patience,
+        min_delta=protocol.early_stopping_min_delta,
+    )
+    steps_per_epoch = -(-len(train_labels) // protocol.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=protocol.learning_rate)
+    decay = protocol.lr_decay
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** (step // steps_per_epoch))
     with tempfile.TemporaryDirectory() as output_dir:
         arguments = TrainingArguments(
             output_dir=output_dir,
             num_train_epochs=epochs,
-            per_device_train_batch_size=batch_size,
+            per_device_train_batch_size=protocol.batch_size,
             per_device_eval_batch_size=1024,
-            max_grad_norm=MAX_GRAD_NORM,
+            max_grad_norm=protocol.max_grad_norm,
             eval_strategy="epoch",
             save_strategy="no",
             logging_strategy="no",
@@ -161,7 +189,10 @@ def train_linear_probe(
         trainer.remove_callback(PrinterCallback)  # no per-epoch metric printing: a run trains hundreds of heads
         trainer.train()
         if keep_best.best_state is None:
-            raise ValueError("The validation metric was undefined in every epoch (a validation split with one class?).")
+            raise ValueError(
+                f"{protocol.task}: the validation metric was undefined at every checkpointed epoch (a validation split "
+                "with one class?)."
+            )
         model.load_state_dict(keep_best.best_state)
         test_logits = trainer.predict(EmbeddingDataset(*test)).predictions
     return test_logits, keep_best.best_epoch, keep_best.history

@@ -2,13 +2,18 @@
 
 A *record* is one (task, layer, seed) run::
 
-    {"task": "T7", "task_name": "icbhi_copd", "metric": "AUROC", "layer": "last", "seed": 0, "value": 0.85,
-     "best_epoch": 12, "n_train": 600, "n_validation": 70, "n_test": 250}
+    {"task": "T7", "task_name": "icbhi_copd", "metric": "AUROC", "layer": "11", "final_layer": True, "seed": 0,
+     "value": 0.85, "best_epoch": 12, "n_train": 600, "n_validation": 70, "n_test": 250}
+
+`layer` is the original M2D layer number (0..L-1, see `resp_hf.benchmark.embeddings.hidden_state_index`) and
+`final_layer` marks L-1, the encoder's output. Leave-one-subject-out records also carry `fold_std`, the standard
+deviation of the MAE over the folds, which OPERA reports as ± for a single run.
 
 `write_results` turns a list of records into `results.csv`, `results.md`, `results.json` and `plots/*.png`.
 """
 
 import csv
+import io
 import json
 import re
 from importlib import resources
@@ -23,6 +28,7 @@ RECORD_KEYS = (
     "task_name",
     "metric",
     "layer",
+    "final_layer",
     "seed",
     "value",
     "best_epoch",
@@ -31,9 +37,9 @@ RECORD_KEYS = (
     "n_test",
 )
 # Optional per-record values (regression tasks also report MAPE); written as extra CSV columns and summaries.
-OPTIONAL_KEYS = ("mape",)
+OPTIONAL_KEYS = ("mape", "fold_std")
 CSV_COLUMNS = (*RECORD_KEYS, *OPTIONAL_KEYS)
-LAST_LAYER = "last"
+RESULT_FILES = ("results.csv", "results.md", "results.json")
 MISSING_CELL = "–"
 MODEL_COLOR = "#d62728"
 BASELINE_COLOR = "#9aa5b1"
@@ -67,12 +73,13 @@ def task_sort_key(task):
 
 
 def layer_sort_key(layer):
-    """Orders layers as `last` first, then numeric indices ascending, then any other names."""
-    if layer == LAST_LAYER:
-        return (0, 0, "")
-    if layer.isdigit():
-        return (1, int(layer), "")
-    return (2, 0, layer)
+    """Orders layer numbers ascending (the final layer last), then any other names."""
+    return (0, int(layer), "") if layer.isdigit() else (1, 0, layer)
+
+
+def display_order(summary):
+    """The final layer first (the model's output), then the other layers in ascending order."""
+    return (not summary["final_layer"], layer_sort_key(summary["layer"]))
 
 
 def check_records(records):
@@ -84,6 +91,12 @@ def check_records(records):
         if missing:
             raise ValueError(f"Record {index} lacks the key(s) {missing}; every record needs {list(RECORD_KEYS)}.")
         is_higher_better(record["metric"])
+        if str(record["layer"]) == "last" or not isinstance(record["final_layer"], bool):
+            raise ValueError(
+                f"Record {index} ({record['task']}) names its layer {record['layer']!r} with final_layer="
+                f"{record['final_layer']!r}; layers are original M2D numbers with a boolean final_layer (results "
+                "from earlier resp_hf versions used 'last'; rerun `resp-hf benchmark`)."
+            )
         if not np.isfinite(record["value"]):
             raise ValueError(f"Record {index} ({record['task']}, seed {record['seed']}) has a non-finite value.")
         metadata = (record["task_name"], record["metric"])
@@ -111,7 +124,8 @@ def aggregate(records):
     """One summary per (task, layer): mean and std of `value` over the seeds present, with `n_seeds` and `seeds`.
 
     The std is the population standard deviation (numpy's default, ddof=0), as OPERA reports mean ± std over its
-    5 runs; with a single seed it is 0.
+    5 runs. A leave-one-subject-out task run with a single seed reports, as OPERA does, the std over its folds
+    (`spread` says which).
     """
     check_records(records)
     summaries = []
@@ -122,11 +136,15 @@ def aggregate(records):
             "task_name": group[0]["task_name"],
             "metric": group[0]["metric"],
             "layer": layer,
+            "final_layer": group[0]["final_layer"],
             "mean": float(values.mean()),
             "std": float(values.std()),
+            "spread": "seeds",
             "n_seeds": len(group),
             "seeds": [record["seed"] for record in group],
         }
+        if len(group) == 1 and group[0].get("fold_std") is not None:
+            summary["std"], summary["spread"] = float(group[0]["fold_std"]), "folds"
         for key in OPTIONAL_KEYS:
             extra = [record.get(key) for record in group]
             if all(value is not None for value in extra):
@@ -135,9 +153,9 @@ def aggregate(records):
     return summaries
 
 
-def row_label(model_name, layer):
-    """Names the evaluated model's row: `model_name` for the last layer, `model_name (layer 6)` otherwise."""
-    return model_name if layer == LAST_LAYER else f"{model_name} (layer {layer})"
+def row_label(model_name, summary):
+    """Names the evaluated model's row: `model_name` for the final layer, `model_name (layer 6)` otherwise."""
+    return model_name if summary["final_layer"] else f"{model_name} (layer {summary['layer']})"
 
 
 def baselines_for(summaries, baselines):
@@ -162,8 +180,8 @@ def baselines_source(baselines):
 def comparison_rows(summaries, baselines, model_name):
     """Table rows `(label, {task: (mean, std)})`: the evaluated model's layers first, then each baseline model."""
     evaluated, published = {}, {}
-    for summary in sorted(summaries, key=lambda summary: layer_sort_key(summary["layer"])):
-        label = row_label(model_name, summary["layer"])
+    for summary in sorted(summaries, key=display_order):
+        label = row_label(model_name, summary)
         evaluated.setdefault(label, {})[summary["task"]] = (summary["mean"], summary["std"])
     for row in baselines:
         published.setdefault(row["model"], {})[row["task"]] = (row["mean"], row["std"])
@@ -219,6 +237,9 @@ def markdown_report(summaries, baselines, model_name, notes=()):
     task_names = {summary["task"]: summary["task_name"] for summary in summaries}
     rows = comparison_rows(summaries, baselines, model_name)
     seed_counts = " or ".join(str(count) for count in sorted({summary["n_seeds"] for summary in summaries}))
+    spread = "seed(s) per task"
+    if any(summary["spread"] == "folds" for summary in summaries):
+        spread += " (single-seed leave-one-subject-out tasks: std over the folds, as OPERA)"
     lines = [f"# Linear-probe results: {model_name}", ""]
     lines += markdown_table(rows, task_metrics)
     lines += [
@@ -226,7 +247,7 @@ def markdown_report(summaries, baselines, model_name, notes=()):
         "Best mean per task in bold (highest AUROC, lowest MAE). "
         "Tasks: " + ", ".join(f"{task} = {name}" for task, name in task_names.items()) + ".",
         "",
-        f"Sources: {model_name}: this evaluation, mean ± std (population, ddof=0) over {seed_counts} seed(s) per task.",
+        f"Sources: {model_name}: this evaluation, mean ± std (population, ddof=0) over {seed_counts} {spread}.",
     ]
     source = baselines_source(baselines)
     if source:
@@ -267,15 +288,36 @@ def csv_rows(records, summaries):
 
 def write_csv(path, rows):
     """Writes `rows` with the record columns; None becomes an empty cell."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+    write_text_atomically(path, text.getvalue())
+
+
+def write_text_atomically(path, text):
+    """Writes `text` (UTF-8) to a temporary sibling, then renames it over `path`: readers see the old or new file."""
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
 
 
 def json_report(summaries, baselines, model_name, notes=()):
     """The `results.json` content: per (task, layer) summaries, the baselines' citation and notes on the data."""
-    keys = ("task", "task_name", "metric", "layer", "mean", "std", "n_seeds", "seeds", "mape_mean", "mape_std")
+    keys = (
+        "task",
+        "task_name",
+        "metric",
+        "layer",
+        "final_layer",
+        "mean",
+        "std",
+        "spread",
+        "n_seeds",
+        "seeds",
+        "mape_mean",
+        "mape_std",
+    )
     return {
         "model_name": model_name,
         "results": [{key: json_value(summary[key]) for key in keys if key in summary} for summary in summaries],
@@ -290,9 +332,9 @@ def json_value(value):
 
 
 def representative_summary(summaries):
-    """The summary plotted against the baselines: the `last` layer's, else the best layer's."""
+    """The summary plotted against the baselines: the final layer's, else the best layer's."""
     for summary in summaries:
-        if summary["layer"] == LAST_LAYER:
+        if summary["final_layer"]:
             return summary
     pick = max if is_higher_better(summaries[0]["metric"]) else min
     return pick(summaries, key=lambda summary: summary["mean"])
@@ -336,8 +378,8 @@ def plot_task_bars(path, summary, baselines, label):
 
 
 def plot_layer_curve(path, summaries, model_name):
-    """Line plot of mean ± std (band) against the numeric layer index; the `last` layer as a dashed reference."""
-    numeric = sorted((summary for summary in summaries if summary["layer"].isdigit()), key=lambda s: int(s["layer"]))
+    """Line plot of mean ± std (band) against the original M2D layer number; the final layer's value dashed."""
+    numeric = sorted(summaries, key=lambda s: int(s["layer"]))
     layers = np.array([int(summary["layer"]) for summary in numeric])
     means = np.array([summary["mean"] for summary in numeric])
     stds = np.array([summary["std"] for summary in numeric])
@@ -347,10 +389,11 @@ def plot_layer_curve(path, summaries, model_name):
     upper = np.minimum(means + stds, 1.0) if numeric[0]["metric"] == "AUROC" else means + stds  # AUROC <= 1
     axes.fill_between(layers, means - stds, upper, color=MODEL_COLOR, alpha=0.2, label="± std")
     for summary in summaries:
-        if summary["layer"] == LAST_LAYER:
-            axes.axhline(summary["mean"], color="black", linestyle="--", linewidth=1, label=f"{model_name} (last)")
+        if summary["final_layer"]:
+            label = f"{model_name} (layer {summary['layer']}, final)"
+            axes.axhline(summary["mean"], color="black", linestyle="--", linewidth=1, label=label)
     axes.set_xticks(layers)
-    axes.set_xlabel("Layer")
+    axes.set_xlabel("Layer (original M2D numbering)")
     axes.set_ylabel(metric_header(numeric[0]["metric"]))
     axes.set_title(f"{numeric[0]['task']}: {numeric[0]['task_name']} by layer")
     axes.grid(alpha=0.3)
@@ -368,8 +411,8 @@ def write_plots(plot_dir, summaries, baselines, model_name):
         shown = representative_summary(task_summaries)
         bars[task] = plot_dir / f"{task}.png"
         task_baselines = [row for row in baselines if row["task"] == task]
-        plot_task_bars(bars[task], shown, task_baselines, row_label(model_name, shown["layer"]))
-        if len(task_summaries) > 1 and any(summary["layer"].isdigit() for summary in task_summaries):
+        plot_task_bars(bars[task], shown, task_baselines, row_label(model_name, shown))
+        if len(task_summaries) > 1:
             curves[task] = plot_dir / f"{task}_layers.png"
             plot_layer_curve(curves[task], task_summaries, model_name)
     return bars, curves
@@ -395,8 +438,8 @@ def write_results(records, output_dir, model_name, notes=()):
         "json": output_dir / "results.json",
     }
     write_csv(paths["csv"], csv_rows(records, summaries))
-    paths["markdown"].write_text(markdown_report(summaries, baselines, model_name, notes), encoding="utf-8")
+    write_text_atomically(paths["markdown"], markdown_report(summaries, baselines, model_name, notes))
     report = json_report(summaries, baselines, model_name, notes)
-    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    write_text_atomically(paths["json"], json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     paths["plots"], paths["layer_plots"] = write_plots(output_dir / "plots", summaries, baselines, model_name)
     return paths

@@ -1,7 +1,8 @@
 """The OPERA linear-probe benchmark: embed each task once (cached), train linear heads over seeds, write results."""
 
 import logging
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -14,31 +15,34 @@ from ..models.resp_m2d import RespM2DModel
 from ..opera import build_task, get_task
 from ..opera.build import check_root
 from ..opera.common import OPERA_VALIDATION_SEED, seeded_split
-from .embeddings import EmbeddingCache, embed_split, layer_names, model_fingerprint, split_fingerprint
-from .probe import L2_STRENGTH, train_linear_probe
-from .results import write_results
+from ..opera.protocol import ProbeProtocol, get_protocol
+from .embeddings import EmbeddingCache, embed_split, model_fingerprint, parse_layers, split_fingerprint
+from .probe import train_linear_probe
+from .results import RESULT_FILES, write_results
 
 logger = logging.getLogger(__name__)
-LOSO_VALIDATION_SEED = 42
 SPLITS = ("train", "validation", "test")
+CACHE_FOLDER = "embedding_cache"
 
 
 @dataclass
 class BenchmarkSettings:
-    """The protocol: 10-s windows (zero-padded or cropped), seeds 0-4, the last layer unless `layers="all"`."""
+    """
+    Overrides of the tasks' protocols (`resp-hf opera protocol TASK`), None meaning the protocol's value: the crop of
+    clips longer than `seconds` (random start, as the paper's plugin), the head seeds and the epochs. `layers` are
+    original M2D layer numbers (see `resp_hf.benchmark.embeddings.parse_layers`): "last" (-1), "all" or "0,5,-1".
+    """
 
-    crop: str = "center"
-    seconds: float = 10.0
+    crop: str = None
+    seconds: float = None
     crop_seed: int = 0
     layers: str = "last"
-    seeds: tuple = (0, 1, 2, 3, 4)
+    seeds: tuple = None
     batch_size: int = 16
-    epochs: int = None  # default: the task's (64; KAUH 50, SSBPR 32)
+    epochs: int = None
     allow_missing: bool = False
+    overwrite: bool = False
     progress: bool = None
-
-    def embedding_key(self):
-        return {"crop": self.crop, "seconds": self.seconds, "crop_seed": self.crop_seed, "protocol": 1}
 
     def check(self):
         """Raises ValueError on settings no run can use: epochs or batch size below 1, no seeds or a repeated seed."""
@@ -46,8 +50,34 @@ class BenchmarkSettings:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}.")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError(f"seeds must be distinct and at least one, got {list(self.seeds)}.")
+
+    def applied_to(self, protocol):
+        """`protocol` itself, or a copy with these overrides (crop, seconds, seeds, epochs): what a task runs."""
+        overrides = {"crop": self.crop, "seconds": self.seconds, "seeds": self.seeds, "epochs": self.epochs}
+        overrides = {name: value for name, value in overrides.items() if value is not None}
+        return replace(protocol, **overrides) if overrides else protocol
+
+
+def dataset_protocol(name, metric, has_folds):
+    """The protocol of a saved DatasetDict: OPERA's common recipe (64 epochs, batch 32, five seeds, every epoch)."""
+    return ProbeProtocol(
+        task=name,
+        name=name,
+        data=f"DatasetDict saved at {name}",
+        label_rule="the 'label' column",
+        split="the saved splits" + (" (leave-one-subject-out over the 'fold' column)" if has_folds else ""),
+        validation="the saved validation split, else 20% of train (seed 1337; 42 per fold)",
+        metric=metric,
+        monitor="validation MAE, lowest" if metric == "MAE" else "validation AUROC, highest",
+        epochs=64,
+        batch_size=32,
+        validation_fraction=0.2,
+        validation_seed=42 if has_folds else OPERA_VALIDATION_SEED,
+        spread="folds" if has_folds and metric == "MAE" else "seeds",
+        sources={"epochs": "resp_hf default for saved datasets: OPERA's common recipe"},
+    )
 
 
 @dataclass
@@ -58,9 +88,7 @@ class TaskSpec:
     name: str
     metric: str
     label_names: tuple
-    epochs: int = 64
-    batch_size: int = 32
-    l2_strength: float = L2_STRENGTH
+    protocol: ProbeProtocol
 
     @property
     def problem_type(self):
@@ -72,9 +100,10 @@ class TaskSpec:
 
 
 def opera_spec(task_id):
+    """An OPERA task with its protocol object, the one `resp-hf opera protocol` prints."""
     task = get_task(task_id)
     metric = "MAE" if task.task_type == "regression" else "AUROC"
-    return TaskSpec(task.id, task.name, metric, task.label_names, task.epochs, task.batch_size, task.l2_strength)
+    return TaskSpec(task.id, task.name, metric, task.label_names, get_protocol(task.id))
 
 
 def dataset_spec(path, dataset):
@@ -90,7 +119,9 @@ def dataset_spec(path, dataset):
             "to a float for regression (MAE)."
         )
     names = tuple(label.names) if isinstance(label, ClassLabel) else ()
-    return TaskSpec(Path(path).name, Path(path).name, "AUROC" if names else "MAE", names)
+    metric = "AUROC" if names else "MAE"
+    name = Path(path).name
+    return TaskSpec(name, name, metric, names, dataset_protocol(name, metric, has_folds(dataset)))
 
 
 def has_folds(dataset):
@@ -105,8 +136,9 @@ def with_validation(spec, dataset):
     train = dataset["train"]
     labels = train["label"]
     stratify = isinstance(train.features["label"], ClassLabel)
+    fraction, seed = spec.protocol.validation_fraction, spec.protocol.validation_seed
     try:
-        kept, held_out = seeded_split(labels, labels if stratify else None, 0.2, OPERA_VALIDATION_SEED, stratify)
+        kept, held_out = seeded_split(labels, labels if stratify else None, fraction, seed, stratify)
     except ValueError as error:  # too few rows, or a class with a single row
         raise ValueError(
             f"{spec.id}: cannot carve a 20% validation split out of its {train.num_rows} train rows ({error}). "
@@ -159,24 +191,32 @@ class Embedder:
         self.settings = settings
         self.cache = EmbeddingCache(cache_dir)
         self.model_key = model_fingerprint(model)
-        self.layers = layer_names(model, settings.layers)
+        self.num_layers = model.config.num_hidden_layers
+        self.layers = [str(layer) for layer in parse_layers(settings.layers, self.num_layers)]
 
-    def __call__(self, split):
+    def is_final(self, layer):
+        return int(layer) == self.num_layers - 1
+
+    def __call__(self, split, crop, seconds):
+        """`{layer: (rows, size)}` for `split` with clips fitted to `seconds` by `crop` (see `fit_length`)."""
         key = {
             "model": self.model_key,
             "data": split_fingerprint(split),
             "layers": self.layers,
-            **self.settings.embedding_key(),
+            "crop": crop,
+            "seconds": seconds,
+            "crop_seed": self.settings.crop_seed,
+            "protocol": 2,  # 2: original layer numbers, EVAR's random-crop start
         }
-        cached = self.cache.load(key)
+        cached = self.cache.load(key, self.layers, split.num_rows)
         if cached is None:
             settings = self.settings
             cached = embed_split(
                 self.model,
                 split,
-                self.layers,
-                settings.crop,
-                settings.seconds,
+                [int(layer) for layer in self.layers],
+                crop,
+                seconds,
                 settings.crop_seed,
                 settings.batch_size,
                 settings.progress,
@@ -193,61 +233,61 @@ def score_on_test(spec, logits, labels):
     return {"value": classification_metrics(logits, labels, spec.problem_type)["auroc"]}
 
 
-def evaluate_splits(spec, dataset, embedder, settings, predictions_dir):
+def evaluate_splits(spec, protocol, dataset, embedder, predictions_dir):
     """Train/validation/test splits: per layer and seed, the head of the best validation epoch, scored on test."""
-    embeddings = {split: embedder(dataset[split]) for split in SPLITS}
+    embeddings = {split: embedder(dataset[split], protocol.crop, protocol.seconds) for split in SPLITS}
     labels = {split: np.asarray(dataset[split]["label"]) for split in SPLITS}
     paths = np.asarray(dataset["test"]["path"] if "path" in dataset["test"].column_names else [])
     records = []
     for layer in embedder.layers:
-        for seed in settings.seeds:
+        for seed in protocol.seeds:
             logits, best_epoch, _ = train_linear_probe(
                 *[(embeddings[split][layer], labels[split]) for split in SPLITS],
                 problem_type=spec.problem_type,
                 num_labels=spec.num_labels,
                 seed=seed,
-                epochs=settings.epochs or spec.epochs,
-                batch_size=spec.batch_size,
-                l2_strength=spec.l2_strength,
+                protocol=protocol,
             )
             path = prediction_path(predictions_dir, spec, layer, seed)
-            np.savez(path, logits=logits, labels=labels["test"], paths=paths)
-            records.append(record(spec, layer, seed, score_on_test(spec, logits, labels["test"]), best_epoch, dataset))
+            save_npz(path, logits=logits, labels=labels["test"], paths=paths)
+            scores = score_on_test(spec, logits, labels["test"])
+            records.append(record(spec, layer, embedder.is_final(layer), seed, scores, best_epoch, dataset))
     return records
 
 
-def evaluate_folds(spec, dataset, embedder, settings, predictions_dir):
+def evaluate_folds(spec, protocol, dataset, embedder, predictions_dir):
     """
-    Leave-one-subject-out: each fold trains on the other rows (20% of them validation, seed 42) and tests on its rows;
-    a seed's MAE and MAPE are the means over folds. Rows in no fold only train; their saved prediction is NaN.
+    Leave-one-subject-out: each fold trains on the other rows (the protocol's validation fraction and seed, random)
+    and tests on its rows; a seed's MAE and MAPE are the means over folds and, as OPERA reports, its ± the standard
+    deviation over folds. Rows in no fold only train; their saved prediction is NaN.
     """
     rows = dataset["train"]
-    embeddings = embedder(rows)
+    embeddings = embedder(rows, protocol.crop, protocol.seconds)
     labels = np.asarray(rows["label"], dtype=np.float32)
     folds = np.asarray([str(f) if f is not None else "" for f in rows["fold"]])
     records = []
     for layer in embedder.layers:
-        for seed in settings.seeds:
+        for seed in protocol.seeds:
             maes, mapes, predictions = [], [], np.full_like(labels, np.nan)
             for fold in sorted(set(folds) - {""}, key=lambda f: (len(f), f)):
                 test = np.flatnonzero(folds == fold)
                 rest = np.flatnonzero(folds != fold)
-                kept, held_out = seeded_split(rest, None, 0.2, LOSO_VALIDATION_SEED, stratify=False)
+                kept, held_out = seeded_split(
+                    rest, None, protocol.validation_fraction, protocol.validation_seed, stratify=False
+                )
                 train, validation = rest[kept], rest[held_out]
                 logits, _, _ = train_linear_probe(
                     *[(embeddings[layer][idx], labels[idx]) for idx in (train, validation, test)],
                     problem_type="regression",
                     num_labels=1,
                     seed=seed,
-                    epochs=settings.epochs or spec.epochs,
-                    batch_size=spec.batch_size,
-                    l2_strength=spec.l2_strength,
+                    protocol=protocol,
                 )
                 predictions[test] = logits[:, 0]
                 scores = score_on_test(spec, logits, labels[test])
                 maes.append(scores["value"])
                 mapes.append(scores["mape"])
-            np.savez(
+            save_npz(
                 prediction_path(predictions_dir, spec, layer, seed),
                 predictions=predictions,
                 labels=labels,
@@ -255,22 +295,35 @@ def evaluate_folds(spec, dataset, embedder, settings, predictions_dir):
                 fold_mae=np.asarray(maes),
                 fold_mape=np.asarray(mapes),
             )
-            records.append(record(spec, layer, seed, {"value": np.mean(maes), "mape": np.mean(mapes)}, None, dataset))
+            scores = {"value": np.mean(maes), "mape": np.mean(mapes), "fold_std": np.std(maes)}
+            records.append(record(spec, layer, embedder.is_final(layer), seed, scores, None, dataset))
     return records
+
+
+def save_npz(path, **arrays):
+    """`np.savez` to a temporary name, then renamed into place."""
+    temporary = path.with_name(path.name + ".partial")
+    with open(temporary, "wb") as handle:
+        np.savez(handle, **arrays)
+    temporary.replace(path)
 
 
 def prediction_path(predictions_dir, spec, layer, seed):
     return predictions_dir / f"{spec.id}_layer-{layer}_seed-{seed}.npz"
 
 
-def record(spec, layer, seed, scores, best_epoch, dataset):
-    """One run's record (see `resp_hf.benchmark.results`): `scores` holds `value` and, for regression, `mape`."""
+def record(spec, layer, final_layer, seed, scores, best_epoch, dataset):
+    """
+    One run's record (see `resp_hf.benchmark.results`): `scores` holds `value` and, for regression, `mape` (and
+    `fold_std` for leave-one-subject-out). `layer` is the original M2D layer number; `final_layer` marks L-1.
+    """
     sizes = {split: dataset[split].num_rows if split in dataset else 0 for split in SPLITS}
     return {
         "task": spec.id,
         "task_name": spec.name,
         "metric": spec.metric,
         "layer": layer,
+        "final_layer": final_layer,
         "seed": seed,
         **{name: float(score) for name, score in scores.items()},
         "best_epoch": best_epoch,
@@ -321,25 +374,54 @@ def run_benchmark(
     """
     settings = settings or BenchmarkSettings()
     settings.check()
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, settings.overwrite)
     jobs = benchmark_jobs(tasks, opera_root, datasets, settings.allow_missing)
     if isinstance(model, (str, Path)):
         model_name = model_name or Path(model).name
         model = load_model(model)
-    output_dir = Path(output_dir)
-    predictions_dir = output_dir / "predictions"
-    predictions_dir.mkdir(parents=True, exist_ok=True)
-    embedder = Embedder(model, settings, cache_dir or output_dir / "embedding_cache")
+    embedder = Embedder(model, settings, cache_dir or output_dir / CACHE_FOLDER)
     checked, notes = [], []
     for spec, load in jobs:  # every task is built and checked before anything is embedded
         dataset, note = load()
         notes += [note] if note else []
         dataset = with_validation(spec, dataset)
         check_splits(spec, dataset)
-        checked.append((spec, dataset))
+        protocol = settings.applied_to(spec.protocol)
+        protocol.check_epochs(protocol.epochs)
+        checked.append((spec, protocol, dataset))
+    clear_earlier_results(output_dir)
+    predictions_dir = output_dir / "predictions"
+    predictions_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for spec, dataset in checked:
+    for spec, protocol, dataset in checked:
         evaluate = evaluate_folds if has_folds(dataset) else evaluate_splits
         logger.info("Evaluating %s (%s)", spec.id, spec.name)
-        records += evaluate(spec, dataset, embedder, settings, predictions_dir)
+        records += evaluate(spec, protocol, dataset, embedder, predictions_dir)
     write_results(records, output_dir, model_name or "model", notes=notes)
     return records
+
+
+def check_output_dir(output_dir, overwrite):
+    """
+    Refuses an output folder that holds anything but an embedding cache, unless `overwrite`: results of two runs must
+    not mix. The cache alone is reused, since each entry is keyed by model, data and settings and verified on load.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"The benchmark output {output_dir} is a file; pass a folder.")
+    others = sorted(p.name for p in output_dir.iterdir() if p.name != CACHE_FOLDER) if output_dir.is_dir() else []
+    if others and not overwrite:
+        raise ValueError(
+            f"The benchmark output folder {output_dir} already holds {', '.join(others[:5])}; pass --overwrite "
+            "(overwrite=True) to replace an earlier run's results, or choose another folder."
+        )
+
+
+def clear_earlier_results(output_dir):
+    """Removes an earlier run's results, plots and predictions (only `--overwrite` lets a run get here with them)."""
+    for name in (*RESULT_FILES, "plots", "predictions"):
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()

@@ -17,7 +17,9 @@ from .common import (
     OperaDataError,
     carve_validation,
     check_against_manifest,
+    load_array,
     load_manifest,
+    parse_field,
     read_csv_rows,
     read_tab_table,
     require,
@@ -60,8 +62,8 @@ ICBHI_CLASSES = {"Healthy": 0, "COPD": 1}
 def icbhi(task, root, report):
     """Diagnosis per patient and the official challenge train/test split; Healthy and COPD recordings only."""
     require(root, f"{ICBHI_DIR}/ICBHI_Challenge_diagnosis.txt", f"{ICBHI_DIR}/ICBHI_challenge_train_test.txt")
-    diagnosis = {fields[0]: fields[1] for fields in read_tab_table(root / ICBHI_DIR / "ICBHI_Challenge_diagnosis.txt")}
-    official = {fields[0]: fields[1] for fields in read_tab_table(root / ICBHI_DIR / "ICBHI_challenge_train_test.txt")}
+    tables = [root / ICBHI_DIR / name for name in ("ICBHI_Challenge_diagnosis.txt", "ICBHI_challenge_train_test.txt")]
+    diagnosis, official = ({fields[0]: fields[1] for fields in read_tab_table(t, min_fields=2)} for t in tables)
     demographics_path = root / ICBHI_DIR / "ICBHI_Challenge_demographic_information.txt"
     demographics = {f[0]: f for f in read_tab_table(demographics_path)} if demographics_path.is_file() else {}
     manifest = load_manifest(root, task.manifest)
@@ -71,6 +73,10 @@ def icbhi(task, root, report):
     rows = []
     for path in paths:
         recording = Path(path).stem
+        if recording.count("_") != 4:
+            raise OperaDataError(
+                f"ICBHI recording {path} is not named <patient>_<index>_<location>_<mode>_<device> as ICBHI's are."
+            )
         patient, _, location, mode, device = recording.split("_")
         if patient not in diagnosis or recording not in official:
             raise OperaDataError(f"ICBHI metadata has no diagnosis or official split for {recording}.")
@@ -93,7 +99,7 @@ def icbhi(task, root, report):
     rows = [row for row in rows if row["label"] in ICBHI_CLASSES]
     for row in rows:
         row["label"] = ICBHI_CLASSES[row["label"]]
-    return carve_validation(task, rows, 0.2, OPERA_VALIDATION_SEED)
+    return carve_validation(task, rows)
 
 
 # --- T10: KAUH -----------------------------------------------------------------------------------------------------
@@ -159,7 +165,7 @@ def kauh(task, root, report):
         for path, split in zip(paths, splits)
     ]
     report.notes.append("OPERA evaluates KAUH's 'val' rows as test data; they are in the test split here.")
-    return carve_validation(task, rows, 0.1, OPERA_VALIDATION_SEED)
+    return carve_validation(task, rows)
 
 
 # --- T11: Respiratory@TR --------------------------------------------------------------------------------------------
@@ -169,11 +175,25 @@ COPD_AUDIO = f"{COPD_DIR}/RespiratoryDatabase@TR"
 COPD_MANIFEST = tuple(f"feature/copd_eval/{name}.npy" for name in ("sound_dir_loc", "labels", "train_test_split"))
 
 
+def gold_stage(diagnosis):
+    """The GOLD stage 0-4 that ends a Respiratory@TR diagnosis (`COPD3` -> 3)."""
+    if diagnosis[:-1] != "COPD" or diagnosis[-1] not in "01234":
+        raise ValueError(diagnosis)
+    return int(diagnosis[-1])
+
+
 def respiratory_tr(task, root, report):
     """Severity 0-4 per patient (Labels.csv); patient-wise test 20%, then validation 20% of the rest, seed 1337."""
     require(root, f"{COPD_DIR}/Labels.csv")
-    patients = [(row["Patient ID"], row["Diagnosis"]) for row in read_csv_rows(root / COPD_DIR / "Labels.csv")]
-    severity = {patient: int(diagnosis[-1]) for patient, diagnosis in patients if patient}
+    table = root / COPD_DIR / "Labels.csv"
+    records = read_csv_rows(table, required=("Patient ID", "Diagnosis"))
+    severity = {
+        row["Patient ID"]: parse_field(
+            table, row["_row"], "Diagnosis", row["Diagnosis"], gold_stage, "COPD0-COPD4"
+        )
+        for row in records
+        if row["Patient ID"]
+    }
     ids = list(severity)
     labels = [severity[patient] for patient in ids]
     rest, test = seeded_split(ids, labels, 0.2, OPERA_VALIDATION_SEED)
@@ -225,12 +245,14 @@ def coughvid(task, root, report):
     """Labels from metadata_compiled.csv; OPERA's train and val uuid lists, test = the gender-test list."""
     lists = {name: f"{COUGHVID_DIR}/coughvid_{name}_uuids.npy" for name in ("_train", "_val", "gender_test")}
     require(root, f"{COUGHVID_DIR}/metadata_compiled.csv", *lists.values())
-    uuids = {name: set(np.load(root / path, allow_pickle=True).tolist()) for name, path in lists.items()}
+    uuids = {name: set(load_array(root / path).tolist()) for name, path in lists.items()}
     column, mapping = COUGHVID_LABELS[task.id]
     manifest = load_manifest(root, task.manifest)
     manifest_paths = set(manifest[0]) if manifest else set()
     rows = []
-    for record in read_csv_rows(root / COUGHVID_DIR / "metadata_compiled.csv"):
+    table = root / COUGHVID_DIR / "metadata_compiled.csv"
+    records = read_csv_rows(table, required=("uuid", "age", "gender", "status", "cough_detected"))
+    for record in records:
         uuid = record["uuid"]
         if record[column] not in mapping or not any(uuid in group for group in uuids.values()):
             continue
@@ -267,9 +289,10 @@ def coviduk_labels(root, modality):
     audio, participants = root / COVIDUK_DIR / "audio_metadata.csv", root / COVIDUK_DIR / "participant_metadata.csv"
     if not (audio.is_file() and participants.is_file()):
         return None
-    result = {row["participant_identifier"]: row["covid_test_result"] for row in read_csv_rows(participants)}
+    participant_rows = read_csv_rows(participants, required=("participant_identifier", "covid_test_result"))
+    result = {row["participant_identifier"]: row["covid_test_result"] for row in participant_rows}
     labels = {}
-    for row in read_csv_rows(audio):
+    for row in read_csv_rows(audio, required=("participant_identifier", f"{modality}_file_name")):
         outcome = result.get(row["participant_identifier"])
         if outcome in COVIDUK_RESULTS:
             labels[row[f"{modality}_file_name"]] = COVIDUK_RESULTS[outcome]
@@ -284,7 +307,7 @@ def coviduk(task, root, report):
         for split, name in (("train", "training"), ("validation", "val"), ("test", "testing"))
     }
     require(root, *lists.values())
-    split_of = {name: split for split, path in lists.items() for name in np.load(root / path, allow_pickle=True)}
+    split_of = {name: split for split, path in lists.items() for name in load_array(root / path).tolist()}
     manifest = load_manifest(root, task.manifest)
     labels = coviduk_labels(root, modality)
     if labels is None:
@@ -344,7 +367,7 @@ def coswara(task, root, report):
         split[index] = "test"
     label_name = "smoker" if task.id == "T8" else "sex"
     committed = root / COSWARA_SPLIT.format(label_name)
-    if committed.is_file() and np.load(committed).tolist() != split:
+    if committed.is_file() and load_array(committed).tolist() != split:
         raise OperaDataError(f"{task.id}: OPERA's committed split {committed.name} differs from its seeded rule.")
     rows = [
         {
@@ -356,7 +379,7 @@ def coswara(task, root, report):
         }
         for path, label, part in zip(paths, labels, split)
     ]
-    carve_validation(task, [rows[i] for i in kept], 0.2, OPERA_VALIDATION_SEED)  # OPERA splits the shuffled train part
+    carve_validation(task, [rows[i] for i in kept])  # OPERA splits the shuffled train part
     return rows
 
 
@@ -365,7 +388,20 @@ def coswara(task, root, report):
 COVID19_SOUNDS_CSV = ("datasets/covid19-sounds/data_0426_en_task1.csv", "datasets/covid/data_0426_en_task1.csv")
 COVID19_SOUNDS_AUDIO = "datasets/covid19-sounds/0426_EN_used_task1"
 COVID19_SOUNDS_SPLITS = {"0": "train", "1": "validation", "2": "test"}
-COVID19_SOUNDS_MANIFEST = "feature/task1_eval/downsampled"
+COVID19_SOUNDS_MANIFEST = {  # where OPERA's covid19sounds_processing.py writes it
+    modality: tuple(
+        f"feature/covid19sounds_eval/downsampled/{name}.npy"
+        for name in (f"sound_dir_loc_{modality}", "labels", "data_split")
+    )
+    for modality in ("breath", "cough")
+}
+
+
+def label_bit(value):
+    """A binary label written as `0` or `1`."""
+    if value not in ("0", "1"):
+        raise ValueError(value)
+    return int(value)
 
 
 def covid19sounds(task, root, report):
@@ -376,7 +412,11 @@ def covid19sounds(task, root, report):
             f"{task.id} needs {COVID19_SOUNDS_CSV[0]} (COVID-19 Sounds is shared on request; see `resp-hf opera list`)."
         )
     column = "Breath filename" if task.modality == "breath" else "Cough filename"
-    records = read_csv_rows(table, delimiter=";")
+    records = read_csv_rows(table, delimiter=";", required=("Uid", "Folder Name", column, "split", "label"))
+    for record in records:
+        line = record["_row"]
+        parse_field(table, line, "split", record["split"], COVID19_SOUNDS_SPLITS.__getitem__, "0, 1 or 2")
+        parse_field(table, line, "label", record["label"], label_bit, "0 or 1")
     by_split = {
         split: [r for r in records if COVID19_SOUNDS_SPLITS.get(r["split"]) == split]
         for split in ("train", "validation", "test")
@@ -393,8 +433,7 @@ def covid19sounds(task, root, report):
                 "subject_id": record["Uid"],
             }
         )
-    names = (f"sound_dir_loc_{task.modality}", "labels", "data_split")
-    manifest = load_manifest(root, tuple(f"{COVID19_SOUNDS_MANIFEST}/{name}.npy" for name in names))
+    manifest = load_manifest(root, task.manifest)
     if manifest:  # OPERA stores this split as 0/1/2
         check_rows_against_manifest(task.id, rows, manifest, COVID19_SOUNDS_SPLITS)
     return rows
@@ -445,25 +484,52 @@ MMLUNG_COLUMNS = {"deep breath": "Deep_Breath_file", 'vowel "o"': "O_Single_file
 MMLUNG_TARGETS = {"FVC": 0, "FEV1": 1, "FEV1/FVC": 2}
 
 
-def read_xlsx_rows(path):
-    """Rows of the first sheet of an .xlsx file as dicts keyed by the header row."""
+def read_xlsx_rows(path, required=()):
+    """
+    Rows of the first sheet of an .xlsx file as dicts keyed by the header row, each with its sheet row number under
+    `"_row"`. A file that is not a workbook, an empty sheet or a missing `required` column is an error naming it.
+    """
     from openpyxl import load_workbook
 
-    sheet = load_workbook(path, read_only=True, data_only=True).worksheets[0]
-    rows = [[("" if cell is None else str(cell)).strip() for cell in row] for row in sheet.iter_rows(values_only=True)]
-    header, body = rows[0], rows[1:]
-    return [dict(zip(header, row)) for row in body if any(row)]
+    try:
+        sheet = load_workbook(path, read_only=True, data_only=True).worksheets[0]
+        cells = sheet.iter_rows(values_only=True)
+        rows = [[("" if cell is None else str(cell)).strip() for cell in row] for row in cells]
+    except Exception as error:  # zipfile, XML and openpyxl errors of a damaged or renamed file
+        raise OperaDataError(
+            f"{path} is not a readable .xlsx workbook ({type(error).__name__}: {error}); use the file as the dataset "
+            "distributes it."
+        ) from error
+    if not rows:
+        raise OperaDataError(f"{path}: the first sheet is empty; it needs a header row and one row per participant.")
+    header = rows[0]
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise OperaDataError(f"{path}: no column {', '.join(map(repr, missing))} (its header has {header}).")
+    return [dict(zip(header, row), _row=number) for number, row in enumerate(rows[1:], start=2) if any(row)]
 
 
 def mmlung(task, root, report):
     """All_path.xlsx rows (one per participant) with OPERA's spirometry targets; one leave-one-out fold per row."""
     require(root, f"{MMLUNG_DIR}/All_path.xlsx", MMLUNG_LABELS)
-    records = read_xlsx_rows(root / MMLUNG_DIR / "All_path.xlsx")
-    targets = np.load(root / MMLUNG_LABELS)
+    column = MMLUNG_COLUMNS[task.modality]
+    workbook = root / MMLUNG_DIR / "All_path.xlsx"
+    records = read_xlsx_rows(workbook, required=(column,))
+    targets = load_array(root / MMLUNG_LABELS)
+    if targets.ndim != 2 or targets.shape[1] != len(MMLUNG_TARGETS) or not np.issubdtype(targets.dtype, np.number):
+        raise OperaDataError(
+            f"{root / MMLUNG_LABELS} holds a {targets.dtype} array of shape {targets.shape}; OPERA's has one row of "
+            "numbers (FVC, FEV1, FEV1/FVC) per participant."
+        )
     if len(targets) != len(records):
         raise OperaDataError(f"{MMLUNG_LABELS} has {len(targets)} rows but All_path.xlsx has {len(records)}.")
-    column = MMLUNG_COLUMNS[task.modality]
     target = MMLUNG_TARGETS[task.target.split(" ")[0]]
+    for record in records:
+        if not record[column].startswith("."):
+            raise OperaDataError(
+                f"{workbook}, row {record['_row']}, column {column!r}: {record[column]!r} is not a path like "
+                "'./<folder>/<file>.wav'; fix or remove that row."
+            )
     return [
         {
             "path": MMLUNG_DIR + record[column][1:],

@@ -1,6 +1,8 @@
 """Helpers shared by the OPERA task builders: required files, OPERA's manifests, OPERA's seeded splits."""
 
 import csv
+import io
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -36,22 +38,141 @@ def load_manifest(root, relative_paths):
     if not all(present):
         missing = [path for path, ok in zip(relative_paths, present) if not ok]
         raise OperaDataError(f"OPERA's manifest at {root} is incomplete: {', '.join(missing)} missing.")
-    arrays = [np.load(root / path, allow_pickle=False) for path in relative_paths]
+    arrays = [load_array(root / path) for path in relative_paths]
     if len({len(array) for array in arrays}) != 1:
         raise OperaDataError(f"OPERA's manifest arrays {relative_paths} have different lengths.")
     return [array.tolist() for array in arrays]
 
 
-def read_csv_rows(path, delimiter=","):
-    """Rows of a CSV file as dicts (a UTF-8 byte-order mark and surrounding spaces in names are dropped)."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        return [{(key or "").strip(): (value or "").strip() for key, value in row.items()} for row in reader]
+# The only globals a pickled numpy array of strings or numbers needs: the array, its dtype and numpy scalars.
+SAFE_NUMPY_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{
+        (module, name): getattr(np._core.multiarray, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    },
+}
 
 
-def read_tab_table(path):
+class NumpyArrayUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays of strings and numbers; any other class or function in the stream is refused."""
+
+    def find_class(self, module, name):
+        if (module, name) not in SAFE_NUMPY_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a numpy array of strings never needs")
+        return SAFE_NUMPY_GLOBALS[module, name]
+
+
+def load_array(path):
+    """
+    A `.npy` array without running code from it: plain arrays load with `allow_pickle=False`; object arrays (OPERA
+    saved some uuid lists that way) are unpickled by `NumpyArrayUnpickler` and must hold only strings and numbers.
+    """
+    path = Path(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise OperaDataError(f"{path} is not a readable .npy array ({error}).") from error
+    except (OSError, EOFError) as error:
+        raise OperaDataError(f"{path} is not a readable .npy array ({error}).") from error
+    return load_object_array(path)
+
+
+def load_object_array(path):
+    """An object `.npy` array of strings and numbers, unpickled with `NumpyArrayUnpickler`."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            read_header[version](handle)
+            array = NumpyArrayUnpickler(io.BytesIO(handle.read())).load()
+    except Exception as error:  # a hostile or damaged stream fails in many ways; none may escape unnamed
+        raise OperaDataError(
+            f"{path} holds a pickled object that resp_hf refuses to load ({error}); OPERA's array files hold "
+            "only strings and numbers. Replace it with the file from OPERA's repository."
+        ) from error
+    elements = array.ravel().tolist() if isinstance(array, np.ndarray) else None
+    if elements is None or not all(isinstance(item, (str, int, float)) for item in elements):
+        raise OperaDataError(
+            f"{path} is not a numpy array of strings and numbers; replace it with the file from OPERA's repository."
+        )
+    return array
+
+
+def read_csv_rows(path, delimiter=",", required=()):
+    """
+    Rows of a CSV file as dicts, each with its line number under `"_row"` (a UTF-8 byte-order mark and surrounding
+    spaces in names are dropped). Undecodable text, a missing `required` column, or a row that is empty or has more or
+    fewer fields than the header is an error naming the file and line.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            header = [name.strip() for name in reader.fieldnames or []]
+            missing = [name for name in required if name not in header]
+            if missing:
+                raise OperaDataError(
+                    f"{path}: no column {', '.join(map(repr, missing))} (its header has {header}); use the file as "
+                    "the dataset distributes it."
+                )
+            columns = len(set(reader.fieldnames or []))  # DictReader keeps one value per distinct name
+            rows = []
+            for row in reader:
+                extra = row.pop(None, [])  # DictReader's place for fields beyond the header; missing ones are None
+                values = [value for value in row.values() if value is not None]
+                if len(values) != columns or extra:
+                    problem = f"{len(values) + len(extra)} fields where the header has {columns}"
+                    raise damaged_row(path, reader.line_num, problem, delimiter)
+                if not any(value.strip() for value in values):
+                    raise damaged_row(path, reader.line_num, "no values", delimiter)
+                rows.append({key.strip(): value.strip() for key, value in row.items()} | {"_row": reader.line_num})
+            return rows
+    except UnicodeDecodeError as error:
+        raise not_utf8(path, error) from error
+    except csv.Error as error:
+        raise OperaDataError(f"{path} is not a readable CSV file ({error}).") from error
+
+
+def damaged_row(path, line, problem, delimiter):
+    return OperaDataError(
+        f"{path}, line {line}: {problem} ({delimiter!r}-separated); the file is damaged or truncated: fix or remove "
+        "that row, or use the file as the dataset distributes it."
+    )
+
+
+def not_utf8(path, error):
+    return OperaDataError(f"{path} is not UTF-8 text ({error}); use the file as the dataset distributes it.")
+
+
+def parse_field(path, line, column, value, convert, expected):
+    """`convert(value)`, or an error naming the file, line, column and value and what was `expected`."""
+    try:
+        return convert(value)
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise OperaDataError(
+            f"{path}, line {line}, column {column!r}: {value!r} is not {expected}; fix or remove that row."
+        ) from None
+
+
+def read_tab_table(path, min_fields=1):
     """Whitespace-separated text table (ICBHI metadata) as lists of fields, blank lines skipped."""
-    return [line.split() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise not_utf8(path, error) from error
+    table = []
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if fields and len(fields) < min_fields:
+            raise OperaDataError(
+                f"{path}, line {number}: {len(fields)} field(s) where {min_fields} are needed ({line.strip()!r})."
+            )
+        if fields:
+            table.append(fields)
+    return table
 
 
 def check_against_manifest(task_id, derived, manifest):
@@ -91,11 +212,16 @@ def seeded_split(items, labels, test_size, seed, stratify=True):
     return kept.tolist(), held_out.tolist()
 
 
-def carve_validation(task, rows, fraction, seed):
+def carve_validation(task, rows):
     """
-    Moves a stratified, seeded `fraction` of the train rows to validation, like OPERA; which rows go depends on the
-    order of `rows`, which must be the order OPERA passes them to sklearn. Returns `rows`.
+    Moves a stratified, seeded fraction of the train rows to validation, like OPERA, with the fraction and seed of the
+    task's protocol (`resp-hf opera protocol`); which rows go depends on the order of `rows`, which must be the order
+    OPERA passes them to sklearn. Returns `rows`.
     """
+    from .protocol import get_protocol  # imported here: the protocol module imports the registry, which imports us
+
+    protocol = get_protocol(task.id)
+    fraction, seed = protocol.validation_fraction, protocol.validation_seed
     train = [row for row in rows if row["split"] == "train"]
     labels = [row["label"] for row in train]
     check_stratifiable(task, labels)
