@@ -1,0 +1,113 @@
+"""Decoding annotated segments (respiratory cycles, events) of recordings and fitting them to a fixed length.
+
+Both the ICBHI cycle task and the SPRSound event tasks store a segment as `path`, `start` and `end` (seconds);
+`decode_segments` adds an `audio` column, decoded on access with the package's soundfile + soxr reader.
+"""
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from datasets import DatasetDict
+
+from ..audio import check_sampling_rate, decode_audio
+
+PAD_MODES = ("repeat", "zero")
+
+
+@dataclass(frozen=True)
+class SegmentWindow:
+    """
+    The fixed-length input rule of the ICBHI cycle recipe (Patch-Mix, `util/icbhi_util.py`
+    `cut_pad_sample_torchaudio`, taken from SCL's `dataset.py`; also used by M2D's `app/icbhi_sprs`): a segment longer
+    than `seconds` keeps its first `seconds`; a shorter one is repeated end to end and cut to `seconds` (`repeat`,
+    then a linear fade-out over the last 1/16 s) or centred in zeros (`zero`). Defaults: 8 s, `repeat`.
+    """
+
+    seconds: float = 8.0
+    pad: str = "repeat"
+    fade_out_fraction: float = 1 / 16  # seconds of fade-out as a fraction of one second (1/16 s in the recipe)
+
+    def __post_init__(self):
+        if self.pad not in PAD_MODES:
+            raise ValueError(f"Unknown pad mode {self.pad!r}; expected one of {list(PAD_MODES)}.")
+        if not self.seconds > 0:
+            raise ValueError(f"The window length must be positive, got {self.seconds} seconds.")
+
+
+@lru_cache(maxsize=8)
+def _decoded_recording(path, sampling_rate):
+    """A whole recording at `sampling_rate`, cached: consecutive cycles of one recording decode it once."""
+    audio = decode_audio(path, sampling_rate=sampling_rate, downmix=True)
+    audio.setflags(write=False)
+    return audio
+
+
+def segment_bounds(start, end, sampling_rate, num_samples):
+    """Sample indices of `[start, end)` seconds, as the recipe computes them (`int(t * rate)`, clipped to the end)."""
+    first = min(int(start * sampling_rate), num_samples)
+    last = min(int(end * sampling_rate), num_samples)
+    return first, last
+
+
+def load_segment(path, start, end, sampling_rate=16000):
+    """
+    The `[start, end)` seconds of a recording at `sampling_rate`: the whole file is decoded and resampled first, then
+    sliced, as in the recipe (resampling a short slice alone would differ at its edges).
+    """
+    sampling_rate = check_sampling_rate(sampling_rate)
+    recording = _decoded_recording(str(path), sampling_rate)
+    first, last = segment_bounds(start, end, sampling_rate, len(recording))
+    if last <= first:
+        raise ValueError(f"Segment {start}-{end} s of {path} is empty at {sampling_rate} Hz (the file is shorter).")
+    return recording[first:last].copy()
+
+
+def fit_segment(audio, sampling_rate, window):
+    """Crops or pads one segment to `window.seconds` with `window.pad` (see `SegmentWindow`)."""
+    target = int(window.seconds * sampling_rate)
+    if len(audio) > target:
+        return audio[:target].copy()
+    if window.pad == "zero":
+        padded = np.zeros(target, dtype=np.float32)
+        offset = (target - len(audio)) // 2
+        padded[offset : offset + len(audio)] = audio
+        return padded
+    repeated = np.tile(audio, math.ceil(target / len(audio)))[:target].astype(np.float32)
+    fade_length = int(sampling_rate * window.fade_out_fraction)
+    if fade_length:
+        repeated[target - fade_length :] *= np.linspace(1.0, 0.0, fade_length, dtype=np.float32)
+    return repeated
+
+
+def make_segment_transform(sampling_rate, window):
+    """A `with_transform` function that adds the decoded (and fitted) `audio` of each row's segment."""
+
+    def decode_batch(batch):
+        audio = []
+        for path, start, end in zip(batch["path"], batch["start"], batch["end"]):
+            segment = load_segment(path, start, end, sampling_rate)
+            if window is not None:
+                segment = fit_segment(segment, sampling_rate, window)
+            audio.append({"array": segment, "sampling_rate": sampling_rate, "path": path})
+        return {**batch, "audio": audio}
+
+    return decode_batch
+
+
+def decode_segments(dataset, sampling_rate=16000, window=None):
+    """
+    Returns `dataset` (a `Dataset` or `DatasetDict` with `path`, `start`, `end` columns) with an `audio` column
+    decoded on access: `{"array": float32 mono, "sampling_rate", "path"}`, fitted to `window` when one is given.
+    """
+    sampling_rate = check_sampling_rate(sampling_rate)
+    if isinstance(dataset, DatasetDict):
+        return DatasetDict({name: decode_segments(split, sampling_rate, window) for name, split in dataset.items()})
+    missing = [column for column in ("path", "start", "end") if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"The dataset lacks the segment column(s) {missing}; it has {dataset.column_names}.")
+    return dataset.with_transform(make_segment_transform(sampling_rate, window))
+
+
+__all__ = ["SegmentWindow", "decode_segments", "fit_segment", "load_segment"]
