@@ -7,7 +7,7 @@ import soundfile
 import soxr
 from conftest import OPERA
 
-from resp_hf.tasks.cycles import SegmentWindow, decode_segments, fit_segment, load_segment
+from resp_hf.tasks.segments import SegmentWindow, decode_segments, fit_segment, load_segment
 from resp_hf.tasks.icbhi import (
     OFFICIAL_COUNTS,
     IcbhiDataError,
@@ -136,7 +136,7 @@ def test_validation_is_a_seeded_patient_disjoint_carve_out_of_train(tmp_path):
 
 
 def test_validation_needs_two_training_patients():
-    with pytest.raises(IcbhiDataError, match="1 patient"):
+    with pytest.raises(ValueError, match="ICBHI training split has 1 patient"):
         build_icbhi_cycles(ICBHI)
 
 

@@ -9,9 +9,10 @@ the challenge: normal (no flag), crackle, wheeze, both; the 2-class label is nor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import soundfile
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+from .segments import carve_validation
 
 LABELS = ("normal", "crackle", "wheeze", "both")
 BINARY_LABELS = ("normal", "abnormal")
@@ -75,6 +76,7 @@ class IcbhiReport:
     clipped: list = field(default_factory=list)  # "recording cycle N: ends at X s, the file at Y s"
     skipped: list = field(default_factory=list)  # "recording cycle N: reason"
     validation_patients: list = field(default_factory=list)
+    validation_seed: int = VALIDATION_SEED
 
     def totals(self):
         """Cycles per label and per split over all splits, plus the number of recordings and cycles."""
@@ -88,7 +90,7 @@ class IcbhiReport:
             detail = ", ".join(f"{counts.get(name, 0)} {name}" for name in LABELS)
             lines.append(f"  {split}: {sum(counts.values())} cycles ({detail})")
         if self.validation_patients:
-            lines.append(f"  validation patients (seed {VALIDATION_SEED}): {', '.join(self.validation_patients)}")
+            lines.append(f"  validation patients (seed {self.validation_seed}): {', '.join(self.validation_patients)}")
         lines += [f"  clipped at the end of the file: {item}" for item in self.clipped]
         lines += [f"  left out: {item}" for item in self.skipped]
         return "\n".join(lines)
@@ -213,35 +215,6 @@ def recording_rows(database, recording, split, report, skip_invalid):
     return rows
 
 
-def carve_validation(rows, fraction, seed):
-    """
-    Moves the cycles of a seeded random set of training patients to `validation`, so that no validation patient has
-    training cycles: patients are shuffled with `numpy.random.default_rng(seed)` and taken until their cycles reach
-    `fraction` of the training cycles. Returns the chosen patients.
-    """
-    train_patients = sorted({row["patient"] for row in rows if row["split"] == "train"})
-    if len(train_patients) < 2:
-        raise IcbhiDataError(
-            f"The training split has {len(train_patients)} patient(s): a patient-disjoint validation split needs at "
-            "least 2. Pass validation_fraction=0 (--validation-fraction 0) to build train/test only."
-        )
-    cycles = {patient: 0 for patient in train_patients}
-    for row in rows:
-        if row["split"] == "train":
-            cycles[row["patient"]] += 1
-    target = fraction * sum(cycles.values())
-    chosen, taken = [], 0
-    for patient in np.random.default_rng(seed).permutation(train_patients):
-        if taken >= target or len(chosen) == len(train_patients) - 1:
-            break
-        chosen.append(str(patient))
-        taken += cycles[patient]
-    for row in rows:
-        if row["split"] == "train" and row["patient"] in chosen:
-            row["split"] = "validation"
-    return sorted(chosen)
-
-
 def build_icbhi_cycles(
     root,
     split_file=None,
@@ -271,13 +244,13 @@ def build_icbhi_cycles(
         )
     if not on_disk:
         raise FileNotFoundError(f"No .wav recordings in {database}.")
-    report = IcbhiReport()
+    report = IcbhiReport(validation_seed=seed)
     rows = []
     for recording in on_disk:
         rows += recording_rows(database, recording, splits[recording], report, skip_invalid)
     report.recordings = len(on_disk)
     if validation_fraction:
-        report.validation_patients = carve_validation(rows, validation_fraction, seed)
+        report.validation_patients = carve_validation(rows, validation_fraction, seed, "ICBHI")
     split_names = ("train", "validation", "test") if validation_fraction else OFFICIAL_SPLITS
     dataset = DatasetDict()
     for name in split_names:

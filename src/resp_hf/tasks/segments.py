@@ -1,4 +1,4 @@
-"""Decoding annotated segments (respiratory cycles, events) of recordings and fitting them to a fixed length.
+"""Annotated segments (respiratory cycles, events) of recordings: decoding, fixed-length windows, validation splits.
 
 Both the ICBHI cycle task and the SPRSound event tasks store a segment as `path`, `start` and `end` (seconds);
 `decode_segments` adds an `audio` column, decoded on access with the package's soundfile + soxr reader.
@@ -110,4 +110,32 @@ def decode_segments(dataset, sampling_rate=16000, window=None):
     return dataset.with_transform(make_segment_transform(sampling_rate, window))
 
 
-__all__ = ["SegmentWindow", "decode_segments", "fit_segment", "load_segment"]
+def carve_validation(rows, fraction, seed, dataset_name):
+    """
+    Moves the rows of a seeded random set of training patients from split `train` to `validation`, so that no
+    validation patient has training rows: patients are shuffled with `numpy.random.default_rng(seed)` and taken until
+    their rows reach `fraction` of the training rows (at least one patient stays in train). Returns the chosen ones.
+    """
+    rows_per_patient = {}
+    for row in rows:
+        if row["split"] == "train":
+            rows_per_patient[row["patient"]] = rows_per_patient.get(row["patient"], 0) + 1
+    if len(rows_per_patient) < 2:
+        raise ValueError(
+            f"The {dataset_name} training split has {len(rows_per_patient)} patient(s): a patient-disjoint validation "
+            "split needs at least 2. Pass validation_fraction=0 (--validation-fraction 0) to build without it."
+        )
+    target = fraction * sum(rows_per_patient.values())
+    chosen, taken = set(), 0
+    for patient in np.random.default_rng(seed).permutation(sorted(rows_per_patient)):
+        if taken >= target or len(chosen) == len(rows_per_patient) - 1:
+            break
+        chosen.add(str(patient))
+        taken += rows_per_patient[patient]
+    for row in rows:
+        if row["split"] == "train" and row["patient"] in chosen:
+            row["split"] = "validation"
+    return sorted(chosen)
+
+
+__all__ = ["SegmentWindow", "carve_validation", "decode_segments", "fit_segment", "load_segment"]
