@@ -1,0 +1,107 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+from conftest import OPERA, tiny_model
+
+from resp_hf import RespM2DFeatureExtractor
+from resp_hf.cli import main as cli_main
+from resp_hf.tasks.benchmark import (
+    FINETUNE_RECIPES,
+    LINEAR_RECIPE,
+    class_weights,
+    learning_rate_factor,
+    make_model,
+)
+
+ICBHI = OPERA / "datasets" / "icbhi"
+TEST_RECORDINGS = {"103_2b2_Ar_mc_LittC2SE", "104_1b1_Al_sc_Litt3200", "104_1b1_Ll_sc_Litt3200", "104_1b1_Lr_sc_Litt3200"}
+
+
+@pytest.fixture(scope="module")
+def encoder_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("encoder")
+    model = tiny_model(seed=0)
+    model.save_pretrained(folder)
+    RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def split_file(tmp_path_factory):
+    """The shared recordings split by recording (as the official file does) so that train and test hold wheezes."""
+    names = [line.split("\t")[0] for line in (ICBHI / "ICBHI_challenge_train_test.txt").read_text().split("\n") if line]
+    path = tmp_path_factory.mktemp("split") / "split.txt"
+    path.write_text("".join(f"{name}\t{'test' if name in TEST_RECORDINGS else 'train'}\n" for name in names))
+    return path
+
+
+def benchmark_args(encoder_folder, split_file, output, *extra):
+    return [
+        "tasks", "benchmark", "--model", str(encoder_folder), "--icbhi-root", str(ICBHI), "--split-file",
+        str(split_file), "--output", str(output), "--epochs", "2", "--batch-size", "8", "--seconds", "2", *extra,
+    ]  # fmt: skip
+
+
+def test_benchmark_end_to_end_on_the_tiny_model(encoder_folder, split_file, tmp_path):
+    output = tmp_path / "bench"
+    args = benchmark_args(encoder_folder, split_file, output, "--seeds", "0,1", "--validation-seed", "1")
+    assert cli_main(args) == 0
+    rows = list(csv.DictReader((output / "results.csv").open()))
+    assert [(row["protocol"], row["seed"]) for row in rows] == [("finetune", "0"), ("finetune", "1"), ("linear", "0"), ("linear", "1")]
+    for row in rows:
+        assert (row["n_train"], row["n_validation"], row["n_test"]) == ("50", "23", "24")
+        with np.load(output / "predictions" / f"icbhi-4class-{row['protocol']}-seed{row['seed']}-test.npz") as saved:
+            predicted, labels = saved["logits"].argmax(1), saved["labels"]
+        specificity = np.mean(predicted[labels == 0] == 0)
+        sensitivity = np.mean(predicted[labels != 0] == labels[labels != 0])
+        assert float(row["specificity"]) == pytest.approx(specificity)
+        assert float(row["sensitivity"]) == pytest.approx(sensitivity)
+        assert float(row["score"]) == pytest.approx((specificity + sensitivity) / 2)
+    report = (output / "results.md").read_text()
+    assert "| bench" not in report and "(fine-tuned)" in report and "(linear probe)" in report
+    assert "| AST Patch-Mix CL | 81.66 | 43.07 | 62.37 |" in report
+    assert (output / "plots" / "icbhi-4class-test.png").stat().st_size > 0
+    assert not any((output / "runs").glob("*")), "checkpoints of finished runs are removed"
+
+
+def test_benchmark_refuses_a_training_split_with_one_class(encoder_folder, split_file, tmp_path, capsys):
+    args = benchmark_args(encoder_folder, split_file, tmp_path / "bench", "--seeds", "0", "--validation-seed", "0")
+    assert cli_main(args) == 2
+    assert "icbhi-4class: the training split holds only ['normal'] cycles" in capsys.readouterr().err
+
+
+def test_linear_probing_freezes_the_encoder_and_fine_tuning_the_patch_embedding(encoder_folder):
+    names = ["normal", "crackle", "wheeze", "both"]
+    linear = make_model(encoder_folder, names, "linear", LINEAR_RECIPE)
+    assert not any(p.requires_grad for p in linear.resp_m2d.parameters())
+    assert linear.classifier.weight.requires_grad
+    finetuned = make_model(encoder_folder, names, "finetune", FINETUNE_RECIPES["icbhi"])
+    frozen = {name for name, p in finetuned.named_parameters() if not p.requires_grad}
+    assert frozen == {name for name, _ in finetuned.named_parameters() if ".patch_embeddings." in name}
+    assert frozen
+
+
+def test_schedules_match_torch_schedulers_stepped_per_epoch():
+    recipe = FINETUNE_RECIPES["icbhi"]
+    steps_per_epoch = 5
+    factor = learning_rate_factor(recipe, steps_per_epoch)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=recipe.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=40, eta_min=1e-6)  # scl_icbhi2017 main.py
+    for epoch in range(recipe.epochs):
+        for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
+            assert recipe.learning_rate * factor(step) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-6)
+        optimizer.step()
+        scheduler.step()
+    exponential = learning_rate_factor(LINEAR_RECIPE, 3)
+    assert [exponential(step) for step in (0, 2, 3, 7)] == pytest.approx([1, 1, 0.97, 0.97**2])
+
+
+def test_class_weights_are_normalized_inverse_frequencies():
+    counts = [2063, 1215, 501, 363]  # scl_icbhi2017 main.py's ICBHI training counts
+    labels = np.repeat(np.arange(4), counts)
+    frequencies = np.array(counts) / sum(counts)
+    expected = (1 / frequencies) / (1 / frequencies).sum()
+    np.testing.assert_allclose(class_weights(labels, 4).numpy(), expected, rtol=1e-6)
+    assert class_weights(np.array([0, 0, 2]), 3)[1] == 0
