@@ -3,9 +3,9 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import OPERA, tiny_model
+from conftest import OPERA
+from test_finetune import encoder_folder  # noqa: F401  (the tiny encoder saved as a folder)
 
-from resp_hf import RespM2DFeatureExtractor
 from resp_hf.cli import main as cli_main
 from resp_hf.tasks.benchmark import (
     FINETUNE_RECIPES,
@@ -17,15 +17,6 @@ from resp_hf.tasks.benchmark import (
 
 ICBHI = OPERA / "datasets" / "icbhi"
 TEST_RECORDINGS = {"103_2b2_Ar_mc_LittC2SE", "104_1b1_Al_sc_Litt3200", "104_1b1_Ll_sc_Litt3200", "104_1b1_Lr_sc_Litt3200"}
-
-
-@pytest.fixture(scope="module")
-def encoder_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("encoder")
-    model = tiny_model(seed=0)
-    model.save_pretrained(folder)
-    RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -291,11 +291,8 @@ def build_challenge_compute_metrics(scoring):
         raise ValueError(f"Unknown scoring {scoring!r}; expected one of {sorted(scorers)}.")
 
     def compute_metrics(eval_prediction):
-        logits = eval_prediction.predictions
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
-        predictions = class_predictions(logits)
-        labels = np.asarray(eval_prediction.label_ids)
+        outputs, labels = eval_prediction.predictions, np.asarray(eval_prediction.label_ids)
+        predictions = class_predictions(outputs[0] if isinstance(outputs, (tuple, list)) else outputs)
         metrics = scorers[scoring](predictions, labels)
         metrics["accuracy"] = float(np.mean(predictions == labels))
         return metrics
