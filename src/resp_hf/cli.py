@@ -177,9 +177,9 @@ def add_tasks_commands(subparsers):
     commands = tasks.add_subparsers(dest="tasks_command", required=True)
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--opera-root", help="an OPERA checkout (OPERA tasks T1-T19)")
-    data.add_argument("--icbhi-root", help="ICBHI 2017 folder: ICBHI_final_database/ and ICBHI_challenge_train_test.txt")
+    data.add_argument("--icbhi-root", help="ICBHI 2017 folder (ICBHI_final_database/, ICBHI_challenge_train_test.txt)")
     data.add_argument("--sprsound-root", help="SPRSound release folder (train2022_json, test2022_json, ... and *_wav)")
-    listing = commands.add_parser("list", parents=[data], help="List every task, its license and what your data builds.")
+    listing = commands.add_parser("list", parents=[data], help="List every task, its license and what data builds.")
     listing.set_defaults(handler=run_tasks_list)
     split = argparse.ArgumentParser(add_help=False)
     split.add_argument("--validation-fraction", type=float, default=0.2, help="patients moved from train (0: none)")
@@ -230,7 +230,8 @@ def run_tasks_build(args):
 
     settings = tasks_settings(args)
     roots = dict(opera_root=args.opera_root, icbhi_root=args.icbhi_root, sprsound_root=args.sprsound_root)
-    print(build_and_save_task(args.task, args.output, **roots, settings=settings, skip_invalid=args.skip_invalid_cycles))
+    skip_invalid = args.skip_invalid_cycles
+    print(build_and_save_task(args.task, args.output, **roots, settings=settings, skip_invalid=skip_invalid))
 
 
 def run_tasks_benchmark(args):

@@ -125,7 +125,8 @@ def build_task_dataset(task, roots, settings, skip_invalid=False):
         return build_icbhi_cycles(
             root, settings.split_file, settings.validation_fraction, settings.validation_seed, skip_invalid
         )
-    return build_sprsound(root, task.sprsound_task, settings.validation_fraction, settings.validation_seed, skip_invalid)
+    fraction, seed = settings.validation_fraction, settings.validation_seed
+    return build_sprsound(root, task.sprsound_task, fraction, seed, skip_invalid)
 
 
 def class_weights(labels, num_labels):
@@ -310,6 +311,7 @@ def percent_cell(value):
 
 
 PROTOCOL_NAMES = {"finetune": "fine-tuned", "linear": "linear probe"}
+TABLE_HEADER = ["| Model | Sp (%) | Se (%) | Score (%) | Source |", "|---|---|---|---|---|"]
 
 
 def markdown_report(summaries, published, model_name, notes=()):
@@ -317,7 +319,7 @@ def markdown_report(summaries, published, model_name, notes=()):
     lines = [f"# Respiratory-sound task results: {model_name}", ""]
     for task in dict.fromkeys(summary["task"] for summary in summaries):
         for split in dict.fromkeys(s["test_split"] for s in summaries if s["task"] == task):
-            lines += [f"## {task} ({split})", "", "| Model | Sp (%) | Se (%) | Score (%) | Source |", "|---|---|---|---|---|"]
+            lines += [f"## {task} ({split})", "", *TABLE_HEADER]
             for summary in (s for s in summaries if s["task"] == task and s["test_split"] == split):
                 cells = [percent_cell(summary[column]) for column in METRIC_COLUMNS]
                 label = f"{model_name} ({PROTOCOL_NAMES[summary['protocol']]})"
@@ -365,7 +367,8 @@ def write_task_results(records, output_dir, model_name, notes=()):
     output_dir.mkdir(parents=True, exist_ok=True)
     summaries = summarize(records)
     published = load_published()
-    paths = {"csv": output_dir / "results.csv", "markdown": output_dir / "results.md", "json": output_dir / "results.json"}
+    paths = {kind: output_dir / f"results.{suffix}" for kind, suffix in (("csv", "csv"), ("markdown", "md"))}
+    paths["json"] = output_dir / "results.json"
     with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(records[0]), lineterminator="\n")
         writer.writeheader()

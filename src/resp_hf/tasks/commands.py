@@ -55,12 +55,15 @@ def list_all_tasks(opera_root=None, icbhi_root=None, sprsound_root=None):
         rows.append([task.id, f"OPERA {task.name} ({task.metric.split(' ')[0]})", task.license, status])
     roots = {"icbhi": icbhi_root, "sprsound": sprsound_root}
     for name, task in TASKS.items():
-        rows.append([name, DESCRIPTIONS[name], SOURCES[task.dataset][1], data_status(task.dataset, roots[task.dataset])])
+        status = data_status(task.dataset, roots[task.dataset])
+        rows.append([name, DESCRIPTIONS[name], SOURCES[task.dataset][1], status])
     footer = "\nData: " + "; ".join(source for source, _ in SOURCES.values())
     return format_table(header, rows) + footer
 
 
-def build_and_save_task(name, output, opera_root=None, icbhi_root=None, sprsound_root=None, settings=None, skip_invalid=False):
+def build_and_save_task(
+    name, output, opera_root=None, icbhi_root=None, sprsound_root=None, settings=None, skip_invalid=False
+):
     """Builds one task (an OPERA id or a cycle/event task) and saves it with `save_to_disk`; returns a report text."""
     if name.upper() in OPERA_TASKS or name in {task.name for task in OPERA_TASKS.values()}:
         if opera_root is None:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Features, Value
 
-from .segments import carve_validation
+from .segments import carve_validation, rows_to_splits
 
 LABELS = ("normal", "crackle", "wheeze", "both")
 BINARY_LABELS = ("normal", "abnormal")
@@ -151,7 +151,8 @@ def read_cycles(path):
         try:
             start, end, crackles, wheezes = float(parts[0]), float(parts[1]), int(parts[2]), int(parts[3])
         except (ValueError, IndexError):
-            raise IcbhiDataError(f"{path} line {number}: expected 'start end crackles wheezes', got {line!r}.") from None
+            message = f"{path} line {number}: expected 'start end crackles wheezes', got {line!r}."
+            raise IcbhiDataError(message) from None
         if len(parts) != 4 or crackles not in (0, 1) or wheezes not in (0, 1):
             raise IcbhiDataError(f"{path} line {number}: expected 'start end 0|1 0|1', got {line!r}.")
         cycles.append((start, end, crackles, wheezes))
@@ -229,9 +230,10 @@ def build_icbhi_cycles(
     Every cycle of every recording in the split file becomes one row: `path`, `start`, `end` (seconds), `label`
     (normal / crackle / wheeze / both), `label_2class` (normal / abnormal), `crackles`, `wheezes`, `patient`,
     `recording`, `cycle` (line index in the annotation file), `chest_location`, `acquisition_mode`, `device`.
-    The recordings on disk are used (a partial copy builds a partial task); one not in the split file is an error. A cycle of zero length or starting after the end of its file is
-    an error naming it, or with `skip_invalid` left out and listed in the report; a cycle ending after the file is
-    kept (read up to the end, as the recipe does) and listed in the report. Decode rows with `decode_segments`.
+    The recordings on disk are used (a partial copy builds a partial task); one not in the split file is an error.
+    A cycle of zero length or starting after the end of its file is an error naming it, or with `skip_invalid` left
+    out and listed in the report; a cycle ending after the file is kept (read up to the end, as the recipe does) and
+    listed in the report. Decode rows with `decode_segments`.
     """
     database, default_split_file = locate(root)
     splits = read_split_file(split_file or default_split_file)
@@ -251,13 +253,7 @@ def build_icbhi_cycles(
     report.recordings = len(on_disk)
     if validation_fraction:
         report.validation_patients = carve_validation(rows, validation_fraction, seed, "ICBHI")
-    split_names = ("train", "validation", "test") if validation_fraction else OFFICIAL_SPLITS
-    dataset = DatasetDict()
-    for name in split_names:
-        split_rows = [row for row in rows if row["split"] == name]
-        columns = {column: [row[column] for row in split_rows] for column in FEATURES}
-        dataset[name] = Dataset.from_dict(columns, features=FEATURES)
-        report.counts[name] = {label: sum(row["label"] == index for row in split_rows) for index, label in enumerate(LABELS)}
+    dataset, report.counts = rows_to_splits(rows, FEATURES, ("train", "validation", "test"))
     return dataset, report
 
 

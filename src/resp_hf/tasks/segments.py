@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 
 from ..audio import check_sampling_rate, decode_audio
 
@@ -138,4 +138,18 @@ def carve_validation(rows, fraction, seed, dataset_name):
     return sorted(chosen)
 
 
-__all__ = ["SegmentWindow", "carve_validation", "decode_segments", "fit_segment", "load_segment"]
+def rows_to_splits(rows, features, split_names):
+    """`(DatasetDict, {split: {label name: rows}})` from row dicts with a `split` key; empty splits are left out."""
+    names = features["label"].names
+    dataset, counts = DatasetDict(), {}
+    for split in split_names:
+        split_rows = [row for row in rows if row["split"] == split]
+        if not split_rows:
+            continue
+        columns = {key: [row[key] for row in split_rows] for key in features}
+        dataset[split] = Dataset.from_dict(columns, features=features)
+        counts[split] = {name: sum(row["label"] == index for row in split_rows) for index, name in enumerate(names)}
+    return dataset, counts
+
+
+__all__ = ["SegmentWindow", "carve_validation", "rows_to_splits", "decode_segments", "fit_segment", "load_segment"]

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Features, Value
 
-from .segments import carve_validation
+from .segments import carve_validation, rows_to_splits
 
 EVENT_TYPES = ("Normal", "Rhonchi", "Wheeze", "Stridor", "Coarse Crackle", "Fine Crackle", "Wheeze+Crackle")
 RECORD_TYPES = ("Normal", "Poor Quality", "CAS", "DAS", "CAS & DAS")
@@ -102,7 +102,8 @@ def read_annotation(path):
         events = [(float(e["start"]) / 1000, float(e["end"]) / 1000, e["type"]) for e in content["event_annotation"]]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise SprsoundDataError(
-            f"{path}: expected {{'record_annotation': ..., 'event_annotation': [{{'start', 'end', 'type'}}]}} ({error})."
+            f"{path}: expected {{'record_annotation': ..., 'event_annotation': [{{'start', 'end', 'type'}}]}} "
+            f"({error})."
         ) from None
     if record not in RECORD_TYPES:
         raise SprsoundDataError(f"{path}: unknown record annotation {record!r}; expected one of {list(RECORD_TYPES)}.")
@@ -161,13 +162,15 @@ def recording_rows(task, annotation, audio, split, report, skip_invalid):
         **parse_name(annotation.stem, annotation),
     }
     if task.startswith("record"):
-        return [{**base, "start": 0.0, "end": duration, "event": -1, "event_type": "", "label": task_label(task, record)}]
+        label = task_label(task, record)
+        return [{**base, "start": 0.0, "end": duration, "event": -1, "event_type": "", "label": label}]
     rows, problems = [], []
     for index, (start, end, kind) in enumerate(events):
         if end <= start or start >= duration:
             problems.append(f"{annotation.name} event {index}: {start:.3f}-{end:.3f} s in a {duration:.3f} s file")
             continue
-        rows.append({**base, "start": start, "end": end, "event": index, "event_type": kind, "label": task_label(task, record, kind)})
+        label = task_label(task, record, kind)
+        rows.append({**base, "start": start, "end": end, "event": index, "event_type": kind, "label": label})
     if problems and not skip_invalid:
         raise SprsoundDataError(
             f"{len(problems)} event(s) cannot be read: {'; '.join(problems)}. Pass skip_invalid=True "
@@ -206,15 +209,8 @@ def build_sprsound(
         raise FileNotFoundError(f"No SPRSound training annotations under {root}: expected a train2022_json folder.")
     if validation_fraction:
         report.validation_patients = carve_validation(rows, validation_fraction, seed, "SPRSound")
-    features = task_features(task)
-    names = TASK_LABELS[task]
-    dataset = DatasetDict()
-    for split in ("train", "validation", *list(SPLIT_FOLDERS)[1:]):
-        split_rows = [row for row in rows if row["split"] == split]
-        if not split_rows:
-            continue
-        dataset[split] = Dataset.from_dict({key: [row[key] for row in split_rows] for key in features}, features=features)
-        report.counts[split] = {name: sum(row["label"] == index for row in split_rows) for index, name in enumerate(names)}
+    split_names = ("train", "validation", *list(SPLIT_FOLDERS)[1:])
+    dataset, report.counts = rows_to_splits(rows, task_features(task), split_names)
     return dataset, report
 
 
