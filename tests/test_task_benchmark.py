@@ -16,16 +16,23 @@ from resp_hf.tasks.benchmark import (
 )
 
 ICBHI = OPERA / "datasets" / "icbhi"
-TEST_RECORDINGS = {"103_2b2_Ar_mc_LittC2SE", "104_1b1_Al_sc_Litt3200", "104_1b1_Ll_sc_Litt3200", "104_1b1_Lr_sc_Litt3200"}
+TEST_RECORDINGS = {"101_1b1_Pr_sc_Meditron", "104_1b1_Al_sc_Litt3200", "104_1b1_Ll_sc_Litt3200", "104_1b1_Lr_sc_Litt3200"}
+
+
+def write_split(folder, is_test):
+    """The shared recordings split by recording, as the official file does (its own split has one train patient)."""
+    names = [line.split("\t")[0] for line in (ICBHI / "ICBHI_challenge_train_test.txt").read_text().split("\n") if line]
+    path = folder / "split.txt"
+    path.write_text("".join(f"{name}\t{'test' if is_test(name) else 'train'}\n" for name in names))
+    return path
 
 
 @pytest.fixture(scope="module")
 def split_file(tmp_path_factory):
-    """The shared recordings split by recording (as the official file does) so that train and test hold wheezes."""
-    names = [line.split("\t")[0] for line in (ICBHI / "ICBHI_challenge_train_test.txt").read_text().split("\n") if line]
-    path = tmp_path_factory.mktemp("split") / "split.txt"
-    path.write_text("".join(f"{name}\t{'test' if name in TEST_RECORDINGS else 'train'}\n" for name in names))
-    return path
+    return write_split(tmp_path_factory.mktemp("split"), lambda name: name in TEST_RECORDINGS)
+
+
+VALIDATION_104 = ("--validation-fraction", "0.05", "--validation-seed", "2")
 
 
 def benchmark_args(encoder_folder, split_file, output, *extra):
@@ -37,12 +44,13 @@ def benchmark_args(encoder_folder, split_file, output, *extra):
 
 def test_benchmark_end_to_end_on_the_tiny_model(encoder_folder, split_file, tmp_path):
     output = tmp_path / "bench"
-    args = benchmark_args(encoder_folder, split_file, output, "--seeds", "0,1", "--validation-seed", "1")
+    # Validation: patient 104 (seed 2), so train (103's wheezes), validation and test all hold two classes.
+    args = benchmark_args(encoder_folder, split_file, output, "--seeds", "0,1", *VALIDATION_104)
     assert cli_main(args) == 0
     rows = list(csv.DictReader((output / "results.csv").open()))
     assert [(row["protocol"], row["seed"]) for row in rows] == [("finetune", "0"), ("finetune", "1"), ("linear", "0"), ("linear", "1")]
     for row in rows:
-        assert (row["n_train"], row["n_validation"], row["n_test"]) == ("50", "23", "24")
+        assert (row["n_train"], row["n_validation"], row["n_test"]) == ("31", "37", "29")
         with np.load(output / "predictions" / f"icbhi-4class-{row['protocol']}-seed{row['seed']}-test.npz") as saved:
             predicted, labels = saved["logits"].argmax(1), saved["labels"]
         specificity = np.mean(predicted[labels == 0] == 0)
@@ -54,13 +62,18 @@ def test_benchmark_end_to_end_on_the_tiny_model(encoder_folder, split_file, tmp_
     assert "| bench" not in report and "(fine-tuned)" in report and "(linear probe)" in report
     assert "| AST Patch-Mix CL | 81.66 | 43.07 | 62.37 |" in report
     assert (output / "plots" / "icbhi-4class-test.png").stat().st_size > 0
-    assert not any((output / "runs").glob("*")), "checkpoints of finished runs are removed"
+    assert not (output / "runs").exists(), "checkpoints of finished runs are removed"
 
 
-def test_benchmark_refuses_a_training_split_with_one_class(encoder_folder, split_file, tmp_path, capsys):
-    args = benchmark_args(encoder_folder, split_file, tmp_path / "bench", "--seeds", "0", "--validation-seed", "0")
-    assert cli_main(args) == 2
+def test_benchmark_refuses_splits_that_cannot_train_or_select(encoder_folder, split_file, tmp_path, capsys):
+    args = benchmark_args(encoder_folder, split_file, tmp_path / "bench", "--validation-fraction", "0.05")
+    assert cli_main([*args, "--validation-seed", "1"]) == 2  # validation: patient 101, normal cycles only
+    assert "icbhi-4class: the validation split needs normal and abnormal rows" in capsys.readouterr().err
+    normal_only = write_split(tmp_path, lambda name: name[:3] in ("103", "104"))  # train: patients 101, 102
+    assert cli_main(benchmark_args(encoder_folder, normal_only, tmp_path / "bench")) == 2
     assert "icbhi-4class: the training split holds only ['normal'] cycles" in capsys.readouterr().err
+    assert cli_main([*args, "--protocols", "finetune,probe"]) == 2
+    assert "Unknown protocol 'probe'" in capsys.readouterr().err
 
 
 def test_linear_probing_freezes_the_encoder_and_fine_tuning_the_patch_embedding(encoder_folder):

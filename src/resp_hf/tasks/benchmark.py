@@ -150,6 +150,7 @@ def learning_rate_factor(recipe, steps_per_epoch):
 
 
 def make_model(model_path, names, protocol, recipe):
+    """A classifier with a new head over `names`: encoder frozen for `linear`, patch embedding as the recipe says."""
     model = RespM2DForAudioClassification.from_pretrained(
         model_path,
         num_labels=len(names),
@@ -165,7 +166,7 @@ def make_model(model_path, names, protocol, recipe):
 
 
 def train_one(model_path, task, dataset, protocol, seed, settings, run_dir):
-    """Trains one (protocol, seed) run; returns `(trainer, best epoch)` with the best validation epoch loaded."""
+    """Trains one (protocol, seed) run; returns `(trainer, decoded splits, best epoch)`, the best epoch loaded."""
     recipe = recipe_for(task, protocol, settings)
     names = dataset["train"].features[task.label_column].names
     torch.manual_seed(seed)
@@ -265,6 +266,7 @@ def run_task(model_path, task, dataset, settings, output_dir):
                     }
                 )
             shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints: the predictions and scores are kept
+    shutil.rmtree(output_dir / "runs", ignore_errors=True)
     return records
 
 
@@ -386,7 +388,10 @@ def write_task_results(records, output_dir, model_name, notes=()):
 
 
 def check_trainable(task, dataset):
-    """Raises ValueError unless train holds two classes and validation and a test split are non-empty."""
+    """
+    Raises ValueError unless train holds two classes, validation holds normal and abnormal rows (the score that picks
+    the epoch is undefined otherwise) and there is a test split.
+    """
     for split in ("train", "validation"):
         if len(dataset.get(split, [])) == 0:
             raise ValueError(f"Task {task.name} has no {split} rows; it cannot be trained and its epoch selected.")
@@ -399,6 +404,12 @@ def check_trainable(task, dataset):
             f"Task {task.name}: the training split holds only {[names[c] for c in classes]} cycles; "
             "a classifier needs at least two classes (choose another validation seed or fraction)."
         )
+    validation = set(dataset["validation"][task.label_column])
+    if 0 not in validation or validation == {0}:
+        raise ValueError(
+            f"Task {task.name}: the validation split needs normal and abnormal rows to score epochs; it holds "
+            f"classes {sorted(validation)} (choose another --validation-seed or --validation-fraction)."
+        )
 
 
 def run_task_benchmark(model_path, output_dir, task_names, roots, settings=None, model_name=None):
@@ -409,6 +420,9 @@ def run_task_benchmark(model_path, output_dir, task_names, roots, settings=None,
     settings = settings or TaskBenchmarkSettings()
     output_dir = Path(output_dir)
     tasks = [get_task(name) for name in task_names]
+    for task in tasks:
+        for protocol in settings.protocols:
+            recipe_for(task, protocol, settings)  # an unknown protocol fails before any data is read
     built = {}
     notes = []
     for task in tasks:
