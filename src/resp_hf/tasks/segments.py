@@ -40,7 +40,8 @@ class SegmentWindow:
 def _decoded_recording(path, sampling_rate):
     """
     A whole recording at `sampling_rate`, cached: each recording is decoded and resampled once, however many cycles
-    it has and however many epochs read them (all 920 ICBHI recordings take about 1.3 GB at 16 kHz).
+    it has and however many epochs read them (all 920 ICBHI recordings take about 1.3 GB at 16 kHz). Files are
+    assumed not to change while the process runs.
     """
     audio = decode_audio(path, sampling_rate=sampling_rate, downmix=True)
     audio.setflags(write=False)
