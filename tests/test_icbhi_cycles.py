@@ -138,6 +138,8 @@ def test_validation_is_a_seeded_patient_disjoint_carve_out_of_train(tmp_path):
 def test_validation_needs_two_training_patients():
     with pytest.raises(ValueError, match="ICBHI training split has 1 patient"):
         build_icbhi_cycles(ICBHI)
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\), got 1.5"):
+        build_icbhi_cycles(ICBHI, validation_fraction=1.5)
 
 
 def copy_database(tmp_path, recordings):

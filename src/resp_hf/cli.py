@@ -188,7 +188,7 @@ def add_tasks_commands(subparsers):
     split.add_argument("--validation-fraction", type=float, default=0.2, help="patients moved from train (0: none)")
     split.add_argument("--validation-seed", type=int, default=1337, help="seed of the validation patients")
     split.add_argument("--split-file", help="an ICBHI split file other than the official one")
-    build = commands.add_parser("build", parents=[opera, data, split], help="Build one task and save it (save_to_disk).")
+    build = commands.add_parser("build", parents=[opera, data, split], help="Build one task; save it to disk.")
     build.add_argument("task", help="e.g. icbhi-4class, sprsound-1-2, or an OPERA id such as T7")
     build.add_argument("--output", required=True, help="folder to save the DatasetDict in")
     build.add_argument("--skip-invalid-cycles", action="store_true", help="leave out (and list) unreadable cycles")

@@ -120,6 +120,8 @@ def carve_validation(rows, fraction, seed, dataset_name):
     validation patient has training rows: patients are shuffled with `numpy.random.default_rng(seed)` and taken until
     their rows reach `fraction` of the training rows (at least one patient stays in train). Returns the chosen ones.
     """
+    if not 0 < fraction < 1:
+        raise ValueError(f"The validation fraction must lie in (0, 1), got {fraction} (0 builds no validation split).")
     rows_per_patient = {}
     for row in rows:
         if row["split"] == "train":
