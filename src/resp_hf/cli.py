@@ -207,6 +207,91 @@ def run_benchmark_command(args):
     print((Path(args.output) / "results.md").read_text())
 
 
+def add_tasks_commands(subparsers):
+    tasks = subparsers.add_parser(
+        "tasks", help="Every task as a Hugging Face dataset: OPERA's and the ICBHI-cycle and SPRSound tasks."
+    )
+    commands = tasks.add_subparsers(dest="tasks_command", required=True)
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--icbhi-root", help="ICBHI 2017 folder (ICBHI_final_database/, ICBHI_challenge_train_test.txt)")
+    data.add_argument("--sprsound-root", help="SPRSound release folder (train2022_json, test2022_json, ... and *_wav)")
+    opera = argparse.ArgumentParser(add_help=False)
+    opera.add_argument("--opera-root", help="an OPERA checkout (OPERA tasks T1-T19)")
+    listing = commands.add_parser(
+        "list", parents=[opera, data], help="List every task, its license and what data builds."
+    )
+    listing.set_defaults(handler=run_tasks_list)
+    split = argparse.ArgumentParser(add_help=False)
+    split.add_argument("--validation-fraction", type=float, default=0.2, help="patients moved from train (0: none)")
+    split.add_argument("--validation-seed", type=int, default=1337, help="seed of the validation patients")
+    split.add_argument("--split-file", help="an ICBHI split file other than the official one")
+    build = commands.add_parser("build", parents=[opera, data, split], help="Build one task; save it to disk.")
+    build.add_argument("task", help="e.g. icbhi-4class, sprsound-1-2, or an OPERA id such as T7")
+    build.add_argument("--output", required=True, help="folder to save the DatasetDict in")
+    build.add_argument("--skip-invalid-cycles", action="store_true", help="leave out (and list) unreadable cycles")
+    build.set_defaults(handler=run_tasks_build)
+    bench = commands.add_parser(
+        "benchmark",
+        parents=[data, split],
+        help="Fine-tune and linear-probe an encoder on ICBHI-cycle / SPRSound tasks over seeds (Trainer).",
+    )
+    bench.add_argument("--model", required=True, help="converted folder or Hub repo id")
+    bench.add_argument("--tasks", default="icbhi-4class", help="comma-separated, e.g. icbhi-4class,sprsound-1-1")
+    bench.add_argument("--output", required=True, help="folder for results, plots and predictions")
+    bench.add_argument("--protocols", default="finetune,linear", help="finetune and/or linear")
+    bench.add_argument("--seeds", type=distinct_seeds, default="0,1,2", help="comma-separated distinct seeds")
+    bench.add_argument("--seconds", type=float, default=8.0, help="window length (recipe: 8 s)")
+    bench.add_argument("--pad", choices=("repeat", "zero"), default="repeat", help="padding of short segments")
+    bench.add_argument("--epochs", type=positive_int, help="override every recipe's epochs")
+    bench.add_argument("--batch-size", type=positive_int, help="override every recipe's batch size")
+    bench.add_argument("--learning-rate", type=float, help="override every recipe's learning rate")
+    bench.set_defaults(handler=run_tasks_benchmark)
+
+
+def run_tasks_list(args):
+    from .tasks.commands import list_all_tasks
+
+    print(list_all_tasks(args.opera_root, args.icbhi_root, args.sprsound_root))
+
+
+def tasks_settings(args, **extra):
+    from .tasks.benchmark import TaskBenchmarkSettings
+
+    return TaskBenchmarkSettings(
+        validation_fraction=args.validation_fraction,
+        validation_seed=args.validation_seed,
+        split_file=args.split_file,
+        **extra,
+    )
+
+
+def run_tasks_build(args):
+    from .tasks.commands import build_and_save_task
+
+    settings = tasks_settings(args)
+    roots = dict(opera_root=args.opera_root, icbhi_root=args.icbhi_root, sprsound_root=args.sprsound_root)
+    skip_invalid = args.skip_invalid_cycles
+    print(build_and_save_task(args.task, args.output, **roots, settings=settings, skip_invalid=skip_invalid))
+
+
+def run_tasks_benchmark(args):
+    from .tasks.benchmark import run_task_benchmark
+    from .tasks.segments import SegmentWindow
+
+    settings = tasks_settings(
+        args,
+        protocols=tuple(protocol for protocol in args.protocols.split(",") if protocol),
+        seeds=tuple(int(seed) for seed in args.seeds.split(",")),
+        window=SegmentWindow(seconds=args.seconds, pad=args.pad),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+    )
+    roots = {"icbhi": args.icbhi_root, "sprsound": args.sprsound_root}
+    paths = run_task_benchmark(args.model, args.output, args.tasks.split(","), roots, settings)
+    print(paths["markdown"].read_text())
+
+
 def add_card_command(subparsers):
     parser = subparsers.add_parser("card", help="Write benchmark results (model-index and table) into a model card.")
     parser.add_argument("folder", help="a converted or fine-tuned model folder")
@@ -375,6 +460,7 @@ def build_parser():
     add_push_command(subparsers)
     add_opera_commands(subparsers)
     add_benchmark_command(subparsers)
+    add_tasks_commands(subparsers)
     add_card_command(subparsers)
     add_pretrain_commands(subparsers)
     add_pretrain_data_command(subparsers)

@@ -207,3 +207,97 @@ def build_compute_metrics(problem_type):
 
 
 __all__ = ["build_compute_metrics", "classification_metrics", "regression_metrics"]
+
+
+# Respiratory-sound challenge scores. Class 0 is "normal" in every task; all other classes are abnormal.
+
+
+def class_predictions(logits_or_predictions):
+    """Class ids from `(n, num_labels)` logits (argmax) or from `(n,)` predicted ids."""
+    values = np.asarray(logits_or_predictions)
+    if values.ndim == 2:
+        check_finite(values.astype(np.float64), "logits")
+        return values.argmax(axis=1)
+    if values.ndim != 1:
+        raise ValueError(f"predictions must be (n,) class ids or (n, num_labels) logits, got shape {values.shape}.")
+    return values.astype(np.int64)
+
+
+def normal_abnormal_hits(predictions, labels, exact_abnormal=True):
+    """
+    `(specificity, sensitivity)`: the share of normal samples (label 0) predicted normal, and of abnormal samples
+    predicted as their exact class (`exact_abnormal`) or as any abnormal class. NaN with a warning when a group is
+    empty.
+    """
+    predictions = class_predictions(predictions)
+    labels = np.asarray(labels).astype(np.int64)
+    if predictions.shape != labels.shape or labels.size == 0:
+        raise ValueError(f"predictions ({predictions.shape}) and labels ({labels.shape}) must be equal, non-empty.")
+    normal, abnormal = labels == 0, labels != 0
+    abnormal_hit = predictions == labels if exact_abnormal else predictions != 0
+    rates = []
+    for group, hit, name in ((normal, predictions == 0, "normal"), (abnormal, abnormal_hit, "abnormal")):
+        if not group.any():
+            warnings.warn(f"No {name} samples: the rate is NaN.", UndefinedMetricWarning, stacklevel=3)
+            rates.append(float("nan"))
+        else:
+            rates.append(float(hit[group].mean()))
+    return rates[0], rates[1]
+
+
+def icbhi_scores(predictions, labels, two_class=False):
+    """
+    The ICBHI 2017 challenge score of cycle predictions (labels: 0 normal, 1 crackle, 2 wheeze, 3 both, or 0/1):
+    specificity = normal cycles predicted normal, sensitivity = abnormal cycles predicted as their exact class,
+    score = their mean (Rocha et al. 2019; Patch-Mix `util/icbhi_util.py get_score`). `two_class=True` is the 2-class
+    variant: an abnormal cycle counts as hit when predicted as any abnormal class (Patch-Mix `--two_cls_eval`).
+    `predictions` are logits or class ids. Returns fractions (papers print percentages).
+    """
+    specificity, sensitivity = normal_abnormal_hits(predictions, labels, exact_abnormal=not two_class)
+    return {"specificity": specificity, "sensitivity": sensitivity, "icbhi_score": (specificity + sensitivity) / 2}
+
+
+def sprsound_scores(predictions, labels):
+    """
+    The SPRSound challenge scores (Zhang et al., "Grand Challenge on Respiratory Sound Classification", BioCAS 2022;
+    metric names in the SPRSound repository README): SE = non-normal samples (adventitious events, CAS/DAS and Poor
+    Quality records) predicted as their exact class, SP = normal samples predicted normal, AS = (SE + SP) / 2,
+    HS = 2 SE SP / (SE + SP), Score = (AS + HS) / 2. Class 0 must be Normal.
+    """
+    specificity, sensitivity = normal_abnormal_hits(predictions, labels)
+    total = specificity + sensitivity
+    harmonic = 2 * specificity * sensitivity / total if total > 0 else 0.0
+    average = total / 2
+    return {
+        "specificity": specificity,
+        "sensitivity": sensitivity,
+        "average_score": average,
+        "harmonic_score": float(harmonic),
+        "score": float((average + harmonic) / 2),
+    }
+
+
+def build_challenge_compute_metrics(scoring):
+    """
+    A Trainer `compute_metrics` for a challenge scoring: `"icbhi"`, `"icbhi_2class"` (4-class logits scored as
+    normal / abnormal) or `"sprsound"`. It also reports `accuracy`.
+    """
+    scorers = {
+        "icbhi": icbhi_scores,
+        "icbhi_2class": lambda predictions, labels: icbhi_scores(predictions, labels, two_class=True),
+        "sprsound": sprsound_scores,
+    }
+    if scoring not in scorers:
+        raise ValueError(f"Unknown scoring {scoring!r}; expected one of {sorted(scorers)}.")
+
+    def compute_metrics(eval_prediction):
+        outputs, labels = eval_prediction.predictions, np.asarray(eval_prediction.label_ids)
+        predictions = class_predictions(outputs[0] if isinstance(outputs, (tuple, list)) else outputs)
+        metrics = scorers[scoring](predictions, labels)
+        metrics["accuracy"] = float(np.mean(predictions == labels))
+        return metrics
+
+    return compute_metrics
+
+
+__all__ += ["build_challenge_compute_metrics", "icbhi_scores", "sprsound_scores"]

@@ -1,0 +1,441 @@
+"""Fine-tuning benchmark on the ICBHI cycle and SPRSound tasks: full fine-tuning and linear probing over seeds.
+
+Each (task, protocol, seed) trains a `RespM2DForAudioClassification` through `Trainer` on fixed-length windows,
+keeps the epoch with the best validation score, and scores every test split with the challenge's formula. The output
+folder holds `results.csv` (one row per run and test split), `results.md` (mean ± std per protocol beside the
+published figures of `published.csv`), `results.json`, `plots/<task>.png` and `predictions/*.npz`.
+"""
+
+import csv
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainingArguments
+
+from ..benchmark.results import new_figure
+from ..evaluate import build_challenge_compute_metrics
+from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
+from ..training.finetune import AudioClassificationCollator, strip_prefix
+from .icbhi import build_icbhi_cycles
+from .segments import SegmentWindow, decode_segments
+from .sprsound import build_sprsound
+
+PROTOCOLS = ("finetune", "linear")
+PUBLISHED_FILE = "published.csv"
+METRIC_COLUMNS = ("specificity", "sensitivity", "score")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training hyper-parameters of one protocol, with where they come from."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float  # Adam's L2 penalty (torch.optim.Adam weight_decay), as in the source
+    schedule: str  # "cosine": CosineAnnealingLR per epoch (cosine_epochs, min_learning_rate); "exponential": x gamma
+    cosine_epochs: int = 40
+    min_learning_rate: float = 1e-6
+    gamma: float = 0.97
+    class_weighted: bool = True
+    freeze_patch_embedding: bool = True
+    source: str = ""
+
+
+# nttcslab/m2d app/icbhi_sprs: eval_icbhi.sh (150 epochs, batch 64, lr 5e-5, --freeze_embed) and eval_sprs.sh
+# (50 epochs, lr 5e-6) run ilyassmoummad/scl_icbhi2017 main.py (Adam with weight decay 1e-4, CosineAnnealingLR
+# T_max=40 eta_min=1e-6 stepped per epoch, cross-entropy weighted by inverse training class frequency).
+M2D_SOURCE = "nttcslab/m2d app/icbhi_sprs eval_{}.sh on ilyassmoummad/scl_icbhi2017 main.py/args.py"
+FINETUNE_RECIPES = {
+    "icbhi": Recipe(150, 64, 5e-5, 1e-4, "cosine", source=M2D_SOURCE.format("icbhi")),
+    "sprsound": Recipe(50, 64, 5e-6, 1e-4, "cosine", source=M2D_SOURCE.format("sprs")),
+}
+# OPERA's linear evaluation (Zhang et al., NeurIPS 2024 Datasets and Benchmarks; the recipe resp-hf benchmark uses):
+# Adam at 1e-4 multiplied by 0.97 every epoch, L2 1e-5, 64 epochs, batch 64; the encoder is frozen.
+LINEAR_RECIPE = Recipe(
+    64, 64, 1e-4, 1e-5, "exponential", class_weighted=False, freeze_patch_embedding=False,
+    source="OPERA linear evaluation (Zhang et al. 2024), encoder frozen",
+)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A benchmark task: how to build it, which label column to learn and how to score it."""
+
+    name: str
+    dataset: str  # "icbhi" or "sprsound"
+    label_column: str
+    scoring: str  # a build_challenge_compute_metrics scoring
+    sprsound_task: str = ""
+
+
+TASKS = {
+    "icbhi-4class": TaskSpec("icbhi-4class", "icbhi", "label", "icbhi"),
+    "icbhi-2class": TaskSpec("icbhi-2class", "icbhi", "label_2class", "icbhi"),
+    "sprsound-1-1": TaskSpec("sprsound-1-1", "sprsound", "label", "sprsound", "event_binary"),
+    "sprsound-1-2": TaskSpec("sprsound-1-2", "sprsound", "label", "sprsound", "event_multiclass"),
+    "sprsound-2-1": TaskSpec("sprsound-2-1", "sprsound", "label", "sprsound", "record_ternary"),
+    "sprsound-2-2": TaskSpec("sprsound-2-2", "sprsound", "label", "sprsound", "record_multiclass"),
+}
+MAIN_METRIC = {"icbhi": "icbhi_score", "sprsound": "score"}
+
+
+@dataclass
+class TaskBenchmarkSettings:
+    """What to run; `epochs`/`batch_size`/`learning_rate` override every recipe (e.g. for a quick check)."""
+
+    protocols: tuple = PROTOCOLS
+    seeds: tuple = (0, 1, 2)
+    window: SegmentWindow = SegmentWindow()
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    validation_fraction: float = 0.2
+    validation_seed: int = 1337
+    split_file: str | None = None  # an ICBHI split file other than the official one (tests)
+
+
+def get_task(name):
+    if name not in TASKS:
+        raise ValueError(f"Unknown task {name!r}; expected one of {list(TASKS)}.")
+    return TASKS[name]
+
+
+def recipe_for(task, protocol, settings):
+    """The protocol's published recipe with the settings' overrides applied."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}; expected one of {list(PROTOCOLS)}.")
+    recipe = FINETUNE_RECIPES[task.dataset] if protocol == "finetune" else LINEAR_RECIPE
+    overrides = {"epochs": settings.epochs, "batch_size": settings.batch_size, "learning_rate": settings.learning_rate}
+    return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
+
+
+def build_task_dataset(task, roots, settings, skip_invalid=False):
+    """`(DatasetDict, report)` of a task from `roots` (`{"icbhi": folder, "sprsound": folder}`)."""
+    root = roots.get(task.dataset)
+    if root is None:
+        raise ValueError(f"Task {task.name} needs the {task.dataset} data: pass --{task.dataset}-root.")
+    if task.dataset == "icbhi":
+        return build_icbhi_cycles(
+            root, settings.split_file, settings.validation_fraction, settings.validation_seed, skip_invalid
+        )
+    fraction, seed = settings.validation_fraction, settings.validation_seed
+    return build_sprsound(root, task.sprsound_task, fraction, seed, skip_invalid)
+
+
+def class_weights(labels, num_labels):
+    """Inverse class frequencies normalized to sum to 1 (scl_icbhi2017 main.py); absent classes weigh 0."""
+    counts = np.bincount(np.asarray(labels), minlength=num_labels).astype(np.float64)
+    inverse = np.divide(counts.sum(), counts, out=np.zeros_like(counts), where=counts > 0)
+    return torch.tensor(inverse / inverse.sum(), dtype=torch.float32)
+
+
+def learning_rate_factor(recipe, steps_per_epoch):
+    """The schedule as a per-step multiplier of the base rate, constant within an epoch (the sources step per epoch)."""
+
+    def factor(step):
+        epoch = step // steps_per_epoch
+        if recipe.schedule == "exponential":
+            return recipe.gamma**epoch
+        low = recipe.min_learning_rate / recipe.learning_rate
+        return low + (1 - low) * (1 + math.cos(math.pi * epoch / recipe.cosine_epochs)) / 2
+
+    return factor
+
+
+def make_model(model_path, names, protocol, recipe):
+    """A classifier with a new head over `names`: encoder frozen for `linear`, patch embedding as the recipe says."""
+    model = RespM2DForAudioClassification.from_pretrained(
+        model_path,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: index for index, name in enumerate(names)},
+        problem_type="single_label_classification",
+        freeze_encoder=protocol == "linear",
+        ignore_mismatched_sizes=True,
+    )
+    if recipe.freeze_patch_embedding:  # M2D's --freeze_embed: the patch projection stays as pre-trained
+        model.resp_m2d.embeddings.patch_embeddings.requires_grad_(False)
+    return model
+
+
+def train_one(model_path, task, dataset, protocol, seed, settings, run_dir):
+    """Trains one (protocol, seed) run; returns `(trainer, decoded splits, best epoch)`, the best epoch loaded."""
+    recipe = recipe_for(task, protocol, settings)
+    names = dataset["train"].features[task.label_column].names
+    torch.manual_seed(seed)
+    model = make_model(model_path, names, protocol, recipe)
+    feature_extractor = RespM2DFeatureExtractor.from_model_config(model.config)
+    splits = decode_segments(dataset, feature_extractor.sampling_rate, settings.window)
+    steps_per_epoch = math.ceil(len(dataset["train"]) / recipe.batch_size)
+    optimizer = torch.optim.Adam(
+        [parameter for parameter in model.parameters() if parameter.requires_grad],
+        lr=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(recipe, steps_per_epoch))
+    weights = class_weights(dataset["train"][task.label_column], len(names)) if recipe.class_weighted else None
+
+    def weighted_loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"]
+        return torch.nn.functional.cross_entropy(logits, labels, weight=weights.to(logits.device))
+
+    args = TrainingArguments(
+        output_dir=str(run_dir),
+        num_train_epochs=recipe.epochs,
+        per_device_train_batch_size=recipe.batch_size,
+        per_device_eval_batch_size=recipe.batch_size,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        save_only_model=True,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model=MAIN_METRIC[task.scoring],
+        greater_is_better=True,
+        seed=seed,
+        remove_unused_columns=False,
+        report_to="none",
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        data_collator=AudioClassificationCollator(
+            feature_extractor, "audio", task.label_column, "single_label_classification", len(names)
+        ),
+        compute_metrics=build_challenge_compute_metrics(task.scoring),
+        compute_loss_func=weighted_loss if weights is not None else None,
+        optimizers=(optimizer, scheduler),
+    )
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    best_epoch = best_epoch_of(trainer.state.log_history, best)
+    return trainer, splits, best_epoch
+
+
+def best_epoch_of(log_history, best_checkpoint):
+    """The epoch whose evaluation produced the kept checkpoint (`checkpoint-<step>`)."""
+    if not best_checkpoint:
+        return None
+    step = int(Path(best_checkpoint).name.split("-")[-1])
+    for entry in log_history:
+        if entry.get("step") == step and "epoch" in entry:
+            return int(round(entry["epoch"]))
+    return None
+
+
+def test_splits(dataset):
+    """The splits scored at the end: every split except train and validation."""
+    return [name for name in dataset if name not in ("train", "validation")]
+
+
+def run_task(model_path, task, dataset, settings, output_dir):
+    """All (protocol, seed) runs of one task; returns their records (one per test split)."""
+    records = []
+    for protocol in settings.protocols:
+        for seed in settings.seeds:
+            run_dir = output_dir / "runs" / f"{task.name}-{protocol}-seed{seed}"
+            trainer, splits, best_epoch = train_one(model_path, task, dataset, protocol, seed, settings, run_dir)
+            for split in test_splits(dataset):
+                output = trainer.predict(splits[split], metric_key_prefix="test")
+                metrics = strip_prefix(output.metrics, "test_")
+                save_predictions(output_dir, task.name, protocol, seed, split, output)
+                records.append(
+                    {
+                        "task": task.name,
+                        "protocol": protocol,
+                        "seed": seed,
+                        "test_split": split,
+                        "specificity": metrics.get("specificity"),
+                        "sensitivity": metrics.get("sensitivity"),
+                        "score": metrics.get(MAIN_METRIC[task.scoring]),
+                        "accuracy": metrics.get("accuracy"),
+                        "best_epoch": best_epoch,
+                        "n_train": len(dataset["train"]),
+                        "n_validation": len(dataset["validation"]),
+                        "n_test": len(dataset[split]),
+                    }
+                )
+            shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints: the predictions and scores are kept
+    shutil.rmtree(output_dir / "runs", ignore_errors=True)
+    return records
+
+
+def save_predictions(output_dir, task, protocol, seed, split, output):
+    folder = output_dir / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    np.savez(folder / f"{task}-{protocol}-seed{seed}-{split}.npz", logits=logits, labels=output.label_ids)
+
+
+def load_published():
+    """The published results shipped with the package: one dict per (task, model), percentages as floats or None."""
+    text = resources.files("resp_hf.tasks").joinpath(PUBLISHED_FILE).read_text(encoding="utf-8")
+    rows = list(csv.DictReader(text.splitlines()))
+    for row in rows:
+        for column in METRIC_COLUMNS:
+            row[column] = float(row[column]) if row[column] else None
+    return rows
+
+
+def summarize(records):
+    """Mean and std (population) of each metric over seeds, per (task, test split, protocol)."""
+    groups = {}
+    for record in records:
+        groups.setdefault((record["task"], record["test_split"], record["protocol"]), []).append(record)
+    summaries = []
+    for (task, split, protocol), group in groups.items():
+        summary = {"task": task, "test_split": split, "protocol": protocol, "seeds": [r["seed"] for r in group]}
+        for column in METRIC_COLUMNS:
+            values = np.array([r[column] for r in group if r[column] is not None], dtype=np.float64)
+            summary[column] = (float(values.mean()), float(values.std())) if values.size else None
+        summaries.append(summary)
+    return summaries
+
+
+def percent_cell(value):
+    """`62.37 ± 0.68` from a (mean, std) fraction pair, `62.37` from a published percentage, `–` when absent."""
+    if value is None:
+        return "–"
+    if isinstance(value, tuple):
+        mean, std = value
+        return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{value:.2f}"
+
+
+PROTOCOL_NAMES = {"finetune": "fine-tuned", "linear": "linear probe"}
+TABLE_HEADER = ["| Model | Sp (%) | Se (%) | Score (%) | Source |", "|---|---|---|---|---|"]
+
+
+def markdown_report(summaries, published, model_name, notes=()):
+    """`results.md`: per task and test split, Sp / Se / Score of each protocol and of the published models."""
+    lines = [f"# Respiratory-sound task results: {model_name}", ""]
+    for task in dict.fromkeys(summary["task"] for summary in summaries):
+        for split in dict.fromkeys(s["test_split"] for s in summaries if s["task"] == task):
+            lines += [f"## {task} ({split})", "", *TABLE_HEADER]
+            for summary in (s for s in summaries if s["task"] == task and s["test_split"] == split):
+                cells = [percent_cell(summary[column]) for column in METRIC_COLUMNS]
+                label = f"{model_name} ({PROTOCOL_NAMES[summary['protocol']]})"
+                lines.append(f"| {label} | " + " | ".join(cells) + f" | this run, seeds {summary['seeds']} |")
+            for row in (row for row in published if row["task"] == task and row["test_split"] in ("", split)):
+                cells = [percent_cell(row[column]) for column in METRIC_COLUMNS]
+                lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {row['source']} |")
+            lines.append("")
+    lines.append(
+        "This run: mean ± std (population) over seeds of the test scores at the epoch with the best validation score. "
+        "Published figures are as printed in their sources (some select the epoch on the test set)."
+    )
+    if notes:
+        lines += ["", "Notes:", *[f"- {note}" for note in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_scores(path, task, split, summaries, published, model_name):
+    """Bar chart of the score: this model's protocols (mean ± std) and the published models."""
+    bars = [
+        (f"{model_name} ({PROTOCOL_NAMES[s['protocol']]})", 100 * s["score"][0], 100 * s["score"][1], "#d62728")
+        for s in summaries
+        if s["task"] == task and s["test_split"] == split and s["score"] is not None
+    ]
+    bars += [
+        (row["model"], row["score"], 0.0, "#9aa5b1")
+        for row in published
+        if row["task"] == task and row["test_split"] in ("", split) and row["score"] is not None
+    ]
+    figure = new_figure()
+    axes = figure.subplots()
+    positions = np.arange(len(bars))
+    axes.bar(positions, [b[1] for b in bars], yerr=[b[2] for b in bars], color=[b[3] for b in bars], capsize=4)
+    axes.set_xticks(positions, [b[0] for b in bars], rotation=20, ha="right", fontsize=8)
+    axes.set_ylabel("Score (%)")
+    axes.set_title(f"{task} ({split})")
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def write_task_results(records, output_dir, model_name, notes=()):
+    """Writes results.csv, results.md, results.json and plots/; returns the paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summaries = summarize(records)
+    published = load_published()
+    paths = {kind: output_dir / f"results.{suffix}" for kind, suffix in (("csv", "csv"), ("markdown", "md"))}
+    paths["json"] = output_dir / "results.json"
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+    paths["markdown"].write_text(markdown_report(summaries, published, model_name, notes), encoding="utf-8")
+    report = {"model_name": model_name, "results": summaries, "notes": list(notes)}
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (output_dir / "plots").mkdir(exist_ok=True)
+    paths["plots"] = []
+    for task, split in dict.fromkeys((s["task"], s["test_split"]) for s in summaries):
+        path = output_dir / "plots" / f"{task}-{split}.png"
+        plot_scores(path, task, split, summaries, published, model_name)
+        paths["plots"].append(path)
+    return paths
+
+
+def check_trainable(task, dataset):
+    """
+    Raises ValueError unless train holds two classes, validation holds normal and abnormal rows (the score that picks
+    the epoch is undefined otherwise) and there is a test split.
+    """
+    for split in ("train", "validation"):
+        if len(dataset.get(split, [])) == 0:
+            raise ValueError(f"Task {task.name} has no {split} rows; it cannot be trained and its epoch selected.")
+    if not test_splits(dataset):
+        raise ValueError(f"Task {task.name} has no test split; the data holds only {list(dataset)}.")
+    classes = set(dataset["train"][task.label_column])
+    if len(classes) < 2:
+        names = dataset["train"].features[task.label_column].names
+        raise ValueError(
+            f"Task {task.name}: the training split holds only {[names[c] for c in classes]} cycles; "
+            "a classifier needs at least two classes (choose another validation seed or fraction)."
+        )
+    validation = set(dataset["validation"][task.label_column])
+    if 0 not in validation or validation == {0}:
+        raise ValueError(
+            f"Task {task.name}: the validation split needs normal and abnormal rows to score epochs; it holds "
+            f"classes {sorted(validation)} (choose another --validation-seed or --validation-fraction)."
+        )
+
+
+def run_task_benchmark(model_path, output_dir, task_names, roots, settings=None, model_name=None):
+    """
+    Builds each task (all checked before training), runs every (protocol, seed), and writes the results; returns the
+    written paths. `roots` maps "icbhi" / "sprsound" to the data folders.
+    """
+    settings = settings or TaskBenchmarkSettings()
+    output_dir = Path(output_dir)
+    tasks = [get_task(name) for name in task_names]
+    for task in tasks:
+        for protocol in settings.protocols:
+            recipe_for(task, protocol, settings)  # an unknown protocol fails before any data is read
+    built = {}
+    notes = []
+    for task in tasks:
+        dataset, report = build_task_dataset(task, roots, settings)
+        check_trainable(task, dataset)
+        built[task.name] = dataset
+        notes.append(f"{task.name}: " + str(report).replace("\n", ";"))
+    records = []
+    for task in tasks:
+        records += run_task(model_path, task, built[task.name], settings, output_dir)
+    settings_note = {key: value for key, value in asdict(settings).items() if key != "window"}
+    notes.append(f"settings: {settings_note}, window {settings.window}")
+    return write_task_results(records, output_dir, model_name or Path(str(model_path)).name, notes)
+
+
+__all__ = ["TASKS", "TaskBenchmarkSettings", "load_published", "run_task_benchmark", "write_task_results"]

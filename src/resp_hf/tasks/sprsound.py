@@ -1,0 +1,217 @@
+"""The SPRSound (SJTU Paediatric Respiratory Sound Database) challenge tasks, from the release layout.
+
+The release (github.com/SJTU-YONGFU-RESEARCH-GRP/SPRSound) pairs each `.wav` with a `.json` of the same name:
+`{"record_annotation": "Normal" | "CAS" | "DAS" | "CAS & DAS" | "Poor Quality", "event_annotation": [{"start": "784",
+"end": "2652", "type": "Normal"}, ...]}` (times in milliseconds, as strings or numbers). File names are
+`<patient>_<age>_<gender 0 male | 1 female>_<location p1-p4>_<recording number>`. Official splits (BioCAS 2022 and
+2023 challenges): `train2022_json` (or `train_json`) with `train2022_wav` (`train_wav`); the 2022 test set's
+`inter_test_json` and `intra_test_json` with `test2022_wav` (`test_wav`); the 2023 test set `test2023_json` with
+`test2023_wav`. The 2023 challenge trains on the 2022 training set.
+
+Tasks (README "Main Tasks"): 1-1 event normal / adventitious, 1-2 the seven event types, 2-1 record normal / poor
+quality / adventitious, 2-2 record normal / poor quality / CAS / DAS / CAS & DAS. Class orders follow the challenge's
+starter code (`scripts/test.py`), Normal first. Scores: `resp_hf.evaluate.sprsound_scores`.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import soundfile
+from datasets import ClassLabel, Features, Value
+
+from .segments import carve_validation, rows_to_splits
+
+EVENT_TYPES = ("Normal", "Rhonchi", "Wheeze", "Stridor", "Coarse Crackle", "Fine Crackle", "Wheeze+Crackle")
+RECORD_TYPES = ("Normal", "Poor Quality", "CAS", "DAS", "CAS & DAS")
+TASK_LABELS = {
+    "event_binary": ("Normal", "Adventitious"),  # Task 1-1
+    "event_multiclass": EVENT_TYPES,  # Task 1-2
+    "record_ternary": ("Normal", "Poor Quality", "Adventitious"),  # Task 2-1
+    "record_multiclass": RECORD_TYPES,  # Task 2-2
+}
+# Official split -> (annotation folder names, audio folder names), newest release layout first.
+SPLIT_FOLDERS = {
+    "train": (("train2022_json", "train_json"), ("train2022_wav", "train_wav")),
+    "inter_test_2022": (("inter_test_json",), ("test2022_wav", "test_wav")),
+    "intra_test_2022": (("intra_test_json",), ("test2022_wav", "test_wav")),
+    "test_2023": (("test2023_json",), ("test2023_wav",)),
+}
+VALIDATION_SEED = 1337
+VALIDATION_FRACTION = 0.2
+
+
+class SprsoundDataError(ValueError):
+    """The SPRSound folder or one of its files does not have the expected content."""
+
+
+@dataclass
+class SprsoundReport:
+    """Rows per split and label, and the events that were left out (with `skip_invalid`)."""
+
+    task: str
+    counts: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    validation_patients: list = field(default_factory=list)
+
+    def __str__(self):
+        lines = [f"SPRSound {self.task}:"]
+        for split, counts in self.counts.items():
+            detail = ", ".join(f"{count} {name}" for name, count in counts.items())
+            lines.append(f"  {split}: {sum(counts.values())} ({detail})")
+        lines += [f"  left out: {item}" for item in self.skipped]
+        return "\n".join(lines)
+
+
+def task_features(task):
+    return Features(
+        {
+            "path": Value("string"),
+            "start": Value("float64"),
+            "end": Value("float64"),
+            "label": ClassLabel(names=list(TASK_LABELS[task])),
+            "patient": Value("string"),
+            "age": Value("float64"),
+            "gender": Value("string"),
+            "location": Value("string"),
+            "recording": Value("string"),
+            "event": Value("int32"),
+            "event_type": Value("string"),
+            "record_annotation": Value("string"),
+        }
+    )
+
+
+def parse_name(stem, path):
+    """Patient, age, gender and location from a SPRSound file name."""
+    parts = stem.split("_")
+    try:
+        age = float(parts[1])
+    except (IndexError, ValueError):
+        age = None
+    if len(parts) != 5 or age is None or parts[2] not in ("0", "1"):
+        raise SprsoundDataError(f"{path}: not a SPRSound name (<patient>_<age>_<0|1>_<location>_<number>).")
+    return {"patient": parts[0], "age": age, "gender": "male" if parts[2] == "0" else "female", "location": parts[3]}
+
+
+def read_annotation(path):
+    """`(record annotation, [(start s, end s, type)])` from one JSON file; unknown labels are errors naming it."""
+    try:
+        content = json.loads(Path(path).read_text())
+        record = content.get("record_annotation", content.get("recording_annotation"))
+        events = [(float(e["start"]) / 1000, float(e["end"]) / 1000, e["type"]) for e in content["event_annotation"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise SprsoundDataError(
+            f"{path}: expected {{'record_annotation': ..., 'event_annotation': [{{'start', 'end', 'type'}}]}} "
+            f"({error})."
+        ) from None
+    if record not in RECORD_TYPES:
+        raise SprsoundDataError(f"{path}: unknown record annotation {record!r}; expected one of {list(RECORD_TYPES)}.")
+    unknown = sorted({kind for _, _, kind in events} - set(EVENT_TYPES))
+    if unknown:
+        raise SprsoundDataError(f"{path}: unknown event type(s) {unknown}; expected {list(EVENT_TYPES)}.")
+    return record, events
+
+
+def task_label(task, record, event_type=None):
+    """The class index of an event or record in `task`."""
+    if task == "event_binary":
+        return int(event_type != "Normal")
+    if task == "event_multiclass":
+        return EVENT_TYPES.index(event_type)
+    if task == "record_ternary":
+        return {"Normal": 0, "Poor Quality": 1}.get(record, 2)
+    return RECORD_TYPES.index(record)
+
+
+def find_folders(root, names):
+    """Folders under `root` (or `root` itself) whose name is in `names`, in `names` order."""
+    found = [path for path in [root, *root.rglob("*")] if path.is_dir() and path.name in names]
+    return sorted(found, key=lambda path: (names.index(path.name), str(path)))
+
+
+def split_files(root, split):
+    """`[(json path, wav path)]` of an official split; `[]` when the release at `root` does not hold it."""
+    json_names, wav_names = SPLIT_FOLDERS[split]
+    json_folders = find_folders(root, json_names)
+    if not json_folders:
+        return []
+    wav_folders = find_folders(root, wav_names)
+    pairs = []
+    for annotation in sorted(json_folders[0].glob("*.json")):
+        candidates = [folder / f"{annotation.stem}.wav" for folder in wav_folders]
+        audio = next((path for path in candidates if path.is_file()), None)
+        if audio is None:
+            raise FileNotFoundError(
+                f"No audio for {annotation}: expected {annotation.stem}.wav in one of {list(wav_names)} under {root}."
+            )
+        pairs.append((annotation, audio.resolve()))
+    return pairs
+
+
+def recording_rows(task, annotation, audio, split, report, skip_invalid):
+    """The rows of one recording: one per event for event tasks, one for the record for record tasks."""
+    record, events = read_annotation(annotation)
+    info = soundfile.info(str(audio))
+    duration = info.frames / info.samplerate
+    base = {
+        "path": str(audio),
+        "recording": annotation.stem,
+        "record_annotation": record,
+        "split": split,
+        **parse_name(annotation.stem, annotation),
+    }
+    if task.startswith("record"):
+        label = task_label(task, record)
+        return [{**base, "start": 0.0, "end": duration, "event": -1, "event_type": "", "label": label}]
+    rows, problems = [], []
+    for index, (start, end, kind) in enumerate(events):
+        if end <= start or start >= duration:
+            problems.append(f"{annotation.name} event {index}: {start:.3f}-{end:.3f} s in a {duration:.3f} s file")
+            continue
+        label = task_label(task, record, kind)
+        rows.append({**base, "start": start, "end": end, "event": index, "event_type": kind, "label": label})
+    if problems and not skip_invalid:
+        raise SprsoundDataError(
+            f"{len(problems)} event(s) cannot be read: {'; '.join(problems)}. Pass skip_invalid=True "
+            "(--skip-invalid-cycles) to leave them out; they are then listed in the report."
+        )
+    report.skipped += problems
+    return rows
+
+
+def build_sprsound(
+    root,
+    task="event_binary",
+    validation_fraction=VALIDATION_FRACTION,
+    seed=VALIDATION_SEED,
+    skip_invalid=False,
+):
+    """
+    One SPRSound task as a `DatasetDict` (`train`, `validation` unless `validation_fraction` is 0, and each official
+    test split the release holds: `inter_test_2022`, `intra_test_2022`, `test_2023`) and a `SprsoundReport`.
+
+    Rows have `path`, `start`, `end` (seconds; the whole file for record tasks), `label`, `patient`, `age`, `gender`,
+    `location`, `recording`, `event` (index in the JSON, -1 for records), `event_type` and `record_annotation`.
+    The validation split holds a seeded random set of training patients (none of them left in train).
+    """
+    if task not in TASK_LABELS:
+        raise ValueError(f"Unknown SPRSound task {task!r}; expected one of {list(TASK_LABELS)}.")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"SPRSound folder not found: {root}")
+    report = SprsoundReport(task)
+    rows = []
+    for split in SPLIT_FOLDERS:
+        for annotation, audio in split_files(root, split):
+            rows += recording_rows(task, annotation, audio, split, report, skip_invalid)
+    if not any(row["split"] == "train" for row in rows):
+        raise FileNotFoundError(f"No SPRSound training annotations under {root}: expected a train2022_json folder.")
+    if validation_fraction:
+        report.validation_patients = carve_validation(rows, validation_fraction, seed, "SPRSound")
+    split_names = ("train", "validation", *list(SPLIT_FOLDERS)[1:])
+    dataset, report.counts = rows_to_splits(rows, task_features(task), split_names)
+    return dataset, report
+
+
+__all__ = ["EVENT_TYPES", "RECORD_TYPES", "TASK_LABELS", "SprsoundDataError", "build_sprsound"]

@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+
+from resp_hf.tasks.segments import decode_segments
+from resp_hf.tasks.sprsound import SprsoundDataError, build_sprsound
+
+RATE = 8000
+# (folder set, file stem, record annotation, [(start ms, end ms, type)]) in the published JSON schema.
+RECORDINGS = [
+    ("train", "10000001_3.4_1_p1_101", "Normal", [(100, 900, "Normal"), (1000, 1800, "Normal")]),
+    ("train", "10000001_3.4_1_p2_102", "DAS", [(200, 1200, "Fine Crackle"), (1300, 2000, "Normal")]),
+    ("train", "10000002_0.8_0_p3_103", "CAS", [(0, 700, "Wheeze"), (800, 1500, "Rhonchi"), (1600, 2900, "Stridor")]),
+    ("train", "10000003_12.1_0_p4_104", "CAS & DAS", [(300, 1400, "Wheeze+Crackle"), (1500, 2500, "Coarse Crackle")]),
+    ("train", "10000004_5.0_1_p1_105", "Poor Quality", []),
+    ("inter", "20000001_4.4_1_p2_201", "CAS", [(100, 1100, "Wheeze"), (1200, 2200, "Normal")]),
+    ("intra", "10000002_0.8_0_p1_202", "Normal", [(500, 1500, "Normal")]),
+    ("2023", "30000001_2.0_0_p4_301", "Poor Quality", []),
+]
+FOLDERS = {
+    "train": ("BioCAS2022/train2022_json", "BioCAS2022/train2022_wav"),
+    "inter": ("BioCAS2022/test2022_json/inter_test_json", "BioCAS2022/test2022_wav"),
+    "intra": ("BioCAS2022/test2022_json/intra_test_json", "BioCAS2022/test2022_wav"),
+    "2023": ("BioCAS2023/test2023_json", "BioCAS2023/test2023_wav"),
+}
+SPLITS = {"train": "train", "inter": "inter_test_2022", "intra": "intra_test_2022", "2023": "test_2023"}
+
+
+def write_release(root):
+    for index, (folder, stem, record, events) in enumerate(RECORDINGS):
+        json_dir, wav_dir = (root / name for name in FOLDERS[folder])
+        json_dir.mkdir(parents=True, exist_ok=True)
+        wav_dir.mkdir(parents=True, exist_ok=True)
+        audio = 0.1 * np.random.default_rng(index).standard_normal(3 * RATE)
+        soundfile.write(wav_dir / f"{stem}.wav", audio, RATE, subtype="PCM_16")
+        annotation = {
+            "record_annotation": record,
+            "event_annotation": [{"start": str(a), "end": str(b), "type": kind} for a, b, kind in events],
+        }
+        (json_dir / f"{stem}.json").write_text(json.dumps(annotation))
+    return root
+
+
+@pytest.fixture
+def release(tmp_path):
+    return write_release(tmp_path / "SPRSound")
+
+
+def rows_by_key(dataset):
+    found = {}
+    for split, part in dataset.items():
+        names = part.features["label"].names
+        for row in part:
+            key = (row["recording"], row["event"])
+            assert key not in found
+            found[key] = (split, row["start"], row["end"], names[row["label"]])
+    return found
+
+
+def test_event_tasks_have_every_event_once_with_its_label_and_times(release):
+    binary, report = build_sprsound(release, "event_binary", validation_fraction=0)
+    expected = {
+        (stem, index): (SPLITS[folder], a / 1000, b / 1000, "Normal" if kind == "Normal" else "Adventitious")
+        for folder, stem, _, events in RECORDINGS
+        for index, (a, b, kind) in enumerate(events)
+    }
+    assert rows_by_key(binary) == expected
+    assert list(binary) == ["train", "inter_test_2022", "intra_test_2022"]  # the 2023 record has no events
+    assert report.counts["train"] == {"Normal": 3, "Adventitious": 6}
+    multi, _ = build_sprsound(release, "event_multiclass", validation_fraction=0)
+    assert {key: value[3] for key, value in rows_by_key(multi).items()} == {
+        (stem, index): kind for _, stem, _, events in RECORDINGS for index, (_, _, kind) in enumerate(events)
+    }
+    assert multi["train"].features["label"].names[0] == "Normal"
+
+
+def test_record_tasks_have_one_row_per_recording(release):
+    ternary, report = build_sprsound(release, "record_ternary", validation_fraction=0)
+    multi, _ = build_sprsound(release, "record_multiclass", validation_fraction=0)
+    adventitious = {"CAS", "DAS", "CAS & DAS"}
+    assert rows_by_key(ternary) == {
+        (stem, -1): (SPLITS[folder], 0.0, 3.0, "Adventitious" if record in adventitious else record)
+        for folder, stem, record, _ in RECORDINGS
+    }
+    assert {key: value[3] for key, value in rows_by_key(multi).items()} == {
+        (stem, -1): record for _, stem, record, _ in RECORDINGS
+    }
+    assert multi["train"].features["label"].names == ["Normal", "Poor Quality", "CAS", "DAS", "CAS & DAS"]
+    assert report.counts["test_2023"] == {"Normal": 0, "Poor Quality": 1, "Adventitious": 0}
+    row = ternary["train"][0]
+    assert (row["patient"], row["age"], row["gender"], row["location"]) == ("10000001", 3.4, "female", "p1")
+
+
+def test_validation_is_patient_disjoint_and_seeded(release):
+    dataset, report = build_sprsound(release, "event_binary", validation_fraction=0.3, seed=5)
+    train, validation = set(dataset["train"]["patient"]), set(dataset["validation"]["patient"])
+    assert validation and train and not train & validation
+    assert train | validation == {"10000001", "10000002", "10000003"}  # 10000004 has no events
+    assert sorted(validation) == report.validation_patients
+    again, _ = build_sprsound(release, "event_binary", validation_fraction=0.3, seed=5)
+    assert again["validation"]["recording"] == dataset["validation"]["recording"]
+
+
+def test_event_audio_is_the_slice_of_the_recording_at_16k(release):
+    dataset, _ = build_sprsound(release, "event_multiclass", validation_fraction=0)
+    part = dataset["train"].filter(lambda row: row["recording"] == "10000002_0.8_0_p3_103")
+    audio, rate = soundfile.read(part[0]["path"], dtype="float32")
+    whole = soxr.resample(audio, rate, 16000, quality="HQ").astype(np.float32)
+    for row, item in zip(part, decode_segments(part)):
+        np.testing.assert_array_equal(item["audio"]["array"], whole[int(row["start"] * 16000) : int(row["end"] * 16000)])
+
+
+def test_bad_annotations_are_errors_naming_the_file(release):
+    path = release / FOLDERS["train"][0] / "10000001_3.4_1_p1_101.json"
+    path.write_text(json.dumps({"record_annotation": "Normal", "event_annotation": [{"start": "1", "end": "2", "type": "Squawk"}]}))
+    with pytest.raises(SprsoundDataError, match=r"10000001_3.4_1_p1_101.json: unknown event type\(s\) \['Squawk'\]"):
+        build_sprsound(release, validation_fraction=0)
+    path.write_text(json.dumps({"record_annotation": "Normal", "event_annotation": [{"start": "900", "end": "900", "type": "Normal"}]}))
+    with pytest.raises(SprsoundDataError, match="10000001_3.4_1_p1_101.json event 0"):
+        build_sprsound(release, validation_fraction=0)
+    _, report = build_sprsound(release, validation_fraction=0, skip_invalid=True)
+    assert report.skipped == ["10000001_3.4_1_p1_101.json event 0: 0.900-0.900 s in a 3.000 s file"]
+    (release / FOLDERS["train"][1] / "10000001_3.4_1_p2_102.wav").unlink()
+    with pytest.raises(FileNotFoundError, match="No audio for .*10000001_3.4_1_p2_102.json"):
+        build_sprsound(release, validation_fraction=0)
+    with pytest.raises(ValueError, match="Unknown SPRSound task"):
+        build_sprsound(release, "task_3")

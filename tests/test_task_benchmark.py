@@ -1,0 +1,111 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+from conftest import OPERA
+from test_finetune import encoder_folder  # noqa: F401  (the tiny encoder saved as a folder)
+
+from resp_hf.cli import main as cli_main
+from resp_hf.tasks.benchmark import (
+    FINETUNE_RECIPES,
+    LINEAR_RECIPE,
+    class_weights,
+    learning_rate_factor,
+    make_model,
+)
+
+ICBHI = OPERA / "datasets" / "icbhi"
+TEST_RECORDINGS = {"101_1b1_Pr_sc_Meditron", "104_1b1_Al_sc_Litt3200", "104_1b1_Ll_sc_Litt3200", "104_1b1_Lr_sc_Litt3200"}
+
+
+def write_split(folder, is_test):
+    """The shared recordings split by recording, as the official file does (its own split has one train patient)."""
+    names = [line.split("\t")[0] for line in (ICBHI / "ICBHI_challenge_train_test.txt").read_text().split("\n") if line]
+    path = folder / "split.txt"
+    path.write_text("".join(f"{name}\t{'test' if is_test(name) else 'train'}\n" for name in names))
+    return path
+
+
+@pytest.fixture(scope="module")
+def split_file(tmp_path_factory):
+    return write_split(tmp_path_factory.mktemp("split"), lambda name: name in TEST_RECORDINGS)
+
+
+VALIDATION_104 = ("--validation-fraction", "0.05", "--validation-seed", "2")
+
+
+def benchmark_args(encoder_folder, split_file, output, *extra):
+    return [
+        "tasks", "benchmark", "--model", str(encoder_folder), "--icbhi-root", str(ICBHI), "--split-file",
+        str(split_file), "--output", str(output), "--epochs", "2", "--batch-size", "8", "--seconds", "2", *extra,
+    ]  # fmt: skip
+
+
+def test_benchmark_end_to_end_on_the_tiny_model(encoder_folder, split_file, tmp_path):
+    output = tmp_path / "bench"
+    # Validation: patient 104 (seed 2), so train (103's wheezes), validation and test all hold two classes.
+    args = benchmark_args(encoder_folder, split_file, output, "--seeds", "0,1", *VALIDATION_104)
+    assert cli_main(args) == 0
+    rows = list(csv.DictReader((output / "results.csv").open()))
+    assert [(row["protocol"], row["seed"]) for row in rows] == [("finetune", "0"), ("finetune", "1"), ("linear", "0"), ("linear", "1")]
+    for row in rows:
+        assert (row["n_train"], row["n_validation"], row["n_test"]) == ("31", "37", "29")
+        with np.load(output / "predictions" / f"icbhi-4class-{row['protocol']}-seed{row['seed']}-test.npz") as saved:
+            predicted, labels = saved["logits"].argmax(1), saved["labels"]
+        specificity = np.mean(predicted[labels == 0] == 0)
+        sensitivity = np.mean(predicted[labels != 0] == labels[labels != 0])
+        assert float(row["specificity"]) == pytest.approx(specificity)
+        assert float(row["sensitivity"]) == pytest.approx(sensitivity)
+        assert float(row["score"]) == pytest.approx((specificity + sensitivity) / 2)
+    report = (output / "results.md").read_text()
+    assert "| bench" not in report and "(fine-tuned)" in report and "(linear probe)" in report
+    assert "| AST Patch-Mix CL | 81.66 | 43.07 | 62.37 |" in report
+    assert (output / "plots" / "icbhi-4class-test.png").stat().st_size > 0
+    assert not (output / "runs").exists(), "checkpoints of finished runs are removed"
+
+
+def test_benchmark_refuses_splits_that_cannot_train_or_select(encoder_folder, split_file, tmp_path, capsys):
+    args = benchmark_args(encoder_folder, split_file, tmp_path / "bench", "--validation-fraction", "0.05")
+    assert cli_main([*args, "--validation-seed", "1"]) == 2  # validation: patient 101, normal cycles only
+    assert "icbhi-4class: the validation split needs normal and abnormal rows" in capsys.readouterr().err
+    normal_only = write_split(tmp_path, lambda name: name[:3] in ("103", "104"))  # train: patients 101, 102
+    assert cli_main(benchmark_args(encoder_folder, normal_only, tmp_path / "bench")) == 2
+    assert "icbhi-4class: the training split holds only ['normal'] cycles" in capsys.readouterr().err
+    assert cli_main([*args, "--protocols", "finetune,probe"]) == 2
+    assert "Unknown protocol 'probe'" in capsys.readouterr().err
+
+
+def test_linear_probing_freezes_the_encoder_and_fine_tuning_the_patch_embedding(encoder_folder):
+    names = ["normal", "crackle", "wheeze", "both"]
+    linear = make_model(encoder_folder, names, "linear", LINEAR_RECIPE)
+    assert not any(p.requires_grad for p in linear.resp_m2d.parameters())
+    assert linear.classifier.weight.requires_grad
+    finetuned = make_model(encoder_folder, names, "finetune", FINETUNE_RECIPES["icbhi"])
+    frozen = {name for name, p in finetuned.named_parameters() if not p.requires_grad}
+    assert frozen == {name for name, _ in finetuned.named_parameters() if ".patch_embeddings." in name}
+    assert frozen
+
+
+def test_schedules_match_torch_schedulers_stepped_per_epoch():
+    recipe = FINETUNE_RECIPES["icbhi"]
+    steps_per_epoch = 5
+    factor = learning_rate_factor(recipe, steps_per_epoch)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=recipe.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=40, eta_min=1e-6)  # scl_icbhi2017 main.py
+    for epoch in range(recipe.epochs):
+        for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
+            assert recipe.learning_rate * factor(step) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-6)
+        optimizer.step()
+        scheduler.step()
+    exponential = learning_rate_factor(LINEAR_RECIPE, 3)
+    assert [exponential(step) for step in (0, 2, 3, 7)] == pytest.approx([1, 1, 0.97, 0.97**2])
+
+
+def test_class_weights_are_normalized_inverse_frequencies():
+    counts = [2063, 1215, 501, 363]  # scl_icbhi2017 main.py's ICBHI training counts
+    labels = np.repeat(np.arange(4), counts)
+    frequencies = np.array(counts) / sum(counts)
+    expected = (1 / frequencies) / (1 / frequencies).sum()
+    np.testing.assert_allclose(class_weights(labels, 4).numpy(), expected, rtol=1e-6)
+    assert class_weights(np.array([0, 0, 2]), 3)[1] == 0

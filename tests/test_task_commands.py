@@ -1,0 +1,33 @@
+from datasets import load_from_disk
+from conftest import OPERA
+from test_sprsound import write_release
+
+from resp_hf.cli import main as cli_main
+
+ICBHI = OPERA / "datasets" / "icbhi"
+
+
+def test_list_shows_opera_and_cycle_tasks_with_licenses_and_buildability(tmp_path, capsys):
+    release = write_release(tmp_path / "SPRSound")
+    assert cli_main(["tasks", "list", "--icbhi-root", str(ICBHI), "--sprsound-root", str(release)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "T7" in lines and "T19" in lines  # OPERA's tasks come from resp_hf.opera
+    assert "CC0" in lines["icbhi-4class"] and "yes (10 recordings)" in lines["icbhi-4class"]
+    assert "CC BY 4.0" in lines["sprsound-2-2"]
+    assert "yes (train, inter_test_2022, intra_test_2022, test_2023)" in lines["sprsound-1-1"]
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["tasks", "list", "--sprsound-root", str(tmp_path / "empty")]) == 0
+    assert "no: no train2022_json folder" in capsys.readouterr().out
+
+
+def test_build_saves_a_task_that_loads_back(tmp_path, capsys):
+    output = tmp_path / "icbhi"
+    args = ["tasks", "build", "icbhi-4class", "--icbhi-root", str(ICBHI), "--output", str(output)]
+    assert cli_main([*args, "--validation-fraction", "0"]) == 0
+    assert "test: 91 cycles (80 normal, 1 crackle, 10 wheeze, 0 both)" in capsys.readouterr().out
+    dataset = load_from_disk(str(output))
+    assert {name: len(split) for name, split in dataset.items()} == {"train": 6, "test": 91}
+    assert cli_main(args) == 2  # one training patient: no patient-disjoint validation split
+    assert "training split has 1 patient(s)" in capsys.readouterr().err
+    assert cli_main(["tasks", "build", "T7", "--output", str(tmp_path / "t7")]) == 2
+    assert "T7 is an OPERA task: pass --opera-root" in capsys.readouterr().err
