@@ -5,7 +5,7 @@ import soxr
 from datasets import Audio, Dataset, DatasetDict
 
 from resp_hf.audio import decode_audio, decode_audio_column
-from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import load_audio
+from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio
 
 
 def tone(seconds, rate, channels=1, seed=0):

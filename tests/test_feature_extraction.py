@@ -6,7 +6,8 @@ import torch
 from conftest import noise
 
 from resp_hf import RespM2DConfig, RespM2DFeatureExtractor
-from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import load_audio, slaney_mel_filter_bank
+from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio
+from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import slaney_mel_filter_bank
 
 
 @pytest.fixture(scope="module")

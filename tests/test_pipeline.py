@@ -18,7 +18,7 @@ from conftest import OPERA, noise, tiny_config
 from transformers import pipeline
 
 from resp_hf import RespM2DFeatureExtractor, RespM2DForAudioClassification
-from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import load_audio
+from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio
 
 ICBHI = OPERA / "datasets" / "icbhi" / "ICBHI_final_database"
 KAUH = OPERA / "datasets" / "KAUH" / "AudioFiles"
