@@ -83,6 +83,7 @@ def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, 
     card = (output / "README.md").read_text()
     assert "pipeline_tag: audio-classification" in card and "model-index" in card and "Not a medical device" in card
     assert sorted(p.name for p in output.glob("*.py")) == [
+        "audio_utils_resp_m2d.py",
         "configuration_resp_m2d.py",
         "feature_extraction_resp_m2d.py",
         "modeling_resp_m2d.py",

@@ -266,7 +266,9 @@ def load_dict(value, sampling_rate, target_rate, downmix, name):
     if value.get("array") is not None or value.get("raw") is not None:
         array = value["array"] if value.get("array") is not None else value["raw"]
         if value.get("sampling_rate") is None:
-            raise ValueError(f"{name} is a dict with an 'array' but no 'sampling_rate'; the rate is needed.")
+            raise ValueError(
+                f"{name} is a dict with keys {sorted(value)}; an 'array' (or 'raw') needs its 'sampling_rate'."
+            )
         own_rate = check_sampling_rate(value["sampling_rate"], name=f"the 'sampling_rate' of {name}")
         check_own_rate(own_rate, sampling_rate, name)
         return resample(to_mono_float32(array, name=name, downmix=downmix), own_rate, target_rate, name=name)
@@ -317,7 +319,7 @@ def item_duration(audio, sampling_rate, name="audio"):
             return item_duration(audio["path"], None, name)
         return 0.0  # load_waveform names the problem
     if sampling_rate is None:
-        raise ValueError(f"{name} is an array: pass sampling_rate for array inputs.")
+        raise ValueError(f"{name} is an array: pass `sampling_rate` for array inputs.")
     return len(audio) / check_sampling_rate(sampling_rate)
 
 
