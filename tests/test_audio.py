@@ -278,5 +278,6 @@ def test_bytes_and_decoders_are_decoded():
     audio = tone(0.5, 8000)
     data = wav_bytes(audio, 8000, subtype="FLOAT")
     np.testing.assert_array_equal(decode_audio(data), soxr.resample(audio, 8000, 16000, quality="HQ"))
-    decoder = SimpleNamespace(get_all_samples=lambda: SimpleNamespace(data=torch.from_numpy(audio[None]), sample_rate=8000))
+    samples = SimpleNamespace(data=torch.from_numpy(audio[None]), sample_rate=8000)
+    decoder = SimpleNamespace(get_all_samples=lambda: samples)
     np.testing.assert_array_equal(decode_audio(decoder), decode_audio(data))

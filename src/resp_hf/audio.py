@@ -11,9 +11,9 @@ def decode_audio(value, sampling_rate=16000, downmix=False):
     """
     Decodes one audio value of a dataset into a mono float32 array at `sampling_rate`.
 
-    `value` is a file path (`str` or `os.PathLike`), encoded bytes, a decoded `{"array", "sampling_rate"}` dict, an encoded
-    `{"bytes", "path"}` dict as yielded by `datasets.Audio(decode=False)` (bytes are preferred when present), or a
-    torchcodec `AudioDecoder` as `datasets` 4+ yields where torchcodec is installed.
+    `value` is a file path (`str` or `os.PathLike`), encoded bytes, a decoded `{"array", "sampling_rate"}` dict, an
+    encoded `{"bytes", "path"}` dict as yielded by `datasets.Audio(decode=False)` (bytes are preferred when present),
+    or a torchcodec `AudioDecoder` as `datasets` 4+ yields where torchcodec is installed.
     """
     sampling_rate = check_sampling_rate(sampling_rate)
     if not carries_own_rate(value):

@@ -150,7 +150,9 @@ def read_audio_file(source, name, downmix=False):
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
         raise ValueError(f"Could not read {name}: {error}") from error
     if filled < len(audio):
-        raise ValueError(f"{name} is truncated: its header promises {len(audio):,} frames but only {filled:,} are there.")
+        raise ValueError(
+            f"{name} is truncated: its header promises {len(audio):,} frames but only {filled:,} are there."
+        )
     return audio, rate
 
 

@@ -307,8 +307,11 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         given = data["input_features"]
         is_torch = isinstance(given, torch.Tensor) or (len(given) and isinstance(given[0], torch.Tensor))
         features = [self._checked_features(item, index) for index, item in enumerate(given)]
-        masks = data.get("attention_mask")
-        masks = [np.ones(item.shape[1], np.int32) if masks is None else np.asarray(masks[i], np.int32) for i, item in enumerate(features)]
+        given_masks = data.get("attention_mask")
+        masks = [
+            np.ones(item.shape[1], np.int32) if given_masks is None else np.asarray(given_masks[index], np.int32)
+            for index, item in enumerate(features)
+        ]
         if truncation:
             features, masks = [item[:, :max_length] for item in features], [mask[:max_length] for mask in masks]
         longest = max(item.shape[1] for item in features)
@@ -382,7 +385,9 @@ def as_batch_feature(data, return_tensors):
     def is_clip_list(value):
         return isinstance(value, list) and len(value) > 0 and getattr(value[0], "ndim", 0) > 0
 
-    return BatchFeature({key: [*map(convert, value)] if is_clip_list(value) else convert(value) for key, value in data.items()})
+    return BatchFeature(
+        {key: [*map(convert, value)] if is_clip_list(value) else convert(value) for key, value in data.items()}
+    )
 
 
 __all__ = ["RespM2DFeatureExtractor"]
