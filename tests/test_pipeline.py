@@ -18,7 +18,7 @@ import torch
 from conftest import OPERA, noise, tiny_config
 from transformers import pipeline
 
-from resp_hf import RespM2DFeatureExtractor, RespM2DForAudioClassification
+from resp_hf import RespM2DFeatureExtractor, RespM2DForAudioClassification, RespM2DModel
 from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio
 
 ICBHI = OPERA / "datasets" / "icbhi" / "ICBHI_final_database"
@@ -303,3 +303,10 @@ def test_front_end_edited_in_one_file_only_is_refused(classifier, tmp_path):
     for task in ("audio-classification", "feature-extraction"):
         with pytest.raises(ValueError, match=r"disagree on the front end: mean=-4.0 vs norm_mean=-5.0"):
             pipeline(task, model=str(tmp_path / "model"), trust_remote_code=True)
+
+
+def test_feature_extraction_pipeline_on_a_converted_encoder_folder(golden_folder, golden_audio):
+    embed = pipeline("feature-extraction", model=str(golden_folder), trust_remote_code=True)
+    clip = golden_audio["icbhi_104_1b1_Al_copd"]
+    expected = RespM2DModel.from_pretrained(golden_folder).embed(clip, sampling_rate=16000)[0]
+    torch.testing.assert_close(embed(clip, sampling_rate=16000, return_tensors=True), expected, atol=1e-5, rtol=0)
