@@ -435,23 +435,22 @@ class RespM2DModel(RespM2DPreTrainedModel):
         self.eval()  # no dropout, whatever mode the model is in
         try:
             for batch in progress_bar(batches, show, desc="Embedding"):
+                rate = feature_extractor.sampling_rate
                 waveforms = [
-                    load_waveform(
-                        items[i], sampling_rate, feature_extractor.sampling_rate, downmix, names[i], rate_of_arrays_only
-                    )
-                    for i in batch
+                    load_waveform(items[i], sampling_rate, rate, downmix, names[i], rate_of_arrays_only) for i in batch
                 ]
-                for i, embedding in zip(batch, self.embed_waveforms(waveforms, feature_extractor, autocast_dtype)):
+                inputs = feature_extractor(
+                    waveforms, sampling_rate=rate, return_attention_mask=True, device=self.device
+                )
+                del waveforms  # the audio is freed before the encoder runs
+                for i, embedding in zip(batch, self.embed_features(inputs, autocast_dtype)):
                     embeddings[i] = embedding
         finally:
             self.train(was_training)
         return torch.stack(embeddings)
 
-    def embed_waveforms(self, waveforms, feature_extractor, autocast_dtype=None):
-        """Clip embeddings (float32, on the CPU) of mono waveforms at the extractor's rate, in one forward pass."""
-        inputs = feature_extractor(
-            waveforms, sampling_rate=feature_extractor.sampling_rate, return_attention_mask=True, device=self.device
-        )
+    def embed_features(self, inputs, autocast_dtype=None):
+        """Clip embeddings (float32, on the CPU) of the feature extractor's outputs, in one forward pass."""
         with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             return self(**inputs).pooler_output.float().cpu()
 
