@@ -310,3 +310,11 @@ def test_feature_extraction_pipeline_on_a_converted_encoder_folder(golden_folder
     clip = golden_audio["icbhi_104_1b1_Al_copd"]
     expected = RespM2DModel.from_pretrained(golden_folder).embed(clip, sampling_rate=16000)[0]
     torch.testing.assert_close(embed(clip, sampling_rate=16000, return_tensors=True), expected, atol=1e-5, rtol=0)
+
+
+def test_generators_of_clips_are_pipeline_inputs(classifier):
+    folder, model = classifier
+    clips = [noise(0.6, seed=8), noise(1.1, seed=9)]
+    embed = pipeline("feature-extraction", model=str(folder), trust_remote_code=True)
+    outputs = list(embed((clip for clip in clips), sampling_rate=16000, batch_size=2))
+    torch.testing.assert_close(torch.tensor(outputs), model.resp_m2d.embed(clips, sampling_rate=16000))

@@ -42,10 +42,10 @@ class RespM2DAudioInputs:
     def __call__(self, inputs, **kwargs):
         if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], numbers.Number):
             inputs = np.asarray(inputs, dtype=np.float32)  # one clip, as in the feature extractor
-        if not isinstance(inputs, (list, tuple)):
-            return super().__call__(NamedClip(inputs, "audio", has_arrays([inputs])), **kwargs)
-        mixed = has_arrays(inputs)
-        return super().__call__([NamedClip(clip, f"audio clip {i}", mixed) for i, clip in enumerate(inputs)], **kwargs)
+        elif isinstance(inputs, (list, tuple)):
+            mixed = has_arrays(inputs)
+            inputs = [NamedClip(clip, f"audio clip {index}", mixed) for index, clip in enumerate(inputs)]
+        return super().__call__(inputs, **kwargs)
 
     def audio_parameters(self, sampling_rate, downmix):
         """Preprocessing parameters of the audio arguments, checked before any clip is read."""
@@ -57,6 +57,8 @@ class RespM2DAudioInputs:
         return params
 
     def preprocess(self, clip, sampling_rate=None, downmix=False):
+        if not isinstance(clip, NamedClip):  # one clip, or an item of a dataset or generator
+            clip = NamedClip(clip, "audio", has_arrays([clip]))
         inputs, name = clip.audio, clip.name
         if isinstance(inputs, str) and inputs.startswith(("http://", "https://")):
             with urllib.request.urlopen(inputs) as response:
