@@ -269,7 +269,7 @@ def load_dict(value, sampling_rate, target_rate, downmix, name):
         array = value["array"] if value.get("array") is not None else value["raw"]
         if value.get("sampling_rate") is None:
             raise ValueError(
-                f"{name} is a dict with keys {sorted(value)}; an 'array' (or 'raw') needs its 'sampling_rate'."
+                f"{name} is a dict with keys {sorted(value)} and no 'sampling_rate'; an 'array' needs its rate."
             )
         own_rate = check_sampling_rate(value["sampling_rate"], name=f"the 'sampling_rate' of {name}")
         check_own_rate(own_rate, sampling_rate, name)
