@@ -9,6 +9,7 @@ import torch
 from datasets import Audio, Dataset, DatasetDict
 
 from resp_hf.audio import decode_audio, decode_audio_column
+from resp_hf.models.resp_m2d import audio_utils_resp_m2d as audio_utils
 from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio, load_waveform
 
 
@@ -281,3 +282,9 @@ def test_bytes_and_decoders_are_decoded():
     samples = SimpleNamespace(data=torch.from_numpy(audio[None]), sample_rate=8000)
     decoder = SimpleNamespace(get_all_samples=lambda: samples)
     np.testing.assert_array_equal(decode_audio(decoder), decode_audio(data))
+
+
+def test_files_are_read_block_by_block_like_a_whole_read(stereo_file, monkeypatch):
+    whole, rate = soundfile.read(stereo_file, dtype="float32")
+    monkeypatch.setattr(audio_utils, "READ_BLOCK_FRAMES", 1000)  # the 0.2 s file is read in 5 blocks
+    np.testing.assert_array_equal(load_audio(stereo_file, rate, downmix=True), whole.mean(axis=1, dtype=np.float32))

@@ -234,7 +234,16 @@ def test_blockwise_stft_equals_the_whole_recording_at_once(monkeypatch, golden_a
     assert whole["input_features"].shape[-1] < feature_extraction_module.STFT_BLOCK_FRAMES
     # Blocks of 100 frames with a ragged last one (matrix products of a few columns may round differently).
     monkeypatch.setattr(feature_extraction_module, "STFT_BLOCK_FRAMES", 100)
+    stft, frames_per_call = torch.stft, []
+
+    def recording_stft(samples, *args, **kwargs):
+        spectrum = stft(samples, *args, **kwargs)
+        frames_per_call.append(spectrum.shape[-1])
+        return spectrum
+
+    monkeypatch.setattr(torch, "stft", recording_stft)
     blocks = extractor(clips, sampling_rate=16000)
+    assert max(frames_per_call) == 100 and sum(frames_per_call) == whole["input_features"].shape[-1]
     assert torch.equal(blocks["input_features"], whole["input_features"])
     assert torch.equal(blocks["attention_mask"], whole["attention_mask"])
 
