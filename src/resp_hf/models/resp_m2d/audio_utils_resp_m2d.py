@@ -197,8 +197,8 @@ def decoder_samples(decoder, downmix, name):
             f"{name} is a decoder with {data.shape[0]} channels, but the model takes mono audio; "
             "pass downmix=True to average the channels."
         )
-    if data.ndim == 2:
-        data = data.float().mean(dim=0)
+    if data.ndim == 2:  # one channel stays as it is (integer PCM is rescaled later); several are averaged
+        data = data[0] if data.shape[0] == 1 else data.float().mean(dim=0)
     return data, check_sampling_rate(samples.sample_rate, name=f"the sample_rate of {name}")
 
 
