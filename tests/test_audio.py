@@ -1,11 +1,16 @@
+import io
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import soundfile
 import soxr
+import torch
 from datasets import Audio, Dataset, DatasetDict
 
 from resp_hf.audio import decode_audio, decode_audio_column
-from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import load_audio
+from resp_hf.models.resp_m2d import audio_utils_resp_m2d as audio_utils
+from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio, load_waveform
 
 
 def tone(seconds, rate, channels=1, seed=0):
@@ -219,3 +224,67 @@ def test_missing_column_lists_available_columns(audio_files):
     splits = DatasetDict(train=path_dataset(audio_files))
     with pytest.raises(ValueError, match="Column 'speech' not found"):
         decode_audio_column(splits, column="speech")
+
+
+# hostile files and rates (audio_utils_resp_m2d, used by every entry point)
+
+
+def wav_bytes(audio, rate, subtype="PCM_16"):
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+def test_wav_shorter_than_its_header_is_refused_and_named(tmp_path):
+    data = wav_bytes(tone(1.0, 16000), 16000)
+    truncated = tmp_path / "cut_short.wav"
+    truncated.write_bytes(data[: len(data) // 2])
+    assert len(soundfile.read(truncated)[0]) < 16000  # what libsndfile alone would silently embed
+    with pytest.raises(ValueError, match=r"audio file .*cut_short.wav is truncated: its header promises 32,000 bytes"):
+        load_audio(truncated, 16000)
+    with pytest.raises(ValueError, match="the audio bytes of audio 'cut_short.wav' is truncated"):
+        decode_audio({"bytes": data[: len(data) // 2], "path": "cut_short.wav"})
+    padded = tmp_path / "odd_chunk_then_data.wav"  # a list chunk before the data chunk is skipped, not misread
+    odd = data[:36] + b"LIST\x03\x00\x00\x00abc\x00" + data[36:]
+    padded.write_bytes(odd[:4] + (len(odd) - 8).to_bytes(4, "little") + odd[8:])
+    np.testing.assert_array_equal(load_audio(padded, 16000), load_audio(io.BytesIO(data), 16000))
+
+
+def test_absurd_header_rate_is_refused_before_resampling_allocates(tmp_path):
+    data = bytearray(wav_bytes(tone(1.0, 16000), 16000))
+    data[24:28] = (1).to_bytes(4, "little")  # sample rate
+    data[28:32] = (2).to_bytes(4, "little")  # byte rate
+    path = tmp_path / "one_hertz.wav"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"one_hertz.wav is at 1 Hz: resampling it to 16000 Hz would make 256,000,000"):
+        load_audio(path, 16000)
+    with pytest.raises(ValueError, match="Rates below 1000 Hz are refused"):
+        load_waveform(tone(0.1, 16000), 10, 16000)
+
+
+def test_sampling_rate_given_with_a_source_that_has_one_must_agree(audio_files):
+    path = audio_files["pcm16_8k.flac"]
+    np.testing.assert_array_equal(load_waveform(path, 8000, 16000), load_audio(path, 16000))
+    with pytest.raises(ValueError, match=r"pcm16_8k.flac carries its own sampling rate \(8000 Hz\) but sampling_rate"):
+        load_waveform(path, 16000, 16000)
+    with pytest.raises(ValueError, match=r"the audio bytes carries its own sampling rate \(8000 Hz\)"):
+        load_waveform(path.read_bytes(), 44100, 16000)
+    with pytest.raises(ValueError, match=r"audio carries its own sampling rate \(8000 Hz\)"):
+        load_waveform({"array": tone(0.1, 8000), "sampling_rate": 8000}, 16000, 16000)
+    # In a batch that also has arrays, sampling_rate is theirs and the file keeps its own.
+    np.testing.assert_array_equal(load_waveform(path, 16000, 16000, rate_of_arrays_only=True), load_audio(path, 16000))
+
+
+def test_bytes_and_decoders_are_decoded():
+    audio = tone(0.5, 8000)
+    data = wav_bytes(audio, 8000, subtype="FLOAT")
+    np.testing.assert_array_equal(decode_audio(data), soxr.resample(audio, 8000, 16000, quality="HQ"))
+    samples = SimpleNamespace(data=torch.from_numpy(audio[None]), sample_rate=8000)
+    decoder = SimpleNamespace(get_all_samples=lambda: samples)
+    np.testing.assert_array_equal(decode_audio(decoder), decode_audio(data))
+
+
+def test_files_are_read_block_by_block_like_a_whole_read(stereo_file, monkeypatch):
+    whole, rate = soundfile.read(stereo_file, dtype="float32")
+    monkeypatch.setattr(audio_utils, "READ_BLOCK_FRAMES", 1000)  # the 0.2 s file is read in 5 blocks
+    np.testing.assert_array_equal(load_audio(stereo_file, rate, downmix=True), whole.mean(axis=1, dtype=np.float32))

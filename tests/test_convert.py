@@ -26,6 +26,7 @@ GOLDEN_DROPPED = {
     "target_norm": 2,
 }
 REMOTE_CODE = [
+    "audio_utils_resp_m2d.py",
     "configuration_resp_m2d.py",
     "feature_extraction_resp_m2d.py",
     "modeling_resp_m2d.py",

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import soundfile
@@ -6,7 +8,9 @@ import torch
 from conftest import noise
 
 from resp_hf import RespM2DConfig, RespM2DFeatureExtractor
-from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import load_audio, slaney_mel_filter_bank
+from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio
+from resp_hf.models.resp_m2d import feature_extraction_resp_m2d as feature_extraction_module
+from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import slaney_mel_filter_bank
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +215,166 @@ def test_downmixing_a_file_averages_its_channels_even_when_it_has_more_channels_
     soundfile.write(tmp_path / "four.wav", frames, 16000, subtype="FLOAT")
     mixed = load_audio(tmp_path / "four.wav", 16000, downmix=True)
     np.testing.assert_allclose(mixed, frames.mean(axis=1), rtol=0, atol=1e-7)
+
+
+def test_bad_sampling_rates_are_clear_errors():
+    for rate in ("16000", True, 0, -8000, float("nan"), float("inf"), 16000.5):
+        with pytest.raises(ValueError, match=r"sampling_rate must be a positive integer, got"):
+            RespM2DFeatureExtractor()(noise(0.5), sampling_rate=rate)
+    reference = RespM2DFeatureExtractor()(noise(0.5), sampling_rate=16000)["input_features"]
+    assert torch.equal(RespM2DFeatureExtractor()(noise(0.5), sampling_rate=16000.0)["input_features"], reference)
+    as_numpy_int = RespM2DFeatureExtractor()(noise(0.5), sampling_rate=np.int64(16000))["input_features"]
+    assert torch.equal(as_numpy_int, reference)
+
+
+def test_blockwise_stft_equals_the_whole_recording_at_once(monkeypatch, golden_audio):
+    extractor = RespM2DFeatureExtractor()
+    clips = [noise(3.3, seed=1), golden_audio["kauh_BP1_asthma"], noise(0.4, seed=2)]
+    whole = extractor(clips, sampling_rate=16000)
+    assert whole["input_features"].shape[-1] < feature_extraction_module.STFT_BLOCK_FRAMES
+    # Blocks of 100 frames with a ragged last one (matrix products of a few columns may round differently).
+    monkeypatch.setattr(feature_extraction_module, "STFT_BLOCK_FRAMES", 100)
+    stft, frames_per_call = torch.stft, []
+
+    def recording_stft(samples, *args, **kwargs):
+        spectrum = stft(samples, *args, **kwargs)
+        frames_per_call.append(spectrum.shape[-1])
+        return spectrum
+
+    monkeypatch.setattr(torch, "stft", recording_stft)
+    blocks = extractor(clips, sampling_rate=16000)
+    assert max(frames_per_call) == 100 and sum(frames_per_call) == whole["input_features"].shape[-1]
+    assert torch.equal(blocks["input_features"], whole["input_features"])
+    assert torch.equal(blocks["attention_mask"], whole["attention_mask"])
+
+
+def test_padding_longest_max_length_and_multiple_of_count_samples():
+    extractor = RespM2DFeatureExtractor()
+    clips = [noise(1.0, seed=1), noise(0.6, seed=2)]
+    longest = extractor(clips, sampling_rate=16000)
+    explicit = extractor(clips, sampling_rate=16000, padding="longest")
+    assert torch.equal(explicit["input_features"], longest["input_features"])
+    padded = extractor(clips, sampling_rate=16000, padding="max_length", max_length=24000)
+    frames = extractor.num_frames(24000)
+    assert padded["input_features"].shape == (2, 80, frames)
+    assert torch.equal(padded["input_features"][:, :, :101], longest["input_features"])
+    assert torch.all(padded["input_features"][:, :, 101:] == 0.0)
+    assert padded["attention_mask"].sum(-1).tolist() == [101, 61]
+    multiple = extractor(clips, sampling_rate=16000, pad_to_multiple_of=12000)
+    assert multiple["input_features"].shape[-1] == extractor.num_frames(24000)
+    assert torch.equal(multiple["attention_mask"], padded["attention_mask"])
+
+
+def test_truncation_cuts_clips_to_max_length_samples():
+    extractor = RespM2DFeatureExtractor()
+    clips = [noise(1.0, seed=1), noise(0.3, seed=2)]
+    cut = extractor(clips, sampling_rate=16000, padding="max_length", max_length=8000, truncation=True)
+    assert cut["input_features"].shape == (2, 80, extractor.num_frames(8000))
+    first = extractor(clips[0][:8000], sampling_rate=16000)["input_features"][0]
+    assert torch.equal(cut["input_features"][0], first)
+    assert cut["attention_mask"].sum(-1).tolist() == [51, extractor.num_frames(4800)]
+
+
+def test_unpadded_output_is_each_clips_own_frames():
+    extractor = RespM2DFeatureExtractor()
+    clips = [noise(1.0, seed=1), noise(0.6, seed=2)]
+    batch = extractor(clips, sampling_rate=16000)
+    for return_tensors, kind in (("np", np.ndarray), (None, np.ndarray), ("pt", torch.Tensor)):
+        unpadded = extractor(clips, sampling_rate=16000, padding=False, return_tensors=return_tensors)
+        assert [type(item) for item in unpadded["input_features"]] == [kind, kind]
+        for row, (features, mask) in enumerate(zip(unpadded["input_features"], unpadded["attention_mask"])):
+            frames = int(batch["attention_mask"][row].sum())
+            assert features.shape == (80, frames) and mask.shape == (frames,)
+            np.testing.assert_array_equal(np.asarray(features), batch["input_features"][row, :, :frames].numpy())
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"padding": "max_length"}, "need max_length"),
+        ({"truncation": True}, "need max_length"),
+        ({"padding": "sideways"}, "padding='sideways' must be"),
+        ({"padding": "max_length", "max_length": 0}, "max_length must be a positive integer"),
+        ({"pad_to_multiple_of": 2.5}, "pad_to_multiple_of must be a positive integer"),
+        ({"padding": "max_length", "max_length": 4000}, "more than max_length=4000; pass truncation=True"),
+    ],
+)
+def test_bad_padding_arguments_are_clear_errors(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        RespM2DFeatureExtractor()(noise(0.5), sampling_rate=16000, **arguments)
+
+
+def test_2d_array_is_a_batch_of_mono_clips_unless_downmixed():
+    extractor = RespM2DFeatureExtractor()
+    rows = np.stack([noise(0.5, seed=1), noise(0.5, seed=2)])
+    as_list = extractor(list(rows), sampling_rate=16000)["input_features"]
+    assert torch.equal(extractor(rows, sampling_rate=16000)["input_features"], as_list)
+    assert torch.equal(extractor(torch.from_numpy(rows), sampling_rate=16000)["input_features"], as_list)
+    mixed = extractor(rows, sampling_rate=16000, downmix=True)["input_features"]
+    assert torch.allclose(mixed, extractor(rows.mean(axis=0), sampling_rate=16000)["input_features"], atol=1e-6)
+    with pytest.raises(ValueError, match="audio clip 0 is too short.*one per row; pass downmix=True"):
+        extractor(rows.T.copy(), sampling_rate=16000)
+
+
+def dataset_rows(extractor, clips, labels):
+    """Rows as `dataset.map(feature_extractor, padding=False)` stores them: nested lists, one clip per row."""
+    features = extractor(clips, sampling_rate=16000, padding=False, return_tensors=None)
+    return [
+        {"input_features": item.tolist(), "attention_mask": mask.tolist(), "label": label}
+        for item, mask, label in zip(features["input_features"], features["attention_mask"], labels)
+    ]
+
+
+def test_pad_batches_rows_of_its_own_features():
+    extractor = RespM2DFeatureExtractor()
+    clips = [noise(0.6, seed=1), noise(1.0, seed=2), noise(0.3, seed=3)]
+    rows = dataset_rows(extractor, clips, labels=[1, 0, 1])
+    expected = extractor(clips, sampling_rate=16000)
+    batch = extractor.pad(rows, return_tensors="pt")
+    assert torch.equal(batch["input_features"], expected["input_features"])
+    assert torch.equal(batch["attention_mask"], expected["attention_mask"])
+    assert batch["label"].tolist() == [1, 0, 1]
+    as_dict = extractor.pad({"input_features": [np.asarray(row["input_features"]) for row in rows]})
+    np.testing.assert_array_equal(as_dict["input_features"], expected["input_features"].numpy())
+    fixed = extractor.pad(rows, padding="max_length", max_length=120, pad_to_multiple_of=16, return_tensors="pt")
+    assert fixed["input_features"].shape == (3, 80, 128)
+    assert torch.equal(fixed["attention_mask"].sum(-1), expected["attention_mask"].sum(-1))
+    cut = extractor.pad(rows, padding="max_length", max_length=50, truncation=True, return_tensors="pt")
+    assert torch.equal(cut["input_features"], expected["input_features"][:, :, :50])
+    with pytest.raises(ValueError, match=r"input_features 0 has shape \(2, 3\); pad\(\) takes \(80, frames\)"):
+        extractor.pad([{"input_features": [[0.0] * 3] * 2}])
+
+
+def test_front_end_mismatch_with_the_model_config_is_named():
+    config = RespM2DConfig(norm_mean=-5.3, norm_std=3.9)
+    RespM2DFeatureExtractor.from_model_config(config).check_matches(config)
+    edited = RespM2DFeatureExtractor(mean=-7.1, std=3.9, hop_length=320)
+    with pytest.raises(ValueError, match=r"hop_length=320 vs hop_length=160; mean=-7.1 vs norm_mean=-5.3\. .*fix"):
+        edited.check_matches(config)
+
+
+class FakeAudioDecoder:
+    """The part of torchcodec's `AudioDecoder` interface that datasets users meet."""
+
+    def __init__(self, data, sample_rate):
+        self.data, self.sample_rate = torch.as_tensor(data), sample_rate
+        self.metadata = SimpleNamespace(sample_rate=sample_rate, duration_seconds=self.data.shape[-1] / sample_rate)
+
+    def get_all_samples(self):
+        return SimpleNamespace(data=self.data, sample_rate=self.sample_rate)
+
+
+def test_torchcodec_style_decoders_are_decoded_and_resampled():
+    extractor = RespM2DFeatureExtractor()
+    audio = noise(1.0, rate=8000, seed=3)
+    expected = extractor(audio, sampling_rate=8000)["input_features"]
+    assert torch.equal(extractor(FakeAudioDecoder(audio[None], 8000))["input_features"], expected)
+    batch = extractor([FakeAudioDecoder(audio[None], 8000), noise(0.5)], sampling_rate=16000)["input_features"]
+    assert torch.equal(batch[0], expected[0])
+    stereo = FakeAudioDecoder(np.stack([audio, 0.5 * audio]), 8000)
+    with pytest.raises(ValueError, match="decoder with 2 channels.*downmix=True"):
+        extractor(stereo)
+    mixed = extractor(stereo, downmix=True)["input_features"]
+    assert torch.allclose(mixed, extractor(0.75 * audio, sampling_rate=8000)["input_features"], atol=1e-5)
+    with pytest.raises(ValueError, match=r"carries its own sampling rate \(8000 Hz\) but sampling_rate=16000"):
+        extractor(FakeAudioDecoder(audio[None], 8000), sampling_rate=16000)

@@ -100,6 +100,7 @@ def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, 
     assert f"`{recordings.name}` (a local folder)" in card
     assert f"| test | {test_metrics['accuracy']:.4f} | {test_metrics['auroc']:.4f} |" in card
     assert sorted(p.name for p in output.glob("*.py")) == [
+        "audio_utils_resp_m2d.py",
         "configuration_resp_m2d.py",
         "feature_extraction_resp_m2d.py",
         "modeling_resp_m2d.py",

@@ -15,6 +15,7 @@ from resp_hf.cards import classifier_card, encoder_card
 from resp_hf.cli import main as cli_main
 
 REMOTE_CODE = {
+    "audio_utils_resp_m2d.py",
     "configuration_resp_m2d.py",
     "feature_extraction_resp_m2d.py",
     "modeling_resp_m2d.py",
@@ -84,7 +85,8 @@ def test_model_and_feature_extractor_push_to_hub_upload_loadable_remote_code(hub
     assert [commit["repo_id"] for commit in hub] == ["org/resp-m2d", "org/resp-m2d"]
     model_files, extractor_files = hub[0]["files"], hub[1]["files"]
     assert set(model_files) == MODEL_FILES | {"README.md"}
-    assert set(extractor_files) == {"preprocessor_config.json", "feature_extraction_resp_m2d.py", "README.md"}
+    extractor_code = {"feature_extraction_resp_m2d.py", "configuration_resp_m2d.py", "audio_utils_resp_m2d.py"}
+    assert set(extractor_files) == {"preprocessor_config.json", "README.md", *extractor_code}
     config = json.loads(model_files["config.json"])
     assert config["auto_map"]["AutoModel"] == "modeling_resp_m2d.RespM2DModel"
     assert config["auto_map"]["AutoFeatureExtractor"] == "feature_extraction_resp_m2d.RespM2DFeatureExtractor"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,8 +18,8 @@ import torch
 from conftest import OPERA, noise, tiny_config
 from transformers import pipeline
 
-from resp_hf import RespM2DFeatureExtractor, RespM2DForAudioClassification
-from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import load_audio
+from resp_hf import RespM2DFeatureExtractor, RespM2DForAudioClassification, RespM2DModel
+from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio
 
 ICBHI = OPERA / "datasets" / "icbhi" / "ICBHI_final_database"
 KAUH = OPERA / "datasets" / "KAUH" / "AudioFiles"
@@ -208,7 +209,9 @@ HUB_SCRIPT = textwrap.dedent(
 
     classify = pipeline("audio-classification", model="org/resp-m2d", trust_remote_code=True)
     encoder = AutoModel.from_pretrained("org/resp-m2d", trust_remote_code=True)
-    print(json.dumps({"result": classify(sys.argv[1]), "encoder": type(encoder).__name__}))
+    embed = pipeline("feature-extraction", model="org/resp-m2d", trust_remote_code=True)
+    result = {"result": classify(sys.argv[1]), "encoder": type(encoder).__name__, "embedding": embed(sys.argv[1])}
+    print(json.dumps(result))
     """
 )
 
@@ -232,3 +235,86 @@ def test_pipeline_from_a_repo_id_in_the_hub_cache_offline(classifier, tmp_path):
     output = json.loads(run.stdout.strip().splitlines()[-1])
     assert output["encoder"] == "RespM2DModel"
     assert_scores_close(output["result"], expected_scores(model, load_audio(path, 16000)))
+    expected = model.resp_m2d.embed(str(path))[0]
+    torch.testing.assert_close(torch.tensor(output["embedding"]), expected, atol=1e-5, rtol=0)
+
+
+# feature-extraction pipeline, input forms and errors
+
+
+def test_feature_extraction_pipeline_returns_the_clip_embeddings(classifier):
+    folder, model = classifier
+    embed = pipeline("feature-extraction", model=str(folder), trust_remote_code=True)
+    clips = [noise(1.5, seed=1), str(RECORDINGS[3]), {"array": noise(0.8, rate=8000, seed=2), "sampling_rate": 8000}]
+    expected = model.resp_m2d.embed(clips, sampling_rate=16000)
+    for batch_size in (1, 3):
+        outputs = embed(clips, sampling_rate=16000, batch_size=batch_size)
+        assert [len(output) for output in outputs] == [model.config.pooled_size] * 3
+        torch.testing.assert_close(torch.tensor(outputs), expected, atol=1e-5, rtol=0)
+    as_tensor = embed(noise(1.5, seed=1), sampling_rate=16000, return_tensors=True)
+    torch.testing.assert_close(as_tensor, expected[0], atol=1e-5, rtol=0)
+
+
+def test_a_list_of_floats_is_one_clip(classifier):
+    folder, model = classifier
+    audio = noise(1.0, seed=5)
+    classify = pipeline("audio-classification", model=str(folder), trust_remote_code=True)
+    assert_scores_close(classify(audio.tolist(), sampling_rate=16000), expected_scores(model, audio))
+    embed = pipeline("feature-extraction", model=str(folder), trust_remote_code=True)
+    torch.testing.assert_close(
+        torch.tensor(embed(audio.tolist(), sampling_rate=16000)), model.resp_m2d.embed(audio, sampling_rate=16000)[0]
+    )
+
+
+def test_torchcodec_style_decoders_are_pipeline_inputs(classifier):
+    folder, model = classifier
+    audio = noise(1.0, rate=8000, seed=6)
+    decoder = SimpleNamespace(
+        get_all_samples=lambda: SimpleNamespace(data=torch.from_numpy(audio[None]), sample_rate=8000),
+        metadata=SimpleNamespace(sample_rate=8000),
+    )
+    classify = pipeline("audio-classification", model=str(folder), trust_remote_code=True)
+    expected = expected_scores(model, soxr.resample(audio, 8000, 16000, quality="HQ"))
+    assert_scores_close(classify(decoder), expected)
+    assert_scores_close(classify([noise(0.5), decoder], sampling_rate=16000, batch_size=2)[1], expected)
+
+
+@pytest.mark.parametrize("rate", ["16000", True, 0, -16000, float("nan")])
+def test_bad_sampling_rates_are_refused_before_reading(classifier, rate):
+    classify = pipeline("audio-classification", model=str(classifier[0]), trust_remote_code=True)
+    with pytest.raises(ValueError, match="sampling_rate must be a positive integer, got"):
+        classify(noise(0.5), sampling_rate=rate)
+
+
+def test_bad_clip_of_a_batch_is_named_by_its_index(classifier, tmp_path):
+    classify = pipeline("audio-classification", model=str(classifier[0]), trust_remote_code=True)
+    with pytest.raises(ValueError, match="audio clip 2 contains NaN or Inf"):
+        classify([noise(0.5), noise(0.7), np.full(8000, np.nan, dtype=np.float32)], sampling_rate=16000)
+    soundfile.write(tmp_path / "clip_8k.wav", noise(0.5, rate=8000), 8000)
+    with pytest.raises(ValueError, match=r"the audio clip 1 bytes carries its own sampling rate \(8000 Hz\)"):
+        classify([str(RECORDINGS[3]), (tmp_path / "clip_8k.wav").read_bytes()], sampling_rate=4000)
+
+
+def test_front_end_edited_in_one_file_only_is_refused(classifier, tmp_path):
+    shutil.copytree(classifier[0], tmp_path / "model")
+    preprocessor = tmp_path / "model" / "preprocessor_config.json"
+    settings = json.loads(preprocessor.read_text())
+    preprocessor.write_text(json.dumps({**settings, "mean": settings["mean"] + 1.0}))
+    for task in ("audio-classification", "feature-extraction"):
+        with pytest.raises(ValueError, match=r"disagree on the front end: mean=-4.0 vs norm_mean=-5.0"):
+            pipeline(task, model=str(tmp_path / "model"), trust_remote_code=True)
+
+
+def test_feature_extraction_pipeline_on_a_converted_encoder_folder(golden_folder, golden_audio):
+    embed = pipeline("feature-extraction", model=str(golden_folder), trust_remote_code=True)
+    clip = golden_audio["icbhi_104_1b1_Al_copd"]
+    expected = RespM2DModel.from_pretrained(golden_folder).embed(clip, sampling_rate=16000)[0]
+    torch.testing.assert_close(embed(clip, sampling_rate=16000, return_tensors=True), expected, atol=1e-5, rtol=0)
+
+
+def test_generators_of_clips_are_pipeline_inputs(classifier):
+    folder, model = classifier
+    clips = [noise(0.6, seed=8), noise(1.1, seed=9)]
+    embed = pipeline("feature-extraction", model=str(folder), trust_remote_code=True)
+    outputs = list(embed((clip for clip in clips), sampling_rate=16000, batch_size=2))
+    torch.testing.assert_close(torch.tensor(outputs), model.resp_m2d.embed(clips, sampling_rate=16000))

@@ -1,69 +1,27 @@
 """Reading audio columns of Hugging Face datasets with soundfile and soxr, without torchcodec."""
 
-import io
-import numbers
 import os
 
 from datasets import Audio, DatasetDict
 
-from .models.resp_m2d.feature_extraction_resp_m2d import load_audio, resample, to_mono_float32
-
-
-def check_sampling_rate(sampling_rate, name="sampling_rate"):
-    """Returns `sampling_rate` as an int, or raises ValueError when it is not a positive integer."""
-    is_number = isinstance(sampling_rate, numbers.Real) and not isinstance(sampling_rate, bool)
-    if not is_number or not float(sampling_rate).is_integer() or sampling_rate <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {sampling_rate!r}.")
-    return int(sampling_rate)
-
-
-def decode_array_dict(value, sampling_rate, downmix):
-    """Decodes an already-decoded `{"array", "sampling_rate"}` dict: checks, downmixes and resamples the array."""
-    source_rate = value.get("sampling_rate")
-    if source_rate is None:
-        raise ValueError("Audio dict has an 'array' but no 'sampling_rate'; the rate is needed to resample.")
-    source_rate = check_sampling_rate(source_rate, name="The audio dict's 'sampling_rate'")
-    audio = to_mono_float32(value["array"], name=describe_audio(value.get("path")), downmix=downmix)
-    return resample(audio, source_rate, sampling_rate)
-
-
-def decode_bytes(data, path, sampling_rate, downmix):
-    """Decodes encoded audio bytes (WAV, FLAC, ...) with soundfile; `path` only names the source in errors."""
-    return load_audio(
-        io.BytesIO(data), sampling_rate, downmix=downmix, name=f"the audio bytes of {describe_audio(path)}"
-    )
-
-
-def describe_audio(path):
-    """Names an audio source in messages: its path when known."""
-    return "audio" if path is None else f"audio {os.fspath(path)!r}"
+from .models.resp_m2d.audio_utils_resp_m2d import carries_own_rate, check_sampling_rate, load_waveform
 
 
 def decode_audio(value, sampling_rate=16000, downmix=False):
     """
     Decodes one audio value of a dataset into a mono float32 array at `sampling_rate`.
 
-    `value` is a file path (`str` or `os.PathLike`), a decoded `{"array", "sampling_rate"}` dict, or an encoded
-    `{"bytes", "path"}` dict as yielded by `datasets.Audio(decode=False)` (bytes are preferred when present).
+    `value` is a file path (`str` or `os.PathLike`), encoded bytes, a decoded `{"array", "sampling_rate"}` dict, an
+    encoded `{"bytes", "path"}` dict as yielded by `datasets.Audio(decode=False)` (bytes are preferred when present),
+    or a torchcodec `AudioDecoder` as `datasets` 4+ yields where torchcodec is installed.
     """
     sampling_rate = check_sampling_rate(sampling_rate)
-    if isinstance(value, (str, os.PathLike)):
-        return load_audio(value, sampling_rate, downmix=downmix)
-    if not isinstance(value, dict):
+    if not carries_own_rate(value):
         raise TypeError(
-            f"Cannot decode audio from a {type(value).__name__}; expected a file path, "
-            "a dict with 'array' and 'sampling_rate', or a dict with 'bytes' and/or 'path'."
+            f"Cannot decode audio from a {type(value).__name__}; expected a file path, encoded bytes, a dict with "
+            "'array' and 'sampling_rate', a dict with 'bytes' and/or 'path', or an AudioDecoder."
         )
-    if value.get("array") is not None:
-        return decode_array_dict(value, sampling_rate, downmix)
-    if value.get("bytes") is not None:
-        return decode_bytes(value["bytes"], value.get("path"), sampling_rate, downmix)
-    if value.get("path") is not None:
-        return load_audio(value["path"], sampling_rate, downmix=downmix)
-    raise ValueError(
-        f"Audio dict has no usable audio: found keys {sorted(value)} (with None values ignored); "
-        "expected 'array' with 'sampling_rate', 'bytes', or 'path'."
-    )
+    return load_waveform(value, None, sampling_rate, downmix=downmix)
 
 
 def source_path(value):

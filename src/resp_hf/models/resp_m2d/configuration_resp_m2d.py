@@ -1,10 +1,14 @@
 """Configuration of the M2D (Masked Modeling Duo) audio encoder for respiratory sounds."""
 
 import math
+import shutil
+from pathlib import Path
 
 from transformers import PreTrainedConfig
+from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.utils import logging
 
-from .feature_extraction_resp_m2d import check_mel_range
+logger = logging.get_logger(__name__)
 
 # Front-end settings of the original M2D runtime for each supported sampling rate.
 FRONT_END_DEFAULTS = {
@@ -19,13 +23,18 @@ AUTO_MAP = {
     "AutoModelForAudioClassification": "modeling_resp_m2d.RespM2DForAudioClassification",
     "AutoFeatureExtractor": "feature_extraction_resp_m2d.RespM2DFeatureExtractor",
 }
-# `pipeline("audio-classification", trust_remote_code=True)` uses this pipeline, which batches clips of any length.
+# `pipeline(task, model=FOLDER, trust_remote_code=True)` uses these pipelines: clips of any length and rate, batched.
 CUSTOM_PIPELINES = {
     "audio-classification": {
         "impl": "pipeline_resp_m2d.RespM2DAudioClassificationPipeline",
         "pt": ["AutoModelForAudioClassification"],
         "type": "audio",
-    }
+    },
+    "feature-extraction": {
+        "impl": "pipeline_resp_m2d.RespM2DFeatureExtractionPipeline",
+        "pt": ["AutoModel"],
+        "type": "audio",
+    },
 }
 
 
@@ -161,6 +170,13 @@ class RespM2DConfig(PreTrainedConfig):
                 f"or an index 0..{self.num_hidden_layers}."
             )
 
+    def save_pretrained(self, save_directory, **kwargs):
+        """Saves config.json and, with the remote code, the pipeline files that `custom_pipelines` names."""
+        if self._auto_class is not None:
+            Path(save_directory).mkdir(parents=True, exist_ok=True)
+            copy_pipeline_code(self.custom_pipelines, save_directory)
+        super().save_pretrained(save_directory, **kwargs)
+
     @property
     def num_mel_bins(self):
         """Number of mel bins of the log-mel input."""
@@ -190,6 +206,30 @@ class RespM2DConfig(PreTrainedConfig):
     def pooled_size(self):
         """Size of `pooler_output` under the configured pooling."""
         return self.frame_embedding_size if self.pooling == "frequency" else self.hidden_size
+
+
+def copy_pipeline_code(custom_pipelines, folder):
+    """
+    Copies the modules of `custom_pipelines` (and what they import) next to config.json: the model files do not import
+    the pipelines, so `save_pretrained` would not copy them otherwise.
+    """
+    here = Path(__file__).parent
+    for task in custom_pipelines.values():
+        module_file = here / f"{task['impl'].split('.')[0]}.py"
+        if not module_file.is_file():  # remote code loaded without its pipeline file
+            logger.warning(f"{module_file.name} is not next to {Path(__file__).name}: saved without it.")
+            continue
+        for needed in [module_file, *get_relative_import_files(module_file)]:
+            shutil.copyfile(needed, Path(folder) / Path(needed).name)
+
+
+def check_mel_range(sampling_rate, f_min, f_max):
+    """Raises ValueError unless 0 <= f_min < f_max <= the Nyquist frequency (empty mel filters otherwise)."""
+    if not 0 <= f_min < f_max <= sampling_rate / 2:
+        raise ValueError(
+            f"The mel range must satisfy 0 <= f_min < f_max <= sampling_rate / 2 = {sampling_rate / 2:g} Hz, "
+            f"got f_min={f_min:g} and f_max={f_max:g}."
+        )
 
 
 def _front_end_settings(sampling_rate, n_fft, win_length, hop_length, f_min, f_max):

@@ -1,20 +1,31 @@
 """Log-mel front end of the M2D runtime as a Hugging Face feature extractor."""
 
-import io
-import os
-from pathlib import Path
+import math
 
 import numpy as np
-import soundfile
-import soxr
 import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
-from transformers.utils import logging
+from transformers.utils import PaddingStrategy, logging
+
+from .audio_utils_resp_m2d import check_sampling_rate, has_arrays, load_waveform, split_batch
+from .configuration_resp_m2d import check_mel_range
 
 logger = logging.get_logger(__name__)
 
-# Full-scale values of integer PCM: samples are divided by these to land in [-1, 1).
-PCM_SCALES = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
+# Frames per STFT call: long recordings never hold the complex spectrum of more than this (about 41 s at 16 kHz).
+STFT_BLOCK_FRAMES = 4096
+# Front-end settings of the extractor (preprocessor_config.json) and the model config (config.json) that must agree.
+MATCHING_SETTINGS = {
+    "sampling_rate": "sampling_rate",
+    "feature_size": "num_mel_bins",
+    "n_fft": "n_fft",
+    "win_length": "win_length",
+    "hop_length": "hop_length",
+    "f_min": "f_min",
+    "f_max": "f_max",
+    "mean": "norm_mean",
+    "std": "norm_std",
+}
 
 
 def hz_to_mel_slaney(hz):
@@ -33,15 +44,6 @@ def mel_to_hz_slaney(mel):
     return np.where(mel >= 15.0, log_part, linear)
 
 
-def check_mel_range(sampling_rate, f_min, f_max):
-    """Raises ValueError unless 0 <= f_min < f_max <= the Nyquist frequency (empty mel filters otherwise)."""
-    if not 0 <= f_min < f_max <= sampling_rate / 2:
-        raise ValueError(
-            f"The mel range must satisfy 0 <= f_min < f_max <= sampling_rate / 2 = {sampling_rate / 2:g} Hz, "
-            f"got f_min={f_min:g} and f_max={f_max:g}."
-        )
-
-
 def slaney_mel_filter_bank(sampling_rate, n_fft, num_mel_bins, f_min, f_max):
     """Triangular Slaney-scale mel filters with Slaney (area) normalization: (num_mel_bins, n_fft // 2 + 1)."""
     fft_freqs = np.linspace(0.0, sampling_rate / 2.0, n_fft // 2 + 1)
@@ -53,104 +55,6 @@ def slaney_mel_filter_bank(sampling_rate, n_fft, num_mel_bins, f_min, f_max):
     filters = np.maximum(0.0, np.minimum(rising, falling))
     filters *= 2.0 / (upper - lower)
     return filters.astype(np.float32)
-
-
-def to_mono_float32(audio, name="audio", downmix=False):
-    """Checks one clip and returns it as a 1-D float32 array in [-1, 1] (integer PCM is rescaled)."""
-    if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu()
-        audio = (audio.float() if audio.is_floating_point() else audio).numpy()
-    audio = np.asarray(audio)
-    if audio.dtype in PCM_SCALES:
-        audio = audio.astype(np.float32) / np.float32(PCM_SCALES[audio.dtype])
-    elif audio.dtype == np.uint8:
-        audio = (audio.astype(np.float32) - 128.0) / 128.0
-    elif np.issubdtype(audio.dtype, np.floating):
-        audio = audio.astype(np.float32, copy=False)
-    else:
-        raise ValueError(
-            f"{name} has dtype {audio.dtype}; pass float audio in [-1, 1] or integer PCM (int8, uint8, int16, int32)."
-        )
-    if audio.ndim == 2 and 1 in audio.shape:  # (1, T) or (T, 1): mono whichever axis is time
-        audio = audio.reshape(-1)
-    if audio.ndim == 2:
-        if not downmix:
-            raise ValueError(
-                f"{name} has shape {audio.shape}: it looks multichannel, but the model takes mono audio. "
-                "Pass downmix=True to average the channels (the shorter axis is taken as channels), "
-                "or pass a list of 1-D arrays for a batch."
-            )
-        audio = audio.mean(axis=int(np.argmin(audio.shape)), dtype=np.float32)
-    if audio.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D waveform, got shape {audio.shape}.")
-    if audio.size == 0:
-        raise ValueError(f"{name} is empty.")
-    if not np.isfinite(audio).all():
-        raise ValueError(f"{name} contains NaN or Inf samples.")
-    peak = float(np.abs(audio).max())
-    if peak > 2.0:
-        logger.warning(f"{name} peaks at {peak:.4g}: float audio is expected in [-1, 1] (integer PCM cast to float?).")
-    return audio
-
-
-def resample(audio, orig_sampling_rate, target_sampling_rate):
-    """High-quality resampling with soxr (a no-op when the rates agree)."""
-    if orig_sampling_rate == target_sampling_rate:
-        return audio
-    return soxr.resample(audio, orig_sampling_rate, target_sampling_rate, quality="HQ").astype(np.float32, copy=False)
-
-
-def load_audio(source, sampling_rate, downmix=False, name=None):
-    """
-    Reads audio with soundfile and returns mono float32 at `sampling_rate`.
-
-    `source` is a file path or a binary file-like object (e.g. `io.BytesIO` of encoded bytes); `name` describes it
-    in error messages (by default the path).
-    """
-    if isinstance(source, (str, os.PathLike)):
-        source = Path(source)
-        if not source.is_file():
-            raise FileNotFoundError(f"Audio file not found: {source}")
-    name = name or f"audio file {source}"
-    try:
-        audio, file_rate = soundfile.read(source, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise ValueError(f"Could not read {name}: {error}") from error
-    if audio.shape[1] == 1 or downmix:  # soundfile reads (frames, channels): average the channels, not a guess
-        audio = audio.mean(axis=1, dtype=np.float32)
-    audio = to_mono_float32(audio, name=name, downmix=downmix)
-    return resample(audio, file_rate, sampling_rate)
-
-
-def audio_from_dict(value, name="audio"):
-    """`(array, sampling_rate)` of a `{"array" (or "raw"), "sampling_rate"}` dict, as datasets and pipelines use."""
-    audio = value["array"] if value.get("array") is not None else value.get("raw")
-    if audio is None or value.get("sampling_rate") is None:
-        raise ValueError(
-            f"{name} is a dict with keys {sorted(value)}; expected an 'array' (or 'raw') and its 'sampling_rate'."
-        )
-    return audio, value["sampling_rate"]
-
-
-def load_waveform(audio, sampling_rate, target_rate, downmix=False, name="audio"):
-    """
-    Mono float32 audio at `target_rate` from a file path, encoded bytes, a `{"array", "sampling_rate"}` dict, or an
-    array at `sampling_rate` (taken to be `target_rate` when None); `name` describes it in error messages.
-    """
-    if isinstance(audio, (str, os.PathLike)):
-        return load_audio(audio, target_rate, downmix=downmix)
-    if isinstance(audio, bytes):
-        return load_audio(io.BytesIO(audio), target_rate, downmix=downmix, name=f"the {name} bytes")
-    if isinstance(audio, dict):
-        audio, sampling_rate = audio_from_dict(audio, name=name)
-    return resample(to_mono_float32(audio, name=name, downmix=downmix), sampling_rate or target_rate, target_rate)
-
-
-def split_batch(inputs):
-    """Returns a list of items: a list/tuple of anything but numbers is a batch; anything else is one item."""
-    if isinstance(inputs, (list, tuple)) and inputs and not isinstance(inputs[0], (int, float, np.number)):
-        return list(inputs)
-    return [inputs]
 
 
 class RespM2DFeatureExtractor(SequenceFeatureExtractor):
@@ -222,6 +126,24 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
             std=config.norm_std,
         )
 
+
+    def check_matches(self, config):
+        """
+        Raises ValueError when this extractor's front end differs from the model's: preprocessor_config.json and
+        config.json are written together, and an edit to one of them would otherwise change embeddings silently.
+        """
+        mismatches = [
+            f"{mine}={getattr(self, mine)!r} vs {theirs}={getattr(config, theirs)!r}"
+            for mine, theirs in MATCHING_SETTINGS.items()
+            if not math.isclose(float(getattr(self, mine)), float(getattr(config, theirs)), rel_tol=1e-6)
+        ]
+        if mismatches:
+            raise ValueError(
+                "The feature extractor (preprocessor_config.json) and the model (config.json) disagree on the front "
+                f"end: {'; '.join(mismatches)}. The model was trained with config.json's values: fix "
+                "preprocessor_config.json, or use RespM2DFeatureExtractor.from_model_config(model.config)."
+            )
+
     @property
     def min_samples(self):
         """Shortest clip (in samples at the model's rate) the centered STFT can handle."""
@@ -235,6 +157,10 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         self,
         raw_speech,
         sampling_rate=None,
+        padding=True,
+        max_length=None,
+        truncation=False,
+        pad_to_multiple_of=None,
         return_tensors="pt",
         return_attention_mask=None,
         downmix=False,
@@ -245,13 +171,26 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         Computes normalized log-mel features.
 
         Args:
-            raw_speech (`np.ndarray`, `torch.Tensor`, `list[float]` or a list of those):
-                One mono clip, or a list of clips of any lengths. Float audio is taken as is; integer PCM is rescaled.
+            raw_speech (`np.ndarray`, `torch.Tensor`, `list[float]`, or a list of clips):
+                One mono clip, or a batch: a list of clips of any lengths, or a 2-D array of mono clips (one per row),
+                as in Transformers' audio extractors. Float audio is taken as is; integer PCM is rescaled. A clip may
+                also be a file path, encoded bytes, a `{"array", "sampling_rate"}` dict or a torchcodec
+                `AudioDecoder` (as `datasets` yields); these carry their own rate.
             sampling_rate (`int`, *optional*):
-                Sampling rate of `raw_speech`. Other rates than the model's are resampled; strongly recommended.
-            return_tensors (`str`, defaults to `"pt"`): `"pt"` for torch tensors, `"np"` for numpy arrays.
+                Sampling rate of array clips; other rates than the model's are resampled. Strongly recommended. Clips
+                that carry their own rate must agree with it, unless the batch also has arrays (which it describes).
+            padding (`bool` or `str`, defaults to `True`):
+                `True` or `"longest"`: pad to the longest clip; `"max_length"`: pad to `max_length`; `False`: return
+                each clip's own frames (a list; use `return_tensors=None` or `"np"` for clips of different lengths).
+                Padded frames are `padding_value` and masked out by `attention_mask`.
+            max_length (`int`, *optional*): length in samples (at the model's rate) for `"max_length"` padding and
+                truncation.
+            truncation (`bool`, defaults to `False`): cut clips longer than `max_length` samples.
+            pad_to_multiple_of (`int`, *optional*): round the padded length up to a multiple of this many samples.
+            return_tensors (`str`, defaults to `"pt"`): `"pt"` for torch tensors, `"np"` or `None` for numpy arrays.
             return_attention_mask (`bool`, *optional*): defaults to the extractor's `return_attention_mask`.
-            downmix (`bool`, defaults to `False`): average the channels of 2-D (multichannel) input instead of failing.
+            downmix (`bool`, defaults to `False`): average the channels of multichannel clips instead of failing;
+                a 2-D array is then one multichannel clip (channels on its shorter axis), not a batch.
             device (`str` or `torch.device`, *optional*): where to compute (e.g. `"cuda"`); `"pt"` outputs stay there.
 
         Returns:
@@ -259,39 +198,58 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         """
         if kwargs:
             raise TypeError(f"Unexpected arguments: {sorted(kwargs)}")
-        if sampling_rate is None:
+        strategy = padding_strategy(padding, max_length, truncation, pad_to_multiple_of)
+        clips = split_batch(raw_speech, downmix=downmix)
+        if sampling_rate is not None:
+            sampling_rate = check_sampling_rate(sampling_rate)
+        elif has_arrays(clips):
             logger.warning(
                 f"No sampling_rate given; assuming {self.sampling_rate} Hz. "
                 "Pass `sampling_rate` to avoid silent errors."
             )
-            sampling_rate = self.sampling_rate
-        if not float(sampling_rate).is_integer() or sampling_rate <= 0:
-            raise ValueError(f"sampling_rate must be a positive integer, got {sampling_rate}.")
-        clips = split_batch(raw_speech)
+        # A 2-D array of two-sample rows is more likely one stereo clip than a batch: say so if it is too short.
+        hint = " (a 2-D array is a batch of mono clips, one per row; pass downmix=True for one multichannel clip)"
+        hint = hint if isinstance(raw_speech, (np.ndarray, torch.Tensor)) and len(clips) > 1 else ""
+        rate_of_arrays_only = has_arrays(clips)
         waveforms = [
-            self._prepare_clip(clip, index, len(clips), int(sampling_rate), downmix) for index, clip in enumerate(clips)
+            self._prepare_clip(clip, index, len(clips), sampling_rate, downmix, rate_of_arrays_only, hint)
+            for index, clip in enumerate(clips)
         ]
-        features, attention_mask = self.extract(waveforms, device=device)
+        if truncation:
+            waveforms = [waveform[:max_length] for waveform in waveforms]
+        longest = max(len(waveform) for waveform in waveforms)
+        target = max_length if strategy == PaddingStrategy.MAX_LENGTH else longest
+        if longest > target:
+            raise ValueError(
+                f"A clip has {longest} samples, more than max_length={max_length}; "
+                "pass truncation=True or a larger max_length."
+            )
+        if pad_to_multiple_of:
+            target = math.ceil(target / pad_to_multiple_of) * pad_to_multiple_of
+        features, attention_mask = self.extract(waveforms, num_frames=self.num_frames(target), device=device)
+        if strategy == PaddingStrategy.DO_NOT_PAD:
+            lengths = [self.num_frames(len(waveform)) for waveform in waveforms]
+            features = [row[:, :length] for row, length in zip(features, lengths)]
+            attention_mask = [row[:length] for row, length in zip(attention_mask, lengths)]
         data = {"input_features": features}
         if self.return_attention_mask if return_attention_mask is None else return_attention_mask:
             data["attention_mask"] = attention_mask
-        if return_tensors != "pt":
-            data = {key: value.cpu().numpy() for key, value in data.items()}
-        return BatchFeature(data, tensor_type=return_tensors)
+        return as_batch_feature(data, return_tensors)
 
-    def _prepare_clip(self, clip, index, batch_size, sampling_rate, downmix):
+    def _prepare_clip(self, clip, index, batch_size, sampling_rate, downmix, rate_of_arrays_only, hint):
         name = "audio" if batch_size == 1 else f"audio clip {index}"
-        waveform = resample(to_mono_float32(clip, name=name, downmix=downmix), sampling_rate, self.sampling_rate)
+        waveform = load_waveform(clip, sampling_rate, self.sampling_rate, downmix, name, rate_of_arrays_only)
         if waveform.size < self.min_samples:
             raise ValueError(
                 f"{name} is too short: {waveform.size} samples at {self.sampling_rate} Hz, "
-                f"the front end needs at least {self.min_samples}."
+                f"the front end needs at least {self.min_samples}{hint}."
             )
         return waveform
 
-    def extract(self, waveforms, device=None):
+    def extract(self, waveforms, num_frames=0, device=None):
         """
-        Log-mel of a list of checked 1-D float32 waveforms at the model's rate.
+        Log-mel of a list of checked 1-D float32 waveforms at the model's rate, padded to the longest clip or to
+        `num_frames` frames if more. The STFT runs `STFT_BLOCK_FRAMES` frames at a time (frames are independent).
 
         Returns `(features, attention_mask)`: (batch, n_mels, frames) float32 and (batch, frames) int32.
         """
@@ -299,20 +257,137 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         lengths = [len(waveform) for waveform in waveforms]
         padded = torch.zeros(len(waveforms), max(lengths) + 2 * pad, dtype=torch.float32, device=device)
         for row, waveform in zip(padded, waveforms):
-            clip = torch.as_tensor(waveform, device=device)[None, None]
-            reflected = torch.nn.functional.pad(clip, (pad, pad), mode="reflect")[0, 0]
-            row[: reflected.numel()] = reflected
+            reflect_pad_into(row, torch.as_tensor(waveform, device=device), pad)
+        total = self.num_frames(max(lengths))
+        features = torch.empty(len(waveforms), self.feature_size, max(total, num_frames), device=device)
         window = torch.hann_window(self.win_length, periodic=True, dtype=torch.float32, device=device)
-        spectrum = torch.stft(
-            padded, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
-        )
-        power = spectrum.real.square() + spectrum.imag.square()
-        mel = torch.matmul(torch.as_tensor(self.mel_filters, device=device), power)
-        features = (torch.log(mel + torch.finfo(torch.float32).eps) - self.mean) / self.std
+        filters = torch.as_tensor(self.mel_filters, device=device)
+        for start in range(0, total, STFT_BLOCK_FRAMES):
+            stop = min(start + STFT_BLOCK_FRAMES, total)
+            samples = padded[:, start * self.hop_length : (stop - 1) * self.hop_length + self.n_fft]
+            spectrum = torch.stft(
+                samples, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
+            )
+            mel = torch.matmul(filters, spectrum.real.square() + spectrum.imag.square())
+            features[:, :, start:stop] = (torch.log(mel + torch.finfo(torch.float32).eps) - self.mean) / self.std
         frames = torch.tensor([self.num_frames(length) for length in lengths], device=device)
         attention_mask = (torch.arange(features.shape[-1], device=device)[None, :] < frames[:, None]).to(torch.int32)
-        features = features.masked_fill(attention_mask[:, None, :] == 0, self.padding_value)
+        features.masked_fill_(attention_mask[:, None, :] == 0, self.padding_value)
         return features, attention_mask
 
+    def pad(
+        self,
+        processed_features,
+        padding=True,
+        max_length=None,
+        truncation=False,
+        pad_to_multiple_of=None,
+        return_attention_mask=None,
+        return_tensors=None,
+    ):
+        """
+        Pads features this extractor made ((n_mels, frames) each, e.g. rows of a dataset mapped with it) along
+        time, so that `DataCollatorWithPadding(feature_extractor)` batches clips of different lengths. Lengths here
+        are in frames. Other keys (e.g. `label`) are batched as they are.
 
-__all__ = ["RespM2DFeatureExtractor", "audio_from_dict", "load_audio", "load_waveform", "split_batch"]
+        Args:
+            processed_features: a list of dicts (dataset rows) or a dict of lists, with `input_features` and
+                optionally `attention_mask`.
+            padding, max_length, truncation, pad_to_multiple_of: as in [`~RespM2DFeatureExtractor.__call__`], in
+                frames.
+            return_attention_mask (`bool`, *optional*): defaults to the extractor's `return_attention_mask`.
+            return_tensors (`str`, *optional*): `"pt"` or `"np"`; by default torch if the features are tensors.
+        """
+        strategy = padding_strategy(padding, max_length, truncation, pad_to_multiple_of)
+        if isinstance(processed_features, (list, tuple)):
+            processed_features = {key: [row[key] for row in processed_features] for key in processed_features[0]}
+        data = dict(processed_features)
+        if "input_features" not in data:
+            raise ValueError(f"pad() needs 'input_features', got keys {sorted(data)}.")
+        given = data["input_features"]
+        is_torch = isinstance(given, torch.Tensor) or (len(given) and isinstance(given[0], torch.Tensor))
+        features = [self._checked_features(item, index) for index, item in enumerate(given)]
+        given_masks = data.get("attention_mask")
+        masks = [
+            np.ones(item.shape[1], np.int32) if given_masks is None else np.asarray(given_masks[index], np.int32)
+            for index, item in enumerate(features)
+        ]
+        if truncation:
+            features, masks = [item[:, :max_length] for item in features], [mask[:max_length] for mask in masks]
+        longest = max(item.shape[1] for item in features)
+        target = max_length if strategy == PaddingStrategy.MAX_LENGTH else longest
+        if longest > target:
+            raise ValueError(f"A clip has {longest} frames, more than max_length={max_length}; pass truncation=True.")
+        if pad_to_multiple_of:
+            target = math.ceil(target / pad_to_multiple_of) * pad_to_multiple_of
+        if strategy != PaddingStrategy.DO_NOT_PAD:
+            features = np.stack([pad_frames(item, target, self.padding_value) for item in features])
+            masks = np.stack([pad_frames(mask, target, 0) for mask in masks])
+        data["input_features"] = features
+        data.pop("attention_mask", None)
+        if self.return_attention_mask if return_attention_mask is None else return_attention_mask:
+            data["attention_mask"] = masks
+        return as_batch_feature(data, return_tensors or ("pt" if is_torch else "np"))
+
+    def _checked_features(self, item, index):
+        """One clip's features as a float32 (n_mels, frames) array; a clear error for anything else."""
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu()
+        item = np.asarray(item, dtype=np.float32)
+        if item.ndim != 2 or item.shape[0] != self.feature_size:
+            raise ValueError(
+                f"input_features {index} has shape {item.shape}; pad() takes ({self.feature_size}, frames) features "
+                "as this extractor makes them (map the dataset with padding=False, one clip per row)."
+            )
+        return item
+
+
+def padding_strategy(padding, max_length, truncation, pad_to_multiple_of):
+    """Checks the padding arguments and returns their `PaddingStrategy`."""
+    if padding is True:
+        padding = PaddingStrategy.LONGEST
+    elif padding is False:
+        padding = PaddingStrategy.DO_NOT_PAD
+    try:
+        strategy = PaddingStrategy(padding)
+    except ValueError:
+        raise ValueError(f"padding={padding!r} must be True, False, 'longest', 'max_length' or 'do_not_pad'.") from None
+    for name, value in (("max_length", max_length), ("pad_to_multiple_of", pad_to_multiple_of)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if (strategy == PaddingStrategy.MAX_LENGTH or truncation) and max_length is None:
+        raise ValueError("padding='max_length' and truncation=True need max_length.")
+    return strategy
+
+
+def reflect_pad_into(row, waveform, pad):
+    """Writes `waveform` into `row` with `pad` reflected samples on each side (numpy/torch 'reflect' padding)."""
+    length = len(waveform)
+    row[pad : pad + length] = waveform
+    row[:pad] = waveform[1 : pad + 1].flip(0)
+    row[pad + length : 2 * pad + length] = waveform[length - pad - 1 : length - 1].flip(0)
+
+
+def pad_frames(values, frames, value):
+    """Pads the last axis of `values` to `frames` with `value`."""
+    widths = [(0, 0)] * (values.ndim - 1) + [(0, frames - values.shape[-1])]
+    return np.pad(values, widths, constant_values=value)
+
+
+def as_batch_feature(data, return_tensors):
+    """A `BatchFeature` of torch tensors (`"pt"`) or numpy arrays (`"np"` or None); unpadded clips stay a list."""
+
+    def convert(value):
+        if return_tensors == "pt":
+            return torch.as_tensor(value)
+        return value.cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+    def is_clip_list(value):
+        return isinstance(value, list) and len(value) > 0 and getattr(value[0], "ndim", 0) > 0
+
+    return BatchFeature(
+        {key: [*map(convert, value)] if is_clip_list(value) else convert(value) for key, value in data.items()}
+    )
+
+
+__all__ = ["RespM2DFeatureExtractor"]

@@ -2,9 +2,7 @@
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-import soundfile
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -14,14 +12,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
+from .audio_utils_resp_m2d import check_sampling_rate, has_arrays, item_duration, load_waveform, split_batch
 from .configuration_resp_m2d import RespM2DConfig
-from .feature_extraction_resp_m2d import (
-    RespM2DFeatureExtractor,
-    audio_from_dict,
-    load_waveform,
-    split_batch,
-)
-from .pipeline_resp_m2d import RespM2DAudioClassificationPipeline
+from .feature_extraction_resp_m2d import RespM2DFeatureExtractor
 
 
 @dataclass
@@ -407,23 +400,33 @@ class RespM2DModel(RespM2DPreTrainedModel):
         Clip embeddings (`pooler_output`) for one clip or a list of clips of any lengths and sampling rates.
 
         Args:
-            audio: a 1-D array or tensor, a file path, a `{"array", "sampling_rate"}` dict, or a list of those.
-            sampling_rate (`int`, *optional*): rate of array inputs (dicts and files carry their own).
+            audio: a 1-D array or tensor, a file path, encoded bytes (WAV, FLAC, ...), a `{"array",
+                "sampling_rate"}` dict, a torchcodec `AudioDecoder` (as `datasets` yields), or a list of those.
+            sampling_rate (`int`, *optional*): rate of array inputs. Files, bytes, dicts and decoders carry their own
+                rate; when no input is an array, a `sampling_rate` passed with them must agree with it.
             batch_size (`int`, defaults to 8): clips per forward pass; clips are grouped by length to limit padding.
-            feature_extractor (*optional*): defaults to the one described by `self.config`.
+            feature_extractor (*optional*): defaults to the one described by `self.config`; one whose front end
+                differs from the config's is an error.
             downmix (`bool`, defaults to `False`): average the channels of multichannel input.
             progress (`bool`, *optional*): show a progress bar; by default shown when there is more than one batch.
             autocast_dtype (`torch.dtype`, *optional*): run the encoder under `torch.autocast` in this dtype, e.g.
                 `torch.bfloat16` (about twice as fast on recent CPUs and GPUs; embeddings within cosine 0.999 of fp32).
 
         Returns:
-            `torch.FloatTensor` of shape `(num_clips, pooled_size)` on the CPU, in the input order.
+            `torch.FloatTensor` of shape `(num_clips, pooled_size)` on the CPU, in the input order. Clips are decoded
+            one batch at a time, so only a batch of audio is in memory.
         """
         if isinstance(audio, (list, tuple)) and len(audio) == 0:
             raise ValueError("embed() got an empty list: pass at least one clip.")
-        feature_extractor = feature_extractor or RespM2DFeatureExtractor.from_model_config(self.config)
-        items = split_batch(audio)
-        durations = [item_duration(item, sampling_rate, index) for index, item in enumerate(items)]
+        if sampling_rate is not None:
+            sampling_rate = check_sampling_rate(sampling_rate)
+        if feature_extractor is None:
+            feature_extractor = RespM2DFeatureExtractor.from_model_config(self.config)
+        feature_extractor.check_matches(self.config)
+        items = split_batch(audio, downmix=downmix)
+        names = ["audio"] if len(items) == 1 else [f"Input {index}" for index in range(len(items))]
+        durations = [item_duration(item, sampling_rate, name) for item, name in zip(items, names)]
+        rate_of_arrays_only = has_arrays(items)
         order = sorted(range(len(items)), key=durations.__getitem__)
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         show = len(batches) > 1 if progress is None else progress
@@ -432,21 +435,22 @@ class RespM2DModel(RespM2DPreTrainedModel):
         self.eval()  # no dropout, whatever mode the model is in
         try:
             for batch in progress_bar(batches, show, desc="Embedding"):
+                rate = feature_extractor.sampling_rate
                 waveforms = [
-                    load_waveform(items[i], sampling_rate, feature_extractor.sampling_rate, downmix, name=f"Input {i}")
-                    for i in batch
+                    load_waveform(items[i], sampling_rate, rate, downmix, names[i], rate_of_arrays_only) for i in batch
                 ]
-                for i, embedding in zip(batch, self.embed_waveforms(waveforms, feature_extractor, autocast_dtype)):
+                inputs = feature_extractor(
+                    waveforms, sampling_rate=rate, return_attention_mask=True, device=self.device
+                )
+                del waveforms  # the audio is freed before the encoder runs
+                for i, embedding in zip(batch, self.embed_features(inputs, autocast_dtype)):
                     embeddings[i] = embedding
         finally:
             self.train(was_training)
         return torch.stack(embeddings)
 
-    def embed_waveforms(self, waveforms, feature_extractor, autocast_dtype=None):
-        """Clip embeddings (float32, on the CPU) of mono waveforms at the extractor's rate, in one forward pass."""
-        inputs = feature_extractor(
-            waveforms, sampling_rate=feature_extractor.sampling_rate, return_attention_mask=True, device=self.device
-        )
+    def embed_features(self, inputs, autocast_dtype=None):
+        """Clip embeddings (float32, on the CPU) of the feature extractor's outputs, in one forward pass."""
         with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             return self(**inputs).pooler_output.float().cpu()
 
@@ -625,23 +629,6 @@ def scatter_chunks(values, index, grid):
     return out
 
 
-def item_duration(item, sampling_rate, index):
-    """Duration in seconds of an `embed` input, read from the file header for paths."""
-    if isinstance(item, (str, Path)):
-        if not Path(item).is_file():
-            raise FileNotFoundError(f"Audio file not found: {item}")
-        try:
-            return soundfile.info(str(item)).duration
-        except (soundfile.LibsndfileError, RuntimeError) as error:
-            raise ValueError(f"Could not read audio file {item}: {error}") from error
-    if isinstance(item, dict):
-        audio, rate = audio_from_dict(item, name=f"Input {index}")
-        return len(audio) / rate
-    if sampling_rate is None:
-        raise ValueError(f"Input {index} is an array: pass `sampling_rate` for array inputs.")
-    return len(item) / sampling_rate
-
-
 def progress_bar(iterable, show, desc):
     if not show:
         return iterable
@@ -651,7 +638,6 @@ def progress_bar(iterable, show, desc):
 
 
 __all__ = [
-    "RespM2DAudioClassificationPipeline",
     "RespM2DForAudioClassification",
     "RespM2DModel",
     "RespM2DModelOutput",

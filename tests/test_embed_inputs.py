@@ -1,0 +1,78 @@
+"""What `RespM2DModel.embed()` accepts: bytes, decoders, 2-D batches, and the checks on rates and front ends."""
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+import torch
+from conftest import noise, tiny_model
+
+from resp_hf import RespM2DFeatureExtractor
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=3)
+
+
+def encoded(audio, rate, tmp_path, name="clip.wav"):
+    path = tmp_path / name
+    soundfile.write(path, audio, rate, subtype="FLOAT")
+    return path
+
+
+def test_encoded_bytes_are_decoded_with_their_own_rate(model, tmp_path):
+    audio = noise(1.2, rate=8000, seed=1)
+    path = encoded(audio, 8000, tmp_path)
+    expected = model.embed(soxr.resample(audio, 8000, 16000, quality="HQ"), sampling_rate=16000)
+    torch.testing.assert_close(model.embed(path.read_bytes()), expected, atol=0, rtol=0)
+    torch.testing.assert_close(model.embed(str(path)), expected, atol=0, rtol=0)
+    torch.testing.assert_close(model.embed(path.read_bytes(), sampling_rate=8000), expected, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"the audio bytes carries its own sampling rate \(8000 Hz\) but"):
+        model.embed(path.read_bytes(), sampling_rate=16000)
+    with pytest.raises(ValueError, match=r"clip.wav carries its own sampling rate \(8000 Hz\)"):
+        model.embed([str(path), path.read_bytes()], sampling_rate=16000)
+    # Beside arrays, sampling_rate is theirs: the file keeps its own rate.
+    mixed = model.embed([str(path), soxr.resample(audio, 8000, 16000, quality="HQ")], sampling_rate=16000)
+    torch.testing.assert_close(mixed, expected.expand(2, -1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="Could not read the Input 1 bytes"):
+        model.embed([str(path), b"not audio"])
+
+
+def test_torchcodec_style_decoders_are_embedded(model):
+    audio = noise(1.0, rate=8000, seed=2)
+    decoder = SimpleNamespace(
+        get_all_samples=lambda: SimpleNamespace(data=torch.from_numpy(audio[None]), sample_rate=8000),
+        metadata=SimpleNamespace(sample_rate=8000),
+    )
+    expected = model.embed(audio, sampling_rate=8000)
+    torch.testing.assert_close(model.embed(decoder), expected, atol=0, rtol=0)
+    torch.testing.assert_close(model.embed([decoder, audio], sampling_rate=8000), expected.expand(2, -1))
+
+
+def test_a_2d_array_is_a_batch_of_clips(model):
+    rows = np.stack([noise(0.8, seed=4), noise(0.8, seed=5)])
+    torch.testing.assert_close(model.embed(rows, sampling_rate=16000), model.embed(list(rows), sampling_rate=16000))
+
+
+@pytest.mark.parametrize("rate", ["16000", True, 0, -1, float("nan"), 22050.5])
+def test_bad_sampling_rates_are_clear_errors(model, rate):
+    with pytest.raises(ValueError, match="sampling_rate must be a positive integer, got"):
+        model.embed(noise(0.5), sampling_rate=rate)
+
+
+def test_a_feature_extractor_that_disagrees_with_the_config_is_refused(model):
+    edited = RespM2DFeatureExtractor.from_model_config(model.config)
+    edited.mean += 2.0
+    with pytest.raises(ValueError, match=r"disagree on the front end: mean=-3.0 vs norm_mean=-5.0"):
+        model.embed(noise(0.5), sampling_rate=16000, feature_extractor=edited)
+
+
+def test_truncated_wav_bytes_are_named_not_embedded(model, tmp_path):
+    buffer = io.BytesIO()
+    soundfile.write(buffer, noise(1.0), 16000, format="WAV", subtype="PCM_16")
+    with pytest.raises(ValueError, match="the audio bytes is truncated"):
+        model.embed(buffer.getvalue()[:20000])
