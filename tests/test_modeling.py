@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import soundfile
@@ -134,11 +136,109 @@ def test_golden_batch_equals_each_clip_alone(golden_folder, golden_audio):
         for row, name in enumerate(names):
             alone = model(**extractor(golden_audio[name], sampling_rate=16000))
             steps = alone.frame_embeddings.shape[1]
-            assert int(batch.frame_mask[row].sum()) == steps
+            assert int(batch.frame_mask[row].sum()) == steps == int(alone.frame_mask.sum())
             torch.testing.assert_close(
                 batch.frame_embeddings[row, :steps], alone.frame_embeddings[0], atol=1e-4, rtol=0
             )
             torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_every_output_of_a_clip_has_one_layout_alone_and_in_a_padded_batch(per_layer):
+    model = tiny_model()
+    lengths = [250, 60, 130, 96, 17]
+    torch.manual_seed(2)
+    features = torch.randn(len(lengths), 80, max(lengths))
+    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+    options = dict(output_hidden_states=per_layer, output_attentions=per_layer)
+    tokens = 1 + model.config.num_frequency_patches * model.config.time_patches_per_chunk
+    with torch.no_grad():
+        batch = model(features, attention_mask=mask, **options)
+        assert batch.last_hidden_state.shape == (5, 3, tokens, 64)
+        for row, length in enumerate(lengths):
+            alone = model(features[row : row + 1, :, :length], **options)
+            chunks, steps = alone.last_hidden_state.shape[1], alone.frame_embeddings.shape[1]
+            assert alone.last_hidden_state.shape[2] == tokens
+            pairs = [(batch.last_hidden_state, alone.last_hidden_state)]
+            if per_layer:
+                pairs += list(zip(batch.hidden_states, alone.hidden_states))
+                pairs += list(zip(batch.attentions, alone.attentions))
+            for batched, single in pairs:
+                assert batched.shape[2:] == single.shape[2:]
+                torch.testing.assert_close(batched[row, :chunks], single[0], atol=1e-4, rtol=0)
+                assert torch.all(batched[row, chunks:] == 0)
+            torch.testing.assert_close(batch.frame_embeddings[row, :steps], alone.frame_embeddings[0], atol=1e-4, rtol=0)
+            assert torch.all(batch.frame_embeddings[row, steps:] == 0)
+            torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], atol=1e-4, rtol=0)
+
+
+def test_gradients_reach_the_returned_hidden_states_and_attentions():
+    model = tiny_model().train()
+    features, mask = torch.randn(2, 80, 150), torch.ones(2, 150, dtype=torch.long)
+    mask[1, 70:] = 0
+    output = model(features, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    for tensor in output.hidden_states + output.attentions:
+        tensor.retain_grad()
+    output.pooler_output.square().sum().backward()
+    for tensor in output.hidden_states + output.attentions:
+        assert tensor.grad is not None and tensor.grad.abs().sum() > 0
+    model.zero_grad()
+    model(features, output_hidden_states=True).hidden_states[1].sum().backward()  # backprop from a returned state
+    assert model.encoder.layer[0].mlp.fc2.weight.grad.abs().sum() > 0
+    assert model.encoder.layer[1].mlp.fc2.weight.grad is None or not model.encoder.layer[1].mlp.fc2.weight.grad.any()
+
+
+def test_chunks_per_pass_bounds_the_encoder_batch_with_the_same_results():
+    features = torch.randn(2, 80, 96 * 9 + 40)
+    mask = torch.ones(2, 96 * 9 + 40, dtype=torch.long)
+    mask[1, 300:] = 0
+    outputs, sizes = {}, {}
+    for per_pass in (None, 2):
+        model = tiny_model(chunks_per_pass=per_pass)
+        sizes[per_pass] = []
+        model.encoder.layer[0].register_forward_hook(lambda m, args, out, s=sizes[per_pass]: s.append(len(args[0])))
+        with torch.no_grad():
+            outputs[per_pass] = model(features, attention_mask=mask)
+    assert sizes[None] == [12, 1, 1] and max(sizes[2]) == 2 and sum(sizes[2]) == 14  # widths 6, 3 (clip 0), 5 (clip 1)
+    torch.testing.assert_close(outputs[2].last_hidden_state, outputs[None].last_hidden_state, atol=1e-6, rtol=0)
+    torch.testing.assert_close(outputs[2].pooler_output, outputs[None].pooler_output, atol=1e-6, rtol=0)
+
+
+def test_padding_without_an_attention_mask_warns_once():
+    from transformers.testing_utils import CaptureLogger
+
+    from resp_hf.models.resp_m2d import modeling_resp_m2d
+
+    model = tiny_model()
+    padded = torch.randn(2, 80, 150)
+    padded[1, :, 100:] = 0.0
+    type(modeling_resp_m2d.logger).warning_once.cache_clear()
+    with CaptureLogger(modeling_resp_m2d.logger) as quiet:
+        model(padded, attention_mask=(padded.abs().sum(1) > 0).long())  # mask given
+        model(torch.randn(2, 80, 150))  # no padding
+        model(torch.zeros(2, 80, 150))  # silence everywhere is not padding
+    assert quiet.out == ""
+    with CaptureLogger(modeling_resp_m2d.logger) as captured:
+        model(padded)
+        model(padded)
+    assert captured.out.count("no attention_mask was passed") == 1
+
+
+def test_a_config_that_disagrees_with_the_weights_is_an_error(tmp_path):
+    from resp_hf import RespM2DForAudioClassification
+
+    tiny_model().save_pretrained(tmp_path / "encoder")
+    for layers, kind in ((3, "missing keys: encoder.layer.2."), (1, "unexpected keys: encoder.layer.1.")):
+        folder = tmp_path / f"layers{layers}"
+        tiny_model().save_pretrained(folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+        with pytest.raises(ValueError, match=f"layers{layers}: config.json does not match the weights \\({kind}"):
+            RespM2DModel.from_pretrained(folder)
+    classifier = RespM2DForAudioClassification.from_pretrained(tmp_path / "encoder", num_labels=3)  # a new head
+    classifier.save_pretrained(tmp_path / "classifier")
+    model, info = RespM2DModel.from_pretrained(tmp_path / "classifier", output_loading_info=True)  # head dropped
+    assert isinstance(model, RespM2DModel) and set(info) >= {"missing_keys", "unexpected_keys"}
 
 
 def test_output_shapes_hidden_states_and_attention_masking():

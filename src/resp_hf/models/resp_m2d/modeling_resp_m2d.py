@@ -101,13 +101,20 @@ class RespM2DEmbeddings(nn.Module):
         return self.dropout(tokens.unflatten(0, chunks.shape[:-2]))
 
 
-def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Softmax attention written out; works on any leading dimensions, so the probabilities it returns are the
-    tensors the output is computed from. `attention_mask` is additive (0 or the dtype's minimum)."""
+def eager_attention_forward(
+    module, query, key, value, attention_mask, scaling, dropout=0.0, token_mask=None, **kwargs
+):
+    """
+    Softmax attention written out; works on any leading dimensions, so the probabilities it returns are the
+    tensors the output is computed from. `attention_mask` is additive (0 or the dtype's minimum); the rows of
+    queries outside `token_mask` (padding, whose states are zeroed anyway) are zeroed so they read as no attention.
+    """
     scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
     probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    if token_mask is not None:
+        probs = probs * token_mask[..., None, :, None].to(probs.dtype)
     context = torch.matmul(nn.functional.dropout(probs, p=dropout, training=module.training), value)
     return context.transpose(-3, -2), probs
 
@@ -142,10 +149,12 @@ class RespM2DAttention(nn.Module):
             mask = torch.zeros(token_mask.shape, dtype=query.dtype, device=query.device)
             mask = mask.masked_fill(~token_mask, torch.finfo(query.dtype).min)[..., None, None, :]
         dropout = self.dropout if self.training else 0.0
-        if output_attentions or self.config._attn_implementation == "eager":
-            context, probs = eager_attention_forward(self, query, key, value, mask, self.scaling, dropout)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        if output_attentions or attention is eager_attention_forward:
+            context, probs = eager_attention_forward(
+                self, query, key, value, mask, self.scaling, dropout, token_mask=token_mask
+            )
         else:  # the shared implementations take (batch, heads, tokens, head_dim)
-            attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
             flat = [tensor.reshape(-1, *tensor.shape[-3:]) for tensor in (query, key, value)]
             if mask is not None:
                 mask = mask.reshape(-1, 1, 1, tokens).expand(-1, 1, tokens, tokens)
