@@ -71,7 +71,7 @@ class RespM2DPatchEmbeddings(nn.Module):
         self.projection = nn.Conv2d(1, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size)
 
     def forward(self, chunks):
-        images = chunks.reshape(-1, 1, *chunks.shape[-2:]).to(self.projection.weight.dtype)
+        images = chunks.flatten(0, -3)[:, None].to(self.projection.weight.dtype)  # flatten: no size guards in export
         return self.projection(images).flatten(2).transpose(1, 2)
 
 
@@ -155,9 +155,9 @@ class RespM2DAttention(nn.Module):
                 self, query, key, value, mask, self.scaling, dropout, token_mask=token_mask
             )
         else:  # the shared implementations take (batch, heads, tokens, head_dim)
-            flat = [tensor.reshape(-1, *tensor.shape[-3:]) for tensor in (query, key, value)]
+            flat = [tensor.flatten(0, -4) for tensor in (query, key, value)]
             if mask is not None:
-                mask = mask.reshape(-1, 1, 1, tokens).expand(-1, 1, tokens, tokens)
+                mask = mask.flatten(0, -4).expand(-1, 1, tokens, tokens)
             context, probs = attention(self, *flat, mask, scaling=self.scaling, dropout=dropout)
         return self.proj(context.reshape(*lead, tokens, width)), probs
 
@@ -362,9 +362,10 @@ class RespM2DModel(RespM2DPreTrainedModel):
             input_features = input_features * attention_mask[:, None, :].to(input_features.dtype)
         unit = self.config.unit_frames
         num_chunks = (frames + unit - 1) // unit
-        padded = nn.functional.pad(input_features, (0, num_chunks * unit - frames))
+        # Time-major, so that chunks are slices and flattening them is a view (no size guards in torch.export).
+        padded = nn.functional.pad(input_features.transpose(1, 2), (0, 0, 0, num_chunks * unit - frames))
         width = self.config.time_patches_per_chunk * self.config.patch_size[1]
-        chunks = padded.unflatten(-1, (num_chunks, unit))[..., :width].transpose(1, 2)
+        chunks = padded.unflatten(1, (num_chunks, unit))[:, :, :width].transpose(-1, -2)
         return chunks, self.valid_patches_per_chunk(num_frames, num_chunks)
 
     def _token_mask(self, columns, frames):
@@ -413,12 +414,16 @@ class RespM2DModel(RespM2DPreTrainedModel):
         return torch.cat([tokens[:, :1], padded.flatten(1, 2)], dim=1)
 
     def _frame_mask(self, columns, frames):
-        """(batch, time steps) mask of each clip's patch columns; time steps: the columns of `frames` frames."""
+        """
+        (batch, time steps) mask of each clip's patch columns; time steps: the columns of `frames` frames (all
+        columns of all chunks under torch.compile / torch.export, whose graphs must not depend on that count).
+        """
         unit, patch, full = self.config.unit_frames, self.config.patch_size[1], self.config.time_patches_per_chunk
-        whole_chunks = (frames - 1) // unit
-        last = torch.sym_min((frames - whole_chunks * unit + patch - 1) // patch, full)
-        steps = columns.sum(1)
-        return torch.arange(whole_chunks * full + last, device=columns.device)[None, :] < steps[:, None]
+        steps = columns.shape[1] * full
+        if not _is_tracing():
+            last_piece = frames - (columns.shape[1] - 1) * unit
+            steps -= full - min((last_piece + patch - 1) // patch, full)
+        return torch.arange(steps, device=columns.device)[None, :] < columns.sum(1)[:, None]
 
     def _check_input(self, input_features, attention_mask):
         if input_features.ndim != 3 or input_features.shape[1] != self.config.num_mel_bins:
