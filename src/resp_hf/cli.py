@@ -212,6 +212,27 @@ def run_logmel(args):
     print(f"Wrote {precompute_log_mels(args.input_dir, args.output_dir, config)}")
 
 
+def add_export_command(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="Export a model folder to another runtime.",
+        description="Export a resp_m2d folder (encoder or classifier) to ONNX with dynamic batch and length, "
+        "checked in ONNX Runtime against PyTorch.",
+    )
+    formats = parser.add_subparsers(dest="format", required=True)
+    onnx = formats.add_parser("onnx", help="ONNX (needs the [export] extra: onnx, onnxruntime, onnxscript)")
+    onnx.add_argument("model", help="converted or fine-tuned folder")
+    onnx.add_argument("output_dir", help="folder to write model.onnx (and the folder's configs) into")
+    onnx.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    onnx.set_defaults(handler=run_export_onnx)
+
+
+def run_export_onnx(args):
+    from .export import export_onnx
+
+    print(export_onnx(args.model, args.output_dir, overwrite=args.overwrite))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="resp-hf", description="Respiratory audio foundation models for Transformers."
@@ -225,6 +246,7 @@ def build_parser():
     add_benchmark_command(subparsers)
     add_card_command(subparsers)
     add_pretrain_commands(subparsers)
+    add_export_command(subparsers)
     return parser
 
 

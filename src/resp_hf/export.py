@@ -66,7 +66,7 @@ def check_inputs(config, batch=3, units=2.5):
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(batch, config.num_mel_bins, frames, generator=generator)
     lengths = torch.tensor([frames - i * frames // (batch + 1) for i in range(batch)])
-    mask = (torch.arange(frames)[None, :] < lengths[:, None]).long()
+    mask = (torch.arange(frames)[None, :] < lengths[:, None]).int()  # int32, as the feature extractor returns
     return features * mask[:, None], mask
 
 
@@ -76,8 +76,11 @@ def export_onnx(model_folder, output_dir, overwrite: bool = False) -> OnnxExport
     `output_dir/model.onnx` with dynamic batch and frame axes, copies the folder's config and preprocessor config
     next to it, and checks the graph in ONNX Runtime on inputs of other shapes than the traced ones.
     """
-    import onnxruntime
-
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as error:
+        raise ValueError(f"ONNX export needs {error.name}: pip install 'resp-hf[export]'.") from None
     model_folder, output_dir = Path(model_folder), Path(output_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise ValueError(f"{output_dir} exists and is not empty: choose a new folder or pass --overwrite.")
