@@ -38,7 +38,8 @@ def test_torch_export_with_static_shapes_matches_eager(make_model):
 @pytest.mark.parametrize("make_model", [tiny_model, tiny_classifier])
 def test_torch_export_with_dynamic_batch_and_length_matches_eager(make_model):
     model = make_model()
-    dynamic = {"input_features": {0: Dim("batch"), 2: Dim("frames")}, "attention_mask": {0: Dim("batch"), 1: Dim("frames")}}
+    batch, frames = Dim("batch"), Dim("frames")
+    dynamic = {"input_features": {0: batch, 2: frames}, "attention_mask": {0: batch, 1: frames}}
     with torch.fx.experimental._config.patch(backed_size_oblivious=True):  # one program for 1 chunk and for many
         program = torch.export.export(model, padded_inputs(2, 250), dynamic_shapes=dynamic)
     for batch, frames in ((3, 90), (1, 5), (4, 400), (1, 96)):

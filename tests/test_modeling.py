@@ -16,7 +16,8 @@ def original_block(layer, x, heads):
     attention, mlp = layer.attention, layer.mlp
     B, N, C = x.shape
     h = F.layer_norm(x, (C,), layer.layernorm_before.weight, layer.layernorm_before.bias, eps=1e-6)
-    qkv = F.linear(h, attention.qkv.weight, attention.qkv.bias).reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+    qkv = F.linear(h, attention.qkv.weight, attention.qkv.bias)
+    qkv = qkv.reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
     attn = ((q * (C // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
     x = x + F.linear((attn @ v).transpose(1, 2).reshape(B, N, C), attention.proj.weight, attention.proj.bias)
@@ -28,7 +29,8 @@ def original_forward_encoder(model, x):
     """nttcslab/m2d patch_m2d.diff `forward_encoder(x, mask_ratio=0, return_layers=True, adjust_short=True)`."""
     config = model.config
     fbins = config.input_size[0] // config.patch_size[0]
-    x = F.conv2d(x, model.embeddings.patch_embeddings.projection.weight, model.embeddings.patch_embeddings.projection.bias, stride=config.patch_size)
+    projection = model.embeddings.patch_embeddings.projection  # patch_embed.proj
+    x = F.conv2d(x, projection.weight, projection.bias, stride=config.patch_size)
     x = x.flatten(2).transpose(1, 2)
     pos_embed = model.embeddings.position_embeddings[:, 1:, :]
     if x.shape[1] < pos_embed.shape[1]:  # shorten pos_embed for a short input
@@ -81,8 +83,14 @@ def original_encode_lms(model, lms, encoder=original_forward_encoder):
 )
 def test_every_length_up_to_four_units_matches_the_original_runtime(input_size, patch_size):
     """All lengths 1..4 units, as prefixes of one log-mel, batched with masks against the original loop."""
-    model = tiny_model(input_size=input_size, patch_size=patch_size, hidden_size=16, num_attention_heads=2,
-                       intermediate_size=32, num_hidden_layers=1)
+    model = tiny_model(
+        input_size=input_size,
+        patch_size=patch_size,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_hidden_layers=1,
+    )
     unit = input_size[1]
     torch.manual_seed(1)
     lms = torch.randn(input_size[0], 4 * unit)
@@ -167,7 +175,8 @@ def test_every_output_of_a_clip_has_one_layout_alone_and_in_a_padded_batch(per_l
                 assert batched.shape[2:] == single.shape[2:]
                 torch.testing.assert_close(batched[row, :chunks], single[0], atol=1e-4, rtol=0)
                 assert torch.all(batched[row, chunks:] == 0)
-            torch.testing.assert_close(batch.frame_embeddings[row, :steps], alone.frame_embeddings[0], atol=1e-4, rtol=0)
+            frames = batch.frame_embeddings[row, :steps]
+            torch.testing.assert_close(frames, alone.frame_embeddings[0], atol=1e-4, rtol=0)
             assert torch.all(batch.frame_embeddings[row, steps:] == 0)
             torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], atol=1e-4, rtol=0)
 

@@ -349,7 +349,7 @@ class RespM2DModel(RespM2DPreTrainedModel):
         if layer == depth - 1:
             return outputs.last_hidden_state
         if outputs.hidden_states is None:
-            raise ValueError(f"Layer {layer} needs the per-layer states: call the model with output_hidden_states=True.")
+            raise ValueError(f"Layer {layer} needs the per-layer states: call the model with output_hidden_states=True")
         return outputs.hidden_states[layer + 1]
 
     def _split_into_chunks(self, input_features, attention_mask):
