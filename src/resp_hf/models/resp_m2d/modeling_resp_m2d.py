@@ -307,7 +307,7 @@ class RespM2DModel(RespM2DPreTrainedModel):
 
         chunks, columns = self._split_into_chunks(input_features, attention_mask)
         if output_hidden_states or output_attentions or _is_tracing():
-            last_hidden_state, all_hidden, all_attentions = self._encode(
+            last_hidden_state, all_hidden, all_attentions = self.encode_chunks(
                 chunks, self._token_mask(columns, chunks.shape[-1]), output_hidden_states, output_attentions
             )
         else:
@@ -375,8 +375,18 @@ class RespM2DModel(RespM2DPreTrainedModel):
         patches = patches.unsqueeze(-2).expand(*columns.shape, self.config.num_frequency_patches, time_patches)
         return torch.cat([(columns > 0)[..., None], patches.flatten(-2)], dim=-1)
 
-    def _encode(self, chunks, token_mask=None, output_hidden_states=False, output_attentions=False):
-        """Embeddings, blocks and final LayerNorm of chunks (..., n_mels, frames); masked tokens come out zero."""
+    def encode_chunks(
+        self,
+        chunks: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """
+        Embeddings, blocks and final LayerNorm of log-mel chunks (..., n_mels, frames): returns the final token
+        states, and the per-layer states and attentions when asked. With a boolean `token_mask` (..., tokens),
+        masked tokens are not attended to and come out zero.
+        """
         hidden = self.embeddings(chunks)
         if token_mask is not None:
             hidden = hidden * token_mask[..., None].to(hidden.dtype)
@@ -402,7 +412,7 @@ class RespM2DModel(RespM2DPreTrainedModel):
             width = widths[start]
             stop = min(start + size, start + widths[start:].count(width))  # sorted: equal widths are consecutive
             group = chunks[clip[start:stop], chunk[start:stop], :, : width * patch]
-            states.append(self._pad_columns(self._encode(group)[0], full))
+            states.append(self._pad_columns(self.encode_chunks(group)[0], full))
             start = stop
         states = torch.cat(states)
         return states.new_zeros(*columns.shape, *states.shape[1:]).index_put((clip, chunk), states)
