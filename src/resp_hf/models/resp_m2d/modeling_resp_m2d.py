@@ -221,7 +221,6 @@ class RespM2DPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["RespM2DEmbeddings", "RespM2DLayer"]
     _supports_sdpa = True
-    _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
     # Weights a folder may lack or carry beyond this class: a classification head (new, or dropped).
