@@ -95,3 +95,13 @@ def test_compiled_model_takes_a_second_length_without_recompiling_or_graph_break
             features, mask = padded_inputs(2, frames, seed=frames)
             received, expected = compiled(features, attention_mask=mask), model(features, attention_mask=mask)
             torch.testing.assert_close(received.pooler_output, expected.pooler_output, atol=1e-4, rtol=0)
+
+
+def test_export_without_the_export_extra_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    tiny_model().save_pretrained(tmp_path / "model")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    assert main(["export", "onnx", str(tmp_path / "model"), str(tmp_path / "out")]) == 2
+    assert "ONNX export needs onnxscript: pip install 'resp-hf[export]'." in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
