@@ -89,24 +89,26 @@ def test_pooling_option_sets_what_the_head_reads(pooling, size):
     torch.testing.assert_close(head_input(model, features, mask), expected)
 
 
-@pytest.mark.parametrize("layer", [0, 1, 2])
-def test_an_intermediate_layer_can_be_pooled(layer):
+@pytest.mark.parametrize("layer, hidden_index", [(0, 1), (-2, 1), (1, None), (-1, None)])
+def test_classifier_layer_follows_the_original_numbering(layer, hidden_index):
+    """Two blocks: layer 0 = block 1 before the final LayerNorm, layer 1 = -1 = the final output."""
     model = tiny_classifier(num_labels=2, classifier_layer=layer).eval()
     features, mask = batch()
     with torch.no_grad():
         outputs = model.resp_m2d(features, attention_mask=mask, output_hidden_states=True)
-    expected = model.resp_m2d.pool(outputs.hidden_states[layer], outputs.frame_mask)
-    received = head_input(model, features, mask)
-    torch.testing.assert_close(received, expected)
-    assert not torch.allclose(received, outputs.pooler_output)
+    states = outputs.last_hidden_state if hidden_index is None else outputs.hidden_states[hidden_index]
+    expected = model.resp_m2d.pool(states, outputs.frame_mask)
+    torch.testing.assert_close(head_input(model, features, mask), expected)
+    assert torch.allclose(expected, outputs.pooler_output) == (hidden_index is None)
 
 
-def test_weighted_layers_learn_a_softmax_mixture():
+def test_weighted_layers_learn_a_softmax_mixture_of_the_original_layers():
     model = tiny_classifier(num_labels=2, classifier_layer="weighted").eval()
     features, mask = batch()
     with torch.no_grad():
         outputs = model.resp_m2d(features, attention_mask=mask, output_hidden_states=True)
-        pooled = [model.resp_m2d.pool(h, outputs.frame_mask) for h in outputs.hidden_states[1:]]
+        layers = (outputs.hidden_states[1], outputs.last_hidden_state)
+        pooled = [model.resp_m2d.pool(h, outputs.frame_mask) for h in layers]
         torch.testing.assert_close(
             head_input(model, features, mask), (pooled[0] + pooled[1]) / 2
         )  # equal weights at start
@@ -160,7 +162,7 @@ def test_new_head_on_a_converted_encoder_and_auto_classes(tmp_path):
         )
 
 
-@pytest.mark.parametrize("layer", [-1, 3, "sum", 1.5])
+@pytest.mark.parametrize("layer", [-3, 2, True, "sum", 1.5])
 def test_bad_classifier_layer_is_a_clear_error(layer):
     with pytest.raises(ValueError, match="classifier_layer"):
         RespM2DConfig(num_hidden_layers=2, classifier_layer=layer)
@@ -200,5 +202,5 @@ def test_bad_overrides_in_from_pretrained_are_clear_errors(tmp_path):
     tiny_classifier(num_labels=2).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="pooling='max'"):
         RespM2DForAudioClassification.from_pretrained(tmp_path, pooling="max")
-    with pytest.raises(ValueError, match="index 0..2"):
+    with pytest.raises(ValueError, match=r"a layer 0..1 \(-2..-1 from the end\)"):
         RespM2DForAudioClassification.from_pretrained(tmp_path, classifier_layer=5)

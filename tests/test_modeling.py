@@ -1,69 +1,138 @@
-import math
+import json
 
 import numpy as np
 import pytest
 import soundfile
 import torch
+import torch.nn.functional as F
 from conftest import noise, tiny_config, tiny_model
 from transformers import AutoModel
 
 from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 
 
-def original_runtime_frames(model, features):
+def original_block(layer, x, heads):
+    """timm's ViT Block as the original runs it: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    attention, mlp = layer.attention, layer.mlp
+    B, N, C = x.shape
+    h = F.layer_norm(x, (C,), layer.layernorm_before.weight, layer.layernorm_before.bias, eps=1e-6)
+    qkv = F.linear(h, attention.qkv.weight, attention.qkv.bias)
+    qkv = qkv.reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    attn = ((q * (C // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+    x = x + F.linear((attn @ v).transpose(1, 2).reshape(B, N, C), attention.proj.weight, attention.proj.bias)
+    h = F.layer_norm(x, (C,), layer.layernorm_after.weight, layer.layernorm_after.bias, eps=1e-6)
+    return x + F.linear(F.gelu(F.linear(h, mlp.fc1.weight, mlp.fc1.bias)), mlp.fc2.weight, mlp.fc2.bias)
+
+
+def original_forward_encoder(model, x):
+    """nttcslab/m2d patch_m2d.diff `forward_encoder(x, mask_ratio=0, return_layers=True, adjust_short=True)`."""
+    config = model.config
+    fbins = config.input_size[0] // config.patch_size[0]
+    projection = model.embeddings.patch_embeddings.projection  # patch_embed.proj
+    x = F.conv2d(x, projection.weight, projection.bias, stride=config.patch_size)
+    x = x.flatten(2).transpose(1, 2)
+    pos_embed = model.embeddings.position_embeddings[:, 1:, :]
+    if x.shape[1] < pos_embed.shape[1]:  # shorten pos_embed for a short input
+        dims = pos_embed.shape[-1]
+        frames = x.shape[1] // fbins
+        pos_embed = pos_embed.reshape(1, fbins, -1, dims)[:, :, :frames, :].reshape(1, fbins * frames, dims)
+    x = x + pos_embed
+    cls_token = model.embeddings.cls_token + model.embeddings.position_embeddings[:, :1, :]
+    x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+    layers = []
+    for layer in model.encoder.layer:
+        x = original_block(layer, x, config.num_attention_heads)
+        layers.append(x)
+    x = F.layer_norm(x, (x.shape[-1],), model.layernorm.weight, model.layernorm.bias, eps=1e-6)
+    layers.pop()  # replace the last feature with the normalized one
+    layers.append(x)
+    return torch.stack(layers)
+
+
+def original_encode_lms(model, lms, encoder=original_forward_encoder):
     """
-    The original runtime's loop for one clip: pad to whole patches, encode each chunk alone, concatenate.
-    (Where the unit is not a multiple of the patch, a last piece narrower than a patch crashes the original's
-    convolution; it holds no whole patch, so it is skipped here.)
+    nttcslab/m2d m2d/runtime_audio.py `encode_lms(x, return_layers=True)` for one clip (n_mels, T): pad
+    `(p - T % unit % p) % p` frames at the end, encode every `unit` frames, stack the frequency bands per time step.
+    Returns (layers, time steps, F * hidden) in the original's layer numbering.
     """
     config = model.config
-    unit, patch_frames, bands = config.unit_frames, config.patch_size[1], config.num_frequency_patches
-    width = config.hidden_size
-    chunks = math.ceil(features.shape[-1] / unit)
-    x = torch.nn.functional.pad(
-        features[None, None], (0, (patch_frames - features.shape[-1] % patch_frames) % patch_frames)
+    patch_fbins, unit_frames, patch_frames = (
+        config.input_size[0] // config.patch_size[0],
+        config.input_size[1],
+        config.patch_size[1],
     )
-    table = model.embeddings.position_embeddings
-    outputs = []
+    embed_d = config.hidden_size
+    x = lms[None, None]
+    chunks = (x.shape[-1] + unit_frames - 1) // unit_frames
+    pad_frames = (patch_frames - (x.shape[-1] % unit_frames % patch_frames)) % patch_frames
+    if pad_frames > 0:
+        x = F.pad(x, (0, pad_frames))
+    embeddings = []
     for i in range(chunks):
-        if x[..., i * unit : (i + 1) * unit].shape[-1] < patch_frames:
-            continue
-        patches = (
-            model.embeddings.patch_embeddings.projection(x[..., i * unit : (i + 1) * unit]).flatten(2).transpose(1, 2)
-        )
-        columns = patches.shape[1] // bands
-        positions = table[:, 1:].reshape(1, bands, -1, width)[:, :, :columns].reshape(1, bands * columns, width)
-        hidden = torch.cat([model.embeddings.cls_token + table[:, :1], patches + positions], dim=1)
-        for layer in model.encoder.layer:
-            hidden, _ = layer(hidden)
-        tokens = model.layernorm(hidden)[:, 1:]
-        outputs.append(tokens.reshape(1, bands, columns, width).permute(0, 2, 1, 3).reshape(1, columns, bands * width))
-    return torch.cat(outputs, dim=1)[0]
+        emb = encoder(model, x[..., i * unit_frames : (i + 1) * unit_frames])[:, :, 1:, :]
+        # 'L b (f t) d -> L b t (f d)'
+        emb = emb.reshape(emb.shape[0], 1, patch_fbins, -1, embed_d).permute(0, 1, 3, 2, 4).flatten(3)
+        embeddings.append(emb)
+    return torch.cat(embeddings, dim=-2)[:, 0]
 
 
 @pytest.mark.parametrize(
     "input_size, patch_size",
-    [((80, 96), (16, 16)), ((80, 100), (16, 16)), ((80, 40), (80, 4)), ((64, 48), (16, 8))],
+    [((80, 1001), (16, 16)), ((80, 200), (16, 4)), ((80, 608), (16, 16)), ((64, 100), (16, 8))],
 )
-def test_batched_chunking_matches_the_original_loop(input_size, patch_size):
-    model = tiny_model(input_size=input_size, patch_size=patch_size)
-    lengths = [2, 31, 95, 96, 97, 100, 101, 113, 250, 305]
+def test_every_length_up_to_four_units_matches_the_original_runtime(input_size, patch_size):
+    """All lengths 1..4 units, as prefixes of one log-mel, batched with masks against the original loop."""
+    model = tiny_model(
+        input_size=input_size,
+        patch_size=patch_size,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_hidden_layers=1,
+    )
+    unit = input_size[1]
     torch.manual_seed(1)
-    features = torch.zeros(len(lengths), input_size[0], max(lengths))
-    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    for row, length in enumerate(lengths):
-        features[row, :, :length] = torch.randn(input_size[0], length)
-        features[row, :, length:] = 7.0  # garbage beyond the mask must not leak in
-        mask[row, :length] = 1
+    lms = torch.randn(input_size[0], 4 * unit)
+    cache = {}
+
+    def cached_encoder(model, piece):  # prefixes share their chunks: encode each distinct piece once
+        key = piece.numpy().tobytes()
+        if key not in cache:
+            cache[key] = original_forward_encoder(model, piece)
+        return cache[key]
+
+    lengths = list(range(1, 4 * unit + 1))
     with torch.no_grad():
-        output = model(features, attention_mask=mask)
-        for row, length in enumerate(lengths):
-            expected = original_runtime_frames(model, features[row, :, :length])
-            steps = int(output.frame_mask[row].sum())
-            assert steps == expected.shape[0], (length, steps, expected.shape)
-            torch.testing.assert_close(output.frame_embeddings[row, :steps], expected, atol=1e-5, rtol=0)
-            torch.testing.assert_close(output.pooler_output[row], expected.mean(0), atol=1e-5, rtol=0)
-            assert torch.all(output.frame_embeddings[row, steps:] == 0)
+        for start in range(0, len(lengths), 128):
+            batch = lengths[start : start + 128]
+            mask = (torch.arange(max(batch))[None, :] < torch.tensor(batch)[:, None]).long()
+            features = lms[None, :, : max(batch)] * mask[:, None] + 7.0 * (1 - mask[:, None])  # garbage: masked out
+            output = model(features, attention_mask=mask)
+            for row, length in enumerate(batch):
+                expected = original_encode_lms(model, lms[:, :length], cached_encoder)[-1]
+                steps = int(output.frame_mask[row].sum())
+                assert steps == expected.shape[0], (length, steps, expected.shape)
+                torch.testing.assert_close(output.frame_embeddings[row, :steps], expected, atol=1e-5, rtol=0)
+                assert torch.all(output.frame_embeddings[row, steps:] == 0)
+
+
+def test_original_layer_numbers_map_to_the_states_the_original_returns():
+    model = tiny_model(num_hidden_layers=3)
+    features = torch.randn(1, 80, 150)
+    with torch.no_grad():
+        output = model(features, output_hidden_states=True)
+        expected = original_encode_lms(model, features[0])  # (3 layers, steps, F * hidden)
+    for layer in (0, 1, 2, -1, -3):
+        states = model.layer_output(output, layer)
+        frames = model.stack_frequency_bands(states, output.frame_mask)[0]
+        torch.testing.assert_close(frames, expected[layer], atol=1e-5, rtol=0)
+    assert model.layer_output(output, 2) is output.last_hidden_state
+    assert model.layer_output(output, 0) is output.hidden_states[1]
+    with pytest.raises(ValueError, match="Layer 3 does not exist: this encoder has layers 0..2"):
+        model.layer_output(output, 3)
+    with pytest.raises(ValueError, match="output_hidden_states=True"):
+        model.layer_output(model(features), 0)
 
 
 def test_golden_batch_equals_each_clip_alone(golden_folder, golden_audio):
@@ -75,11 +144,110 @@ def test_golden_batch_equals_each_clip_alone(golden_folder, golden_audio):
         for row, name in enumerate(names):
             alone = model(**extractor(golden_audio[name], sampling_rate=16000))
             steps = alone.frame_embeddings.shape[1]
-            assert int(batch.frame_mask[row].sum()) == steps
+            assert int(batch.frame_mask[row].sum()) == steps == int(alone.frame_mask.sum())
             torch.testing.assert_close(
                 batch.frame_embeddings[row, :steps], alone.frame_embeddings[0], atol=1e-4, rtol=0
             )
             torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_every_output_of_a_clip_has_one_layout_alone_and_in_a_padded_batch(per_layer):
+    model = tiny_model()
+    lengths = [250, 60, 130, 96, 17]
+    torch.manual_seed(2)
+    features = torch.randn(len(lengths), 80, max(lengths))
+    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+    options = dict(output_hidden_states=per_layer, output_attentions=per_layer)
+    tokens = 1 + model.config.num_frequency_patches * model.config.time_patches_per_chunk
+    with torch.no_grad():
+        batch = model(features, attention_mask=mask, **options)
+        assert batch.last_hidden_state.shape == (5, 3, tokens, 64)
+        for row, length in enumerate(lengths):
+            alone = model(features[row : row + 1, :, :length], **options)
+            chunks, steps = alone.last_hidden_state.shape[1], alone.frame_embeddings.shape[1]
+            assert alone.last_hidden_state.shape[2] == tokens
+            pairs = [(batch.last_hidden_state, alone.last_hidden_state)]
+            if per_layer:
+                pairs += list(zip(batch.hidden_states, alone.hidden_states))
+                pairs += list(zip(batch.attentions, alone.attentions))
+            for batched, single in pairs:
+                assert batched.shape[2:] == single.shape[2:]
+                torch.testing.assert_close(batched[row, :chunks], single[0], atol=1e-4, rtol=0)
+                assert torch.all(batched[row, chunks:] == 0)
+            frames = batch.frame_embeddings[row, :steps]
+            torch.testing.assert_close(frames, alone.frame_embeddings[0], atol=1e-4, rtol=0)
+            assert torch.all(batch.frame_embeddings[row, steps:] == 0)
+            torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], atol=1e-4, rtol=0)
+
+
+def test_gradients_reach_the_returned_hidden_states_and_attentions():
+    model = tiny_model().train()
+    features, mask = torch.randn(2, 80, 150), torch.ones(2, 150, dtype=torch.long)
+    mask[1, 70:] = 0
+    output = model(features, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    for tensor in output.hidden_states + output.attentions:
+        tensor.retain_grad()
+    output.pooler_output.square().sum().backward()
+    for tensor in output.hidden_states + output.attentions:
+        assert tensor.grad is not None and tensor.grad.abs().sum() > 0
+    model.zero_grad()
+    model(features, output_hidden_states=True).hidden_states[1].sum().backward()  # backprop from a returned state
+    assert model.encoder.layer[0].mlp.fc2.weight.grad.abs().sum() > 0
+    assert model.encoder.layer[1].mlp.fc2.weight.grad is None or not model.encoder.layer[1].mlp.fc2.weight.grad.any()
+
+
+def test_chunks_per_pass_bounds_the_encoder_batch_with_the_same_results():
+    features = torch.randn(2, 80, 96 * 9 + 40)
+    mask = torch.ones(2, 96 * 9 + 40, dtype=torch.long)
+    mask[1, 300:] = 0
+    outputs, sizes = {}, {}
+    for per_pass in (None, 2):
+        model = tiny_model(chunks_per_pass=per_pass)
+        sizes[per_pass] = []
+        model.encoder.layer[0].register_forward_hook(lambda m, args, out, s=sizes[per_pass]: s.append(len(args[0])))
+        with torch.no_grad():
+            outputs[per_pass] = model(features, attention_mask=mask)
+    assert sizes[None] == [12, 1, 1] and max(sizes[2]) == 2 and sum(sizes[2]) == 14  # widths 6, 3 (clip 0), 5 (clip 1)
+    torch.testing.assert_close(outputs[2].last_hidden_state, outputs[None].last_hidden_state, atol=1e-6, rtol=0)
+    torch.testing.assert_close(outputs[2].pooler_output, outputs[None].pooler_output, atol=1e-6, rtol=0)
+
+
+def test_padding_without_an_attention_mask_warns_once():
+    from transformers.testing_utils import CaptureLogger
+
+    from resp_hf.models.resp_m2d import modeling_resp_m2d
+
+    model = tiny_model()
+    padded = torch.randn(2, 80, 150)
+    padded[1, :, 100:] = 0.0
+    type(modeling_resp_m2d.logger).warning_once.cache_clear()
+    with CaptureLogger(modeling_resp_m2d.logger) as quiet:
+        model(padded, attention_mask=(padded.abs().sum(1) > 0).long())  # mask given
+        model(torch.randn(2, 80, 150))  # no padding
+        model(torch.zeros(2, 80, 150))  # silence everywhere is not padding
+    assert quiet.out == ""
+    with CaptureLogger(modeling_resp_m2d.logger) as captured:
+        model(padded)
+        model(padded)
+    assert captured.out.count("no attention_mask was passed") == 1
+
+
+def test_a_config_that_disagrees_with_the_weights_is_an_error(tmp_path):
+    from resp_hf import RespM2DForAudioClassification
+
+    tiny_model().save_pretrained(tmp_path / "encoder")
+    for layers, kind in ((3, "missing keys: encoder.layer.2."), (1, "unexpected keys: encoder.layer.1.")):
+        folder = tmp_path / f"layers{layers}"
+        tiny_model().save_pretrained(folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+        with pytest.raises(ValueError, match=f"layers{layers}: config.json does not match the weights \\({kind}"):
+            RespM2DModel.from_pretrained(folder)
+    classifier = RespM2DForAudioClassification.from_pretrained(tmp_path / "encoder", num_labels=3)  # a new head
+    classifier.save_pretrained(tmp_path / "classifier")
+    model, info = RespM2DModel.from_pretrained(tmp_path / "classifier", output_loading_info=True)  # head dropped
+    assert isinstance(model, RespM2DModel) and set(info) >= {"missing_keys", "unexpected_keys"}
 
 
 def test_output_shapes_hidden_states_and_attention_masking():
@@ -263,7 +431,9 @@ def test_bad_model_inputs_are_clear_errors(features, mask, message):
         ({"f_max": 9000.0}, r"f_max <= sampling_rate / 2 = 8000 Hz, got f_min=50 and f_max=9000"),
         ({"f_min": 8000.0}, "f_min < f_max"),
         ({"classifier_layer": True}, "classifier_layer=True"),
-        ({"classifier_layer": 13}, "index 0..12"),
+        ({"classifier_layer": 12}, r"a layer 0..11 \(-12..-1 from the end\)"),
+        ({"classifier_layer": -13}, "classifier_layer=-13"),
+        ({"chunks_per_pass": 0}, "chunks_per_pass=0 must be a positive integer or None"),
     ],
 )
 def test_bad_configs_are_clear_errors(overrides, message):

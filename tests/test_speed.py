@@ -16,26 +16,6 @@ def test_bf16_embeddings_stay_within_cosine_0999_of_fp32_on_the_golden_clips(gol
     assert torch.nn.functional.cosine_similarity(fp32, bf16).min() >= 0.999
 
 
-def test_full_and_partial_chunks_in_separate_batches_match_one_padded_batch():
-    model = tiny_model()
-    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
-    inputs = extractor(
-        [noise(2.5, seed=i) for i in range(3)], sampling_rate=16000
-    )  # 251 frames: chunks of 96, 96 and 59 (4 patches)
-    chunks, _, patches, _ = model.split_into_chunks(inputs["input_features"], inputs["attention_mask"])
-    assert sorted(set(patches.tolist())) == [4, 6]
-    with torch.no_grad():
-        grouped, grouped_layers, _ = model.encode_chunks(chunks, patches, output_hidden_states=True)
-        padded, padded_layers, _ = model.encode_group(chunks, patches, output_hidden_states=True)
-    valid = torch.cat([torch.ones(1, dtype=torch.bool), (torch.arange(6)[None, :] < 4).repeat(5, 1).flatten()])
-    short = patches == 4
-    torch.testing.assert_close(grouped[~short], padded[~short], atol=1e-5, rtol=0)
-    torch.testing.assert_close(grouped[short][:, valid], padded[short][:, valid], atol=1e-5, rtol=0)
-    assert torch.all(grouped[short][:, ~valid] == 0)
-    for mine, reference in zip(grouped_layers, padded_layers):
-        torch.testing.assert_close(mine[short][:, valid], reference[short][:, valid], atol=1e-5, rtol=0)
-
-
 def test_length_bucketed_embed_equals_one_clip_at_a_time():
     model = tiny_model()
     extractor = RespM2DFeatureExtractor.from_model_config(model.config)

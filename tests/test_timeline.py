@@ -35,7 +35,7 @@ def features(model, clips):
     return extractor(clips, sampling_rate=16000, return_attention_mask=True)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pooling": "mean"}, {"classifier_layer": 1}])
+@pytest.mark.parametrize("overrides", [{}, {"pooling": "mean"}, {"classifier_layer": 0}])
 def test_step_logits_are_the_head_on_each_step_and_average_to_the_clip_logits(overrides):
     model = make_classifier(**overrides)
     inputs = features(model, [noise(2.3), noise(0.7, seed=1)])
@@ -49,7 +49,8 @@ def test_step_logits_are_the_head_on_each_step_and_average_to_the_clip_logits(ov
     if layer is None:
         frames = encoder.frame_embeddings
     else:
-        tokens = encoder.hidden_states[layer][:, :, 1:]  # (batch, chunks, F * T, D), frequency-major
+        # Original M2D numbering: layer k < L-1 is the output of block k + 1 before the final LayerNorm.
+        tokens = encoder.hidden_states[layer + 1][:, :, 1:]  # (batch, chunks, F * T, D), frequency-major
         batch, chunks, _, width = tokens.shape
         tokens = tokens.reshape(batch, chunks, model.config.num_frequency_patches, -1, width)
         frames = tokens.permute(0, 1, 3, 2, 4).reshape(batch, -1, model.config.num_frequency_patches * width)

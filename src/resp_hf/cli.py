@@ -441,6 +441,9 @@ EXTRA_OF_MODULE = {
     "sklearn": "train",
     "tensorboard": "train",
     "peft": "peft",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "onnxscript": "export",
 }
 
 
@@ -449,6 +452,27 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_export_command(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="Export a model folder to another runtime.",
+        description="Export a resp_m2d folder (encoder or classifier) to ONNX with dynamic batch and length, "
+        "checked in ONNX Runtime against PyTorch.",
+    )
+    formats = parser.add_subparsers(dest="format", required=True)
+    onnx = formats.add_parser("onnx", help="ONNX (needs the [export] extra: onnx, onnxruntime, onnxscript)")
+    onnx.add_argument("model", help="converted or fine-tuned folder")
+    onnx.add_argument("output_dir", help="folder to write model.onnx (and the folder's configs) into")
+    onnx.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    onnx.set_defaults(handler=run_export_onnx)
+
+
+def run_export_onnx(args):
+    from .export import export_onnx
+
+    print(export_onnx(args.model, args.output_dir, overwrite=args.overwrite))
 
 
 def build_parser():
@@ -464,6 +488,7 @@ def build_parser():
     add_card_command(subparsers)
     add_pretrain_commands(subparsers)
     add_pretrain_data_command(subparsers)
+    add_export_command(subparsers)
     add_demo_commands(subparsers)
     return parser
 

@@ -70,10 +70,16 @@ class RespM2DConfig(PreTrainedConfig):
             frequency-band embeddings over time (F x hidden, e.g. 3840-d), `"mean"` averages all patch tokens
             (hidden-d, the original runtime's `flat_features`), `"cls"` averages the CLS token of the chunks (hidden-d).
         classifier_layer (`int` or `str`, *optional*):
-            Which encoder states [`RespM2DForAudioClassification`] pools: `None` for the final output (after the
-            last LayerNorm, as the original runtime), an index `k` into `hidden_states` (0 = embeddings, k = output of
-            block k, before the final LayerNorm), or `"weighted"` for a learned softmax-weighted sum of all blocks'
-            outputs.
+            Which encoder states [`RespM2DForAudioClassification`] pools, numbered as the original M2D runtime's
+            `return_layers` (and the paper's layer sweeps): layer `k` in 0..L-2 is the output of block k+1 before the
+            final LayerNorm (`hidden_states[k + 1]`), layer L-1 (or -1) is the last block after it
+            (`last_hidden_state`, the default when `None`); negative numbers count from the end.
+            `"weighted"` learns a softmax-weighted sum of these L layers. `hidden_states` itself keeps Transformers'
+            convention (index 0 = embeddings, k = block k before the final LayerNorm);
+            [`RespM2DModel.layer_output`] maps a layer number to the states.
+        chunks_per_pass (`int`, *optional*, defaults to 32):
+            At most this many chunks go through the encoder at once in eager inference, so hour-long recordings
+            need bounded activation memory (results are the same for any value). `None` encodes all at once.
         freeze_encoder (`bool`, defaults to `False`):
             Train only the classification head (linear probing).
     """
@@ -105,6 +111,7 @@ class RespM2DConfig(PreTrainedConfig):
         norm_std=4.2,
         pooling="frequency",
         classifier_layer=None,
+        chunks_per_pass=32,
         freeze_encoder=False,
         **kwargs,
     ):
@@ -132,6 +139,7 @@ class RespM2DConfig(PreTrainedConfig):
         self.norm_std = float(norm_std)
         self.pooling = pooling
         self.classifier_layer = classifier_layer
+        self.chunks_per_pass = chunks_per_pass
         self.freeze_encoder = freeze_encoder
         self.check_settings()
         kwargs["auto_map"] = {**AUTO_MAP, **kwargs.get("auto_map", {})}
@@ -162,13 +170,16 @@ class RespM2DConfig(PreTrainedConfig):
         check_mel_range(self.sampling_rate, self.f_min, self.f_max)
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLING_MODES}.")
-        layer = self.classifier_layer
-        is_index = isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer <= self.num_hidden_layers
-        if not (layer is None or layer == "weighted" or is_index):
+        layer, depth = self.classifier_layer, self.num_hidden_layers
+        is_layer = isinstance(layer, int) and not isinstance(layer, bool) and -depth <= layer < depth
+        if not (layer is None or layer == "weighted" or is_layer):
             raise ValueError(
                 f"classifier_layer={layer!r} must be None (final output), 'weighted', "
-                f"or an index 0..{self.num_hidden_layers}."
+                f"or a layer 0..{depth - 1} (-{depth}..-1 from the end)."
             )
+        passes = self.chunks_per_pass
+        if not (passes is None or (isinstance(passes, int) and not isinstance(passes, bool) and passes > 0)):
+            raise ValueError(f"chunks_per_pass={passes!r} must be a positive integer or None (all chunks at once).")
 
     def save_pretrained(self, save_directory, **kwargs):
         """Saves config.json and, with the remote code, the pipeline files that `custom_pipelines` names."""

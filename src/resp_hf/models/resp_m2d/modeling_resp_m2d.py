@@ -1,6 +1,5 @@
 """The M2D (Masked Modeling Duo) ViT audio encoder as a Hugging Face model."""
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -10,30 +9,41 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
 
 from .audio_utils_resp_m2d import check_sampling_rate, has_arrays, item_duration, load_waveform, split_batch
 from .configuration_resp_m2d import RespM2DConfig
 from .feature_extraction_resp_m2d import RespM2DFeatureExtractor
 
+logger = logging.get_logger(__name__)
+
+
+def _is_tracing():
+    """True under torch.compile and torch.export, where only the shape-only path may run."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
 
 @dataclass
 class RespM2DModelOutput(ModelOutput):
     r"""
-    Outputs of [`RespM2DModel`].
+    Outputs of [`RespM2DModel`]. Every output keeps one layout whatever the rest of the batch: chunk `c` of a clip
+    always has `1 + F * time_patches_per_chunk` tokens, and the tokens a clip does not fill are zeros.
 
     last_hidden_state (`torch.FloatTensor` of shape `(batch, num_chunks, 1 + F * T_chunk, hidden)`):
         Token states after the final LayerNorm for every chunk (CLS first, patches in frequency-major order).
-        Chunks that hold none of a clip's frames are zeros.
+        Patch columns beyond a clip's frames, and chunks that hold none of its frames, are zeros.
     pooler_output (`torch.FloatTensor` of shape `(batch, pooled_size)`):
         Clip embedding under `config.pooling` (frequency-wise by default: F x hidden).
     frame_embeddings (`torch.FloatTensor` of shape `(batch, time_steps, F * hidden)`):
         Per patch column, the F frequency-band embeddings concatenated lowest band first; chunks joined in time.
+        `time_steps` is the number of patch columns of the input's frames.
     frame_mask (`torch.BoolTensor` of shape `(batch, time_steps)`):
         True for the rows of `frame_embeddings` that belong to the clip; padded rows are zeros.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*):
         Token states after the embeddings and after every layer (before the final LayerNorm), each shaped like
-        `last_hidden_state`.
+        `last_hidden_state`. They are the tensors the next layer reads, so `retain_grad()` works on them.
+        [`RespM2DModel.layer_output`] picks a layer by the original M2D's numbering.
     attentions (`tuple(torch.FloatTensor)`, *optional*):
         Attention probabilities of every layer, `(batch, num_chunks, heads, tokens, tokens)`.
     """
@@ -47,15 +57,15 @@ class RespM2DModelOutput(ModelOutput):
 
 
 class RespM2DPatchEmbeddings(nn.Module):
-    """Cuts a log-mel chunk into non-overlapping patches with a strided convolution."""
+    """Cuts log-mel chunks (..., n_mels, frames) into non-overlapping patches with a strided convolution."""
 
     def __init__(self, config):
         super().__init__()
         self.projection = nn.Conv2d(1, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size)
 
     def forward(self, chunks):
-        patches = self.projection(chunks[:, None].to(self.projection.weight.dtype))
-        return patches.flatten(2).transpose(1, 2)
+        images = chunks.flatten(0, -3)[:, None].to(self.projection.weight.dtype)  # flatten: no size guards in export
+        return self.projection(images).flatten(2).transpose(1, 2)
 
 
 class RespM2DEmbeddings(nn.Module):
@@ -76,46 +86,73 @@ class RespM2DEmbeddings(nn.Module):
         return table[:, :, :time_patches].flatten(1, 2)
 
     def forward(self, chunks):
+        """Chunks (..., n_mels, frames) to tokens (..., 1 + F * frames // patch, hidden)."""
         patches = self.patch_embeddings(chunks)
         patches = patches + self.patch_positions(patches.shape[1] // self.config.num_frequency_patches)
         cls = (self.cls_token + self.position_embeddings[:, :1]).expand(patches.shape[0], -1, -1)
-        return self.dropout(torch.cat([cls, patches], dim=1))
+        tokens = torch.cat([cls, patches], dim=1)
+        return self.dropout(tokens.unflatten(0, chunks.shape[:-2]))
+
+
+def eager_attention_forward(
+    module, query, key, value, attention_mask, scaling, dropout=0.0, token_mask=None, **kwargs
+):
+    """
+    Softmax attention written out; works on any leading dimensions, so the probabilities it returns are the
+    tensors the output is computed from. `attention_mask` is additive (0 or the dtype's minimum); the rows of
+    queries outside `token_mask` (padding, whose states are zeroed anyway) are zeroed so they read as no attention.
+    """
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    if token_mask is not None:
+        probs = probs * token_mask[..., None, :, None].to(probs.dtype)
+    context = torch.matmul(nn.functional.dropout(probs, p=dropout, training=module.training), value)
+    return context.transpose(-3, -2), probs
 
 
 class RespM2DAttention(nn.Module):
     """
-    Multi-head self-attention with a fused query/key/value projection: SDPA, or the explicit softmax when attention
-    probabilities are asked for or `attn_implementation="eager"`.
+    Multi-head self-attention with a fused query/key/value projection. The attention function follows
+    `config._attn_implementation` ("eager", "sdpa", "flex_attention", ...); asking for attention probabilities
+    uses the eager one, which returns them.
     """
+
+    is_causal = False
+    num_key_value_groups = 1
 
     def __init__(self, config):
         super().__init__()
         self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
         self.dropout = config.attention_probs_dropout_prob
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states, attention_mask=None, output_attentions=False):
-        """`attention_mask`: boolean (batch, 1, 1, tokens), True where a key may be attended to."""
-        batch, tokens, width = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(batch, tokens, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    def forward(self, hidden_states, token_mask=None, output_attentions=False):
+        """`hidden_states` (..., tokens, hidden); `token_mask` boolean (..., tokens), True where a key counts."""
+        *lead, tokens, width = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(*lead, tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.movedim(-3, 0).transpose(-3, -2).unbind(0)  # each (..., heads, tokens, head_dim)
+        mask = None
+        if token_mask is not None:
+            mask = torch.zeros(token_mask.shape, dtype=query.dtype, device=query.device)
+            mask = mask.masked_fill(~token_mask, torch.finfo(query.dtype).min)[..., None, None, :]
         dropout = self.dropout if self.training else 0.0
-        probs = None
-        if output_attentions or self.config._attn_implementation == "eager":
-            scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            if attention_mask is not None:
-                scores = scores.masked_fill(~attention_mask, float("-inf"))
-            probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-            context = torch.matmul(nn.functional.dropout(probs, dropout, self.training), value)
-        else:
-            context = nn.functional.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask, dropout_p=dropout
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        if output_attentions or attention is eager_attention_forward:
+            context, probs = eager_attention_forward(
+                self, query, key, value, mask, self.scaling, dropout, token_mask=token_mask
             )
-        context = context.transpose(1, 2).reshape(batch, tokens, width)
-        return self.proj(context), probs
+        else:  # the shared implementations take (batch, heads, tokens, head_dim)
+            flat = [tensor.flatten(0, -4) for tensor in (query, key, value)]
+            if mask is not None:
+                mask = mask.flatten(0, -4).expand(-1, 1, tokens, tokens)
+            context, probs = attention(self, *flat, mask, scaling=self.scaling, dropout=dropout)
+        return self.proj(context.reshape(*lead, tokens, width)), probs
 
 
 class RespM2DMLP(nn.Module):
@@ -140,8 +177,8 @@ class RespM2DLayer(GradientCheckpointingLayer):
         self.mlp = RespM2DMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, attention_mask=None, output_attentions=False):
-        attended, probs = self.attention(self.layernorm_before(hidden_states), attention_mask, output_attentions)
+    def forward(self, hidden_states, token_mask=None, output_attentions=False):
+        attended, probs = self.attention(self.layernorm_before(hidden_states), token_mask, output_attentions)
         hidden_states = hidden_states + self.dropout(attended)
         hidden_states = hidden_states + self.dropout(self.mlp(self.layernorm_after(hidden_states)))
         return hidden_states, probs
@@ -152,11 +189,15 @@ class RespM2DEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([RespM2DLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, hidden_states, attention_mask=None, output_hidden_states=False, output_attentions=False):
+    def forward(self, hidden_states, token_mask=None, output_hidden_states=False, output_attentions=False):
+        """Runs the blocks; with a `token_mask`, masked tokens are zeroed after every block (keys never see them)."""
+        keep = None if token_mask is None else token_mask[..., None].to(hidden_states.dtype)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layer:
-            hidden_states, probs = layer(hidden_states, attention_mask, output_attentions)
+            hidden_states, probs = layer(hidden_states, token_mask, output_attentions)
+            if keep is not None:
+                hidden_states = hidden_states * keep
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -173,10 +214,29 @@ class RespM2DPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["RespM2DEmbeddings", "RespM2DLayer"]
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # Weights a folder may lack or carry beyond this class: a classification head (new, or dropped).
+    _head_weights = ("classifier.", "head_norm.", "layer_weights")
 
     def __init__(self, config, *inputs, **kwargs):
         config.check_settings()
         super().__init__(config, *inputs, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, *args, output_loading_info=False, **kwargs):
+        """As in Transformers, but encoder weights missing from or unexpected in the folder are an error: a
+        `config.json` that disagrees with the weights would otherwise load silently with random blocks."""
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        for kind in ("missing_keys", "unexpected_keys"):
+            encoder_keys = sorted(key for key in info.get(kind, ()) if not _is_head_weight(key, cls._head_weights))
+            if encoder_keys:
+                raise ValueError(
+                    f"{args[0] if args else kwargs.get('pretrained_model_name_or_path')}: config.json does not match "
+                    f"the weights ({kind.replace('_', ' ')}: {', '.join(encoder_keys[:6])}"
+                    f"{', ...' if len(encoder_keys) > 6 else ''}); restore the folder's config.json or re-convert."
+                )
+        return (model, info) if output_loading_info else model
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -190,12 +250,20 @@ class RespM2DPreTrainedModel(PreTrainedModel):
             init.zeros_(module.layer_weights)
 
 
+def _is_head_weight(key, head_weights):
+    return key.split("resp_m2d.", 1)[-1].startswith(head_weights)
+
+
 class RespM2DModel(RespM2DPreTrainedModel):
     """
-    The M2D ViT encoder. Log-mel input of any length is cut into consecutive chunks of `config.input_size[1]` frames;
-    the last chunk is padded to whole patches and uses the first columns of the positional table. The full chunks of
-    all clips run as one batch and the shorter last chunks as another, masked, so a clip's outputs do not depend on
-    the rest of the batch.
+    The M2D ViT encoder. Log-mel input of any length is cut into consecutive chunks of `config.input_size[1]` frames
+    and the last chunk is padded to whole patches, as the original runtime does. Outputs keep the full chunk layout;
+    a clip's values do not depend on the rest of the batch.
+
+    In eager mode, only the chunks that hold frames are encoded, in groups of equal width (so equal-length clips
+    run unpadded and unmasked) of at most `config.chunks_per_pass` chunks. When per-layer outputs are asked for, or
+    under `torch.compile` / `torch.export`, every chunk runs at full width with a key mask: one path that depends on
+    shapes only, whose per-layer states are the tensors the next layer reads.
     """
 
     def __init__(self, config):
@@ -208,95 +276,14 @@ class RespM2DModel(RespM2DPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.patch_embeddings
 
-    def valid_patches_per_chunk(self, num_frames, num_chunks):
-        """
-        Patch columns that each chunk of each clip contributes, as the original runtime counts them: the clip is
-        padded to whole patches, cut every `unit_frames` frames, and each piece yields `floor(width / patch)` columns.
-        (When the unit is not a multiple of the patch, e.g. 80x1001 with 16x16 patches, a last piece narrower than a
-        patch makes the original crash; here it simply contributes no column.)
-        """
-        patch_frames = self.config.patch_size[1]
-        padded = torch.div(num_frames + patch_frames - 1, patch_frames, rounding_mode="floor") * patch_frames
-        starts = torch.arange(num_chunks, device=num_frames.device) * self.config.unit_frames
-        widths = (padded[:, None] - starts[None, :]).clamp(0, self.config.unit_frames)
-        return torch.div(widths, patch_frames, rounding_mode="floor")
-
-    def split_into_chunks(self, input_features, attention_mask):
-        """Returns the non-empty chunks (N, n_mels, frames), their (clip, chunk) index, patch counts and the grid."""
-        batch, _, frames = input_features.shape
-        if attention_mask is None:
-            num_frames = torch.full((batch,), frames, device=input_features.device)
-        else:
-            num_frames = attention_mask.sum(-1).long()
-            input_features = input_features * attention_mask[:, None, :].to(input_features.dtype)
-        num_chunks = math.ceil(frames / self.config.unit_frames)
-        valid = self.valid_patches_per_chunk(num_frames, num_chunks)
-        clip_index, chunk_index = torch.nonzero(valid > 0, as_tuple=True)
-        patches = valid[clip_index, chunk_index]
-        width = int(patches.max()) * self.config.patch_size[1]
-        padded = nn.functional.pad(input_features, (0, num_chunks * self.config.unit_frames - frames))
-        chunks = padded.unflatten(-1, (num_chunks, self.config.unit_frames))[..., :width]
-        chunks = chunks[clip_index, :, chunk_index]
-        return chunks, (clip_index, chunk_index), patches, (batch, num_chunks)
-
-    def encode_chunks(self, chunks, patches, output_hidden_states=False, output_attentions=False):
-        """
-        Encodes chunks (N, n_mels, frames) holding `patches` valid columns each. Full chunks and shorter last chunks
-        run as separate batches, each only as wide as it needs (so equal-length clips need no padding or masking);
-        results are padded back to a common width. Returns `(final states, hidden states, attentions)`.
-        """
-        time_patches = chunks.shape[-1] // self.config.patch_size[1]
-        full = patches == time_patches
-        if output_attentions or bool(full.all()) or not bool(full.any()):
-            return self.encode_group(chunks, patches, output_hidden_states, output_attentions)
-        hidden = chunks.new_zeros(
-            len(chunks),
-            1 + self.config.num_frequency_patches * time_patches,
-            self.config.hidden_size,
-            dtype=self.layernorm.weight.dtype,
-        )
-        layers = [hidden.clone() for _ in range(self.config.num_hidden_layers + 1)] if output_hidden_states else None
-        for group in (full, ~full):
-            width = int(patches[group].max())
-            group_hidden, group_layers, _ = self.encode_group(
-                chunks[group][..., : width * self.config.patch_size[1]], patches[group], output_hidden_states
-            )
-            hidden[group] = self.pad_columns(group_hidden, time_patches)
-            for target, source in zip(layers or (), group_layers or ()):
-                target[group] = self.pad_columns(source, time_patches)
-        return hidden, tuple(layers) if layers else None, None
-
-    def encode_group(self, chunks, patches, output_hidden_states=False, output_attentions=False):
-        """One encoder batch: embeddings, masked blocks (when some chunks are shorter) and the final LayerNorm."""
-        time_patches = chunks.shape[-1] // self.config.patch_size[1]
-        hidden, all_hidden, all_attentions = self.encoder(
-            self.embeddings(chunks), self.token_mask(patches, time_patches), output_hidden_states, output_attentions
-        )
-        return self.layernorm(hidden), all_hidden, all_attentions
-
-    def pad_columns(self, tokens, time_patches):
-        """Pads token states (n, 1 + F * w, D) with zero patch columns to (n, 1 + F * time_patches, D)."""
-        patches = tokens[:, 1:].unflatten(1, (self.config.num_frequency_patches, -1))
-        padded = nn.functional.pad(patches, (0, 0, 0, time_patches - patches.shape[2]))
-        return torch.cat([tokens[:, :1], padded.flatten(1, 2)], dim=1)
-
-    def token_mask(self, patches, time_patches):
-        """Boolean key mask (N, 1, 1, 1 + F * time_patches) hiding padded patch columns; None if none is padded."""
-        if bool((patches == time_patches).all()):
-            return None
-        columns = torch.arange(time_patches, device=patches.device)[None, :] < patches[:, None]
-        cls = torch.ones_like(columns[:, :1])
-        mask = torch.cat([cls, columns.repeat(1, self.config.num_frequency_patches)], dim=1)
-        return mask[:, None, None, :]
-
     def forward(
         self,
-        input_features,
-        attention_mask=None,
-        output_hidden_states=None,
-        output_attentions=None,
-        return_dict=None,
-    ):
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> RespM2DModelOutput | tuple:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch, n_mels, frames)`):
             Normalized log-mel features from [`RespM2DFeatureExtractor`].
@@ -310,24 +297,135 @@ class RespM2DModel(RespM2DPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_input(input_features, attention_mask)
 
-        chunks, index, patches, grid = self.split_into_chunks(input_features, attention_mask)
-        time_patches = chunks.shape[-1] // self.config.patch_size[1]
-        hidden, all_hidden, all_attentions = self.encode_chunks(
-            chunks, patches, output_hidden_states, output_attentions
-        )
-
-        last_hidden_state = scatter_chunks(hidden, index, grid)
-        frame_mask = self.frame_mask(patches, index, grid, time_patches)
+        chunks, columns = self._split_into_chunks(input_features, attention_mask)
+        if output_hidden_states or output_attentions or _is_tracing():
+            last_hidden_state, all_hidden, all_attentions = self.encode_chunks(
+                chunks, self._token_mask(columns, chunks.shape[-1]), output_hidden_states, output_attentions
+            )
+        else:
+            last_hidden_state, all_hidden, all_attentions = self._encode_in_groups(chunks, columns), None, None
+        frame_mask = self._frame_mask(columns, input_features.shape[-1])
         frame_embeddings = self.stack_frequency_bands(last_hidden_state, frame_mask)
         output = RespM2DModelOutput(
             last_hidden_state=last_hidden_state,
             pooler_output=self.pool(last_hidden_state, frame_mask, frame_embeddings),
             frame_embeddings=frame_embeddings,
             frame_mask=frame_mask,
-            hidden_states=tuple(scatter_chunks(h, index, grid) for h in all_hidden) if output_hidden_states else None,
-            attentions=tuple(scatter_chunks(a, index, grid) for a in all_attentions) if output_attentions else None,
+            hidden_states=all_hidden,
+            attentions=all_attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def valid_patches_per_chunk(self, num_frames: torch.Tensor, num_chunks: int) -> torch.Tensor:
+        """
+        Patch columns (batch, num_chunks) that each chunk of each clip of `num_frames` frames contributes, as the
+        original runtime (`encode_lms`) counts them: it pads `(p - T % unit % p) % p` frames at the end and slices
+        every `unit` frames, so a full chunk gives `unit // p` columns (the convolution drops the frames left over)
+        and the last piece of `r` frames gives `ceil(r / p)` columns, at most `unit // p` (a 1-frame piece gives one).
+        """
+        unit, patch = self.config.unit_frames, self.config.patch_size[1]
+        starts = torch.arange(num_chunks, device=num_frames.device) * unit
+        frames = (num_frames[:, None] - starts[None, :]).clamp(0, unit)
+        return torch.div(frames + patch - 1, patch, rounding_mode="floor").clamp(max=self.config.time_patches_per_chunk)
+
+    def layer_output(self, outputs: RespM2DModelOutput, layer: int) -> torch.Tensor:
+        """
+        Per-chunk token states of layer `layer` in the original M2D numbering (`return_layers`, the paper's layer
+        sweeps): 0..L-2 are blocks 1..L-1 before the final LayerNorm (`hidden_states[layer + 1]`), L-1 (or -1) is the
+        last block after it (`last_hidden_state`). Negative numbers count from the end.
+        """
+        depth = self.config.num_hidden_layers
+        if not -depth <= layer < depth:
+            raise ValueError(f"Layer {layer} does not exist: this encoder has layers 0..{depth - 1} (or -{depth}..-1).")
+        layer %= depth
+        if layer == depth - 1:
+            return outputs.last_hidden_state
+        if outputs.hidden_states is None:
+            raise ValueError(f"Layer {layer} needs the per-layer states: call the model with output_hidden_states=True")
+        return outputs.hidden_states[layer + 1]
+
+    def _split_into_chunks(self, input_features, attention_mask):
+        """Chunks (batch, num_chunks, n_mels, whole-patch frames) of the padded input and their valid columns."""
+        frames = input_features.shape[-1]
+        if attention_mask is None:
+            num_frames = torch.full(input_features.shape[:1], frames, device=input_features.device)
+        else:
+            num_frames = attention_mask.sum(-1).long()
+            input_features = input_features * attention_mask[:, None, :].to(input_features.dtype)
+        unit = self.config.unit_frames
+        num_chunks = (frames + unit - 1) // unit
+        # Time-major, so that chunks are slices and flattening them is a view (no size guards in torch.export).
+        padded = nn.functional.pad(input_features.transpose(1, 2), (0, 0, 0, num_chunks * unit - frames))
+        width = self.config.time_patches_per_chunk * self.config.patch_size[1]
+        chunks = padded.unflatten(1, (num_chunks, unit))[:, :, :width].transpose(-1, -2)
+        return chunks, self.valid_patches_per_chunk(num_frames, num_chunks)
+
+    def _token_mask(self, columns, frames):
+        """Boolean (..., 1 + F * columns_per_chunk) of the tokens that hold a clip's frames (CLS: chunk not empty)."""
+        time_patches = frames // self.config.patch_size[1]
+        patches = torch.arange(time_patches, device=columns.device) < columns[..., None]
+        patches = patches.unsqueeze(-2).expand(*columns.shape, self.config.num_frequency_patches, time_patches)
+        return torch.cat([(columns > 0)[..., None], patches.flatten(-2)], dim=-1)
+
+    def encode_chunks(
+        self,
+        chunks: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """
+        Embeddings, blocks and final LayerNorm of log-mel chunks (..., n_mels, frames): returns the final token
+        states, and the per-layer states and attentions when asked. With a boolean `token_mask` (..., tokens),
+        masked tokens are not attended to and come out zero.
+        """
+        hidden = self.embeddings(chunks)
+        if token_mask is not None:
+            hidden = hidden * token_mask[..., None].to(hidden.dtype)
+        hidden, all_hidden, all_attentions = self.encoder(hidden, token_mask, output_hidden_states, output_attentions)
+        hidden = self.layernorm(hidden)
+        if token_mask is not None:
+            hidden = hidden * token_mask[..., None].to(hidden.dtype)
+        return hidden, all_hidden, all_attentions
+
+    def _encode_in_groups(self, chunks, columns):
+        """
+        Final token states of the chunks that hold frames, encoded in groups of equal width, at most
+        `config.chunks_per_pass` at a time (bounded memory for long recordings), placed into the full layout.
+        """
+        clip, chunk = torch.nonzero(columns > 0, as_tuple=True)
+        widths = columns[clip, chunk]
+        order = torch.argsort(widths, descending=True, stable=True)
+        clip, chunk, widths = clip[order], chunk[order], widths[order].tolist()
+        size = self.config.chunks_per_pass or len(widths)
+        patch, full = self.config.patch_size[1], self.config.time_patches_per_chunk
+        states, start = [], 0
+        while start < len(widths):
+            width = widths[start]
+            stop = min(start + size, start + widths[start:].count(width))  # sorted: equal widths are consecutive
+            group = chunks[clip[start:stop], chunk[start:stop], :, : width * patch]
+            states.append(self._pad_columns(self.encode_chunks(group)[0], full))
+            start = stop
+        states = torch.cat(states)
+        return states.new_zeros(*columns.shape, *states.shape[1:]).index_put((clip, chunk), states)
+
+    def _pad_columns(self, tokens, time_patches):
+        """Pads token states (n, 1 + F * w, D) with zero patch columns to (n, 1 + F * time_patches, D)."""
+        patches = tokens[:, 1:].unflatten(1, (self.config.num_frequency_patches, -1))
+        padded = nn.functional.pad(patches, (0, 0, 0, time_patches - patches.shape[2]))
+        return torch.cat([tokens[:, :1], padded.flatten(1, 2)], dim=1)
+
+    def _frame_mask(self, columns, frames):
+        """
+        (batch, time steps) mask of each clip's patch columns; time steps: the columns of `frames` frames (all
+        columns of all chunks under torch.compile / torch.export, whose graphs must not depend on that count).
+        """
+        unit, patch, full = self.config.unit_frames, self.config.patch_size[1], self.config.time_patches_per_chunk
+        steps = columns.shape[1] * full
+        if not _is_tracing():
+            last_piece = frames - (columns.shape[1] - 1) * unit
+            steps -= full - min((last_piece + patch - 1) // patch, full)
+        return torch.arange(steps, device=columns.device)[None, :] < columns.sum(1)[:, None]
 
     def _check_input(self, input_features, attention_mask):
         if input_features.ndim != 3 or input_features.shape[1] != self.config.num_mel_bins:
@@ -340,21 +438,28 @@ class RespM2DModel(RespM2DPreTrainedModel):
                 f"attention_mask must be (batch, frames) = {(input_features.shape[0], input_features.shape[2])}, "
                 f"got {tuple(attention_mask.shape)}."
             )
+        if input_features.shape[2] == 0:
+            raise ValueError("input_features has no frames (an empty input).")
+        if _is_tracing():  # the checks below read values: eager only, so compiled graphs do not break here
+            return
         if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
             raise ValueError("attention_mask must be right-padded: 1 for the leading real frames, then 0.")
         if attention_mask is None:
-            num_frames = torch.full(input_features.shape[:1], input_features.shape[2])
-        else:
-            num_frames = attention_mask.sum(-1)
-        empty = torch.nonzero(num_frames == 0).flatten().tolist()
+            self._warn_if_padded(input_features)
+            return
+        empty = torch.nonzero(attention_mask.sum(-1) == 0).flatten().tolist()
         if empty:
             clips = f"Clip {empty[0]} has" if len(empty) == 1 else f"Clips {', '.join(map(str, empty))} have"
-            raise ValueError(f"{clips} no frames (an empty input or an all-zero attention_mask row).")
+            raise ValueError(f"{clips} no frames (an all-zero attention_mask row).")
 
-    def frame_mask(self, patches, index, grid, time_patches):
-        """(batch, time steps) mask of the patch columns that belong to each clip (a prefix of the joined chunks)."""
-        steps = torch.zeros(grid[0], dtype=torch.long, device=patches.device).index_add_(0, index[0], patches)
-        return torch.arange(int(steps.max()), device=patches.device)[None, :] < steps[:, None]
+    def _warn_if_padded(self, input_features):
+        """Warns once when some rows end in all-zero frames (the extractor's padding) and others do not."""
+        padded = (input_features[:, :, -1] == 0).all(dim=1)
+        if bool(padded.any()) and not bool(padded.all()):
+            logger.warning_once(
+                "input_features look padded (some rows end in all-zero frames) but no attention_mask was passed: "
+                "padding then counts as audio and changes pooler_output. Pass the extractor's attention_mask."
+            )
 
     def stack_frequency_bands(self, hidden_state, frame_mask):
         """
@@ -491,12 +596,14 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
     def layer_states(self, outputs):
         """Per-chunk token states of the layer the head reads (see `config.classifier_layer`)."""
         layer = self.config.classifier_layer
-        if layer is None:
-            return outputs.last_hidden_state
-        if layer == "weighted":
-            weights = self.layer_weights.softmax(0)
-            return (torch.stack(outputs.hidden_states[1:], dim=-1) * weights).sum(-1)
-        return outputs.hidden_states[layer]
+        if layer == "weighted":  # the original's L layer outputs: blocks 1..L-1 before the final LayerNorm, then after
+            layers = (*outputs.hidden_states[1:-1], outputs.last_hidden_state)
+            return (torch.stack(layers, dim=-1) * self.layer_weights.softmax(0)).sum(-1)
+        return self.resp_m2d.layer_output(outputs, -1 if layer is None else layer)
+
+    def _reads_hidden_states(self):
+        layer, depth = self.config.classifier_layer, self.config.num_hidden_layers
+        return layer == "weighted" or (layer is not None and layer % depth != depth - 1)
 
     def forward(
         self,
@@ -520,7 +627,7 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
             outputs = self.resp_m2d(
                 input_features,
                 attention_mask=attention_mask,
-                output_hidden_states=output_hidden_states or self.config.classifier_layer is not None,
+                output_hidden_states=output_hidden_states or self._reads_hidden_states(),
                 output_attentions=output_attentions,
                 return_dict=True,
             )
@@ -583,7 +690,7 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
         outputs = self.resp_m2d(
             input_features,
             attention_mask=attention_mask,
-            output_hidden_states=self.config.classifier_layer is not None,
+            output_hidden_states=self._reads_hidden_states(),
             return_dict=True,
         )
         states = self.layer_states(outputs)
@@ -620,13 +727,6 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
             "step_start": first_frame[None, :] * seconds_per_frame * step_mask,
             "step_end": last_frame * seconds_per_frame * step_mask,
         }
-
-
-def scatter_chunks(values, index, grid):
-    """Puts per-chunk results (N, ...) back into a (batch, num_chunks, ...) tensor, zeros where a chunk is empty."""
-    out = values.new_zeros(*grid, *values.shape[1:])
-    out[index] = values
-    return out
 
 
 def progress_bar(iterable, show, desc):

@@ -1,0 +1,128 @@
+"""Export of a resp_m2d folder to ONNX (dynamic batch and length), checked in ONNX Runtime against eager PyTorch."""
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models.resp_m2d import RespM2DConfig, RespM2DForAudioClassification, RespM2DModel
+
+ONNX_FILE = "model.onnx"
+TOLERANCE = 1e-4  # largest difference to eager PyTorch accepted on the check inputs
+
+
+@dataclass
+class OnnxExportReport:
+    """What `export_onnx` wrote and how closely ONNX Runtime reproduces eager PyTorch."""
+
+    path: Path
+    inputs: list[str]
+    outputs: list[str]
+    max_abs_difference: float
+
+    def __str__(self):
+        return (
+            f"Wrote {self.path} (inputs {', '.join(self.inputs)}; outputs {', '.join(self.outputs)}; dynamic batch "
+            f"and frames); ONNX Runtime matches PyTorch within {self.max_abs_difference:.2e}."
+        )
+
+
+class _TensorOutputs(nn.Module):
+    """The model with plain tensors in and out, as an ONNX graph needs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_features, attention_mask):
+        outputs = self.model(input_features, attention_mask=attention_mask, return_dict=True)
+        if isinstance(self.model, RespM2DForAudioClassification):
+            return outputs.logits
+        return outputs.last_hidden_state, outputs.pooler_output
+
+
+def output_names(model) -> list[str]:
+    return ["logits"] if isinstance(model, RespM2DForAudioClassification) else ["last_hidden_state", "pooler_output"]
+
+
+def export_program(model, example_features, example_mask):
+    """
+    `torch.export` of the model (eval mode) with dynamic batch and frames. Size-oblivious shapes let one program
+    serve clips of one chunk and of many (otherwise export specializes on "more than one chunk").
+    """
+    batch, frames = torch.export.Dim("batch", max=4096), torch.export.Dim("frames", max=10_000_000)
+    dynamic = {"input_features": {0: batch, 2: frames}, "attention_mask": {0: batch, 1: frames}}
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        return torch.export.export(
+            _TensorOutputs(model.eval()), (example_features, example_mask), dynamic_shapes=dynamic
+        )
+
+
+def check_inputs(config, batch=3, units=2.5):
+    """Random log-mel (batch, n_mels, frames) with a right-padded attention mask (row i keeps a shorter prefix)."""
+    frames = int(units * config.unit_frames)
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(batch, config.num_mel_bins, frames, generator=generator)
+    lengths = torch.tensor([frames - i * frames // (batch + 1) for i in range(batch)])
+    mask = (torch.arange(frames)[None, :] < lengths[:, None]).int()  # int32, as the feature extractor returns
+    return features * mask[:, None], mask
+
+
+def export_onnx(model_folder, output_dir, overwrite: bool = False) -> OnnxExportReport:
+    """
+    Exports the model in `model_folder` (an encoder, or a classifier if its config says so) to
+    `output_dir/model.onnx` with dynamic batch and frame axes, copies the folder's config and preprocessor config
+    next to it, and checks the graph in ONNX Runtime on inputs of other shapes than the traced ones.
+    """
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as error:
+        raise ValueError(f"ONNX export needs {error.name}: pip install 'resp-hf[export]'.") from None
+    model_folder, output_dir = Path(model_folder), Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
+        raise ValueError(f"{output_dir} exists and is not empty: choose a new folder or pass --overwrite.")
+    config = RespM2DConfig.from_pretrained(model_folder)
+    classifier = "RespM2DForAudioClassification" in (config.architectures or [])
+    model = (RespM2DForAudioClassification if classifier else RespM2DModel).from_pretrained(model_folder).eval()
+    names = output_names(model)
+
+    example = check_inputs(config, batch=2, units=2.5)
+    program = torch.onnx.export(
+        export_program(model, *example),
+        example,
+        input_names=["input_features", "attention_mask"],
+        output_names=names,
+        dynamo=True,
+        verbose=False,
+    )
+    if output_dir.is_dir() and overwrite:
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    program.save(str(output_dir / ONNX_FILE))
+    for name in ("config.json", "preprocessor_config.json"):
+        if (model_folder / name).is_file():
+            shutil.copy(model_folder / name, output_dir / name)
+
+    session = onnxruntime.InferenceSession(str(output_dir / ONNX_FILE), providers=["CPUExecutionProvider"])
+    difference = max(
+        max_difference(session, model, *check_inputs(config, batch, units)) for batch, units in ((3, 1.7), (1, 0.3))
+    )
+    if not difference <= TOLERANCE:
+        raise ValueError(
+            f"ONNX Runtime differs from PyTorch by {difference:.2e} (> {TOLERANCE}) for {model_folder}: "
+            "please report it with your torch and onnxruntime versions."
+        )
+    return OnnxExportReport(output_dir / ONNX_FILE, ["input_features", "attention_mask"], names, difference)
+
+
+def max_difference(session, model, features, mask) -> float:
+    """Largest absolute difference between the ONNX Runtime session's outputs and eager PyTorch."""
+    names = output_names(model)
+    received = session.run(names, {"input_features": features.numpy(), "attention_mask": mask.numpy()})
+    with torch.no_grad():
+        expected = _TensorOutputs(model)(features, mask)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    return max(float((torch.from_numpy(r) - e).abs().max()) for r, e in zip(received, expected))

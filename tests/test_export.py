@@ -1,0 +1,107 @@
+import onnxruntime
+import pytest
+import torch
+from conftest import tiny_config, tiny_model
+from torch.export import Dim
+
+from resp_hf import RespM2DFeatureExtractor, RespM2DForAudioClassification, RespM2DModel
+from resp_hf.cli import main
+from resp_hf.export import export_onnx
+
+
+def padded_inputs(batch, frames, seed=0):
+    torch.manual_seed(seed)
+    mask = torch.ones(batch, frames, dtype=torch.long)
+    mask[-1, max(1, frames // 3) :] = 0
+    return torch.randn(batch, 80, frames) * mask[:, None], mask
+
+
+def tiny_classifier():
+    torch.manual_seed(0)
+    return RespM2DForAudioClassification(tiny_config(num_labels=3)).eval()
+
+
+def main_output(model, outputs):
+    return outputs.logits if isinstance(model, RespM2DForAudioClassification) else outputs.pooler_output
+
+
+@pytest.mark.parametrize("make_model", [tiny_model, tiny_classifier])
+def test_torch_export_with_static_shapes_matches_eager(make_model):
+    model = make_model()
+    features, mask = padded_inputs(2, 250)
+    program = torch.export.export(model, (features,), {"attention_mask": mask})
+    with torch.no_grad():
+        expected, received = model(features, attention_mask=mask), program.module()(features, attention_mask=mask)
+    torch.testing.assert_close(main_output(model, received), main_output(model, expected), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("make_model", [tiny_model, tiny_classifier])
+def test_torch_export_with_dynamic_batch_and_length_matches_eager(make_model):
+    model = make_model()
+    batch, frames = Dim("batch"), Dim("frames")
+    dynamic = {"input_features": {0: batch, 2: frames}, "attention_mask": {0: batch, 1: frames}}
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):  # one program for 1 chunk and for many
+        program = torch.export.export(model, padded_inputs(2, 250), dynamic_shapes=dynamic)
+    for batch, frames in ((3, 90), (1, 5), (4, 400), (1, 96)):
+        features, mask = padded_inputs(batch, frames, seed=frames)
+        with torch.no_grad():
+            expected = model(features, attention_mask=mask)
+            received = program.module()(features, mask)
+        torch.testing.assert_close(main_output(model, received), main_output(model, expected), atol=1e-4, rtol=0)
+        if isinstance(model, RespM2DModel):
+            torch.testing.assert_close(received.last_hidden_state, expected.last_hidden_state, atol=1e-4, rtol=0)
+            steps = expected.frame_mask.shape[1]  # under export all columns of all chunks, the clip's marked
+            assert torch.equal(received.frame_mask[:, :steps], expected.frame_mask)
+            assert not received.frame_mask[:, steps:].any()
+
+
+def test_onnx_export_of_the_golden_encoder_matches_eager_on_the_golden_clips(golden_folder, golden_audio, tmp_path):
+    report = export_onnx(golden_folder, tmp_path / "onnx")
+    assert report.max_abs_difference <= 1e-4 and (tmp_path / "onnx" / "preprocessor_config.json").is_file()
+    model = RespM2DModel.from_pretrained(golden_folder).eval()
+    extractor = RespM2DFeatureExtractor.from_pretrained(golden_folder)
+    session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    clips = list(golden_audio.values())
+    for batch in (clips, clips[:1]):  # dynamic batch and length
+        inputs = extractor(batch, sampling_rate=16000)
+        hidden, pooled = session.run(
+            ["last_hidden_state", "pooler_output"],
+            {"input_features": inputs["input_features"].numpy(), "attention_mask": inputs["attention_mask"].numpy()},
+        )
+        with torch.no_grad():
+            expected = model(**inputs)
+        torch.testing.assert_close(torch.from_numpy(pooled), expected.pooler_output, atol=1e-4, rtol=0)
+        torch.testing.assert_close(torch.from_numpy(hidden), expected.last_hidden_state, atol=1e-4, rtol=0)
+
+
+def test_export_command_writes_a_classifier_and_refuses_a_non_empty_folder(tmp_path, capsys):
+    tiny_classifier().save_pretrained(tmp_path / "model")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    assert main(["export", "onnx", str(tmp_path / "model"), str(tmp_path / "out")]) == 2
+    assert "out exists and is not empty: choose a new folder or pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    assert main(["export", "onnx", str(tmp_path / "model"), str(tmp_path / "out"), "--overwrite"]) == 0
+    assert "outputs logits" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.onnx"]
+
+
+def test_compiled_model_takes_a_second_length_without_recompiling_or_graph_breaks():
+    model = tiny_model()
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="eager")  # fullgraph: a break is an error
+    torch._dynamo.reset()
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        for frames in (250, 130, 700):
+            features, mask = padded_inputs(2, frames, seed=frames)
+            received, expected = compiled(features, attention_mask=mask), model(features, attention_mask=mask)
+            torch.testing.assert_close(received.pooler_output, expected.pooler_output, atol=1e-4, rtol=0)
+
+
+def test_export_without_the_export_extra_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    tiny_model().save_pretrained(tmp_path / "model")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    assert main(["export", "onnx", str(tmp_path / "model"), str(tmp_path / "out")]) == 2
+    assert "ONNX export needs onnxscript: pip install 'resp-hf[export]'." in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
