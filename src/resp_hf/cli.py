@@ -148,6 +148,7 @@ def add_benchmark_command(subparsers):
     parser.add_argument("--batch-size", type=positive_int, default=16, help="clips per encoder batch")
     parser.add_argument("--allow-missing", action="store_true", help="leave out missing or unreadable OPERA audio")
     parser.add_argument("--cache-dir", help="embedding cache (default OUTPUT/embedding_cache)")
+    parser.add_argument("--quantize", choices=("int8",), help="embed with the encoder quantized to int8 (CPU)")
     parser.set_defaults(handler=run_benchmark_command)
 
 
@@ -162,6 +163,7 @@ def run_benchmark_command(args):
         epochs=args.epochs,
         batch_size=args.batch_size,
         allow_missing=args.allow_missing,
+        quantize=args.quantize,
     )
     tasks = [task for task in args.tasks.split(",") if task]
     if not tasks and not args.dataset:

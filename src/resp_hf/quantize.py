@@ -39,7 +39,7 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
         raise ValueError(f"Unknown quantization method {method!r}; choose one of: {', '.join(METHODS)}.")
     device = next(model.parameters()).device
     if device.type != "cpu":
-        raise ValueError(f"int8 quantization runs on CPU only, but the model is on {device}; call model.to('cpu') first.")
+        raise ValueError(f"int8 quantization runs on CPU only, but the model is on {device}; call model.to('cpu').")
     engine = torch.backends.quantized.engine
     if engine not in ENGINES:
         raise RuntimeError(

@@ -11,6 +11,7 @@ from datasets import ClassLabel, Value, load_from_disk
 
 from ..evaluate import classification_metrics, regression_metrics
 from ..models.resp_m2d import RespM2DModel
+from ..quantize import quantize
 from ..opera import build_task, get_task
 from ..opera.build import check_root
 from ..opera.common import OPERA_VALIDATION_SEED, seeded_split
@@ -36,9 +37,11 @@ class BenchmarkSettings:
     epochs: int = None  # default: the task's (64; KAUH 50, SSBPR 32)
     allow_missing: bool = False
     progress: bool = None
+    quantize: str = None  # "int8": embed with resp_hf.quantize(model, "int8") (CPU)
 
     def embedding_key(self):
-        return {"crop": self.crop, "seconds": self.seconds, "crop_seed": self.crop_seed, "protocol": 1}
+        key = {"crop": self.crop, "seconds": self.seconds, "crop_seed": self.crop_seed, "protocol": 1}
+        return {**key, "quantize": self.quantize} if self.quantize else key
 
     def check(self):
         """Raises ValueError on settings no run can use: epochs or batch size below 1, no seeds or a repeated seed."""
@@ -329,6 +332,9 @@ def run_benchmark(
     predictions_dir = output_dir / "predictions"
     predictions_dir.mkdir(parents=True, exist_ok=True)
     embedder = Embedder(model, settings, cache_dir or output_dir / "embedding_cache")
+    if settings.quantize:  # the cache key holds the float32 weights' fingerprint and the quantization method
+        embedder.model = quantize(model, settings.quantize)
+        model_name = f"{model_name or 'model'} ({settings.quantize})"
     checked, notes = [], []
     for spec, load in jobs:  # every task is built and checked before anything is embedded
         dataset, note = load()
