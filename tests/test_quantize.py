@@ -1,3 +1,6 @@
+import json
+
+import numpy as np
 import pytest
 import torch
 from conftest import noise, tiny_config, tiny_model
@@ -10,6 +13,9 @@ from resp_hf import (
     RespM2DModel,
     quantize,
 )
+from resp_hf.cli import main as cli_main
+from resp_hf.data import load_audio_folder
+from resp_hf.synthetic import write_two_class_recordings
 
 
 def cosine(a, b):
@@ -96,3 +102,24 @@ def test_quantize_rejects_unknown_methods_and_models_without_an_encoder():
         quantize(tiny_model(), "int4")
     with pytest.raises(ValueError, match=r"Sequential has no RespM2D encoder"):
         quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "int8")
+
+
+def test_benchmark_quantize_int8_embeds_with_the_int8_encoder_under_its_own_cache_key(tmp_path):
+    for seed, split in enumerate(("train", "validation", "test")):
+        write_two_class_recordings(tmp_path / "recordings" / split, per_class=6, seed=seed, seconds=(0.5, 1.0))
+    load_audio_folder(tmp_path / "recordings").save_to_disk(str(tmp_path / "dataset"))
+    tiny_model().save_pretrained(tmp_path / "encoder")
+    cache = tmp_path / "cache"
+    arguments = ["benchmark", "--model", str(tmp_path / "encoder"), "--dataset", str(tmp_path / "dataset")]
+    arguments += ["--seeds", "0", "--epochs", "1", "--cache-dir", str(cache)]
+    cli_main([*arguments, "--output", str(tmp_path / "fp32")])
+    cli_main([*arguments, "--output", str(tmp_path / "int8"), "--quantize", "int8"])
+    assert json.loads((tmp_path / "int8" / "results.json").read_text())["model_name"] == "encoder (int8)"
+    stored = []
+    for path in sorted(cache.glob("*.npz"), key=lambda path: path.stat().st_mtime):
+        with np.load(path) as arrays:
+            stored.append(torch.from_numpy(arrays["last"]))
+    assert len(stored) == 6  # three splits, once in fp32 and once in int8
+    fp32, int8 = torch.cat(stored[:3]), torch.cat(stored[3:])
+    assert not torch.equal(fp32, int8)
+    assert cosine(fp32, int8).min() >= 0.999
