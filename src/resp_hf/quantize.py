@@ -7,12 +7,14 @@ quantized at run time from its own range (asymmetric uint8, one scale per input 
 FBGEMM's VNNI kernels and dequantized to float32. Nothing needs calibration data. The patch embedding, LayerNorms,
 attention softmax, pooling and any classification head stay in float32.
 
-Why PyTorch's dynamic quantization (`torch.ao.quantization.quantize_dynamic`): measured side by side on the CI-class
-CPU (2 threads, AVX-512 VNNI, ViT-Base encoder, 10-s chunks at batch 1 and 8) it ran at 1.9-2.8x fp32, as fast as
-ONNX Runtime's dynamic int8 (2.0-3.0x, within noise) while leaving the model a PyTorch module, so `forward`,
-`embed()`, hidden states, attention masks and the pipeline work unchanged; ONNX Runtime would need an exported graph
-per use. torchao's `Int8DynamicActivationInt8WeightConfig` (per-token activations) was 0.7x fp32 in eager mode on the
-same CPU. Accuracy is measured on the golden clips (README, Speed section).
+Why PyTorch's dynamic quantization (`torch.ao.quantization.quantize_dynamic`): measured interleaved on the CI-class
+CPU (2 threads, AVX-512 VNNI; ViT-Base encoder, 10-s chunks) it ran at 1.8-2.7x fp32 at batch 1 and 2.8x at
+batch 8, within noise of ONNX Runtime's dynamic int8 (3.0x at batch 8), while leaving the model a PyTorch module, so
+`forward`, `embed()`, hidden states, attention masks and the pipeline work unchanged (ONNX Runtime needs an exported
+graph). Per-token activation scales are more accurate (cosine to fp32 0.9998 instead of 0.9996 over 12 random
+layers) but ran slower than fp32 here: torchao's `Int8DynamicActivationInt8WeightConfig` at 0.7x and `torch._int_mm`
+with per-token scales at 0.6-0.8x. One scale per input tensor means a clip's int8 embedding shifts slightly with its
+batch companions (cosine 0.9997 or closer on the golden clips); one clip at a time is exactly reproducible.
 
 Quantized models cannot be saved: quantize after loading (`quantize(RespM2DModel.from_pretrained(folder), "int8")`).
 """
