@@ -13,6 +13,7 @@ from resp_hf import (
     RespM2DModel,
     quantize,
 )
+from resp_hf.benchmark import BenchmarkSettings, run_benchmark
 from resp_hf.cli import main as cli_main
 from resp_hf.data import load_audio_folder
 from resp_hf.synthetic import write_two_class_recordings
@@ -123,3 +124,8 @@ def test_benchmark_quantize_int8_embeds_with_the_int8_encoder_under_its_own_cach
     fp32, int8 = torch.cat(stored[:3]), torch.cat(stored[3:])
     assert not torch.equal(fp32, int8)
     assert cosine(fp32, int8).min() >= 0.999
+
+
+def test_benchmark_settings_reject_an_unknown_quantization_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match=r"quantize must be one of int8 or None, got 'int4'"):
+        run_benchmark(tiny_model(), tmp_path, datasets=[tmp_path / "none"], settings=BenchmarkSettings(quantize="int4"))

@@ -11,10 +11,10 @@ from datasets import ClassLabel, Value, load_from_disk
 
 from ..evaluate import classification_metrics, regression_metrics
 from ..models.resp_m2d import RespM2DModel
-from ..quantize import quantize
 from ..opera import build_task, get_task
 from ..opera.build import check_root
 from ..opera.common import OPERA_VALIDATION_SEED, seeded_split
+from ..quantize import METHODS, quantize
 from .embeddings import EmbeddingCache, embed_split, layer_names, model_fingerprint, split_fingerprint
 from .probe import L2_STRENGTH, train_linear_probe
 from .results import write_results
@@ -51,6 +51,8 @@ class BenchmarkSettings:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {list(self.seeds)}.")
+        if self.quantize is not None and self.quantize not in METHODS:
+            raise ValueError(f"quantize must be one of {', '.join(METHODS)} or None, got {self.quantize!r}.")
 
 
 @dataclass
@@ -333,7 +335,7 @@ def run_benchmark(
     predictions_dir.mkdir(parents=True, exist_ok=True)
     embedder = Embedder(model, settings, cache_dir or output_dir / "embedding_cache")
     if settings.quantize:  # the cache key holds the float32 weights' fingerprint and the quantization method
-        embedder.model = quantize(model, settings.quantize)
+        embedder.model = quantize(model.to("cpu"), settings.quantize)  # int8 kernels are CPU-only
         model_name = f"{model_name or 'model'} ({settings.quantize})"
     checked, notes = [], []
     for spec, load in jobs:  # every task is built and checked before anything is embedded
