@@ -4,14 +4,21 @@
     python benchmarks/speed.py --model ./resp-m2d --output out         # a converted checkpoint
     python benchmarks/speed.py --quick --output out                    # seconds: a small model, for CI
 
-Writes `speed.json` and `speed.md`. Timings are the best of several repeats after a warm-up; the roofline is a large
-matrix product measured in the same run, in the same dtype.
+Writes `speed.json` and `speed.md`. Every measured configuration runs interleaved with the others of its group and
+with two matrix-product references in the same dtype: the encoder's own GEMM shapes (its qkv, projection and MLP
+products at the token counts it runs, so weighted by FLOPs) and a square product. Each round runs everything once, so
+each fraction of attainable and each speed-up is a ratio of times taken at the same moment; the tables give the
+median over rounds (and the ratio of the best times). A fraction above 100% means the machine changed speed within a
+round: it is marked invalid. On a CPU the int8 rows use `resp_hf.quantize(model, "int8")`; on a GPU, fp16 is added.
 """
 
 import argparse
 import json
 import platform
 import resource
+import statistics
+import subprocess
+import sys
 import time
 from datetime import date
 from functools import partial
@@ -21,23 +28,10 @@ import numpy as np
 import torch
 import transformers
 
-from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
+from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel, quantize
 
 RATE = 16000
-
-
-def best_time(function, repeats, warmup=1):
-    """Best wall time of `function()` over `repeats` runs after `warmup` runs (GPU work is synchronized)."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        function()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # int8 has no reference
 
 
 def synchronize():
@@ -45,34 +39,75 @@ def synchronize():
         torch.cuda.synchronize()
 
 
-def matmul_rate(device, dtype, size, repeats):
-    """Attainable FLOP/s of a square matrix product of `size` in `dtype`."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    seconds = best_time(lambda: a @ b, repeats)
-    return 2 * size**3 / seconds
+def interleaved_times(functions, repeats, warmup=1):
+    """Wall times of each of `functions` (name -> callable) over `repeats` rounds, each round running all in turn."""
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            synchronize()
+            start = time.perf_counter()
+            function()
+            synchronize()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
-def encoder_flops(config, chunk_tokens):
-    """Multiply-add FLOPs (x2) of the encoder's matrix products for chunks of the given token counts (CLS included)."""
+def square_matmul(device, dtype, size):
+    """A square matrix product of `size` in `dtype`, and its FLOPs."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    return (lambda: a @ b), 2 * size**3
+
+
+def model_shape_matmuls(config, passes, device, dtype):
+    """One layer's qkv, projection, fc1 and fc2 products at the row counts of the encoder's `passes`; their FLOPs."""
+    width, hidden = config.hidden_size, config.intermediate_size
+    shapes = ((width, 3 * width), (width, width), (width, hidden), (hidden, width))
+    weights = [torch.randn(k, n, device=device).to(dtype) for k, n in shapes]
+    rows = [chunks * tokens for chunks, tokens in passes]
+    inputs = {m: [torch.randn(m, w.shape[0], device=device).to(dtype) for w in weights] for m in set(rows)}
+
+    def run():
+        for m in rows:
+            for x, w in zip(inputs[m], weights):
+                x @ w
+
+    return run, sum(2 * m * w.shape[0] * w.shape[1] for m in rows for w in weights)
+
+
+def encoder_flops(config, passes):
+    """Multiply-add FLOPs (x2) of the encoder's matrix products over `passes` of (chunks, tokens incl. CLS)."""
     width, depth = config.hidden_size, config.num_hidden_layers
     patch = config.patch_size[0] * config.patch_size[1]
     total = 0
-    for tokens in chunk_tokens:
+    for chunks, tokens in passes:
         per_layer = (
             2 * tokens * (4 * width * width + 2 * width * config.intermediate_size) + 4 * tokens * tokens * width
         )
-        total += depth * per_layer + 2 * (tokens - 1) * patch * width
+        total += chunks * (depth * per_layer + 2 * (tokens - 1) * patch * width)
     return total
 
 
-def chunk_tokens(config, seconds):
-    """Token counts of the chunks of one clip of `seconds`, as the encoder cuts it."""
+def chunk_passes(config, seconds):
+    """(1, tokens) for each chunk of one clip of `seconds`, as the encoder cuts it (no padding)."""
     frames = 1 + int(seconds * RATE) // (config.hop_length * RATE // config.sampling_rate)
     bands, unit, patch = config.num_frequency_patches, config.unit_frames, config.patch_size[1]
     padded = -(-frames // patch) * patch
     columns = [min(unit, padded - start) // patch for start in range(0, frames, unit)]
-    return [1 + bands * c for c in columns if c]
+    return [(1, 1 + bands * c) for c in columns if c]
+
+
+def recorded_passes(model, run):
+    """The encoder passes `run()` makes, as (chunks, tokens) with padding, recorded at the embeddings."""
+    passes = []
+    handle = model.embeddings.register_forward_hook(lambda module, args, output: passes.append(output.shape[:2]))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return [tuple(shape) for shape in passes]
 
 
 def peak_memory_mb(device):
@@ -81,38 +116,29 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class TokenCounter:
-    """Records the token count of every chunk the encoder computes (padding included), via the embeddings."""
-
-    def __init__(self, model):
-        self.tokens = []
-        self.handle = model.embeddings.register_forward_hook(self.record)
-
-    def record(self, module, args, output):
-        self.tokens += [output.shape[1]] * output.shape[0]
-
-    def remove(self):
-        self.handle.remove()
-
-
-def run_encoder(model, features, dtype):
+def run_encoder(model, dtype, features):
     with torch.no_grad(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
         return model(**features).pooler_output
 
 
-def run_chunks(model, chunks, patches, dtype):
-    with torch.no_grad(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
-        return model.encode_group(chunks, patches)
+def run_end_to_end(model, dtype, extractor, waveforms):
+    return run_encoder(model, dtype, extractor(waveforms, sampling_rate=RATE, device=model.device))
 
 
-def run_end_to_end(model, extractor, waveforms, dtype):
-    return run_encoder(model, extractor(waveforms, sampling_rate=RATE, device=model.device), dtype)
-
-
-def run_in_input_order(model, extractor, waveforms, batch_size, dtype):
+def run_in_input_order(model, dtype, extractor, waveforms, batch_size):
     """End to end over consecutive slices of `waveforms`, without `embed`'s length bucketing."""
-    for start in range(0, len(waveforms), batch_size):
-        run_end_to_end(model, extractor, waveforms[start : start + batch_size], dtype)
+    slices = [waveforms[start : start + batch_size] for start in range(0, len(waveforms), batch_size)]
+    return torch.cat([run_end_to_end(model, dtype, extractor, part) for part in slices])
+
+
+def run_embed(model, dtype, waveforms, batch_size):
+    return model.embed(waveforms, sampling_rate=RATE, batch_size=batch_size, progress=False, autocast_dtype=dtype)
+
+
+def run_chunks(model, dtype, chunks):
+    """The encoder alone on full `chunks` (no mask); returns the CLS states."""
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
+        return model.encode_chunks(chunks)[0][:, 0]
 
 
 def noise_clips(rng, seconds):
@@ -120,170 +146,261 @@ def noise_clips(rng, seconds):
 
 
 def measure_feature_extraction(extractor, clips, clip_seconds, device, repeats):
-    seconds = best_time(lambda: extractor(clips, sampling_rate=RATE, device=device), repeats)
+    times = interleaved_times({"extract": lambda: extractor(clips, sampling_rate=RATE, device=device)}, repeats)
     return {
         "clips": len(clips),
         "clip_seconds": clip_seconds,
-        "audio_seconds_per_second": len(clips) * clip_seconds / seconds,
+        "audio_seconds_per_second": len(clips) * clip_seconds / statistics.median(times["extract"]),
     }
 
 
-def throughput_row(dtype_name, batch_size, clips, audio_seconds, seconds, flops, peak, **extra):
-    achieved = flops / seconds
-    return {
-        "dtype": dtype_name,
-        "batch_size": batch_size,
-        "clips_per_second": clips / seconds,
-        "audio_seconds_per_second": audio_seconds / seconds,
-        "achieved_flops": achieved,
-        "attainable_matmul_flops": peak,
-        "fraction_of_attainable": achieved / peak,
-        **extra,
-    }
+def same_moment(numerator, denominator):
+    """Median over rounds of numerator[i] / denominator[i], and the ratio of the minima."""
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    return statistics.median(ratios), min(numerator) / min(denominator)
 
 
-def measure_end_to_end(model, extractor, clips, clip_seconds, batch_sizes, dtypes, peaks, repeats):
-    """Waveform-to-embedding throughput of equal-length clips, and the encoder alone, per dtype and batch size."""
-    flops_per_clip = encoder_flops(model.config, chunk_tokens(model.config, clip_seconds))
-    rows = []
-    for dtype_name, dtype in dtypes.items():
-        for batch_size in batch_sizes:
-            raw = clips[:batch_size]
-            features = extractor(raw, sampling_rate=RATE, device=model.device)
-            encoder_seconds = best_time(partial(run_encoder, model, features, dtype), repeats)
-            seconds = best_time(partial(run_end_to_end, model, extractor, raw, dtype), repeats)
-            rows.append(
-                throughput_row(
-                    dtype_name,
-                    batch_size,
-                    batch_size,
-                    batch_size * clip_seconds,
-                    seconds,
-                    flops_per_clip * batch_size,
-                    peaks[dtype_name],
-                    encoder_seconds=encoder_seconds,
-                    end_to_end_seconds=seconds,
-                )
+def measure_group(configs, make_run, passes, useful_flops, repeats, warmup=1):
+    """
+    Runs `make_run(model, dtype)` for every configuration (name -> (model, autocast dtype)) interleaved with the
+    model-shape and square matmul references of each float dtype. Returns one row per configuration with median
+    times, same-moment fractions of both references and same-moment speed-ups over fp32 (and bf16).
+    """
+    model = next(iter(configs.values()))[0]
+    device, config = model.device, model.config
+    functions, reference_flops = {}, {}
+    for name, (candidate, dtype) in configs.items():
+        functions[name] = partial(make_run, candidate, dtype)
+        if name in MATMUL_DTYPES:
+            functions[f"{name} model-shape"], reference_flops[f"{name} model-shape"] = model_shape_matmuls(
+                config, passes, device, MATMUL_DTYPES[name]
             )
+            square = 2048 if device.type == "cpu" else 8192
+            functions[f"{name} square"], reference_flops[f"{name} square"] = square_matmul(
+                device, MATMUL_DTYPES[name], square
+            )
+    times = interleaved_times(functions, repeats, warmup)
+    rows = []
+    for name in configs:
+        seconds = times[name]
+        row = {
+            "dtype": name,
+            "seconds_median": statistics.median(seconds),
+            "seconds_min": min(seconds),
+            "achieved_flops": useful_flops / statistics.median(seconds),
+        }
+        for reference in ("model-shape", "square"):
+            key = f"{name} {reference}"
+            if key in times:
+                # achieved / attainable = (useful / t) / (reference FLOPs / t_reference), per round
+                median, best = same_moment(times[key], seconds)
+                scale = useful_flops / reference_flops[key]
+                row[f"{reference}_matmul_flops"] = reference_flops[key] / statistics.median(times[key])
+                row[f"fraction_of_{reference}"] = median * scale
+                row[f"fraction_of_{reference}_best"] = best * scale
+        for other in ("fp32", "bf16"):
+            if other in times and other != name:
+                row[f"speedup_over_{other}"] = same_moment(times[other], seconds)[0]
+        rows.append(row)
     return rows
 
 
-def measure_compiled(model, extractor, clips, clip_seconds, batch_size, dtypes, peaks, repeats):
-    """The end-to-end measurement at one batch size with the encoder blocks compiled by `torch.compile`."""
-    flops = encoder_flops(model.config, chunk_tokens(model.config, clip_seconds)) * batch_size
+def cosines_to_fp32(configs, make_run):
+    """Minimum cosine similarity of each configuration's outputs to fp32's."""
+    outputs = {name: make_run(model, dtype).float().cpu() for name, (model, dtype) in configs.items()}
+    return {
+        name: torch.nn.functional.cosine_similarity(output, outputs["fp32"]).min().item()
+        for name, output in outputs.items()
+    }
+
+
+def measure_configurations(configs, make_run, repeats, useful_flops=None, warmup=1, **fields):
+    """`measure_group` for the passes `make_run` makes, with each row's cosine to fp32 and `fields` added."""
+    model = next(iter(configs.values()))[0]
+    passes = recorded_passes(model, lambda: make_run(model, None))
+    computed = encoder_flops(model.config, passes)
+    rows_flops = useful_flops or computed
+    rows = measure_group(configs, make_run, passes, rows_flops, repeats, warmup)
+    cosines = cosines_to_fp32(configs, make_run)
+    for row in rows:
+        row.update(fields, cosine_to_fp32=cosines[row["dtype"]], padded_flop_share=1 - rows_flops / computed)
+    return rows
+
+
+def measure_end_to_end(configs, extractor, clips, clip_seconds, batch_sizes, repeats):
+    """Waveform-to-embedding throughput of equal-length clips, per batch size and configuration."""
+    rows = []
+    for batch_size in batch_sizes:
+        make_run = partial(run_end_to_end, extractor=extractor, waveforms=clips[:batch_size])
+        for row in measure_configurations(configs, make_run, repeats, batch_size=batch_size):
+            row["clips_per_second"] = batch_size / row["seconds_median"]
+            row["audio_seconds_per_second"] = batch_size * clip_seconds / row["seconds_median"]
+            rows.append(row)
+    return rows
+
+
+def measure_compiled(configs, extractor, clips, clip_seconds, batch_size, repeats):
+    """The end-to-end measurement at one batch size with the float models' encoder blocks compiled."""
+    model = configs["fp32"][0]
     eager = model.encoder
     model.encoder = torch.compile(eager)
-    rows = []
     try:
-        for dtype_name, dtype in dtypes.items():
-            run = partial(run_end_to_end, model, extractor, clips[:batch_size], dtype)
-            seconds = best_time(run, repeats, warmup=2)
-            rows.append(
-                throughput_row(
-                    f"{dtype_name} (compiled)",
-                    batch_size,
-                    batch_size,
-                    batch_size * clip_seconds,
-                    seconds,
-                    flops,
-                    peaks[dtype_name],
-                    encoder_seconds=None,
-                    end_to_end_seconds=seconds,
-                )
-            )
+        floats = {name: config for name, config in configs.items() if config[0] is model}
+        rows = measure_end_to_end(floats, extractor, clips, clip_seconds, [batch_size], repeats)
     finally:
         model.encoder = eager
+    for row in rows:
+        row["dtype"] += " (compiled)"
     return rows
 
 
-def measure_mixed_lengths(model, extractor, clips, batch_sizes, dtypes, peaks, repeats):
+def measure_mixed_lengths(configs, extractor, clips, batch_sizes, repeats):
     """
     Throughput on clips of mixed lengths through `embed` (length bucketing), and in input order at the middle batch
     size. `achieved_flops` counts the useful encoder FLOPs (no padding); `padded_flop_share` is the part of the
     encoder FLOPs spent on the padding of shorter last chunks.
     """
+    model = configs["fp32"][0]
+    useful = sum(encoder_flops(model.config, chunk_passes(model.config, len(clip) / RATE)) for clip in clips)
     audio_seconds = sum(len(clip) for clip in clips) / RATE
-    useful = sum(encoder_flops(model.config, chunk_tokens(model.config, len(clip) / RATE)) for clip in clips)
     runs = [(batch_size, "length-bucketed") for batch_size in batch_sizes]
     runs.append((batch_sizes[len(batch_sizes) // 2], "input order"))
     rows = []
-    for dtype_name, dtype in dtypes.items():
-        for batch_size, order in runs:
-            if order == "input order":
-                run = partial(run_in_input_order, model, extractor, clips, batch_size, dtype)
-            else:
-                run = partial(
-                    model.embed, clips, sampling_rate=RATE, batch_size=batch_size, progress=False, autocast_dtype=dtype
-                )
-            counter = TokenCounter(model)
-            run()
-            counter.remove()
-            computed = encoder_flops(model.config, counter.tokens)
-            seconds = best_time(run, repeats, warmup=0)
-            rows.append(
-                throughput_row(
-                    dtype_name,
-                    batch_size,
-                    len(clips),
-                    audio_seconds,
-                    seconds,
-                    useful,
-                    peaks[dtype_name],
-                    order=order,
-                    padded_flop_share=1 - useful / computed,
-                )
-            )
+    for batch_size, order in runs:
+        if order == "input order":
+            make_run = partial(run_in_input_order, extractor=extractor, waveforms=clips, batch_size=batch_size)
+        else:
+            make_run = partial(run_embed, waveforms=clips, batch_size=batch_size)
+        for row in measure_configurations(configs, make_run, repeats, useful, 0, batch_size=batch_size, order=order):
+            row["audio_seconds_per_second"] = audio_seconds / row["seconds_median"]
+            rows.append(row)
     return rows
 
 
-def measure_chunk_batches(model, chunk_counts, dtypes, peaks, repeats):
+def measure_chunk_batches(configs, chunk_counts, repeats):
     """The encoder alone on full chunks (no padding, no mask), by the number of chunks in one pass."""
-    config = model.config
-    tokens = 1 + config.num_frequency_patches * config.time_patches_per_chunk
+    config = configs["fp32"][0].config
     rows = []
-    for dtype_name, dtype in dtypes.items():
-        for count in chunk_counts:
-            chunks = torch.randn(count, config.num_mel_bins, config.unit_frames, device=model.device)
-            patches = torch.full((count,), config.time_patches_per_chunk, device=model.device)
-            seconds = best_time(partial(run_chunks, model, chunks, patches, dtype), repeats, warmup=2)
-            achieved = encoder_flops(config, [tokens] * count) / seconds
-            rows.append(
-                {
-                    "dtype": dtype_name,
-                    "chunks": count,
-                    "achieved_flops": achieved,
-                    "attainable_matmul_flops": peaks[dtype_name],
-                    "fraction_of_attainable": achieved / peaks[dtype_name],
-                }
-            )
+    for count in chunk_counts:
+        chunks = torch.randn(count, config.num_mel_bins, config.unit_frames, device=configs["fp32"][0].device)
+        make_run = partial(run_chunks, chunks=chunks)
+        rows += measure_configurations(configs, make_run, repeats, warmup=2, chunks=count)
     return rows
 
 
-def measure(
-    model, batch_sizes, clip_seconds, repeats, dtypes, mixed_count, mixed_range, chunk_counts, compile_batch=None
-):
+def measure_long_recordings(args, minutes, dtypes):
+    """Time and peak memory of `embed()` on one recording per length and dtype, each in a fresh process."""
+    rows = []
+    for length in minutes:
+        for dtype_name in dtypes:
+            command = [sys.executable, __file__, "--output", args.output, "--long-recording", str(length)]
+            command += ["--dtype", dtype_name] + (["--quick"] if args.quick else [])
+            command += ["--model", args.model] if args.model else []
+            result = subprocess.run(command, capture_output=True, text=True, check=True)
+            rows.append(json.loads(result.stdout.splitlines()[-1]))
+    return rows
+
+
+def long_recording_worker(model, dtype_name, minutes):
+    """Embeds one noise recording of `minutes`; prints its time and the process's memory before and at the peak."""
+    model, dtype = configuration(model, dtype_name)
+    recording = noise_clips(np.random.default_rng(0), [minutes * 60])[0]
+    run_embed(model, dtype, recording[: 10 * RATE], 1)  # warm-up: first-call costs are not the recording's
+    before = peak_memory_mb(model.device)
+    start = time.perf_counter()
+    run_embed(model, dtype, recording, 1)
+    seconds = time.perf_counter() - start
+    row = {"dtype": dtype_name, "minutes": minutes, "seconds": seconds}
+    row["audio_seconds_per_second"] = 60 * minutes / seconds
+    row.update(peak_memory_before_mb=before, peak_memory_mb=peak_memory_mb(model.device))
+    print(json.dumps(row))
+
+
+def dtype_names(device):
+    """What to compare: fp32, bf16 autocast, and int8 on a CPU or fp16 autocast on a GPU."""
+    return ["fp32", "bf16", "fp16" if device.type == "cuda" else "int8"]
+
+
+def configuration(model, name):
+    """(model to run, autocast dtype) for one of `dtype_names`."""
+    if name == "int8":
+        return quantize(model, "int8"), None
+    return model, None if name == "fp32" else MATMUL_DTYPES[name]
+
+
+def configurations(model):
+    return {name: configuration(model, name) for name in dtype_names(model.device)}
+
+
+def measure(model, settings, repeats, compile_batch=None):
     device = model.device
+    configs = configurations(model)
     extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     rng = np.random.default_rng(0)
-    clips = noise_clips(rng, [clip_seconds] * max(batch_sizes))
-    mixed = noise_clips(rng, rng.uniform(*mixed_range, size=mixed_count))
-    peak_size = 2048 if device.type == "cpu" else 8192
-    peaks = {name: matmul_rate(device, dtype or torch.float32, peak_size, repeats) for name, dtype in dtypes.items()}
-    end_to_end = measure_end_to_end(model, extractor, clips, clip_seconds, batch_sizes, dtypes, peaks, repeats)
+    clips = noise_clips(rng, [settings["clip_seconds"]] * max(settings["batch_sizes"]))
+    mixed = noise_clips(rng, rng.uniform(*settings["mixed_range"], size=settings["mixed_count"]))
+    end_to_end = measure_end_to_end(
+        configs, extractor, clips, settings["clip_seconds"], settings["batch_sizes"], repeats
+    )
     if compile_batch:
-        end_to_end += measure_compiled(model, extractor, clips, clip_seconds, compile_batch, dtypes, peaks, repeats)
+        end_to_end += measure_compiled(configs, extractor, clips, settings["clip_seconds"], compile_batch, repeats)
     return {
-        "feature_extraction": measure_feature_extraction(extractor, clips, clip_seconds, device, repeats),
+        "repeats": repeats,
+        "feature_extraction": measure_feature_extraction(extractor, clips, settings["clip_seconds"], device, repeats),
         "end_to_end": end_to_end,
         "mixed_lengths": {
-            "clips": mixed_count,
-            "seconds_range": list(mixed_range),
+            "clips": settings["mixed_count"],
+            "seconds_range": list(settings["mixed_range"]),
             "total_audio_seconds": sum(len(clip) for clip in mixed) / RATE,
-            "rows": measure_mixed_lengths(model, extractor, mixed, batch_sizes, dtypes, peaks, repeats),
+            "rows": measure_mixed_lengths(configs, extractor, mixed, settings["batch_sizes"], repeats),
         },
-        "chunk_batches": measure_chunk_batches(model, chunk_counts, dtypes, peaks, repeats),
+        "chunk_batches": measure_chunk_batches(configs, settings["chunk_counts"], repeats),
         "peak_memory_mb": peak_memory_mb(device),
     }
+
+
+def percent(row, reference):
+    """A same-moment fraction as 'median% (best%)', marked invalid above 100%; a dash where there is no reference."""
+    if f"fraction_of_{reference}" not in row:
+        return "—"
+    median, best = row[f"fraction_of_{reference}"], row[f"fraction_of_{reference}_best"]
+    flag = " **invalid**" if max(median, best) > 1 else ""
+    return f"{median:.0%} ({best:.0%}){flag}"
+
+
+def rate(row, reference):
+    return f"{row[f'{reference}_matmul_flops'] / 1e12:.3f}" if f"{reference}_matmul_flops" in row else "—"
+
+
+def speedup(row):
+    return f"{row['speedup_over_fp32']:.2f}x" if "speedup_over_fp32" in row else "1x"
+
+
+def summary(report):
+    """One line per dtype: speed against fp32 and bf16, fraction of the model-shape rate, cosine to fp32."""
+    lines = []
+    by_dtype = {}
+    for row in report["end_to_end"]:
+        by_dtype.setdefault(row["dtype"], []).append(row)
+    for dtype, rows in by_dtype.items():
+        parts = []
+        for row in rows:
+            part = f"batch {row['batch_size']}: {row['clips_per_second']:.2f} clips/s"
+            if "fraction_of_model-shape" in row:
+                part += f", {row['fraction_of_model-shape']:.0%} of the model-shape matmul rate"
+            others = [other for other in ("fp32", "bf16") if f"speedup_over_{other}" in row]
+            part += "".join(f", {row[f'speedup_over_{other}']:.2f}x {other}" for other in others)
+            parts.append(part)
+        cosine = min(row["cosine_to_fp32"] for row in rows)
+        lines.append(f"- **{dtype}**: " + "; ".join(parts) + f"; cosine to fp32 >= {cosine:.5f}.")
+    invalid = sum(
+        1
+        for row in report["end_to_end"] + report["mixed_lengths"]["rows"] + report["chunk_batches"]
+        for reference in ("model-shape", "square")
+        if row.get(f"fraction_of_{reference}", 0) > 1 or row.get(f"fraction_of_{reference}_best", 0) > 1
+    )
+    lines.append(f"- Fractions above 100% (invalid, the machine changed speed within a round): {invalid}.")
+    return lines
 
 
 def markdown(report):
@@ -291,61 +408,77 @@ def markdown(report):
     mixed = report["mixed_lengths"]
     lines = [
         f"Machine: {report['machine']}; torch {report['torch']}, transformers {report['transformers']}; "
-        f"{report['date']}; model: {report['model']} ({report['parameters'] / 1e6:.1f} M parameters).",
+        f"{report['date']}; model: {report['model']} ({report['parameters'] / 1e6:.1f} M parameters); "
+        f"{report['repeats']} interleaved rounds.",
+        "",
+        "Summary (end to end, median same-moment ratios):",
+        "",
+        *summary(report),
         "",
         f"Feature extraction ({extraction['clips']} x {extraction['clip_seconds']:g} s clips): "
         f"{extraction['audio_seconds_per_second']:,.0f} audio seconds per second.",
         "",
-        f"End to end, {extraction['clip_seconds']:g}-s clips:",
+        f"End to end, {extraction['clip_seconds']:g}-s clips. Fractions: median over rounds (ratio of best times).",
         "",
-        "| dtype | batch | clips/s | audio s/s | achieved TFLOP/s | attainable matmul TFLOP/s | fraction |",
-        "|---|---|---|---|---|---|---|",
+        "| dtype | batch | clips/s | audio s/s | achieved TFLOP/s | model-shape matmul TFLOP/s | fraction | "
+        "square matmul TFLOP/s | fraction | x fp32 | cosine to fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["end_to_end"]:
         lines.append(
             f"| {row['dtype']} | {row['batch_size']} | {row['clips_per_second']:.2f} | "
             f"{row['audio_seconds_per_second']:.1f} | {row['achieved_flops'] / 1e12:.3f} | "
-            f"{row['attainable_matmul_flops'] / 1e12:.3f} | {row['fraction_of_attainable']:.0%} |"
+            f"{rate(row, 'model-shape')} | {percent(row, 'model-shape')} | {rate(row, 'square')} | "
+            f"{percent(row, 'square')} | {speedup(row)} | "
+            f"{row['cosine_to_fp32']:.6f} |"
         )
     lines += [
         "",
         f"End to end, {mixed['clips']} clips of {mixed['seconds_range'][0]:g}-{mixed['seconds_range'][1]:g} s "
         f"({mixed['total_audio_seconds']:.0f} s of audio); useful TFLOP/s counts no padding:",
         "",
-        "| dtype | batch | order | audio s/s | useful TFLOP/s | fraction | padded FLOPs |",
-        "|---|---|---|---|---|---|---|",
+        "| dtype | batch | order | audio s/s | useful TFLOP/s | fraction (model-shape) | fraction (square) | x fp32 | "
+        "padded FLOPs | cosine to fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in mixed["rows"]:
         lines.append(
             f"| {row['dtype']} | {row['batch_size']} | {row['order']} | {row['audio_seconds_per_second']:.1f} | "
-            f"{row['achieved_flops'] / 1e12:.3f} | {row['fraction_of_attainable']:.0%} | "
-            f"{row['padded_flop_share']:.0%} |"
+            f"{row['achieved_flops'] / 1e12:.3f} | {percent(row, 'model-shape')} | {percent(row, 'square')} | "
+            f"{speedup(row)} | {row['padded_flop_share']:.0%} | {row['cosine_to_fp32']:.6f} |"
         )
     lines += [
         "",
         "Encoder alone on full chunks (no padding), by chunks per pass:",
         "",
-        "| dtype | chunks | achieved TFLOP/s | fraction |",
-        "|---|---|---|---|",
+        "| dtype | chunks | achieved TFLOP/s | fraction (model-shape) | fraction (square) | x fp32 |",
+        "|---|---|---|---|---|---|",
     ]
     for row in report["chunk_batches"]:
         lines.append(
             f"| {row['dtype']} | {row['chunks']} | {row['achieved_flops'] / 1e12:.3f} | "
-            f"{row['fraction_of_attainable']:.0%} |"
+            f"{percent(row, 'model-shape')} | {percent(row, 'square')} | {speedup(row)} |"
         )
+    if report["long_recordings"]:
+        lines += [
+            "",
+            "One long recording through `embed()`, each in a fresh process (peak resident memory of the process; "
+            "'before' is after loading the model and a 10-s warm-up):",
+            "",
+            "| dtype | minutes | seconds | audio s/s | peak memory before (MB) | peak memory (MB) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in report["long_recordings"]:
+            lines.append(
+                f"| {row['dtype']} | {row['minutes']:g} | {row['seconds']:.1f} | "
+                f"{row['audio_seconds_per_second']:.1f} | {row['peak_memory_before_mb']:.0f} | "
+                f"{row['peak_memory_mb']:.0f} |"
+            )
     lines += ["", f"Peak memory: {report['peak_memory_mb']:.0f} MB."]
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a converted folder (default: ViT-Base 80x608p16x16 with random weights)")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--quick", action="store_true", help="a small model and few repeats (CI)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="also measure batch 8 with torch.compile (slow start)")
-    args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def build_model(args):
     torch.manual_seed(0)
     if args.model:
         model, name = RespM2DModel.from_pretrained(args.model), args.model
@@ -354,11 +487,46 @@ def main(argv=None):
         model, name = RespM2DModel(config), "small (2 x 64, random weights)"
     else:
         model, name = RespM2DModel(RespM2DConfig()), "ViT-Base 80x608p16x16 (random weights)"
-    model = model.eval().to(device)
-    dtypes = {"fp32": None, "bf16": torch.bfloat16}
-    if device.type == "cuda":
-        dtypes["fp16"] = torch.float16
-    quick = args.quick
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return model.eval().to(device), name
+
+
+QUICK = {
+    "batch_sizes": (1, 2),
+    "clip_seconds": 2.0,
+    "mixed_count": 6,
+    "mixed_range": (0.5, 8.0),
+    "chunk_counts": (2, 4),
+    "long_minutes": (0.2,),
+}
+FULL = {
+    "batch_sizes": (1, 8, 32),
+    "clip_seconds": 10.0,
+    "mixed_count": 32,
+    "mixed_range": (0.5, 30.0),
+    "chunk_counts": (8, 16, 32, 64),
+    "long_minutes": (1, 10, 30, 60),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="a converted folder (default: ViT-Base 80x608p16x16 with random weights)")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--quick", action="store_true", help="a small model, few rounds, short recordings (CI)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5; 2 with --quick)")
+    parser.add_argument("--compile", action="store_true", help="also measure batch 8 with torch.compile (slow start)")
+    parser.add_argument("--no-long-recordings", action="store_true", help="skip the long-recording rows")
+    parser.add_argument("--long-recording", type=float, help=argparse.SUPPRESS)  # one worker process
+    parser.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    model, name = build_model(args)
+    if args.long_recording:
+        long_recording_worker(model, args.dtype, args.long_recording)
+        return 0
+    settings = QUICK if args.quick else FULL
+    repeats = 2 if args.quick else args.repeats
+    device = model.device
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
@@ -368,16 +536,9 @@ def main(argv=None):
         "date": date.today().isoformat(),
         "model": name,
         "parameters": sum(p.numel() for p in model.parameters()),
-        **measure(
-            model,
-            (1, 2) if quick else (1, 8, 32),
-            2.0 if quick else 10.0,
-            1 if quick else args.repeats,
-            dtypes,
-            6 if quick else 32,
-            (0.5, 8.0) if quick else (0.5, 30.0),
-            (2, 4) if quick else (8, 16, 32, 64),
-            compile_batch=(2 if quick else 8) if args.compile else None,
+        **measure(model, settings, repeats, compile_batch=(2 if args.quick else 8) if args.compile else None),
+        "long_recordings": [] if args.no_long_recordings else measure_long_recordings(
+            args, settings["long_minutes"], dtype_names(device)
         ),
     }
     output = Path(args.output)

@@ -25,6 +25,7 @@ RespM2DForAudioClassification.register_for_auto_class("AutoModelForAudioClassifi
 RespM2DFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 
 from .convert import ConversionReport, UnsafeCheckpointError, convert_m2d_checkpoint  # noqa: E402
+from .quantize import quantize  # noqa: E402
 
 __all__ = [
     "ConversionReport",
@@ -37,4 +38,5 @@ __all__ = [
     "RespM2DPreTrainedModel",
     "UnsafeCheckpointError",
     "convert_m2d_checkpoint",
+    "quantize",
 ]

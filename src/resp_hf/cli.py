@@ -184,6 +184,7 @@ def add_benchmark_command(subparsers):
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run's results in --output (its cache is reused)"
     )
+    parser.add_argument("--quantize", choices=("int8",), help="embed with the encoder quantized to int8 (CPU)")
     parser.set_defaults(handler=run_benchmark_command)
 
 
@@ -199,6 +200,7 @@ def run_benchmark_command(args):
         batch_size=args.batch_size,
         allow_missing=args.allow_missing,
         overwrite=args.overwrite,
+        quantize=args.quantize,
     )
     tasks = [task for task in args.tasks.split(",") if task]
     if not tasks and not args.dataset:

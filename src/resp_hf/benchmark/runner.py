@@ -16,6 +16,7 @@ from ..opera import build_task, get_task
 from ..opera.build import check_root
 from ..opera.common import OPERA_VALIDATION_SEED, seeded_split
 from ..opera.protocol import ProbeProtocol, get_protocol
+from ..quantize import METHODS, quantize
 from .embeddings import EmbeddingCache, embed_split, model_fingerprint, parse_layers, split_fingerprint
 from .probe import train_linear_probe
 from .results import RESULT_FILES, write_results
@@ -43,6 +44,7 @@ class BenchmarkSettings:
     allow_missing: bool = False
     overwrite: bool = False
     progress: bool = None
+    quantize: str = None  # "int8": embed with resp_hf.quantize(model, "int8") (CPU)
 
     def check(self):
         """Raises ValueError on settings no run can use: epochs or batch size below 1, no seeds or a repeated seed."""
@@ -52,6 +54,8 @@ class BenchmarkSettings:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError(f"seeds must be distinct and at least one, got {list(self.seeds)}.")
+        if self.quantize is not None and self.quantize not in METHODS:
+            raise ValueError(f"quantize must be one of {', '.join(METHODS)} or None, got {self.quantize!r}.")
 
     def applied_to(self, protocol):
         """`protocol` itself, or a copy with these overrides (crop, seconds, seeds, epochs): what a task runs."""
@@ -208,6 +212,8 @@ class Embedder:
             "crop_seed": self.settings.crop_seed,
             "protocol": 2,  # 2: original layer numbers, EVAR's random-crop start
         }
+        if self.settings.quantize:
+            key["quantize"] = self.settings.quantize
         cached = self.cache.load(key, self.layers, split.num_rows)
         if cached is None:
             settings = self.settings
@@ -381,6 +387,9 @@ def run_benchmark(
         model_name = model_name or Path(model).name
         model = load_model(model)
     embedder = Embedder(model, settings, cache_dir or output_dir / CACHE_FOLDER)
+    if settings.quantize:  # the cache key holds the float32 weights' fingerprint and the quantization method
+        embedder.model = quantize(model.to("cpu"), settings.quantize)  # int8 kernels are CPU-only
+        model_name = f"{model_name or 'model'} ({settings.quantize})"
     checked, notes = [], []
     for spec, load in jobs:  # every task is built and checked before anything is embedded
         dataset, note = load()

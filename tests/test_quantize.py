@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import noise, tiny_config, tiny_model
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+from resp_hf import (
+    RespM2DAudioClassificationPipeline,
+    RespM2DFeatureExtractor,
+    RespM2DForAudioClassification,
+    RespM2DModel,
+    quantize,
+)
+from resp_hf.benchmark import BenchmarkSettings, run_benchmark
+from resp_hf.cli import main as cli_main
+from resp_hf.data import load_audio_folder
+from resp_hf.synthetic import write_two_class_recordings
+
+
+def cosine(a, b):
+    return torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1))
+
+
+def test_every_encoder_linear_becomes_int8_and_the_original_model_is_untouched():
+    model = tiny_model()
+    quantized = quantize(model, "int8")
+    for block, original in zip(quantized.encoder.layer, model.encoder.layer):
+        for name in ("attention.qkv", "attention.proj", "mlp.fc1", "mlp.fc2"):
+            assert isinstance(block.get_submodule(name), DynamicInt8Linear), name
+            assert type(original.get_submodule(name)) is torch.nn.Linear, name
+            weight = block.get_submodule(name).weight()  # symmetric per output channel: one scale per row, zero 0
+            assert weight.q_per_channel_scales().shape == (weight.shape[0],)
+            assert not weight.q_per_channel_zero_points().any()
+    assert type(quantized.embeddings.patch_embeddings.projection) is torch.nn.Conv2d
+    assert sum(isinstance(m, DynamicInt8Linear) for m in quantized.modules()) == 4 * model.config.num_hidden_layers
+
+
+def test_int8_forward_and_embed_agree_and_stay_close_to_fp32():
+    model = tiny_model()
+    quantized = quantize(model, "int8")
+    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
+    clips = [noise(seconds, seed=i) for i, seconds in enumerate((0.7, 2.5, 4.0))]
+    with torch.no_grad():
+        alone = torch.cat([quantized(**extractor(clip, sampling_rate=16000)).pooler_output for clip in clips])
+        states = quantized(**extractor(clips[1], sampling_rate=16000), output_hidden_states=True).hidden_states
+    one_by_one = quantized.embed(clips, sampling_rate=16000, batch_size=1, progress=False)
+    batched = quantized.embed(clips, sampling_rate=16000, batch_size=3, progress=False)
+    torch.testing.assert_close(one_by_one, alone, atol=1e-5, rtol=0)
+    # Activations are quantized with one range per Linear input, so batch companions shift the rounding slightly.
+    assert cosine(batched, alone).min() >= 0.9999
+    fp32 = model.embed(clips, sampling_rate=16000, batch_size=1, progress=False)
+    assert not torch.equal(one_by_one, fp32)  # the int8 layers ran
+    assert cosine(one_by_one, fp32).min() >= 0.999
+    assert len(states) == model.config.num_hidden_layers + 1
+
+
+def test_int8_classifier_runs_in_the_pipeline_with_its_head_in_fp32():
+    torch.manual_seed(0)
+    config = tiny_config(num_labels=2, id2label={0: "healthy", 1: "copd"}, label2id={"healthy": 0, "copd": 1})
+    model = RespM2DForAudioClassification(config).eval()
+    quantized = quantize(model, "int8")
+    assert type(quantized.classifier) is torch.nn.Linear
+    extractor = RespM2DFeatureExtractor.from_model_config(config)
+    clips = [noise(1.5, seed=1), noise(3.0, seed=2)]
+    scores = {}
+    for name, candidate in (("fp32", model), ("int8", quantized)):
+        classify = RespM2DAudioClassificationPipeline(model=candidate, feature_extractor=extractor)
+        scores[name] = torch.tensor(
+            [[s["score"] for s in sorted(out, key=lambda s: s["label"])] for out in classify(clips, batch_size=2)]
+        )
+    assert scores["int8"].shape == (2, 2)
+    torch.testing.assert_close(scores["int8"], scores["fp32"], atol=0.01, rtol=0)
+
+
+def test_int8_embeddings_of_the_golden_clips_stay_within_cosine_09995_of_fp32(golden_folder, golden_audio):
+    # Measured: 0.99996-0.99997 on the recordings, 0.99979 on the 0.3-s noise clip (one short chunk, the least
+    # averaging). The bound leaves 2.4x that distance for other CPUs' float summation order around the int8 products.
+    model = RespM2DModel.from_pretrained(golden_folder).eval()
+    clips = list(golden_audio.values())
+    fp32 = model.embed(clips, sampling_rate=16000, progress=False)
+    int8 = quantize(model, "int8").embed(clips, sampling_rate=16000, progress=False)
+    assert cosine(fp32, int8).min() >= 0.9995
+
+
+def test_quantized_model_refuses_to_save_and_quantizing_after_loading_works(tmp_path):
+    model = tiny_model()
+    with pytest.raises(NotImplementedError, match=r"after loading"):
+        quantize(model, "int8").save_pretrained(tmp_path / "int8")
+    assert not (tmp_path / "int8" / "config.json").exists()
+    model.save_pretrained(tmp_path / "fp32")
+    reloaded = quantize(RespM2DModel.from_pretrained(tmp_path / "fp32"), "int8")
+    clip = [noise(2.0)]
+    torch.testing.assert_close(
+        reloaded.embed(clip, sampling_rate=16000, progress=False),
+        quantize(model, "int8").embed(clip, sampling_rate=16000, progress=False),
+    )
+
+
+def test_quantize_rejects_unknown_methods_and_models_without_an_encoder():
+    with pytest.raises(ValueError, match=r"Unknown quantization method 'int4'; choose one of: int8"):
+        quantize(tiny_model(), "int4")
+    with pytest.raises(ValueError, match=r"Sequential has no RespM2D encoder"):
+        quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "int8")
+
+
+def test_benchmark_quantize_int8_embeds_with_the_int8_encoder_under_its_own_cache_key(tmp_path):
+    for seed, split in enumerate(("train", "validation", "test")):
+        write_two_class_recordings(tmp_path / "recordings" / split, per_class=6, seed=seed, seconds=(0.5, 1.0))
+    load_audio_folder(tmp_path / "recordings").save_to_disk(str(tmp_path / "dataset"))
+    tiny_model().save_pretrained(tmp_path / "encoder")
+    cache = tmp_path / "cache"
+    arguments = ["benchmark", "--model", str(tmp_path / "encoder"), "--dataset", str(tmp_path / "dataset")]
+    arguments += ["--seeds", "0", "--epochs", "1", "--cache-dir", str(cache)]
+    cli_main([*arguments, "--output", str(tmp_path / "fp32")])
+    cli_main([*arguments, "--output", str(tmp_path / "int8"), "--quantize", "int8"])
+    assert json.loads((tmp_path / "int8" / "results.json").read_text())["model_name"] == "encoder (int8)"
+    stored = []
+    for path in sorted(cache.glob("*.npz"), key=lambda path: path.stat().st_mtime):
+        with np.load(path) as arrays:
+            stored.append(torch.from_numpy(arrays["last"]))
+    assert len(stored) == 6  # three splits, once in fp32 and once in int8
+    fp32, int8 = torch.cat(stored[:3]), torch.cat(stored[3:])
+    assert not torch.equal(fp32, int8)
+    assert cosine(fp32, int8).min() >= 0.999
+
+
+def test_benchmark_settings_reject_an_unknown_quantization_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match=r"quantize must be one of int8 or None, got 'int4'"):
+        run_benchmark(tiny_model(), tmp_path, datasets=[tmp_path / "none"], settings=BenchmarkSettings(quantize="int4"))

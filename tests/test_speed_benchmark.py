@@ -1,0 +1,87 @@
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, tiny_model
+
+SPEED = REPO_ROOT / "benchmarks" / "speed.py"
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("speed", SPEED)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_mode_writes_interleaved_rows_for_every_dtype_with_accuracy_and_long_recordings(tmp_path):
+    result = subprocess.run(
+        [sys.executable, SPEED, "--quick", "--compile", "--output", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "speed.json").read_text())
+    assert report["feature_extraction"]["audio_seconds_per_second"] > 0
+    rows = {(row["dtype"], row["batch_size"]) for row in report["end_to_end"]}
+    assert rows == {(d, b) for d in ("fp32", "bf16", "int8") for b in (1, 2)} | {
+        ("fp32 (compiled)", 2),
+        ("bf16 (compiled)", 2),
+    }
+    for row in report["end_to_end"] + report["chunk_batches"] + report["mixed_lengths"]["rows"]:
+        has_references = not row["dtype"].startswith("int8")
+        assert ("fraction_of_model-shape" in row) == has_references and ("fraction_of_square" in row) == has_references
+        assert 0.99 < row["cosine_to_fp32"] <= 1.0 + 1e-6
+        assert row["seconds_min"] <= row["seconds_median"]
+    int8 = [row for row in report["end_to_end"] if row["dtype"] == "int8"]
+    assert all(row["speedup_over_fp32"] > 0 and row["speedup_over_bf16"] > 0 for row in int8)
+    mixed = report["mixed_lengths"]["rows"]
+    assert {(row["dtype"], row["batch_size"], row["order"]) for row in mixed} == {
+        (dtype, batch, order)
+        for dtype in ("fp32", "bf16", "int8")
+        for batch, order in ((1, "length-bucketed"), (2, "length-bucketed"), (2, "input order"))
+    }
+    assert all(row["padded_flop_share"] == 0 for row in mixed if row["batch_size"] == 1)
+    assert [(row["dtype"], row["chunks"]) for row in report["chunk_batches"]] == [
+        (dtype, chunks) for chunks in (2, 4) for dtype in ("fp32", "bf16", "int8")
+    ]
+    assert [(row["dtype"], row["minutes"]) for row in report["long_recordings"]] == [
+        ("fp32", 0.2),
+        ("bf16", 0.2),
+        ("int8", 0.2),
+    ]
+    assert all(row["peak_memory_mb"] >= row["peak_memory_before_mb"] > 0 for row in report["long_recordings"])
+    markdown = (tmp_path / "speed.md").read_text()
+    assert "- **int8**: batch 1:" in markdown and "| dtype | minutes |" in markdown
+    assert "| dtype | batch | clips/s | audio s/s | achieved TFLOP/s | model-shape matmul TFLOP/s |" in markdown
+
+
+def test_fractions_are_same_moment_ratios_and_those_above_100_percent_are_marked_invalid(speed):
+    # A round where the machine slowed down affects the reference and the run alike: the ratio stays.
+    assert speed.same_moment([2.0, 4.0, 1.0], [1.0, 2.0, 0.5]) == (2.0, 2.0)
+    valid = {"fraction_of_square": 0.9, "fraction_of_square_best": 0.95}
+    assert speed.percent(valid, "square") == "90% (95%)"
+    assert speed.percent({**valid, "fraction_of_square_best": 1.02}, "square") == "90% (102%) **invalid**"
+    assert speed.percent({}, "square") == "—"
+
+
+def test_model_shape_reference_runs_the_encoder_gemms_of_the_recorded_passes(speed):
+    model = tiny_model()
+    config = model.config
+    chunks = torch.randn(3, config.num_mel_bins, config.unit_frames)
+    patches = torch.full((3,), config.time_patches_per_chunk)
+    passes = speed.recorded_passes(model, lambda: speed.run_chunks(model, None, chunks, patches))
+    tokens = 1 + config.num_frequency_patches * config.time_patches_per_chunk
+    assert passes == [(3, tokens)]
+    _, flops = speed.model_shape_matmuls(config, passes, model.device, torch.float32)
+    width, hidden = config.hidden_size, config.intermediate_size
+    assert flops == 2 * 3 * tokens * (4 * width * width + 2 * width * hidden)
+    # per layer, the same products plus attention's two (tokens x tokens) ones; and the patch projection
+    attention = 4 * tokens * tokens * width
+    patch = 2 * (tokens - 1) * config.patch_size[0] * config.patch_size[1] * width
+    assert speed.encoder_flops(config, passes) == 3 * (config.num_hidden_layers * (flops / 3 + attention) + patch)
