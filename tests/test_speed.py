@@ -21,3 +21,19 @@ def test_length_bucketed_embed_equals_one_clip_at_a_time():
         alone = torch.cat([model(**extractor(clip, sampling_rate=16000)).pooler_output for clip in clips])
     torch.testing.assert_close(bucketed, alone, atol=1e-5, rtol=0)
 
+
+
+def test_embed_casts_the_weights_once_for_all_batches(monkeypatch):
+    """Autocast caches the cast weights while its region is open: one region for all batches casts them once."""
+    entered = []
+
+    class CountingAutocast(torch.autocast):
+        def __enter__(self):
+            entered.append(self.fast_dtype)
+            return super().__enter__()
+
+    monkeypatch.setattr(torch, "autocast", CountingAutocast)
+    model = tiny_model()
+    clips = [noise(seconds, seed=seed) for seed, seconds in enumerate((0.7, 1.2, 2.5))]
+    model.embed(clips, sampling_rate=16000, batch_size=1, progress=False, autocast_dtype=torch.bfloat16)
+    assert entered == [torch.bfloat16]

@@ -538,26 +538,25 @@ class RespM2DModel(RespM2DPreTrainedModel):
         embeddings = [None] * len(items)
         was_training = self.training
         self.eval()  # no dropout, whatever mode the model is in
+        # One autocast region for all batches: the weights are cast to `autocast_dtype` once, not once per batch.
+        autocast = torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
         try:
-            for batch in progress_bar(batches, show, desc="Embedding"):
-                rate = feature_extractor.sampling_rate
-                waveforms = [
-                    load_waveform(items[i], sampling_rate, rate, downmix, names[i], rate_of_arrays_only) for i in batch
-                ]
-                inputs = feature_extractor(
-                    waveforms, sampling_rate=rate, return_attention_mask=True, device=self.device
-                )
-                del waveforms  # the audio is freed before the encoder runs
-                for i, embedding in zip(batch, self.embed_features(inputs, autocast_dtype)):
-                    embeddings[i] = embedding
+            with autocast:
+                for batch in progress_bar(batches, show, desc="Embedding"):
+                    rate = feature_extractor.sampling_rate
+                    waveforms = [
+                        load_waveform(items[i], sampling_rate, rate, downmix, names[i], rate_of_arrays_only)
+                        for i in batch
+                    ]
+                    inputs = feature_extractor(
+                        waveforms, sampling_rate=rate, return_attention_mask=True, device=self.device
+                    )
+                    del waveforms  # the audio is freed before the encoder runs
+                    for i, embedding in zip(batch, self(**inputs).pooler_output.float().cpu()):
+                        embeddings[i] = embedding
         finally:
             self.train(was_training)
         return torch.stack(embeddings)
-
-    def embed_features(self, inputs, autocast_dtype=None):
-        """Clip embeddings (float32, on the CPU) of the feature extractor's outputs, in one forward pass."""
-        with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return self(**inputs).pooler_output.float().cpu()
 
 
 class RespM2DForAudioClassification(RespM2DPreTrainedModel):
