@@ -13,7 +13,7 @@ import numpy as np
 import soundfile
 
 from .models.resp_m2d import RespM2DForAudioClassification
-from .models.resp_m2d.feature_extraction_resp_m2d import load_audio
+from .models.resp_m2d.audio_utils_resp_m2d import load_audio
 from .visualize import analyze, encoder_of, load_model, plot_analysis
 
 logger = logging.getLogger(__name__)

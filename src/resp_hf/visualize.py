@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from .models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DForAudioClassification, RespM2DModel
-from .models.resp_m2d.feature_extraction_resp_m2d import hz_to_mel_slaney, load_waveform
+from .models.resp_m2d.audio_utils_resp_m2d import load_waveform
+from .models.resp_m2d.feature_extraction_resp_m2d import hz_to_mel_slaney
 from .models.resp_m2d.pipeline_resp_m2d import RespM2DAudioClassificationPipeline
 
 MAX_CURVES = 6  # labels drawn under the spectrogram: more curves than this are unreadable
