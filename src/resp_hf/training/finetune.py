@@ -29,6 +29,7 @@ from .. import cards
 from ..audio import decode_audio
 from ..data import load_any_dataset
 from ..evaluate import build_compute_metrics
+from ..lora import LORA_TARGET_MODULES, add_lora
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
 from ..models.resp_m2d.configuration_resp_m2d import POOLING_MODES
 
@@ -37,10 +38,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 # What a run writes into the output folder besides the model files (removed first by --overwrite_output_dir).
 RUN_OUTPUTS = ("results.json", "README.md", "adapter", CHECKPOINTS_DIR)
-# Attention and MLP projections of each encoder block (see modeling_resp_m2d.py), which LoRA adapts.
-LORA_TARGET_MODULES = ["qkv", "proj", "fc1", "fc2"]
-# The head (BatchNorm statistics and linear layer) trains in full next to the adapters.
-LORA_HEAD_MODULES = ["head_norm", "classifier"]
 # Python argument spellings in library errors, and the flags that set them on the command line.
 CLI_SPELLINGS = {"downmix=True": "--downmix"}
 
@@ -60,7 +57,12 @@ class FinetuneArguments:
         default=0.2, metadata={"help": "share of train held out when there is no eval split"}
     )
     pooling: str = field(default="frequency", metadata={"help": "embedding the head reads", "choices": POOLING_MODES})
-    classifier_layer: str = field(default=None, metadata={"help": "None (final output), a layer index, or 'weighted'"})
+    classifier_layer: str = field(
+        default=None,
+        metadata={
+            "help": "None (final output), a layer in the original M2D numbering (0..L-1, -1 = last), or 'weighted'"
+        },
+    )
     freeze_encoder: bool = field(default=False, metadata={"help": "train only the head (linear probing)"})
     layer_decay: float = field(default=1.0, metadata={"help": "layer-wise learning-rate decay (1.0: none)"})
     downmix: bool = field(default=False, metadata={"help": "average the channels of multichannel recordings"})
@@ -198,7 +200,7 @@ def prepare_splits(dataset, args):
 
 
 def parse_classifier_layer(value):
-    """`--classifier_layer`: None (the final output), "weighted", or a layer index."""
+    """`--classifier_layer`: None (the final output), "weighted", or a layer number (original M2D numbering)."""
     if value in (None, "None", "none"):
         return None
     if value == "weighted":
@@ -273,19 +275,6 @@ def check_lora_settings(args):
     import peft  # noqa: F401  (a missing extra is reported before the data and model are loaded)
 
 
-def add_lora_adapters(model, args):
-    """Wraps `model` in PEFT LoRA adapters on the encoder's projections; the head trains in full."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=args.lora_rank,
-        lora_alpha=args.lora_alpha or 2 * args.lora_rank,
-        target_modules=LORA_TARGET_MODULES,
-        modules_to_save=LORA_HEAD_MODULES,
-    )
-    return get_peft_model(model, config)
-
-
 def resume_checkpoint(value):
     """`--resume_from_checkpoint`: None, True for the latest checkpoint ("latest"/"true"), or a checkpoint path."""
     if value in (None, "", "false", "False"):
@@ -323,7 +312,7 @@ def finetune(args, training_args):
         ignore_mismatched_sizes=True,
     )
     if args.lora_rank is not None:
-        model = add_lora_adapters(model, args)
+        model = add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)
     feature_extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     if training_args.metric_for_best_model == "auto":
         training_args.metric_for_best_model = "mae" if problem_type == "regression" else "auroc"
