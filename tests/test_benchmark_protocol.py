@@ -14,7 +14,7 @@ from test_opera_safety import mmlung_checkout
 
 from resp_hf import RespM2DFeatureExtractor
 from resp_hf.benchmark import BenchmarkSettings, EmbeddingCache, fit_length, run_benchmark, runner
-from resp_hf.benchmark.embeddings import embed_split, hidden_state_index, parse_layers, recording_seed
+from resp_hf.benchmark.embeddings import embed_split, parse_layers, recording_seed
 from resp_hf.benchmark.probe import KeepBestEpoch, train_linear_probe
 from resp_hf.cli import main as cli_main
 from resp_hf.opera.protocol import PROTOCOLS, get_protocol
@@ -35,8 +35,6 @@ def test_layer_names_follow_the_original_m2d_numbering():
             parse_layers(old, 12)
     with pytest.raises(ValueError, match="must be 'last', 'all' or comma-separated numbers"):
         parse_layers("first", 12)
-    # original k < L-1 is block k+1 before the final LayerNorm; L-1 is after it (last_hidden_state)
-    assert [hidden_state_index(k, 12) for k in (0, 5, 10, 11)] == [1, 6, 11, None]
 
 
 def test_embeddings_of_each_layer_are_the_original_layers(tmp_path):

@@ -45,16 +45,6 @@ def recording_seed(crop_seed, value):
     return int.from_bytes(hashlib.sha256(json.dumps([crop_seed, name]).encode()).digest()[:8], "little")
 
 
-def hidden_state_index(layer, num_layers):
-    """
-    Where the original M2D's layer `layer` is in Transformers' outputs. The original (`forward_encoder(...,
-    return_layers=True)`, the paper's layer sweep, EVAR's `output_layers`) numbers layers 0..L-1: layer k < L-1 is
-    block k+1's output before the final LayerNorm, `hidden_states[k + 1]` (hidden_states[0] is the embeddings); layer
-    L-1 (or -1) is the last block after the final LayerNorm, `last_hidden_state`, returned here as None.
-    """
-    return None if layer == num_layers - 1 else layer + 1
-
-
 def parse_layers(layers, num_layers):
     """
     The original M2D layer numbers (0..L-1) that `layers` names: `"last"` (= -1 = L-1), `"all"`, or comma-separated
@@ -202,7 +192,7 @@ class EmbeddingCache:
 @torch.no_grad()
 def embed_split(model, split, layers=(-1,), crop="random", seconds=10.0, crop_seed=0, batch_size=16, progress=None):
     """
-    Clip embeddings of every row of `split` for each layer (original M2D numbers, see `hidden_state_index`):
+    Clip embeddings of every row of `split` for each layer (original M2D numbers, see `RespM2DModel.layer_output`):
     `{"k": (rows, size)}` float32 arrays keyed by the layer number as text.
 
     Audio is decoded batch by batch with soundfile + soxr at the model's rate and fitted to `seconds` (see
@@ -220,8 +210,7 @@ def embed_split(model, split, layers=(-1,), crop="random", seconds=10.0, crop_se
         order.sort(key=lambda i: audio_duration(values[i]))
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     outputs = {layer: [None] * len(values) for layer in layers}
-    indices = {layer: hidden_state_index(layer, num_layers) for layer in layers}
-    needs_hidden = any(index is not None for index in indices.values())
+    needs_hidden = any(layer != num_layers - 1 for layer in layers)
     for batch in progress_bar(batches, progress is not False, "Embedding"):
         waveforms = [
             fit_length(decode_audio(values[i], rate, downmix=True), length, crop, recording_seed(crop_seed, values[i]))
@@ -230,11 +219,8 @@ def embed_split(model, split, layers=(-1,), crop="random", seconds=10.0, crop_se
         result = model(
             **extractor(waveforms, sampling_rate=rate, device=model.device), output_hidden_states=needs_hidden
         )
-        for layer, index in indices.items():
-            if index is None:
-                pooled = result.pooler_output
-            else:
-                pooled = model.pool(result.hidden_states[index], result.frame_mask)
+        for layer in layers:
+            pooled = model.pool(model.layer_output(result, layer), result.frame_mask)
             for row, position in enumerate(batch):
                 outputs[layer][position] = pooled[row].float().cpu().numpy()
     return {str(layer): np.stack(rows) for layer, rows in outputs.items()}

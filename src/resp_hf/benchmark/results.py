@@ -5,7 +5,7 @@ A *record* is one (task, layer, seed) run::
     {"task": "T7", "task_name": "icbhi_copd", "metric": "AUROC", "layer": "11", "final_layer": True, "seed": 0,
      "value": 0.85, "best_epoch": 12, "n_train": 600, "n_validation": 70, "n_test": 250}
 
-`layer` is the original M2D layer number (0..L-1, see `resp_hf.benchmark.embeddings.hidden_state_index`) and
+`layer` is the original M2D layer number (0..L-1, see `RespM2DModel.layer_output`) and
 `final_layer` marks L-1, the encoder's output. Leave-one-subject-out records also carry `fold_std`, the standard
 deviation of the MAE over the folds, which OPERA reports as ± for a single run.
 
