@@ -407,28 +407,28 @@ def add_demo_commands(subparsers):
     space.set_defaults(handler=run_space)
 
 
-def require_demo_extra(command, module):
-    """Exits with one line naming the install command when `module` (from the `demo` extra) is missing."""
+def require_module(module):
+    """Raises ModuleNotFoundError before any work when an optional module is missing (`main` names its extra)."""
     if importlib.util.find_spec(module) is None:
-        sys.exit(f"resp-hf {command}: error: {module} is not installed; install the extra: pip install -e '.[demo]'")
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
 
 
 def run_plot(args):
-    require_demo_extra("plot", "matplotlib")
+    require_module("matplotlib")
     from .visualize import plot_file
 
     print(f"Wrote {plot_file(args.model, args.audio, args.output, downmix=args.downmix)}")
 
 
 def run_demo(args):
-    require_demo_extra("demo", "gradio")
+    require_module("gradio")
     from .demo import launch_demo
 
     launch_demo(args.model, host=args.host, port=args.port, title=args.title)
 
 
 def run_space(args):
-    require_demo_extra("space", "gradio")
+    require_module("gradio")
     from .demo import write_space
 
     print(f"Wrote {write_space(args.model_id, args.output_dir, title=args.title)}")
@@ -438,11 +438,12 @@ def run_space(args):
 EXTRA_OF_MODULE = {
     "accelerate": "train",
     "datasets": "train",
-    "matplotlib": "train",
+    "matplotlib": "demo",
     "openpyxl": "train",
     "sklearn": "train",
     "tensorboard": "train",
     "peft": "peft",
+    "gradio": "demo",
     "onnx": "export",
     "onnxruntime": "export",
     "onnxscript": "export",
