@@ -94,16 +94,10 @@ def add_components(analysis, encoder, outputs, num_frames):
     fitted on the steps that cover a whole patch: a last, mostly padded step is shown but would dominate the fit.
     """
     frames = outputs.frame_embeddings[0][outputs.frame_mask[0]].double().numpy()
-    # Steps are patch columns; each chunk of `unit_frames` frames holds `unit_frames // patch` of them.
-    config = encoder.config
-    patch = config.patch_size[1]
-    index = np.arange(len(frames))
-    per_chunk = config.unit_frames // patch
-    first = (index // per_chunk) * config.unit_frames + (index % per_chunk) * patch
-    last = np.minimum(first + patch, num_frames)
+    first, last = (frame[0].numpy() for frame in encoder.step_frames(torch.tensor([num_frames]), len(frames)))
     analysis.step_start = first * analysis.seconds_per_frame
     analysis.step_end = last * analysis.seconds_per_frame
-    is_whole = last - first == patch
+    is_whole = last - first == encoder.config.patch_size[1]
     fitted = frames[is_whole] if is_whole.sum() >= 2 else frames
     mean = fitted.mean(0)
     _, _, basis = np.linalg.svd(fitted - mean, full_matrices=False)

@@ -344,6 +344,19 @@ class RespM2DModel(RespM2DPreTrainedModel):
             raise ValueError(f"Layer {layer} needs the per-layer states: call the model with output_hidden_states=True")
         return outputs.hidden_states[layer + 1]
 
+    def step_frames(self, num_frames: torch.Tensor, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The log-mel frames each time step (patch column of `frame_embeddings`) covers, for clips of `num_frames`
+        frames: `(first, end)` of shape (batch, num_steps), end exclusive and clipped to the clip's last frame. Each
+        chunk of `unit_frames` frames holds `unit_frames // patch` steps (frames a full chunk leaves over are unused).
+        """
+        patch_frames = self.config.patch_size[1]
+        steps_per_chunk = self.config.unit_frames // patch_frames
+        index = torch.arange(num_steps, device=num_frames.device)
+        first = (index // steps_per_chunk) * self.config.unit_frames + (index % steps_per_chunk) * patch_frames
+        end = torch.minimum(first[None, :] + patch_frames, num_frames[:, None])
+        return first[None, :].expand_as(end), end
+
     def _split_into_chunks(self, input_features, attention_mask):
         """Chunks (batch, num_chunks, n_mels, whole-patch frames) of the padded input and their valid columns."""
         frames = input_features.shape[-1]
@@ -707,24 +720,18 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
         step_logits = head(steps.flatten(0, 1)).unflatten(0, steps.shape[:2]) * step_mask[..., None]
         clip_logits = head(self.resp_m2d.pool(states, step_mask, frames))
 
-        # A step is one patch column; chunks of `unit_frames` frames hold `unit_frames // patch` columns each.
-        patch_frames = self.config.patch_size[1]
-        columns_per_chunk = self.config.unit_frames // patch_frames
-        index = torch.arange(step_mask.shape[1], device=step_mask.device)
-        chunk, column = index // columns_per_chunk, index % columns_per_chunk
-        first_frame = chunk * self.config.unit_frames + column * patch_frames
         if attention_mask is None:
             num_frames = torch.full_like(step_mask[:, 0], input_features.shape[-1], dtype=torch.long)
         else:
             num_frames = attention_mask.sum(-1).long()
-        last_frame = torch.minimum(first_frame[None, :] + patch_frames, num_frames[:, None])
+        first_frame, end_frame = self.resp_m2d.step_frames(num_frames, step_mask.shape[1])
         seconds_per_frame = self.config.hop_length / self.config.sampling_rate
         return {
             "logits": clip_logits,
             "step_logits": step_logits,
             "step_mask": step_mask,
-            "step_start": first_frame[None, :] * seconds_per_frame * step_mask,
-            "step_end": last_frame * seconds_per_frame * step_mask,
+            "step_start": first_frame * seconds_per_frame * step_mask,
+            "step_end": end_frame * seconds_per_frame * step_mask,
         }
 
 
