@@ -33,7 +33,7 @@ def decode_audio(value, sampling_rate=16000, downmix=False):
 
 
 def is_segment(value):
-    """Whether `value` is a `{"path", "start", "end"}` segment of a recording (as the ICBHI and SPRSound tasks store)."""
+    """Whether `value` is a `{"path", "start", "end"}` segment of a recording (as the ICBHI and SPRSound tasks hold)."""
     return isinstance(value, dict) and all(value.get(key) is not None for key in SEGMENT_KEYS)
 
 

@@ -229,6 +229,7 @@ def add_tasks_commands(subparsers):
     build.add_argument("task", help="e.g. icbhi-4class, sprsound-1-2, or an OPERA id such as T7")
     build.add_argument("--output", required=True, help="folder to save the DatasetDict in")
     build.add_argument("--skip-invalid-cycles", action="store_true", help="leave out (and list) unreadable cycles")
+    build.add_argument("--overwrite", action="store_true", help="replace an earlier build in --output")
     build.set_defaults(handler=run_tasks_build)
     bench = commands.add_parser(
         "benchmark",
@@ -245,6 +246,7 @@ def add_tasks_commands(subparsers):
     bench.add_argument("--epochs", type=positive_int, help="override every recipe's epochs")
     bench.add_argument("--batch-size", type=positive_int, help="override every recipe's batch size")
     bench.add_argument("--learning-rate", type=float, help="override every recipe's learning rate")
+    bench.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in --output")
     bench.set_defaults(handler=run_tasks_benchmark)
 
 
@@ -271,7 +273,10 @@ def run_tasks_build(args):
     settings = tasks_settings(args)
     roots = dict(opera_root=args.opera_root, icbhi_root=args.icbhi_root, sprsound_root=args.sprsound_root)
     skip_invalid = args.skip_invalid_cycles
-    print(build_and_save_task(args.task, args.output, **roots, settings=settings, skip_invalid=skip_invalid))
+    report = build_and_save_task(
+        args.task, args.output, **roots, settings=settings, skip_invalid=skip_invalid, overwrite=args.overwrite
+    )
+    print(report)
 
 
 def run_tasks_benchmark(args):
@@ -288,7 +293,8 @@ def run_tasks_benchmark(args):
         learning_rate=args.learning_rate,
     )
     roots = {"icbhi": args.icbhi_root, "sprsound": args.sprsound_root}
-    paths = run_task_benchmark(args.model, args.output, args.tasks.split(","), roots, settings)
+    tasks = args.tasks.split(",")
+    paths = run_task_benchmark(args.model, args.output, tasks, roots, settings, overwrite=args.overwrite)
     print(paths["markdown"].read_text())
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
-from ..benchmark.results import load_published_table, plot_bars, write_csv
+from ..benchmark.results import RESULT_FILES, load_published_table, plot_bars, write_csv
 from ..evaluate import build_challenge_compute_metrics
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
-from ..output_folders import save_npz, write_text_atomically
+from ..output_folders import check_output_folder, remove_outputs, save_npz, write_text_atomically
 from ..training.finetune import AudioClassificationCollator, strip_prefix
 from .icbhi import build_icbhi_cycles
 from .segments import SegmentWindow, decode_segments
@@ -422,13 +422,15 @@ def check_trainable(task, dataset):
         )
 
 
-def run_task_benchmark(model_path, output_dir, task_names, roots, settings=None, model_name=None):
+def run_task_benchmark(model_path, output_dir, task_names, roots, settings=None, model_name=None, overwrite=False):
     """
     Builds each task (all checked before training), runs every (protocol, seed), and writes the results; returns the
-    written paths. `roots` maps "icbhi" / "sprsound" to the data folders.
+    written paths. `roots` maps "icbhi" / "sprsound" to the data folders; `output_dir` must be empty unless
+    `overwrite`, which replaces an earlier run's results.
     """
     settings = settings or TaskBenchmarkSettings()
     output_dir = Path(output_dir)
+    check_output_folder(output_dir, overwrite, option="--overwrite (overwrite=True)")
     tasks = [get_task(name) for name in task_names]
     for task in tasks:
         for protocol in settings.protocols:
@@ -440,6 +442,7 @@ def run_task_benchmark(model_path, output_dir, task_names, roots, settings=None,
         check_trainable(task, dataset)
         built[task.name] = dataset
         notes.append(f"{task.name}: " + str(report).replace("\n", ";"))
+    remove_outputs(output_dir, (*RESULT_FILES, "plots", "predictions", "runs"))  # only overwrite gets here with them
     records = []
     for task in tasks:
         records += run_task(model_path, task, built[task.name], settings, output_dir)
