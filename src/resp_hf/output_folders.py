@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy
+import numpy as np
 
 
 def check_output_folder(
@@ -109,4 +109,4 @@ def write_text_atomically(path: str | Path, text: str) -> None:
 def save_npz(path: str | Path, **arrays) -> None:
     """`numpy.savez` of `arrays`, written atomically (see `atomic_file`)."""
     with atomic_file(path) as temporary, open(temporary, "wb") as handle:
-        numpy.savez(handle, **arrays)
+        np.savez(handle, **arrays)
