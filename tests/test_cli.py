@@ -64,6 +64,8 @@ def test_bugs_keep_their_traceback(bug, tmp_path, monkeypatch):
         (["convert", "a", "b", "--bogus"], "resp-hf: error: unrecognized arguments: --bogus"),
         (["finetune", "--bogus"], "resp-hf finetune: error: "),
         (["finetune", "--model_name_or_path", "m", "--dataset", "d", "--lora_rank", "four"], "--lora_rank"),
+        (["pretrain", "--data", "x.csv", "--output-dir", "run"], "resp-hf pretrain: error: the following arguments"),
+        (["pretrain", "--recipe", "m2d"], "resp-hf pretrain: error: argument --recipe: invalid choice: 'm2d'"),
     ],
 )
 def test_usage_mistakes_are_one_line_with_exit_2(arguments, expected, capsys):

@@ -537,7 +537,7 @@ def test_cli_errors_for_a_file_as_output_and_a_checkpoint_that_does_not_exist(tm
     existing_file.write_text("keep me")
     assert cli_main(["convert", str(good), str(existing_file)]) == 2
     error = capsys.readouterr().err.strip()
-    assert f"{existing_file} is an existing file" in error and len(error.splitlines()) == 1
+    assert f"{existing_file} is a file; pass a folder" in error and len(error.splitlines()) == 1
     assert existing_file.read_text() == "keep me"
 
     assert cli_main(["convert", str(tmp_path / "nonexist.pth"), str(tmp_path / "out")]) == 2

@@ -6,8 +6,9 @@ import sys
 import numpy as np
 import pytest
 import soundfile
+import soxr
 import torch
-from conftest import REPO_ROOT, tiny_model
+from conftest import OPERA, REPO_ROOT, tiny_model
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Sequence
 from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForAudioClassification
@@ -16,6 +17,7 @@ from resp_hf import RespM2DFeatureExtractor
 from resp_hf.cli import main as cli_main
 from resp_hf.data import load_any_dataset, load_audio_folder
 from resp_hf.synthetic import write_two_class_recordings
+from resp_hf.tasks.icbhi import build_icbhi_cycles
 from resp_hf.training.finetune import (
     AudioClassificationCollator,
     BreakTiesByLossCallback,
@@ -277,6 +279,35 @@ def test_user_set_best_model_metric_and_optimizer_settings_are_kept(recordings, 
     assert len({group["initial_lr"] for group in groups}) > 1  # still layer-wise
 
 
+def saved_cycle_dataset(folder):
+    """A small ICBHI cycle dataset (`path`, `start`, `end` columns, no audio column) saved to `folder`."""
+    cycles = build_icbhi_cycles(OPERA / "datasets" / "icbhi", validation_fraction=0)[0]["test"]
+    names = cycles.features["label"].names
+    normal = [i for i, label in enumerate(cycles["label"]) if names[label] == "normal"]
+    wheeze = [i for i, label in enumerate(cycles["label"]) if names[label] == "wheeze"]
+    dataset = DatasetDict(
+        train=cycles.select(normal[:6] + wheeze[:4]), validation=cycles.select(normal[6:9] + wheeze[4:7])
+    )
+    dataset.save_to_disk(folder)
+    return folder
+
+
+def test_a_saved_cycle_dataset_fine_tunes_on_the_slices_of_its_recordings(encoder_folder, tmp_path):
+    saved = saved_cycle_dataset(tmp_path / "cycles")
+    rows = list(load_any_dataset(str(saved))["train"].select(range(3)))
+    extractor = RespM2DFeatureExtractor()
+    batch = AudioClassificationCollator(extractor, "audio", "label", "single_label_classification", 4)(rows)
+    expected = []
+    for row in rows:  # the whole recording resampled, then cut at int(seconds * rate) as the ICBHI recipe does
+        audio, rate = soundfile.read(row["path"], dtype="float32")
+        audio = soxr.resample(audio, rate, RATE, quality="HQ").astype(np.float32)
+        expected.append(audio[int(row["start"] * RATE) : int(row["end"] * RATE)])
+    torch.testing.assert_close(batch["input_features"], extractor(expected, sampling_rate=RATE)["input_features"])
+    arguments = ["--model_name_or_path", str(encoder_folder), "--dataset", str(saved), "--max_steps", "1"]
+    assert cli_main(["finetune", *arguments, "--output_dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
 def test_auto_best_model_metric_follows_the_problem_type(recordings, encoder_folder, tmp_path):
     arguments = ["--model_name_or_path", str(encoder_folder), "--dataset", str(recordings / "train")]
     arguments += ["--output_dir", str(tmp_path / "out"), "--max_steps", "1"]
@@ -486,6 +517,16 @@ def test_lora_refuses_settings_it_would_ignore(recordings, encoder_folder, tmp_p
     assert "--lora_rank cannot be combined with --freeze_encoder" in capsys.readouterr().err
     assert cli_main(["finetune", *arguments[:-1], "0"]) == 2
     assert "--lora_rank must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_feature_extractor_that_disagrees_with_the_model_is_refused(recordings, encoder_folder, tmp_path, capsys):
+    folder = tmp_path / "edited"
+    shutil.copytree(encoder_folder, folder)
+    settings = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps({**settings, "mean": settings["mean"] + 1.0}))
+    arguments = ["--model_name_or_path", str(folder), "--dataset", str(recordings), "--max_steps", "1"]
+    assert cli_main(["finetune", *arguments, "--output_dir", str(tmp_path / "out")]) == 2
+    assert "disagree on the front end: mean=" in capsys.readouterr().err
 
 
 def test_an_output_path_that_is_a_file_is_refused(recordings, encoder_folder, tmp_path, capsys):

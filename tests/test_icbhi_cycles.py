@@ -7,7 +7,8 @@ import soundfile
 import soxr
 from conftest import OPERA
 
-from resp_hf.tasks.segments import SegmentWindow, decode_segments, fit_segment, load_segment
+from resp_hf.audio import decode_audio
+from resp_hf.tasks.segments import SegmentWindow, decode_segments, fit_segment
 from resp_hf.tasks.icbhi import (
     OFFICIAL_COUNTS,
     IcbhiDataError,
@@ -107,7 +108,8 @@ def recipe_cut_pad(audio, rate, seconds, pad):
 @pytest.mark.parametrize("pad", ["repeat", "zero"])
 @pytest.mark.parametrize("seconds", [2, 8])
 def test_fixed_length_window_follows_the_recipe(pad, seconds):
-    segment = load_segment(DATABASE / "102_1b1_Ar_sc_Meditron.wav", 0.2, 3.1)  # 2.9 s: cropped at 2 s, padded at 8 s
+    cycle = {"path": DATABASE / "102_1b1_Ar_sc_Meditron.wav", "start": 0.2, "end": 3.1}  # cropped at 2 s, padded at 8 s
+    segment = decode_audio(cycle, 16000, downmix=True)
     fitted = fit_segment(segment, 16000, SegmentWindow(seconds=seconds, pad=pad))
     np.testing.assert_allclose(fitted, recipe_cut_pad(segment, 16000, seconds, pad), rtol=0, atol=1e-7)
     assert fitted.shape == (seconds * 16000,)

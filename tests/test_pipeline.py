@@ -255,6 +255,14 @@ def test_feature_extraction_pipeline_returns_the_clip_embeddings(classifier):
     torch.testing.assert_close(as_tensor, expected[0], atol=1e-5, rtol=0)
 
 
+def test_the_package_exports_the_model_folders_classes_and_pipelines():
+    import resp_hf
+    from resp_hf.models import resp_m2d
+
+    assert set(resp_m2d.__all__) <= set(resp_hf.__all__)
+    assert resp_hf.RespM2DFeatureExtractionPipeline is resp_m2d.RespM2DFeatureExtractionPipeline
+
+
 def test_a_list_of_floats_is_one_clip(classifier):
     folder, model = classifier
     audio = noise(1.0, seed=5)

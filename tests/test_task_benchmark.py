@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -6,13 +7,16 @@ import torch
 from conftest import OPERA
 from test_finetune import encoder_folder  # noqa: F401  (the tiny encoder saved as a folder)
 
+from resp_hf.cards import encoder_card, write_card
 from resp_hf.cli import main as cli_main
+from resp_hf.models.resp_m2d import RespM2DConfig
 from resp_hf.tasks.benchmark import (
     FINETUNE_RECIPES,
     LINEAR_RECIPE,
     class_weights,
     learning_rate_factor,
     make_model,
+    write_task_results,
 )
 
 ICBHI = OPERA / "datasets" / "icbhi"
@@ -74,6 +78,10 @@ def test_benchmark_refuses_splits_that_cannot_train_or_select(encoder_folder, sp
     assert "icbhi-4class: the training split holds only ['normal'] cycles" in capsys.readouterr().err
     assert cli_main([*args, "--protocols", "finetune,probe"]) == 2
     assert "Unknown protocol 'probe'" in capsys.readouterr().err
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "results.md").write_text("an earlier run")
+    assert cli_main(benchmark_args(encoder_folder, split_file, tmp_path / "earlier")) == 2
+    assert "is not empty; it already holds results.md: pass --overwrite" in capsys.readouterr().err
 
 
 def test_linear_probing_freezes_the_encoder_and_fine_tuning_the_patch_embedding(encoder_folder):
@@ -109,3 +117,31 @@ def test_class_weights_are_normalized_inverse_frequencies():
     expected = (1 / frequencies) / (1 / frequencies).sum()
     np.testing.assert_allclose(class_weights(labels, 4).numpy(), expected, rtol=1e-6)
     assert class_weights(np.array([0, 0, 2]), 3)[1] == 0
+
+
+def task_record(protocol, seed, specificity, sensitivity):
+    return {
+        "task": "icbhi-4class", "protocol": protocol, "seed": seed, "test_split": "test", "specificity": specificity,
+        "sensitivity": sensitivity, "score": (specificity + sensitivity) / 2, "accuracy": 0.5, "best_epoch": 1,
+        "n_train": 10, "n_validation": 4, "n_test": 6,
+    }  # fmt: skip
+
+
+def test_task_results_go_into_a_model_card_like_the_opera_benchmarks(tmp_path):
+    records = [task_record("finetune", 0, 0.8, 0.4), task_record("finetune", 1, 0.6, 0.4)]
+    paths = write_task_results([*records, task_record("linear", 0, 0.5, 0.3)], tmp_path / "bench", "tiny")
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [(row["protocol"], row["seed"]) for row in rows] == [("finetune", "0"), ("finetune", "1"), ("linear", "0")]
+    assert [float(row["score"]) for row in rows] == pytest.approx([0.6, 0.5, 0.4])
+    report = json.loads(paths["json"].read_text())["results"]
+    score = next(row for row in report if row["protocol"] == "finetune" and row["metric"] == "Score")
+    assert (score["mean"], score["std"], score["seeds"]) == (pytest.approx(0.55), pytest.approx(0.05), [0, 1])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    write_card(folder, encoder_card(RespM2DConfig(), "m2d_vit_base.pth", "0" * 64))
+    assert cli_main(["card", str(folder), "--results", str(paths["json"])]) == 0
+    card = (folder / "README.md").read_text()
+    assert "| icbhi-4class (icbhi-4class test, fine-tuned) | Score | output | 0.550 ± 0.050 | 2 seeds |" in card
+    assert "| icbhi-4class (icbhi-4class test, linear probe) | Sp | output | 0.500 ± 0.000 | 1 seeds |" in card
+    assert "type: score" in card and "type: specificity" in card and "OPERA's protocol" not in card
+    assert paths["plots"][0].stat().st_size > 0

@@ -31,3 +31,15 @@ def test_build_saves_a_task_that_loads_back(tmp_path, capsys):
     assert "training split has 1 patient(s)" in capsys.readouterr().err
     assert cli_main(["tasks", "build", "T7", "--output", str(tmp_path / "t7")]) == 2
     assert "T7 is an OPERA task: pass --opera-root" in capsys.readouterr().err
+
+
+def test_build_refuses_an_earlier_build_unless_overwrite(tmp_path, capsys):
+    output = tmp_path / "icbhi"
+    args = ["tasks", "build", "icbhi-2class", "--icbhi-root", str(ICBHI), "--output", str(output)]
+    assert cli_main([*args, "--validation-fraction", "0"]) == 0
+    first = load_from_disk(str(output))["test"]["cycle"]
+    assert cli_main([*args, "--validation-fraction", "0"]) == 2
+    assert f"The output folder {output} is not empty" in capsys.readouterr().err
+    assert cli_main([*args, "--validation-fraction", "0", "--overwrite"]) == 0
+    assert load_from_disk(str(output))["test"]["cycle"] == first
+    assert not [path for path in tmp_path.iterdir() if path.name != "icbhi"], "no temporary folder is left"

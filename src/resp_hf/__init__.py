@@ -2,15 +2,14 @@
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
 
+from .models.resp_m2d import *  # noqa: F403  (the public classes of the model folder)
 from .models.resp_m2d import (
-    RespM2DAudioClassificationPipeline,
     RespM2DConfig,
     RespM2DFeatureExtractor,
     RespM2DForAudioClassification,
     RespM2DModel,
-    RespM2DModelOutput,
-    RespM2DPreTrainedModel,
 )
+from .models.resp_m2d import __all__ as _model_folder_names
 
 __version__ = "0.1.0"
 
@@ -27,16 +26,4 @@ RespM2DFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 from .convert import ConversionReport, UnsafeCheckpointError, convert_m2d_checkpoint  # noqa: E402
 from .quantize import quantize  # noqa: E402
 
-__all__ = [
-    "ConversionReport",
-    "RespM2DAudioClassificationPipeline",
-    "RespM2DConfig",
-    "RespM2DFeatureExtractor",
-    "RespM2DForAudioClassification",
-    "RespM2DModel",
-    "RespM2DModelOutput",
-    "RespM2DPreTrainedModel",
-    "UnsafeCheckpointError",
-    "convert_m2d_checkpoint",
-    "quantize",
-]
+__all__ = [*_model_folder_names, "ConversionReport", "UnsafeCheckpointError", "convert_m2d_checkpoint", "quantize"]

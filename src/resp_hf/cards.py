@@ -9,12 +9,23 @@ from string import Template
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .output_folders import write_text_atomically
+
 logger = logging.getLogger(__name__)
 
 TAGS = ["audio", "respiratory-sounds", "m2d", "resp_hf"]
 # Loading snippets of cards written next to a local folder use this in place of the repo id until the folder is pushed.
 LOCAL_REPO_PLACEHOLDER = "path/to/this/folder"
-METRIC_TYPES = {"auroc": "roc_auc", "accuracy": "accuracy", "mae": "mae", "rmse": "rmse", "mape": "mape"}
+METRIC_TYPES = {
+    "auroc": "roc_auc",
+    "accuracy": "accuracy",
+    "mae": "mae",
+    "rmse": "rmse",
+    "mape": "mape",
+    "sp": "specificity",  # the ICBHI and SPRSound challenges' Sp, Se and Score (their mean)
+    "se": "sensitivity",
+    "score": "score",
+}
 
 
 def card_template(name):
@@ -218,7 +229,7 @@ def card_for_repo(text, repo_id):
 def write_card(folder, text):
     """Writes `README.md` into `folder` and returns its path."""
     path = Path(folder) / "README.md"
-    path.write_text(text, encoding="utf-8")
+    write_text_atomically(path, text)
     return path
 
 
@@ -229,7 +240,7 @@ def benchmark_table(results):
     """
     lines = ["| task | metric | layer | mean ± std | ± over |", "|---|---|---|---|---|"]
     for row in results:
-        layer = f"{row['layer']} (final)" if row["final_layer"] else row["layer"]
+        layer = f"{row['layer']} (final)" if row["final_layer"] and row["layer"].isdigit() else row["layer"]
         spread = "folds" if row.get("spread") == "folds" else f"{row['n_seeds']} seeds"
         lines.append(
             f"| {row['task']} ({row['task_name']}) | {row['metric']} | {layer} | "
@@ -265,17 +276,18 @@ def add_benchmark_results(folder, results_path):
             task_type="audio-classification" if row["metric"] == "AUROC" else "audio-regression",
             dataset_type=f"opera-{row['task'].lower()}" if is_opera_task(row) else dataset_slug(row["task"]),
             dataset_name=f"OPERA {row['task']} ({row['task_name']})" if is_opera_task(row) else row["task_name"],
-            dataset_split="test",
-            metric_type=METRIC_TYPES[row["metric"].lower()] if row["metric"] == "MAE" else "roc_auc",
+            dataset_split=row.get("test_split", "test"),
+            metric_type=METRIC_TYPES[row["metric"].lower()],
             metric_value=round(float(row["mean"]), 4),
         )
         for row in rows
     ]
     baselines = f"; baselines: {results['baselines_source']}" if results.get("baselines_source") else ""
-    body = (
-        "Linear-probe benchmark with OPERA's protocol (frozen encoder, linear head, mean ± std over seeds"
-        f"{baselines}):\n\n{benchmark_table(results['results'])}"
-    )
+    if any("protocol" in row for row in results["results"]):  # written by `resp-hf tasks benchmark`
+        protocol = "ICBHI / SPRSound challenge benchmark (fine-tuned and linear-probe, the challenge's Sp, Se, Score"
+    else:
+        protocol = "Linear-probe benchmark with OPERA's protocol (frozen encoder, linear head"
+    body = f"{protocol}, mean ± std over seeds{baselines}):\n\n{benchmark_table(results['results'])}"
     section = re.compile(r"(## Evaluation\n\n)(.*?)(?=\n## |\Z)", re.DOTALL)
     if not section.search(card.text):
         raise ValueError(f"The card in {folder} has no '## Evaluation' section to write the results into.")

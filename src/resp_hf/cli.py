@@ -74,18 +74,28 @@ def run_push(args):
     print(f"Pushed {args.folder} to {args.repo_id}: {getattr(commit, 'commit_url', commit)}")
 
 
+def saved_dataset_options():
+    """`--output` and `--overwrite` of the commands that build a dataset and save it to disk."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--output", required=True, help="folder to save the DatasetDict in")
+    options.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    return options
+
+
 def add_opera_commands(subparsers):
     opera = subparsers.add_parser("opera", help="The OPERA benchmark tasks as Hugging Face datasets.")
     commands = opera.add_subparsers(dest="opera_command", required=True)
     listing = commands.add_parser("list", help="List the 19 OPERA tasks (and which an OPERA checkout can build).")
     listing.add_argument("--opera-root", help="an OPERA checkout: show which tasks its data can build")
     listing.set_defaults(handler=run_opera_list)
-    build = commands.add_parser("build", help="Build one task from an OPERA checkout and save it with save_to_disk.")
+    build = commands.add_parser(
+        "build",
+        parents=[saved_dataset_options()],
+        help="Build one task from an OPERA checkout and save it with save_to_disk.",
+    )
     build.add_argument("task", help="task id (T1-T19) or name, e.g. T7 or icbhi_copd")
     build.add_argument("--opera-root", required=True, help="the OPERA checkout with the datasets downloaded")
-    build.add_argument("--output", required=True, help="folder to save the DatasetDict in")
     build.add_argument("--allow-missing", action="store_true", help="leave out missing or unreadable audio files")
-    build.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     build.set_defaults(handler=run_opera_build)
     protocol = commands.add_parser(
         "protocol",
@@ -227,9 +237,9 @@ def add_tasks_commands(subparsers):
     split.add_argument("--validation-fraction", type=float, default=0.2, help="patients moved from train (0: none)")
     split.add_argument("--validation-seed", type=int, default=1337, help="seed of the validation patients")
     split.add_argument("--split-file", help="an ICBHI split file other than the official one")
-    build = commands.add_parser("build", parents=[opera, data, split], help="Build one task; save it to disk.")
+    parents = [opera, data, split, saved_dataset_options()]
+    build = commands.add_parser("build", parents=parents, help="Build one task; save it to disk.")
     build.add_argument("task", help="e.g. icbhi-4class, sprsound-1-2, or an OPERA id such as T7")
-    build.add_argument("--output", required=True, help="folder to save the DatasetDict in")
     build.add_argument("--skip-invalid-cycles", action="store_true", help="leave out (and list) unreadable cycles")
     build.set_defaults(handler=run_tasks_build)
     bench = commands.add_parser(
@@ -247,6 +257,7 @@ def add_tasks_commands(subparsers):
     bench.add_argument("--epochs", type=positive_int, help="override every recipe's epochs")
     bench.add_argument("--batch-size", type=positive_int, help="override every recipe's batch size")
     bench.add_argument("--learning-rate", type=float, help="override every recipe's learning rate")
+    bench.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in --output")
     bench.set_defaults(handler=run_tasks_benchmark)
 
 
@@ -273,7 +284,10 @@ def run_tasks_build(args):
     settings = tasks_settings(args)
     roots = dict(opera_root=args.opera_root, icbhi_root=args.icbhi_root, sprsound_root=args.sprsound_root)
     skip_invalid = args.skip_invalid_cycles
-    print(build_and_save_task(args.task, args.output, **roots, settings=settings, skip_invalid=skip_invalid))
+    report = build_and_save_task(
+        args.task, args.output, **roots, settings=settings, skip_invalid=skip_invalid, overwrite=args.overwrite
+    )
+    print(report)
 
 
 def run_tasks_benchmark(args):
@@ -290,7 +304,8 @@ def run_tasks_benchmark(args):
         learning_rate=args.learning_rate,
     )
     roots = {"icbhi": args.icbhi_root, "sprsound": args.sprsound_root}
-    paths = run_task_benchmark(args.model, args.output, args.tasks.split(","), roots, settings)
+    tasks = args.tasks.split(",")
+    paths = run_task_benchmark(args.model, args.output, tasks, roots, settings, overwrite=args.overwrite)
     print(paths["markdown"].read_text())
 
 

@@ -15,7 +15,7 @@ import torch
 
 from . import cards
 from .models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
-from .training.output_folders import atomic_folder, check_output_folder
+from .output_folders import atomic_folder, check_output_folder
 
 DEFAULT_NORM_STATS = (-7.1, 4.2)
 # Prefixes that wrap the encoder in fine-tuned checkpoints (EVAR, the portable runtime).

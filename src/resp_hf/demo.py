@@ -14,6 +14,7 @@ import soundfile
 
 from .models.resp_m2d import RespM2DForAudioClassification
 from .models.resp_m2d.audio_utils_resp_m2d import load_audio
+from .output_folders import check_output_folder
 from .visualize import analyze, encoder_of, load_model, plot_analysis
 
 logger = logging.getLogger(__name__)
@@ -174,8 +175,7 @@ def write_space(model_id: str, output_dir: str | Path, title: str | None = None)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", model_id):
         raise ValueError(f"model_id must be a Hub repo id like 'my-org/resp-m2d-icbhi', got {model_id!r}.")
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f"{output_dir} is not empty: pass a new or empty folder for the Space.")
+    check_output_folder(output_dir, option=None)
     output_dir.mkdir(parents=True, exist_ok=True)
     title = title or model_id.split("/")[-1]
     gradio_version = importlib.metadata.version("gradio")

@@ -5,7 +5,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from datasets import Audio
 from ..audio import decode_audio
 from ..models.resp_m2d import RespM2DFeatureExtractor
 from ..models.resp_m2d.modeling_resp_m2d import progress_bar
+from ..output_folders import atomic_file
 
 CROP_MODES = ("random", "center", "none")
 logger = logging.getLogger(__name__)
@@ -177,16 +177,10 @@ class EmbeddingCache:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
         arrays = {str(name): array for name, array in arrays.items()}
-        descriptor, temporary = tempfile.mkstemp(dir=self.cache_dir, prefix=path.stem, suffix=".partial")
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                np.savez(handle, **arrays, **{CHECKSUM: np.array(arrays_digest(arrays))})
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as temporary, open(temporary, "wb") as handle:
+            np.savez(handle, **arrays, **{CHECKSUM: np.array(arrays_digest(arrays))})
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 @torch.no_grad()

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..output_folders import write_text_atomically
+
 BASELINES_FILE = "baselines.csv"
 HIGHER_IS_BETTER = {"AUROC": True, "MAE": False}
 RECORD_KEYS = (
@@ -47,11 +49,16 @@ BASELINE_COLOR = "#9aa5b1"
 
 def load_baselines():
     """The published OPERA baselines shipped with the package, one dict per (task, model), mean and std as floats."""
-    text = resources.files("resp_hf.benchmark").joinpath(BASELINES_FILE).read_text(encoding="utf-8")
+    return load_published_table("resp_hf.benchmark", BASELINES_FILE, ("mean", "std"))
+
+
+def load_published_table(package, name, numeric_columns):
+    """The rows of the CSV file `name` shipped in `package`, with `numeric_columns` as floats (None where empty)."""
+    text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
     rows = list(csv.DictReader(text.splitlines()))
     for row in rows:
-        row["mean"] = float(row["mean"])
-        row["std"] = float(row["std"])
+        for column in numeric_columns:
+            row[column] = float(row[column]) if row[column] else None
     return rows
 
 
@@ -286,20 +293,13 @@ def csv_rows(records, summaries):
     return rows
 
 
-def write_csv(path, rows):
-    """Writes `rows` with the record columns; None becomes an empty cell."""
+def write_csv(path, rows, columns=CSV_COLUMNS):
+    """Writes `rows` with `columns` (by default the record columns); None becomes an empty cell."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
     write_text_atomically(path, text.getvalue())
-
-
-def write_text_atomically(path, text):
-    """Writes `text` (UTF-8) to a temporary sibling, then renames it over `path`: readers see the old or new file."""
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
 
 
 def json_report(summaries, baselines, model_name, notes=()):
@@ -354,23 +354,40 @@ def new_figure():
 
 def plot_task_bars(path, summary, baselines, label):
     """Bar chart of mean ± std for the evaluated model (highlighted, first) and the task's baselines."""
-    names = [label] + [row["model"] for row in baselines]
-    means = np.array([summary["mean"]] + [row["mean"] for row in baselines])
-    stds = np.array([summary["std"]] + [row["std"] for row in baselines])
-    colors = [MODEL_COLOR] + [BASELINE_COLOR] * len(baselines)
+    evaluated = [(label, summary["mean"], summary["std"])]
+    published = [(row["model"], row["mean"], row["std"]) for row in baselines]
+    title = f"{summary['task']}: {summary['task_name']}"
+    plot_bars(path, evaluated, published, metric_header(summary["metric"]), title)
+
+
+def plot_bars(path, evaluated, published, ylabel, title, value_format="{:.3f}"):
+    """
+    Bar chart of `(label, mean, std)` bars: the `evaluated` model's (highlighted, bold, first), then the `published`
+    ones; each bar is labelled with its mean in `value_format`.
+    """
+    bars = [*evaluated, *published]
+    positions = np.arange(len(bars))
+    means = np.array([bar[1] for bar in bars])
+    stds = np.array([bar[2] for bar in bars])
+    colors = [MODEL_COLOR] * len(evaluated) + [BASELINE_COLOR] * len(published)
     figure = new_figure()
     axes = figure.subplots()
-    positions = np.arange(len(names))
     axes.bar(positions, means, yerr=stds, color=colors, capsize=4, edgecolor="black", linewidth=0.6)
     for position, mean, std in zip(positions, means, stds):
         axes.annotate(
-            f"{mean:.3f}", (position, mean + std), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8
+            value_format.format(mean),
+            (position, mean + std),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
         )
-    axes.set_xticks(positions, names, rotation=20, ha="right", fontsize=9)
-    axes.get_xticklabels()[0].set_fontweight("bold")
+    axes.set_xticks(positions, [bar[0] for bar in bars], rotation=20, ha="right", fontsize=9)
+    for tick in axes.get_xticklabels()[: len(evaluated)]:
+        tick.set_fontweight("bold")
     axes.set_ylim(0, float(np.max(means + stds)) * 1.15 or 1.0)
-    axes.set_ylabel(metric_header(summary["metric"]))
-    axes.set_title(f"{summary['task']}: {summary['task_name']}")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.grid(axis="y", alpha=0.3)
     axes.set_axisbelow(True)
     figure.tight_layout()

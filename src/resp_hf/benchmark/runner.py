@@ -1,7 +1,6 @@
 """The OPERA linear-probe benchmark: embed each task once (cached), train linear heads over seeds, write results."""
 
 import logging
-import shutil
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -16,6 +15,7 @@ from ..opera import build_task, get_task
 from ..opera.build import check_root
 from ..opera.common import OPERA_VALIDATION_SEED, seeded_split
 from ..opera.protocol import ProbeProtocol, get_protocol
+from ..output_folders import check_output_folder, remove_outputs, save_npz
 from ..quantize import METHODS, quantize
 from .embeddings import EmbeddingCache, embed_split, model_fingerprint, parse_layers, split_fingerprint
 from .probe import train_linear_probe
@@ -306,14 +306,6 @@ def evaluate_folds(spec, protocol, dataset, embedder, predictions_dir):
     return records
 
 
-def save_npz(path, **arrays):
-    """`np.savez` to a temporary name, then renamed into place."""
-    temporary = path.with_name(path.name + ".partial")
-    with open(temporary, "wb") as handle:
-        np.savez(handle, **arrays)
-    temporary.replace(path)
-
-
 def prediction_path(predictions_dir, spec, layer, seed):
     return predictions_dir / f"{spec.id}_layer-{layer}_seed-{seed}.npz"
 
@@ -381,7 +373,9 @@ def run_benchmark(
     settings = settings or BenchmarkSettings()
     settings.check()
     output_dir = Path(output_dir)
-    check_output_dir(output_dir, settings.overwrite)
+    # Results of two runs must not mix; the embedding cache alone is reused (each entry is keyed by model, data and
+    # settings, and verified on load).
+    check_output_folder(output_dir, settings.overwrite, option="--overwrite (overwrite=True)", may_hold=(CACHE_FOLDER,))
     jobs = benchmark_jobs(tasks, opera_root, datasets, settings.allow_missing)
     if isinstance(model, (str, Path)):
         model_name = model_name or Path(model).name
@@ -399,7 +393,7 @@ def run_benchmark(
         protocol = settings.applied_to(spec.protocol)
         protocol.check_epochs(protocol.epochs)
         checked.append((spec, protocol, dataset))
-    clear_earlier_results(output_dir)
+    remove_outputs(output_dir, (*RESULT_FILES, "plots", "predictions"))  # only --overwrite gets here with them
     predictions_dir = output_dir / "predictions"
     predictions_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -411,26 +405,3 @@ def run_benchmark(
     return records
 
 
-def check_output_dir(output_dir, overwrite):
-    """
-    Refuses an output folder that holds anything but an embedding cache, unless `overwrite`: results of two runs must
-    not mix. The cache alone is reused, since each entry is keyed by model, data and settings and verified on load.
-    """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"The benchmark output {output_dir} is a file; pass a folder.")
-    others = sorted(p.name for p in output_dir.iterdir() if p.name != CACHE_FOLDER) if output_dir.is_dir() else []
-    if others and not overwrite:
-        raise ValueError(
-            f"The benchmark output folder {output_dir} already holds {', '.join(others[:5])}; pass --overwrite "
-            "(overwrite=True) to replace an earlier run's results, or choose another folder."
-        )
-
-
-def clear_earlier_results(output_dir):
-    """Removes an earlier run's results, plots and predictions (only `--overwrite` lets a run get here with them)."""
-    for name in (*RESULT_FILES, "plots", "predictions"):
-        path = output_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()

@@ -1,12 +1,11 @@
 """`resp-hf opera list | build | push`."""
 
 import json
-import secrets
-import shutil
 from pathlib import Path
 
 from datasets import load_from_disk
 
+from ..output_folders import atomic_folder, check_output_folder
 from .build import BuildReport, build_task, check_root
 from .common import OperaDataError
 from .registry import TASKS, get_task
@@ -59,37 +58,16 @@ def list_tasks(opera_root=None):
     return format_table(header, rows)
 
 
-def check_output(output, overwrite):
-    """A build may write to a missing or empty folder, or replace a non-empty one with `overwrite`."""
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"The output {output} is a file; pass a folder.")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ValueError(
-            f"The output folder {output} is not empty; pass --overwrite (overwrite=True) to replace it, or choose "
-            "another folder."
-        )
-
-
 def build_and_save(task_id, opera_root, output, allow_missing=False, overwrite=False):
     """
     Builds a task and saves it with `save_to_disk` plus `opera_task.json`, into a temporary sibling folder that then
     replaces `output` (so a failed build leaves an earlier one intact); returns the summary text.
     """
     task = get_task(task_id)
-    output = Path(output)
-    check_output(output, overwrite)
+    check_output_folder(output, overwrite, option="--overwrite (overwrite=True)")
     dataset, report = build_task(task.id, opera_root, allow_missing=allow_missing, return_report=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.partial-{secrets.token_hex(4)}"
-    staging.mkdir()  # not mkdtemp: the saved folder keeps the umask's mode
-    try:
-        write_task_folder(staging, task, dataset, report)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with atomic_folder(output) as folder:
+        write_task_folder(folder, task, dataset, report)
     return f"{task.id} ({task.name}) saved to {output}\n\n{report.summary(dataset)}"
 
 

@@ -6,21 +6,20 @@ folder holds `results.csv` (one row per run and test split), `results.md` (mean 
 published figures of `published.csv`), `results.json`, `plots/<task>.png` and `predictions/*.npz`.
 """
 
-import csv
 import json
 import math
 import shutil
 from dataclasses import asdict, dataclass, replace
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
-from ..benchmark.results import new_figure
+from ..benchmark.results import RESULT_FILES, load_published_table, plot_bars, write_csv
 from ..evaluate import build_challenge_compute_metrics
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
+from ..output_folders import check_output_folder, remove_outputs, save_npz, write_text_atomically
 from ..training.finetune import AudioClassificationCollator, strip_prefix
 from .icbhi import build_icbhi_cycles
 from .segments import SegmentWindow, decode_segments
@@ -271,20 +270,14 @@ def run_task(model_path, task, dataset, settings, output_dir):
 
 
 def save_predictions(output_dir, task, protocol, seed, split, output):
-    folder = output_dir / "predictions"
-    folder.mkdir(parents=True, exist_ok=True)
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    np.savez(folder / f"{task}-{protocol}-seed{seed}-{split}.npz", logits=logits, labels=output.label_ids)
+    path = output_dir / "predictions" / f"{task}-{protocol}-seed{seed}-{split}.npz"
+    save_npz(path, logits=logits, labels=output.label_ids)
 
 
 def load_published():
     """The published results shipped with the package: one dict per (task, model), percentages as floats or None."""
-    text = resources.files("resp_hf.tasks").joinpath(PUBLISHED_FILE).read_text(encoding="utf-8")
-    rows = list(csv.DictReader(text.splitlines()))
-    for row in rows:
-        for column in METRIC_COLUMNS:
-            row[column] = float(row[column]) if row[column] else None
-    return rows
+    return load_published_table("resp_hf.tasks", PUBLISHED_FILE, METRIC_COLUMNS)
 
 
 def summarize(records):
@@ -341,26 +334,46 @@ def markdown_report(summaries, published, model_name, notes=()):
 
 def plot_scores(path, task, split, summaries, published, model_name):
     """Bar chart of the score: this model's protocols (mean ± std) and the published models."""
-    bars = [
-        (f"{model_name} ({PROTOCOL_NAMES[s['protocol']]})", 100 * s["score"][0], 100 * s["score"][1], "#d62728")
+    evaluated = [
+        (f"{model_name} ({PROTOCOL_NAMES[s['protocol']]})", 100 * s["score"][0], 100 * s["score"][1])
         for s in summaries
         if s["task"] == task and s["test_split"] == split and s["score"] is not None
     ]
-    bars += [
-        (row["model"], row["score"], 0.0, "#9aa5b1")
+    baselines = [
+        (row["model"], row["score"], 0.0)
         for row in published
         if row["task"] == task and row["test_split"] in ("", split) and row["score"] is not None
     ]
-    figure = new_figure()
-    axes = figure.subplots()
-    positions = np.arange(len(bars))
-    axes.bar(positions, [b[1] for b in bars], yerr=[b[2] for b in bars], color=[b[3] for b in bars], capsize=4)
-    axes.set_xticks(positions, [b[0] for b in bars], rotation=20, ha="right", fontsize=8)
-    axes.set_ylabel("Score (%)")
-    axes.set_title(f"{task} ({split})")
-    axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path)
+    plot_bars(path, evaluated, baselines, "Score (%)", f"{task} ({split})", value_format="{:.2f}")
+
+
+def result_rows(summaries):
+    """
+    `results.json` rows in the layout of `resp-hf benchmark`'s (so that `resp-hf card --results` reads both): one per
+    (task, test split, protocol, metric), the metric named `Sp`, `Se` or `Score`, plus `test_split` and `protocol`.
+    """
+    rows = []
+    for summary in summaries:
+        for column, metric in zip(METRIC_COLUMNS, ("Sp", "Se", "Score")):
+            if summary[column] is None:
+                continue
+            rows.append(
+                {
+                    "task": summary["task"],
+                    "task_name": f"{summary['task']} {summary['test_split']}, {PROTOCOL_NAMES[summary['protocol']]}",
+                    "metric": metric,
+                    "layer": "output",
+                    "final_layer": True,
+                    "mean": summary[column][0],
+                    "std": summary[column][1],
+                    "spread": "seeds",
+                    "n_seeds": len(summary["seeds"]),
+                    "seeds": summary["seeds"],
+                    "test_split": summary["test_split"],
+                    "protocol": summary["protocol"],
+                }
+            )
+    return rows
 
 
 def write_task_results(records, output_dir, model_name, notes=()):
@@ -371,13 +384,10 @@ def write_task_results(records, output_dir, model_name, notes=()):
     published = load_published()
     paths = {kind: output_dir / f"results.{suffix}" for kind, suffix in (("csv", "csv"), ("markdown", "md"))}
     paths["json"] = output_dir / "results.json"
-    with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(records)
-    paths["markdown"].write_text(markdown_report(summaries, published, model_name, notes), encoding="utf-8")
-    report = {"model_name": model_name, "results": summaries, "notes": list(notes)}
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_csv(paths["csv"], records, columns=list(records[0]))
+    write_text_atomically(paths["markdown"], markdown_report(summaries, published, model_name, notes))
+    report = {"model_name": model_name, "results": result_rows(summaries), "notes": list(notes)}
+    write_text_atomically(paths["json"], json.dumps(report, indent=2) + "\n")
     (output_dir / "plots").mkdir(exist_ok=True)
     paths["plots"] = []
     for task, split in dict.fromkeys((s["task"], s["test_split"]) for s in summaries):
@@ -412,13 +422,15 @@ def check_trainable(task, dataset):
         )
 
 
-def run_task_benchmark(model_path, output_dir, task_names, roots, settings=None, model_name=None):
+def run_task_benchmark(model_path, output_dir, task_names, roots, settings=None, model_name=None, overwrite=False):
     """
     Builds each task (all checked before training), runs every (protocol, seed), and writes the results; returns the
-    written paths. `roots` maps "icbhi" / "sprsound" to the data folders.
+    written paths. `roots` maps "icbhi" / "sprsound" to the data folders; `output_dir` must be empty unless
+    `overwrite`, which replaces an earlier run's results.
     """
     settings = settings or TaskBenchmarkSettings()
     output_dir = Path(output_dir)
+    check_output_folder(output_dir, overwrite, option="--overwrite (overwrite=True)")
     tasks = [get_task(name) for name in task_names]
     for task in tasks:
         for protocol in settings.protocols:
@@ -430,6 +442,7 @@ def run_task_benchmark(model_path, output_dir, task_names, roots, settings=None,
         check_trainable(task, dataset)
         built[task.name] = dataset
         notes.append(f"{task.name}: " + str(report).replace("\n", ";"))
+    remove_outputs(output_dir, (*RESULT_FILES, "plots", "predictions", "runs"))  # only overwrite gets here with them
     records = []
     for task in tasks:
         records += run_task(model_path, task, built[task.name], settings, output_dir)

@@ -5,6 +5,7 @@ from pathlib import Path
 from ..opera import TASKS as OPERA_TASKS
 from ..opera.commands import build_and_save as build_opera_task
 from ..opera.commands import format_table, task_status
+from ..output_folders import atomic_folder, check_output_folder
 from .benchmark import TASKS, TaskBenchmarkSettings, build_task_dataset, get_task
 from .icbhi import OFFICIAL_COUNTS, locate
 from .sprsound import SPLIT_FOLDERS, find_folders
@@ -62,17 +63,29 @@ def list_all_tasks(opera_root=None, icbhi_root=None, sprsound_root=None):
 
 
 def build_and_save_task(
-    name, output, opera_root=None, icbhi_root=None, sprsound_root=None, settings=None, skip_invalid=False
+    name,
+    output,
+    opera_root=None,
+    icbhi_root=None,
+    sprsound_root=None,
+    settings=None,
+    skip_invalid=False,
+    overwrite=False,
 ):
-    """Builds one task (an OPERA id or a cycle/event task) and saves it with `save_to_disk`; returns a report text."""
+    """
+    Builds one task (an OPERA id or a cycle/event task) and saves it with `save_to_disk` into `output`, which must be
+    empty unless `overwrite`; returns a report text.
+    """
     if name.upper() in OPERA_TASKS or name in {task.name for task in OPERA_TASKS.values()}:
         if opera_root is None:
             raise ValueError(f"{name} is an OPERA task: pass --opera-root.")
-        return build_opera_task(name, opera_root, output)
+        return build_opera_task(name, opera_root, output, overwrite=overwrite)
     task = get_task(name)
     settings = settings or TaskBenchmarkSettings()
     dataset, report = build_task_dataset(task, {"icbhi": icbhi_root, "sprsound": sprsound_root}, settings, skip_invalid)
-    dataset.save_to_disk(str(output))
+    check_output_folder(output, overwrite, option="--overwrite (overwrite=True)")
+    with atomic_folder(output) as folder:
+        dataset.save_to_disk(str(folder))
     return f"{report}\nSaved {name} to {output} (columns: {', '.join(dataset[next(iter(dataset))].column_names)})."
 
 

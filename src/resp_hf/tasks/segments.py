@@ -6,7 +6,6 @@ Both the ICBHI cycle task and the SPRSound event tasks store a segment as `path`
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from datasets import Dataset, DatasetDict
@@ -36,38 +35,6 @@ class SegmentWindow:
             raise ValueError(f"The window length must be positive, got {self.seconds} seconds.")
 
 
-@lru_cache(maxsize=1024)
-def _decoded_recording(path, sampling_rate):
-    """
-    A whole recording at `sampling_rate`, cached: each recording is decoded and resampled once, however many cycles
-    it has and however many epochs read them (all 920 ICBHI recordings take about 1.3 GB at 16 kHz). Files are
-    assumed not to change while the process runs.
-    """
-    audio = decode_audio(path, sampling_rate=sampling_rate, downmix=True)
-    audio.setflags(write=False)
-    return audio
-
-
-def segment_bounds(start, end, sampling_rate, num_samples):
-    """Sample indices of `[start, end)` seconds, as the recipe computes them (`int(t * rate)`, clipped to the end)."""
-    first = min(int(start * sampling_rate), num_samples)
-    last = min(int(end * sampling_rate), num_samples)
-    return first, last
-
-
-def load_segment(path, start, end, sampling_rate=16000):
-    """
-    The `[start, end)` seconds of a recording at `sampling_rate`: the whole file is decoded and resampled first, then
-    sliced, as in the recipe (resampling a short slice alone would differ at its edges).
-    """
-    sampling_rate = check_sampling_rate(sampling_rate)
-    recording = _decoded_recording(str(path), sampling_rate)
-    first, last = segment_bounds(start, end, sampling_rate, len(recording))
-    if last <= first:
-        raise ValueError(f"Segment {start}-{end} s of {path} is empty at {sampling_rate} Hz (the file is shorter).")
-    return recording[first:last].copy()
-
-
 def fit_segment(audio, sampling_rate, window):
     """Crops or pads one segment to `window.seconds` with `window.pad` (see `SegmentWindow`)."""
     target = int(window.seconds * sampling_rate)
@@ -91,7 +58,7 @@ def make_segment_transform(sampling_rate, window):
     def decode_batch(batch):
         audio = []
         for path, start, end in zip(batch["path"], batch["start"], batch["end"]):
-            segment = load_segment(path, start, end, sampling_rate)
+            segment = decode_audio({"path": path, "start": start, "end": end}, sampling_rate, downmix=True)
             if window is not None:
                 segment = fit_segment(segment, sampling_rate, window)
             audio.append({"array": segment, "sampling_rate": sampling_rate, "path": path})
@@ -158,4 +125,4 @@ def rows_to_splits(rows, features, split_names):
     return dataset, counts
 
 
-__all__ = ["SegmentWindow", "carve_validation", "rows_to_splits", "decode_segments", "fit_segment", "load_segment"]
+__all__ = ["SegmentWindow", "carve_validation", "rows_to_splits", "decode_segments", "fit_segment"]

@@ -26,12 +26,14 @@ from datasets import Audio, ClassLabel, Sequence, Value
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from .. import cards
-from ..audio import decode_audio
+from ..audio import SEGMENT_KEYS, decode_audio
+from ..cli import OneLineErrorParser
 from ..data import load_any_dataset
 from ..evaluate import build_compute_metrics
 from ..lora import LORA_TARGET_MODULES, add_lora
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
 from ..models.resp_m2d.configuration_resp_m2d import POOLING_MODES
+from ..output_folders import check_output_folder, remove_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,10 @@ class FinetuneArguments:
 
     model_name_or_path: str = field(metadata={"help": "converted encoder or classifier folder, or a Hub repo id"})
     dataset: str = field(metadata={"help": "audio folder, save_to_disk folder, or Hub dataset name"})
-    audio_column: str = field(default="audio", metadata={"help": "column with file paths or audio dicts"})
+    audio_column: str = field(
+        default="audio",
+        metadata={"help": "column with file paths or audio dicts (without it: 'path', 'start', 'end' segment columns)"},
+    )
     label_column: str = field(default="label", metadata={"help": "ClassLabel, Sequence(ClassLabel) or float column"})
     train_split: str = field(default="train")
     eval_split: str = field(default="validation", metadata={"help": "carved out of train when the dataset lacks it"})
@@ -136,7 +141,7 @@ class AudioClassificationCollator:
 
     def __call__(self, rows):
         rate = self.feature_extractor.sampling_rate
-        audio = [decode_audio(row[self.audio_column], rate, downmix=self.downmix) for row in rows]
+        audio = [decode_audio(audio_value(row, self.audio_column), rate, downmix=self.downmix) for row in rows]
         batch = self.feature_extractor(audio, sampling_rate=rate)
         batch["labels"] = self.labels([row[self.label_column] for row in rows])
         return batch
@@ -150,6 +155,13 @@ class AudioClassificationCollator:
                 multi_hot[row, list(active)] = 1.0
             return multi_hot
         return torch.tensor(values, dtype=torch.float32)
+
+
+def audio_value(row, audio_column):
+    """A row's audio: its `audio_column`, or else the recording segment its `path`, `start` and `end` columns name."""
+    if audio_column in row:
+        return row[audio_column]
+    return {key: row[key] for key in SEGMENT_KEYS}
 
 
 def layer_wise_parameter_groups(model, learning_rate, layer_decay, weight_decay):
@@ -184,10 +196,15 @@ def layer_wise_parameter_groups(model, learning_rate, layer_decay, weight_decay)
 
 def prepare_splits(dataset, args):
     """Train/eval(/test) splits; the eval split is a seeded, stratified carve-out of train when absent."""
-    for column in (args.audio_column, args.label_column):
-        if column not in dataset[args.train_split].column_names:
-            raise ValueError(f"Column {column!r} not in the dataset: {dataset[args.train_split].column_names}.")
-    if isinstance(dataset[args.train_split].features[args.audio_column], Audio):
+    columns = dataset[args.train_split].column_names
+    if args.label_column not in columns:
+        raise ValueError(f"Column {args.label_column!r} not in the dataset: {columns}.")
+    if args.audio_column not in columns and not set(SEGMENT_KEYS) <= set(columns):
+        raise ValueError(
+            f"Column {args.audio_column!r} not in the dataset: {columns}. Pass --audio_column, or give segment "
+            f"columns {list(SEGMENT_KEYS)} (seconds) as the ICBHI and SPRSound task datasets have."
+        )
+    if args.audio_column in columns and isinstance(dataset[args.train_split].features[args.audio_column], Audio):
         dataset = dataset.cast_column(args.audio_column, Audio(decode=False))  # decoded by the collator instead
     train = dataset[args.train_split]
     if args.eval_split in dataset:
@@ -211,26 +228,15 @@ def parse_classifier_layer(value):
         raise ValueError(f"--classifier_layer must be None, 'weighted' or a layer index, got {value!r}.") from None
 
 
-def check_output_dir(output_dir, overwrite, resuming):
+def prepare_output_dir(output_dir, overwrite, resuming):
     """
     Refuses to mix a new run into a folder that holds files, unless resuming or told to overwrite; overwriting
     removes the earlier run's checkpoints and outputs so that nothing of it is taken for the new run.
     """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"--output_dir {output_dir} is a file; pass a folder to write the model into.")
-    if not output_dir.is_dir() or not any(output_dir.iterdir()) or resuming:
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"The output folder {output_dir} is not empty: pass --overwrite_output_dir to replace what is in it, "
-            "--resume_from_checkpoint latest to continue its run, or choose another --output_dir."
-        )
-    for name in RUN_OUTPUTS:
-        path = output_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    option = "--resume_from_checkpoint latest to continue its run, or --overwrite_output_dir"
+    check_output_folder(output_dir, overwrite or resuming, option=option, name="--output_dir")
+    if overwrite and not resuming:
+        remove_outputs(output_dir, RUN_OUTPUTS)
 
 
 def check_classes(train, label_column, problem_type, names, source):
@@ -275,6 +281,16 @@ def check_lora_settings(args):
     import peft  # noqa: F401  (a missing extra is reported before the data and model are loaded)
 
 
+def load_feature_extractor(model_name_or_path, config):
+    """The model folder's feature extractor, checked against its config; a folder without one gets the config's."""
+    try:
+        feature_extractor = RespM2DFeatureExtractor.from_pretrained(model_name_or_path)
+    except OSError:  # no preprocessor_config.json
+        return RespM2DFeatureExtractor.from_model_config(config)
+    feature_extractor.check_matches(config)
+    return feature_extractor
+
+
 def resume_checkpoint(value):
     """`--resume_from_checkpoint`: None, True for the latest checkpoint ("latest"/"true"), or a checkpoint path."""
     if value in (None, "", "false", "False"):
@@ -289,7 +305,7 @@ def finetune(args, training_args):
     """
     output_dir = Path(training_args.output_dir)
     resume = resume_checkpoint(training_args.resume_from_checkpoint)
-    check_output_dir(output_dir, args.overwrite_output_dir, resume is not None)
+    prepare_output_dir(output_dir, args.overwrite_output_dir, resume is not None)
     if args.lora_rank is not None:
         check_lora_settings(args)
     dataset = load_any_dataset(args.dataset)
@@ -313,7 +329,7 @@ def finetune(args, training_args):
     )
     if args.lora_rank is not None:
         model = add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)
-    feature_extractor = RespM2DFeatureExtractor.from_model_config(model.config)
+    feature_extractor = load_feature_extractor(args.model_name_or_path, model.config)
     if training_args.metric_for_best_model == "auto":
         training_args.metric_for_best_model = "mae" if problem_type == "regression" else "auroc"
         training_args.greater_is_better = problem_type != "regression"
@@ -422,8 +438,6 @@ def summary(results, output_dir, args):
 
 
 def build_parser():
-    from ..cli import OneLineErrorParser
-
     parser_class = type("FinetuneArgumentParser", (OneLineErrorParser, HfArgumentParser), {})
     return parser_class(
         (FinetuneArguments, FinetuneTrainingArguments),

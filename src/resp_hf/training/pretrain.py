@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .. import cards
+from ..cli import OneLineErrorParser
 from ..convert import (
     BLOCK_KEYS,
     check_block_numbering,
@@ -48,8 +49,8 @@ from ..convert import (
     split_encoder_weights,
 )
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
+from ..output_folders import atomic_file, atomic_folder, check_output_folder, remove_outputs, write_text_atomically
 from .m2d import M2DPretrainingModel, predictor_config
-from .output_folders import atomic_file, atomic_folder, check_output_folder, write_text_atomically
 from .pretrain_data import LogMelUnits, norm_stats_from_crops, read_source
 from .recipes import RECIPES
 
@@ -234,7 +235,7 @@ def plot_loss(log_path, output_path):
 
 def build_parser(recipe=None):
     """The options; a recipe from `recipes.RECIPES` replaces their defaults (explicit options still win)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="resp-hf pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -314,7 +315,7 @@ def build_parser(recipe=None):
 
 def parse_args(argv=None):
     """Options with the defaults of `--recipe`, if given."""
-    recipe_parser = argparse.ArgumentParser(add_help=False)
+    recipe_parser = OneLineErrorParser(prog="resp-hf pretrain", add_help=False)
     recipe_parser.add_argument("--recipe", choices=sorted(RECIPES))
     recipe, _ = recipe_parser.parse_known_args(argv)
     return build_parser(recipe.recipe).parse_args(argv)
@@ -461,12 +462,7 @@ def prepare_output_dir(output_dir, args, is_main_process):
         return
     check_output_folder(output_dir, args.overwrite, option="--resume latest to continue it, or --overwrite")
     if args.overwrite and is_main_process:
-        for name in RUN_OUTPUTS:
-            path = Path(output_dir) / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        remove_outputs(output_dir, RUN_OUTPUTS)
 
 
 def ignore_stop_signals(worker_id):

@@ -13,7 +13,7 @@ from datasets import Audio
 from ..audio import decode_audio
 from ..data import AUDIO_EXTENSIONS, is_saved_dataset, load_any_dataset
 from ..models.resp_m2d import RespM2DFeatureExtractor
-from .output_folders import atomic_file, atomic_folder, check_output_folder
+from ..output_folders import atomic_file, atomic_folder, check_output_folder
 
 
 def raw_log_mel_extractor(config):

@@ -139,7 +139,7 @@ def read_audio_file(source, name, downmix=False):
             if sound.channels > 1 and not downmix:
                 raise ValueError(
                     f"{name} has {sound.channels} channels: it is multichannel, but the model takes mono audio. "
-                    "Pass downmix=True (--downmix on the command line) to average the channels."
+                    "Pass downmix=True to average the channels."
                 )
             audio = np.empty(sound.frames, dtype=np.float32)
             filled = 0

@@ -9,17 +9,39 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 
-def check_output_folder(path, overwrite=False, option="--overwrite"):
-    """Refuses an output that is a file, or a non-empty folder unless `overwrite` (the command's `option`) is set."""
+
+def check_output_folder(
+    path: str | Path,
+    overwrite: bool = False,
+    option: str | None = "--overwrite",
+    name: str = "The output",
+    may_hold: tuple[str, ...] = (),
+) -> None:
+    """
+    Refuses an output that is a file, or a folder holding anything but `may_hold` (entries a new run reuses) unless
+    `overwrite` is set. `option` is how the command's user sets it (None: the command cannot replace a folder) and
+    `name` how the message calls the output (e.g. the command's option).
+    """
     path = Path(path)
-    if path.is_file():
-        raise ValueError(f"The output {path} is an existing file; give a folder name instead.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise ValueError(
-            f"The output folder {path} is not empty (an earlier run's output?). Choose another folder, or pass "
-            f"{option} to replace it."
-        )
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {path} is a file; pass a folder instead.")
+    held = sorted(entry.name for entry in path.iterdir() if entry.name not in may_hold) if path.is_dir() else []
+    if held and not overwrite:
+        listing = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        fix = f"pass {option} to replace it, or choose another folder" if option else "choose another folder"
+        raise ValueError(f"The output folder {path} is not empty; it already holds {listing}: {fix}.")
+
+
+def remove_outputs(folder: str | Path, names: tuple[str, ...]) -> None:
+    """Removes an earlier run's outputs `names` (files or folders) from `folder`, so none is taken for the new run's."""
+    for name in names:
+        path = Path(folder) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def umask_mode(directory=False):
@@ -78,6 +100,13 @@ def atomic_file(path):
         temporary.unlink(missing_ok=True)
 
 
-def write_text_atomically(path, text):
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Writes `text` (UTF-8) so that readers see the old file or the whole new one."""
     with atomic_file(path) as temporary:
-        temporary.write_text(text)
+        temporary.write_text(text, encoding="utf-8")
+
+
+def save_npz(path: str | Path, **arrays) -> None:
+    """`numpy.savez` of `arrays`, written atomically (see `atomic_file`)."""
+    with atomic_file(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, **arrays)
