@@ -1,11 +1,12 @@
 """The `resp-hf` command line: one-line errors with exit status 2, tracebacks on request, missing extras named."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import OPERA, REPO_ROOT
 
 import resp_hf.cards
 from resp_hf.cli import main as cli_main
@@ -149,3 +150,12 @@ def test_the_training_script_is_the_command_with_its_error_handling(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "resp-hf finetune: error: Dataset not found: ./x is not a folder (a Hub dataset name has no such prefix)."
     ]
+
+
+def test_library_messages_name_the_flag_not_the_python_argument(tmp_path, capsys):
+    opera = tmp_path / "OPERA"
+    shutil.copytree(OPERA, opera, ignore=shutil.ignore_patterns("*.wav"))  # metadata only: every recording missing
+    code = cli_main(["opera", "build", "T10", "--opera-root", str(opera), "--output", str(tmp_path / "t10")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1
+    assert "pass --allow-missing to leave them out" in error and "allow_missing=True" not in error

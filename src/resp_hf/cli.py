@@ -3,6 +3,7 @@
 import argparse
 import importlib.util
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -521,7 +522,19 @@ def error_message(error):
     if isinstance(error, ModuleNotFoundError):
         extra = missing_extra(error)
         return f'this command needs the {extra!r} extra ({error}): pip install "resp-hf[{extra}]"'
-    return " ".join(str(error).split()) or type(error).__name__
+    return in_cli_terms(" ".join(str(error).split())) or type(error).__name__
+
+
+# Python argument spellings that library messages use alone, and the flags that set them on the command line.
+CLI_SPELLINGS = {"downmix=True": "--downmix", "overwrite=True": "--overwrite"}
+
+
+def in_cli_terms(message):
+    """A library message in the command line's terms: "pass x=True (--x)" becomes "pass --x"."""
+    message = re.sub(r"`?\b\w+=[^\s()`]+`? \((--[^)]+)\)", r"\1", message)
+    for python_spelling, flag in CLI_SPELLINGS.items():
+        message = message.replace(python_spelling, flag)
+    return message
 
 
 def is_expected(error):

@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 # What a run writes into the output folder besides the model files (removed first by --overwrite_output_dir).
 RUN_OUTPUTS = ("results.json", "README.md", "adapter", CHECKPOINTS_DIR)
-# Python argument spellings in library errors, and the flags that set them on the command line.
-CLI_SPELLINGS = {"downmix=True": "--downmix"}
 
 
 @dataclass
@@ -447,25 +445,11 @@ def build_parser():
     )
 
 
-def in_cli_terms(error):
-    """`error` with the Python argument spellings of library messages replaced by the command-line flags."""
-    message = str(error)
-    for python_spelling, flag in CLI_SPELLINGS.items():
-        message = message.replace(python_spelling, flag)
-    return message
-
-
 def main(argv=None):
     """The `resp-hf finetune` command: parses the arguments, fine-tunes and prints a summary."""
     args, training_args = build_parser().parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
     output_dir = Path(training_args.output_dir)
-    try:
-        _, results = finetune(args, training_args)
-    except ValueError as error:
-        message = in_cli_terms(error)
-        if message == str(error):
-            raise
-        raise ValueError(message) from error
+    _, results = finetune(args, training_args)
     print(summary(results, output_dir, args))
     return 0
 
