@@ -10,6 +10,8 @@ products at the token counts it runs, so weighted by FLOPs) and a square product
 each fraction of attainable and each speed-up is a ratio of times taken at the same moment; the tables give the
 median over rounds (and the ratio of the best times). A fraction above 100% means the machine changed speed within a
 round: it is marked invalid. On a CPU the int8 rows use `resp_hf.quantize(model, "int8")`; on a GPU, fp16 is added.
+On a CPU with the [export] extra, ONNX Runtime (the `resp-hf export onnx --int8` graphs, fp32 and int8) runs end to end
+interleaved with eager fp32.
 """
 
 import argparse
@@ -19,9 +21,11 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from functools import partial
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,7 @@ import torch
 import transformers
 
 from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel, quantize
+from resp_hf.export import INT8_ONNX_FILE, export_onnx, quantize_onnx
 
 RATE = 16000
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # int8 has no reference
@@ -122,7 +127,12 @@ def run_encoder(model, dtype, features):
 
 
 def run_end_to_end(model, dtype, extractor, waveforms):
-    return run_encoder(model, dtype, extractor(waveforms, sampling_rate=RATE, device=model.device))
+    """Waveforms to pooled embeddings: features in PyTorch, then the model or an ONNX Runtime session."""
+    if isinstance(model, torch.nn.Module):
+        return run_encoder(model, dtype, extractor(waveforms, sampling_rate=RATE, device=model.device))
+    features = extractor(waveforms, sampling_rate=RATE)
+    (pooled,) = model.run(["pooler_output"], {name: value.numpy() for name, value in features.items()})
+    return torch.from_numpy(pooled)
 
 
 def run_in_input_order(model, dtype, extractor, waveforms, batch_size):
@@ -239,6 +249,44 @@ def measure_end_to_end(configs, extractor, clips, clip_seconds, batch_sizes, rep
     return rows
 
 
+def onnx_runtime_sessions(model):
+    """
+    ONNX Runtime sessions ("ORT fp32", "ORT int8") of `model` as `resp-hf export onnx --int8` writes it, with as
+    many intra-op threads as torch uses; or a note saying why there are none.
+    """
+    missing = [name for name in ("onnxruntime", "onnxscript") if find_spec(name) is None]
+    if missing:
+        return f"ONNX Runtime rows skipped: {', '.join(missing)} not installed (pip install 'resp-hf[export]')."
+    if model.device.type != "cpu":
+        return "ONNX Runtime rows skipped: they run on the CPU, beside eager on the CPU only."
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(Path(folder) / "model")
+        fp32 = export_onnx(Path(folder) / "model", Path(folder) / "onnx").path
+        int8 = quantize_onnx(fp32, fp32.parent / INT8_ONNX_FILE)
+        return {
+            name: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            for name, path in (("ORT fp32", fp32), ("ORT int8", int8))
+        }
+
+
+def measure_onnx_runtime(model, extractor, clips, clip_seconds, batch_sizes, repeats):
+    """
+    End to end through ONNX Runtime, interleaved with eager fp32 (and its matmul references). ORT's kernels are not
+    torch's, so its rows give the same-moment speed-up over eager fp32 rather than fractions of torch's matmuls.
+    """
+    sessions = onnx_runtime_sessions(model)
+    if isinstance(sessions, str):
+        print(sessions)
+        return {"rows": [], "note": sessions}
+    configs = {"fp32": (model, None), **{name: (session, None) for name, session in sessions.items()}}
+    rows = measure_end_to_end(configs, extractor, clips, clip_seconds, batch_sizes, repeats)
+    return {"rows": rows, "intra_op_threads": torch.get_num_threads()}
+
+
 def measure_compiled(configs, extractor, clips, clip_seconds, batch_size, repeats):
     """The end-to-end measurement at one batch size with the float models' encoder blocks compiled."""
     model = configs["fp32"][0]
@@ -344,10 +392,14 @@ def measure(model, settings, repeats, compile_batch=None):
     )
     if compile_batch:
         end_to_end += measure_compiled(configs, extractor, clips, settings["clip_seconds"], compile_batch, repeats)
+    onnx_runtime = measure_onnx_runtime(
+        model, extractor, clips, settings["clip_seconds"], settings["onnx_batch_sizes"], repeats
+    )
     return {
         "repeats": repeats,
         "feature_extraction": measure_feature_extraction(extractor, clips, settings["clip_seconds"], device, repeats),
         "end_to_end": end_to_end,
+        "onnx_runtime": onnx_runtime,
         "mixed_lengths": {
             "clips": settings["mixed_count"],
             "seconds_range": list(settings["mixed_range"]),
@@ -380,7 +432,7 @@ def summary(report):
     """One line per dtype: speed against fp32 and bf16, fraction of the model-shape rate, cosine to fp32."""
     lines = []
     by_dtype = {}
-    for row in report["end_to_end"]:
+    for row in report["end_to_end"] + [row for row in report["onnx_runtime"]["rows"] if row["dtype"] != "fp32"]:
         by_dtype.setdefault(row["dtype"], []).append(row)
     for dtype, rows in by_dtype.items():
         parts = []
@@ -400,6 +452,26 @@ def summary(report):
         if row.get(f"fraction_of_{reference}", 0) > 1 or row.get(f"fraction_of_{reference}_best", 0) > 1
     )
     lines.append(f"- Fractions above 100% (invalid, the machine changed speed within a round): {invalid}.")
+    return lines
+
+
+def onnx_runtime_table(onnx_runtime, clip_seconds):
+    if not onnx_runtime["rows"]:
+        return [onnx_runtime["note"]]
+    lines = [
+        f"ONNX Runtime end to end, {clip_seconds:g}-s clips (features in PyTorch; CPU, "
+        f"{onnx_runtime['intra_op_threads']} intra-op threads), interleaved with eager fp32 in the same rounds; "
+        "x eager fp32 is the median same-moment speed-up (ORT's kernels are not torch's: no matmul fractions):",
+        "",
+        "| runtime | batch | clips/s | audio s/s | achieved TFLOP/s | x eager fp32 | cosine to fp32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in onnx_runtime["rows"]:
+        lines.append(
+            f"| {'eager fp32' if row['dtype'] == 'fp32' else row['dtype']} | {row['batch_size']} | "
+            f"{row['clips_per_second']:.2f} | {row['audio_seconds_per_second']:.1f} | "
+            f"{row['achieved_flops'] / 1e12:.3f} | {speedup(row)} | {row['cosine_to_fp32']:.6f} |"
+        )
     return lines
 
 
@@ -432,6 +504,7 @@ def markdown(report):
             f"{percent(row, 'square')} | {speedup(row)} | "
             f"{row['cosine_to_fp32']:.6f} |"
         )
+    lines += ["", *onnx_runtime_table(report["onnx_runtime"], extraction["clip_seconds"])]
     lines += [
         "",
         f"End to end, {mixed['clips']} clips of {mixed['seconds_range'][0]:g}-{mixed['seconds_range'][1]:g} s "
@@ -493,6 +566,7 @@ def build_model(args):
 
 QUICK = {
     "batch_sizes": (1, 2),
+    "onnx_batch_sizes": (1, 2),
     "clip_seconds": 2.0,
     "mixed_count": 6,
     "mixed_range": (0.5, 8.0),
@@ -501,6 +575,7 @@ QUICK = {
 }
 FULL = {
     "batch_sizes": (1, 8, 32),
+    "onnx_batch_sizes": (1, 8),
     "clip_seconds": 10.0,
     "mixed_count": 32,
     "mixed_range": (0.5, 30.0),

@@ -40,6 +40,15 @@ def test_quick_mode_writes_interleaved_rows_for_every_dtype_with_accuracy_and_lo
         assert row["seconds_min"] <= row["seconds_median"]
     int8 = [row for row in report["end_to_end"] if row["dtype"] == "int8"]
     assert all(row["speedup_over_fp32"] > 0 and row["speedup_over_bf16"] > 0 for row in int8)
+    onnx_runtime = report["onnx_runtime"]["rows"]  # interleaved with eager fp32, which keeps its references
+    assert [(row["dtype"], row["batch_size"]) for row in onnx_runtime] == [
+        (dtype, batch) for batch in (1, 2) for dtype in ("fp32", "ORT fp32", "ORT int8")
+    ]
+    for row in onnx_runtime:
+        assert ("fraction_of_model-shape" in row) == (row["dtype"] == "fp32")
+        assert row["dtype"] == "fp32" or row["speedup_over_fp32"] > 0
+    assert min(row["cosine_to_fp32"] for row in onnx_runtime if row["dtype"] == "ORT fp32") > 1 - 1e-6
+    assert min(row["cosine_to_fp32"] for row in onnx_runtime) > 0.99
     mixed = report["mixed_lengths"]["rows"]
     assert {(row["dtype"], row["batch_size"], row["order"]) for row in mixed} == {
         (dtype, batch, order)
@@ -58,6 +67,7 @@ def test_quick_mode_writes_interleaved_rows_for_every_dtype_with_accuracy_and_lo
     assert all(row["peak_memory_mb"] >= row["peak_memory_before_mb"] > 0 for row in report["long_recordings"])
     markdown = (tmp_path / "speed.md").read_text()
     assert "- **int8**: batch 1:" in markdown and "| dtype | minutes |" in markdown
+    assert "- **ORT int8**: batch 1:" in markdown and "| runtime | batch | clips/s |" in markdown
     assert "| dtype | batch | clips/s | audio s/s | achieved TFLOP/s | model-shape matmul TFLOP/s |" in markdown
 
 
@@ -74,8 +84,7 @@ def test_model_shape_reference_runs_the_encoder_gemms_of_the_recorded_passes(spe
     model = tiny_model()
     config = model.config
     chunks = torch.randn(3, config.num_mel_bins, config.unit_frames)
-    patches = torch.full((3,), config.time_patches_per_chunk)
-    passes = speed.recorded_passes(model, lambda: speed.run_chunks(model, None, chunks, patches))
+    passes = speed.recorded_passes(model, lambda: speed.run_chunks(model, None, chunks))
     tokens = 1 + config.num_frequency_patches * config.time_patches_per_chunk
     assert passes == [(3, tokens)]
     _, flops = speed.model_shape_matmuls(config, passes, model.device, torch.float32)

@@ -485,13 +485,20 @@ def add_export_command(subparsers):
     onnx.add_argument("model", help="converted or fine-tuned folder")
     onnx.add_argument("output_dir", help="folder to write model.onnx (and the folder's configs) into")
     onnx.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    onnx.add_argument(
+        "--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 MatMul/Gemm, per channel)"
+    )
     onnx.set_defaults(handler=run_export_onnx)
 
 
 def run_export_onnx(args):
-    from .export import export_onnx
+    from .export import INT8_ONNX_FILE, export_onnx, quantize_onnx
 
-    print(export_onnx(args.model, args.output_dir, overwrite=args.overwrite))
+    report = export_onnx(args.model, args.output_dir, overwrite=args.overwrite)
+    print(report)
+    if args.int8:
+        path = quantize_onnx(report.path, report.path.parent / INT8_ONNX_FILE)
+        print(f"Wrote {path} (ONNX Runtime dynamic quantization: int8 MatMul/Gemm weights per channel).")
 
 
 def build_parser():

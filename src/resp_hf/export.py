@@ -10,6 +10,7 @@ from torch import nn
 from .models.resp_m2d import RespM2DConfig, RespM2DForAudioClassification, RespM2DModel
 
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model_int8.onnx"
 TOLERANCE = 1e-4  # largest difference to eager PyTorch accepted on the check inputs
 
 
@@ -82,6 +83,9 @@ def export_onnx(model_folder, output_dir, overwrite: bool = False) -> OnnxExport
     except ImportError as error:
         raise ValueError(f"ONNX export needs {error.name}: pip install 'resp-hf[export]'.") from None
     model_folder, output_dir = Path(model_folder), Path(output_dir)
+    if not (model_folder / "config.json").is_file():
+        problem = "has no config.json" if model_folder.is_dir() else "does not exist"
+        raise ValueError(f"Model folder {model_folder} {problem}: pass a converted or fine-tuned resp_m2d folder.")
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise ValueError(f"{output_dir} exists and is not empty: choose a new folder or pass --overwrite.")
     config = RespM2DConfig.from_pretrained(model_folder)
@@ -126,3 +130,20 @@ def max_difference(session, model, features, mask) -> float:
         expected = _TensorOutputs(model)(features, mask)
     expected = expected if isinstance(expected, tuple) else (expected,)
     return max(float((torch.from_numpy(r) - e).abs().max()) for r, e in zip(received, expected))
+
+
+def quantize_onnx(onnx_path, output_path) -> Path:
+    """
+    Writes an int8 copy of the ONNX model at `onnx_path` to `output_path` with ONNX Runtime's dynamic quantization:
+    MatMul and Gemm weights in int8 per output channel, activations quantized per call; everything else stays fp32.
+    """
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as error:
+        raise ValueError(f"ONNX quantization needs {error.name}: pip install 'resp-hf[export]'.") from None
+    if not Path(onnx_path).is_file():
+        raise ValueError(f"ONNX model {onnx_path} does not exist: export one first with `resp-hf export onnx`.")
+    quantize_dynamic(
+        onnx_path, output_path, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, weight_type=QuantType.QInt8
+    )
+    return Path(output_path)
