@@ -109,7 +109,9 @@ def test_benchmark_quantize_int8_embeds_with_the_int8_encoder_under_its_own_cach
     for seed, split in enumerate(("train", "validation", "test")):
         write_two_class_recordings(tmp_path / "recordings" / split, per_class=6, seed=seed, seconds=(0.5, 1.0))
     load_audio_folder(tmp_path / "recordings").save_to_disk(str(tmp_path / "dataset"))
-    tiny_model().save_pretrained(tmp_path / "encoder")
+    encoder = tiny_model()
+    encoder.save_pretrained(tmp_path / "encoder")
+    last_layer = str(encoder.config.num_hidden_layers - 1)  # the cache names layers by their original M2D number
     cache = tmp_path / "cache"
     arguments = ["benchmark", "--model", str(tmp_path / "encoder"), "--dataset", str(tmp_path / "dataset")]
     arguments += ["--seeds", "0", "--epochs", "1", "--cache-dir", str(cache)]
@@ -119,7 +121,7 @@ def test_benchmark_quantize_int8_embeds_with_the_int8_encoder_under_its_own_cach
     stored = []
     for path in sorted(cache.glob("*.npz"), key=lambda path: path.stat().st_mtime):
         with np.load(path) as arrays:
-            stored.append(torch.from_numpy(arrays["last"]))
+            stored.append(torch.from_numpy(arrays[last_layer]))
     assert len(stored) == 6  # three splits, once in fp32 and once in int8
     fp32, int8 = torch.cat(stored[:3]), torch.cat(stored[3:])
     assert not torch.equal(fp32, int8)
