@@ -1,9 +1,9 @@
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import noise, tiny_config
 from transformers import AutoModel, AutoModelForAudioClassification
 
-from resp_hf import RespM2DConfig, RespM2DForAudioClassification, RespM2DModel
+from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DForAudioClassification, RespM2DModel
 
 
 def tiny_classifier(seed=0, **overrides):
@@ -204,3 +204,18 @@ def test_bad_overrides_in_from_pretrained_are_clear_errors(tmp_path):
         RespM2DForAudioClassification.from_pretrained(tmp_path, pooling="max")
     with pytest.raises(ValueError, match=r"a layer 0..1 \(-2..-1 from the end\)"):
         RespM2DForAudioClassification.from_pretrained(tmp_path, classifier_layer=5)
+
+
+def test_a_head_on_the_final_output_stacks_the_frames_once(monkeypatch):
+    """Hour-long inputs: the head reuses `pooler_output` instead of stacking a second copy of every frame."""
+    model = RespM2DForAudioClassification(tiny_config(num_labels=2)).eval()
+    stack = model.resp_m2d.stack_frequency_bands
+    calls = []
+    monkeypatch.setattr(model.resp_m2d, "stack_frequency_bands", lambda *args: calls.append(1) or stack(*args))
+    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
+    inputs = extractor([noise(2.0), noise(0.8, seed=1)], sampling_rate=16000)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        encoder = model.resp_m2d(**inputs)
+    assert len(calls) == 2  # one for the classifier's forward, one for the encoder call above
+    torch.testing.assert_close(logits, model.classifier(model.head_norm(encoder.pooler_output)))

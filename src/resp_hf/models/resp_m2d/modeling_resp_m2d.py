@@ -412,15 +412,17 @@ class RespM2DModel(RespM2DPreTrainedModel):
         clip, chunk, widths = clip[order], chunk[order], widths[order].tolist()
         size = self.config.chunks_per_pass or len(widths)
         patch, full = self.config.patch_size[1], self.config.time_patches_per_chunk
-        states, start = [], 0
+        states, start = None, 0
         while start < len(widths):
             width = widths[start]
             stop = min(start + size, start + widths[start:].count(width))  # sorted: equal widths are consecutive
             group = chunks[clip[start:stop], chunk[start:stop], :, : width * patch]
-            states.append(self._pad_columns(self.encode_chunks(group)[0], full))
+            encoded = self._pad_columns(self.encode_chunks(group)[0], full)
+            if states is None:  # in the encoder's output dtype (autocast may change it)
+                states = encoded.new_zeros(*columns.shape, *encoded.shape[1:])
+            states[clip[start:stop], chunk[start:stop]] = encoded  # each group straight into place: one copy in memory
             start = stop
-        states = torch.cat(states)
-        return states.new_zeros(*columns.shape, *states.shape[1:]).index_put((clip, chunk), states)
+        return states
 
     def _pad_columns(self, tokens, time_patches):
         """Pads token states (n, 1 + F * w, D) with zero patch columns to (n, 1 + F * time_patches, D)."""
@@ -643,7 +645,10 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
                 output_attentions=output_attentions,
                 return_dict=True,
             )
-        pooled = self.resp_m2d.pool(self.layer_states(outputs), outputs.frame_mask)
+        if self._reads_hidden_states():
+            pooled = self.resp_m2d.pool(self.layer_states(outputs), outputs.frame_mask)
+        else:  # the final output's pooling is the encoder's pooler_output: no second stack of the frames
+            pooled = outputs.pooler_output
         logits = self.classifier(self.normalize(pooled))
         output = SequenceClassifierOutput(
             loss=None if labels is None else self.loss(logits, labels),
