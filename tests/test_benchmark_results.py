@@ -8,7 +8,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from resp_hf.benchmark.results import (
+from resp_hf.linear_probe.results import (
     BASELINE_COLOR,
     MODEL_COLOR,
     aggregate,

@@ -13,7 +13,7 @@ from sklearn.model_selection import train_test_split
 from resp_hf.audio import decode_audio_column
 from resp_hf.cli import main as cli_main
 from resp_hf.opera import TASKS, OperaDataError, build_task, get_task
-from resp_hf.opera.common import carve_validation
+from resp_hf.opera.files import carve_validation
 
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 

@@ -57,7 +57,7 @@ def test_every_task_protocol_has_operas_values(task_id):
 
 
 def test_the_protocol_command_prints_the_object_the_benchmark_runs(capsys):
-    from resp_hf.benchmark.runner import opera_spec
+    from resp_hf.linear_probe.runner import opera_spec
 
     assert cli_main(["opera", "protocol", "T10", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -9,7 +9,7 @@ from conftest import OPERA
 
 from resp_hf.cli import main as cli_main
 from resp_hf.opera import OperaDataError, build_task
-from resp_hf.opera.common import load_array, read_csv_rows
+from resp_hf.opera.files import load_array, read_csv_rows
 
 
 class RunsCode:

@@ -20,7 +20,7 @@ from resp_hf.cli import main as cli_main
 from resp_hf.convert import load_checkpoint
 from resp_hf.synthetic import write_two_class_recordings
 from resp_hf.training import pretrain
-from resp_hf.training.m2d import M2DPretrainingModel, predictor_config, random_masks
+from resp_hf.training.pretraining_model import M2DPretrainingModel, predictor_config, random_masks
 from resp_hf.training.pretrain import build_model, model_from_official, parameter_groups
 from resp_hf.training.pretrain_data import LogMelUnits, norm_stats_from_crops, read_source
 
@@ -250,10 +250,10 @@ def test_resuming_an_older_checkpoint_drops_the_later_log_rows_and_sets_later_ch
 RANK_PROBE = """
 import os, signal, sys
 import torch
-from resp_hf.training import m2d
+from resp_hf.training import pretraining_model
 from resp_hf.training.pretrain import main
 
-draw_masks = m2d.random_masks
+draw_masks = pretraining_model.random_masks
 rank = os.environ["RANK"]
 draws = []
 
@@ -267,7 +267,7 @@ def recorded_masks(*args, **kwargs):
     return visible, masked
 
 
-m2d.random_masks = recorded_masks
+pretraining_model.random_masks = recorded_masks
 sys.exit(main())
 """
 

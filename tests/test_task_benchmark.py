@@ -10,7 +10,7 @@ from test_finetune import encoder_folder  # noqa: F401  (the tiny encoder saved 
 from resp_hf.cards import encoder_card, write_card
 from resp_hf.cli import main as cli_main
 from resp_hf.models.resp_m2d import RespM2DConfig
-from resp_hf.tasks.benchmark import (
+from resp_hf.tasks.finetune_benchmark import (
     FINETUNE_RECIPES,
     LINEAR_RECIPE,
     class_weights,

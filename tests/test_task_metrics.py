@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from resp_hf.evaluate import build_challenge_compute_metrics, icbhi_scores, sprsound_scores
+from resp_hf.metrics import build_challenge_compute_metrics, icbhi_scores, sprsound_scores
 
 
 def predictions_from_confusion(confusion):

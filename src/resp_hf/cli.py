@@ -200,7 +200,7 @@ def add_benchmark_command(subparsers):
 
 
 def run_benchmark_command(args):
-    from .benchmark import BenchmarkSettings, run_benchmark
+    from .linear_probe import BenchmarkSettings, run_benchmark
 
     settings = BenchmarkSettings(
         crop=args.crop,
@@ -269,7 +269,7 @@ def run_tasks_list(args):
 
 
 def tasks_settings(args, **extra):
-    from .tasks.benchmark import TaskBenchmarkSettings
+    from .tasks.finetune_benchmark import TaskBenchmarkSettings
 
     return TaskBenchmarkSettings(
         validation_fraction=args.validation_fraction,
@@ -292,7 +292,7 @@ def run_tasks_build(args):
 
 
 def run_tasks_benchmark(args):
-    from .tasks.benchmark import run_task_benchmark
+    from .tasks.finetune_benchmark import run_task_benchmark
     from .tasks.segments import SegmentWindow
 
     settings = tasks_settings(

@@ -6,8 +6,8 @@ from pathlib import Path
 from datasets import load_from_disk
 
 from ..output_folders import atomic_folder, check_output_folder
-from .build import BuildReport, build_task, check_root
-from .common import OperaDataError
+from .dataset import BuildReport, build_task, check_root
+from .files import OperaDataError
 from .registry import TASKS, get_task
 
 TASK_FILE = "opera_task.json"

@@ -2,12 +2,12 @@
 
 from dataclasses import dataclass, field
 
-from . import builders
+from . import task_rows
 
 
 @dataclass(frozen=True)
 class OperaTask:
-    """One OPERA task. `builder` turns an OPERA checkout into rows (see `resp_hf.opera.builders`)."""
+    """One OPERA task. `builder` turns an OPERA checkout into rows (see `resp_hf.opera.task_rows`)."""
 
     id: str
     name: str
@@ -99,16 +99,16 @@ def _tasks():
             name="coviduk_exhalation",
             modality="exhalation",
             **UK_COVID,
-            builder=builders.coviduk,
-            manifest=builders.COVIDUK_MANIFEST["exhalation"],
+            builder=task_rows.coviduk,
+            manifest=task_rows.COVIDUK_MANIFEST["exhalation"],
         ),
         OperaTask(
             id="T2",
             name="coviduk_cough",
             modality="cough",
             **UK_COVID,
-            builder=builders.coviduk,
-            manifest=builders.COVIDUK_MANIFEST["cough"],
+            builder=task_rows.coviduk,
+            manifest=task_rows.COVIDUK_MANIFEST["cough"],
         ),
     ]
     covid19_sounds = [
@@ -117,8 +117,8 @@ def _tasks():
             name=f"covid19sounds_{modality}",
             modality=modality,
             **COVID19_SOUNDS,
-            builder=builders.covid19sounds,
-            manifest=builders.COVID19_SOUNDS_MANIFEST[modality],
+            builder=task_rows.covid19sounds,
+            manifest=task_rows.COVID19_SOUNDS_MANIFEST[modality],
         )
         for number, modality in ((3, "breath"), (4, "cough"))
     ]
@@ -129,8 +129,8 @@ def _tasks():
             target="COVID-19 status (COVID-19 = 1, healthy = 0)",
             label_names=("healthy", "COVID-19"),
             **COUGHVID,
-            builder=builders.coughvid,
-            manifest=builders.COUGHVID_MANIFEST["covid"],
+            builder=task_rows.coughvid,
+            manifest=task_rows.COUGHVID_MANIFEST["covid"],
         ),
         OperaTask(
             id="T6",
@@ -138,8 +138,8 @@ def _tasks():
             target="sex (female = 1)",
             label_names=("male", "female"),
             **COUGHVID,
-            builder=builders.coughvid,
-            manifest=builders.COUGHVID_MANIFEST["gender"],
+            builder=task_rows.coughvid,
+            manifest=task_rows.COUGHVID_MANIFEST["gender"],
         ),
     ]
     icbhi = OperaTask(
@@ -156,8 +156,8 @@ def _tasks():
         license="CC0 (free for research)",
         download="https://bhichallenge.med.auth.gr",
         redistributable=True,
-        manifest=builders.ICBHI_MANIFEST,
-        builder=builders.icbhi,
+        manifest=task_rows.ICBHI_MANIFEST,
+        builder=task_rows.icbhi,
     )
     coswara = [
         OperaTask(
@@ -166,8 +166,8 @@ def _tasks():
             target="smoker (yes = 1)",
             label_names=("non-smoker", "smoker"),
             **COSWARA,
-            builder=builders.coswara,
-            manifest=builders.COSWARA_MANIFEST["smoker"],
+            builder=task_rows.coswara,
+            manifest=task_rows.COSWARA_MANIFEST["smoker"],
         ),
         OperaTask(
             id="T9",
@@ -175,8 +175,8 @@ def _tasks():
             target="sex (female = 1)",
             label_names=("male", "female"),
             **COSWARA,
-            builder=builders.coswara,
-            manifest=builders.COSWARA_MANIFEST["sex"],
+            builder=task_rows.coswara,
+            manifest=task_rows.COSWARA_MANIFEST["sex"],
         ),
     ]
     kauh = OperaTask(
@@ -193,8 +193,8 @@ def _tasks():
         license="CC BY 4.0",
         download="https://data.mendeley.com/datasets/jwyy9np4gv/3",
         redistributable=True,
-        manifest=builders.KAUH_MANIFEST,
-        builder=builders.kauh,
+        manifest=task_rows.KAUH_MANIFEST,
+        builder=task_rows.kauh,
     )
     copd = OperaTask(
         id="T11",
@@ -210,8 +210,8 @@ def _tasks():
         license="CC BY 4.0",
         download="https://data.mendeley.com/datasets/p9z4h98s6j/1",
         redistributable=True,
-        manifest=builders.COPD_MANIFEST,
-        builder=builders.respiratory_tr,
+        manifest=task_rows.COPD_MANIFEST,
+        builder=task_rows.respiratory_tr,
     )
     ssbpr = OperaTask(
         id="T12",
@@ -227,8 +227,8 @@ def _tasks():
         license="CC BY 4.0, on request",
         download="https://github.com/xiaoli1996/SSBPR",
         redistributable=False,
-        manifest=builders.SSBPR_MANIFEST,
-        builder=builders.ssbpr,
+        manifest=task_rows.SSBPR_MANIFEST,
+        builder=task_rows.ssbpr,
     )
     mmlung = [
         OperaTask(
@@ -237,7 +237,7 @@ def _tasks():
             modality=modality_label,
             target=f"{target_name} from spirometry",
             **MMLUNG,
-            builder=builders.mmlung,
+            builder=task_rows.mmlung,
         )
         for m, (modality_name, modality_label) in enumerate((("breath", "deep breath"), ("vowel", 'vowel "o"')))
         for t, target_name in enumerate(("FVC", "FEV1", "FEV1/FVC"))
@@ -256,7 +256,7 @@ def _tasks():
         license="custom, on request",
         download="contact the NoseMic authors (see OPERA)",
         redistributable=False,
-        builder=builders.nosemic,
+        builder=task_rows.nosemic,
     )
     tasks = [*uk, *covid19_sounds, *coughvid, icbhi, *coswara, kauh, copd, ssbpr, *mmlung, nosemic]
     return {task.id: task for task in tasks}

@@ -6,7 +6,7 @@ from ..opera import TASKS as OPERA_TASKS
 from ..opera.commands import build_and_save as build_opera_task
 from ..opera.commands import format_table, task_status
 from ..output_folders import atomic_folder, check_output_folder
-from .benchmark import TASKS, TaskBenchmarkSettings, build_task_dataset, get_task
+from .finetune_benchmark import TASKS, TaskBenchmarkSettings, build_task_dataset, get_task
 from .icbhi import OFFICIAL_COUNTS, locate
 from .sprsound import SPLIT_FOLDERS, find_folders
 

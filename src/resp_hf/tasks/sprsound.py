@@ -10,7 +10,7 @@ The release (github.com/SJTU-YONGFU-RESEARCH-GRP/SPRSound) pairs each `.wav` wit
 
 Tasks (README "Main Tasks"): 1-1 event normal / adventitious, 1-2 the seven event types, 2-1 record normal / poor
 quality / adventitious, 2-2 record normal / poor quality / CAS / DAS / CAS & DAS. Class orders follow the challenge's
-starter code (`scripts/test.py`), Normal first. Scores: `resp_hf.evaluate.sprsound_scores`.
+starter code (`scripts/test.py`), Normal first. Scores: `resp_hf.metrics.sprsound_scores`.
 """
 
 import json

@@ -50,7 +50,7 @@ from ..convert import (
 )
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from ..output_folders import atomic_file, atomic_folder, check_output_folder, remove_outputs, write_text_atomically
-from .m2d import M2DPretrainingModel, predictor_config
+from .pretraining_model import M2DPretrainingModel, predictor_config
 from .pretrain_data import LogMelUnits, norm_stats_from_crops, read_source
 from .recipes import RECIPES
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
-from ..benchmark.results import RESULT_FILES, load_published_table, plot_bars, write_csv
-from ..evaluate import build_challenge_compute_metrics
+from ..linear_probe.results import RESULT_FILES, load_published_table, plot_bars, write_csv
+from ..metrics import build_challenge_compute_metrics
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
 from ..output_folders import check_output_folder, remove_outputs, save_npz, write_text_atomically
 from ..training.finetune import AudioClassificationCollator, strip_prefix

@@ -11,7 +11,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_callback import PrinterCallback
 
-from ..evaluate import build_compute_metrics
+from ..metrics import build_compute_metrics
 
 L2_STRENGTH = 1e-5
 INIT_STD = 0.01

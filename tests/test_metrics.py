@@ -8,7 +8,7 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, mean_absolute_percentage_error, roc_auc_score
 from transformers import EvalPrediction
 
-from resp_hf.evaluate import build_compute_metrics, classification_metrics, regression_metrics
+from resp_hf.metrics import build_compute_metrics, classification_metrics, regression_metrics
 
 SINGLE = "single_label_classification"
 MULTI = "multi_label_classification"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (
+from .files import (
     OPERA_VALIDATION_SEED,
     OperaDataError,
     carve_validation,

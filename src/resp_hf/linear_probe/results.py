@@ -49,7 +49,7 @@ BASELINE_COLOR = "#9aa5b1"
 
 def load_baselines():
     """The published OPERA baselines shipped with the package, one dict per (task, model), mean and std as floats."""
-    return load_published_table("resp_hf.benchmark", BASELINES_FILE, ("mean", "std"))
+    return load_published_table("resp_hf.linear_probe", BASELINES_FILE, ("mean", "std"))
 
 
 def load_published_table(package, name, numeric_columns):

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Value, load_from_disk
 
-from ..evaluate import classification_metrics, regression_metrics
+from ..metrics import classification_metrics, regression_metrics
 from ..models.resp_m2d import RespM2DModel
 from ..opera import build_task, get_task
-from ..opera.build import check_root
-from ..opera.common import OPERA_VALIDATION_SEED, seeded_split
+from ..opera.dataset import check_root
+from ..opera.files import OPERA_VALIDATION_SEED, seeded_split
 from ..opera.protocol import ProbeProtocol, get_protocol
 from ..output_folders import check_output_folder, remove_outputs, save_npz
 from ..quantize import METHODS, quantize
@@ -31,7 +31,7 @@ class BenchmarkSettings:
     """
     Overrides of the tasks' protocols (`resp-hf opera protocol TASK`), None meaning the protocol's value: the crop of
     clips longer than `seconds` (random start, as the paper's plugin), the head seeds and the epochs. `layers` are
-    original M2D layer numbers (see `resp_hf.benchmark.embeddings.parse_layers`): "last" (-1), "all" or "0,5,-1".
+    original M2D layer numbers (see `resp_hf.linear_probe.embeddings.parse_layers`): "last" (-1), "all" or "0,5,-1".
     """
 
     crop: str = None
@@ -312,7 +312,7 @@ def prediction_path(predictions_dir, spec, layer, seed):
 
 def record(spec, layer, final_layer, seed, scores, best_epoch, dataset):
     """
-    One run's record (see `resp_hf.benchmark.results`): `scores` holds `value` and, for regression, `mape` (and
+    One run's record (see `resp_hf.linear_probe.results`): `scores` holds `value` and, for regression, `mape` (and
     `fold_std` for leave-one-subject-out). `layer` is the original M2D layer number; `final_layer` marks L-1.
     """
     sizes = {split: dataset[split].num_rows if split in dataset else 0 for split in SPLITS}

@@ -8,7 +8,7 @@ import numpy as np
 import soundfile
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .common import SHOWN, OperaDataError
+from .files import SHOWN, OperaDataError
 from .registry import get_task
 
 TARGET_SAMPLING_RATE = 16000
