@@ -116,8 +116,8 @@ class ConversionReport:
     output_dir: Path
     config: RespM2DConfig
     sha256: str
-    dropped: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self):
         config = self.config
@@ -154,7 +154,7 @@ def read_m2d_checkpoint(path: str | Path, name: str | None = None) -> M2DCheckpo
     name_info = parse_checkpoint_name(name)
     check_finite(state_dict, path)
     check_block_numbering(state_dict, path)
-    encoder, pretraining, dropped = split_weights(state_dict)
+    encoder, pretraining, dropped = split_weights(state_dict, path)
     norm_stats, notes = read_norm_stats(state_dict, path)
     if any(prefix in dropped for prefix in ("audio_proj", "text_proj")):
         notes.append("M2D-CLAP projection heads (audio_proj, text_proj) are not part of the audio encoder; dropped")
@@ -169,7 +169,7 @@ def read_m2d_checkpoint(path: str | Path, name: str | None = None) -> M2DCheckpo
     )
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: str | Path) -> dict:
     """Loads a `.pth` (weights-only unpickling, with an allowlist) or `.safetensors` file without executing code."""
     path = Path(path)
     if not path.is_file():
@@ -194,7 +194,7 @@ def load_checkpoint(path):
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error}).") from None
 
 
-def extract_state_dict(checkpoint, path):
+def extract_state_dict(checkpoint: object, path: Path) -> dict[str, torch.Tensor]:
     """Returns the flat tensor dict of a checkpoint (`model` entry or the dict itself) without wrapper prefixes."""
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
@@ -212,7 +212,7 @@ def extract_state_dict(checkpoint, path):
     return state_dict
 
 
-def rename_key(key):
+def rename_key(key: str) -> str | None:
     """
     Maps an official weight name to its `resp_hf` name (`RespM2DModel` for the encoder, `M2DPretrainingModel` for the
     target encoder and predictor); None when the name is not a known M2D weight.
@@ -227,7 +227,9 @@ def rename_key(key):
     return None
 
 
-def split_weights(state_dict):
+def split_weights(
+    state_dict: dict[str, torch.Tensor], path: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
     """
     Splits a state dict into renamed encoder weights, renamed target-encoder and predictor weights, and a count of
     the non-encoder tensors per top-level prefix.
@@ -239,20 +241,18 @@ def split_weights(state_dict):
         new_key = rename_key(key)
         if key.startswith(ENCODER_KEY_PREFIXES):
             if new_key is None:
-                raise ValueError(f"Unrecognized encoder weight {key!r}: this checkpoint's encoder is not an M2D ViT.")
+                raise ValueError(f"Unrecognized encoder weight {key!r} in {path}: its encoder is not an M2D ViT.")
             encoder[new_key] = value
             continue
         dropped[key.split(".")[0]] += 1
         if key.startswith(PRETRAINING_KEY_PREFIXES):
             pretraining[new_key or key] = value
     if not encoder:
-        raise ValueError(
-            "The checkpoint holds no M2D encoder weights (cls_token, pos_embed, patch_embed, blocks, norm)."
-        )
+        raise ValueError(f"{path} holds no M2D encoder weights (cls_token, pos_embed, patch_embed, blocks, norm).")
     return encoder, pretraining, dict(sorted(dropped.items()))
 
 
-def read_norm_stats(state_dict, path):
+def read_norm_stats(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[list[float], list[str]]:
     """`(mean, std)` of the checkpoint, or the M2D default with a note saying so."""
     if "norm_stats" not in state_dict:
         note = f"no norm_stats in the checkpoint; using the M2D default {DEFAULT_NORM_STATS}"
@@ -263,7 +263,7 @@ def read_norm_stats(state_dict, path):
     return norm_stats, []
 
 
-def check_finite(state_dict, path):
+def check_finite(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """Fails naming every floating-point tensor that holds NaN or Inf (it would give non-finite embeddings)."""
     bad = [
         key
@@ -275,7 +275,7 @@ def check_finite(state_dict, path):
         raise ValueError(f"{path} holds NaN or Inf values in {len(bad)} tensors: {shown}. The checkpoint is damaged.")
 
 
-def check_block_numbering(state_dict, path):
+def check_block_numbering(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """
     Fails when a block stack has a gap (blocks 0, 1, 3) or when the EMA target's depth differs from the online
     encoder's: a block missing from a damaged checkpoint would otherwise give a shallower encoder.
@@ -300,7 +300,7 @@ def check_block_numbering(state_dict, path):
         )
 
 
-def parse_checkpoint_name(name):
+def parse_checkpoint_name(name: str) -> dict:
     """Model, input size, patch size and sampling rate from an official name like `m2d_vit_base-80x608p16x16p16k`."""
     match = NAME_PATTERN.match(name)
     if not match:
@@ -318,7 +318,7 @@ def parse_checkpoint_name(name):
     }
 
 
-def infer_config(encoder, name_info, norm_stats):
+def infer_config(encoder: dict[str, torch.Tensor], name_info: dict, norm_stats: list[float]) -> RespM2DConfig:
     """Builds the config from the name and the tensor shapes (width, depth, heads, MLP size)."""
     for key in (
         "embeddings.position_embeddings",

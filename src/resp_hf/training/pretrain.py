@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,13 +119,13 @@ class TrainState:
         self.epoch = 0
         self.batches_in_epoch = 0
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, int]:
         return {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.batches_in_epoch = (int(state[k]) for k in ("step", "epoch", "batches_in_epoch"))
 
-    def next_epoch(self):
+    def next_epoch(self) -> None:
         self.epoch, self.batches_in_epoch = self.epoch + 1, 0
 
 
@@ -475,21 +476,12 @@ def setup(args: argparse.Namespace) -> PretrainingRun:
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_epochs * steps_per_epoch), total_steps)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     set_seed(args.seed, device_specific=True)  # different masks on every process
-    summary = (
+    plan = (
         f"M2D further pre-training: {len(dataset)} clips, effective batch {effective_batch}, "
         f"lr {learning_rate:.2e}, {total_steps} steps"
     )
-    return PretrainingRun(
-        accelerator=accelerator,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        dataset=dataset,
-        loader=loader,
-        total_steps=total_steps,
-        resume_from=resume_from,
-        summary="\n".join([summary, *notes]),
-    )
+    summary = "\n".join([plan, *notes])
+    return PretrainingRun(accelerator, model, optimizer, scheduler, dataset, loader, total_steps, resume_from, summary)
 
 
 def training_loader(dataset: LogMelUnits, args: argparse.Namespace) -> torch.utils.data.DataLoader:
@@ -522,7 +514,7 @@ def resume(run: PretrainingRun, state: TrainState, output_dir: Path) -> None:
     accelerator.wait_for_everyone()
 
 
-def epoch_batches(run: PretrainingRun, state: TrainState):
+def epoch_batches(run: PretrainingRun, state: TrainState) -> Iterable[torch.Tensor]:
     """The batches of `state.epoch` (an order fixed by the seed and the epoch), past those a resumed run used."""
     run.dataset.set_epoch(state.epoch)
     run.loader.set_epoch(state.epoch)
