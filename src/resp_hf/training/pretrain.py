@@ -55,8 +55,8 @@ PARTIAL = ".partial"  # suffix of a checkpoint folder still being written
 TRAIN_STATE_FILE = "train_state.json"
 RNG_STATE_FILE = "rng_state_{}.safetensors"
 MANIFEST_FILE = "checkpoint.json"
+LOG_FILE = "training_log.csv"  # one row per logged step
 # What a run writes in --output-dir (`pretrain` is the TensorBoard run folder); --overwrite removes these only.
-LOG_FILE = "training_log.csv"
 RUN_OUTPUTS = ("checkpoints", "encoder", LOG_FILE, "loss.png", "pretrain")
 PREDICTOR_OPTIONS_IGNORED = "the predictor keeps its saved size (--predictor-* options do not apply)"
 
