@@ -6,6 +6,7 @@ import torch
 from conftest import noise, tiny_model
 from datasets import Dataset
 
+from resp_hf import RespM2DFeatureExtractor
 from resp_hf.linear_probe import BenchmarkSettings, fit_length
 from resp_hf.linear_probe.embeddings import recording_seed
 from resp_hf.linear_probe.runner import Embedder
@@ -48,7 +49,7 @@ def test_layers_are_checked_before_any_clip_is_loaded():
         return noise(0.5, seed=index)
 
     with pytest.raises(ValueError, match=r"layers=\[0, 2\]: this encoder has layers 0\.\.1 \(or -2\.\.-1\)"):
-        embed_clips(model, load_clip, num_clips=2, layers=[0, 2])
+        embed_clips(model, load_clip, 2, RespM2DFeatureExtractor.from_model_config(model.config), layers=[0, 2])
     with pytest.raises(ValueError, match=r"layers=\[-3\]"):
         model.embed(noise(0.5), sampling_rate=RATE, layer=-3)
     assert loaded == []
@@ -60,8 +61,9 @@ def test_several_layers_come_from_one_forward_pass_per_batch_in_input_order():
     passes = []
     model.register_forward_hook(lambda *args: passes.append(1))
     durations = [len(clip) for clip in clips]
+    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     layers = embed_clips(
-        model, clips.__getitem__, len(clips), durations, layers=[-1, 0, 2], batch_size=2, progress=False
+        model, clips.__getitem__, len(clips), extractor, durations, layers=[-1, 0, 2], batch_size=2, progress=False
     )
     assert len(passes) == 3 and list(layers) == [2, 0]  # -1 and 2 are one layer; ceil(5 / 2) passes for both
     for layer, embeddings in layers.items():

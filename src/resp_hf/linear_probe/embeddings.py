@@ -211,15 +211,9 @@ def embed_split(
         value = values[index]
         return fit_length(decode_audio(value, rate, downmix=True), length, crop, recording_seed(crop_seed, value))
 
+    # Whole clips are batched by length to limit padding; fitted clips all have one length.
+    durations = [item_duration(value, None) for value in values] if crop == "none" else None
     embeddings = embed_clips(
-        model,
-        fitted_clip,
-        num_clips=len(values),
-        # Whole clips: group similar lengths to limit padding; fitted clips all have one length.
-        durations=[item_duration(value, None) for value in values] if crop == "none" else None,
-        layers=layers,
-        batch_size=batch_size,
-        feature_extractor=extractor,
-        progress=progress is not False,
+        model, fitted_clip, len(values), extractor, durations, layers, batch_size, progress=progress is not False
     )
     return {str(layer): embedding.numpy() for layer, embedding in embeddings.items()}

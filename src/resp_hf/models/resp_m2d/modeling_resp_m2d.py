@@ -550,21 +550,21 @@ class RespM2DModel(RespM2DPreTrainedModel):
         feature_extractor.check_matches(self.config)
         items = split_batch(audio, downmix=downmix)
         names = ["audio"] if len(items) == 1 else [f"Input {index}" for index in range(len(items))]
+        durations = [item_duration(item, sampling_rate, name) for item, name in zip(items, names)]
         rate_of_arrays_only = has_arrays(items)
 
         def load_clip(index: int) -> np.ndarray:
-            return load_waveform(
-                items[index], sampling_rate, feature_extractor.sampling_rate, downmix, names[index], rate_of_arrays_only
-            )
+            rate = feature_extractor.sampling_rate
+            return load_waveform(items[index], sampling_rate, rate, downmix, names[index], rate_of_arrays_only)
 
         (embeddings,) = embed_clips(
             self,
             load_clip,
-            num_clips=len(items),
-            durations=[item_duration(item, sampling_rate, name) for item, name in zip(items, names)],
+            len(items),
+            feature_extractor,
+            durations,
             layers=[layer],
             batch_size=batch_size,
-            feature_extractor=feature_extractor,
             progress=progress,
             autocast_dtype=autocast_dtype,
         ).values()
@@ -576,42 +576,30 @@ def embed_clips(
     model: RespM2DModel,
     load_clip: Callable[[int], np.ndarray],
     num_clips: int,
+    feature_extractor: RespM2DFeatureExtractor,
     durations: Sequence[float] | None = None,
     layers: Sequence[int] = (-1,),
     batch_size: int = 8,
-    feature_extractor: RespM2DFeatureExtractor | None = None,
     progress: bool | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> dict[int, torch.Tensor]:
     """
-    Clip embeddings of `num_clips` clips at each of `layers`, in one forward pass per batch: the loop behind
-    `RespM2DModel.embed` and the linear-probe benchmark.
+    Clip embeddings at each of `layers` (original M2D numbers, see `RespM2DModel.layer_output`) of `num_clips` clips,
+    one forward pass per batch: the loop behind `RespM2DModel.embed` and the linear-probe benchmark. Returns
+    `{layer 0..L-1: (num_clips, pooled_size) float32 CPU tensor}` in input order; the last layer is `pooler_output`.
 
-    Args:
-        model: the encoder; it runs in eval mode (its mode is restored afterwards).
-        load_clip: returns clip `index` as mono float32 audio at the extractor's rate, decoded and cropped or padded
-            as the caller wants; it is called one batch at a time, so only a batch of audio is in memory.
-        num_clips: how many clips there are (`load_clip` takes 0..num_clips-1).
-        durations: the clips' lengths (any unit): clips are batched shortest first to limit padding. When None,
-            they are batched in input order.
-        layers: layers to pool, in the original M2D numbering (see `RespM2DModel.layer_output`); the last is
-            `pooler_output`, the others pool their block's states the same way.
-        batch_size: clips per forward pass (the encoder itself runs at most `config.chunks_per_pass` chunks at once).
-        feature_extractor: defaults to the one described by `model.config`.
-        progress: show a progress bar; by default shown when there is more than one batch.
-        autocast_dtype: run the encoder under one `torch.autocast` region in this dtype (None: full precision).
-
-    Returns:
-        `{layer: (num_clips, pooled_size) float32 CPU tensor}` in input order, keyed by the layer numbers 0..L-1.
+    `load_clip(index)` returns a clip as mono float32 audio at the extractor's rate, decoded and cropped or padded as
+    the caller wants; it is called one batch at a time, so only a batch of audio is in memory. With `durations`, clips
+    are batched shortest first (less padding), else in input order. The model runs in eval mode (its mode is restored),
+    under one `torch.autocast` region when `autocast_dtype` is given; `progress=None` shows a bar for several batches.
     """
     depth = model.config.num_hidden_layers
     if any(not -depth <= layer < depth for layer in layers):
         raise ValueError(f"layers={list(layers)}: this encoder has layers 0..{depth - 1} (or -{depth}..-1).")
     layers = list(dict.fromkeys(layer % depth for layer in layers))
-    if feature_extractor is None:
-        feature_extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     order = list(range(num_clips)) if durations is None else sorted(range(num_clips), key=durations.__getitem__)
     batches = [order[start : start + batch_size] for start in range(0, num_clips, batch_size)]
+    rate = feature_extractor.sampling_rate
     needs_hidden_states = any(layer != depth - 1 for layer in layers)
     rows = {layer: [None] * num_clips for layer in layers}
     was_training = model.training
@@ -622,7 +610,6 @@ def embed_clips(
         with autocast:
             for batch in progress_bar(batches, len(batches) > 1 if progress is None else progress, "Embedding"):
                 waveforms = [load_clip(index) for index in batch]
-                rate = feature_extractor.sampling_rate
                 inputs = feature_extractor(
                     waveforms, sampling_rate=rate, return_attention_mask=True, device=model.device
                 )
