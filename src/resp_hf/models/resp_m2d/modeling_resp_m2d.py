@@ -616,14 +616,14 @@ def embed_clips(
                 del waveforms  # the audio is freed before the encoder runs
                 outputs = model(**inputs, output_hidden_states=needs_hidden_states, output_attentions=False)
                 for layer in layers:
-                    for index, embedding in zip(batch, pooled_layer(model, outputs, layer).float().cpu()):
+                    for index, embedding in zip(batch, _pooled_layer(model, outputs, layer).float().cpu()):
                         rows[layer][index] = embedding
     finally:
         model.train(was_training)
     return {layer: torch.stack(embeddings) for layer, embeddings in rows.items()}
 
 
-def pooled_layer(model: RespM2DModel, outputs: RespM2DModelOutput, layer: int) -> torch.Tensor:
+def _pooled_layer(model: RespM2DModel, outputs: RespM2DModelOutput, layer: int) -> torch.Tensor:
     """The clip embedding of layer `layer` (0..L-1): `pooler_output` for the last, whose frames are already stacked."""
     if layer == model.config.num_hidden_layers - 1:
         return outputs.pooler_output
