@@ -39,9 +39,10 @@ def seeded_split(
     `train_test_split(random_state=seed)`, as OPERA draws them; `"default_rng"` those of datasets'
     `Dataset.train_test_split(seed=seed)`, as fine-tuning always has. An impossible split is a ValueError.
     """
-    check_split(num_rows, test_size, stratify, groups)
+    check_split(num_rows, test_size, stratify, groups, generator)
     if groups is not None:
-        return group_split(groups, test_size, random_stream(generator, seed))
+        rng = np.random.RandomState(seed) if generator == "RandomState" else np.random.default_rng(seed)
+        return group_split(groups, test_size, rng)
     if generator == "RandomState":
         kept, held_out = train_test_split(
             np.arange(num_rows), test_size=test_size, random_state=seed, stratify=stratify
@@ -52,33 +53,27 @@ def seeded_split(
     parts = rows.train_test_split(
         test_size=test_size, seed=seed, stratify_by_column=None if stratify is None else "label", keep_in_memory=True
     )
-    return parts["train"]["row"], parts["test"]["row"]
+    return list(parts["train"]["row"]), list(parts["test"]["row"])
 
 
-def random_stream(generator: RandomStream, seed: int):
-    if generator == "RandomState":
-        return np.random.RandomState(seed)
-    if generator == "default_rng":
-        return np.random.default_rng(seed)
-    raise ValueError(f"generator must be 'RandomState' or 'default_rng', got {generator!r}.")
-
-
-def check_split(num_rows, test_size, stratify, groups):
+def check_split(num_rows, test_size, stratify, groups, generator):
     """Raises a ValueError saying why no split of this kind exists, if none does."""
+    if generator not in ("RandomState", "default_rng"):
+        raise ValueError(f"generator must be 'RandomState' or 'default_rng', got {generator!r}.")
     if not 0 < test_size < 1:
-        raise ValueError(f"The held-out fraction must lie in (0, 1), got {test_size}.")
+        raise ValueError(f"the held-out fraction must lie in (0, 1), got {test_size}.")
     for name, values in (("stratify", stratify), ("groups", groups)):
         if values is not None and len(values) != num_rows:
             raise ValueError(f"{name} holds {len(values)} values for {num_rows} rows; give one per row.")
     if groups is not None:
         if stratify is not None:
-            raise ValueError("A split is stratified or group-disjoint, not both: pass stratify or groups.")
+            raise ValueError("a split is stratified or group-disjoint, not both: pass stratify or groups.")
         if len(set(groups)) < 2:
-            raise ValueError(f"The rows hold {len(set(groups))} group(s); a group-disjoint split needs at least 2.")
+            raise ValueError(f"the rows hold {len(set(groups))} group(s); a group-disjoint split needs at least 2.")
         return
     held_count = ceil(test_size * num_rows)
     if num_rows - held_count < 1:
-        raise ValueError(f"Holding out {test_size:.0%} of {num_rows} row(s) leaves none to keep; add rows.")
+        raise ValueError(f"holding out {test_size:.0%} of {num_rows} row(s) leaves none to keep; add rows.")
     if stratify is not None:
         check_stratifiable(Counter(stratify), num_rows - held_count, held_count)
 
@@ -88,12 +83,12 @@ def check_stratifiable(class_counts, kept_count, held_count):
     single = sorted(str(label) for label, count in class_counts.items() if count < 2)
     if single:
         raise ValueError(
-            f"The class(es) {', '.join(single)} have a single row; a stratified split needs at least 2 of each class."
+            f"the class(es) {', '.join(single)} have a single row; a stratified split needs at least 2 of each class."
         )
     for side, count in (("kept", kept_count), ("held-out", held_count)):
         if count < len(class_counts):
             raise ValueError(
-                f"The {side} part would hold {count} row(s), fewer than the number of classes = {len(class_counts)}; "
+                f"the {side} part would hold {count} row(s), fewer than the number of classes = {len(class_counts)}; "
                 "a stratified split needs one row of each class on each side."
             )
 

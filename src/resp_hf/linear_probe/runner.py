@@ -149,15 +149,15 @@ def with_validation(task: OperaTask, protocol: ProbeProtocol, dataset: DatasetDi
     if "train" not in dataset or "validation" in dataset or has_folds(dataset):
         return dataset
     train = dataset["train"]
-    labels = train["label"]
+    labels = list(train["label"])
     stratify = labels if isinstance(train.features["label"], ClassLabel) else None
     fraction = protocol.validation_fraction
     try:
         kept, held_out = seeded_split(len(labels), fraction, protocol.validation_seed, stratify=stratify)
     except ValueError as error:  # too few rows, or a class with a single row
         raise ValueError(
-            f"{task.id}: cannot carve a {fraction:.0%} validation split out of its {train.num_rows} train rows "
-            f"({error}) Add recordings or save a validation split."
+            f"{task.id}: cannot carve a {fraction:.0%} validation split out of its {train.num_rows} train rows: "
+            f"{error} Add recordings or save a validation split."
         ) from error
     dataset = dict(dataset)
     dataset["train"], dataset["validation"] = train.select(kept), train.select(held_out)
