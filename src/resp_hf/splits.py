@@ -1,8 +1,8 @@
 """
 Seeded splits of rows into a kept and a held-out part: the one place where validation (and OPERA's test) rows are
-chosen. Each caller states its seed: OPERA's 1337 and 42 (`resp_hf.opera`), the linear probe's carve-out of saved
-datasets (`resp_hf.linear_probe.runner`), fine-tuning's 42 (`resp_hf.training.finetune`) and the ICBHI / SPRSound
-patient carve-out's 1337 (`resp_hf.tasks`).
+chosen. Each caller states its seed: OPERA's 1337 and 42 (`resp_hf.opera`), the linear probe's 1337 (42 per fold)
+for saved datasets (`resp_hf.linear_probe.runner`), fine-tuning's 42 (`resp_hf.training.finetune`) and the ICBHI /
+SPRSound patient carve-out's 1337 (`resp_hf.tasks`).
 """
 
 from collections import Counter
@@ -37,26 +37,27 @@ def seeded_split(
     `generator` is numpy's random stream seeded with `seed`, which decides the rows and their order (membership
     depends on the order of the rows given): `"RandomState"` gives the rows of sklearn's
     `train_test_split(random_state=seed)`, as OPERA draws them; `"default_rng"` those of datasets'
-    `Dataset.train_test_split(seed=seed)`, as fine-tuning always has. An impossible split is a ValueError.
+    `Dataset.train_test_split(seed=seed)`, which fine-tuning used before this module. An impossible split is a
+    one-line ValueError.
     """
-    check_split(num_rows, test_size, stratify, groups, generator)
+    _check_split(num_rows, test_size, stratify, groups, generator)
     if groups is not None:
         rng = np.random.RandomState(seed) if generator == "RandomState" else np.random.default_rng(seed)
-        return group_split(groups, test_size, rng)
+        return _group_split(groups, test_size, rng)
     if generator == "RandomState":
         kept, held_out = train_test_split(
             np.arange(num_rows), test_size=test_size, random_state=seed, stratify=stratify
         )
         return kept.tolist(), held_out.tolist()
     # datasets' own split, so that the rows are exactly those of `Dataset.train_test_split(seed=seed)`
-    rows = row_table(num_rows, stratify)
+    rows = _row_table(num_rows, stratify)
     parts = rows.train_test_split(
         test_size=test_size, seed=seed, stratify_by_column=None if stratify is None else "label", keep_in_memory=True
     )
     return list(parts["train"]["row"]), list(parts["test"]["row"])
 
 
-def check_split(num_rows, test_size, stratify, groups, generator):
+def _check_split(num_rows, test_size, stratify, groups, generator):
     """Raises a ValueError saying why no split of this kind exists, if none does."""
     if generator not in ("RandomState", "default_rng"):
         raise ValueError(f"generator must be 'RandomState' or 'default_rng', got {generator!r}.")
@@ -75,10 +76,10 @@ def check_split(num_rows, test_size, stratify, groups, generator):
     if num_rows - held_count < 1:
         raise ValueError(f"holding out {test_size:.0%} of {num_rows} row(s) leaves none to keep; add rows.")
     if stratify is not None:
-        check_stratifiable(Counter(stratify), num_rows - held_count, held_count)
+        _check_stratifiable(Counter(stratify), num_rows - held_count, held_count)
 
 
-def check_stratifiable(class_counts, kept_count, held_count):
+def _check_stratifiable(class_counts, kept_count, held_count):
     """A stratified split needs two rows of each class, and room for one of each on each side."""
     single = sorted(str(label) for label, count in class_counts.items() if count < 2)
     if single:
@@ -93,7 +94,7 @@ def check_stratifiable(class_counts, kept_count, held_count):
             )
 
 
-def row_table(num_rows, stratify):
+def _row_table(num_rows, stratify):
     """Row numbers (and labels as class indices, in sorted order of the labels) as an in-memory `Dataset`."""
     if stratify is None:
         return Dataset.from_dict({"row": range(num_rows)})
@@ -102,12 +103,13 @@ def row_table(num_rows, stratify):
     return Dataset.from_dict({"row": range(num_rows), "label": label_indices.tolist()}, features=features)
 
 
-def group_split(groups, test_size, rng):
+def _group_split(groups, test_size, rng):
     """Whole groups in `rng`'s order (of the sorted group ids) until their rows reach `test_size` of the rows."""
     rows_per_group = Counter(groups)
     names = sorted(rows_per_group)
     target = test_size * len(groups)
     held, taken = set(), 0
+    # shuffling positions draws the same order as shuffling the ids, and keeps the ids' own type (no numpy strings)
     for position in rng.permutation(len(names)):
         if taken >= target or len(held) == len(names) - 1:
             break

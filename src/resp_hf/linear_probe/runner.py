@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from datasets import ClassLabel, DatasetDict, Value, load_from_disk
+from datasets import ClassLabel, Dataset, DatasetDict, Value, load_from_disk
 
 from ..metrics import classification_metrics, regression_metrics
 from ..models.resp_m2d import RespM2DModel
@@ -74,7 +74,7 @@ class Job(NamedTuple):
 
     task: OperaTask
     protocol: ProbeProtocol
-    load: Callable[[], tuple]
+    load: Callable[[], tuple[DatasetDict, str | None]]
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def check_splits(task: OperaTask, dataset: DatasetDict) -> None:
             check_classes(task, split, dataset[split])
 
 
-def check_classes(task, split, rows):
+def check_classes(task: OperaTask, split: str, rows: Dataset) -> None:
     """AUROC needs two classes to train on and every class in validation (to pick the epoch) and test."""
     present = set(rows["label"])
     if split == "train" and len(present) < 2:
@@ -201,7 +201,7 @@ def check_classes(task, split, rows):
 class Embedder:
     """Embeddings of dataset splits for one model, from the on-disk cache when the same model, data and settings ran."""
 
-    def __init__(self, model, settings, cache_dir):
+    def __init__(self, model: RespM2DModel, settings: BenchmarkSettings, cache_dir: str | Path):
         self.model = model
         self.settings = settings
         self.cache = EmbeddingCache(cache_dir)
@@ -209,10 +209,10 @@ class Embedder:
         self.num_layers = model.config.num_hidden_layers
         self.layers = [str(layer) for layer in parse_layers(settings.layers, self.num_layers)]
 
-    def is_final(self, layer):
+    def is_final(self, layer: str) -> bool:
         return int(layer) == self.num_layers - 1
 
-    def __call__(self, split, crop, seconds):
+    def __call__(self, split: Dataset, crop: str, seconds: float) -> dict[str, np.ndarray]:
         """`{layer: (rows, size)}` for `split` with clips fitted to `seconds` by `crop` (see `fit_length`)."""
         key = {
             "model": self.model_key,
@@ -242,7 +242,7 @@ class Embedder:
         return cached
 
 
-def score_on_test(task, logits, labels):
+def score_on_test(task: OperaTask, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The test metric as `{"value": AUROC}`, or `{"value": MAE, "mape": MAPE}` for regression."""
     if task.problem_type == "regression":
         metrics = regression_metrics(logits[:, 0], labels)
@@ -250,11 +250,7 @@ def score_on_test(task, logits, labels):
     return {"value": classification_metrics(logits, labels, task.problem_type)["auroc"]}
 
 
-def embedded(embeddings, labels, rows=slice(None)):
-    return EmbeddedSplit(embeddings[rows], labels[rows])
-
-
-def evaluate_splits(run, embedder, predictions_dir):
+def evaluate_splits(run: TaskRun, embedder: Embedder, predictions_dir: Path) -> list[dict]:
     """Train/validation/test splits: per layer and seed, the head of the best validation epoch, scored on test."""
     task, protocol, dataset = run.task, run.protocol, run.dataset
     embeddings = {split: embedder(dataset[split], protocol.crop, protocol.seconds) for split in SPLITS}
@@ -263,7 +259,7 @@ def evaluate_splits(run, embedder, predictions_dir):
     records = []
     for layer in embedder.layers:
         data = ProbeData(
-            *[embedded(embeddings[split][layer], labels[split]) for split in SPLITS],
+            *[EmbeddedSplit(embeddings[split][layer], labels[split]) for split in SPLITS],
             problem_type=task.problem_type,
             num_labels=task.num_labels,
         )
@@ -279,7 +275,7 @@ def evaluate_splits(run, embedder, predictions_dir):
     return records
 
 
-def evaluate_folds(run, embedder, predictions_dir):
+def evaluate_folds(run: TaskRun, embedder: Embedder, predictions_dir: Path) -> list[dict]:
     """
     Leave-one-subject-out: each fold trains on the other rows (the protocol's validation fraction and seed, random)
     and tests on its rows; a seed's MAE and MAPE are the means over folds and, as OPERA reports, its ± the standard
@@ -298,7 +294,10 @@ def evaluate_folds(run, embedder, predictions_dir):
                 rest = np.flatnonzero(folds != fold)
                 kept, held_out = seeded_split(len(rest), protocol.validation_fraction, protocol.validation_seed)
                 data = ProbeData(
-                    *[embedded(embeddings[layer], labels, indices) for indices in (rest[kept], rest[held_out], test)],
+                    *[
+                        EmbeddedSplit(embeddings[layer][part], labels[part])
+                        for part in (rest[kept], rest[held_out], test)
+                    ],
                     problem_type="regression",
                     num_labels=1,
                 )
@@ -321,11 +320,11 @@ def evaluate_folds(run, embedder, predictions_dir):
     return records
 
 
-def prediction_path(predictions_dir, task, layer, seed):
+def prediction_path(predictions_dir: Path, task: OperaTask, layer: str, seed: int) -> Path:
     return predictions_dir / f"{task.id}_layer-{layer}_seed-{seed}.npz"
 
 
-def record(run, *, layer, final_layer, seed, scores, best_epoch):
+def record(run: TaskRun, *, layer: str, final_layer: bool, seed: int, scores: dict, best_epoch: int | None) -> dict:
     """
     One run's record (see `resp_hf.linear_probe.results`): `scores` holds `value` and, for regression, `mape` (and
     `fold_std` for leave-one-subject-out). `layer` is the original M2D layer number; `final_layer` marks L-1.
@@ -352,7 +351,7 @@ def load_model(model_name_or_path: str | Path, device: str | None = None) -> Res
     return RespM2DModel.from_pretrained(model_name_or_path).eval().to(device)
 
 
-def build_opera_task(task_id, opera_root, allow_missing):
+def build_opera_task(task_id: str, opera_root: str | Path, allow_missing: bool) -> tuple[DatasetDict, str | None]:
     """An OPERA task's DatasetDict, and a note (also logged) on the recordings `allow_missing` left out, or None."""
     dataset, report = build_task(task_id, opera_root, allow_missing=allow_missing, return_report=True)
     note = report.left_out_note()
