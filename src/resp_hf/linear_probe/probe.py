@@ -162,19 +162,9 @@ def train_linear_probe(data: ProbeData, protocol: ProbeProtocol, seed: int) -> P
     for regression) among the epochs OPERA checkpoints. `seed` sets the head initialization and the shuffling.
     """
     protocol.check_epochs(protocol.epochs)
-    problem_type, train = data.problem_type, data.train
-    regression = problem_type == "regression"
-    train_labels = np.asarray(train.labels, dtype=np.float32 if regression else np.int64)
-    config = LinearProbeConfig(
-        input_size=train.features.shape[1],
-        num_labels=data.num_labels,
-        l2_strength=protocol.l2_strength,
-        problem_type=problem_type,
-        target_mean=float(train_labels.mean()) if regression else 0.0,
-        target_std=float(train_labels.std() or 1.0) if regression else 1.0,
-    )
-    torch.manual_seed(seed)
-    model = LinearProbe(config)
+    regression = data.problem_type == "regression"
+    train_labels = np.asarray(data.train.labels, dtype=np.float32 if regression else np.int64)
+    model = new_linear_probe(data, train_labels, protocol, seed)
     keep_best = KeepBestEpoch(
         "mae" if regression else "auroc",
         greater_is_better=not regression,
@@ -182,33 +172,14 @@ def train_linear_probe(data: ProbeData, protocol: ProbeProtocol, seed: int) -> P
         patience=protocol.early_stopping_patience,
         min_delta=protocol.early_stopping_min_delta,
     )
-    steps_per_epoch = -(-len(train_labels) // protocol.batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=protocol.learning_rate)
-    decay = protocol.lr_decay
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** (step // steps_per_epoch))
     with tempfile.TemporaryDirectory() as output_dir:
-        arguments = TrainingArguments(
-            output_dir=output_dir,
-            num_train_epochs=protocol.epochs,
-            per_device_train_batch_size=protocol.batch_size,
-            per_device_eval_batch_size=1024,
-            max_grad_norm=protocol.max_grad_norm,
-            eval_strategy="epoch",
-            save_strategy="no",
-            logging_strategy="no",
-            report_to="none",
-            seed=seed,
-            data_seed=seed,
-            disable_tqdm=True,
-            dataloader_pin_memory=False,
-        )
         trainer = Trainer(
             model=model,
-            args=arguments,
-            train_dataset=EmbeddingDataset(train.features, train_labels),
+            args=training_arguments(output_dir, protocol, seed),
+            train_dataset=EmbeddingDataset(data.train.features, train_labels),
             eval_dataset=EmbeddingDataset(data.validation.features, data.validation.labels),
-            compute_metrics=build_compute_metrics(problem_type),
-            optimizers=(optimizer, schedule),
+            compute_metrics=build_compute_metrics(data.problem_type),
+            optimizers=decaying_adam(model, protocol, steps_per_epoch=-(-len(train_labels) // protocol.batch_size)),
             callbacks=[keep_best],
         )
         trainer.remove_callback(PrinterCallback)  # no per-epoch metric printing: a run trains hundreds of heads
@@ -221,3 +192,45 @@ def train_linear_probe(data: ProbeData, protocol: ProbeProtocol, seed: int) -> P
         model.load_state_dict(keep_best.best_state)
         test_logits = trainer.predict(EmbeddingDataset(data.test.features, data.test.labels)).predictions
     return ProbeResult(test_logits, keep_best.best_epoch, keep_best.history)
+
+
+def new_linear_probe(data, train_labels, protocol, seed):
+    """A head initialized from `seed`; for regression it predicts targets standardized by the training targets."""
+    regression = data.problem_type == "regression"
+    config = LinearProbeConfig(
+        input_size=data.train.features.shape[1],
+        num_labels=data.num_labels,
+        l2_strength=protocol.l2_strength,
+        problem_type=data.problem_type,
+        target_mean=float(train_labels.mean()) if regression else 0.0,
+        target_std=float(train_labels.std() or 1.0) if regression else 1.0,
+    )
+    torch.manual_seed(seed)
+    return LinearProbe(config)
+
+
+def decaying_adam(model, protocol, steps_per_epoch):
+    """OPERA's optimizer: Adam at the protocol's learning rate, multiplied by `lr_decay` after every epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=protocol.learning_rate)
+    decay = protocol.lr_decay
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** (step // steps_per_epoch))
+    return optimizer, schedule
+
+
+def training_arguments(output_dir, protocol, seed):
+    """One evaluation per epoch, nothing saved or logged (the best head is kept in memory by `KeepBestEpoch`)."""
+    return TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=protocol.epochs,
+        per_device_train_batch_size=protocol.batch_size,
+        per_device_eval_batch_size=1024,
+        max_grad_norm=protocol.max_grad_norm,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
