@@ -216,7 +216,15 @@ def run_benchmark_command(args):
     tasks = [task for task in args.tasks.split(",") if task]
     if not tasks and not args.dataset:
         raise ValueError("Nothing to evaluate: pass --tasks (with --opera-root) and/or --dataset.")
-    run_benchmark(args.model, args.output, tasks, args.opera_root, args.dataset, settings, cache_dir=args.cache_dir)
+    run_benchmark(
+        args.model,
+        args.output,
+        tasks=tasks,
+        opera_root=args.opera_root,
+        datasets=args.dataset,
+        settings=settings,
+        cache_dir=args.cache_dir,
+    )
     print((Path(args.output) / "results.md").read_text())
 
 
