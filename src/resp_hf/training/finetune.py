@@ -29,8 +29,8 @@ from .. import cards
 from ..audio import SEGMENT_KEYS, decode_audio
 from ..cli import OneLineErrorParser
 from ..data import load_any_dataset
-from ..metrics import build_compute_metrics
 from ..lora import LORA_TARGET_MODULES, add_lora
+from ..metrics import build_compute_metrics
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
 from ..models.resp_m2d.configuration_resp_m2d import POOLING_MODES
 from ..output_folders import check_output_folder, remove_outputs
