@@ -65,16 +65,9 @@ def metric_records(runs, metric):
         if not np.isfinite(value):
             notes.append(f"{column} {metric} is undefined for {run['protocol']} seed {run['seed']} (left out).")
             continue
-        record = {key: run[key] for key in ("seed", "layer", "final_layer", "best_epoch", "n_train", "n_validation")}
-        record.update(
-            task=column,
-            task_name=f"{run['task']} ({run['test_split']})",
-            metric=metric,
-            value=100 * value,
-            n_test=run["n_test"],
-            protocol=run["protocol"],
-            test_split=run["test_split"],
-        )
+        copied = ("protocol", "seed", "layer", "final_layer", "best_epoch", "n_train", "n_validation", "n_test")
+        record = {key: run[key] for key in copied}
+        record.update(task=column, task_name=f"{run['task']} ({run['test_split']})", metric=metric, value=100 * value)
         records.append(record)
     return records, notes
 
@@ -86,6 +79,7 @@ def summaries_by_protocol(records):
 
 
 def protocol_label(model_name, protocol):
+    """`model (fine-tuned)` or `model (linear probe)`."""
     return f"{model_name} ({PROTOCOL_NAMES[protocol]})"
 
 
