@@ -20,7 +20,12 @@ from resp_hf.tasks.finetune_benchmark import (
 )
 
 ICBHI = OPERA / "datasets" / "icbhi"
-TEST_RECORDINGS = {"101_1b1_Pr_sc_Meditron", "104_1b1_Al_sc_Litt3200", "104_1b1_Ll_sc_Litt3200", "104_1b1_Lr_sc_Litt3200"}
+TEST_RECORDINGS = {
+    "101_1b1_Pr_sc_Meditron",
+    "104_1b1_Al_sc_Litt3200",
+    "104_1b1_Ll_sc_Litt3200",
+    "104_1b1_Lr_sc_Litt3200",
+}
 
 
 def write_split(folder, is_test):
@@ -51,20 +56,29 @@ def test_benchmark_end_to_end_on_the_tiny_model(encoder_folder, split_file, tmp_
     # Validation: patient 104 (seed 2), so train (103's wheezes), validation and test all hold two classes.
     args = benchmark_args(encoder_folder, split_file, output, "--seeds", "0,1", *VALIDATION_104)
     assert cli_main(args) == 0
-    rows = list(csv.DictReader((output / "results.csv").open()))
-    assert [(row["protocol"], row["seed"]) for row in rows] == [("finetune", "0"), ("finetune", "1"), ("linear", "0"), ("linear", "1")]
-    for row in rows:
-        assert (row["n_train"], row["n_validation"], row["n_test"]) == ("31", "37", "29")
-        with np.load(output / "predictions" / f"icbhi-4class-{row['protocol']}-seed{row['seed']}-test.npz") as saved:
+    rows = [row for row in csv.DictReader((output / "results.csv").open()) if row["seed"] in ("0", "1")]
+    runs = [("finetune", "0"), ("finetune", "1"), ("linear", "0"), ("linear", "1")]
+    for metric in ("Score", "Sp", "Se"):
+        assert [
+            (r["protocol"], r["seed"]) for r in rows if r["metric"] == metric and r["task"] == "icbhi-4class"
+        ] == runs
+    values = {(row["protocol"], row["seed"], row["metric"]): float(row["value"]) for row in rows}
+    for protocol, seed in runs:
+        row = next(r for r in rows if (r["protocol"], r["seed"], r["task"]) == (protocol, seed, "icbhi-4class"))
+        assert (row["n_train"], row["n_validation"], row["n_test"], row["layer"]) == ("31", "37", "29", "1")
+        with np.load(output / "predictions" / f"icbhi-4class-{protocol}-seed{seed}-test.npz") as saved:
             predicted, labels = saved["logits"].argmax(1), saved["labels"]
         specificity = np.mean(predicted[labels == 0] == 0)
         sensitivity = np.mean(predicted[labels != 0] == labels[labels != 0])
-        assert float(row["specificity"]) == pytest.approx(specificity)
-        assert float(row["sensitivity"]) == pytest.approx(sensitivity)
-        assert float(row["score"]) == pytest.approx((specificity + sensitivity) / 2)
+        assert values[protocol, seed, "Sp"] == pytest.approx(100 * specificity)
+        assert values[protocol, seed, "Se"] == pytest.approx(100 * sensitivity)
+        assert values[protocol, seed, "Score"] == pytest.approx(100 * (specificity + sensitivity) / 2)
     report = (output / "results.md").read_text()
-    assert "| bench" not in report and "(fine-tuned)" in report and "(linear probe)" in report
-    assert "| AST Patch-Mix CL | 81.66 | 43.07 | 62.37 |" in report
+    assert "| Model | icbhi-4class<br>Score (%) ↑ | Avg. Score (%) ↑ |" in report
+    assert f"| {encoder_folder.name} (fine-tuned) |" in report and f"| {encoder_folder.name} (linear probe) |" in report
+    assert (
+        "| AST Patch-Mix CL | 62.37 | 62.37 |" in report and "| M2D-X (further PT η=0.3) | **63.29 ± 0.22** |" in report
+    )
     assert (output / "plots" / "icbhi-4class-test.png").stat().st_size > 0
     assert not (output / "runs").exists(), "checkpoints of finished runs are removed"
 
@@ -119,29 +133,56 @@ def test_class_weights_are_normalized_inverse_frequencies():
     assert class_weights(np.array([0, 0, 2]), 3)[1] == 0
 
 
-def task_record(protocol, seed, specificity, sensitivity):
+def task_run(protocol, seed, specificity, sensitivity, task="icbhi-4class", split="test"):
+    scores = {"Score": (specificity + sensitivity) / 2, "Sp": specificity, "Se": sensitivity}
     return {
-        "task": "icbhi-4class", "protocol": protocol, "seed": seed, "test_split": "test", "specificity": specificity,
-        "sensitivity": sensitivity, "score": (specificity + sensitivity) / 2, "accuracy": 0.5, "best_epoch": 1,
-        "n_train": 10, "n_validation": 4, "n_test": 6,
+        "task": task, "protocol": protocol, "seed": seed, "test_split": split, "layer": "11", "final_layer": True,
+        "best_epoch": 1, "n_train": 10, "n_validation": 4, "n_test": 6, "scores": scores,
     }  # fmt: skip
 
 
-def test_task_results_go_into_a_model_card_like_the_opera_benchmarks(tmp_path):
-    records = [task_record("finetune", 0, 0.8, 0.4), task_record("finetune", 1, 0.6, 0.4)]
-    paths = write_task_results([*records, task_record("linear", 0, 0.5, 0.3)], tmp_path / "bench", "tiny")
+def test_task_results_use_the_linear_probe_layout_with_the_published_figures(tmp_path):
+    runs = [task_run("finetune", 0, 0.8, 0.4), task_run("finetune", 1, 0.6, 0.4), task_run("linear", 0, 0.5, 0.3)]
+    sprsound = task_run("finetune", 0, 0.9, 0.5, "sprsound-1-2", "inter_test_2022")
+    sprsound["scores"]["AS"] = 0.7
+    sprsound["scores"]["Se"] = float("nan")  # no adventitious test event: left out with a note
+    paths = write_task_results([*runs, sprsound], tmp_path / "bench", "tiny")
+    report = paths["markdown"].read_text()
+    # The OPERA table: a column per task (and test split), mean ± std over seeds, the best in bold, per-metric average.
+    assert (
+        "| Model | icbhi-4class<br>Score (%) ↑ | sprsound-1-2 inter_test_2022<br>Score (%) ↑ | Avg. Score (%) ↑ |"
+        in report
+    )
+    assert "| tiny (fine-tuned) | 55.00 ± 5.00 | **70.00 ± 0.00** | 62.50 |" in report
+    assert "| tiny (linear probe) | 40.00 ± 0.00 | – | – |" in report
+    assert "| M2D-X (further PT η=0.3) | **63.29 ± 0.22** | – | – |" in report
+    assert "| tiny (fine-tuned) | 70.00 ± 0.00 | 70.00 |" in report  # AS beside M2D's SPRSound (Sp + Se) / 2
+    assert "| M2D (AudioSet only) | 88.78 | 88.78 |" in report
+    assert "| AST Patch-Mix CL | **81.66** | – | – |" in report  # Sp
+    assert "sprsound-1-2 inter_test_2022 Se is undefined for finetune seed 0 (left out)." in report
     rows = list(csv.DictReader(paths["csv"].open()))
-    assert [(row["protocol"], row["seed"]) for row in rows] == [("finetune", "0"), ("finetune", "1"), ("linear", "0")]
-    assert [float(row["score"]) for row in rows] == pytest.approx([0.6, 0.5, 0.4])
+    scores = [row for row in rows if row["metric"] == "Score" and row["task"] == "icbhi-4class"]
+    assert [(row["protocol"], row["seed"]) for row in scores] == [
+        ("finetune", "0"), ("finetune", "1"), ("finetune", "mean"), ("finetune", "std"),
+        ("linear", "0"), ("linear", "mean"), ("linear", "std"),
+    ]  # fmt: skip
+    assert [float(row["value"]) for row in scores] == pytest.approx([60, 50, 55, 5, 40, 40, 0])
+    assert {r["test_split"] for r in rows if r["task"].startswith("sprsound")} == {"inter_test_2022"}
+    assert [path.name for path in paths["plots"]] == ["icbhi-4class-test.png", "sprsound-1-2-inter_test_2022.png"]
+
+
+def test_task_results_go_into_a_model_card_like_the_opera_benchmarks(tmp_path):
+    runs = [task_run("finetune", 0, 0.8, 0.4), task_run("finetune", 1, 0.6, 0.4), task_run("linear", 0, 0.5, 0.3)]
+    paths = write_task_results(runs, tmp_path / "bench", "tiny")
     report = json.loads(paths["json"].read_text())["results"]
     score = next(row for row in report if row["protocol"] == "finetune" and row["metric"] == "Score")
-    assert (score["mean"], score["std"], score["seeds"]) == (pytest.approx(0.55), pytest.approx(0.05), [0, 1])
+    assert (score["mean"], score["std"], score["seeds"]) == (pytest.approx(55), pytest.approx(5), [0, 1])
     folder = tmp_path / "model"
     folder.mkdir()
     write_card(folder, encoder_card(RespM2DConfig(), "m2d_vit_base.pth", "0" * 64))
     assert cli_main(["card", str(folder), "--results", str(paths["json"])]) == 0
     card = (folder / "README.md").read_text()
-    assert "| icbhi-4class (icbhi-4class test, fine-tuned) | Score | output | 0.550 ± 0.050 | 2 seeds |" in card
-    assert "| icbhi-4class (icbhi-4class test, linear probe) | Sp | output | 0.500 ± 0.000 | 1 seeds |" in card
+    assert "| icbhi-4class (icbhi-4class (test)) | Score | 11 (final) | 55.000 ± 5.000 | 2 seeds |" in card
+    assert "| icbhi-4class (icbhi-4class (test)) | Sp | 11 (final) | 50.000 ± 0.000 | 1 seeds |" in card
     assert "type: score" in card and "type: specificity" in card and "OPERA's protocol" not in card
     assert paths["plots"][0].stat().st_size > 0

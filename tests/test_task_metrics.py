@@ -66,6 +66,36 @@ def test_sprsound_scores_combine_average_and_harmonic_means():
     assert scores["score"] == pytest.approx(((se + sp) / 2 + 2 * se * sp / (se + sp)) / 2)
 
 
+def test_sprsound_event_types_count_only_exact_hits():
+    # Task 1-2 order: Normal, Rhonchi, Wheeze, Stridor, Coarse Crackle, Fine Crackle, Wheeze & Crackle.
+    confusion = [
+        [5, 0, 0, 1, 0, 0, 0],
+        [0, 1, 1, 0, 0, 0, 0],  # a rhonchus called a wheeze is a miss, though both are CAS
+        [1, 0, 2, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 3, 0],
+        [0, 0, 1, 0, 0, 0, 1],
+    ]
+    scores = sprsound_scores(*predictions_from_confusion(confusion))
+    se, sp = (1 + 2 + 1 + 3 + 1) / 12, 5 / 6
+    assert (scores["sensitivity"], scores["specificity"]) == pytest.approx((se, sp))
+    assert scores["score"] == pytest.approx(((se + sp) / 2 + 2 * se * sp / (se + sp)) / 2)
+
+
+def test_sprsound_binary_and_ternary_record_tasks():
+    # Task 1-1 (Normal, Adventitious): SE is the adventitious events predicted adventitious.
+    binary = sprsound_scores(*predictions_from_confusion([[3, 1], [2, 2]]))
+    assert (binary["specificity"], binary["sensitivity"], binary["average_score"]) == pytest.approx((0.75, 0.5, 0.625))
+    assert binary["harmonic_score"] == pytest.approx(0.6)
+    # Task 2-1 (Normal, Poor Quality, Adventitious): a poor-quality record called adventitious is a miss.
+    ternary = sprsound_scores(*predictions_from_confusion([[2, 0, 0], [0, 1, 1], [0, 0, 2]]))
+    assert (ternary["specificity"], ternary["sensitivity"]) == pytest.approx((1.0, 3 / 4))
+    # Nothing right: HS is 0 (not a division by zero) and so is the Score.
+    wrong = sprsound_scores(*predictions_from_confusion([[0, 2], [1, 0]]))
+    assert (wrong["harmonic_score"], wrong["score"]) == (0.0, 0.0)
+
+
 def test_compute_metrics_takes_trainer_logits():
     predictions, labels = predictions_from_confusion(CONFUSION)
     logits = np.eye(4)[predictions] * 3.0 - 1.0

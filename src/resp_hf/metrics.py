@@ -259,10 +259,14 @@ def icbhi_scores(predictions, labels, two_class=False):
 
 def sprsound_scores(predictions, labels):
     """
-    The SPRSound challenge scores (Zhang et al., "Grand Challenge on Respiratory Sound Classification", BioCAS 2022;
-    metric names in the SPRSound repository README): SE = non-normal samples (adventitious events, CAS/DAS and Poor
-    Quality records) predicted as their exact class, SP = normal samples predicted normal, AS = (SE + SP) / 2,
-    HS = 2 SE SP / (SE + SP), Score = (AS + HS) / 2. Class 0 must be Normal.
+    The SPRSound challenge scores (Zhang et al., "Grand Challenge on Respiratory Sound Classification", BioCAS 2022):
+    SP = normal samples predicted normal, SE = the other samples (adventitious events; CAS, DAS, CAS & DAS and Poor
+    Quality records) predicted as their exact class, AS = (SE + SP) / 2, HS = 2 SE SP / (SE + SP) (0 when both are 0),
+    Score = (AS + HS) / 2. Class 0 must be Normal, as in the challenge's starter code (`scripts/test.py`).
+
+    The SPRSound repository README names SE, SP, AS and HS without formulas; these are the paper's, as recalled and
+    as in public challenge code (`SE = cm.diagonal()[1:].sum() / cm[1:].sum()`); M2D's `app/icbhi_sprs` reports
+    (SP + SE) / 2 with the same SE, i.e. AS.
     """
     specificity, sensitivity = normal_abnormal_hits(predictions, labels)
     total = specificity + sensitivity

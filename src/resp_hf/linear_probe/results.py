@@ -24,7 +24,10 @@ import numpy as np
 from ..output_folders import write_text_atomically
 
 BASELINES_FILE = "baselines.csv"
-HIGHER_IS_BETTER = {"AUROC": True, "MAE": False}
+HIGHER_IS_BETTER = {"AUROC": True, "MAE": False, "Score": True, "Sp": True, "Se": True, "AS": True}
+# The ICBHI and SPRSound challenge scores (`resp-hf tasks benchmark`) are percentages, printed with 2 decimals as in
+# their papers; AUROC and MAE keep 3 decimals.
+PERCENT_METRICS = ("Score", "Sp", "Se", "AS")
 RECORD_KEYS = (
     "task",
     "task_name",
@@ -62,9 +65,14 @@ def load_published_table(package, name, numeric_columns):
     return rows
 
 
-def format_mean_std(mean, std):
-    """`0.853 ± 0.012`: a mean and standard deviation with 3 decimals."""
-    return f"{mean:.3f} ± {std:.3f}"
+def format_mean_std(mean, std, decimals=3):
+    """`0.853 ± 0.012`: a mean and standard deviation with 3 decimals; the mean alone when `std` is None."""
+    return f"{mean:.{decimals}f}" if std is None else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def metric_decimals(metric):
+    """Decimals a table shows for `metric`: 2 for the challenge percentages, 3 otherwise."""
+    return 2 if metric in PERCENT_METRICS else 3
 
 
 def is_higher_better(metric):
@@ -196,24 +204,25 @@ def comparison_rows(summaries, baselines, model_name):
 
 
 def best_per_task(rows, task_metrics):
-    """`{task: best mean rounded to 3 decimals}` over all rows: the max for AUROC, the min for MAE."""
+    """`{task: best mean as shown}` over all rows: the max for AUROC and the challenge scores, the min for MAE."""
     best = {}
     for task, metric in task_metrics.items():
-        means = [round(cells[task][0], 3) for _, cells in rows if task in cells]
+        means = [round(cells[task][0], metric_decimals(metric)) for _, cells in rows if task in cells]
         best[task] = max(means) if is_higher_better(metric) else min(means)
     return best
 
 
-def average_cell(cells, tasks):
-    """The mean over `tasks` of a row's means with 3 decimals, or '–' when a task has no value in the row."""
+def average_cell(cells, tasks, decimals=3):
+    """The mean over `tasks` of a row's means with `decimals` decimals, or '–' when a task has no value in the row."""
     if not all(task in cells for task in tasks):
         return MISSING_CELL
-    return f"{np.mean([cells[task][0] for task in tasks]):.3f}"
+    return f"{np.mean([cells[task][0] for task in tasks]):.{decimals}f}"
 
 
 def metric_header(metric):
-    """`AUROC ↑` or `MAE ↓`."""
-    return f"{metric} {'↑' if is_higher_better(metric) else '↓'}"
+    """`AUROC ↑`, `MAE ↓` or `Score (%) ↑`."""
+    unit = " (%)" if metric in PERCENT_METRICS else ""
+    return f"{metric}{unit} {'↑' if is_higher_better(metric) else '↓'}"
 
 
 def markdown_table(rows, task_metrics):
@@ -230,10 +239,12 @@ def markdown_table(rows, task_metrics):
             if task not in cells:
                 row.append(MISSING_CELL)
                 continue
-            text = format_mean_std(*cells[task])
-            row.append(f"**{text}**" if round(cells[task][0], 3) == best[task] else text)
+            decimals = metric_decimals(task_metrics[task])
+            text = format_mean_std(*cells[task], decimals)
+            row.append(f"**{text}**" if round(cells[task][0], decimals) == best[task] else text)
         for metric in average_metrics:
-            row.append(average_cell(cells, [task for task in tasks if task_metrics[task] == metric]))
+            columns = [task for task in tasks if task_metrics[task] == metric]
+            row.append(average_cell(cells, columns, metric_decimals(metric)))
         lines.append("| " + " | ".join(row) + " |")
     return lines
 

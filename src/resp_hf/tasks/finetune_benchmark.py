@@ -2,11 +2,10 @@
 
 Each (task, protocol, seed) trains a `RespM2DForAudioClassification` through `Trainer` on fixed-length windows,
 keeps the epoch with the best validation score, and scores every test split with the challenge's formula. The output
-folder holds `results.csv` (one row per run and test split), `results.md` (mean ± std per protocol beside the
-published figures of `published.csv`), `results.json`, `plots/<task>.png` and `predictions/*.npz`.
+folder holds the linear-probe benchmark's files (`results.csv`, `results.md`, `results.json`, `plots/`, see
+`tasks/results.py`) beside the published figures of `published.csv`, and `predictions/*.npz`.
 """
 
-import json
 import math
 import shutil
 from dataclasses import asdict, dataclass, replace
@@ -16,18 +15,17 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
-from ..linear_probe.results import RESULT_FILES, load_published_table, plot_bars, write_csv
+from ..linear_probe.results import RESULT_FILES
 from ..metrics import build_challenge_compute_metrics
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
-from ..output_folders import check_output_folder, remove_outputs, save_npz, write_text_atomically
+from ..output_folders import check_output_folder, remove_outputs, save_npz
 from ..training.finetune import AudioClassificationCollator, strip_prefix
 from .icbhi import build_icbhi_cycles
+from .results import CHALLENGE_METRICS, write_task_results
 from .segments import SegmentWindow, decode_segments
 from .sprsound import build_sprsound
 
 PROTOCOLS = ("finetune", "linear")
-PUBLISHED_FILE = "published.csv"
-METRIC_COLUMNS = ("specificity", "sensitivity", "score")
 
 
 @dataclass(frozen=True)
@@ -237,164 +235,53 @@ def test_splits(dataset):
     return [name for name in dataset if name not in ("train", "validation")]
 
 
+def classifier_layer(config):
+    """`(layer, final_layer)` the head reads, in the original M2D numbering (`RespM2DModel.layer_output`)."""
+    last = config.num_hidden_layers - 1
+    if config.classifier_layer is None:
+        return str(last), True
+    if config.classifier_layer == "weighted":
+        return "weighted", False
+    layer = config.classifier_layer % config.num_hidden_layers
+    return str(layer), layer == last
+
+
 def run_task(model_path, task, dataset, settings, output_dir):
-    """All (protocol, seed) runs of one task; returns their records (one per test split)."""
-    records = []
+    """All (protocol, seed) runs of one task; returns their results (one per test split, see `write_task_results`)."""
+    runs = []
     for protocol in settings.protocols:
         for seed in settings.seeds:
             run_dir = output_dir / "runs" / f"{task.name}-{protocol}-seed{seed}"
             trainer, splits, best_epoch = train_one(model_path, task, dataset, protocol, seed, settings, run_dir)
+            layer, final_layer = classifier_layer(trainer.model.config)
             for split in test_splits(dataset):
                 output = trainer.predict(splits[split], metric_key_prefix="test")
                 metrics = strip_prefix(output.metrics, "test_")
                 save_predictions(output_dir, task.name, protocol, seed, split, output)
-                records.append(
+                runs.append(
                     {
                         "task": task.name,
                         "protocol": protocol,
                         "seed": seed,
                         "test_split": split,
-                        "specificity": metrics.get("specificity"),
-                        "sensitivity": metrics.get("sensitivity"),
-                        "score": metrics.get(MAIN_METRIC[task.scoring]),
-                        "accuracy": metrics.get("accuracy"),
+                        "layer": layer,
+                        "final_layer": final_layer,
                         "best_epoch": best_epoch,
                         "n_train": len(dataset["train"]),
                         "n_validation": len(dataset["validation"]),
                         "n_test": len(dataset[split]),
+                        "scores": {name: metrics[key] for name, key in CHALLENGE_METRICS[task.scoring].items()},
                     }
                 )
             shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints: the predictions and scores are kept
     shutil.rmtree(output_dir / "runs", ignore_errors=True)
-    return records
+    return runs
 
 
 def save_predictions(output_dir, task, protocol, seed, split, output):
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     path = output_dir / "predictions" / f"{task}-{protocol}-seed{seed}-{split}.npz"
     save_npz(path, logits=logits, labels=output.label_ids)
-
-
-def load_published():
-    """The published results shipped with the package: one dict per (task, model), percentages as floats or None."""
-    return load_published_table("resp_hf.tasks", PUBLISHED_FILE, METRIC_COLUMNS)
-
-
-def summarize(records):
-    """Mean and std (population) of each metric over seeds, per (task, test split, protocol)."""
-    groups = {}
-    for record in records:
-        groups.setdefault((record["task"], record["test_split"], record["protocol"]), []).append(record)
-    summaries = []
-    for (task, split, protocol), group in groups.items():
-        summary = {"task": task, "test_split": split, "protocol": protocol, "seeds": [r["seed"] for r in group]}
-        for column in METRIC_COLUMNS:
-            values = np.array([r[column] for r in group if r[column] is not None], dtype=np.float64)
-            summary[column] = (float(values.mean()), float(values.std())) if values.size else None
-        summaries.append(summary)
-    return summaries
-
-
-def percent_cell(value):
-    """`62.37 ± 0.68` from a (mean, std) fraction pair, `62.37` from a published percentage, `–` when absent."""
-    if value is None:
-        return "–"
-    if isinstance(value, tuple):
-        mean, std = value
-        return f"{100 * mean:.2f} ± {100 * std:.2f}"
-    return f"{value:.2f}"
-
-
-PROTOCOL_NAMES = {"finetune": "fine-tuned", "linear": "linear probe"}
-TABLE_HEADER = ["| Model | Sp (%) | Se (%) | Score (%) | Source |", "|---|---|---|---|---|"]
-
-
-def markdown_report(summaries, published, model_name, notes=()):
-    """`results.md`: per task and test split, Sp / Se / Score of each protocol and of the published models."""
-    lines = [f"# Respiratory-sound task results: {model_name}", ""]
-    for task in dict.fromkeys(summary["task"] for summary in summaries):
-        for split in dict.fromkeys(s["test_split"] for s in summaries if s["task"] == task):
-            lines += [f"## {task} ({split})", "", *TABLE_HEADER]
-            for summary in (s for s in summaries if s["task"] == task and s["test_split"] == split):
-                cells = [percent_cell(summary[column]) for column in METRIC_COLUMNS]
-                label = f"{model_name} ({PROTOCOL_NAMES[summary['protocol']]})"
-                lines.append(f"| {label} | " + " | ".join(cells) + f" | this run, seeds {summary['seeds']} |")
-            for row in (row for row in published if row["task"] == task and row["test_split"] in ("", split)):
-                cells = [percent_cell(row[column]) for column in METRIC_COLUMNS]
-                lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {row['source']} |")
-            lines.append("")
-    lines.append(
-        "This run: mean ± std (population) over seeds of the test scores at the epoch with the best validation score. "
-        "Published figures are as printed in their sources (some select the epoch on the test set)."
-    )
-    if notes:
-        lines += ["", "Notes:", *[f"- {note}" for note in notes]]
-    return "\n".join(lines) + "\n"
-
-
-def plot_scores(path, task, split, summaries, published, model_name):
-    """Bar chart of the score: this model's protocols (mean ± std) and the published models."""
-    evaluated = [
-        (f"{model_name} ({PROTOCOL_NAMES[s['protocol']]})", 100 * s["score"][0], 100 * s["score"][1])
-        for s in summaries
-        if s["task"] == task and s["test_split"] == split and s["score"] is not None
-    ]
-    baselines = [
-        (row["model"], row["score"], 0.0)
-        for row in published
-        if row["task"] == task and row["test_split"] in ("", split) and row["score"] is not None
-    ]
-    plot_bars(path, evaluated, baselines, "Score (%)", f"{task} ({split})", value_format="{:.2f}")
-
-
-def result_rows(summaries):
-    """
-    `results.json` rows in the layout of `resp-hf benchmark`'s (so that `resp-hf card --results` reads both): one per
-    (task, test split, protocol, metric), the metric named `Sp`, `Se` or `Score`, plus `test_split` and `protocol`.
-    """
-    rows = []
-    for summary in summaries:
-        for column, metric in zip(METRIC_COLUMNS, ("Sp", "Se", "Score")):
-            if summary[column] is None:
-                continue
-            rows.append(
-                {
-                    "task": summary["task"],
-                    "task_name": f"{summary['task']} {summary['test_split']}, {PROTOCOL_NAMES[summary['protocol']]}",
-                    "metric": metric,
-                    "layer": "output",
-                    "final_layer": True,
-                    "mean": summary[column][0],
-                    "std": summary[column][1],
-                    "spread": "seeds",
-                    "n_seeds": len(summary["seeds"]),
-                    "seeds": summary["seeds"],
-                    "test_split": summary["test_split"],
-                    "protocol": summary["protocol"],
-                }
-            )
-    return rows
-
-
-def write_task_results(records, output_dir, model_name, notes=()):
-    """Writes results.csv, results.md, results.json and plots/; returns the paths."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    summaries = summarize(records)
-    published = load_published()
-    paths = {kind: output_dir / f"results.{suffix}" for kind, suffix in (("csv", "csv"), ("markdown", "md"))}
-    paths["json"] = output_dir / "results.json"
-    write_csv(paths["csv"], records, columns=list(records[0]))
-    write_text_atomically(paths["markdown"], markdown_report(summaries, published, model_name, notes))
-    report = {"model_name": model_name, "results": result_rows(summaries), "notes": list(notes)}
-    write_text_atomically(paths["json"], json.dumps(report, indent=2) + "\n")
-    (output_dir / "plots").mkdir(exist_ok=True)
-    paths["plots"] = []
-    for task, split in dict.fromkeys((s["task"], s["test_split"]) for s in summaries):
-        path = output_dir / "plots" / f"{task}-{split}.png"
-        plot_scores(path, task, split, summaries, published, model_name)
-        paths["plots"].append(path)
-    return paths
 
 
 def check_trainable(task, dataset):
@@ -443,12 +330,12 @@ def run_task_benchmark(model_path, output_dir, task_names, roots, settings=None,
         built[task.name] = dataset
         notes.append(f"{task.name}: " + str(report).replace("\n", ";"))
     remove_outputs(output_dir, (*RESULT_FILES, "plots", "predictions", "runs"))  # only overwrite gets here with them
-    records = []
+    runs = []
     for task in tasks:
-        records += run_task(model_path, task, built[task.name], settings, output_dir)
+        runs += run_task(model_path, task, built[task.name], settings, output_dir)
     settings_note = {key: value for key, value in asdict(settings).items() if key != "window"}
     notes.append(f"settings: {settings_note}, window {settings.window}")
-    return write_task_results(records, output_dir, model_name or Path(str(model_path)).name, notes)
+    return write_task_results(runs, output_dir, model_name or Path(str(model_path)).name, notes)
 
 
-__all__ = ["TASKS", "TaskBenchmarkSettings", "load_published", "run_task_benchmark", "write_task_results"]
+__all__ = ["TASKS", "TaskBenchmarkSettings", "run_task_benchmark"]
