@@ -25,6 +25,7 @@ METRIC_TYPES = {
     "sp": "specificity",  # the ICBHI and SPRSound challenges' Sp, Se and Score (their mean)
     "se": "sensitivity",
     "score": "score",
+    "as": "average_score",
 }
 
 
