@@ -1,5 +1,7 @@
+import inspect
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,9 +23,55 @@ GOLDEN = SHARED / "golden"
 GOLDEN_CHECKPOINT = GOLDEN / "m2d_vit_base-80x608p16x16p16k-golden" / "checkpoint-300.pth"
 
 
+MISSING_SHARED = f"../shared/golden not found: expected {GOLDEN_CHECKPOINT} (the shared reference data)"
+
+
 def pytest_sessionstart(session):
-    if not GOLDEN_CHECKPOINT.is_file():
-        raise pytest.UsageError(f"The shared reference data is missing: expected {GOLDEN_CHECKPOINT} (../shared).")
+    # CI always checks out ../shared: there a missing copy is a broken setup, not a reason to skip the exactness tests.
+    if os.environ.get("CI", "").lower() == "true" and not GOLDEN_CHECKPOINT.is_file():
+        raise pytest.UsageError(f"{MISSING_SHARED}; CI must provide it.")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `golden` every test that needs ../shared; without it (outside CI) those tests skip and the rest run."""
+    for item in items:
+        if needs_shared(item):
+            item.add_marker(pytest.mark.golden)
+        if item.get_closest_marker("golden") and not GOLDEN_CHECKPOINT.is_file():
+            item.add_marker(pytest.mark.skip(reason=MISSING_SHARED))
+
+
+def needs_shared(item):
+    """True if the test, a fixture it uses or a module helper they call names a path under ../shared."""
+    params = getattr(item, "callspec", None)
+    if params is not None and str(SHARED) in repr(params.params):
+        return True
+    fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+    return any(_names_shared_path(function, set()) for function in [item.function, *fixtures])
+
+
+def _names_shared_path(function, seen):
+    module = vars(sys.modules.get(getattr(function, "__module__", None), object))
+    codes = [getattr(function, "__code__", None)]
+    while codes:
+        code = codes.pop()
+        if code is None or code in seen:
+            continue
+        seen.add(code)
+        for name in code.co_names:
+            value = module.get(name)
+            if _is_shared_path(value):
+                return True
+            if inspect.isfunction(value) and value.__module__ == function.__module__:
+                codes.append(value.__code__)
+        codes += [const for const in code.co_consts if inspect.iscode(const)]  # lambdas, comprehensions, inner defs
+    return False
+
+
+def _is_shared_path(value):
+    if isinstance(value, (list, tuple)):
+        return any(_is_shared_path(item) for item in value)
+    return isinstance(value, Path) and value.is_relative_to(SHARED)
 
 
 @pytest.fixture(scope="session")

@@ -226,13 +226,15 @@ class RespM2DPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, output_loading_info=False, **kwargs):
         """As in Transformers, but encoder weights missing from or unexpected in the folder are an error: a
-        `config.json` that disagrees with the weights would otherwise load silently with random blocks."""
+        `config.json` that disagrees with the weights would otherwise load silently with random blocks. Without a
+        folder (`from_pretrained(None, config=..., state_dict=...)`) missing weights are initialized, as in Transformers."""
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        for kind in ("missing_keys", "unexpected_keys"):
+        for kind in ("missing_keys", "unexpected_keys") if source is not None else ():
             encoder_keys = sorted(key for key in info.get(kind, ()) if not _is_head_weight(key, cls._head_weights))
             if encoder_keys:
                 raise ValueError(
-                    f"{args[0] if args else kwargs.get('pretrained_model_name_or_path')}: config.json does not match "
+                    f"{source}: config.json does not match "
                     f"the weights ({kind.replace('_', ' ')}: {', '.join(encoder_keys[:6])}"
                     f"{', ...' if len(encoder_keys) > 6 else ''}); restore the folder's config.json or re-convert."
                 )
