@@ -125,6 +125,32 @@ def tiny_model(seed=0, **overrides):
     return RespM2DModel(tiny_config(**overrides)).eval()
 
 
+class RespM2DModelTester:
+    """
+    A tiny config and a padded batch for the model tests, as Transformers' `ASTModelTester`: clips of `frames` log-mel
+    frames, the second padded after `padded_from` (200 and 40 frames: chunks of 96, 96 and 8 frames, 13 and 3 time
+    steps).
+    """
+
+    def __init__(self, batch_size=2, frames=200, padded_from=40, seed=0, **config_overrides):
+        self.batch_size, self.frames, self.padded_from, self.seed = batch_size, frames, padded_from, seed
+        self.config = tiny_config(**config_overrides)
+        config = self.config
+        self.seq_length = 1 + config.num_frequency_patches * config.time_patches_per_chunk  # tokens per chunk
+        self.num_chunks = -(-frames // config.unit_frames)
+
+    def prepare_inputs(self):
+        """(input_features, attention_mask) of the batch: Gaussian features, the second clip padded."""
+        generator = torch.Generator().manual_seed(self.seed)
+        features = torch.randn(self.batch_size, self.config.num_mel_bins, self.frames, generator=generator)
+        mask = torch.ones(self.batch_size, self.frames, dtype=torch.long)
+        mask[1, self.padded_from :] = 0
+        return features, mask
+
+    def prepare_labels(self, num_labels):
+        return torch.arange(self.batch_size) % num_labels
+
+
 def noise(seconds, rate=16000, seed=0, amplitude=0.1):
     return (amplitude * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32)
 
