@@ -147,9 +147,6 @@ class RespM2DModelTester:
         mask[1, self.padded_from :] = 0
         return features, mask
 
-    def prepare_labels(self, num_labels):
-        return torch.arange(self.batch_size) % num_labels
-
 
 def noise(seconds, rate=16000, seed=0, amplitude=0.1):
     return (amplitude * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32)
