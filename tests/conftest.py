@@ -21,8 +21,6 @@ SHARED = REPO_ROOT.parent / "shared"
 OPERA = SHARED / "opera"
 GOLDEN = SHARED / "golden"
 GOLDEN_CHECKPOINT = GOLDEN / "m2d_vit_base-80x608p16x16p16k-golden" / "checkpoint-300.pth"
-
-
 MISSING_SHARED = f"../shared/golden not found: expected {GOLDEN_CHECKPOINT} (the shared reference data)"
 
 
@@ -43,16 +41,17 @@ def pytest_collection_modifyitems(config, items):
 
 def needs_shared(item):
     """True if the test, a fixture it uses or a module helper they call names a path under ../shared."""
-    params = getattr(item, "callspec", None)
-    if params is not None and str(SHARED) in repr(params.params):
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and str(SHARED) in repr(callspec.params):
         return True
-    fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
-    return any(_names_shared_path(function, set()) for function in [item.function, *fixtures])
+    fixtures = [fixture.func for defs in item._fixtureinfo.name2fixturedefs.values() for fixture in defs]
+    return any(_names_shared_path(function) for function in [item.function, *fixtures])
 
 
-def _names_shared_path(function, seen):
+def _names_shared_path(function):
+    """Whether the code of `function`, or of a function of its module that it names, names a path under ../shared."""
     module = vars(sys.modules.get(getattr(function, "__module__", None), object))
-    codes = [getattr(function, "__code__", None)]
+    codes, seen = [getattr(function, "__code__", None)], set()
     while codes:
         code = codes.pop()
         if code is None or code in seen:
