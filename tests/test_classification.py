@@ -203,3 +203,21 @@ class TestRespM2DForAudioClassification:
             encoder = model.resp_m2d(**inputs)
         assert len(calls) == 2  # one for the classifier's forward, one for the encoder call above
         torch.testing.assert_close(logits, model.classifier(model.head_norm(encoder.pooler_output)))
+
+
+@pytest.mark.golden
+class TestRespM2DForAudioClassificationIntegration:
+    """A new head on the converted golden encoder (../shared/golden)."""
+
+    def test_a_new_head_reads_the_golden_clip_embeddings_and_keeps_the_encoder(self, golden_folder, golden_audio):
+        encoder = RespM2DModel.from_pretrained(golden_folder).eval()
+        model = RespM2DForAudioClassification.from_pretrained(golden_folder, num_labels=3).eval()
+        assert all(torch.equal(value, model.resp_m2d.state_dict()[key]) for key, value in encoder.state_dict().items())
+        extractor = RespM2DFeatureExtractor.from_pretrained(golden_folder)
+        inputs = extractor(list(golden_audio.values()), sampling_rate=16000)
+        with torch.no_grad():
+            expected = encoder(**inputs).pooler_output
+            logits = model(**inputs).logits
+        assert logits.shape == (len(golden_audio), 3)
+        torch.testing.assert_close(head_input(model, inputs["input_features"], inputs["attention_mask"]), expected)
+        torch.testing.assert_close(logits, model.classifier(model.head_norm(expected)))
