@@ -230,12 +230,13 @@ class RespM2DPreTrainedModel(PreTrainedModel):
         (`from_pretrained(None, config=..., state_dict=...)`), missing weights are initialized as in Transformers."""
         source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        for kind in ("missing_keys", "unexpected_keys") if source is not None else ():
+        checked = ("missing_keys", "unexpected_keys") if source is not None else ()  # no folder: no config.json
+        for kind in checked:
             encoder_keys = sorted(key for key in info.get(kind, ()) if not _is_head_weight(key, cls._head_weights))
             if encoder_keys:
                 raise ValueError(
-                    f"{source}: config.json does not match "
-                    f"the weights ({kind.replace('_', ' ')}: {', '.join(encoder_keys[:6])}"
+                    f"{source}: config.json does not match the weights ({kind.replace('_', ' ')}: "
+                    f"{', '.join(encoder_keys[:6])}"
                     f"{', ...' if len(encoder_keys) > 6 else ''}); restore the folder's config.json or re-convert."
                 )
         return (model, info) if output_loading_info else model
