@@ -1,3 +1,5 @@
+"""Tests of `RespM2DForAudioClassification`: the original M2D/EVAR head on the tiny config and on the golden encoder."""
+
 import pytest
 import torch
 from conftest import RespM2DModelTester, noise, tiny_config

@@ -1,3 +1,5 @@
+"""Tests of `RespM2DModel` and `RespM2DConfig`: tiny config, original runtime, golden checkpoint, embed()."""
+
 import json
 
 import numpy as np
@@ -425,6 +427,19 @@ def test_original_layer_numbers_map_to_the_states_the_original_returns():
 @pytest.mark.golden
 class TestRespM2DModelIntegration:
     """The converted golden checkpoint (../shared/golden)."""
+
+    def test_inference_matches_the_original_runtime(self, golden_folder, golden_audio, golden_expected):
+        """Each golden clip in one padded batch against the original runtime's outputs (as test_convert's parity)."""
+        model = RespM2DModel.from_pretrained(golden_folder).eval()
+        extractor = RespM2DFeatureExtractor.from_pretrained(golden_folder)
+        with torch.no_grad():
+            output = model(**extractor(list(golden_audio.values()), sampling_rate=16000))
+        for row, name in enumerate(golden_audio):
+            frames = torch.from_numpy(golden_expected[f"{name}/frame_embeddings"])
+            assert int(output.frame_mask[row].sum()) == len(frames)
+            torch.testing.assert_close(output.frame_embeddings[row, : len(frames)], frames, atol=1e-3, rtol=0)
+            clip = torch.from_numpy(golden_expected[f"{name}/clip_embedding"])
+            torch.testing.assert_close(output.pooler_output[row], clip, atol=1e-3, rtol=0)
 
     def test_golden_batch_equals_each_clip_alone(self, golden_folder, golden_audio):
         model = RespM2DModel.from_pretrained(golden_folder).eval()
