@@ -1,3 +1,5 @@
+"""Tests of `RespM2DModel` and `RespM2DConfig`: tiny config, original runtime, golden checkpoint, embed()."""
+
 import json
 
 import numpy as np
@@ -5,10 +7,297 @@ import pytest
 import soundfile
 import torch
 import torch.nn.functional as F
-from conftest import noise, tiny_config, tiny_model
+from conftest import RespM2DModelTester, noise, tiny_config, tiny_model
 from transformers import AutoModel
 
 from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
+
+
+def all_tensors(outputs):
+    """The tensors of a model's tuple output, per-layer tuples flattened in order."""
+    return [tensor for value in outputs for tensor in (value if isinstance(value, tuple) else (value,))]
+
+
+class TestRespM2DModel:
+    """The encoder on the tiny config (`RespM2DModelTester`): outputs, batching, loading, training, attention."""
+
+    @pytest.fixture
+    def tester(self):
+        return RespM2DModelTester()
+
+    def test_output_shapes_hidden_states_and_attention_masking(self, tester):
+        model, config = tiny_model(), tester.config
+        features, mask = tester.prepare_inputs()
+        with torch.no_grad():
+            output = model(features, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        tokens, chunks = tester.seq_length, tester.num_chunks
+        assert output.last_hidden_state.shape == (2, chunks, tokens, 64) == (2, 3, 31, 64)  # chunks: 96, 96, 8 frames
+        assert output.frame_embeddings.shape == (2, 13, 5 * 64)
+        assert output.frame_mask.sum(1).tolist() == [13, 3]
+        assert output.pooler_output.shape == (2, config.pooled_size) == (2, 320)
+        assert len(output.hidden_states) == config.num_hidden_layers + 1
+        assert all(states.shape == (2, chunks, tokens, 64) for states in output.hidden_states)
+        assert len(output.attentions) == config.num_hidden_layers
+        attention = output.attentions[0]
+        assert attention.shape == (2, chunks, 4, tokens, tokens)
+        torch.testing.assert_close(attention[0, 0].sum(-1), torch.ones(4, tokens))
+        # Clip 1 has 3 patch columns in chunk 0: keys of the other columns get exactly zero weight.
+        keys = torch.arange(tokens - 1) % config.time_patches_per_chunk
+        assert torch.all(attention[1, 0][..., 1:][..., keys >= 3] == 0)
+        assert torch.all(output.last_hidden_state[1, 1:] == 0)  # chunks without frames of clip 1
+
+    def test_determinism_and_tuple_outputs(self, tester):
+        """Two eval passes give identical outputs; `return_dict=False` gives the same tensors in a tuple."""
+        model = tiny_model(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
+        features, mask = tester.prepare_inputs()
+        options = dict(attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        with torch.no_grad():
+            first, second = model(features, **options), model(features, **options)
+            as_tuple = model(features, return_dict=False, **options)
+        flat = [all_tensors(output) for output in (first.to_tuple(), second.to_tuple(), as_tuple)]
+        assert len(as_tuple) == 6 and len(flat[0]) == 4 + 3 + 2  # 4 outputs, 3 hidden states, 2 attention maps
+        assert all(torch.equal(x, y) and torch.equal(x, z) for x, y, z in zip(*flat))
+
+    @pytest.mark.parametrize("per_layer", [False, True])
+    def test_every_output_of_a_clip_has_one_layout_alone_and_in_a_padded_batch(self, per_layer):
+        model = tiny_model()
+        lengths = [250, 60, 130, 96, 17]
+        torch.manual_seed(2)
+        features = torch.randn(len(lengths), 80, max(lengths))
+        mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+        options = dict(output_hidden_states=per_layer, output_attentions=per_layer)
+        tokens = 1 + model.config.num_frequency_patches * model.config.time_patches_per_chunk
+        with torch.no_grad():
+            batch = model(features, attention_mask=mask, **options)
+            assert batch.last_hidden_state.shape == (5, 3, tokens, 64)
+            for row, length in enumerate(lengths):
+                alone = model(features[row : row + 1, :, :length], **options)
+                chunks, steps = alone.last_hidden_state.shape[1], alone.frame_embeddings.shape[1]
+                assert alone.last_hidden_state.shape[2] == tokens
+                pairs = [(batch.last_hidden_state, alone.last_hidden_state)]
+                if per_layer:
+                    pairs += list(zip(batch.hidden_states, alone.hidden_states))
+                    pairs += list(zip(batch.attentions, alone.attentions))
+                for batched, single in pairs:
+                    assert batched.shape[2:] == single.shape[2:]
+                    torch.testing.assert_close(batched[row, :chunks], single[0], atol=1e-4, rtol=0)
+                    assert torch.all(batched[row, chunks:] == 0)
+                frames = batch.frame_embeddings[row, :steps]
+                torch.testing.assert_close(frames, alone.frame_embeddings[0], atol=1e-4, rtol=0)
+                assert torch.all(batch.frame_embeddings[row, steps:] == 0)
+                torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], atol=1e-4, rtol=0)
+
+    def test_save_and_load_is_bit_identical(self, tmp_path):
+        model = tiny_model(seed=5)
+        model.save_pretrained(tmp_path)
+        loaded = AutoModel.from_pretrained(tmp_path).eval()
+        assert type(loaded) is RespM2DModel
+        reference, restored = model.state_dict(), loaded.state_dict()
+        assert reference.keys() == restored.keys()
+        assert all(torch.equal(reference[key], restored[key]) for key in reference)
+        features = torch.randn(1, 80, 130)
+        with torch.no_grad():
+            assert torch.equal(model(features).frame_embeddings, loaded(features).frame_embeddings)
+
+    def test_a_config_that_disagrees_with_the_weights_is_an_error(self, tmp_path):
+        from resp_hf import RespM2DForAudioClassification
+
+        tiny_model().save_pretrained(tmp_path / "encoder")
+        for layers, kind in ((3, "missing keys: encoder.layer.2."), (1, "unexpected keys: encoder.layer.1.")):
+            folder = tmp_path / f"layers{layers}"
+            tiny_model().save_pretrained(folder)
+            config = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+            with pytest.raises(ValueError, match=f"layers{layers}: config.json does not match the weights \\({kind}"):
+                RespM2DModel.from_pretrained(folder)
+        classifier = RespM2DForAudioClassification.from_pretrained(tmp_path / "encoder", num_labels=3)  # a new head
+        classifier.save_pretrained(tmp_path / "classifier")
+        model, info = RespM2DModel.from_pretrained(tmp_path / "classifier", output_loading_info=True)  # head dropped
+        assert isinstance(model, RespM2DModel) and set(info) >= {"missing_keys", "unexpected_keys"}
+
+    def test_from_pretrained_without_a_folder_initializes_the_weights_it_is_not_given(self, tester):
+        """`from_pretrained(None, config=..., state_dict=...)` (no config.json to disagree with) as in Transformers."""
+        model = tiny_model(seed=4)
+        given = {key: value for key, value in model.state_dict().items() if not key.startswith("encoder.layer.1.")}
+        torch.manual_seed(0)
+        loaded, info = RespM2DModel.from_pretrained(
+            None, config=tester.config, state_dict=given, output_loading_info=True
+        )
+        assert {key for key in info["missing_keys"]} == set(model.state_dict()) - set(given)
+        restored = loaded.state_dict()
+        assert all(torch.equal(restored[key], value) for key, value in given.items())
+        qkv = restored["encoder.layer.1.attention.qkv.weight"]
+        assert 0.01 < qkv.std() < 0.03 and not torch.equal(qkv, model.encoder.layer[1].attention.qkv.weight)
+
+    def test_device_map_loading(self, tmp_path):
+        model = tiny_model(seed=6)
+        model.save_pretrained(tmp_path)
+        loaded = RespM2DModel.from_pretrained(tmp_path, device_map="cpu", dtype=torch.bfloat16)
+        assert loaded.dtype == torch.bfloat16 and loaded.device.type == "cpu"
+        assert torch.equal(loaded.embeddings.cls_token, model.embeddings.cls_token.to(torch.bfloat16))
+
+    def test_pooling_modes(self):
+        features = torch.randn(2, 80, 150)
+        mask = torch.ones(2, 150, dtype=torch.long)
+        mask[1, 70:] = 0
+        outputs = {}
+        for pooling in ("frequency", "mean", "cls"):
+            model = tiny_model(pooling=pooling)
+            with torch.no_grad():
+                outputs[pooling] = model(features, attention_mask=mask)
+        frequency = outputs["frequency"]
+        tokens = frequency.last_hidden_state[1, 0, 1:].reshape(5, 6, 64)[:, :5]  # clip 1: 70 frames -> 5 columns
+        torch.testing.assert_close(outputs["mean"].pooler_output[1], tokens.reshape(-1, 64).mean(0))
+        torch.testing.assert_close(outputs["cls"].pooler_output[1], frequency.last_hidden_state[1, 0, 0])
+        torch.testing.assert_close(outputs["cls"].pooler_output[0], frequency.last_hidden_state[0, :, 0].mean(0))
+        assert outputs["mean"].pooler_output.shape == outputs["cls"].pooler_output.shape == (2, 64)
+
+    def test_chunks_per_pass_bounds_the_encoder_batch_with_the_same_results(self):
+        features = torch.randn(2, 80, 96 * 9 + 40)
+        mask = torch.ones(2, 96 * 9 + 40, dtype=torch.long)
+        mask[1, 300:] = 0
+        outputs, sizes = {}, {}
+        for per_pass in (None, 2):
+            model = tiny_model(chunks_per_pass=per_pass)
+            sizes[per_pass] = []
+            model.encoder.layer[0].register_forward_hook(lambda m, args, out, s=sizes[per_pass]: s.append(len(args[0])))
+            with torch.no_grad():
+                outputs[per_pass] = model(features, attention_mask=mask)
+        assert (
+            sizes[None] == [12, 1, 1] and max(sizes[2]) == 2 and sum(sizes[2]) == 14
+        )  # widths 6, 3 (clip 0), 5 (clip 1)
+        torch.testing.assert_close(outputs[2].last_hidden_state, outputs[None].last_hidden_state, atol=1e-6, rtol=0)
+        torch.testing.assert_close(outputs[2].pooler_output, outputs[None].pooler_output, atol=1e-6, rtol=0)
+
+    def test_gradients_reach_the_returned_hidden_states_and_attentions(self):
+        model = tiny_model().train()
+        features, mask = torch.randn(2, 80, 150), torch.ones(2, 150, dtype=torch.long)
+        mask[1, 70:] = 0
+        output = model(features, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        for tensor in output.hidden_states + output.attentions:
+            tensor.retain_grad()
+        output.pooler_output.square().sum().backward()
+        for tensor in output.hidden_states + output.attentions:
+            assert tensor.grad is not None and tensor.grad.abs().sum() > 0
+        model.zero_grad()
+        model(features, output_hidden_states=True).hidden_states[1].sum().backward()  # backprop from a returned state
+        assert model.encoder.layer[0].mlp.fc2.weight.grad.abs().sum() > 0
+        assert (
+            model.encoder.layer[1].mlp.fc2.weight.grad is None or not model.encoder.layer[1].mlp.fc2.weight.grad.any()
+        )
+
+    def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_gradients(self):
+        features = torch.randn(2, 80, 120)
+        gradients, norm_calls = [], []
+        for checkpointing in (False, True):
+            model = tiny_model(seed=3, hidden_dropout_prob=0.0).train()
+            if checkpointing:
+                model.activation_checkpointing_enable()
+            calls = []
+            model.encoder.layer[0].layernorm_before.register_forward_hook(lambda *args, calls=calls: calls.append(1))
+            model(features).pooler_output.square().sum().backward()
+            gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+            norm_calls.append(len(calls))
+        assert norm_calls[1] == 2 * norm_calls[0]  # the checkpointed block ran again during backward
+        torch.testing.assert_close(gradients[0], gradients[1])
+
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_half_precision_runs_close_to_float32(self, dtype):
+        model = tiny_model()
+        features = torch.randn(2, 80, 150)
+        with torch.no_grad():
+            reference = model(features).pooler_output
+            half = model.to(dtype)(features).pooler_output
+        assert half.dtype == dtype
+        assert torch.nn.functional.cosine_similarity(half.float(), reference).min() > 0.99
+
+    def test_eager_attention_gives_the_sdpa_result(self, tmp_path, monkeypatch):
+        tiny_model().save_pretrained(tmp_path)
+        features, mask = torch.randn(2, 80, 150), torch.ones(2, 150, dtype=torch.long)
+        mask[1, 60:] = 0
+        sdpa, calls = torch.nn.functional.scaled_dot_product_attention, []
+        monkeypatch.setattr(
+            torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+        )
+        outputs = {}
+        for implementation in ("sdpa", "eager"):
+            model = RespM2DModel.from_pretrained(tmp_path, attn_implementation=implementation).eval()
+            calls.clear()
+            with torch.no_grad():
+                outputs[implementation] = model(features, attention_mask=mask).pooler_output
+            assert bool(calls) == (implementation == "sdpa")
+        torch.testing.assert_close(outputs["eager"], outputs["sdpa"], atol=1e-5, rtol=0)
+
+    def test_padding_without_an_attention_mask_warns_once(self):
+        from transformers.testing_utils import CaptureLogger
+
+        from resp_hf.models.resp_m2d import modeling_resp_m2d
+
+        model = tiny_model()
+        padded = torch.randn(2, 80, 150)
+        padded[1, :, 100:] = 0.0
+        type(modeling_resp_m2d.logger).warning_once.cache_clear()
+        with CaptureLogger(modeling_resp_m2d.logger) as quiet:
+            model(padded, attention_mask=(padded.abs().sum(1) > 0).long())  # mask given
+            model(torch.randn(2, 80, 150))  # no padding
+            model(torch.zeros(2, 80, 150))  # silence everywhere is not padding
+        assert quiet.out == ""
+        with CaptureLogger(modeling_resp_m2d.logger) as captured:
+            model(padded)
+            model(padded)
+        assert captured.out.count("no attention_mask was passed") == 1
+
+    @pytest.mark.parametrize(
+        "features, mask, message",
+        [
+            (torch.randn(80, 100), None, r"\(batch, 80, frames\)"),
+            (torch.randn(1, 64, 100), None, r"\(batch, 80, frames\)"),
+            (torch.randn(2, 80, 100), torch.ones(2, 90), "attention_mask must be"),
+            (torch.randn(1, 80, 100), torch.zeros(1, 100), r"Clip 0 has no frames"),
+            (torch.randn(3, 80, 100), torch.ones(3, 100).index_fill(0, torch.tensor([0, 2]), 0), r"Clips 0, 2 have no"),
+            (torch.randn(2, 80, 0), None, "no frames"),
+            (torch.randn(1, 80, 100), torch.arange(100)[None] >= 50, "right-padded"),
+        ],
+    )
+    def test_bad_model_inputs_are_clear_errors(self, features, mask, message):
+        with pytest.raises(ValueError, match=message):
+            tiny_model()(features, attention_mask=mask)
+
+
+class TestRespM2DConfig:
+    @pytest.mark.parametrize(
+        "overrides, message",
+        [
+            ({"input_size": (80, 608), "patch_size": (24, 16)}, "multiple of the patch height"),
+            ({"hidden_size": 100, "num_attention_heads": 12}, "not a multiple of num_attention_heads"),
+            ({"pooling": "max"}, "pooling='max'"),
+            ({"sampling_rate": 22050}, "No front-end defaults"),
+            ({"norm_std": 0.0}, "norm_std finite and positive, got -7.1 and 0.0"),
+            ({"norm_mean": float("nan")}, "norm_mean must be finite"),
+            ({"norm_std": float("inf")}, "norm_std finite and positive"),
+            ({"f_max": 9000.0}, r"f_max <= sampling_rate / 2 = 8000 Hz, got f_min=50 and f_max=9000"),
+            ({"f_min": 8000.0}, "f_min < f_max"),
+            ({"classifier_layer": True}, "classifier_layer=True"),
+            ({"classifier_layer": 12}, r"a layer 0..11 \(-12..-1 from the end\)"),
+            ({"classifier_layer": -13}, "classifier_layer=-13"),
+            ({"chunks_per_pass": 0}, "chunks_per_pass=0 must be a positive integer or None"),
+        ],
+    )
+    def test_bad_configs_are_clear_errors(self, overrides, message):
+        with pytest.raises(ValueError, match=message):
+            RespM2DConfig(**overrides)
+
+    def test_config_describes_vit_base_frequency_embeddings(self):
+        config = RespM2DConfig()
+        assert config.num_frequency_patches == 5 and config.time_patches_per_chunk == 38
+        assert config.frame_embedding_size == config.pooled_size == 3840
+        assert RespM2DConfig(pooling="mean").pooled_size == 768
+        long_unit = RespM2DConfig(input_size=(80, 1001))
+        assert long_unit.time_patches_per_chunk == 62
+        assert tiny_config(patch_size=(80, 4), input_size=(80, 40)).frame_embedding_size == 64
+
+
+# Exactness against independent transcriptions of the original M2D runtime (nttcslab/m2d).
 
 
 def original_block(layer, x, heads):
@@ -135,208 +424,40 @@ def test_original_layer_numbers_map_to_the_states_the_original_returns():
         model.layer_output(model(features), 0)
 
 
-def test_golden_batch_equals_each_clip_alone(golden_folder, golden_audio):
-    model = RespM2DModel.from_pretrained(golden_folder).eval()
-    extractor = RespM2DFeatureExtractor.from_pretrained(golden_folder)
-    names = list(golden_audio)
-    with torch.no_grad():
-        batch = model(**extractor([golden_audio[name] for name in names], sampling_rate=16000))
-        for row, name in enumerate(names):
-            alone = model(**extractor(golden_audio[name], sampling_rate=16000))
-            steps = alone.frame_embeddings.shape[1]
-            assert int(batch.frame_mask[row].sum()) == steps == int(alone.frame_mask.sum())
-            torch.testing.assert_close(
-                batch.frame_embeddings[row, :steps], alone.frame_embeddings[0], atol=1e-4, rtol=0
-            )
-            torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], atol=1e-4, rtol=0)
+@pytest.mark.golden
+class TestRespM2DModelIntegration:
+    """The converted golden checkpoint (../shared/golden)."""
 
-
-@pytest.mark.parametrize("per_layer", [False, True])
-def test_every_output_of_a_clip_has_one_layout_alone_and_in_a_padded_batch(per_layer):
-    model = tiny_model()
-    lengths = [250, 60, 130, 96, 17]
-    torch.manual_seed(2)
-    features = torch.randn(len(lengths), 80, max(lengths))
-    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
-    options = dict(output_hidden_states=per_layer, output_attentions=per_layer)
-    tokens = 1 + model.config.num_frequency_patches * model.config.time_patches_per_chunk
-    with torch.no_grad():
-        batch = model(features, attention_mask=mask, **options)
-        assert batch.last_hidden_state.shape == (5, 3, tokens, 64)
-        for row, length in enumerate(lengths):
-            alone = model(features[row : row + 1, :, :length], **options)
-            chunks, steps = alone.last_hidden_state.shape[1], alone.frame_embeddings.shape[1]
-            assert alone.last_hidden_state.shape[2] == tokens
-            pairs = [(batch.last_hidden_state, alone.last_hidden_state)]
-            if per_layer:
-                pairs += list(zip(batch.hidden_states, alone.hidden_states))
-                pairs += list(zip(batch.attentions, alone.attentions))
-            for batched, single in pairs:
-                assert batched.shape[2:] == single.shape[2:]
-                torch.testing.assert_close(batched[row, :chunks], single[0], atol=1e-4, rtol=0)
-                assert torch.all(batched[row, chunks:] == 0)
-            frames = batch.frame_embeddings[row, :steps]
-            torch.testing.assert_close(frames, alone.frame_embeddings[0], atol=1e-4, rtol=0)
-            assert torch.all(batch.frame_embeddings[row, steps:] == 0)
-            torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], atol=1e-4, rtol=0)
-
-
-def test_gradients_reach_the_returned_hidden_states_and_attentions():
-    model = tiny_model().train()
-    features, mask = torch.randn(2, 80, 150), torch.ones(2, 150, dtype=torch.long)
-    mask[1, 70:] = 0
-    output = model(features, attention_mask=mask, output_hidden_states=True, output_attentions=True)
-    for tensor in output.hidden_states + output.attentions:
-        tensor.retain_grad()
-    output.pooler_output.square().sum().backward()
-    for tensor in output.hidden_states + output.attentions:
-        assert tensor.grad is not None and tensor.grad.abs().sum() > 0
-    model.zero_grad()
-    model(features, output_hidden_states=True).hidden_states[1].sum().backward()  # backprop from a returned state
-    assert model.encoder.layer[0].mlp.fc2.weight.grad.abs().sum() > 0
-    assert model.encoder.layer[1].mlp.fc2.weight.grad is None or not model.encoder.layer[1].mlp.fc2.weight.grad.any()
-
-
-def test_chunks_per_pass_bounds_the_encoder_batch_with_the_same_results():
-    features = torch.randn(2, 80, 96 * 9 + 40)
-    mask = torch.ones(2, 96 * 9 + 40, dtype=torch.long)
-    mask[1, 300:] = 0
-    outputs, sizes = {}, {}
-    for per_pass in (None, 2):
-        model = tiny_model(chunks_per_pass=per_pass)
-        sizes[per_pass] = []
-        model.encoder.layer[0].register_forward_hook(lambda m, args, out, s=sizes[per_pass]: s.append(len(args[0])))
+    def test_inference_matches_the_original_runtime(self, golden_folder, golden_audio, golden_expected):
+        """Each golden clip in one padded batch against the original runtime's outputs (as test_convert's parity)."""
+        model = RespM2DModel.from_pretrained(golden_folder).eval()
+        extractor = RespM2DFeatureExtractor.from_pretrained(golden_folder)
         with torch.no_grad():
-            outputs[per_pass] = model(features, attention_mask=mask)
-    assert sizes[None] == [12, 1, 1] and max(sizes[2]) == 2 and sum(sizes[2]) == 14  # widths 6, 3 (clip 0), 5 (clip 1)
-    torch.testing.assert_close(outputs[2].last_hidden_state, outputs[None].last_hidden_state, atol=1e-6, rtol=0)
-    torch.testing.assert_close(outputs[2].pooler_output, outputs[None].pooler_output, atol=1e-6, rtol=0)
+            output = model(**extractor(list(golden_audio.values()), sampling_rate=16000))
+        for row, name in enumerate(golden_audio):
+            frames = torch.from_numpy(golden_expected[f"{name}/frame_embeddings"])
+            assert int(output.frame_mask[row].sum()) == len(frames)
+            torch.testing.assert_close(output.frame_embeddings[row, : len(frames)], frames, atol=1e-3, rtol=0)
+            clip = torch.from_numpy(golden_expected[f"{name}/clip_embedding"])
+            torch.testing.assert_close(output.pooler_output[row], clip, atol=1e-3, rtol=0)
 
-
-def test_padding_without_an_attention_mask_warns_once():
-    from transformers.testing_utils import CaptureLogger
-
-    from resp_hf.models.resp_m2d import modeling_resp_m2d
-
-    model = tiny_model()
-    padded = torch.randn(2, 80, 150)
-    padded[1, :, 100:] = 0.0
-    type(modeling_resp_m2d.logger).warning_once.cache_clear()
-    with CaptureLogger(modeling_resp_m2d.logger) as quiet:
-        model(padded, attention_mask=(padded.abs().sum(1) > 0).long())  # mask given
-        model(torch.randn(2, 80, 150))  # no padding
-        model(torch.zeros(2, 80, 150))  # silence everywhere is not padding
-    assert quiet.out == ""
-    with CaptureLogger(modeling_resp_m2d.logger) as captured:
-        model(padded)
-        model(padded)
-    assert captured.out.count("no attention_mask was passed") == 1
-
-
-def test_a_config_that_disagrees_with_the_weights_is_an_error(tmp_path):
-    from resp_hf import RespM2DForAudioClassification
-
-    tiny_model().save_pretrained(tmp_path / "encoder")
-    for layers, kind in ((3, "missing keys: encoder.layer.2."), (1, "unexpected keys: encoder.layer.1.")):
-        folder = tmp_path / f"layers{layers}"
-        tiny_model().save_pretrained(folder)
-        config = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
-        with pytest.raises(ValueError, match=f"layers{layers}: config.json does not match the weights \\({kind}"):
-            RespM2DModel.from_pretrained(folder)
-    classifier = RespM2DForAudioClassification.from_pretrained(tmp_path / "encoder", num_labels=3)  # a new head
-    classifier.save_pretrained(tmp_path / "classifier")
-    model, info = RespM2DModel.from_pretrained(tmp_path / "classifier", output_loading_info=True)  # head dropped
-    assert isinstance(model, RespM2DModel) and set(info) >= {"missing_keys", "unexpected_keys"}
-
-
-def test_output_shapes_hidden_states_and_attention_masking():
-    model = tiny_model()
-    config = model.config
-    features = torch.randn(2, 80, 200)
-    mask = torch.ones(2, 200, dtype=torch.long)
-    mask[1, 40:] = 0
-    with torch.no_grad():
-        output = model(features, attention_mask=mask, output_hidden_states=True, output_attentions=True)
-    tokens = 1 + config.num_frequency_patches * config.time_patches_per_chunk
-    assert output.last_hidden_state.shape == (2, 3, tokens, 64)  # 200 frames -> chunks of 96, 96, 8
-    assert output.frame_embeddings.shape == (2, 13, 5 * 64)
-    assert output.frame_mask.sum(1).tolist() == [13, 3]
-    assert output.pooler_output.shape == (2, config.pooled_size) == (2, 320)
-    assert len(output.hidden_states) == config.num_hidden_layers + 1
-    assert len(output.attentions) == config.num_hidden_layers
-    attention = output.attentions[0]
-    assert attention.shape == (2, 3, 4, tokens, tokens)
-    torch.testing.assert_close(attention[0, 0].sum(-1), torch.ones(4, tokens))
-    # Clip 1 has 3 patch columns in chunk 0: keys of the other columns get exactly zero weight.
-    keys = torch.arange(tokens - 1) % config.time_patches_per_chunk
-    assert torch.all(attention[1, 0][..., 1:][..., keys >= 3] == 0)
-    assert torch.all(output.last_hidden_state[1, 1:] == 0)  # chunks without frames of clip 1
-
-
-def test_pooling_modes():
-    features = torch.randn(2, 80, 150)
-    mask = torch.ones(2, 150, dtype=torch.long)
-    mask[1, 70:] = 0
-    outputs = {}
-    for pooling in ("frequency", "mean", "cls"):
-        model = tiny_model(pooling=pooling)
+    def test_golden_batch_equals_each_clip_alone(self, golden_folder, golden_audio):
+        model = RespM2DModel.from_pretrained(golden_folder).eval()
+        extractor = RespM2DFeatureExtractor.from_pretrained(golden_folder)
+        names = list(golden_audio)
         with torch.no_grad():
-            outputs[pooling] = model(features, attention_mask=mask)
-    frequency = outputs["frequency"]
-    tokens = frequency.last_hidden_state[1, 0, 1:].reshape(5, 6, 64)[:, :5]  # clip 1: 70 frames -> 5 columns
-    torch.testing.assert_close(outputs["mean"].pooler_output[1], tokens.reshape(-1, 64).mean(0))
-    torch.testing.assert_close(outputs["cls"].pooler_output[1], frequency.last_hidden_state[1, 0, 0])
-    torch.testing.assert_close(outputs["cls"].pooler_output[0], frequency.last_hidden_state[0, :, 0].mean(0))
-    assert outputs["mean"].pooler_output.shape == outputs["cls"].pooler_output.shape == (2, 64)
+            batch = model(**extractor([golden_audio[name] for name in names], sampling_rate=16000))
+            for row, name in enumerate(names):
+                alone = model(**extractor(golden_audio[name], sampling_rate=16000))
+                steps = alone.frame_embeddings.shape[1]
+                assert int(batch.frame_mask[row].sum()) == steps == int(alone.frame_mask.sum())
+                torch.testing.assert_close(
+                    batch.frame_embeddings[row, :steps], alone.frame_embeddings[0], atol=1e-4, rtol=0
+                )
+                torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], atol=1e-4, rtol=0)
 
 
-def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_gradients():
-    features = torch.randn(2, 80, 120)
-    gradients, norm_calls = [], []
-    for checkpointing in (False, True):
-        model = tiny_model(seed=3, hidden_dropout_prob=0.0).train()
-        if checkpointing:
-            model.activation_checkpointing_enable()
-        calls = []
-        model.encoder.layer[0].layernorm_before.register_forward_hook(lambda *args, calls=calls: calls.append(1))
-        model(features).pooler_output.square().sum().backward()
-        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-        norm_calls.append(len(calls))
-    assert norm_calls[1] == 2 * norm_calls[0]  # the checkpointed block ran again during backward
-    torch.testing.assert_close(gradients[0], gradients[1])
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_runs_close_to_float32(dtype):
-    model = tiny_model()
-    features = torch.randn(2, 80, 150)
-    with torch.no_grad():
-        reference = model(features).pooler_output
-        half = model.to(dtype)(features).pooler_output
-    assert half.dtype == dtype
-    assert torch.nn.functional.cosine_similarity(half.float(), reference).min() > 0.99
-
-
-def test_save_and_load_is_bit_identical(tmp_path):
-    model = tiny_model(seed=5)
-    model.save_pretrained(tmp_path)
-    loaded = AutoModel.from_pretrained(tmp_path).eval()
-    assert type(loaded) is RespM2DModel
-    reference, restored = model.state_dict(), loaded.state_dict()
-    assert reference.keys() == restored.keys()
-    assert all(torch.equal(reference[key], restored[key]) for key in reference)
-    features = torch.randn(1, 80, 130)
-    with torch.no_grad():
-        assert torch.equal(model(features).frame_embeddings, loaded(features).frame_embeddings)
-
-
-def test_device_map_loading(tmp_path):
-    model = tiny_model(seed=6)
-    model.save_pretrained(tmp_path)
-    loaded = RespM2DModel.from_pretrained(tmp_path, device_map="cpu", dtype=torch.bfloat16)
-    assert loaded.dtype == torch.bfloat16 and loaded.device.type == "cpu"
-    assert torch.equal(loaded.embeddings.cls_token, model.embeddings.cls_token.to(torch.bfloat16))
+# embed(): clips of any kind in, clip embeddings out.
 
 
 def test_embed_takes_arrays_dicts_and_files_in_any_order(tmp_path):
@@ -381,71 +502,3 @@ def test_embed_runs_in_eval_mode_and_restores_the_mode():
     assert model.training
     torch.testing.assert_close(model.embed(clips, sampling_rate=16000, progress=False), first, atol=0, rtol=0)
     torch.testing.assert_close(model.eval().embed(clips, sampling_rate=16000, progress=False), first, atol=0, rtol=0)
-
-
-def test_eager_attention_gives_the_sdpa_result(tmp_path, monkeypatch):
-    tiny_model().save_pretrained(tmp_path)
-    features, mask = torch.randn(2, 80, 150), torch.ones(2, 150, dtype=torch.long)
-    mask[1, 60:] = 0
-    sdpa, calls = torch.nn.functional.scaled_dot_product_attention, []
-    monkeypatch.setattr(
-        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
-    )
-    outputs = {}
-    for implementation in ("sdpa", "eager"):
-        model = RespM2DModel.from_pretrained(tmp_path, attn_implementation=implementation).eval()
-        calls.clear()
-        with torch.no_grad():
-            outputs[implementation] = model(features, attention_mask=mask).pooler_output
-        assert bool(calls) == (implementation == "sdpa")
-    torch.testing.assert_close(outputs["eager"], outputs["sdpa"], atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize(
-    "features, mask, message",
-    [
-        (torch.randn(80, 100), None, r"\(batch, 80, frames\)"),
-        (torch.randn(1, 64, 100), None, r"\(batch, 80, frames\)"),
-        (torch.randn(2, 80, 100), torch.ones(2, 90), "attention_mask must be"),
-        (torch.randn(1, 80, 100), torch.zeros(1, 100), r"Clip 0 has no frames"),
-        (torch.randn(3, 80, 100), torch.ones(3, 100).index_fill(0, torch.tensor([0, 2]), 0), r"Clips 0, 2 have no"),
-        (torch.randn(2, 80, 0), None, "no frames"),
-        (torch.randn(1, 80, 100), torch.arange(100)[None] >= 50, "right-padded"),
-    ],
-)
-def test_bad_model_inputs_are_clear_errors(features, mask, message):
-    with pytest.raises(ValueError, match=message):
-        tiny_model()(features, attention_mask=mask)
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        ({"input_size": (80, 608), "patch_size": (24, 16)}, "multiple of the patch height"),
-        ({"hidden_size": 100, "num_attention_heads": 12}, "not a multiple of num_attention_heads"),
-        ({"pooling": "max"}, "pooling='max'"),
-        ({"sampling_rate": 22050}, "No front-end defaults"),
-        ({"norm_std": 0.0}, "norm_std finite and positive, got -7.1 and 0.0"),
-        ({"norm_mean": float("nan")}, "norm_mean must be finite"),
-        ({"norm_std": float("inf")}, "norm_std finite and positive"),
-        ({"f_max": 9000.0}, r"f_max <= sampling_rate / 2 = 8000 Hz, got f_min=50 and f_max=9000"),
-        ({"f_min": 8000.0}, "f_min < f_max"),
-        ({"classifier_layer": True}, "classifier_layer=True"),
-        ({"classifier_layer": 12}, r"a layer 0..11 \(-12..-1 from the end\)"),
-        ({"classifier_layer": -13}, "classifier_layer=-13"),
-        ({"chunks_per_pass": 0}, "chunks_per_pass=0 must be a positive integer or None"),
-    ],
-)
-def test_bad_configs_are_clear_errors(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        RespM2DConfig(**overrides)
-
-
-def test_config_describes_vit_base_frequency_embeddings():
-    config = RespM2DConfig()
-    assert config.num_frequency_patches == 5 and config.time_patches_per_chunk == 38
-    assert config.frame_embedding_size == config.pooled_size == 3840
-    assert RespM2DConfig(pooling="mean").pooled_size == 768
-    long_unit = RespM2DConfig(input_size=(80, 1001))
-    assert long_unit.time_patches_per_chunk == 62
-    assert tiny_config(patch_size=(80, 4), input_size=(80, 40)).frame_embedding_size == 64

@@ -2,6 +2,7 @@
 
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import PreTrainedConfig
@@ -90,31 +91,31 @@ class RespM2DConfig(PreTrainedConfig):
 
     def __init__(
         self,
-        sampling_rate=16000,
-        n_fft=None,
-        win_length=None,
-        hop_length=None,
-        f_min=None,
-        f_max=None,
-        window="hann",
-        input_size=(80, 608),
-        patch_size=(16, 16),
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        hidden_act="gelu",
-        layer_norm_eps=1e-6,
-        qkv_bias=True,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=0.02,
-        norm_mean=DEFAULT_NORM_STATS[0],
-        norm_std=DEFAULT_NORM_STATS[1],
-        pooling="frequency",
-        classifier_layer=None,
-        chunks_per_pass=32,
-        freeze_encoder=False,
+        sampling_rate: int = 16000,
+        n_fft: int | None = None,
+        win_length: int | None = None,
+        hop_length: int | None = None,
+        f_min: float | None = None,
+        f_max: float | None = None,
+        window: str = "hann",
+        input_size: Sequence[int] = (80, 608),
+        patch_size: Sequence[int] = (16, 16),
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-6,
+        qkv_bias: bool = True,
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        initializer_range: float = 0.02,
+        norm_mean: float = DEFAULT_NORM_STATS[0],
+        norm_std: float = DEFAULT_NORM_STATS[1],
+        pooling: str = "frequency",
+        classifier_layer: int | str | None = None,
+        chunks_per_pass: int | None = 32,
+        freeze_encoder: bool = False,
         **kwargs,
     ):
         front_end = _front_end_settings(sampling_rate, n_fft, win_length, hop_length, f_min, f_max)

@@ -155,18 +155,18 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
 
     def __call__(
         self,
-        raw_speech,
-        sampling_rate=None,
-        padding=True,
-        max_length=None,
-        truncation=False,
-        pad_to_multiple_of=None,
-        return_tensors="pt",
-        return_attention_mask=None,
-        downmix=False,
-        device=None,
+        raw_speech: np.ndarray | torch.Tensor | list | str | bytes | dict,
+        sampling_rate: int | None = None,
+        padding: bool | str | PaddingStrategy = True,
+        max_length: int | None = None,
+        truncation: bool = False,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = "pt",
+        return_attention_mask: bool | None = None,
+        downmix: bool = False,
+        device: str | torch.device | None = None,
         **kwargs,
-    ):
+    ) -> BatchFeature:
         """
         Computes normalized log-mel features.
 

@@ -229,14 +229,17 @@ class RespM2DPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, output_loading_info=False, **kwargs):
         """As in Transformers, but encoder weights missing from or unexpected in the folder are an error: a
-        `config.json` that disagrees with the weights would otherwise load silently with random blocks."""
+        `config.json` that disagrees with the weights would otherwise load silently with random blocks. Without a folder
+        (`from_pretrained(None, config=..., state_dict=...)`), missing weights are initialized as in Transformers."""
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        for kind in ("missing_keys", "unexpected_keys"):
+        checked = ("missing_keys", "unexpected_keys") if source is not None else ()  # no folder: no config.json
+        for kind in checked:
             encoder_keys = sorted(key for key in info.get(kind, ()) if not _is_head_weight(key, cls._head_weights))
             if encoder_keys:
                 raise ValueError(
-                    f"{args[0] if args else kwargs.get('pretrained_model_name_or_path')}: config.json does not match "
-                    f"the weights ({kind.replace('_', ' ')}: {', '.join(encoder_keys[:6])}"
+                    f"{source}: config.json does not match the weights ({kind.replace('_', ' ')}: "
+                    f"{', '.join(encoder_keys[:6])}"
                     f"{', ...' if len(encoder_keys) > 6 else ''}); restore the folder's config.json or re-convert."
                 )
         return (model, info) if output_loading_info else model
@@ -677,13 +680,13 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
 
     def forward(
         self,
-        input_features,
-        attention_mask=None,
-        labels=None,
-        output_hidden_states=None,
-        output_attentions=None,
-        return_dict=None,
-    ):
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
         r"""
         labels (`torch.Tensor`, *optional*):
             Class indices of shape `(batch,)` for single-label, multi-hot floats `(batch, num_labels)` for multi-label,

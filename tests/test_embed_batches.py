@@ -1,9 +1,13 @@
+"""`embed()` in batches: length-sorted batches give the one-clip-at-a-time results; one autocast region per call."""
+
+import pytest
 import torch
 from conftest import noise, tiny_model
 
 from resp_hf import RespM2DFeatureExtractor, RespM2DModel
 
 
+@pytest.mark.golden
 def test_bf16_embeddings_stay_within_cosine_0999_of_fp32_on_the_golden_clips(golden_folder, golden_audio):
     model = RespM2DModel.from_pretrained(golden_folder).eval()
     clips = list(golden_audio.values())
@@ -20,7 +24,6 @@ def test_length_bucketed_embed_equals_one_clip_at_a_time():
     with torch.no_grad():
         alone = torch.cat([model(**extractor(clip, sampling_rate=16000)).pooler_output for clip in clips])
     torch.testing.assert_close(bucketed, alone, atol=1e-5, rtol=0)
-
 
 
 def test_embed_casts_the_weights_once_for_all_batches(monkeypatch):
