@@ -61,7 +61,12 @@ def test_bugs_keep_their_traceback(bug, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "arguments, expected",
     [
-        (["convert"], "resp-hf convert: error: the following arguments are required: checkpoint, output_dir"),
+        (["convert"], "resp-hf convert: error: the following arguments are required: checkpoint"),
+        (
+            ["convert", "a"],
+            "resp-hf convert: error: the following arguments are required: output_dir (or --output_dir)",
+        ),
+        (["convert", "a", "b", "--output_dir", "c"], "resp-hf convert: error: output_dir given twice: b and c"),
         (["convert", "a", "b", "--bogus"], "resp-hf: error: unrecognized arguments: --bogus"),
         (["finetune", "--bogus"], "resp-hf finetune: error: "),
         (["finetune", "--model_name_or_path", "m", "--dataset", "d", "--lora_rank", "four"], "--lora_rank"),
