@@ -52,6 +52,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
         return super().add_argument(*dict.fromkeys(twin for name in names for twin in spelling_twins(name)), **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
+        self.arguments_given = list(sys.argv[1:] if args is None else args)  # for `error` to name the spelling used
         namespace, rest = super().parse_known_args(args, namespace)
         missing = [
             f"{action.dest} (or {action.option_strings[0]})"
@@ -65,7 +66,15 @@ class OneLineErrorParser(argparse.ArgumentParser):
         return namespace, rest
 
     def error(self, message):
+        message = re.sub(r"--[\w-]+(?:/--[\w-]+)+", self.spelling_given, message)
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def spelling_given(self, match):
+        """Of the spellings `--a/--b/--c` argparse names an option by: the one on the command line, else the first."""
+        spellings = match[0].split("/")
+        given = getattr(self, "arguments_given", [])
+        used = [spelling for spelling in spellings if any(arg.split("=")[0] == spelling for arg in given)]
+        return (used or spellings)[0]
 
 
 class PositionalOrOption(argparse.Action):
@@ -626,7 +635,13 @@ def run_export_onnx(args):
 
 
 def build_parser():
-    parser = OneLineErrorParser(prog="resp-hf", description="Respiratory audio foundation models for Transformers.")
+    parser = OneLineErrorParser(
+        prog="resp-hf",
+        description="Respiratory audio foundation models for Transformers.",
+        epilog="Options have one spelling per concept on every command, the Trainer's (--model_name_or_path, "
+        "--output_dir, --num_train_epochs, ...); each also answers to its dashed twin (--output-dir), and the "
+        "spellings of earlier versions (--model, --output, --epochs, ...) keep working.",
+    )
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of errors")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_convert_command(subparsers)
@@ -648,42 +663,24 @@ def missing_extra(error):
     return EXTRA_OF_MODULE.get((error.name or "").split(".")[0])
 
 
-def error_message(error, parser, args):
-    """
-    One line for an expected error: what went wrong, in the terms of the command that `args` ran, or the extra to
-    install for a missing optional module.
-    """
+def error_message(error):
+    """One line for an expected error: what went wrong, and the extra to install for a missing optional module."""
     if isinstance(error, ModuleNotFoundError):
         extra = missing_extra(error)
         return f'this command needs the {extra!r} extra ({error}): pip install "resp-hf[{extra}]"'
-    return in_cli_terms(" ".join(str(error).split()), find_command_parser(parser, args)) or type(error).__name__
+    return in_cli_terms(" ".join(str(error).split())) or type(error).__name__
 
 
 # Python argument spellings that library messages use alone, and the flags that set them on the command line.
 CLI_SPELLINGS = {"downmix=True": "--downmix", "overwrite=True": "--overwrite"}
 
 
-def in_cli_terms(message, command_parser):
-    """
-    A library message in the command line's terms: "pass x=True (--x)" becomes "pass --x", and each of the command's
-    options is named by its canonical spelling (an earlier `--overwrite` becomes `--overwrite_output_dir`).
-    """
+def in_cli_terms(message):
+    """A library message in the command line's terms: "pass x=True (--x)" becomes "pass --x"."""
     message = re.sub(r"`?\b\w+=[^\s()`]+`? \((--[^)]+)\)", r"\1", message)
     for python_spelling, flag in CLI_SPELLINGS.items():
         message = message.replace(python_spelling, flag)
-    canonical = {
-        option: action.option_strings[0] for action in command_parser._actions for option in action.option_strings
-    }
-    return re.sub(r"--[A-Za-z][\w-]*", lambda flag: canonical.get(flag[0], flag[0]), message)
-
-
-def find_command_parser(parser, args):
-    """The parser that holds the options of the command `args` ran (`resp-hf tasks build`: the `build` subparser)."""
-    if args.command in ("finetune", "pretrain"):  # they parse their options themselves
-        return importlib.import_module(f"{__package__}.training.{args.command}").build_parser()
-    while subcommands := [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]:
-        parser = subcommands[0].choices[getattr(args, subcommands[0].dest)]
-    return parser
+    return message
 
 
 def is_expected(error):
@@ -708,7 +705,7 @@ def main(argv=None):
     except Exception as error:
         if args.traceback or not is_expected(error):
             raise
-        print(f"resp-hf {args.command}: error: {error_message(error, parser, args)}", file=sys.stderr)
+        print(f"resp-hf {args.command}: error: {error_message(error)}", file=sys.stderr)
         return 2
     return code or 0
 
