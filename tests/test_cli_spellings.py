@@ -238,3 +238,9 @@ def test_help_names_each_option_by_its_canonical_spelling(path, capsys, monkeypa
         for earlier, spelling in EARLIER_SPELLINGS.get(path, {}).items():
             if spelling == canonical and earlier.replace("-", "_") != canonical.replace("-", "_"):
                 assert earlier in entry[0], (path, earlier)
+
+
+def test_an_abbreviation_that_worked_before_still_works():
+    """`--out` matches `--output_dir`, `--output-dir` and `--output`: spellings of one option, not an ambiguity."""
+    args, _ = build_parser().parse_known_args(["benchmark", "--mod", "m", "--out", "o", "--overwrite"])
+    assert (args.model_name_or_path, args.output_dir, args.overwrite_output_dir) == ("m", "o", True)

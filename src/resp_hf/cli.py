@@ -65,6 +65,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
             self.error(f"the following arguments are required: {', '.join(missing)}")
         return namespace, rest
 
+    def _get_option_tuples(self, option_string):
+        # An abbreviation (--out) that matches several spellings of one option is no ambiguity: one match per option.
+        matches = {}
+        for match in super()._get_option_tuples(option_string):
+            matches.setdefault(match[0], match)  # match[0] is the action
+        return list(matches.values())
+
     def error(self, message):
         message = re.sub(r"--[\w-]+(?:/--[\w-]+)+", self.spelling_given, message)
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
