@@ -3,6 +3,7 @@
 import json
 import logging
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from test_opera_safety import mmlung_checkout
 from resp_hf import RespM2DFeatureExtractor
 from resp_hf.linear_probe import BenchmarkSettings, EmbeddingCache, fit_length, run_benchmark, runner
 from resp_hf.linear_probe.embeddings import embed_split, parse_layers, recording_seed
-from resp_hf.linear_probe.probe import KeepBestEpoch, train_linear_probe
+from resp_hf.linear_probe.probe import EmbeddedSplit, KeepBestEpoch, ProbeData, ProbeResult, train_linear_probe
 from resp_hf.cli import main as cli_main
 from resp_hf.opera.protocol import PROTOCOLS, get_protocol
 from resp_hf.synthetic import high_band_tone, low_band_noise
@@ -160,21 +161,25 @@ def separable(rng, rows, size=6):
     return rng.normal(size=(rows, size)).astype(np.float32) + 2.0 * labels[:, None], labels
 
 
+def probe_data(splits, problem_type, num_labels):
+    return ProbeData(*[EmbeddedSplit(*split) for split in splits], problem_type=problem_type, num_labels=num_labels)
+
+
 def test_the_probe_keeps_only_epochs_opera_checkpoints_and_stops_early():
     rng = np.random.default_rng(0)
-    train, validation, test = separable(rng, 40), separable(rng, 20), separable(rng, 10)
+    splits = separable(rng, 40), separable(rng, 20), separable(rng, 10)
     kauh = get_protocol("T10")
-    classification = "single_label_classification"
-    _, best_epoch, history = train_linear_probe(train, validation, test, classification, 2, 0, kauh, epochs=20)
+    classification = probe_data(splits, "single_label_classification", 2)
+    _, best_epoch, history = train_linear_probe(classification, replace(kauh, epochs=20), seed=0)
     assert best_epoch % 5 == 0 and len(history) == 20
     # validation targets run against the training ones: the validation MAE worsens from the first epoch on
-    targets = [(x, sign * x[:, 0] * 3.0 + 10.0) for (x, _), sign in zip((train, validation, test), (1, -1, 1))]
+    targets = [(x, sign * x[:, 0] * 3.0 + 10.0) for (x, _), sign in zip(splits, (1, -1, 1))]
     mmlung = get_protocol("T13")
-    _, best_epoch, history = train_linear_probe(*targets, "regression", 1, 0, mmlung)
-    assert np.all(np.diff(history) > 0)
-    assert len(history) == 6 and best_epoch == 3  # patience 5 after epoch 1; checkpoints at epochs 3 and 6
+    result = train_linear_probe(probe_data(targets, "regression", 1), mmlung, seed=0)
+    assert np.all(np.diff(result.validation_history) > 0)
+    assert len(result.validation_history) == 6 and result.best_epoch == 3  # patience 5 after epoch 1; checkpoints 3, 6
     with pytest.raises(ValueError, match="T10: 3 epoch\\(s\\) never reach OPERA's first checkpoint \\(every 5"):
-        train_linear_probe(train, validation, test, classification, 2, 0, kauh, epochs=3)
+        train_linear_probe(classification, replace(kauh, epochs=3), seed=0)
 
 
 def test_the_runner_trains_with_the_task_protocol_object(tmp_path, monkeypatch):
@@ -189,9 +194,9 @@ def test_the_runner_trains_with_the_task_protocol_object(tmp_path, monkeypatch):
         soundfile.write(root / f"datasets/mmlung/audio/b{i}.wav", audio, RATE)
     calls = []
 
-    def fake_probe(train, validation, test, problem_type, num_labels, seed, protocol, epochs=None):
-        calls.append((len(train[1]), len(validation[1]), seed, protocol))
-        return np.full((len(test[1]), 1), float(len(calls))), None, []
+    def fake_probe(data, protocol, seed):
+        calls.append((len(data.train.labels), len(data.validation.labels), seed, protocol))
+        return ProbeResult(np.full((len(data.test.labels), 1), float(len(calls))), None, [])
 
     monkeypatch.setattr(runner, "train_linear_probe", fake_probe)
     settings = BenchmarkSettings(progress=False)
@@ -245,11 +250,13 @@ def test_a_corrupt_cache_entry_is_recomputed_with_a_warning(tmp_path, caplog, ki
 def test_a_benchmark_run_recomputes_a_corrupt_cache_entry(tmp_path, caplog):
     dataset = tiny_dataset(tmp_path)
     settings = BenchmarkSettings(seeds=(0,), epochs=2, seconds=0.5, progress=False)
-    first = run_benchmark(tiny_model(), tmp_path / "a", [], None, [dataset], settings, cache_dir=tmp_path / "c")
+    first = run_benchmark(tiny_model(), tmp_path / "a", datasets=[dataset], settings=settings, cache_dir=tmp_path / "c")
     for entry in (tmp_path / "c").iterdir():
         corrupt(entry, "nan")
     with caplog.at_level(logging.WARNING):
-        again = run_benchmark(tiny_model(), tmp_path / "b", [], None, [dataset], settings, cache_dir=tmp_path / "c")
+        again = run_benchmark(
+            tiny_model(), tmp_path / "b", datasets=[dataset], settings=settings, cache_dir=tmp_path / "c"
+        )
     assert "is corrupt" in caplog.text and [r["value"] for r in again] == [r["value"] for r in first]
 
 

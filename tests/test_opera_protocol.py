@@ -57,12 +57,12 @@ def test_every_task_protocol_has_operas_values(task_id):
 
 
 def test_the_protocol_command_prints_the_object_the_benchmark_runs(capsys):
-    from resp_hf.linear_probe.runner import opera_spec
+    from resp_hf.linear_probe.runner import opera_job
 
     assert cli_main(["opera", "protocol", "T10", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == get_protocol("T10").to_dict()
-    assert opera_spec("kauh_obstructive").protocol is PROTOCOLS["T10"]
+    assert opera_job("kauh_obstructive", opera_root=None).protocol is PROTOCOLS["T10"]
     assert cli_main(["opera", "protocol", "T13"]) == 0
     text = capsys.readouterr().out
     assert "early_stopping_patience" in text and "EarlyStopping(monitor='valid_MAE'" in text

@@ -15,14 +15,19 @@ from accelerate.data_loader import DataLoaderShard
 from conftest import GOLDEN_CHECKPOINT, run_without_resp_hf
 from datasets import Audio, Dataset, DatasetDict
 
-from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
+from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel, convert_m2d_checkpoint
 from resp_hf.cli import main as cli_main
-from resp_hf.convert import load_checkpoint
+from resp_hf.convert import load_checkpoint, read_m2d_checkpoint
 from resp_hf.synthetic import write_two_class_recordings
 from resp_hf.training import pretrain
-from resp_hf.training.pretraining_model import M2DPretrainingModel, predictor_config, random_masks
 from resp_hf.training.pretrain import build_model, model_from_official, parameter_groups
 from resp_hf.training.pretrain_data import LogMelUnits, norm_stats_from_crops, read_source
+from resp_hf.training.pretraining_model import (
+    M2DPretrainingModel,
+    predictor_config,
+    predictor_config_from_weights,
+    random_masks,
+)
 
 TINY = {
     "hidden_size": 64,
@@ -337,6 +342,56 @@ def test_initialization_from_the_golden_checkpoint_reuses_online_target_and_pred
     assert torch.equal(model.predictor.mask_token, official["mask_token"])
     assert torch.equal(model.predictor.head.weight, official["decoder_pred.weight"])
     assert model.config.norm_mean == pytest.approx(-5.3)
+
+
+def test_the_checkpoint_reader_names_target_and_predictor_weights_as_the_pretraining_model():
+    checkpoint = read_m2d_checkpoint(GOLDEN_CHECKPOINT)
+    assert checkpoint.name == GOLDEN_CHECKPOINT.parent.name and checkpoint.notes == []
+    assert set(checkpoint.encoder_weights) == set(RespM2DModel(checkpoint.config).state_dict())
+    weights = checkpoint.pretraining_weights
+    model = M2DPretrainingModel(checkpoint.config, predictor_config_from_weights(weights))
+    assert set(weights) == {key for key in model.state_dict() if not key.startswith("online.")}
+    assert sum(checkpoint.dropped.values()) == len(weights)  # what conversion drops is what pre-training reuses
+
+
+def save_official(tmp_path, state, folder="m2d_vit_base-80x608p16x16p16k-variant"):
+    path = tmp_path / folder / "checkpoint.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": state}, path)
+    return path
+
+
+def test_pretraining_and_conversion_read_an_encoder_only_release_alike(tmp_path):
+    """One reader: the same encoder and config (the default norm statistics when the file has none) in both."""
+    official = load_checkpoint(GOLDEN_CHECKPOINT)["model"]
+    encoder_keys = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
+    path = save_official(tmp_path, {k: v for k, v in official.items() if k.startswith(encoder_keys)})
+    report = convert_m2d_checkpoint(path, tmp_path / "converted")
+    assert report.notes == ["no norm_stats in the checkpoint; using the M2D default (-7.1, 4.2)"]
+    converted = RespM2DModel.from_pretrained(tmp_path / "converted")
+    model, reused = model_from_official(path, predictor=predictor_config(width=32, depth=1, heads=1))
+    assert reused == []
+    saved = {"architectures", "dtype", "_name_or_path"}  # set by saving and loading a folder
+    assert {k: v for k, v in converted.config.to_dict().items() if k not in saved} == {
+        k: v for k, v in model.config.to_dict().items() if k not in saved
+    }
+    assert (model.config.norm_mean, model.config.norm_std) == (-7.1, 4.2)
+    for key, value in converted.state_dict().items():
+        assert torch.equal(model.online.state_dict()[key], value), key
+    assert torch.equal(model.target_layers[1].mlp.fc1.weight, official["blocks.1.mlp.fc1.weight"])  # a fresh copy
+
+
+def test_an_unknown_predictor_weight_stops_pretraining_but_not_conversion(tmp_path):
+    state = load_checkpoint(GOLDEN_CHECKPOINT)["model"]
+    state["decoder_blocks.0.ls1.gamma"] = torch.ones(512)  # layer scale, which the predictor does not have
+    path = save_official(tmp_path, state)
+    with pytest.raises(
+        ValueError,
+        match=rf"^{path} holds weights the pre-training model does not have: "
+        r"decoder_blocks.0.ls1.gamma; it is not an M2D training checkpoint.$",
+    ):
+        model_from_official(path)
+    assert convert_m2d_checkpoint(path, tmp_path / "converted").dropped["decoder_blocks"] == 13
 
 
 def test_pretrain_smoke_example(tmp_path):

@@ -23,7 +23,21 @@ RespM2DModel.register_for_auto_class("AutoModel")
 RespM2DForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
 RespM2DFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 
-from .convert import ConversionReport, UnsafeCheckpointError, convert_m2d_checkpoint  # noqa: E402
+from .convert import (  # noqa: E402
+    ConversionReport,
+    M2DCheckpoint,
+    UnsafeCheckpointError,
+    convert_m2d_checkpoint,
+    read_m2d_checkpoint,
+)
 from .quantize import quantize  # noqa: E402
 
-__all__ = [*_model_folder_names, "ConversionReport", "UnsafeCheckpointError", "convert_m2d_checkpoint", "quantize"]
+__all__ = [
+    *_model_folder_names,
+    "ConversionReport",
+    "M2DCheckpoint",
+    "UnsafeCheckpointError",
+    "convert_m2d_checkpoint",
+    "read_m2d_checkpoint",
+    "quantize",
+]

@@ -341,10 +341,10 @@ def run_benchmark_command(args):
     run_benchmark(
         args.model_name_or_path,
         args.output_dir,
-        tasks,
-        args.opera_root,
-        args.dataset,
-        settings,
+        tasks=tasks,
+        opera_root=args.opera_root,
+        datasets=args.dataset,
+        settings=settings,
         cache_dir=args.cache_dir,
     )
     print((Path(args.output_dir) / "results.md").read_text())

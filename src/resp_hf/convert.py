@@ -1,4 +1,7 @@
-"""Conversion of official M2D checkpoints (`.pth`) into `resp_hf` folders (safetensors + remote code)."""
+"""
+Reading official M2D checkpoints (`.pth` or `.safetensors`) and converting them into `resp_hf` folders (safetensors +
+remote code). [`read_m2d_checkpoint`] is the one reader: conversion and further pre-training both start from it.
+"""
 
 import argparse
 import hashlib
@@ -15,9 +18,9 @@ import torch
 
 from . import cards
 from .models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
+from .models.resp_m2d.configuration_resp_m2d import DEFAULT_NORM_STATS
 from .output_folders import atomic_folder, check_output_folder
 
-DEFAULT_NORM_STATS = (-7.1, 4.2)
 # Prefixes that wrap the encoder in fine-tuned checkpoints (EVAR, the portable runtime).
 WRAPPER_PREFIXES = ("module.ar.runtime.backbone.", "backbone.")
 # Python objects official checkpoints contain besides tensors; everything else is refused.
@@ -51,14 +54,58 @@ TOP_LEVEL_KEYS = {
     "norm.weight": "layernorm.weight",
     "norm.bias": "layernorm.bias",
 }
+# Target-encoder and predictor weights outside the block stacks, named as in `M2DPretrainingModel`.
+PRETRAINING_KEYS = {
+    "target_norm.weight": "target_norm.weight",
+    "target_norm.bias": "target_norm.bias",
+    "mask_token": "predictor.mask_token",
+    "decoder_pos_embed": "predictor.position_embeddings",
+    "decoder_embed.weight": "predictor.embed.weight",
+    "decoder_embed.bias": "predictor.embed.bias",
+    "decoder_norm.weight": "predictor.norm.weight",
+    "decoder_norm.bias": "predictor.norm.bias",
+    "decoder_pred.weight": "predictor.head.weight",
+    "decoder_pred.bias": "predictor.head.bias",
+}
 ENCODER_KEY_PREFIXES = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.")
-BLOCK_PATTERN = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
-# Block stacks of training checkpoints: the online encoder, its EMA target (the same depth) and the predictor.
-BLOCK_STACKS = ("blocks", "target_blocks", "decoder_blocks")
+# What the EMA target encoder and the predictor of a training checkpoint are named with.
+PRETRAINING_KEY_PREFIXES = ("target_", "decoder_", "mask_token")
+# Block stacks of training checkpoints and their resp_hf names: the online encoder, its EMA target (the same depth)
+# and the predictor (`M2DPretrainingModel`).
+BLOCK_STACKS = {"blocks": "encoder.layer", "target_blocks": "target_layers", "decoder_blocks": "predictor.layers"}
+BLOCK_PATTERN = re.compile(
+    rf"^(?P<stack>{'|'.join(BLOCK_STACKS)})\.(?P<index>\d+)\.(?P<module>.+)\.(?P<kind>weight|bias)$"
+)
 
 
 class UnsafeCheckpointError(ValueError):
     """The checkpoint needs code outside the allowlist to unpickle; it was refused and nothing was executed."""
+
+
+@dataclass
+class M2DCheckpoint:
+    """
+    An official M2D checkpoint read and checked by [`read_m2d_checkpoint`], in `resp_hf` names.
+
+    Attributes:
+        path: the file read.
+        name: the official-style name that gave the input and patch size and the sampling rate.
+        config: the encoder's config, with the checkpoint's norm statistics (`DEFAULT_NORM_STATS` when it has none).
+        encoder_weights: the online encoder, named as in [`RespM2DModel`].
+        pretraining_weights: the EMA target encoder and the predictor of a training checkpoint, named as in
+            `M2DPretrainingModel` (empty for an encoder-only release); a weight without a known name keeps its
+            official one, so that loading names it.
+        dropped: the number of non-encoder tensors per top-level prefix (what an encoder folder leaves out).
+        notes: what the reader assumed or left out, for the user.
+    """
+
+    path: Path
+    name: str
+    config: RespM2DConfig
+    encoder_weights: dict[str, torch.Tensor]
+    pretraining_weights: dict[str, torch.Tensor]
+    dropped: dict[str, int]
+    notes: list[str]
 
 
 @dataclass
@@ -69,8 +116,8 @@ class ConversionReport:
     output_dir: Path
     config: RespM2DConfig
     sha256: str
-    dropped: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self):
         config = self.config
@@ -89,11 +136,44 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def load_checkpoint(path):
+def read_m2d_checkpoint(path: str | Path, name: str | None = None) -> M2DCheckpoint:
+    """
+    Reads an official M2D checkpoint without executing code from it: loads it (weights-only), unwraps and checks it
+    (finite values, whole block stacks, an EMA target as deep as the online encoder), splits the encoder from the
+    target encoder and predictor, reads the norm statistics and infers the encoder's config.
+
+    Args:
+        path: the `.pth` or `.safetensors` file (full training checkpoint, encoder-only release or fine-tuned
+            checkpoint).
+        name (`str`, *optional*): official-style name giving the input and patch size and sampling rate
+            (e.g. `m2d_vit_base-80x608p16x16p16k`); by default the checkpoint's parent folder name.
+    """
+    path = Path(path)
+    state_dict = extract_state_dict(load_checkpoint(path), path)
+    name = name or path.resolve().parent.name
+    name_info = parse_checkpoint_name(name)
+    check_finite(state_dict, path)
+    check_block_numbering(state_dict, path)
+    encoder, pretraining, dropped = split_weights(state_dict, path)
+    norm_stats, notes = read_norm_stats(state_dict, path)
+    if any(prefix in dropped for prefix in ("audio_proj", "text_proj")):
+        notes.append("M2D-CLAP projection heads (audio_proj, text_proj) are not part of the audio encoder; dropped")
+    return M2DCheckpoint(
+        path=path,
+        name=name,
+        config=infer_config(encoder, name_info, norm_stats),
+        encoder_weights=encoder,
+        pretraining_weights=pretraining,
+        dropped=dropped,
+        notes=notes,
+    )
+
+
+def load_checkpoint(path: str | Path) -> dict:
     """Loads a `.pth` (weights-only unpickling, with an allowlist) or `.safetensors` file without executing code."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
+        raise FileNotFoundError(f"Checkpoint not found: {path} does not exist or is not a file.")
     if path.suffix == ".safetensors":
         try:
             return safetensors.torch.load_file(path)
@@ -114,7 +194,7 @@ def load_checkpoint(path):
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error}).") from None
 
 
-def extract_state_dict(checkpoint, path):
+def extract_state_dict(checkpoint: object, path: Path) -> dict[str, torch.Tensor]:
     """Returns the flat tensor dict of a checkpoint (`model` entry or the dict itself) without wrapper prefixes."""
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
@@ -132,38 +212,58 @@ def extract_state_dict(checkpoint, path):
     return state_dict
 
 
-def rename_encoder_key(key):
-    """Maps an original encoder key to its `RespM2DModel` name; None when the key is not a known encoder weight."""
+def rename_key(key: str) -> str | None:
+    """
+    Maps an official weight name to its `resp_hf` name (`RespM2DModel` for the encoder, `M2DPretrainingModel` for the
+    target encoder and predictor); None when the name is not a known M2D weight.
+    """
     if key in TOP_LEVEL_KEYS:
         return TOP_LEVEL_KEYS[key]
+    if key in PRETRAINING_KEYS:
+        return PRETRAINING_KEYS[key]
     match = BLOCK_PATTERN.match(key)
-    if match and match.group(2) in BLOCK_KEYS:
-        index, module, kind = match.groups()
-        return f"encoder.layer.{index}.{BLOCK_KEYS[module]}.{kind}"
+    if match and match["module"] in BLOCK_KEYS:
+        return f"{BLOCK_STACKS[match['stack']]}.{match['index']}.{BLOCK_KEYS[match['module']]}.{match['kind']}"
     return None
 
 
-def split_encoder_weights(state_dict):
-    """Splits a state dict into renamed encoder weights and a count of dropped tensors per top-level prefix."""
-    encoder, dropped = {}, Counter()
+def split_weights(
+    state_dict: dict[str, torch.Tensor], path: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
+    """
+    Splits a state dict into renamed encoder weights, renamed target-encoder and predictor weights, and a count of
+    the non-encoder tensors per top-level prefix.
+    """
+    encoder, pretraining, dropped = {}, {}, Counter()
     for key, value in state_dict.items():
         if key == "norm_stats":
             continue
+        new_key = rename_key(key)
         if key.startswith(ENCODER_KEY_PREFIXES):
-            new_key = rename_encoder_key(key)
             if new_key is None:
-                raise ValueError(f"Unrecognized encoder weight {key!r}: this checkpoint's encoder is not an M2D ViT.")
+                raise ValueError(f"Unrecognized encoder weight {key!r} in {path}: its encoder is not an M2D ViT.")
             encoder[new_key] = value
-        else:
-            dropped[key.split(".")[0]] += 1
+            continue
+        dropped[key.split(".")[0]] += 1
+        if key.startswith(PRETRAINING_KEY_PREFIXES):
+            pretraining[new_key or key] = value
     if not encoder:
-        raise ValueError(
-            "The checkpoint holds no M2D encoder weights (cls_token, pos_embed, patch_embed, blocks, norm)."
-        )
-    return encoder, dict(sorted(dropped.items()))
+        raise ValueError(f"{path} holds no M2D encoder weights (cls_token, pos_embed, patch_embed, blocks, norm).")
+    return encoder, pretraining, dict(sorted(dropped.items()))
 
 
-def check_finite(state_dict, path):
+def read_norm_stats(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[list[float], list[str]]:
+    """`(mean, std)` of the checkpoint, or the M2D default with a note saying so."""
+    if "norm_stats" not in state_dict:
+        note = f"no norm_stats in the checkpoint; using the M2D default {DEFAULT_NORM_STATS}"
+        return list(DEFAULT_NORM_STATS), [note]
+    norm_stats = [float(v) for v in torch.as_tensor(state_dict["norm_stats"]).flatten()]
+    if len(norm_stats) != 2:
+        raise ValueError(f"{path}: norm_stats must hold (mean, std), got {norm_stats}.")
+    return norm_stats, []
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """Fails naming every floating-point tensor that holds NaN or Inf (it would give non-finite embeddings)."""
     bad = [
         key
@@ -175,7 +275,7 @@ def check_finite(state_dict, path):
         raise ValueError(f"{path} holds NaN or Inf values in {len(bad)} tensors: {shown}. The checkpoint is damaged.")
 
 
-def check_block_numbering(state_dict, path):
+def check_block_numbering(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """
     Fails when a block stack has a gap (blocks 0, 1, 3) or when the EMA target's depth differs from the online
     encoder's: a block missing from a damaged checkpoint would otherwise give a shallower encoder.
@@ -200,7 +300,7 @@ def check_block_numbering(state_dict, path):
         )
 
 
-def parse_checkpoint_name(name):
+def parse_checkpoint_name(name: str) -> dict:
     """Model, input size, patch size and sampling rate from an official name like `m2d_vit_base-80x608p16x16p16k`."""
     match = NAME_PATTERN.match(name)
     if not match:
@@ -218,7 +318,7 @@ def parse_checkpoint_name(name):
     }
 
 
-def infer_config(encoder, name_info, norm_stats):
+def infer_config(encoder: dict[str, torch.Tensor], name_info: dict, norm_stats: list[float]) -> RespM2DConfig:
     """Builds the config from the name and the tensor shapes (width, depth, heads, MLP size)."""
     for key in (
         "embeddings.position_embeddings",
@@ -248,8 +348,12 @@ def infer_config(encoder, name_info, norm_stats):
     )
 
 
-def check_encoder_weights(model, encoder):
-    """Fails with the full list of missing, unexpected and mis-shaped weights, if any."""
+def load_encoder_weights(model: RespM2DModel, checkpoint: M2DCheckpoint) -> None:
+    """
+    Loads the checkpoint's encoder into `model` strictly; fails first with the full list of missing, unexpected and
+    mis-shaped weights, if any.
+    """
+    encoder = checkpoint.encoder_weights
     expected = model.state_dict()
     missing = sorted(set(expected) - set(encoder))
     unexpected = sorted(set(encoder) - set(expected))
@@ -263,14 +367,21 @@ def check_encoder_weights(model, encoder):
     problems += [f"wrong shape: {'; '.join(misshaped)}"] * bool(misshaped)
     if problems:
         raise ValueError(
-            "The checkpoint's encoder weights do not fit the inferred architecture "
+            f"The encoder weights of {checkpoint.path} do not fit the inferred architecture "
             f"({model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
             f"input {model.config.input_size}, "
             f"patch {model.config.patch_size}):\n  " + "\n  ".join(problems)
         )
+    model.load_state_dict(encoder, strict=True)
 
 
-def convert_m2d_checkpoint(checkpoint_path, output_dir, name=None, write_card=True, overwrite=False):
+def convert_m2d_checkpoint(
+    checkpoint_path: str | Path,
+    output_dir: str | Path,
+    name: str | None = None,
+    write_card: bool = True,
+    overwrite: bool = False,
+) -> ConversionReport:
     """
     Converts an official M2D checkpoint into a folder that loads with `AutoModel` / `AutoFeatureExtractor`
     (`trust_remote_code=True`): `config.json`, `model.safetensors`, `preprocessor_config.json`, the remote code and a
@@ -288,47 +399,30 @@ def convert_m2d_checkpoint(checkpoint_path, output_dir, name=None, write_card=Tr
         [`ConversionReport`]: the config, the dropped tensors per prefix and notes.
     """
     checkpoint_path, output_dir = Path(checkpoint_path), Path(output_dir)
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {checkpoint_path} does not exist or is not a file.")
     check_output_folder(output_dir, overwrite)
-    name = name or checkpoint_path.resolve().parent.name
-    name_info = parse_checkpoint_name(name)
-    state_dict = extract_state_dict(load_checkpoint(checkpoint_path), checkpoint_path)
-    check_finite(state_dict, checkpoint_path)
-    check_block_numbering(state_dict, checkpoint_path)
-    encoder, dropped = split_encoder_weights(state_dict)
-    notes = []
-    if "norm_stats" in state_dict:
-        norm_stats = [float(v) for v in torch.as_tensor(state_dict["norm_stats"]).flatten()]
-    else:
-        norm_stats = list(DEFAULT_NORM_STATS)
-        notes.append(f"no norm_stats in the checkpoint; using the M2D default {DEFAULT_NORM_STATS}")
-    if len(norm_stats) != 2:
-        raise ValueError(f"norm_stats must hold (mean, std), got {norm_stats}.")
-    if any(prefix in dropped for prefix in ("audio_proj", "text_proj")):
-        notes.append("M2D-CLAP projection heads (audio_proj, text_proj) are not part of the audio encoder; dropped")
-    config = infer_config(encoder, name_info, norm_stats)
+    checkpoint = read_m2d_checkpoint(checkpoint_path, name)
+    config = checkpoint.config
     model = RespM2DModel(config)
-    check_encoder_weights(model, encoder)
-    model.load_state_dict(encoder, strict=True)
+    load_encoder_weights(model, checkpoint)
     report = ConversionReport(
         source=checkpoint_path,
         output_dir=output_dir,
         config=config,
         sha256=file_sha256(checkpoint_path),
-        dropped=dropped,
-        notes=notes,
+        dropped=checkpoint.dropped,
+        notes=checkpoint.notes,
     )
     with atomic_folder(output_dir) as folder:
         model.save_pretrained(folder)
         RespM2DFeatureExtractor.from_model_config(config).save_pretrained(folder)
         if write_card:
-            source = f"{name}/{checkpoint_path.name}"
+            source = f"{checkpoint.name}/{checkpoint_path.name}"
             cards.write_card(folder, cards.encoder_card(config, source, report.sha256, name=output_dir.name))
     return report
 
 
-def file_sha256(path):
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -1,20 +1,20 @@
 """Clip embeddings of a dataset split under the OPERA protocol, computed once and cached on disk."""
 
 import hashlib
-import io
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
-from datasets import Audio
+from datasets import Audio, Dataset
 
 from ..audio import decode_audio
-from ..models.resp_m2d import RespM2DFeatureExtractor
-from ..models.resp_m2d.modeling_resp_m2d import progress_bar
+from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DModel
+from ..models.resp_m2d.audio_utils_resp_m2d import item_duration
+from ..models.resp_m2d.modeling_resp_m2d import embed_clips
 from ..output_folders import atomic_file
 
 CROP_MODES = ("random", "center", "none")
@@ -183,45 +183,37 @@ class EmbeddingCache:
             os.fsync(handle.fileno())
 
 
-@torch.no_grad()
-def embed_split(model, split, layers=(-1,), crop="random", seconds=10.0, crop_seed=0, batch_size=16, progress=None):
+def embed_split(
+    model: RespM2DModel,
+    split: Dataset,
+    layers: Sequence[int] = (-1,),
+    crop: str = "random",
+    seconds: float = 10.0,
+    crop_seed: int = 0,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> dict[str, np.ndarray]:
     """
     Clip embeddings of every row of `split` for each layer (original M2D numbers, see `RespM2DModel.layer_output`):
     `{"k": (rows, size)}` float32 arrays keyed by the layer number as text.
 
     Audio is decoded batch by batch with soundfile + soxr at the model's rate and fitted to `seconds` (see
-    `fit_length`; a random crop is seeded per recording); whole clips (`crop="none"`) are batched by length. The last
-    layer is `pooler_output`; the others pool their block's output the same way.
+    `fit_length`; a random crop is seeded per recording); whole clips (`crop="none"`) are batched by length. The
+    clips go through `embed_clips`, the loop of `RespM2DModel.embed`, all layers in one pass; a progress bar is shown
+    unless `progress` is False.
     """
-    num_layers = model.config.num_hidden_layers
-    layers = [layer % num_layers for layer in layers]
     extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     rate = extractor.sampling_rate
     length = int(round(seconds * rate))
     values = audio_values(split)
-    order = list(range(len(values)))
-    if crop == "none":  # whole clips: group similar lengths to limit padding
-        order.sort(key=lambda i: audio_duration(values[i]))
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    outputs = {layer: [None] * len(values) for layer in layers}
-    needs_hidden = any(layer != num_layers - 1 for layer in layers)
-    for batch in progress_bar(batches, progress is not False, "Embedding"):
-        waveforms = [
-            fit_length(decode_audio(values[i], rate, downmix=True), length, crop, recording_seed(crop_seed, values[i]))
-            for i in batch
-        ]
-        result = model(
-            **extractor(waveforms, sampling_rate=rate, device=model.device), output_hidden_states=needs_hidden
-        )
-        for layer in layers:
-            pooled = model.pool(model.layer_output(result, layer), result.frame_mask)
-            for row, position in enumerate(batch):
-                outputs[layer][position] = pooled[row].float().cpu().numpy()
-    return {str(layer): np.stack(rows) for layer, rows in outputs.items()}
 
+    def fitted_clip(index: int) -> np.ndarray:
+        value = values[index]
+        return fit_length(decode_audio(value, rate, downmix=True), length, crop, recording_seed(crop_seed, value))
 
-def audio_duration(value):
-    """Duration in seconds of an undecoded audio value, from the file header."""
-    if isinstance(value, dict) and value.get("bytes") is not None:
-        return soundfile.info(io.BytesIO(value["bytes"])).duration
-    return soundfile.info(value if isinstance(value, str) else value["path"]).duration
+    # Whole clips are batched by length to limit padding; fitted clips all have one length.
+    durations = [item_duration(value, None) for value in values] if crop == "none" else None
+    embeddings = embed_clips(
+        model, fitted_clip, len(values), extractor, durations, layers, batch_size, progress=progress is not False
+    )
+    return {str(layer): embedding.numpy() for layer, embedding in embeddings.items()}

@@ -2,6 +2,8 @@
 
 import copy
 import tempfile
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,6 +14,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_callback import PrinterCallback
 
 from ..metrics import build_compute_metrics
+from ..opera import ProbeProtocol
 
 L2_STRENGTH = 1e-5
 INIT_STD = 0.01
@@ -126,30 +129,42 @@ class KeepBestEpoch(TrainerCallback):
             control.should_training_stop = self.epochs_without_improvement >= self.patience
 
 
-def train_linear_probe(train, validation, test, problem_type, num_labels, seed, protocol, epochs=None):
-    """
-    Trains a linear head on `(features, labels)` pairs with a task's `ProbeProtocol` (see `resp_hf.opera.protocol`):
-    Adam at `learning_rate`, multiplied by `lr_decay` after every epoch, gradient clipping at `max_grad_norm`, the L2
-    penalty, `epochs` epochs (default: the protocol's) with early stopping when the protocol has it, and the head of
-    the best validation AUROC (lowest MAE for regression) among the epochs OPERA checkpoints. `seed` sets the head
-    initialization and the shuffling.
+@dataclass(frozen=True)
+class EmbeddedSplit:
+    """Clip embeddings `(rows, size)` and their labels: class indices, or float targets for regression."""
 
-    Returns `(test_logits, best_epoch, validation_history)`.
+    features: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class ProbeData:
+    """What a linear head learns from, is selected on and is scored on, and what kind of labels they carry."""
+
+    train: EmbeddedSplit
+    validation: EmbeddedSplit
+    test: EmbeddedSplit
+    problem_type: str  # "single_label_classification" or "regression"
+    num_labels: int
+
+
+class ProbeResult(NamedTuple):
+    test_logits: np.ndarray
+    best_epoch: int
+    validation_history: list[float]  # the validation metric after each epoch
+
+
+def train_linear_probe(data: ProbeData, protocol: ProbeProtocol, seed: int) -> ProbeResult:
     """
-    protocol.check_epochs(epochs or protocol.epochs)
-    epochs = epochs or protocol.epochs
-    regression = problem_type == "regression"
-    train_labels = np.asarray(train[1], dtype=np.float32 if regression else np.int64)
-    config = LinearProbeConfig(
-        input_size=train[0].shape[1],
-        num_labels=num_labels,
-        l2_strength=protocol.l2_strength,
-        problem_type=problem_type,
-        target_mean=float(train_labels.mean()) if regression else 0.0,
-        target_std=float(train_labels.std() or 1.0) if regression else 1.0,
-    )
-    torch.manual_seed(seed)
-    model = LinearProbe(config)
+    Trains a linear head on `data` with a task's `ProbeProtocol` (see `resp_hf.opera.protocol`): Adam at
+    `learning_rate`, multiplied by `lr_decay` after every epoch, gradient clipping at `max_grad_norm`, the L2 penalty,
+    `epochs` epochs with early stopping when the protocol has it, and the head of the best validation AUROC (lowest MAE
+    for regression) among the epochs OPERA checkpoints. `seed` sets the head initialization and the shuffling.
+    """
+    protocol.check_epochs(protocol.epochs)
+    regression = data.problem_type == "regression"
+    train_labels = np.asarray(data.train.labels, dtype=np.float32 if regression else np.int64)
+    model = new_linear_probe(data, train_labels, protocol, seed)
     keep_best = KeepBestEpoch(
         "mae" if regression else "auroc",
         greater_is_better=not regression,
@@ -157,33 +172,14 @@ def train_linear_probe(train, validation, test, problem_type, num_labels, seed, 
         patience=protocol.early_stopping_patience,
         min_delta=protocol.early_stopping_min_delta,
     )
-    steps_per_epoch = -(-len(train_labels) // protocol.batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=protocol.learning_rate)
-    decay = protocol.lr_decay
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** (step // steps_per_epoch))
     with tempfile.TemporaryDirectory() as output_dir:
-        arguments = TrainingArguments(
-            output_dir=output_dir,
-            num_train_epochs=epochs,
-            per_device_train_batch_size=protocol.batch_size,
-            per_device_eval_batch_size=1024,
-            max_grad_norm=protocol.max_grad_norm,
-            eval_strategy="epoch",
-            save_strategy="no",
-            logging_strategy="no",
-            report_to="none",
-            seed=seed,
-            data_seed=seed,
-            disable_tqdm=True,
-            dataloader_pin_memory=False,
-        )
         trainer = Trainer(
             model=model,
-            args=arguments,
-            train_dataset=EmbeddingDataset(train[0], train_labels),
-            eval_dataset=EmbeddingDataset(*validation),
-            compute_metrics=build_compute_metrics(problem_type),
-            optimizers=(optimizer, schedule),
+            args=training_arguments(output_dir, protocol, seed),
+            train_dataset=EmbeddingDataset(data.train.features, train_labels),
+            eval_dataset=EmbeddingDataset(data.validation.features, data.validation.labels),
+            compute_metrics=build_compute_metrics(data.problem_type),
+            optimizers=decaying_adam(model, protocol, steps_per_epoch=-(-len(train_labels) // protocol.batch_size)),
             callbacks=[keep_best],
         )
         trainer.remove_callback(PrinterCallback)  # no per-epoch metric printing: a run trains hundreds of heads
@@ -194,5 +190,47 @@ def train_linear_probe(train, validation, test, problem_type, num_labels, seed, 
                 "with one class?)."
             )
         model.load_state_dict(keep_best.best_state)
-        test_logits = trainer.predict(EmbeddingDataset(*test)).predictions
-    return test_logits, keep_best.best_epoch, keep_best.history
+        test_logits = trainer.predict(EmbeddingDataset(data.test.features, data.test.labels)).predictions
+    return ProbeResult(test_logits, keep_best.best_epoch, keep_best.history)
+
+
+def new_linear_probe(data, train_labels, protocol, seed):
+    """A head initialized from `seed`; for regression it predicts targets standardized by the training targets."""
+    regression = data.problem_type == "regression"
+    config = LinearProbeConfig(
+        input_size=data.train.features.shape[1],
+        num_labels=data.num_labels,
+        l2_strength=protocol.l2_strength,
+        problem_type=data.problem_type,
+        target_mean=float(train_labels.mean()) if regression else 0.0,
+        target_std=float(train_labels.std() or 1.0) if regression else 1.0,
+    )
+    torch.manual_seed(seed)
+    return LinearProbe(config)
+
+
+def decaying_adam(model, protocol, steps_per_epoch):
+    """OPERA's optimizer: Adam at the protocol's learning rate, multiplied by `lr_decay` after every epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=protocol.learning_rate)
+    decay = protocol.lr_decay
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay ** (step // steps_per_epoch))
+    return optimizer, schedule
+
+
+def training_arguments(output_dir, protocol, seed):
+    """One evaluation per epoch, nothing saved or logged (the best head is kept in memory by `KeepBestEpoch`)."""
+    return TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=protocol.epochs,
+        per_device_train_batch_size=protocol.batch_size,
+        per_device_eval_batch_size=1024,
+        max_grad_norm=protocol.max_grad_norm,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )

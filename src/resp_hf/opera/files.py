@@ -1,4 +1,4 @@
-"""Helpers shared by the OPERA task builders: required files, OPERA's manifests, OPERA's seeded splits."""
+"""Helpers shared by the OPERA task builders: required files, OPERA's manifests, OPERA's validation carve-out."""
 
 import csv
 import io
@@ -7,10 +7,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+
+from ..splits import seeded_split
 
 SHOWN = 5
-# OPERA's linear evaluation (src/benchmark/linear_eval.py) carves validation sets with this sklearn seed.
+# OPERA's linear evaluation (src/benchmark/linear_eval.py) carves validation sets with this sklearn seed
+# (`random_state=1337`; `seeded_split`'s default "RandomState" stream draws the same rows).
 OPERA_VALIDATION_SEED = 1337
 
 
@@ -203,15 +205,6 @@ def check_against_manifest(task_id, derived, manifest):
         )
 
 
-def seeded_split(items, labels, test_size, seed, stratify=True):
-    """Indices `(kept, held_out)` of sklearn's `train_test_split`, as OPERA calls it (membership depends on order)."""
-    indices = np.arange(len(items))
-    kept, held_out = train_test_split(
-        indices, test_size=test_size, random_state=seed, stratify=labels if stratify else None
-    )
-    return kept.tolist(), held_out.tolist()
-
-
 def carve_validation(task, rows):
     """
     Moves a stratified, seeded fraction of the train rows to validation, like OPERA, with the fraction and seed of the
@@ -226,7 +219,7 @@ def carve_validation(task, rows):
     labels = [row["label"] for row in train]
     check_stratifiable(task, labels)
     try:
-        _, held_out = seeded_split(train, labels, fraction, seed)
+        _, held_out = seeded_split(len(train), fraction, seed, stratify=labels)
     except ValueError as error:  # e.g. fewer held-out rows than classes
         raise OperaDataError(f"{task.id}: cannot carve OPERA's validation set from the train split: {error}") from error
     for index in held_out:

@@ -7,7 +7,11 @@ from . import task_rows
 
 @dataclass(frozen=True)
 class OperaTask:
-    """One OPERA task. `builder` turns an OPERA checkout into rows (see `resp_hf.opera.task_rows`)."""
+    """
+    A task of the linear-probe benchmark, in OPERA's terms: one of OPERA's 19 tasks (`builder` turns an OPERA checkout
+    into its rows, see `resp_hf.opera.task_rows`), or a DatasetDict saved on disk, which the benchmark describes the
+    same way (`resp_hf.linear_probe.runner.saved_dataset_task`) and which has no license, source or builder here.
+    """
 
     id: str
     name: str
@@ -16,18 +20,28 @@ class OperaTask:
     target: str
     task_type: str  # "binary", "multiclass" or "regression"
     label_names: tuple
-    metric: str  # "AUROC" or "MAE"
+    metric: str  # "AUROC", "AUROC (macro one-vs-rest)" or "MAE"
     split_protocol: str
     validation: str
-    license: str
-    download: str
-    redistributable: bool
+    license: str = ""
+    download: str = ""
+    redistributable: bool = False
     manifest: tuple = ()  # OPERA's committed task files, relative to the OPERA root
     builder: object = field(default=None, repr=False, compare=False)
 
     @property
-    def num_labels(self):
+    def num_labels(self) -> int:
         return len(self.label_names) if self.label_names else 1
+
+    @property
+    def problem_type(self) -> str:
+        """The `problem_type` of a Transformers head: "regression" or "single_label_classification"."""
+        return "regression" if self.task_type == "regression" else "single_label_classification"
+
+    @property
+    def metric_name(self) -> str:
+        """The metric without its qualifier, as results files record it: "AUROC" or "MAE"."""
+        return self.metric.split(" ")[0]
 
 
 UK_COVID = dict(
@@ -265,7 +279,7 @@ def _tasks():
 TASKS = _tasks()
 
 
-def get_task(task_id):
+def get_task(task_id) -> OperaTask:
     """The task with this id (`"T7"`, case-insensitive) or name (`"icbhi_copd"`)."""
     key = str(task_id).strip()
     for task in TASKS.values():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..splits import seeded_split
 from .files import (
     OPERA_VALIDATION_SEED,
     OperaDataError,
@@ -23,7 +24,6 @@ from .files import (
     read_csv_rows,
     read_tab_table,
     require,
-    seeded_split,
 )
 
 OPERA_SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -196,9 +196,11 @@ def respiratory_tr(task, root, report):
     }
     ids = list(severity)
     labels = [severity[patient] for patient in ids]
-    rest, test = seeded_split(ids, labels, 0.2, OPERA_VALIDATION_SEED)
+    rest, test = seeded_split(len(ids), 0.2, OPERA_VALIDATION_SEED, stratify=labels)
     rest_ids = [ids[i] for i in rest]
-    train, validation = seeded_split(rest_ids, [severity[p] for p in rest_ids], 0.2, OPERA_VALIDATION_SEED)
+    train, validation = seeded_split(
+        len(rest_ids), 0.2, OPERA_VALIDATION_SEED, stratify=[severity[p] for p in rest_ids]
+    )
     split_of = {rest_ids[i]: "train" for i in train} | {rest_ids[i]: "validation" for i in validation}
     manifest = load_manifest(root, task.manifest)
     paths = manifest[0] if manifest else glob_relative(root, COPD_AUDIO, "*.wav")
@@ -361,7 +363,7 @@ def coswara(task, root, report):
             "quality annotations and cough-heavy alignment. Use an OPERA checkout with feature/."
         )
     paths, labels = manifest
-    kept, test = seeded_split(paths, labels, 0.2, OPERA_VALIDATION_SEED)
+    kept, test = seeded_split(len(paths), 0.2, OPERA_VALIDATION_SEED, stratify=labels)
     split = ["train"] * len(paths)
     for index in test:
         split[index] = "test"
@@ -467,8 +469,8 @@ def ssbpr(task, root, report):
         derived = [(r["path"], r["label"], "train") for r in rows]
         check_against_manifest(task.id, derived, [(p, label, "train") for p, label in zip(*manifest)])
     labels = [row["label"] for row in rows]
-    rest, test = seeded_split(rows, labels, 0.2, 42)
-    _, validation = seeded_split(rest, [labels[i] for i in rest], 0.25, 42)
+    rest, test = seeded_split(len(rows), 0.2, 42, stratify=labels)
+    _, validation = seeded_split(len(rest), 0.25, 42, stratify=[labels[i] for i in rest])
     for index in test:
         rows[index]["split"] = "test"
     for index in validation:

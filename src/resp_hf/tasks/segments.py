@@ -11,6 +11,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from ..audio import check_sampling_rate, decode_audio
+from ..splits import seeded_split
 
 PAD_MODES = ("repeat", "zero")
 
@@ -85,30 +86,22 @@ def carve_validation(rows, fraction, seed, dataset_name):
     """
     Moves the rows of a seeded random set of training patients from split `train` to `validation`, so that no
     validation patient has training rows: patients are shuffled with `numpy.random.default_rng(seed)` and taken until
-    their rows reach `fraction` of the training rows (at least one patient stays in train). Returns the chosen ones.
+    their rows reach `fraction` of the training rows (at least one patient stays in train; see
+    `resp_hf.splits.seeded_split`). Returns the chosen patients, sorted.
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"The validation fraction must lie in (0, 1), got {fraction} (0 builds no validation split).")
-    rows_per_patient = {}
-    for row in rows:
-        if row["split"] == "train":
-            rows_per_patient[row["patient"]] = rows_per_patient.get(row["patient"], 0) + 1
-    if len(rows_per_patient) < 2:
+    train = [row for row in rows if row["split"] == "train"]
+    patients = [row["patient"] for row in train]
+    try:
+        _, held_out = seeded_split(len(train), fraction, seed, groups=patients, generator="default_rng")
+    except ValueError as error:
         raise ValueError(
-            f"The {dataset_name} training split has {len(rows_per_patient)} patient(s): a patient-disjoint validation "
-            "split needs at least 2. Pass validation_fraction=0 (--validation-fraction 0) to build without it."
-        )
-    target = fraction * sum(rows_per_patient.values())
-    chosen, taken = set(), 0
-    for patient in np.random.default_rng(seed).permutation(sorted(rows_per_patient)):
-        if taken >= target or len(chosen) == len(rows_per_patient) - 1:
-            break
-        chosen.add(str(patient))
-        taken += rows_per_patient[patient]
-    for row in rows:
-        if row["split"] == "train" and row["patient"] in chosen:
-            row["split"] = "validation"
-    return sorted(chosen)
+            f"The {dataset_name} training split has {len(set(patients))} patient(s) and no patient-disjoint validation "
+            f"split of fraction {fraction}: {error} Pass validation_fraction=0 (--validation-fraction 0) to build "
+            "without it."
+        ) from error
+    for index in held_out:
+        train[index]["split"] = "validation"
+    return sorted({train[index]["patient"] for index in held_out})
 
 
 def rows_to_splits(rows, features, split_names):

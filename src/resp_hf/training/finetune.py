@@ -29,11 +29,12 @@ from .. import cards
 from ..audio import SEGMENT_KEYS, decode_audio
 from ..cli import OneLineErrorParser
 from ..data import load_any_dataset
-from ..metrics import build_compute_metrics
 from ..lora import LORA_TARGET_MODULES, add_lora
+from ..metrics import build_compute_metrics
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
 from ..models.resp_m2d.configuration_resp_m2d import POOLING_MODES
 from ..output_folders import check_output_folder, remove_outputs
+from ..splits import seeded_split
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +193,16 @@ def layer_wise_parameter_groups(model, learning_rate, layer_decay, weight_decay)
     return list(groups.values())
 
 
+# The eval carve-out's seed, drawn through numpy's default_rng as datasets' `Dataset.train_test_split(seed=42)` did
+# (and fine-tuning used) before `resp_hf.splits`, so that the held-out rows stay the same.
+VALIDATION_SEED = 42
+
+
 def prepare_splits(dataset, args):
-    """Train/eval(/test) splits; the eval split is a seeded, stratified carve-out of train when absent."""
+    """
+    Train/eval(/test) splits; when the eval split is absent, `args.validation_fraction` of train is carved out with
+    `VALIDATION_SEED` (stratified for a ClassLabel column).
+    """
     columns = dataset[args.train_split].column_names
     if args.label_column not in columns:
         raise ValueError(f"Column {args.label_column!r} not in the dataset: {columns}.")
@@ -208,10 +217,26 @@ def prepare_splits(dataset, args):
     if args.eval_split in dataset:
         evaluation = dataset[args.eval_split]
     else:
-        stratify = args.label_column if isinstance(train.features[args.label_column], ClassLabel) else None
-        held_out = train.train_test_split(test_size=args.validation_fraction, seed=42, stratify_by_column=stratify)
-        train, evaluation = held_out["train"], held_out["test"]
+        train, evaluation = carve_evaluation_split(train, args)
     return train, evaluation, dataset.get(args.test_split)
+
+
+def carve_evaluation_split(train, args):
+    """`(train, evaluation)`: `args.validation_fraction` of the rows held out, stratified for a ClassLabel column."""
+    labels = list(train[args.label_column])
+    stratify = labels if isinstance(train.features[args.label_column], ClassLabel) else None
+    fraction = args.validation_fraction
+    try:
+        kept, held_out = seeded_split(
+            len(labels), fraction, VALIDATION_SEED, stratify=stratify, generator="default_rng"
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"Cannot carve a {fraction:.0%} {args.eval_split!r} split out of the {len(labels)} rows of "
+            f"{args.train_split!r}: {error} Add recordings, change --validation_fraction or give the dataset an "
+            f"{args.eval_split!r} split."
+        ) from error
+    return train.select(kept), train.select(held_out)
 
 
 def parse_classifier_layer(value):

@@ -16,6 +16,7 @@ repetition count. `--init` takes a `resp_hf` folder, an official M2D checkpoint 
 checkpoints also restore the target encoder and predictor), or `scratch`.
 """
 
+import argparse
 import contextlib
 import csv
 import json
@@ -25,6 +26,8 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,21 +39,11 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .. import cards
 from ..cli import OneLineErrorParser, RawDescriptionCanonicalSpellingFormatter
-from ..convert import (
-    BLOCK_KEYS,
-    check_block_numbering,
-    check_finite,
-    extract_state_dict,
-    file_sha256,
-    infer_config,
-    load_checkpoint,
-    parse_checkpoint_name,
-    split_encoder_weights,
-)
+from ..convert import file_sha256, load_encoder_weights, read_m2d_checkpoint
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from ..output_folders import atomic_file, atomic_folder, check_output_folder, remove_outputs, write_text_atomically
-from .pretraining_model import M2DPretrainingModel, predictor_config
 from .pretrain_data import LogMelUnits, norm_stats_from_crops, read_source
+from .pretraining_model import M2DPretrainingModel, predictor_config, predictor_config_from_weights
 from .recipes import RECIPES
 
 logger = logging.getLogger(__name__)
@@ -62,65 +55,21 @@ PARTIAL = ".partial"  # suffix of a checkpoint folder still being written
 TRAIN_STATE_FILE = "train_state.json"
 RNG_STATE_FILE = "rng_state_{}.safetensors"
 MANIFEST_FILE = "checkpoint.json"
+LOG_FILE = "training_log.csv"  # one row per logged step
 # What a run writes in --output-dir (`pretrain` is the TensorBoard run folder); --overwrite removes these only.
-RUN_OUTPUTS = ("checkpoints", "encoder", "training_log.csv", "loss.png", "pretrain")
+RUN_OUTPUTS = ("checkpoints", "encoder", LOG_FILE, "loss.png", "pretrain")
 PREDICTOR_OPTIONS_IGNORED = "the predictor keeps its saved size (--predictor-* options do not apply)"
-PREDICTOR_KEYS = {
-    "decoder_embed": "predictor.embed",
-    "decoder_norm": "predictor.norm",
-    "decoder_pred": "predictor.head",
-}
 
 
-def official_block_key(key, prefix, new_prefix):
-    """`<prefix>.<i>.<timm name>` -> `<new_prefix>.<i>.<resp_hf name>` (the block naming of the converter)."""
-    index, rest = key[len(prefix) + 1 :].split(".", 1)
-    module, kind = rest.rsplit(".", 1)
-    if module not in BLOCK_KEYS:
-        raise ValueError(f"Unrecognized block weight {key!r} in the checkpoint.")
-    return f"{new_prefix}.{index}.{BLOCK_KEYS[module]}.{kind}"
-
-
-def pretraining_weights(state_dict):
-    """Target-encoder and predictor weights of an official training checkpoint, renamed for `M2DPretrainingModel`."""
-    renamed = {}
-    for key, value in state_dict.items():
-        if key.startswith("target_blocks."):
-            renamed[official_block_key(key, "target_blocks", "target_layers")] = value
-        elif key.startswith("target_norm."):
-            renamed[key] = value  # the same name in M2DPretrainingModel
-        elif key.startswith("decoder_blocks."):
-            renamed[official_block_key(key, "decoder_blocks", "predictor.layers")] = value
-        elif key == "mask_token":
-            renamed["predictor.mask_token"] = value
-        elif key == "decoder_pos_embed":
-            renamed["predictor.position_embeddings"] = value
-        elif key.split(".")[0] in PREDICTOR_KEYS:
-            module, kind = key.split(".")
-            renamed[f"{PREDICTOR_KEYS[module]}.{kind}"] = value
-    return renamed
-
-
-def predictor_config_from(weights):
-    """Predictor width and depth from its weights (heads = width / 32, as M2D's 512-d, 16-head predictor)."""
-    width = weights["predictor.embed.weight"].shape[0]
-    depth = 1 + max(int(key.split(".")[2]) for key in weights if key.startswith("predictor.layers."))
-    return predictor_config(width=width, depth=depth, heads=max(1, width // 32))
-
-
-def model_from_official(path, name=None, predictor=None):
+def model_from_official(
+    path: str | Path, name: str | None = None, predictor: RespM2DConfig | None = None
+) -> tuple[M2DPretrainingModel, list[str]]:
     """An M2D pre-training model from an official checkpoint; its target encoder and predictor are reused if present."""
-    path = Path(path)
-    state_dict = extract_state_dict(load_checkpoint(path), path)
-    check_finite(state_dict, path)
-    check_block_numbering(state_dict, path)
-    encoder, _ = split_encoder_weights(state_dict)
-    norm = [float(v) for v in state_dict["norm_stats"]] if "norm_stats" in state_dict else [-7.1, 4.2]
-    config = infer_config(encoder, parse_checkpoint_name(name or path.resolve().parent.name), norm)
-    extra = pretraining_weights(state_dict)
+    checkpoint = read_m2d_checkpoint(path, name)
+    extra = checkpoint.pretraining_weights
     has_predictor = "predictor.embed.weight" in extra
-    model = M2DPretrainingModel(config, predictor_config_from(extra) if has_predictor else predictor)
-    model.online.load_state_dict(encoder)
+    model = M2DPretrainingModel(checkpoint.config, predictor_config_from_weights(extra) if has_predictor else predictor)
+    load_encoder_weights(model.online, checkpoint)
     reused = []
     if any(key.startswith("target_") for key in extra):
         reused.append("target encoder")
@@ -128,13 +77,18 @@ def model_from_official(path, name=None, predictor=None):
         model.update_target(0.0)  # the target starts as a copy of the online encoder
     if has_predictor:
         reused.append("predictor")
-    missing, unexpected = model.load_state_dict(extra, strict=False)
+    _, unexpected = model.load_state_dict(extra, strict=False)
     if unexpected:
-        raise ValueError(f"Checkpoint weights the pre-training model does not have: {unexpected[:5]}")
+        raise ValueError(
+            f"{checkpoint.path} holds weights the pre-training model does not have: {', '.join(unexpected[:5])}; "
+            "it is not an M2D training checkpoint."
+        )
     return model, reused
 
 
-def build_model(init, encoder_config=None, name=None, predictor=None):
+def build_model(
+    init: str, encoder_config: dict | None = None, name: str | None = None, predictor: RespM2DConfig | None = None
+) -> tuple[M2DPretrainingModel, list[str]]:
     """`(model, notes)` from `scratch`, a resp_hf folder (with its saved target/predictor) or an official file."""
     if init == "scratch":
         model = M2DPretrainingModel(RespM2DConfig(**(encoder_config or {})), predictor)
@@ -145,7 +99,7 @@ def build_model(init, encoder_config=None, name=None, predictor=None):
         online = RespM2DModel.from_pretrained(path)
         state_path = path / STATE_FILE
         saved = load_file(state_path) if state_path.is_file() else {}
-        model = M2DPretrainingModel(online.config, predictor_config_from(saved) if saved else predictor)
+        model = M2DPretrainingModel(online.config, predictor_config_from_weights(saved) if saved else predictor)
         model.online.load_state_dict(online.state_dict())
         if saved:
             model.load_state_dict(saved, strict=False)
@@ -165,11 +119,14 @@ class TrainState:
         self.epoch = 0
         self.batches_in_epoch = 0
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, int]:
         return {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.batches_in_epoch = (int(state[k]) for k in ("step", "epoch", "batches_in_epoch"))
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batches_in_epoch = self.epoch + 1, 0
 
 
 def ema_decay(step, total_steps, start, end):
@@ -513,12 +470,26 @@ def ignore_stop_signals(worker_id):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def train(args):
-    """Runs pre-training and exports the encoder; returns the number of the signal that interrupted it, or 0."""
-    output_dir = Path(args.output_dir)
+@dataclass
+class PretrainingRun:
+    """What `setup` prepares for the loop: the prepared model, optimizer and loader, and the run's plan."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    dataset: LogMelUnits
+    loader: torch.utils.data.DataLoader
+    total_steps: int
+    resume_from: Path | None
+    summary: str  # printed once the run starts
+
+
+def setup(args: argparse.Namespace) -> PretrainingRun:
+    """Checks --output-dir and --resume, then builds the accelerator, data, model, optimizer and schedule."""
     processes = PartialState(cpu=args.cpu)
-    prepare_output_dir(output_dir, args, processes.is_main_process)
-    resume_from = checkpoint_to_resume(output_dir, args.resume) if args.resume else None
+    prepare_output_dir(Path(args.output_dir), args, processes.is_main_process)
+    resume_from = checkpoint_to_resume(Path(args.output_dir), args.resume) if args.resume else None
     accumulation = gradient_accumulation_steps(args, processes.num_processes)
     accelerator = Accelerator(
         cpu=args.cpu,
@@ -535,6 +506,26 @@ def train(args):
     model, notes = build_model(args.init, args.encoder_config, args.name, predictor)
     resolve_norm_stats(model, args, items)
     dataset = LogMelUnits(items, model.config, seed=args.seed, min_seconds=args.min_seconds)
+    loader = training_loader(dataset, args)
+    effective_batch = args.batch_size * accumulation * accelerator.num_processes
+    learning_rate = args.base_lr * effective_batch / 256
+    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / accumulation)
+    total_steps = args.max_steps or args.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=learning_rate, betas=(0.9, 0.95))
+    # Stepped by train_step once per optimizer step (a prepared scheduler would step once per process).
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_epochs * steps_per_epoch), total_steps)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    set_seed(args.seed, device_specific=True)  # different masks on every process
+    plan = (
+        f"M2D further pre-training: {len(dataset)} clips, effective batch {effective_batch}, "
+        f"lr {learning_rate:.2e}, {total_steps} steps"
+    )
+    summary = "\n".join([plan, *notes])
+    return PretrainingRun(accelerator, model, optimizer, scheduler, dataset, loader, total_steps, resume_from, summary)
+
+
+def training_loader(dataset: LogMelUnits, args: argparse.Namespace) -> torch.utils.data.DataLoader:
+    """Shuffled full batches; the workers leave stop signals to the main process."""
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.batch_size,
@@ -546,113 +537,149 @@ def train(args):
     )
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} clips are fewer than one batch of {args.batch_size}.")
-    effective_batch = args.batch_size * accumulation * accelerator.num_processes
-    learning_rate = args.base_lr * effective_batch / 256
-    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / accumulation)
-    total_steps = args.max_steps or args.epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=learning_rate, betas=(0.9, 0.95))
-    # Stepped here once per optimizer step (a prepared scheduler would step once per process).
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_epochs * steps_per_epoch), total_steps)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    set_seed(args.seed, device_specific=True)  # different masks on every process
-    state = TrainState()  # saved by save_checkpoint, not registered with Accelerate (which would pickle it)
-    log = CsvLog(output_dir / "training_log.csv", accelerator.is_main_process)
-    if resume_from:
-        load_checkpoint_state(accelerator, resume_from, state, scheduler)
-        log.drop_after(state.step)
-        if accelerator.is_main_process:
-            for folder in set_aside_later_checkpoints(output_dir, state.step):
-                accelerator.print(f"Moved {folder.name}, past the resumed step {state.step}, to {folder.parent}.")
-        accelerator.wait_for_everyone()
-    accelerator.init_trackers(
-        "pretrain", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
-    )
-    accelerator.print(
-        "\n".join(
-            [
-                f"M2D further pre-training: {len(dataset)} clips, effective batch {effective_batch}, "
-                f"lr {learning_rate:.2e}, {total_steps} steps",
-                *notes,
-            ]
+    return loader
+
+
+def resume(run: PretrainingRun, state: TrainState, output_dir: Path) -> None:
+    """
+    Restores `run.resume_from` into the run and `state`, then forgets what the interrupted run did past that step:
+    its log rows, and its later checkpoints (set aside).
+    """
+    accelerator = run.accelerator
+    load_checkpoint_state(accelerator, run.resume_from, state, run.scheduler)
+    CsvLog(output_dir / LOG_FILE, accelerator.is_main_process).drop_after(state.step)
+    if accelerator.is_main_process:
+        for folder in set_aside_later_checkpoints(output_dir, state.step):
+            accelerator.print(f"Moved {folder.name}, past the resumed step {state.step}, to {folder.parent}.")
+    accelerator.wait_for_everyone()
+
+
+def epoch_batches(run: PretrainingRun, state: TrainState) -> Iterable[torch.Tensor]:
+    """The batches of `state.epoch` (an order fixed by the seed and the epoch), past those a resumed run used."""
+    run.dataset.set_epoch(state.epoch)
+    run.loader.set_epoch(state.epoch)
+    if state.batches_in_epoch:
+        return run.accelerator.skip_first_batches(run.loader, state.batches_in_epoch)
+    return run.loader
+
+
+def train_step(run: PretrainingRun, state: TrainState, chunks: torch.Tensor, args: argparse.Namespace) -> dict | None:
+    """
+    Forward and backward of one batch; at the end of each accumulation window also the optimizer, the learning rate
+    schedule and the EMA target. Returns that step's loss, learning rate and EMA decay, or None while accumulating.
+    """
+    accelerator, model = run.accelerator, run.model
+    state.batches_in_epoch += 1
+    with accelerator.accumulate(model):
+        loss = model(chunks, args.mask_ratio)[0]
+        accelerator.backward(loss)
+        if args.clip_grad and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+    if not accelerator.sync_gradients:
+        return None
+    run.scheduler.step()
+    decay = ema_decay(state.step, run.total_steps, args.ema_start, args.ema_end)
+    accelerator.unwrap_model(model).update_target(decay)
+    state.step += 1
+    return {"loss": loss.detach(), "lr": run.scheduler.get_last_lr()[0], "ema_decay": decay}
+
+
+class TrainingProgress:
+    """
+    The run's outputs as it goes: the plan, a progress bar, and at step 1 and every --log-every steps a CSV row
+    (`training_log.csv`), TensorBoard scalars and, with --no-progress, a printed line.
+    """
+
+    def __init__(self, run: PretrainingRun, args: argparse.Namespace, step: int):
+        accelerator = self.accelerator = run.accelerator
+        hyperparameters = {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str))}
+        accelerator.init_trackers("pretrain", config=hyperparameters)
+        accelerator.print(run.summary)
+        self.log = CsvLog(Path(args.output_dir) / LOG_FILE, accelerator.is_main_process)
+        self.log_every, self.print_lines, self.total_steps = args.log_every, args.no_progress, run.total_steps
+        self.bar = tqdm(
+            total=run.total_steps,
+            initial=step,
+            desc="Pre-training",
+            disable=args.no_progress or not accelerator.is_local_main_process,
         )
-    )
-    interval_start, interval_samples = time.time(), 0
+        self.interval_start, self.interval_samples = time.time(), 0
+
+    def add_batch(self, chunks: torch.Tensor) -> None:
+        self.interval_samples += chunks.shape[0] * self.accelerator.num_processes
+
+    def step_done(self, state: TrainState, metrics: dict) -> None:
+        self.bar.update(1)
+        if state.step % self.log_every and state.step != 1:
+            return
+        loss = self.accelerator.gather(metrics["loss"][None]).mean().item()  # the mean over processes
+        throughput = self.interval_samples / (time.time() - self.interval_start)  # since the previous log line
+        self.interval_start, self.interval_samples = time.time(), 0
+        values = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": metrics["lr"]}
+        values |= {"ema_decay": metrics["ema_decay"], "samples_per_second": throughput}
+        self.log.write(values)
+        self.accelerator.log(values, step=state.step)
+        self.bar.set_postfix(loss=f"{loss:.4f}", samples_per_second=f"{throughput:.1f}")
+        if self.print_lines:
+            self.accelerator.print(f"step {state.step}/{self.total_steps} loss {loss:.4f} {throughput:.1f} samples/s")
+
+    def close(self) -> None:
+        """Closes the bar, then the trackers once every process is done."""
+        self.bar.close()
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+
+
+def export_run(run: PretrainingRun, args: argparse.Namespace, state: TrainState) -> None:
+    """The online encoder as `--output-dir/encoder` and the loss curve as `loss.png` (main process)."""
+    output_dir = Path(args.output_dir)
+    if run.accelerator.is_main_process:
+        export_encoder(run.accelerator.unwrap_model(run.model), output_dir / "encoder", args, state.step)
+        if (output_dir / LOG_FILE).is_file():
+            plot_loss(output_dir / LOG_FILE, output_dir / "loss.png")
+    run.accelerator.print(f"Exported the online encoder to {output_dir / 'encoder'}")
+
+
+def train(args: argparse.Namespace) -> int:
+    """Runs pre-training and exports the encoder; returns the number of the signal that interrupted it, or 0."""
+    output_dir = Path(args.output_dir)
+    run = setup(args)
+    accelerator, total_steps = run.accelerator, run.total_steps
+    state = TrainState()  # saved by save_checkpoint, not registered with Accelerate (which would pickle it)
+    if run.resume_from:
+        resume(run, state, output_dir)
+    progress = TrainingProgress(run, args, state.step)
     saved_step = state.step if args.resume else None
     stopped = 0  # the signal that stopped training, agreed on by every process
-    bar = tqdm(
-        total=total_steps,
-        initial=state.step,
-        desc="Pre-training",
-        disable=args.no_progress or not accelerator.is_local_main_process,
-    )
     with stop_requests() as stop:
         while state.step < total_steps and not stopped:
-            dataset.set_epoch(state.epoch)
-            loader.set_epoch(state.epoch)
-            batches = loader
-            if state.batches_in_epoch:
-                batches = accelerator.skip_first_batches(loader, state.batches_in_epoch)
-            for chunks in batches:
-                state.batches_in_epoch += 1
-                with accelerator.accumulate(model):
-                    loss = model(chunks, args.mask_ratio)[0]
-                    accelerator.backward(loss)
-                    if args.clip_grad and accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                interval_samples += chunks.shape[0] * accelerator.num_processes
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                decay = ema_decay(state.step, total_steps, args.ema_start, args.ema_end)
-                accelerator.unwrap_model(model).update_target(decay)
-                state.step += 1
-                bar.update(1)
-                loss_value = accelerator.gather(loss.detach()[None]).mean().item()
-                if state.step % args.log_every == 0 or state.step == 1:
-                    throughput = interval_samples / (time.time() - interval_start)  # since the previous log line
-                    interval_start, interval_samples = time.time(), 0
-                    values = {
-                        "step": state.step,
-                        "epoch": state.epoch,
-                        "loss": loss_value,
-                        "lr": scheduler.get_last_lr()[0],
-                        "ema_decay": decay,
-                        "samples_per_second": throughput,
-                    }
-                    log.write(values)
-                    accelerator.log(values, step=state.step)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_second=f"{throughput:.1f}")
-                    if args.no_progress:
-                        accelerator.print(
-                            f"step {state.step}/{total_steps} loss {loss_value:.4f} {throughput:.1f} samples/s"
-                        )
+            for chunks in epoch_batches(run, state):
+                metrics = train_step(run, state, chunks, args)
+                progress.add_batch(chunks)
+                if metrics is None:
+                    continue  # gradients still accumulating
+                progress.step_done(state, metrics)
                 stopped = agreed_stop_signal(accelerator, stop)
-                if state.step % args.save_every == 0 or stopped or state.step >= total_steps:
-                    save_checkpoint(accelerator, output_dir, state, scheduler)
+                finished = stopped or state.step >= total_steps
+                if finished or state.step % args.save_every == 0:
+                    save_checkpoint(accelerator, output_dir, state, run.scheduler)
                     saved_step = state.step
-                if stopped or state.step >= total_steps:
+                if finished:
                     break
-            else:
-                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+            else:  # the epoch ran out before the last step
+                state.next_epoch()
                 stopped = agreed_stop_signal(accelerator, stop)
         if stopped and saved_step != state.step:  # the request came as the epoch ended
-            save_checkpoint(accelerator, output_dir, state, scheduler)
-    bar.close()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+            save_checkpoint(accelerator, output_dir, state, run.scheduler)
+    progress.close()
     if stopped:
         accelerator.print(
             f"Interrupted: saved step {state.step} to {output_dir}/checkpoints; resume with --resume latest"
         )
         return stopped
-    encoder_dir = output_dir / "encoder"
-    if accelerator.is_main_process:
-        export_encoder(accelerator.unwrap_model(model), encoder_dir, args, state.step)
-        if log.path.is_file():
-            plot_loss(log.path, output_dir / "loss.png")
-    accelerator.print(f"Exported the online encoder to {encoder_dir}")
+    export_run(run, args, state)
     return 0
 
 

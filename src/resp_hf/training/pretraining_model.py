@@ -53,7 +53,8 @@ def gather_tokens(tokens, indices):
     return tokens.gather(1, indices[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
-def predictor_config(width=512, depth=8, heads=16, layer_norm_eps=1e-6):
+def predictor_config(width: int = 512, depth: int = 8, heads: int = 16, layer_norm_eps: float = 1e-6) -> RespM2DConfig:
+    """The predictor's ViT settings (M2D: 512 wide, 8 blocks, 16 heads, MLP 4x)."""
     return RespM2DConfig(
         hidden_size=width,
         num_hidden_layers=depth,
@@ -61,6 +62,13 @@ def predictor_config(width=512, depth=8, heads=16, layer_norm_eps=1e-6):
         intermediate_size=4 * width,
         layer_norm_eps=layer_norm_eps,
     )
+
+
+def predictor_config_from_weights(weights: dict[str, torch.Tensor]) -> RespM2DConfig:
+    """Predictor width and depth from its weights (heads = width / 32, as M2D's 512-d, 16-head predictor)."""
+    width = weights["predictor.embed.weight"].shape[0]
+    depth = 1 + max(int(key.split(".")[2]) for key in weights if key.startswith("predictor.layers."))
+    return predictor_config(width=width, depth=depth, heads=max(1, width // 32))
 
 
 class M2DPredictor(nn.Module):

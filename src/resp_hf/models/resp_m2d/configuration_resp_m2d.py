@@ -16,6 +16,8 @@ FRONT_END_DEFAULTS = {
     32000: {"n_fft": 800, "win_length": 800, "hop_length": 320, "f_min": 50.0, "f_max": 16000.0},
 }
 POOLING_MODES = ("frequency", "mean", "cls")
+# Log-mel (mean, std) of M2D's ViT when a checkpoint carries no `norm_stats` (the original `norm_stats` default).
+DEFAULT_NORM_STATS = (-7.1, 4.2)
 # Remote-code entry points written into every saved config.json (files are copied flat next to it).
 AUTO_MAP = {
     "AutoConfig": "configuration_resp_m2d.RespM2DConfig",
@@ -107,8 +109,8 @@ class RespM2DConfig(PreTrainedConfig):
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         initializer_range=0.02,
-        norm_mean=-7.1,
-        norm_std=4.2,
+        norm_mean=DEFAULT_NORM_STATS[0],
+        norm_std=DEFAULT_NORM_STATS[1],
         pooling="frequency",
         classifier_layer=None,
         chunks_per_pass=32,

@@ -8,7 +8,7 @@ from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.utils import PaddingStrategy, logging
 
 from .audio_utils_resp_m2d import check_sampling_rate, has_arrays, load_waveform, split_batch
-from .configuration_resp_m2d import check_mel_range
+from .configuration_resp_m2d import DEFAULT_NORM_STATS, check_mel_range
 
 logger = logging.get_logger(__name__)
 
@@ -86,8 +86,8 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         hop_length=160,
         f_min=50.0,
         f_max=8000.0,
-        mean=-7.1,
-        std=4.2,
+        mean=DEFAULT_NORM_STATS[0],
+        std=DEFAULT_NORM_STATS[1],
         padding_value=0.0,
         return_attention_mask=True,
         **kwargs,

@@ -1,7 +1,10 @@
 """The M2D (Masked Modeling Duo) ViT audio encoder as a Hugging Face model."""
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -505,17 +508,17 @@ class RespM2DModel(RespM2DPreTrainedModel):
             return pooled.unflatten(-1, (self.config.num_frequency_patches, -1)).mean(1)
         return pooled
 
-    @torch.no_grad()
     def embed(
         self,
-        audio,
-        sampling_rate=None,
-        batch_size=8,
-        feature_extractor=None,
-        downmix=False,
-        progress=None,
-        autocast_dtype=None,
-    ):
+        audio: Any,
+        sampling_rate: int | None = None,
+        batch_size: int = 8,
+        feature_extractor: RespM2DFeatureExtractor | None = None,
+        downmix: bool = False,
+        progress: bool | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        layer: int = -1,
+    ) -> torch.Tensor:
         """
         Clip embeddings (`pooler_output`) for one clip or a list of clips of any lengths and sampling rates.
 
@@ -531,6 +534,8 @@ class RespM2DModel(RespM2DPreTrainedModel):
             progress (`bool`, *optional*): show a progress bar; by default shown when there is more than one batch.
             autocast_dtype (`torch.dtype`, *optional*): run the encoder under `torch.autocast` in this dtype, e.g.
                 `torch.bfloat16` (about twice as fast on recent CPUs and GPUs; embeddings within cosine 0.999 of fp32).
+            layer (`int`, defaults to -1): the layer to pool, in the original M2D numbering of `layer_output`; the
+                default, the last, gives `pooler_output`.
 
         Returns:
             `torch.FloatTensor` of shape `(num_clips, pooled_size)` on the CPU, in the input order. Clips are decoded
@@ -547,31 +552,82 @@ class RespM2DModel(RespM2DPreTrainedModel):
         names = ["audio"] if len(items) == 1 else [f"Input {index}" for index in range(len(items))]
         durations = [item_duration(item, sampling_rate, name) for item, name in zip(items, names)]
         rate_of_arrays_only = has_arrays(items)
-        order = sorted(range(len(items)), key=durations.__getitem__)
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        show = len(batches) > 1 if progress is None else progress
-        embeddings = [None] * len(items)
-        was_training = self.training
-        self.eval()  # no dropout, whatever mode the model is in
-        # One autocast region for all batches: the weights are cast to `autocast_dtype` once, not once per batch.
-        autocast = torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
-        try:
-            with autocast:
-                for batch in progress_bar(batches, show, desc="Embedding"):
-                    rate = feature_extractor.sampling_rate
-                    waveforms = [
-                        load_waveform(items[i], sampling_rate, rate, downmix, names[i], rate_of_arrays_only)
-                        for i in batch
-                    ]
-                    inputs = feature_extractor(
-                        waveforms, sampling_rate=rate, return_attention_mask=True, device=self.device
-                    )
-                    del waveforms  # the audio is freed before the encoder runs
-                    for i, embedding in zip(batch, self(**inputs).pooler_output.float().cpu()):
-                        embeddings[i] = embedding
-        finally:
-            self.train(was_training)
-        return torch.stack(embeddings)
+
+        def load_clip(index: int) -> np.ndarray:
+            rate = feature_extractor.sampling_rate
+            return load_waveform(items[index], sampling_rate, rate, downmix, names[index], rate_of_arrays_only)
+
+        (embeddings,) = embed_clips(
+            self,
+            load_clip,
+            len(items),
+            feature_extractor,
+            durations,
+            layers=[layer],
+            batch_size=batch_size,
+            progress=progress,
+            autocast_dtype=autocast_dtype,
+        ).values()
+        return embeddings
+
+
+@torch.no_grad()
+def embed_clips(
+    model: RespM2DModel,
+    load_clip: Callable[[int], np.ndarray],
+    num_clips: int,
+    feature_extractor: RespM2DFeatureExtractor,
+    durations: Sequence[float] | None = None,
+    layers: Sequence[int] = (-1,),
+    batch_size: int = 8,
+    progress: bool | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[int, torch.Tensor]:
+    """
+    Clip embeddings at each of `layers` (original M2D numbers, see `RespM2DModel.layer_output`) of `num_clips` clips,
+    one forward pass per batch: the loop behind `RespM2DModel.embed` and the linear-probe benchmark. Returns
+    `{layer 0..L-1: (num_clips, pooled_size) float32 CPU tensor}` in input order; the last layer is `pooler_output`.
+
+    `load_clip(index)` returns a clip as mono float32 audio at the extractor's rate, decoded and cropped or padded as
+    the caller wants; it is called one batch at a time, so only a batch of audio is in memory. With `durations`, clips
+    are batched shortest first (less padding), else in input order. The model runs in eval mode (its mode is restored),
+    under one `torch.autocast` region when `autocast_dtype` is given; `progress=None` shows a bar for several batches.
+    """
+    depth = model.config.num_hidden_layers
+    if any(not -depth <= layer < depth for layer in layers):
+        raise ValueError(f"layers={list(layers)}: this encoder has layers 0..{depth - 1} (or -{depth}..-1).")
+    layers = list(dict.fromkeys(layer % depth for layer in layers))
+    order = list(range(num_clips)) if durations is None else sorted(range(num_clips), key=durations.__getitem__)
+    batches = [order[start : start + batch_size] for start in range(0, num_clips, batch_size)]
+    rate = feature_extractor.sampling_rate
+    needs_hidden_states = any(layer != depth - 1 for layer in layers)
+    rows = {layer: [None] * num_clips for layer in layers}
+    was_training = model.training
+    model.eval()  # no dropout, whatever mode the model is in
+    # One autocast region for all batches: the weights are cast to `autocast_dtype` once, not once per batch.
+    autocast = torch.autocast(model.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    try:
+        with autocast:
+            for batch in progress_bar(batches, len(batches) > 1 if progress is None else progress, "Embedding"):
+                waveforms = [load_clip(index) for index in batch]
+                inputs = feature_extractor(
+                    waveforms, sampling_rate=rate, return_attention_mask=True, device=model.device
+                )
+                del waveforms  # the audio is freed before the encoder runs
+                outputs = model(**inputs, output_hidden_states=needs_hidden_states, output_attentions=False)
+                for layer in layers:
+                    for index, embedding in zip(batch, _pooled_layer(model, outputs, layer).float().cpu()):
+                        rows[layer][index] = embedding
+    finally:
+        model.train(was_training)
+    return {layer: torch.stack(embeddings) for layer, embeddings in rows.items()}
+
+
+def _pooled_layer(model: RespM2DModel, outputs: RespM2DModelOutput, layer: int) -> torch.Tensor:
+    """The clip embedding of layer `layer` (0..L-1): `pooler_output` for the last, whose frames are already stacked."""
+    if layer == model.config.num_hidden_layers - 1:
+        return outputs.pooler_output
+    return model.pool(model.layer_output(outputs, layer), outputs.frame_mask)
 
 
 class RespM2DForAudioClassification(RespM2DPreTrainedModel):
@@ -740,7 +796,8 @@ class RespM2DForAudioClassification(RespM2DPreTrainedModel):
         }
 
 
-def progress_bar(iterable, show, desc):
+def progress_bar(iterable: Iterable, show: bool, desc: str) -> Iterable:
+    """`iterable` wrapped in a tqdm progress bar labelled `desc` when `show`, else as it is."""
     if not show:
         return iterable
     from tqdm.auto import tqdm
@@ -753,4 +810,5 @@ __all__ = [
     "RespM2DModel",
     "RespM2DModelOutput",
     "RespM2DPreTrainedModel",
+    "embed_clips",
 ]
