@@ -5,8 +5,11 @@ One spelling per concept on every `resp-hf` command (the Trainer's: `--model_nam
 
 import argparse
 import dataclasses
+import re
+import shlex
 
 import pytest
+from conftest import REPO_ROOT
 from transformers import TrainingArguments
 
 from resp_hf.cli import PositionalOrOption, build_parser
@@ -244,3 +247,20 @@ def test_an_abbreviation_that_worked_before_still_works():
     """`--out` matches `--output_dir`, `--output-dir` and `--output`: spellings of one option, not an ambiguity."""
     args, _ = build_parser().parse_known_args(["benchmark", "--mod", "m", "--out", "o", "--overwrite"])
     assert (args.model_name_or_path, args.output_dir, args.overwrite_output_dir) == ("m", "o", True)
+
+
+def readme_commands():
+    """The `resp-hf` command lines of the README's bash blocks (continuation lines joined, comments dropped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.DOTALL)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    lines = [re.sub(r"^accelerate launch -m resp_hf\.training\.pretrain", "resp-hf pretrain", line) for line in lines]
+    return [shlex.split(line)[1:] for line in lines if line.startswith("resp-hf ")]
+
+
+def test_every_readme_command_parses_with_nothing_left_over():
+    commands = readme_commands()
+    assert len(commands) >= 20
+    for arguments in commands:
+        path = tuple(arguments[:2]) if tuple(arguments[:2]) in COMMANDS else tuple(arguments[:1])
+        _, rest = COMMANDS[path].parse_known_args(arguments[len(path) :])
+        assert rest == [], arguments
