@@ -48,21 +48,85 @@ def test_a_multi_line_message_is_printed_on_one_line(tmp_path, capsys, monkeypat
     assert one_line_error(capsys, "card") == "resp-hf card: error: first line second line"
 
 
-@pytest.mark.parametrize("bug", [KeyError("model"), TypeError("bad operand"), ModuleNotFoundError("x", name="x")])
-def test_bugs_keep_their_traceback(bug, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "bug",
+    [
+        KeyError("model"),
+        IndexError("list index out of range"),
+        TypeError("bad operand"),
+        AttributeError("'NoneType' object has no attribute 'shape'"),
+        RuntimeError("shape mismatch"),
+        ModuleNotFoundError("x", name="x"),
+    ],
+)
+def test_bugs_keep_their_traceback(bug, tmp_path, monkeypatch, capsys):
     def fail(folder, results):
         raise bug
 
     monkeypatch.setattr(resp_hf.cards, "add_benchmark_results", fail)
     with pytest.raises(type(bug)):
         cli_main(["card", str(tmp_path), "--results", "r.json"])
+    assert "error:" not in capsys.readouterr().err  # no one-line message in front of the traceback
+
+
+INTERNAL_KEY_ERROR = """
+import sys
+import resp_hf.cards
+from resp_hf.cli import main
+
+def add_benchmark_results(folder, results):
+    return {}["model-index"]  # a bug deep in the library
+
+resp_hf.cards.add_benchmark_results = add_benchmark_results
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_internal_key_error_exits_with_its_traceback_not_a_one_line_error(tmp_path):
+    command = [sys.executable, "-c", INTERNAL_KEY_ERROR, "card", str(tmp_path), "--results", "results.json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback (most recent call last)" in result.stderr and "KeyError: 'model-index'" in result.stderr
+    assert "error:" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "results, expected",
+    [
+        ({}, "results.json is not a benchmark's results.json (no 'results' list of rows)."),
+        ([1, 2], "results.json is not a benchmark's results.json (no 'results' list of rows)."),
+        ({"results": [{"task": "T7", "final_layer": True}]}, "results.json: result row 1 lacks task_name, layer,"),
+    ],
+)
+def test_a_results_file_of_the_wrong_shape_is_an_error_of_use(results, expected, tmp_path, capsys):
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert cli_main(["card", str(tmp_path), "--results", str(tmp_path / "results.json")]) == 2
+    assert expected in one_line_error(capsys, "card")
 
 
 @pytest.mark.parametrize(
     "arguments, expected",
     [
-        (["convert"], "resp-hf convert: error: the following arguments are required: checkpoint, output_dir"),
+        (["convert"], "resp-hf convert: error: the following arguments are required: checkpoint"),
+        (
+            ["convert", "a"],
+            "resp-hf convert: error: the following arguments are required: output_dir (or --output_dir)",
+        ),
+        (["convert", "a", "b", "--output_dir", "c"], "resp-hf convert: error: output_dir given twice: b and c"),
         (["convert", "a", "b", "--bogus"], "resp-hf: error: unrecognized arguments: --bogus"),
+        (
+            ["benchmark"],
+            "resp-hf benchmark: error: the following arguments are required: --model_name_or_path, --output_dir",
+        ),
+        (
+            ["tasks", "benchmark", "--model", "m", "--output", "o", "--batch_size", "0"],
+            "argument --batch_size: must be",
+        ),
+        (
+            ["pretrain", "--data", "x.csv", "--output-dir", "run", "--init", "s", "--epochs", "x"],
+            "argument --epochs: inv",
+        ),
         (["finetune", "--bogus"], "resp-hf finetune: error: "),
         (["finetune", "--model_name_or_path", "m", "--dataset", "d", "--lora_rank", "four"], "--lora_rank"),
         (["pretrain", "--data", "x.csv", "--output-dir", "run"], "resp-hf pretrain: error: the following arguments"),

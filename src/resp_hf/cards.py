@@ -255,6 +255,31 @@ def is_opera_task(row):
     return re.fullmatch(r"T(1[0-9]|[1-9])", row["task"]) is not None
 
 
+# What every row of a benchmark's results.json holds besides `final_layer`.
+RESULT_ROW_KEYS = ("task", "task_name", "layer", "metric", "mean", "std", "n_seeds")
+
+
+def read_results_file(results_path):
+    """A results.json written by `resp-hf benchmark` or `resp-hf tasks benchmark`; anything else is a ValueError."""
+    results = json.loads(Path(results_path).read_text())
+    rows = results.get("results") if isinstance(results, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{results_path} is not a benchmark's results.json (no 'results' list of rows).")
+    if any("final_layer" not in row for row in rows):
+        raise ValueError(
+            f"{results_path} names layers the old way ('last', '1'..'12'); rerun `resp-hf benchmark` for results with "
+            "the original M2D layer numbers."
+        )
+    for number, row in enumerate(rows, 1):
+        missing = [key for key in RESULT_ROW_KEYS if key not in row]
+        if missing:
+            raise ValueError(
+                f"{results_path}: result row {number} lacks {', '.join(missing)}; pass the results.json that "
+                "`resp-hf benchmark` wrote, unedited."
+            )
+    return results
+
+
 def add_benchmark_results(folder, results_path):
     """
     Writes OPERA benchmark results into the card of `folder`: a `model-index` entry per task (the final layer's
@@ -263,12 +288,7 @@ def add_benchmark_results(folder, results_path):
     card_path = Path(folder) / "README.md"
     if not card_path.is_file():
         raise FileNotFoundError(f"{folder} has no README.md model card (convert and finetune write one).")
-    results = json.loads(Path(results_path).read_text())
-    if any("final_layer" not in row for row in results["results"]):
-        raise ValueError(
-            f"{results_path} names layers the old way ('last', '1'..'12'); rerun `resp-hf benchmark` for results with "
-            "the original M2D layer numbers."
-        )
+    results = read_results_file(results_path)
     rows = [row for row in results["results"] if row["final_layer"]] or results["results"]
     card = ModelCard(card_path.read_text(encoding="utf-8"))
     card.data.model_name = card.data.model_name or Path(folder).name

@@ -8,6 +8,104 @@ import sys
 from pathlib import Path
 
 
+def spelling_twins(option):
+    """`--output_dir` and `--output-dir`: the underscored and the dashed form of a long option, canonical first."""
+    if not option.startswith("--"):
+        return [option]
+    twins = [option, "--" + option[2:].replace("_", "-"), "--" + option[2:].replace("-", "_")]
+    return list(dict.fromkeys(twins))
+
+
+class CanonicalSpellingFormatter(argparse.HelpFormatter):
+    """Help that names each option by its canonical (first) spelling, then its old ones without their twins."""
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        spellings = {}
+        for option in action.option_strings:
+            spellings.setdefault(option.replace("-", "_"), option)  # one of each dashed/underscored pair
+        canonical, *old = spellings.values()
+        if action.nargs != 0:
+            canonical = f"{canonical} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+        return ", ".join([canonical, *old])
+
+    def _get_default_metavar_for_optional(self, action):
+        return action.option_strings[0].lstrip("-").replace("-", "_").upper()
+
+
+class RawDescriptionCanonicalSpellingFormatter(CanonicalSpellingFormatter, argparse.RawDescriptionHelpFormatter):
+    """`CanonicalSpellingFormatter` that keeps the description's line breaks (a script's docstring)."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """
+    The parser of every `resp-hf` command. Usage mistakes come in one line (the usage of `resp-hf finetune` alone runs
+    to dozens of lines), exit 2. The first spelling given to `add_argument` is the canonical one; every long option
+    also answers to its dashed or underscored twin, as with `HfArgumentParser`.
+    """
+
+    def __init__(self, *args, formatter_class=CanonicalSpellingFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def add_argument(self, *names, **kwargs):
+        return super().add_argument(*dict.fromkeys(twin for name in names for twin in spelling_twins(name)), **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.arguments_given = list(sys.argv[1:] if args is None else args)  # for `error` to name the spelling used
+        namespace, rest = super().parse_known_args(args, namespace)
+        missing = [
+            f"{action.dest} (or {action.option_strings[0]})"
+            for action in self._actions
+            if isinstance(action, PositionalOrOption)
+            and action.option_strings
+            and getattr(namespace, action.dest) is None
+        ]
+        if missing:
+            self.error(f"the following arguments are required: {', '.join(missing)}")
+        return namespace, rest
+
+    def _get_option_tuples(self, option_string):
+        # An abbreviation (--out) that matches several spellings of one option is no ambiguity: one match per option.
+        matches = {}
+        for match in super()._get_option_tuples(option_string):
+            matches.setdefault(match[0], match)  # match[0] is the action
+        return list(matches.values())
+
+    def error(self, message):
+        message = re.sub(r"--[\w-]+(?:/--[\w-]+)+", self.spelling_given, message)
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def spelling_given(self, match):
+        """Of the spellings `--a/--b/--c` argparse names an option by: the one on the command line, else the first."""
+        spellings = match[0].split("/")
+        given = getattr(self, "arguments_given", [])
+        used = [spelling for spelling in spellings if any(arg.split("=")[0] == spelling for arg in given)]
+        return (used or spellings)[0]
+
+
+class PositionalOrOption(argparse.Action):
+    """Stores a value given either as a positional or as an option, refusing it twice (`add_positional_or_option`)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value is None:  # the optional positional, not given
+            return
+        given = getattr(namespace, self.dest)
+        if given is not None:
+            parser.error(f"{self.dest} given twice: {given} and {value}")
+        setattr(namespace, self.dest, value)
+
+
+def add_positional_or_option(parser, option, help):
+    """
+    A required value that earlier versions took as the last positional (`resp-hf convert CHECKPOINT OUTPUT_DIR`) and
+    that the canonical spelling names as an option (`--output_dir OUTPUT_DIR`): either form works, once.
+    """
+    dest = option.lstrip("-")
+    parser.add_argument(dest, nargs="?", action=PositionalOrOption, help=f"{help} (or {option})")
+    parser.add_argument(option, dest=dest, action=PositionalOrOption, help=f"{help} (or as the last positional)")
+
+
 def add_convert_command(subparsers):
     parser = subparsers.add_parser(
         "convert",
@@ -18,14 +116,16 @@ def add_convert_command(subparsers):
     parser.add_argument(
         "checkpoint", help="the .pth file, e.g. m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth"
     )
-    parser.add_argument("output_dir", help="folder to write")
+    add_positional_or_option(parser, "--output_dir", "folder to write")
     parser.add_argument(
         "--name",
         help="official-style name with input/patch size and rate, e.g. m2d_vit_base-80x608p16x16p16k "
         "(default: the checkpoint's folder name)",
     )
-    parser.add_argument("--no-card", action="store_true", help="do not write README.md")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--no_card", action="store_true", help="do not write README.md")
+    parser.add_argument(
+        "--overwrite_output_dir", "--overwrite", action="store_true", help="replace a non-empty output folder"
+    )
     parser.set_defaults(handler=run_convert)
 
 
@@ -33,7 +133,11 @@ def run_convert(args):
     from .convert import convert_m2d_checkpoint
 
     report = convert_m2d_checkpoint(
-        args.checkpoint, args.output_dir, name=args.name, write_card=not args.no_card, overwrite=args.overwrite
+        args.checkpoint,
+        args.output_dir,
+        name=args.name,
+        write_card=not args.no_card,
+        overwrite=args.overwrite_output_dir,
     )
     print(report)
 
@@ -64,22 +168,26 @@ def add_push_command(subparsers):
     parser.add_argument("repo_id", help="e.g. my-org/resp-m2d")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--token", help="Hub token (default: the logged-in one)")
-    parser.add_argument("--message", default="Upload resp_hf model", help="commit message")
+    parser.add_argument("--commit_message", "--message", default="Upload resp_hf model", help="commit message")
     parser.set_defaults(handler=run_push)
 
 
 def run_push(args):
     from .hub import push_folder
 
-    commit = push_folder(args.folder, args.repo_id, private=args.private, token=args.token, commit_message=args.message)
+    commit = push_folder(
+        args.folder, args.repo_id, private=args.private, token=args.token, commit_message=args.commit_message
+    )
     print(f"Pushed {args.folder} to {args.repo_id}: {getattr(commit, 'commit_url', commit)}")
 
 
 def saved_dataset_options():
-    """`--output` and `--overwrite` of the commands that build a dataset and save it to disk."""
-    options = argparse.ArgumentParser(add_help=False)
-    options.add_argument("--output", required=True, help="folder to save the DatasetDict in")
-    options.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    """`--output_dir` and `--overwrite_output_dir` of the commands that build a dataset and save it to disk."""
+    options = OneLineErrorParser(add_help=False)
+    options.add_argument("--output_dir", "--output", required=True, help="folder to save the DatasetDict in")
+    options.add_argument(
+        "--overwrite_output_dir", "--overwrite", action="store_true", help="replace a non-empty output folder"
+    )
     return options
 
 
@@ -87,7 +195,7 @@ def add_opera_commands(subparsers):
     opera = subparsers.add_parser("opera", help="The OPERA benchmark tasks as Hugging Face datasets.")
     commands = opera.add_subparsers(dest="opera_command", required=True)
     listing = commands.add_parser("list", help="List the 19 OPERA tasks (and which an OPERA checkout can build).")
-    listing.add_argument("--opera-root", help="an OPERA checkout: show which tasks its data can build")
+    listing.add_argument("--opera_root", help="an OPERA checkout: show which tasks its data can build")
     listing.set_defaults(handler=run_opera_list)
     build = commands.add_parser(
         "build",
@@ -95,8 +203,8 @@ def add_opera_commands(subparsers):
         help="Build one task from an OPERA checkout and save it with save_to_disk.",
     )
     build.add_argument("task", help="task id (T1-T19) or name, e.g. T7 or icbhi_copd")
-    build.add_argument("--opera-root", required=True, help="the OPERA checkout with the datasets downloaded")
-    build.add_argument("--allow-missing", action="store_true", help="leave out missing or unreadable audio files")
+    build.add_argument("--opera_root", required=True, help="the OPERA checkout with the datasets downloaded")
+    build.add_argument("--allow_missing", action="store_true", help="leave out missing or unreadable audio files")
     build.set_defaults(handler=run_opera_build)
     protocol = commands.add_parser(
         "protocol",
@@ -110,7 +218,7 @@ def add_opera_commands(subparsers):
     push.add_argument("repo_id", help="dataset repository, e.g. my-org/opera-t7")
     push.add_argument("--private", action="store_true", help="create a private repository")
     push.add_argument(
-        "--confirm-license", action="store_true", help="push a dataset whose license restricts redistribution"
+        "--confirm_license", action="store_true", help="push a dataset whose license restricts redistribution"
     )
     push.set_defaults(handler=run_opera_push)
 
@@ -125,7 +233,11 @@ def run_opera_build(args):
     from .opera.commands import build_and_save
 
     summary = build_and_save(
-        args.task, args.opera_root, args.output, allow_missing=args.allow_missing, overwrite=args.overwrite
+        args.task,
+        args.opera_root,
+        args.output_dir,
+        allow_missing=args.allow_missing,
+        overwrite=args.overwrite_output_dir,
     )
     print(summary)
 
@@ -168,11 +280,13 @@ def add_benchmark_command(subparsers):
         description="Embed each task once (cached), train OPERA's linear head over seeds with Trainer, and write "
         "results.csv, results.md, results.json and per-task plots with the published OPERA baselines.",
     )
-    parser.add_argument("--model", required=True, help="converted folder or Hub repo id")
+    parser.add_argument("--model_name_or_path", "--model", required=True, help="converted folder or Hub repo id")
     parser.add_argument("--tasks", default="", help="comma-separated OPERA task ids, e.g. T5,T6,T7")
-    parser.add_argument("--opera-root", help="OPERA checkout with the datasets (for --tasks)")
+    parser.add_argument("--opera_root", help="OPERA checkout with the datasets (for --tasks)")
     parser.add_argument("--dataset", action="append", default=[], help="a DatasetDict saved on disk (repeatable)")
-    parser.add_argument("--output", required=True, help="folder for results, plots, predictions and the cache")
+    parser.add_argument(
+        "--output_dir", "--output", required=True, help="folder for results, plots, predictions and the cache"
+    )
     parser.add_argument(
         "--crop",
         choices=("random", "center", "none"),
@@ -188,12 +302,20 @@ def add_benchmark_command(subparsers):
     parser.add_argument(
         "--seeds", type=distinct_seeds, help="comma-separated distinct head seeds (default: the protocol's)"
     )
-    parser.add_argument("--epochs", type=positive_int, help="override the protocol's epochs (`resp-hf opera protocol`)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="clips per encoder batch")
-    parser.add_argument("--allow-missing", action="store_true", help="leave out missing or unreadable OPERA audio")
-    parser.add_argument("--cache-dir", help="embedding cache (default OUTPUT/embedding_cache)")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an earlier run's results in --output (its cache is reused)"
+        "--num_train_epochs",
+        "--epochs",
+        type=positive_int,
+        help="override the protocol's epochs of the linear heads (`resp-hf opera protocol`)",
+    )
+    parser.add_argument("--batch_size", "--batch-size", type=positive_int, default=16, help="clips per encoder batch")
+    parser.add_argument("--allow_missing", action="store_true", help="leave out missing or unreadable OPERA audio")
+    parser.add_argument("--cache_dir", help="embedding cache (default OUTPUT_DIR/embedding_cache)")
+    parser.add_argument(
+        "--overwrite_output_dir",
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's results in the output folder (its cache is reused)",
     )
     parser.add_argument("--quantize", choices=("int8",), help="embed with the encoder quantized to int8 (CPU)")
     parser.set_defaults(handler=run_benchmark_command)
@@ -207,25 +329,25 @@ def run_benchmark_command(args):
         seconds=args.seconds,
         layers=args.layers,
         seeds=tuple(int(seed) for seed in args.seeds.split(",")) if args.seeds else None,
-        epochs=args.epochs,
+        epochs=args.num_train_epochs,
         batch_size=args.batch_size,
         allow_missing=args.allow_missing,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite_output_dir,
         quantize=args.quantize,
     )
     tasks = [task for task in args.tasks.split(",") if task]
     if not tasks and not args.dataset:
-        raise ValueError("Nothing to evaluate: pass --tasks (with --opera-root) and/or --dataset.")
+        raise ValueError("Nothing to evaluate: pass --tasks (with --opera_root) and/or --dataset.")
     run_benchmark(
-        args.model,
-        args.output,
+        args.model_name_or_path,
+        args.output_dir,
         tasks=tasks,
         opera_root=args.opera_root,
         datasets=args.dataset,
         settings=settings,
         cache_dir=args.cache_dir,
     )
-    print((Path(args.output) / "results.md").read_text())
+    print((Path(args.output_dir) / "results.md").read_text())
 
 
 def add_tasks_commands(subparsers):
@@ -233,40 +355,44 @@ def add_tasks_commands(subparsers):
         "tasks", help="Every task as a Hugging Face dataset: OPERA's and the ICBHI-cycle and SPRSound tasks."
     )
     commands = tasks.add_subparsers(dest="tasks_command", required=True)
-    data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--icbhi-root", help="ICBHI 2017 folder (ICBHI_final_database/, ICBHI_challenge_train_test.txt)")
-    data.add_argument("--sprsound-root", help="SPRSound release folder (train2022_json, test2022_json, ... and *_wav)")
-    opera = argparse.ArgumentParser(add_help=False)
-    opera.add_argument("--opera-root", help="an OPERA checkout (OPERA tasks T1-T19)")
+    data = OneLineErrorParser(add_help=False)
+    data.add_argument("--icbhi_root", help="ICBHI 2017 folder (ICBHI_final_database/, ICBHI_challenge_train_test.txt)")
+    data.add_argument("--sprsound_root", help="SPRSound release folder (train2022_json, test2022_json, ... and *_wav)")
+    opera = OneLineErrorParser(add_help=False)
+    opera.add_argument("--opera_root", help="an OPERA checkout (OPERA tasks T1-T19)")
     listing = commands.add_parser(
         "list", parents=[opera, data], help="List every task, its license and what data builds."
     )
     listing.set_defaults(handler=run_tasks_list)
-    split = argparse.ArgumentParser(add_help=False)
-    split.add_argument("--validation-fraction", type=float, default=0.2, help="patients moved from train (0: none)")
-    split.add_argument("--validation-seed", type=int, default=1337, help="seed of the validation patients")
-    split.add_argument("--split-file", help="an ICBHI split file other than the official one")
+    split = OneLineErrorParser(add_help=False)
+    split.add_argument("--validation_fraction", type=float, default=0.2, help="patients moved from train (0: none)")
+    split.add_argument("--validation_seed", type=int, default=1337, help="seed of the validation patients")
+    split.add_argument("--split_file", help="an ICBHI split file other than the official one")
     parents = [opera, data, split, saved_dataset_options()]
     build = commands.add_parser("build", parents=parents, help="Build one task; save it to disk.")
     build.add_argument("task", help="e.g. icbhi-4class, sprsound-1-2, or an OPERA id such as T7")
-    build.add_argument("--skip-invalid-cycles", action="store_true", help="leave out (and list) unreadable cycles")
+    build.add_argument("--skip_invalid_cycles", action="store_true", help="leave out (and list) unreadable cycles")
     build.set_defaults(handler=run_tasks_build)
     bench = commands.add_parser(
         "benchmark",
         parents=[data, split],
         help="Fine-tune and linear-probe an encoder on ICBHI-cycle / SPRSound tasks over seeds (Trainer).",
     )
-    bench.add_argument("--model", required=True, help="converted folder or Hub repo id")
+    bench.add_argument("--model_name_or_path", "--model", required=True, help="converted folder or Hub repo id")
     bench.add_argument("--tasks", default="icbhi-4class", help="comma-separated, e.g. icbhi-4class,sprsound-1-1")
-    bench.add_argument("--output", required=True, help="folder for results, plots and predictions")
+    bench.add_argument("--output_dir", "--output", required=True, help="folder for results, plots and predictions")
     bench.add_argument("--protocols", default="finetune,linear", help="finetune and/or linear")
     bench.add_argument("--seeds", type=distinct_seeds, default="0,1,2", help="comma-separated distinct seeds")
     bench.add_argument("--seconds", type=float, default=8.0, help="window length (recipe: 8 s)")
     bench.add_argument("--pad", choices=("repeat", "zero"), default="repeat", help="padding of short segments")
-    bench.add_argument("--epochs", type=positive_int, help="override every recipe's epochs")
-    bench.add_argument("--batch-size", type=positive_int, help="override every recipe's batch size")
-    bench.add_argument("--learning-rate", type=float, help="override every recipe's learning rate")
-    bench.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in --output")
+    bench.add_argument("--num_train_epochs", "--epochs", type=positive_int, help="override every recipe's epochs")
+    bench.add_argument(
+        "--per_device_train_batch_size", "--batch-size", type=positive_int, help="override every recipe's batch size"
+    )
+    bench.add_argument("--learning_rate", type=float, help="override every recipe's learning rate")
+    bench.add_argument(
+        "--overwrite_output_dir", "--overwrite", action="store_true", help="replace an earlier run's results"
+    )
     bench.set_defaults(handler=run_tasks_benchmark)
 
 
@@ -293,8 +419,9 @@ def run_tasks_build(args):
     settings = tasks_settings(args)
     roots = dict(opera_root=args.opera_root, icbhi_root=args.icbhi_root, sprsound_root=args.sprsound_root)
     skip_invalid = args.skip_invalid_cycles
+    overwrite = args.overwrite_output_dir
     report = build_and_save_task(
-        args.task, args.output, **roots, settings=settings, skip_invalid=skip_invalid, overwrite=args.overwrite
+        args.task, args.output_dir, **roots, settings=settings, skip_invalid=skip_invalid, overwrite=overwrite
     )
     print(report)
 
@@ -308,13 +435,14 @@ def run_tasks_benchmark(args):
         protocols=tuple(protocol for protocol in args.protocols.split(",") if protocol),
         seeds=tuple(int(seed) for seed in args.seeds.split(",")),
         window=SegmentWindow(seconds=args.seconds, pad=args.pad),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
+        epochs=args.num_train_epochs,
+        batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate,
     )
     roots = {"icbhi": args.icbhi_root, "sprsound": args.sprsound_root}
     tasks = args.tasks.split(",")
-    paths = run_task_benchmark(args.model, args.output, tasks, roots, settings, overwrite=args.overwrite)
+    overwrite = args.overwrite_output_dir
+    paths = run_task_benchmark(args.model_name_or_path, args.output_dir, tasks, roots, settings, overwrite=overwrite)
     print(paths["markdown"].read_text())
 
 
@@ -341,15 +469,21 @@ def add_pretrain_commands(subparsers):
     pretrain.set_defaults(handler=run_pretrain)
     logmel = subparsers.add_parser("logmel", help="Precompute raw log-mel .npy files (and files.csv) for pre-training.")
     logmel.add_argument("input_dir", help="folder of audio files (searched recursively)")
-    logmel.add_argument("output_dir", help="folder for the .npy files and files.csv")
-    logmel.add_argument("--model", help="a resp_hf folder whose front end to use (default: the 16 kHz M2D one)")
+    add_positional_or_option(logmel, "--output_dir", "folder for the .npy files and files.csv")
     logmel.add_argument(
-        "--min-seconds",
+        "--model_name_or_path",
+        "--model",
+        help="a resp_hf folder whose front end to use (default: the 16 kHz M2D one)",
+    )
+    logmel.add_argument(
+        "--min_seconds",
         type=float,
         default=0.0,
         help="zero-pad shorter audio to this length first (M2D's wav_to_lms.py and the m2d-resp recipe: 6.1)",
     )
-    logmel.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    logmel.add_argument(
+        "--overwrite_output_dir", "--overwrite", action="store_true", help="replace a non-empty output folder"
+    )
     logmel.set_defaults(handler=run_logmel)
 
 
@@ -362,14 +496,16 @@ def add_pretrain_data_command(subparsers):
         "to the paper's.",
     )
     parser.add_argument("--icbhi", required=True, help="ICBHI_final_database (the split file in it or its parent)")
-    parser.add_argument("--hf-lung", required=True, help="folder of the HF_Lung_V2 recordings (the paper: 3,839)")
+    parser.add_argument("--hf_lung", required=True, help="folder of the HF_Lung_V2 recordings (the paper: 3,839)")
     parser.add_argument("--coughvid", required=True, help="CoughVID folder: metadata_compiled.csv and the audio")
     parser.add_argument("--audioset", help="AudioSet file list (.csv with a path column) or folder")
-    parser.add_argument("--output", required=True, help="folder for respiratory.csv and mixture.csv")
-    parser.add_argument("--icbhi-repeat", type=positive_int, default=6, help="ICBHI repetitions (paper: 6)")
+    parser.add_argument("--output_dir", "--output", required=True, help="folder for respiratory.csv and mixture.csv")
+    parser.add_argument("--icbhi_repeat", type=positive_int, default=6, help="ICBHI repetitions (paper: 6)")
     parser.add_argument("--repeat", type=positive_int, default=29, help="respiratory list repetitions (paper: 29)")
-    parser.add_argument("--cough-threshold", type=float, default=0.95, help="CoughVID cough_detected above this")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--cough_threshold", type=float, default=0.95, help="CoughVID cough_detected above this")
+    parser.add_argument(
+        "--overwrite_output_dir", "--overwrite", action="store_true", help="replace a non-empty output folder"
+    )
     parser.set_defaults(handler=run_pretrain_data)
 
 
@@ -377,7 +513,7 @@ def run_pretrain_data(args):
     from .training.pretrain_data import build_pretraining_lists, pretraining_lists_report
 
     counts, notes = build_pretraining_lists(
-        args.output,
+        args.output_dir,
         args.icbhi,
         args.hf_lung,
         args.coughvid,
@@ -385,9 +521,9 @@ def run_pretrain_data(args):
         icbhi_repeat=args.icbhi_repeat,
         respiratory_repeat=args.repeat,
         cough_threshold=args.cough_threshold,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite_output_dir,
     )
-    print(pretraining_lists_report(args.output, counts, notes))
+    print(pretraining_lists_report(args.output_dir, counts, notes))
 
 
 def run_pretrain(args):
@@ -400,9 +536,10 @@ def run_logmel(args):
     from .models.resp_m2d import RespM2DConfig
     from .training.pretrain_data import precompute_log_mels
 
-    config = RespM2DConfig.from_pretrained(args.model) if args.model else RespM2DConfig()
+    model = args.model_name_or_path
+    config = RespM2DConfig.from_pretrained(model) if model else RespM2DConfig()
     files = precompute_log_mels(
-        args.input_dir, args.output_dir, config, min_seconds=args.min_seconds, overwrite=args.overwrite
+        args.input_dir, args.output_dir, config, min_seconds=args.min_seconds, overwrite=args.overwrite_output_dir
     )
     print(f"Wrote {files}")
 
@@ -426,7 +563,7 @@ def add_demo_commands(subparsers):
         "space", help="Write a Hugging Face Space folder (app.py, requirements.txt, README.md) that demos a model."
     )
     space.add_argument("model_id", help="the model's Hub repo id, e.g. my-org/resp-m2d-icbhi")
-    space.add_argument("output_dir", help="folder to write (must be empty or new)")
+    add_positional_or_option(space, "--output_dir", "folder to write (must be empty or new)")
     space.add_argument("--title", help="the Space's title (default: from the model id)")
     space.set_defaults(handler=run_space)
 
@@ -474,13 +611,6 @@ EXTRA_OF_MODULE = {
 }
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage mistakes in one line (the usage of `resp-hf finetune` alone runs to dozens of lines), exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
 def add_export_command(subparsers):
     parser = subparsers.add_parser(
         "export",
@@ -491,8 +621,10 @@ def add_export_command(subparsers):
     formats = parser.add_subparsers(dest="format", required=True)
     onnx = formats.add_parser("onnx", help="ONNX (needs the [export] extra: onnx, onnxruntime, onnxscript)")
     onnx.add_argument("model", help="converted or fine-tuned folder")
-    onnx.add_argument("output_dir", help="folder to write model.onnx (and the folder's configs) into")
-    onnx.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_positional_or_option(onnx, "--output_dir", "folder to write model.onnx (and the folder's configs) into")
+    onnx.add_argument(
+        "--overwrite_output_dir", "--overwrite", action="store_true", help="replace a non-empty output folder"
+    )
     onnx.add_argument(
         "--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 MatMul/Gemm, per channel)"
     )
@@ -502,7 +634,7 @@ def add_export_command(subparsers):
 def run_export_onnx(args):
     from .export import INT8_ONNX_FILE, export_onnx, quantize_onnx
 
-    report = export_onnx(args.model, args.output_dir, overwrite=args.overwrite)
+    report = export_onnx(args.model, args.output_dir, overwrite=args.overwrite_output_dir)
     print(report)
     if args.int8:
         path = quantize_onnx(report.path, report.path.parent / INT8_ONNX_FILE)
@@ -510,7 +642,13 @@ def run_export_onnx(args):
 
 
 def build_parser():
-    parser = OneLineErrorParser(prog="resp-hf", description="Respiratory audio foundation models for Transformers.")
+    parser = OneLineErrorParser(
+        prog="resp-hf",
+        description="Respiratory audio foundation models for Transformers.",
+        epilog="Options have one spelling per concept on every command, the Trainer's (--model_name_or_path, "
+        "--output_dir, --num_train_epochs, ...); each also answers to its dashed twin (--output-dir), and the "
+        "spellings of earlier versions (--model, --output, --epochs, ...) keep working.",
+    )
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of errors")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_convert_command(subparsers)

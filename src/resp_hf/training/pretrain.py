@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .. import cards
-from ..cli import OneLineErrorParser
+from ..cli import OneLineErrorParser, RawDescriptionCanonicalSpellingFormatter
 from ..convert import file_sha256, load_encoder_weights, read_m2d_checkpoint
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from ..output_folders import atomic_file, atomic_folder, check_output_folder, remove_outputs, write_text_atomically
@@ -190,9 +190,13 @@ def plot_loss(log_path, output_path):
 
 
 def build_parser(recipe=None):
-    """The options; a recipe from `recipes.RECIPES` replaces their defaults (explicit options still win)."""
+    """
+    The options; a recipe from `recipes.RECIPES` replaces their defaults (explicit options still win). The canonical
+    spellings are the Trainer's; the earlier ones (`--init`, `--output-dir`, `--epochs`, ...) keep working, and each
+    `dest` stays the earlier name, which recipes and the code below use.
+    """
     parser = OneLineErrorParser(
-        prog="resp-hf pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="resp-hf pretrain", description=__doc__, formatter_class=RawDescriptionCanonicalSpellingFormatter
     )
     parser.add_argument(
         "--recipe",
@@ -200,67 +204,103 @@ def build_parser(recipe=None):
         help="set every default to a published run: 'm2d-resp' is the M2D+Resp paper's further pre-training "
         "(see resp_hf/training/recipes.py for each value and its source)",
     )
-    parser.add_argument("--init", required=True, help="resp_hf folder, official .pth, or 'scratch'")
-    parser.add_argument("--name", help="official-style name for a .pth in a renamed folder")
-    parser.add_argument("--encoder-config", type=json.loads, help="JSON RespM2DConfig fields for --init scratch")
     parser.add_argument(
+        "--model_name_or_path", "--init", dest="init", required=True, help="resp_hf folder, official .pth, or 'scratch'"
+    )
+    parser.add_argument("--name", help="official-style name for a .pth in a renamed folder")
+    parser.add_argument(
+        "--encoder_config", type=json.loads, help="JSON RespM2DConfig fields for --model_name_or_path scratch"
+    )
+    parser.add_argument(
+        "--dataset",
         "--data",
+        dest="data",
         action="append",
         required=True,
         help="CSV list, folder, saved dataset or hf:<dataset>[@SPLIT], optionally :N (repeatable)",
     )
-    parser.add_argument("--audio-column", default="audio", help="audio column of dataset sources")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--audio_column", default="audio", help="audio column of dataset sources")
+    parser.add_argument("--output_dir", required=True)
     parser.add_argument(
-        "--norm-stats",
+        "--norm_stats",
         default="inherit",
-        help="'inherit' from --init, 'compute' from random crops of the data (see --norm-stats-crops), or MEAN,STD "
-        "written with '=' when the mean is negative: --norm-stats=-7.1,4.2",
+        help="'inherit' from --model_name_or_path, 'compute' from random crops of the data (see --norm_stats_crops), "
+        "or MEAN,STD written with '=' when the mean is negative: --norm_stats=-7.1,4.2",
     )
     parser.add_argument(
-        "--norm-stats-crops", type=int, default=5000, help="random unit-size crops for --norm-stats compute (M2D: 5000)"
+        "--norm_stats_crops", type=int, default=5000, help="random unit-size crops for --norm_stats compute (M2D: 5000)"
     )
     parser.add_argument(
-        "--min-seconds",
+        "--min_seconds",
         type=float,
         default=0.0,
         help="zero-pad shorter audio to this length before the log-mel (M2D's wav_to_lms.py: 6.1); .npy items "
         "are used as stored",
     )
-    parser.add_argument("--predictor-width", type=int, default=512, help="predictor ViT width (M2D: 512)")
-    parser.add_argument("--predictor-depth", type=int, default=8, help="predictor blocks (M2D: 8)")
-    parser.add_argument("--predictor-heads", type=int, default=16, help="predictor heads (M2D: 16)")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
-    parser.add_argument("--batch-size", type=int, default=64, help="per process")
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--predictor_width", type=int, default=512, help="predictor ViT width (M2D: 512)")
+    parser.add_argument("--predictor_depth", type=int, default=8, help="predictor blocks (M2D: 8)")
+    parser.add_argument("--predictor_heads", type=int, default=16, help="predictor heads (M2D: 16)")
+    parser.add_argument("--num_train_epochs", "--epochs", dest="epochs", type=int, default=50)
+    parser.add_argument("--max_steps", type=int, help="stop after this many optimizer steps (smoke runs)")
     parser.add_argument(
-        "--effective-batch-size",
-        type=int,
-        help="sets --gradient-accumulation-steps to this / (--batch-size x processes), which must divide it",
+        "--per_device_train_batch_size", "--batch-size", dest="batch_size", type=int, default=64, help="per process"
     )
-    parser.add_argument("--base-lr", type=float, default=3e-4, help="scaled by effective batch / 256")
-    parser.add_argument("--warmup-epochs", type=float, default=4.0, help="linear warm-up, then cosine decay to 0")
-    parser.add_argument("--clip-grad", type=float, help="clip the gradient norm to this (default: no clipping)")
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--mask-ratio", type=float, default=0.7)
-    parser.add_argument("--ema-start", type=float, default=0.99995)
-    parser.add_argument("--ema-end", type=float, default=0.99999)
-    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    parser.add_argument("--cpu", action="store_true", help="train on CPU processes even when GPUs are present")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--save-every", type=int, default=1000, help="save_state every N optimizer steps")
-    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument(
+        "--effective_batch_size",
+        type=int,
+        help="sets --gradient_accumulation_steps to this / (--per_device_train_batch_size x processes), which must "
+        "divide it",
+    )
+    parser.add_argument("--base_lr", type=float, default=3e-4, help="scaled by effective batch / 256")
+    parser.add_argument("--warmup_epochs", type=float, default=4.0, help="linear warm-up, then cosine decay to 0")
+    parser.add_argument(
+        "--max_grad_norm",
+        "--clip-grad",
+        dest="clip_grad",
+        type=float,
+        help="clip the gradient norm to this (default: no clipping)",
+    )
+    parser.add_argument("--weight_decay", type=float, default=0.05)
+    parser.add_argument("--mask_ratio", type=float, default=0.7)
+    parser.add_argument("--ema_start", type=float, default=0.99995)
+    parser.add_argument("--ema_end", type=float, default=0.99999)
+    parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    parser.add_argument(
+        "--use_cpu", "--cpu", dest="cpu", action="store_true", help="train on CPU processes even when GPUs are present"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataloader_num_workers", "--num-workers", dest="num_workers", type=int, default=2)
+    parser.add_argument(
+        "--save_steps",
+        "--save-every",
+        dest="save_every",
+        type=int,
+        default=1000,
+        help="save_state every N optimizer steps",
+    )
+    parser.add_argument("--logging_steps", "--log-every", dest="log_every", type=int, default=10)
+    parser.add_argument(
+        "--resume_from_checkpoint",
         "--resume",
-        help="a checkpoint folder, or 'latest' in --output-dir (a damaged latest checkpoint is skipped for the "
+        dest="resume",
+        help="a checkpoint folder, or 'latest' in --output_dir (a damaged latest checkpoint is skipped for the "
         "previous complete one)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="start afresh in an --output-dir that holds an earlier run"
+        "--overwrite_output_dir",
+        "--overwrite",
+        dest="overwrite",
+        action="store_true",
+        help="start afresh in an --output_dir that holds an earlier run",
     )
-    parser.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
+    parser.add_argument(
+        "--disable_tqdm",
+        "--no-progress",
+        dest="no_progress",
+        action="store_true",
+        help="print log lines instead of a progress bar",
+    )
     if recipe:
         defaults = RECIPES[recipe]
         parser.set_defaults(recipe=recipe, **defaults)
