@@ -8,6 +8,7 @@ folder holds the linear-probe benchmark's files (`results.csv`, `results.md`, `r
 
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -62,8 +63,8 @@ LINEAR_RECIPE = Recipe(
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """A benchmark task: how to build it, which label column to learn and how to score it."""
+class ChallengeTask:
+    """An ICBHI or SPRSound challenge task: which dataset builds it, which label column to learn, how to score it."""
 
     name: str
     dataset: str  # "icbhi" or "sprsound"
@@ -73,12 +74,12 @@ class TaskSpec:
 
 
 TASKS = {
-    "icbhi-4class": TaskSpec("icbhi-4class", "icbhi", "label", "icbhi"),
-    "icbhi-2class": TaskSpec("icbhi-2class", "icbhi", "label_2class", "icbhi"),
-    "sprsound-1-1": TaskSpec("sprsound-1-1", "sprsound", "label", "sprsound", "event_binary"),
-    "sprsound-1-2": TaskSpec("sprsound-1-2", "sprsound", "label", "sprsound", "event_multiclass"),
-    "sprsound-2-1": TaskSpec("sprsound-2-1", "sprsound", "label", "sprsound", "record_ternary"),
-    "sprsound-2-2": TaskSpec("sprsound-2-2", "sprsound", "label", "sprsound", "record_multiclass"),
+    "icbhi-4class": ChallengeTask("icbhi-4class", "icbhi", "label", "icbhi"),
+    "icbhi-2class": ChallengeTask("icbhi-2class", "icbhi", "label_2class", "icbhi"),
+    "sprsound-1-1": ChallengeTask("sprsound-1-1", "sprsound", "label", "sprsound", "event_binary"),
+    "sprsound-1-2": ChallengeTask("sprsound-1-2", "sprsound", "label", "sprsound", "event_multiclass"),
+    "sprsound-2-1": ChallengeTask("sprsound-2-1", "sprsound", "label", "sprsound", "record_ternary"),
+    "sprsound-2-2": ChallengeTask("sprsound-2-2", "sprsound", "label", "sprsound", "record_multiclass"),
 }
 MAIN_METRIC = {"icbhi": "icbhi_score", "sprsound": "score"}
 
@@ -309,7 +310,15 @@ def check_trainable(task, dataset):
         )
 
 
-def run_task_benchmark(model_path, output_dir, task_names, roots, settings=None, model_name=None, overwrite=False):
+def run_task_benchmark(
+    model_path: str | Path,
+    output_dir: str | Path,
+    task_names: Sequence[str],
+    roots: dict[str, str | Path],
+    settings: TaskBenchmarkSettings | None = None,
+    model_name: str | None = None,
+    overwrite: bool = False,
+) -> dict:
     """
     Builds each task (all checked before training), runs every (protocol, seed), and writes the results; returns the
     written paths. `roots` maps "icbhi" / "sprsound" to the data folders; `output_dir` must be empty unless

@@ -321,7 +321,7 @@ def resume_checkpoint(value):
     return True if value in ("latest", "true", "True") else value
 
 
-def finetune(args, training_args):
+def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> tuple[Trainer, dict]:
     """
     Fine-tunes, evaluates and saves the best model (Hub-ready, with a card) in `training_args.output_dir`; Trainer's
     checkpoints go to its `checkpoints/` subfolder. Returns `(trainer, results)`.
