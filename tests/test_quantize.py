@@ -14,9 +14,9 @@ from resp_hf import (
     RespM2DModel,
     quantize,
 )
-from resp_hf.linear_probe import BenchmarkSettings, run_benchmark
 from resp_hf.cli import main as cli_main
 from resp_hf.data import load_audio_folder
+from resp_hf.linear_probe import BenchmarkSettings, run_benchmark
 from resp_hf.synthetic import write_two_class_recordings
 
 

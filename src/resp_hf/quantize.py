@@ -84,4 +84,3 @@ def refuse_to_save(model, save_directory, *args, **kwargs):
         f"Cannot save an int8-quantized {type(model).__name__} to {save_directory}: its packed int8 weights have no "
         "safetensors form. Save the float32 model and call resp_hf.quantize(model, 'int8') after loading it."
     )
-
