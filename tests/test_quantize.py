@@ -57,42 +57,48 @@ def test_int8_forward_and_embed_agree_and_stay_close_to_fp32():
     assert len(states) == model.config.num_hidden_layers + 1
 
 
-def test_int8_classifier_runs_in_the_pipeline_with_its_head_in_fp32():
+def two_label_classifier():
     torch.manual_seed(0)
     config = tiny_config(num_labels=2, id2label={0: "healthy", 1: "copd"}, label2id={"healthy": 0, "copd": 1})
-    model = RespM2DForAudioClassification(config).eval()
+    return RespM2DForAudioClassification(config).eval()
+
+
+def pipeline_scores(model, extractor, clips):
+    """The audio-classification pipeline's scores, one row per clip, in label order."""
+    classify = RespM2DAudioClassificationPipeline(model=model, feature_extractor=extractor)
+    outputs = classify(clips, batch_size=2)
+    return torch.tensor([[s["score"] for s in sorted(out, key=lambda s: s["label"])] for out in outputs])
+
+
+def test_int8_classifier_runs_in_the_pipeline_with_its_head_in_fp32():
+    model = two_label_classifier()
     quantized = quantize(model, "int8")
     assert type(quantized.classifier) is torch.nn.Linear
-    extractor = RespM2DFeatureExtractor.from_model_config(config)
+    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     clips = [noise(1.5, seed=1), noise(3.0, seed=2)]
-    scores = {}
-    for name, candidate in (("fp32", model), ("int8", quantized)):
-        classify = RespM2DAudioClassificationPipeline(model=candidate, feature_extractor=extractor)
-        scores[name] = torch.tensor(
-            [[s["score"] for s in sorted(out, key=lambda s: s["label"])] for out in classify(clips, batch_size=2)]
-        )
-    assert scores["int8"].shape == (2, 2)
-    torch.testing.assert_close(scores["int8"], scores["fp32"], atol=0.01, rtol=0)
+    int8 = pipeline_scores(quantized, extractor, clips)
+    assert int8.shape == (2, 2)
+    torch.testing.assert_close(int8, pipeline_scores(model, extractor, clips), atol=0.01, rtol=0)
 
 
-def test_int8_embeddings_of_the_golden_clips_stay_within_cosine_09995_of_fp32(golden_folder, golden_audio):
-    # Measured: 0.99996-0.99997 on the recordings, 0.99979 on the 0.3-s noise clip (one short chunk, the least
-    # averaging). The bound leaves 2.4x that distance for other CPUs' float summation order around the int8 products.
+# Measured, int8: 0.99996-0.99997 on the recordings, 0.99979 on the 0.3-s noise clip (one short chunk, the least
+# averaging); the bound leaves 2.4x that distance for other CPUs' float summation order around the int8 products.
+# bf16: 0.999994-0.999995 on the recordings, 0.999987 on the noise clip.
+@pytest.mark.parametrize("method, bound", [("int8", 0.9995), ("bf16", 0.9999)])
+def test_embeddings_of_the_golden_clips_stay_close_to_fp32(method, bound, golden_folder, golden_audio):
     model = RespM2DModel.from_pretrained(golden_folder).eval()
     clips = list(golden_audio.values())
     fp32 = model.embed(clips, sampling_rate=16000, progress=False)
-    int8 = quantize(model, "int8").embed(clips, sampling_rate=16000, progress=False)
-    assert cosine(fp32, int8).min() >= 0.9995
+    quantized = quantize(model, method).embed(clips, sampling_rate=16000, progress=False)
+    assert cosine(fp32, quantized).min() >= bound
 
 
 def test_bf16_copy_holds_bfloat16_weights_and_embeds_through_forward_embed_and_both_pipelines():
-    torch.manual_seed(0)
-    config = tiny_config(num_labels=2, id2label={0: "healthy", 1: "copd"}, label2id={"healthy": 0, "copd": 1})
-    model = RespM2DForAudioClassification(config).eval()
+    model = two_label_classifier()
     bf16 = quantize(model, "bf16")
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    extractor = RespM2DFeatureExtractor.from_model_config(config)
+    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     clips = [noise(seconds, seed=i) for i, seconds in enumerate((0.7, 2.5, 4.0))]
     with torch.no_grad():  # float32 features in, cast at the patch embedding
         pooled = bf16.resp_m2d(**extractor(clips, sampling_rate=16000)).pooler_output
@@ -104,22 +110,8 @@ def test_bf16_copy_holds_bfloat16_weights_and_embeds_through_forward_embed_and_b
     assert cosine(embedded, fp32).min() >= 0.999
     features = RespM2DFeatureExtractionPipeline(model=bf16.resp_m2d, feature_extractor=extractor)
     torch.testing.assert_close(torch.tensor(features(clips[1])), embedded[1], atol=1e-2, rtol=0)
-    scores = {}
-    for name, candidate in (("fp32", model), ("bf16", bf16)):
-        classify = RespM2DAudioClassificationPipeline(model=candidate, feature_extractor=extractor)
-        scores[name] = torch.tensor(
-            [[s["score"] for s in sorted(out, key=lambda s: s["label"])] for out in classify(clips, batch_size=2)]
-        )
-    torch.testing.assert_close(scores["bf16"], scores["fp32"], atol=0.02, rtol=0)
-
-
-def test_bf16_embeddings_of_the_golden_clips_stay_within_cosine_09999_of_fp32(golden_folder, golden_audio):
-    # Measured: 0.999994-0.999995 on the recordings, 0.999987 on the 0.3-s noise clip (one short chunk).
-    model = RespM2DModel.from_pretrained(golden_folder).eval()
-    clips = list(golden_audio.values())
-    fp32 = model.embed(clips, sampling_rate=16000, progress=False)
-    bf16 = quantize(model, "bf16").embed(clips, sampling_rate=16000, progress=False)
-    assert cosine(fp32, bf16).min() >= 0.9999
+    bf16_scores = pipeline_scores(bf16, extractor, clips)
+    torch.testing.assert_close(bf16_scores, pipeline_scores(model, extractor, clips), atol=0.02, rtol=0)
 
 
 def test_quantized_model_refuses_to_save_and_quantizing_after_loading_works(tmp_path):
