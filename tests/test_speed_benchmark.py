@@ -99,3 +99,18 @@ def test_model_shape_reference_runs_the_encoder_gemms_of_the_recorded_passes(spe
     attention = 4 * tokens * tokens * width
     patch = 2 * (tokens - 1) * config.patch_size[0] * config.patch_size[1] * width
     assert speed.encoder_flops(config, passes) == 3 * (config.num_hidden_layers * (flops / 3 + attention) + patch)
+
+
+def test_bf16_rows_run_the_bfloat16_weights_copy_and_autocast_rows_the_float32_model(speed):
+    model = tiny_model()
+    bf16, dtype = speed.configuration(model, "bf16")
+    assert dtype is None and {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert speed.configuration(model, "bf16 autocast") == (model, torch.bfloat16)
+    # both bf16 rows are measured against the bf16 matmul references; int8 and ONNX Runtime against none
+    assert [speed.reference_dtype(name) for name in ("bf16", "bf16 autocast", "fp32", "int8", "ORT fp32")] == [
+        "bf16",
+        "bf16",
+        "fp32",
+        None,
+        None,
+    ]
