@@ -114,6 +114,17 @@ def test_bf16_copy_holds_bfloat16_weights_and_embeds_through_forward_embed_and_b
     torch.testing.assert_close(bf16_scores, pipeline_scores(model, extractor, clips), atol=0.02, rtol=0)
 
 
+def test_bf16_copy_saves_and_reloads_in_bf16_with_the_same_embeddings(tmp_path):
+    bf16 = quantize(tiny_model(), "bf16")
+    bf16.save_pretrained(tmp_path)
+    reloaded = RespM2DModel.from_pretrained(tmp_path)
+    assert {p.dtype for p in reloaded.parameters()} == {torch.bfloat16}
+    clip = [noise(2.0)]
+    torch.testing.assert_close(
+        reloaded.embed(clip, sampling_rate=16000, progress=False), bf16.embed(clip, sampling_rate=16000, progress=False)
+    )
+
+
 def test_quantized_model_refuses_to_save_and_quantizing_after_loading_works(tmp_path):
     model = tiny_model()
     with pytest.raises(NotImplementedError, match=r"after loading"):
