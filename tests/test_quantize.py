@@ -98,6 +98,8 @@ def test_bf16_copy_holds_bfloat16_weights_and_embeds_through_forward_embed_and_b
     bf16 = quantize(model, "bf16")
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # on a CPU the written-out attention (faster than SDPA's bf16 kernel there); the original keeps SDPA
+    assert (bf16.config._attn_implementation, model.config._attn_implementation) == ("eager", "sdpa")
     extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     clips = [noise(seconds, seed=i) for i, seconds in enumerate((0.7, 2.5, 4.0))]
     with torch.no_grad():  # float32 features in, cast at the patch embedding
@@ -114,11 +116,12 @@ def test_bf16_copy_holds_bfloat16_weights_and_embeds_through_forward_embed_and_b
     torch.testing.assert_close(bf16_scores, pipeline_scores(model, extractor, clips), atol=0.02, rtol=0)
 
 
-def test_bf16_copy_saves_and_reloads_in_bf16_with_the_same_embeddings(tmp_path):
+def test_bf16_copy_saves_and_reloads_in_bf16_and_quantizing_after_loading_gives_the_same_embeddings(tmp_path):
     bf16 = quantize(tiny_model(), "bf16")
     bf16.save_pretrained(tmp_path)
     reloaded = RespM2DModel.from_pretrained(tmp_path)
     assert {p.dtype for p in reloaded.parameters()} == {torch.bfloat16}
+    reloaded = quantize(reloaded, "bf16")  # the attention choice is not saved
     clip = [noise(2.0)]
     torch.testing.assert_close(
         reloaded.embed(clip, sampling_rate=16000, progress=False), bf16.embed(clip, sampling_rate=16000, progress=False)
