@@ -401,7 +401,8 @@ def measure(model, settings, repeats, compile_batch=None):
     rng = np.random.default_rng(0)
     clips = noise_clips(rng, [settings["clip_seconds"]] * max(settings["batch_sizes"]))
     mixed = noise_clips(rng, rng.uniform(*settings["mixed_range"], size=settings["mixed_count"]))
-    with_autocast = configs | {"bf16 autocast": configuration(model, "bf16 autocast")}
+    autocast = {"bf16 autocast": configuration(model, "bf16 autocast")}
+    with_autocast = {name: configs[name] for name in ("fp32", "bf16")} | autocast | configs  # autocast beside bf16
     end_to_end = measure_end_to_end(
         with_autocast, extractor, clips, settings["clip_seconds"], settings["batch_sizes"], repeats
     )
