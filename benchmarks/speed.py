@@ -592,7 +592,7 @@ QUICK = {
     "chunk_counts": (2, 4),
     "long_minutes": (0.2,),
 }
-# About 18 minutes on the 2-core CI-class machine.
+# Estimated at about 18 minutes on the 2-core CI-class machine (the earlier settings took 29).
 FULL = {
     "batch_sizes": (1, 8),
     "onnx_batch_sizes": (1, 8),
