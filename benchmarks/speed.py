@@ -2,14 +2,16 @@
 
     python benchmarks/speed.py --output benchmarks/results            # ViT-Base (random weights), full run
     python benchmarks/speed.py --model ./resp-m2d --output out         # a converted checkpoint
-    python benchmarks/speed.py --quick --output out                    # seconds: a small model, for CI
+    python benchmarks/speed.py --quick --output out                    # a small model, for CI (not for reporting)
 
 Writes `speed.json` and `speed.md`. Every measured configuration runs interleaved with the others of its group and
 with two matrix-product references in the same dtype: the encoder's own GEMM shapes (its qkv, projection and MLP
 products at the token counts it runs, so weighted by FLOPs) and a square product. Each round runs everything once, so
 each fraction of attainable and each speed-up is a ratio of times taken at the same moment; the tables give the
 median over rounds (and the ratio of the best times). A fraction above 100% means the machine changed speed within a
-round: it is marked invalid. On a CPU the int8 rows use `resp_hf.quantize(model, "int8")`; on a GPU, fp16 is added.
+round: it is marked invalid. The bf16 rows use `resp_hf.quantize(model, "bf16")` (bfloat16 weights); the end-to-end
+table adds "bf16 autocast" (float32 weights under `torch.autocast`) against the same bf16 reference. On a CPU the int8
+rows use `resp_hf.quantize(model, "int8")`; on a GPU, fp16 autocast is added.
 On a CPU with the [export] extra, ONNX Runtime (the `resp-hf export onnx --int8` graphs, fp32 and int8) runs end to end
 interleaved with eager fp32.
 """
@@ -170,26 +172,36 @@ def same_moment(numerator, denominator):
     return statistics.median(ratios), min(numerator) / min(denominator)
 
 
+def reference_dtype(name):
+    """The matmul dtype a configuration is compared with ("bf16 autocast" -> "bf16"); None for int8 and ORT."""
+    dtype = name.split()[0]
+    return dtype if dtype in MATMUL_DTYPES else None
+
+
 def measure_group(configs, make_run, passes, useful_flops, repeats, warmup=1):
     """
     Runs `make_run(model, dtype)` for every configuration (name -> (model, autocast dtype)) interleaved with the
-    model-shape and square matmul references of each float dtype. Returns one row per configuration with median
-    times, same-moment fractions of both references and same-moment speed-ups over fp32 (and bf16).
+    model-shape and square matmul references of each float dtype, after `warmup` rounds (the references get at least
+    one). Returns one row per configuration with median times, same-moment fractions of both references and
+    same-moment speed-ups over fp32 (and bf16).
     """
     model = next(iter(configs.values()))[0]
     device, config = model.device, model.config
-    functions, reference_flops = {}, {}
+    functions, references, reference_flops = {}, {}, {}
     for name, (candidate, dtype) in configs.items():
         functions[name] = partial(make_run, candidate, dtype)
-        if name in MATMUL_DTYPES:
-            functions[f"{name} model-shape"], reference_flops[f"{name} model-shape"] = model_shape_matmuls(
-                config, passes, device, MATMUL_DTYPES[name]
+        matmul = reference_dtype(name)
+        if matmul and f"{matmul} square" not in references:
+            references[f"{matmul} model-shape"], reference_flops[f"{matmul} model-shape"] = model_shape_matmuls(
+                config, passes, device, MATMUL_DTYPES[matmul]
             )
             square = 2048 if device.type == "cpu" else 8192
-            functions[f"{name} square"], reference_flops[f"{name} square"] = square_matmul(
-                device, MATMUL_DTYPES[name], square
+            references[f"{matmul} square"], reference_flops[f"{matmul} square"] = square_matmul(
+                device, MATMUL_DTYPES[matmul], square
             )
-    times = interleaved_times(functions, repeats, warmup)
+    for reference in references.values():
+        reference()
+    times = interleaved_times(functions | references, repeats, warmup)
     rows = []
     for name in configs:
         seconds = times[name]
@@ -200,7 +212,7 @@ def measure_group(configs, make_run, passes, useful_flops, repeats, warmup=1):
             "achieved_flops": useful_flops / statistics.median(seconds),
         }
         for reference in ("model-shape", "square"):
-            key = f"{name} {reference}"
+            key = f"{reference_dtype(name)} {reference}"
             if key in times:
                 # achieved / attainable = (useful / t) / (reference FLOPs / t_reference), per round
                 median, best = same_moment(times[key], seconds)
@@ -215,23 +227,24 @@ def measure_group(configs, make_run, passes, useful_flops, repeats, warmup=1):
     return rows
 
 
-def cosines_to_fp32(configs, make_run):
-    """Minimum cosine similarity of each configuration's outputs to fp32's."""
-    outputs = {name: make_run(model, dtype).float().cpu() for name, (model, dtype) in configs.items()}
-    return {
-        name: torch.nn.functional.cosine_similarity(output, outputs["fp32"]).min().item()
-        for name, output in outputs.items()
-    }
-
-
 def measure_configurations(configs, make_run, repeats, useful_flops=None, warmup=1, **fields):
-    """`measure_group` for the passes `make_run` makes, with each row's cosine to fp32 and `fields` added."""
-    model = next(iter(configs.values()))[0]
-    passes = recorded_passes(model, lambda: make_run(model, None))
+    """
+    `measure_group` for the passes `make_run` makes, with each row's cosine to fp32 and `fields` added. A first run
+    of every configuration, which records fp32's passes and gives the outputs for the cosines, is its first warm-up.
+    """
+    model = configs["fp32"][0]
+    runs = {name: partial(make_run, candidate, dtype) for name, (candidate, dtype) in configs.items()}
+    outputs = {}
+    passes = recorded_passes(model, lambda: outputs.update(fp32=runs["fp32"]()))
+    outputs.update({name: run() for name, run in runs.items() if name != "fp32"})
     computed = encoder_flops(model.config, passes)
     rows_flops = useful_flops or computed
-    rows = measure_group(configs, make_run, passes, rows_flops, repeats, warmup)
-    cosines = cosines_to_fp32(configs, make_run)
+    rows = measure_group(configs, make_run, passes, rows_flops, repeats, max(warmup - 1, 0))
+    fp32 = outputs["fp32"].float().cpu()
+    cosines = {
+        name: torch.nn.functional.cosine_similarity(output.float().cpu(), fp32).min().item()
+        for name, output in outputs.items()
+    }
     for row in rows:
         row.update(fields, cosine_to_fp32=cosines[row["dtype"]], padded_flop_share=1 - rows_flops / computed)
     return rows
@@ -288,15 +301,16 @@ def measure_onnx_runtime(model, extractor, clips, clip_seconds, batch_sizes, rep
 
 
 def measure_compiled(configs, extractor, clips, clip_seconds, batch_size, repeats):
-    """The end-to-end measurement at one batch size with the float models' encoder blocks compiled."""
-    model = configs["fp32"][0]
-    eager = model.encoder
-    model.encoder = torch.compile(eager)
+    """The end-to-end measurement at one batch size with the fp32 and bf16 models' encoder blocks compiled."""
+    floats = {name: configs[name] for name in ("fp32", "bf16")}
+    eager = {name: model.encoder for name, (model, _) in floats.items()}
+    for name, (model, _) in floats.items():
+        model.encoder = torch.compile(eager[name])
     try:
-        floats = {name: config for name, config in configs.items() if config[0] is model}
         rows = measure_end_to_end(floats, extractor, clips, clip_seconds, [batch_size], repeats)
     finally:
-        model.encoder = eager
+        for name, (model, _) in floats.items():
+            model.encoder = eager[name]
     for row in rows:
         row["dtype"] += " (compiled)"
     return rows
@@ -365,15 +379,15 @@ def long_recording_worker(model, dtype_name, minutes):
 
 
 def dtype_names(device):
-    """What to compare: fp32, bf16 autocast, and int8 on a CPU or fp16 autocast on a GPU."""
+    """What to compare: fp32, bf16 weights, and int8 on a CPU or fp16 autocast on a GPU."""
     return ["fp32", "bf16", "fp16" if device.type == "cuda" else "int8"]
 
 
 def configuration(model, name):
-    """(model to run, autocast dtype) for one of `dtype_names`."""
-    if name == "int8":
-        return quantize(model, "int8"), None
-    return model, None if name == "fp32" else MATMUL_DTYPES[name]
+    """(model to run, autocast dtype) for one of `dtype_names` or "bf16 autocast"."""
+    if name in ("int8", "bf16"):
+        return quantize(model, name), None
+    return model, None if name == "fp32" else MATMUL_DTYPES[reference_dtype(name)]
 
 
 def configurations(model):
@@ -387,8 +401,10 @@ def measure(model, settings, repeats, compile_batch=None):
     rng = np.random.default_rng(0)
     clips = noise_clips(rng, [settings["clip_seconds"]] * max(settings["batch_sizes"]))
     mixed = noise_clips(rng, rng.uniform(*settings["mixed_range"], size=settings["mixed_count"]))
+    autocast = {"bf16 autocast": configuration(model, "bf16 autocast")}
+    with_autocast = {name: configs[name] for name in ("fp32", "bf16")} | autocast | configs  # autocast beside bf16
     end_to_end = measure_end_to_end(
-        configs, extractor, clips, settings["clip_seconds"], settings["batch_sizes"], repeats
+        with_autocast, extractor, clips, settings["clip_seconds"], settings["batch_sizes"], repeats
     )
     if compile_batch:
         end_to_end += measure_compiled(configs, extractor, clips, settings["clip_seconds"], compile_batch, repeats)
@@ -404,7 +420,7 @@ def measure(model, settings, repeats, compile_batch=None):
             "clips": settings["mixed_count"],
             "seconds_range": list(settings["mixed_range"]),
             "total_audio_seconds": sum(len(clip) for clip in mixed) / RATE,
-            "rows": measure_mixed_lengths(configs, extractor, mixed, settings["batch_sizes"], repeats),
+            "rows": measure_mixed_lengths(configs, extractor, mixed, settings["mixed_batch_sizes"], repeats),
         },
         "chunk_batches": measure_chunk_batches(configs, settings["chunk_counts"], repeats),
         "peak_memory_mb": peak_memory_mb(device),
@@ -478,7 +494,9 @@ def onnx_runtime_table(onnx_runtime, clip_seconds):
 def markdown(report):
     extraction = report["feature_extraction"]
     mixed = report["mixed_lengths"]
+    quick = ["**Quick check (`--quick`): a small model, 2 rounds; not a measurement to report.**", ""]
     lines = [
+        *(quick if report["quick"] else []),
         f"Machine: {report['machine']}; torch {report['torch']}, transformers {report['transformers']}; "
         f"{report['date']}; model: {report['model']} ({report['parameters'] / 1e6:.1f} M parameters); "
         f"{report['repeats']} interleaved rounds.",
@@ -570,17 +588,20 @@ QUICK = {
     "clip_seconds": 2.0,
     "mixed_count": 6,
     "mixed_range": (0.5, 8.0),
+    "mixed_batch_sizes": (1, 2),
     "chunk_counts": (2, 4),
     "long_minutes": (0.2,),
 }
+# Estimated at about 18 minutes on the 2-core CI-class machine (the earlier settings took 29).
 FULL = {
-    "batch_sizes": (1, 8, 32),
+    "batch_sizes": (1, 8),
     "onnx_batch_sizes": (1, 8),
     "clip_seconds": 10.0,
-    "mixed_count": 32,
+    "mixed_count": 16,
     "mixed_range": (0.5, 30.0),
-    "chunk_counts": (8, 16, 32, 64),
-    "long_minutes": (1, 10, 30, 60),
+    "mixed_batch_sizes": (8,),
+    "chunk_counts": (8, 32),
+    "long_minutes": (1, 10, 60),
 }
 
 
@@ -609,12 +630,13 @@ def main(argv=None):
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "date": date.today().isoformat(),
+        "quick": args.quick,
         "model": name,
         "parameters": sum(p.numel() for p in model.parameters()),
         **measure(model, settings, repeats, compile_batch=(2 if args.quick else 8) if args.compile else None),
-        "long_recordings": [] if args.no_long_recordings else measure_long_recordings(
-            args, settings["long_minutes"], dtype_names(device)
-        ),
+        "long_recordings": []
+        if args.no_long_recordings
+        else measure_long_recordings(args, settings["long_minutes"], dtype_names(device)),
     }
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -8,14 +8,15 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
 from resp_hf import (
     RespM2DAudioClassificationPipeline,
+    RespM2DFeatureExtractionPipeline,
     RespM2DFeatureExtractor,
     RespM2DForAudioClassification,
     RespM2DModel,
     quantize,
 )
-from resp_hf.linear_probe import BenchmarkSettings, run_benchmark
 from resp_hf.cli import main as cli_main
 from resp_hf.data import load_audio_folder
+from resp_hf.linear_probe import BenchmarkSettings, run_benchmark
 from resp_hf.synthetic import write_two_class_recordings
 
 
@@ -56,32 +57,75 @@ def test_int8_forward_and_embed_agree_and_stay_close_to_fp32():
     assert len(states) == model.config.num_hidden_layers + 1
 
 
-def test_int8_classifier_runs_in_the_pipeline_with_its_head_in_fp32():
+def two_label_classifier():
     torch.manual_seed(0)
     config = tiny_config(num_labels=2, id2label={0: "healthy", 1: "copd"}, label2id={"healthy": 0, "copd": 1})
-    model = RespM2DForAudioClassification(config).eval()
+    return RespM2DForAudioClassification(config).eval()
+
+
+def pipeline_scores(model, extractor, clips):
+    """The audio-classification pipeline's scores, one row per clip, in label order."""
+    classify = RespM2DAudioClassificationPipeline(model=model, feature_extractor=extractor)
+    outputs = classify(clips, batch_size=2)
+    return torch.tensor([[s["score"] for s in sorted(out, key=lambda s: s["label"])] for out in outputs])
+
+
+def test_int8_classifier_runs_in_the_pipeline_with_its_head_in_fp32():
+    model = two_label_classifier()
     quantized = quantize(model, "int8")
     assert type(quantized.classifier) is torch.nn.Linear
-    extractor = RespM2DFeatureExtractor.from_model_config(config)
+    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
     clips = [noise(1.5, seed=1), noise(3.0, seed=2)]
-    scores = {}
-    for name, candidate in (("fp32", model), ("int8", quantized)):
-        classify = RespM2DAudioClassificationPipeline(model=candidate, feature_extractor=extractor)
-        scores[name] = torch.tensor(
-            [[s["score"] for s in sorted(out, key=lambda s: s["label"])] for out in classify(clips, batch_size=2)]
-        )
-    assert scores["int8"].shape == (2, 2)
-    torch.testing.assert_close(scores["int8"], scores["fp32"], atol=0.01, rtol=0)
+    int8 = pipeline_scores(quantized, extractor, clips)
+    assert int8.shape == (2, 2)
+    torch.testing.assert_close(int8, pipeline_scores(model, extractor, clips), atol=0.01, rtol=0)
 
 
-def test_int8_embeddings_of_the_golden_clips_stay_within_cosine_09995_of_fp32(golden_folder, golden_audio):
-    # Measured: 0.99996-0.99997 on the recordings, 0.99979 on the 0.3-s noise clip (one short chunk, the least
-    # averaging). The bound leaves 2.4x that distance for other CPUs' float summation order around the int8 products.
+# Measured, int8: 0.99996-0.99997 on the recordings, 0.99979 on the 0.3-s noise clip (one short chunk, the least
+# averaging); the bound leaves 2.4x that distance for other CPUs' float summation order around the int8 products.
+# bf16: 0.999994-0.999995 on the recordings, 0.999987 on the noise clip.
+@pytest.mark.parametrize("method, bound", [("int8", 0.9995), ("bf16", 0.9999)])
+def test_embeddings_of_the_golden_clips_stay_close_to_fp32(method, bound, golden_folder, golden_audio):
     model = RespM2DModel.from_pretrained(golden_folder).eval()
     clips = list(golden_audio.values())
     fp32 = model.embed(clips, sampling_rate=16000, progress=False)
-    int8 = quantize(model, "int8").embed(clips, sampling_rate=16000, progress=False)
-    assert cosine(fp32, int8).min() >= 0.9995
+    quantized = quantize(model, method).embed(clips, sampling_rate=16000, progress=False)
+    assert cosine(fp32, quantized).min() >= bound
+
+
+def test_bf16_copy_holds_bfloat16_weights_and_embeds_through_forward_embed_and_both_pipelines():
+    model = two_label_classifier()
+    bf16 = quantize(model, "bf16")
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # on a CPU the written-out attention (faster than SDPA's bf16 kernel there); the original keeps SDPA
+    assert (bf16.config._attn_implementation, model.config._attn_implementation) == ("eager", "sdpa")
+    extractor = RespM2DFeatureExtractor.from_model_config(model.config)
+    clips = [noise(seconds, seed=i) for i, seconds in enumerate((0.7, 2.5, 4.0))]
+    with torch.no_grad():  # float32 features in, cast at the patch embedding
+        pooled = bf16.resp_m2d(**extractor(clips, sampling_rate=16000)).pooler_output
+    embedded = bf16.resp_m2d.embed(clips, sampling_rate=16000, batch_size=3, progress=False)
+    assert pooled.dtype == torch.bfloat16 and embedded.dtype == torch.float32
+    torch.testing.assert_close(embedded, pooled.float())
+    fp32 = model.resp_m2d.embed(clips, sampling_rate=16000, batch_size=3, progress=False)
+    assert not torch.equal(embedded, fp32)  # the bf16 weights ran
+    assert cosine(embedded, fp32).min() >= 0.999
+    features = RespM2DFeatureExtractionPipeline(model=bf16.resp_m2d, feature_extractor=extractor)
+    torch.testing.assert_close(torch.tensor(features(clips[1])), embedded[1], atol=1e-2, rtol=0)
+    bf16_scores = pipeline_scores(bf16, extractor, clips)
+    torch.testing.assert_close(bf16_scores, pipeline_scores(model, extractor, clips), atol=0.02, rtol=0)
+
+
+def test_bf16_copy_saves_and_reloads_in_bf16_and_quantizing_after_loading_gives_the_same_embeddings(tmp_path):
+    bf16 = quantize(tiny_model(), "bf16")
+    bf16.save_pretrained(tmp_path)
+    reloaded = RespM2DModel.from_pretrained(tmp_path)
+    assert {p.dtype for p in reloaded.parameters()} == {torch.bfloat16}
+    reloaded = quantize(reloaded, "bf16")  # the attention choice is not saved
+    clip = [noise(2.0)]
+    torch.testing.assert_close(
+        reloaded.embed(clip, sampling_rate=16000, progress=False), bf16.embed(clip, sampling_rate=16000, progress=False)
+    )
 
 
 def test_quantized_model_refuses_to_save_and_quantizing_after_loading_works(tmp_path):
@@ -99,7 +143,7 @@ def test_quantized_model_refuses_to_save_and_quantizing_after_loading_works(tmp_
 
 
 def test_quantize_rejects_unknown_methods_and_models_without_an_encoder():
-    with pytest.raises(ValueError, match=r"Unknown quantization method 'int4'; choose one of: int8"):
+    with pytest.raises(ValueError, match=r"Unknown quantization method 'int4'; choose one of: int8, bf16\."):
         quantize(tiny_model(), "int4")
     with pytest.raises(ValueError, match=r"Sequential has no RespM2D encoder"):
         quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "int8")
@@ -129,5 +173,5 @@ def test_benchmark_quantize_int8_embeds_with_the_int8_encoder_under_its_own_cach
 
 
 def test_benchmark_settings_reject_an_unknown_quantization_before_anything_runs(tmp_path):
-    with pytest.raises(ValueError, match=r"quantize must be one of int8 or None, got 'int4'"):
+    with pytest.raises(ValueError, match=r"quantize must be one of int8, bf16 or None, got 'int4'"):
         run_benchmark(tiny_model(), tmp_path, datasets=[tmp_path / "none"], settings=BenchmarkSettings(quantize="int4"))

@@ -29,7 +29,7 @@ def test_quick_mode_writes_interleaved_rows_for_every_dtype_with_accuracy_and_lo
     report = json.loads((tmp_path / "speed.json").read_text())
     assert report["feature_extraction"]["audio_seconds_per_second"] > 0
     rows = {(row["dtype"], row["batch_size"]) for row in report["end_to_end"]}
-    assert rows == {(d, b) for d in ("fp32", "bf16", "int8") for b in (1, 2)} | {
+    assert rows == {(d, b) for d in ("fp32", "bf16", "int8", "bf16 autocast") for b in (1, 2)} | {
         ("fp32 (compiled)", 2),
         ("bf16 (compiled)", 2),
     }
@@ -40,6 +40,10 @@ def test_quick_mode_writes_interleaved_rows_for_every_dtype_with_accuracy_and_lo
         assert row["seconds_min"] <= row["seconds_median"]
     int8 = [row for row in report["end_to_end"] if row["dtype"] == "int8"]
     assert all(row["speedup_over_fp32"] > 0 and row["speedup_over_bf16"] > 0 for row in int8)
+    # the bf16 rows run the bfloat16-weights copy; autocast keeps float32 weights: different numbers
+    by_row = {(row["dtype"], row["batch_size"]): row for row in report["end_to_end"]}
+    assert by_row[("bf16", 1)]["cosine_to_fp32"] != by_row[("bf16 autocast", 1)]["cosine_to_fp32"]
+    assert by_row[("bf16 autocast", 1)]["speedup_over_bf16"] > 0
     onnx_runtime = report["onnx_runtime"]["rows"]  # interleaved with eager fp32, which keeps its references
     assert [(row["dtype"], row["batch_size"]) for row in onnx_runtime] == [
         (dtype, batch) for batch in (1, 2) for dtype in ("fp32", "ORT fp32", "ORT int8")
@@ -66,6 +70,7 @@ def test_quick_mode_writes_interleaved_rows_for_every_dtype_with_accuracy_and_lo
     ]
     assert all(row["peak_memory_mb"] >= row["peak_memory_before_mb"] > 0 for row in report["long_recordings"])
     markdown = (tmp_path / "speed.md").read_text()
+    assert markdown.startswith("**Quick check (`--quick`): a small model, 2 rounds; not a measurement to report.**")
     assert "- **int8**: batch 1:" in markdown and "| dtype | minutes |" in markdown
     assert "- **ORT int8**: batch 1:" in markdown and "| runtime | batch | clips/s |" in markdown
     assert "| dtype | batch | clips/s | audio s/s | achieved TFLOP/s | model-shape matmul TFLOP/s |" in markdown
@@ -94,3 +99,18 @@ def test_model_shape_reference_runs_the_encoder_gemms_of_the_recorded_passes(spe
     attention = 4 * tokens * tokens * width
     patch = 2 * (tokens - 1) * config.patch_size[0] * config.patch_size[1] * width
     assert speed.encoder_flops(config, passes) == 3 * (config.num_hidden_layers * (flops / 3 + attention) + patch)
+
+
+def test_bf16_rows_run_the_bfloat16_weights_copy_and_autocast_rows_the_float32_model(speed):
+    model = tiny_model()
+    bf16, dtype = speed.configuration(model, "bf16")
+    assert dtype is None and {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert speed.configuration(model, "bf16 autocast") == (model, torch.bfloat16)
+    # both bf16 rows are measured against the bf16 matmul references; int8 and ONNX Runtime against none
+    assert [speed.reference_dtype(name) for name in ("bf16", "bf16 autocast", "fp32", "int8", "ORT fp32")] == [
+        "bf16",
+        "bf16",
+        "fp32",
+        None,
+        None,
+    ]
