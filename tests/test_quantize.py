@@ -149,7 +149,8 @@ def test_quantize_rejects_unknown_methods_and_models_without_an_encoder():
         quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "int8")
 
 
-def test_benchmark_quantize_int8_embeds_with_the_int8_encoder_under_its_own_cache_key(tmp_path):
+@pytest.mark.parametrize("method", ["int8", "bf16"])
+def test_benchmark_quantize_embeds_with_the_quantized_encoder_under_its_own_cache_key(tmp_path, method):
     for seed, split in enumerate(("train", "validation", "test")):
         write_two_class_recordings(tmp_path / "recordings" / split, per_class=6, seed=seed, seconds=(0.5, 1.0))
     load_audio_folder(tmp_path / "recordings").save_to_disk(str(tmp_path / "dataset"))
@@ -160,16 +161,25 @@ def test_benchmark_quantize_int8_embeds_with_the_int8_encoder_under_its_own_cach
     arguments = ["benchmark", "--model", str(tmp_path / "encoder"), "--dataset", str(tmp_path / "dataset")]
     arguments += ["--seeds", "0", "--epochs", "1", "--cache-dir", str(cache)]
     cli_main([*arguments, "--output", str(tmp_path / "fp32")])
-    cli_main([*arguments, "--output", str(tmp_path / "int8"), "--quantize", "int8"])
-    assert json.loads((tmp_path / "int8" / "results.json").read_text())["model_name"] == "encoder (int8)"
+    assert cli_main([*arguments, "--output", str(tmp_path / method), "--quantize", method]) == 0
+    assert json.loads((tmp_path / method / "results.json").read_text())["model_name"] == f"encoder ({method})"
     stored = []
     for path in sorted(cache.glob("*.npz"), key=lambda path: path.stat().st_mtime):
         with np.load(path) as arrays:
             stored.append(torch.from_numpy(arrays[last_layer]))
-    assert len(stored) == 6  # three splits, once in fp32 and once in int8
-    fp32, int8 = torch.cat(stored[:3]), torch.cat(stored[3:])
-    assert not torch.equal(fp32, int8)
-    assert cosine(fp32, int8).min() >= 0.999
+    assert len(stored) == 6  # three splits, once in fp32 and once quantized
+    fp32, quantized = torch.cat(stored[:3]), torch.cat(stored[3:])
+    assert quantized.dtype == torch.float32
+    assert not torch.equal(fp32, quantized)
+    assert cosine(fp32, quantized).min() >= 0.999
+
+
+def test_benchmark_command_refuses_an_unknown_quantization_in_one_line(tmp_path, capsys):
+    arguments = ["benchmark", "--model", "m", "--dataset", "d", "--output", str(tmp_path / "out"), "--quantize", "int4"]
+    assert cli_main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "resp-hf benchmark: error: quantize must be one of int8, bf16 or None, got 'int4'."
+    assert not (tmp_path / "out").exists()
 
 
 def test_benchmark_settings_reject_an_unknown_quantization_before_anything_runs(tmp_path):

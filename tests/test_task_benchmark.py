@@ -10,6 +10,7 @@ from test_finetune import encoder_folder  # noqa: F401  (the tiny encoder saved 
 from resp_hf.cards import encoder_card, write_card
 from resp_hf.cli import main as cli_main
 from resp_hf.models.resp_m2d import RespM2DConfig
+from resp_hf.tasks import finetune_benchmark
 from resp_hf.tasks.finetune_benchmark import (
     FINETUNE_RECIPES,
     LINEAR_RECIPE,
@@ -186,3 +187,29 @@ def test_task_results_go_into_a_model_card_like_the_opera_benchmarks(tmp_path):
     assert "| icbhi-4class (icbhi-4class (test)) | Sp | 11 (final) | 50.000 ± 0.000 | 1 seeds |" in card
     assert "type: score" in card and "type: specificity" in card and "OPERA's protocol" not in card
     assert paths["plots"][0].stat().st_size > 0
+
+
+def test_epochs_can_be_selected_on_the_test_split_as_the_published_scripts_do(
+    encoder_folder, split_file, tmp_path, monkeypatch, capsys
+):
+    selecting_rows = []
+
+    class RecordingTrainer(finetune_benchmark.Trainer):
+        def __init__(self, *args, **kwargs):
+            selecting_rows.append(len(kwargs["eval_dataset"]))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_benchmark, "Trainer", RecordingTrainer)
+    output = tmp_path / "bench"
+    args = benchmark_args(encoder_folder, split_file, output, "--seeds", "0", "--protocols", "linear", *VALIDATION_104)
+    assert cli_main([*args, "--select_epoch_on", "train"]) == 2
+    error = capsys.readouterr().err
+    assert "cannot select epochs on 'train'; choose validation or a test split of this task: ['test']" in error
+    assert selecting_rows == [] and not output.exists()
+    assert cli_main([*args, "--select_epoch_on", "test"]) == 0
+    assert selecting_rows == [29]  # the test split's cycles, not validation's 37
+    notes = json.loads((output / "results.json").read_text())["notes"]
+    assert any("epochs selected on the test split" in note and "optimistic" in note for note in notes)
+    selecting_rows.clear()
+    assert cli_main([*args, "--output_dir", str(tmp_path / "default")]) == 0
+    assert selecting_rows == [37]

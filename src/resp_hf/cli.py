@@ -317,7 +317,11 @@ def add_benchmark_command(subparsers):
         action="store_true",
         help="replace an earlier run's results in the output folder (its cache is reused)",
     )
-    parser.add_argument("--quantize", choices=("int8",), help="embed with the encoder quantized to int8 (CPU)")
+    parser.add_argument(
+        "--quantize",
+        metavar="METHOD",
+        help="embed with resp_hf.quantize(model, METHOD): int8 (CPU) or bf16 (checked by BenchmarkSettings)",
+    )
     parser.set_defaults(handler=run_benchmark_command)
 
 
@@ -391,6 +395,12 @@ def add_tasks_commands(subparsers):
     )
     bench.add_argument("--learning_rate", type=float, help="override every recipe's learning rate")
     bench.add_argument(
+        "--select_epoch_on",
+        default="validation",
+        help="the split whose score picks each run's epoch: validation (default), or a test split such as test, as "
+        "M2D's and Patch-Mix's scripts do (optimistic; the results say so)",
+    )
+    bench.add_argument(
         "--overwrite_output_dir", "--overwrite", action="store_true", help="replace an earlier run's results"
     )
     bench.set_defaults(handler=run_tasks_benchmark)
@@ -438,6 +448,7 @@ def run_tasks_benchmark(args):
         epochs=args.num_train_epochs,
         batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate,
+        select_epoch_on=args.select_epoch_on,
     )
     roots = {"icbhi": args.icbhi_root, "sprsound": args.sprsound_root}
     tasks = args.tasks.split(",")

@@ -49,7 +49,7 @@ class BenchmarkSettings:
     allow_missing: bool = False
     overwrite: bool = False
     progress: bool | None = None
-    quantize: str | None = None  # "int8": embed with resp_hf.quantize(model, "int8") (CPU)
+    quantize: str | None = None  # "int8" (CPU) or "bf16": embed with resp_hf.quantize(model, quantize)
 
     def check(self) -> None:
         """Raises ValueError on settings no run can use: epochs or batch size below 1, no seeds or a repeated seed."""
@@ -413,7 +413,8 @@ def run_benchmark(
         model = load_model(model)
     embedder = Embedder(model, settings, cache_dir or output_dir / CACHE_FOLDER)
     if settings.quantize:  # the cache key holds the float32 weights' fingerprint and the quantization method
-        embedder.model = quantize(model.to("cpu"), settings.quantize)  # int8 kernels are CPU-only
+        on_cpu = model.to("cpu") if settings.quantize == "int8" else model  # int8 kernels are CPU-only
+        embedder.model = quantize(on_cpu, settings.quantize)
         model_name = f"{model_name or 'model'} ({settings.quantize})"
     runs, notes = [], []
     for job in jobs:  # every task is built and checked before anything is embedded
