@@ -11,7 +11,8 @@ each fraction of attainable and each speed-up is a ratio of times taken at the s
 median over rounds (and the ratio of the best times). A fraction above 100% means the machine changed speed within a
 round: it is marked invalid. The bf16 rows use `resp_hf.quantize(model, "bf16")` (bfloat16 weights); the end-to-end
 table adds "bf16 autocast" (float32 weights under `torch.autocast`) against the same bf16 reference. On a CPU the int8
-rows use `resp_hf.quantize(model, "int8")`; on a GPU, fp16 autocast is added.
+rows use `resp_hf.quantize(model, "int8")`; on a GPU, fp16 autocast is added. On x86 CPUs without AVX-512, where
+PyTorch emulates bf16 (about 100x slower than fp32), the bf16 rows are left out.
 On a CPU with the [export] extra, ONNX Runtime (the `resp-hf export onnx --int8` graphs, fp32 and int8) runs end to end
 interleaved with eager fp32.
 """
@@ -36,6 +37,7 @@ import transformers
 
 from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel, quantize
 from resp_hf.export import INT8_ONNX_FILE, export_onnx, quantize_onnx
+from resp_hf.quantize import cpu_has_bf16_kernels
 
 RATE = 16000
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # int8 has no reference
@@ -302,7 +304,7 @@ def measure_onnx_runtime(model, extractor, clips, clip_seconds, batch_sizes, rep
 
 def measure_compiled(configs, extractor, clips, clip_seconds, batch_size, repeats):
     """The end-to-end measurement at one batch size with the fp32 and bf16 models' encoder blocks compiled."""
-    floats = {name: configs[name] for name in ("fp32", "bf16")}
+    floats = {name: configs[name] for name in ("fp32", "bf16") if name in configs}
     eager = {name: model.encoder for name, (model, _) in floats.items()}
     for name, (model, _) in floats.items():
         model.encoder = torch.compile(eager[name])
@@ -379,8 +381,10 @@ def long_recording_worker(model, dtype_name, minutes):
 
 
 def dtype_names(device):
-    """What to compare: fp32, bf16 weights, and int8 on a CPU or fp16 autocast on a GPU."""
-    return ["fp32", "bf16", "fp16" if device.type == "cuda" else "int8"]
+    """What to compare: fp32, bf16 weights (not on a CPU that emulates bf16), and int8 on a CPU or fp16 on a GPU."""
+    if device.type == "cuda":
+        return ["fp32", "bf16", "fp16"]
+    return ["fp32", "bf16", "int8"] if cpu_has_bf16_kernels() else ["fp32", "int8"]
 
 
 def configuration(model, name):
@@ -401,8 +405,10 @@ def measure(model, settings, repeats, compile_batch=None):
     rng = np.random.default_rng(0)
     clips = noise_clips(rng, [settings["clip_seconds"]] * max(settings["batch_sizes"]))
     mixed = noise_clips(rng, rng.uniform(*settings["mixed_range"], size=settings["mixed_count"]))
-    autocast = {"bf16 autocast": configuration(model, "bf16 autocast")}
-    with_autocast = {name: configs[name] for name in ("fp32", "bf16")} | autocast | configs  # autocast beside bf16
+    with_autocast = configs
+    if "bf16" in configs:  # autocast beside bf16
+        autocast = {"bf16 autocast": configuration(model, "bf16 autocast")}
+        with_autocast = {name: configs[name] for name in ("fp32", "bf16")} | autocast | configs
     end_to_end = measure_end_to_end(
         with_autocast, extractor, clips, settings["clip_seconds"], settings["batch_sizes"], repeats
     )
@@ -605,6 +611,14 @@ FULL = {
 }
 
 
+def machine_description(device):
+    description = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        return f"{description}, {torch.cuda.get_device_name()}"
+    description += f", PyTorch CPU kernels {torch.backends.cpu.get_cpu_capability()}"
+    return description + ("" if cpu_has_bf16_kernels() else " (bf16 emulated: no bf16 rows)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a converted folder (default: ViT-Base 80x608p16x16 with random weights)")
@@ -624,8 +638,7 @@ def main(argv=None):
     repeats = 2 if args.quick else args.repeats
     device = model.device
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-        + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
+        "machine": machine_description(device),
         "device": device.type,
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import soundfile  # noqa: E402
 import torch  # noqa: E402
 
-from resp_hf import RespM2DConfig, RespM2DModel, convert_m2d_checkpoint  # noqa: E402
+from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel, convert_m2d_checkpoint  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -122,6 +122,16 @@ def tiny_config(**overrides):
 def tiny_model(seed=0, **overrides):
     torch.manual_seed(seed)
     return RespM2DModel(tiny_config(**overrides)).eval()
+
+
+@pytest.fixture(scope="session")
+def encoder_folder(tmp_path_factory):
+    """The tiny encoder saved as a model folder, with its feature extractor."""
+    folder = tmp_path_factory.mktemp("encoder")
+    model = tiny_model()
+    model.save_pretrained(folder)
+    RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(folder)
+    return folder
 
 
 class RespM2DModelTester:

@@ -14,11 +14,11 @@ from huggingface_hub import ModelCard
 from sklearn.metrics import roc_auc_score
 
 from resp_hf import RespM2DFeatureExtractor
+from resp_hf.cli import main as cli_main
 from resp_hf.linear_probe import BenchmarkSettings, fit_length, run_benchmark
 from resp_hf.linear_probe.embeddings import embed_split, split_fingerprint
 from resp_hf.linear_probe.probe import KeepBestEpoch, LinearProbe, LinearProbeConfig
 from resp_hf.linear_probe.runner import Embedder
-from resp_hf.cli import main as cli_main
 from resp_hf.synthetic import high_band_tone, low_band_noise
 
 RATE = 16000

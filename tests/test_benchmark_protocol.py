@@ -14,10 +14,10 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from test_opera_safety import mmlung_checkout
 
 from resp_hf import RespM2DFeatureExtractor
+from resp_hf.cli import main as cli_main
 from resp_hf.linear_probe import BenchmarkSettings, EmbeddingCache, fit_length, run_benchmark, runner
 from resp_hf.linear_probe.embeddings import embed_split, parse_layers, recording_seed
 from resp_hf.linear_probe.probe import EmbeddedSplit, KeepBestEpoch, ProbeData, ProbeResult, train_linear_probe
-from resp_hf.cli import main as cli_main
 from resp_hf.opera.protocol import PROTOCOLS, get_protocol
 from resp_hf.synthetic import high_band_tone, low_band_noise
 

@@ -8,8 +8,8 @@ import torch
 from conftest import noise
 
 from resp_hf import RespM2DConfig, RespM2DFeatureExtractor
-from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio
 from resp_hf.models.resp_m2d import feature_extraction_resp_m2d as feature_extraction_module
+from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio
 from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import slaney_mel_filter_bank
 
 

@@ -8,7 +8,7 @@ import pytest
 import soundfile
 import soxr
 import torch
-from conftest import OPERA, REPO_ROOT, tiny_model
+from conftest import OPERA, REPO_ROOT
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Sequence
 from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForAudioClassification
@@ -36,15 +36,6 @@ def recordings(tmp_path_factory):
     for seed, (split, count) in enumerate((("train", 16), ("validation", 6), ("test", 10))):
         write_two_class_recordings(root / split, per_class=count, seed=seed, seconds=(0.8, 2.0))
     return root
-
-
-@pytest.fixture(scope="module")
-def encoder_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("encoder")
-    model = tiny_model(seed=0)
-    model.save_pretrained(folder)
-    RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(folder)
-    return folder
 
 
 def test_trainer_fine_tuning_separates_held_out_classes_and_reloads(recordings, encoder_folder, tmp_path, capsys):

@@ -8,7 +8,6 @@ import soxr
 from conftest import OPERA
 
 from resp_hf.audio import decode_audio
-from resp_hf.tasks.segments import SegmentWindow, decode_segments, fit_segment
 from resp_hf.tasks.icbhi import (
     OFFICIAL_COUNTS,
     IcbhiDataError,
@@ -16,6 +15,7 @@ from resp_hf.tasks.icbhi import (
     build_icbhi_cycles,
     check_official_counts,
 )
+from resp_hf.tasks.segments import SegmentWindow, decode_segments, fit_segment
 
 ICBHI = OPERA / "datasets" / "icbhi"
 DATABASE = ICBHI / "ICBHI_final_database"

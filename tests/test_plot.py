@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import OPERA, noise, tiny_model
+from conftest import OPERA, noise
 from matplotlib import image as mpimg
 from test_timeline import features, save_classifier
 from transformers import pipeline
 
-from resp_hf import RespM2DFeatureExtractor
 from resp_hf.cli import main
 from resp_hf.visualize import analyze, load_model, plot_analysis
 
@@ -20,15 +19,6 @@ RECORDING = OPERA / "datasets" / "icbhi" / "ICBHI_final_database" / "101_1b1_Al_
 def classifier_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plot_classifier")
     save_classifier(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def encoder_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("plot_encoder")
-    model = tiny_model()
-    model.save_pretrained(folder)
-    RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(folder)
     return folder
 
 

@@ -20,7 +20,12 @@ def write_wav(path, seconds=0.2):
 def datasets(tmp_path):
     """Small copies of the paper's sources in their published layouts."""
     icbhi = tmp_path / "icbhi" / "ICBHI_final_database"
-    recordings = ("101_1b1_Al_sc_Meditron", "102_1b1_Ar_sc_Meditron", "103_2b2_Ar_mc_LittC2SE", "104_1b1_Ll_sc_Litt3200")
+    recordings = (
+        "101_1b1_Al_sc_Meditron",
+        "102_1b1_Ar_sc_Meditron",
+        "103_2b2_Ar_mc_LittC2SE",
+        "104_1b1_Ll_sc_Litt3200",
+    )
     for name in recordings:
         write_wav(icbhi / f"{name}.wav")
     # The official split: CRLF lines, a training recording without its .wav (as in the real 921-line list).

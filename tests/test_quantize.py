@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -140,6 +141,27 @@ def test_quantized_model_refuses_to_save_and_quantizing_after_loading_works(tmp_
         reloaded.embed(clip, sampling_rate=16000, progress=False),
         quantize(model, "int8").embed(clip, sampling_rate=16000, progress=False),
     )
+
+
+@pytest.mark.parametrize(
+    "machine, capability, emulated",
+    [("x86_64", "AVX2", True), ("AMD64", "DEFAULT", True), ("x86_64", "AVX512", False), ("aarch64", "DEFAULT", False)],
+)
+def test_bf16_on_a_cpu_without_bf16_kernels_warns_and_still_returns_the_copy(
+    monkeypatch, machine, capability, emulated
+):
+    monkeypatch.setattr("platform.machine", lambda: machine)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bf16 = quantize(tiny_model(), "bf16")
+    messages = [str(warning.message) for warning in caught if "emulated" in str(warning.message)]
+    expected = [
+        f"bf16 on this CPU is emulated (PyTorch's kernels here: {capability}, no AVX-512): its matmuls run about 100x "
+        "slower than float32. Use quantize(model, 'int8') or float32."
+    ]
+    assert messages == (expected if emulated else [])
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
 
 
 def test_quantize_rejects_unknown_methods_and_models_without_an_encoder():

@@ -18,7 +18,9 @@ def speed():
     return module
 
 
-def test_quick_mode_writes_interleaved_rows_for_every_dtype_with_accuracy_and_long_recordings(tmp_path):
+def test_quick_mode_writes_interleaved_rows_for_every_dtype_with_accuracy_and_long_recordings(tmp_path, speed):
+    dtypes = speed.dtype_names(torch.device("cpu"))  # bf16 only where the CPU has bf16 kernels
+    bf16 = "bf16" in dtypes
     result = subprocess.run(
         [sys.executable, SPEED, "--quick", "--compile", "--output", tmp_path],
         capture_output=True,
@@ -29,21 +31,22 @@ def test_quick_mode_writes_interleaved_rows_for_every_dtype_with_accuracy_and_lo
     report = json.loads((tmp_path / "speed.json").read_text())
     assert report["feature_extraction"]["audio_seconds_per_second"] > 0
     rows = {(row["dtype"], row["batch_size"]) for row in report["end_to_end"]}
-    assert rows == {(d, b) for d in ("fp32", "bf16", "int8", "bf16 autocast") for b in (1, 2)} | {
-        ("fp32 (compiled)", 2),
-        ("bf16 (compiled)", 2),
-    }
+    end_to_end = [*dtypes, "bf16 autocast"] if bf16 else dtypes
+    compiled = ["fp32 (compiled)", "bf16 (compiled)"] if bf16 else ["fp32 (compiled)"]
+    assert rows == {(d, b) for d in end_to_end for b in (1, 2)} | {(d, 2) for d in compiled}
     for row in report["end_to_end"] + report["chunk_batches"] + report["mixed_lengths"]["rows"]:
         has_references = not row["dtype"].startswith("int8")
         assert ("fraction_of_model-shape" in row) == has_references and ("fraction_of_square" in row) == has_references
         assert 0.99 < row["cosine_to_fp32"] <= 1.0 + 1e-6
         assert row["seconds_min"] <= row["seconds_median"]
     int8 = [row for row in report["end_to_end"] if row["dtype"] == "int8"]
-    assert all(row["speedup_over_fp32"] > 0 and row["speedup_over_bf16"] > 0 for row in int8)
-    # the bf16 rows run the bfloat16-weights copy; autocast keeps float32 weights: different numbers
-    by_row = {(row["dtype"], row["batch_size"]): row for row in report["end_to_end"]}
-    assert by_row[("bf16", 1)]["cosine_to_fp32"] != by_row[("bf16 autocast", 1)]["cosine_to_fp32"]
-    assert by_row[("bf16 autocast", 1)]["speedup_over_bf16"] > 0
+    assert all(row["speedup_over_fp32"] > 0 and ("speedup_over_bf16" in row) == bf16 for row in int8)
+    if bf16:  # the bf16 rows run the bfloat16-weights copy; autocast keeps float32 weights: different numbers
+        by_row = {(row["dtype"], row["batch_size"]): row for row in report["end_to_end"]}
+        assert by_row[("bf16", 1)]["cosine_to_fp32"] != by_row[("bf16 autocast", 1)]["cosine_to_fp32"]
+        assert by_row[("bf16 autocast", 1)]["speedup_over_bf16"] > 0
+    else:
+        assert report["machine"].endswith(" (bf16 emulated: no bf16 rows)")
     onnx_runtime = report["onnx_runtime"]["rows"]  # interleaved with eager fp32, which keeps its references
     assert [(row["dtype"], row["batch_size"]) for row in onnx_runtime] == [
         (dtype, batch) for batch in (1, 2) for dtype in ("fp32", "ORT fp32", "ORT int8")
@@ -56,18 +59,14 @@ def test_quick_mode_writes_interleaved_rows_for_every_dtype_with_accuracy_and_lo
     mixed = report["mixed_lengths"]["rows"]
     assert {(row["dtype"], row["batch_size"], row["order"]) for row in mixed} == {
         (dtype, batch, order)
-        for dtype in ("fp32", "bf16", "int8")
+        for dtype in dtypes
         for batch, order in ((1, "length-bucketed"), (2, "length-bucketed"), (2, "input order"))
     }
     assert all(row["padded_flop_share"] == 0 for row in mixed if row["batch_size"] == 1)
     assert [(row["dtype"], row["chunks"]) for row in report["chunk_batches"]] == [
-        (dtype, chunks) for chunks in (2, 4) for dtype in ("fp32", "bf16", "int8")
+        (dtype, chunks) for chunks in (2, 4) for dtype in dtypes
     ]
-    assert [(row["dtype"], row["minutes"]) for row in report["long_recordings"]] == [
-        ("fp32", 0.2),
-        ("bf16", 0.2),
-        ("int8", 0.2),
-    ]
+    assert [(row["dtype"], row["minutes"]) for row in report["long_recordings"]] == [(d, 0.2) for d in dtypes]
     assert all(row["peak_memory_mb"] >= row["peak_memory_before_mb"] > 0 for row in report["long_recordings"])
     markdown = (tmp_path / "speed.md").read_text()
     assert markdown.startswith("**Quick check (`--quick`): a small model, 2 rounds; not a measurement to report.**")
@@ -114,3 +113,14 @@ def test_bf16_rows_run_the_bfloat16_weights_copy_and_autocast_rows_the_float32_m
         None,
         None,
     ]
+
+
+def test_a_full_run_leaves_bf16_out_on_a_cpu_that_emulates_it_and_says_so(speed, monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(speed, "cpu_has_bf16_kernels", lambda: False)
+    assert speed.dtype_names(cpu) == ["fp32", "int8"]
+    assert speed.machine_description(cpu).endswith(" (bf16 emulated: no bf16 rows)")
+    monkeypatch.setattr(speed, "cpu_has_bf16_kernels", lambda: True)
+    assert speed.dtype_names(cpu) == ["fp32", "bf16", "int8"]
+    assert "PyTorch CPU kernels" in speed.machine_description(cpu)
+    assert not speed.machine_description(cpu).endswith("emulated)")

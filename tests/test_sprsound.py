@@ -110,15 +110,23 @@ def test_event_audio_is_the_slice_of_the_recording_at_16k(release):
     audio, rate = soundfile.read(part[0]["path"], dtype="float32")
     whole = soxr.resample(audio, rate, 16000, quality="HQ").astype(np.float32)
     for row, item in zip(part, decode_segments(part)):
-        np.testing.assert_array_equal(item["audio"]["array"], whole[int(row["start"] * 16000) : int(row["end"] * 16000)])
+        np.testing.assert_array_equal(
+            item["audio"]["array"], whole[int(row["start"] * 16000) : int(row["end"] * 16000)]
+        )
 
 
 def test_bad_annotations_are_errors_naming_the_file(release):
     path = release / FOLDERS["train"][0] / "10000001_3.4_1_p1_101.json"
-    path.write_text(json.dumps({"record_annotation": "Normal", "event_annotation": [{"start": "1", "end": "2", "type": "Squawk"}]}))
+    path.write_text(
+        json.dumps({"record_annotation": "Normal", "event_annotation": [{"start": "1", "end": "2", "type": "Squawk"}]})
+    )
     with pytest.raises(SprsoundDataError, match=r"10000001_3.4_1_p1_101.json: unknown event type\(s\) \['Squawk'\]"):
         build_sprsound(release, validation_fraction=0)
-    path.write_text(json.dumps({"record_annotation": "Normal", "event_annotation": [{"start": "900", "end": "900", "type": "Normal"}]}))
+    path.write_text(
+        json.dumps(
+            {"record_annotation": "Normal", "event_annotation": [{"start": "900", "end": "900", "type": "Normal"}]}
+        )
+    )
     with pytest.raises(SprsoundDataError, match="10000001_3.4_1_p1_101.json event 0"):
         build_sprsound(release, validation_fraction=0)
     _, report = build_sprsound(release, validation_fraction=0, skip_invalid=True)

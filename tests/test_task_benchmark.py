@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import OPERA
-from test_finetune import encoder_folder  # noqa: F401  (the tiny encoder saved as a folder)
 
 from resp_hf.cards import encoder_card, write_card
 from resp_hf.cli import main as cli_main

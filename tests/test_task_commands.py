@@ -1,5 +1,5 @@
-from datasets import load_from_disk
 from conftest import OPERA
+from datasets import load_from_disk
 from test_sprsound import write_release
 
 from resp_hf.cli import main as cli_main

@@ -12,7 +12,9 @@ forth around each Linear and runs the residual adds in float32; bf16 weights do 
 at batch 8, measured interleaved on the CI-class CPU; benchmarks/speed.py measures both). Why eager attention on a CPU:
 PyTorch's CPU flash attention (SDPA) in bf16 ran at about a third of the bf16 matmul rate, slower than in float32, on
 that CPU (AVX-512 BF16, no AMX); the written-out attention made the whole bf16 model 1.045x faster at batch 1 and 8
-with the same accuracy. Embeddings stay within cosine 0.99998 of float32 on ViT-Base and the golden clips.
+with the same accuracy. Embeddings stay within cosine 0.99998 of float32 on ViT-Base and the golden clips. On x86
+CPUs without AVX-512 PyTorch emulates bf16 (about 100x slower than float32 on an AVX2 machine), so `quantize` warns
+there.
 
 Dynamic quantization: the weights are quantized once, per output channel (symmetric int8); each Linear's input is
 quantized at run time from its own range (asymmetric uint8, one scale per input tensor), multiplied in int32 by
@@ -32,6 +34,7 @@ Quantized models cannot be saved: quantize after loading (`quantize(RespM2DModel
 """
 
 import copy
+import platform
 import types
 import warnings
 
@@ -54,6 +57,12 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
     if not encoders_of(model):
         raise ValueError(f"{type(model).__name__} has no RespM2D encoder to quantize; pass a RespM2D model.")
     if method == "bf16":
+        if next(model.parameters()).device.type == "cpu" and not cpu_has_bf16_kernels():
+            warnings.warn(
+                f"bf16 on this CPU is emulated (PyTorch's kernels here: {torch.backends.cpu.get_cpu_capability()}, no "
+                "AVX-512): its matmuls run about 100x slower than float32. Use quantize(model, 'int8') or float32.",
+                stacklevel=2,
+            )
         bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
         if bf16.device.type == "cpu" and bf16.config._attn_implementation == "sdpa":
             bf16.set_attn_implementation("eager")  # faster in bf16 on CPUs (module docstring)
@@ -78,6 +87,16 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
             )
     quantized.save_pretrained = types.MethodType(refuse_to_save, quantized)
     return quantized
+
+
+def cpu_has_bf16_kernels() -> bool:
+    """
+    False on x86 CPUs without AVX-512, where PyTorch has no vectorized bfloat16 matmul: a 2048 x 768 x 3072 product
+    ran at 0.001 TFLOP/s in bf16 against 0.12 in float32 on an AVX2 machine (AMD EPYC, Zen 3).
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def encoders_of(model):
