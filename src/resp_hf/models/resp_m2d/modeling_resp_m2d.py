@@ -536,8 +536,8 @@ class RespM2DModel(RespM2DPreTrainedModel):
             downmix (`bool`, defaults to `False`): average the channels of multichannel input.
             progress (`bool`, *optional*): show a progress bar; by default shown when there is more than one batch.
             autocast_dtype (`torch.dtype`, *optional*): run the encoder under `torch.autocast` in this dtype, e.g.
-                `torch.bfloat16`. A model loaded with `dtype=torch.bfloat16` (or `resp_hf.quantize(model, "bf16")`)
-                is faster at the same accuracy: autocast re-casts the float32 weights on every call.
+                `torch.bfloat16`. A model loaded with `dtype=torch.bfloat16` (or the package's `quantize(model,
+                "bf16")`) is faster at the same accuracy: autocast re-casts the float32 weights on every call.
             layer (`int`, defaults to -1): the layer to pool, in the original M2D numbering of `layer_output`; the
                 default, the last, gives `pooler_output`.
 
