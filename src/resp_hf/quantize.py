@@ -56,18 +56,18 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
         raise ValueError(f"Unknown quantization method {method!r}; choose one of: {', '.join(METHODS)}.")
     if not encoders_of(model):
         raise ValueError(f"{type(model).__name__} has no RespM2D encoder to quantize; pass a RespM2D model.")
+    device = next(model.parameters()).device
     if method == "bf16":
-        if next(model.parameters()).device.type == "cpu" and not cpu_has_bf16_kernels():
+        if device.type == "cpu" and not cpu_has_bf16_kernels():
             warnings.warn(
                 f"bf16 on this CPU is emulated (PyTorch's kernels here: {torch.backends.cpu.get_cpu_capability()}, no "
                 "AVX-512): its matmuls run about 100x slower than float32. Use quantize(model, 'int8') or float32.",
                 stacklevel=2,
             )
         bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
-        if bf16.device.type == "cpu" and bf16.config._attn_implementation == "sdpa":
+        if device.type == "cpu" and bf16.config._attn_implementation == "sdpa":
             bf16.set_attn_implementation("eager")  # faster in bf16 on CPUs (module docstring)
         return bf16
-    device = next(model.parameters()).device
     if device.type != "cpu":
         raise ValueError(f"int8 quantization runs on CPU only, but the model is on {device}; call model.to('cpu').")
     engine = torch.backends.quantized.engine
