@@ -19,6 +19,7 @@ interleaved with eager fp32.
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -40,6 +41,7 @@ from resp_hf.export import INT8_ONNX_FILE, export_onnx, quantize_onnx
 from resp_hf.quantize import cpu_has_bf16_kernels
 
 RATE = 16000
+ALLOCATOR_VARIABLES = ("MALLOC_", "LD_PRELOAD")  # glibc tunables, a preloaded malloc
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # int8 has no reference
 
 
@@ -120,9 +122,17 @@ def recorded_passes(model, run):
 
 
 def peak_memory_mb(device):
+    """
+    Peak GPU memory, or the process's peak resident memory. On Linux that is VmHWM: getrusage's maxrss is carried
+    over from the parent into a new process (through fork and exec), so a fresh worker would report its parent's peak.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = Path("/proc/self/status")
+    if status.exists():
+        line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS: bytes
 
 
 def run_encoder(model, dtype, features):
@@ -611,11 +621,17 @@ FULL = {
 }
 
 
+def allocator_settings():
+    """The environment that changes the C memory allocator ('NAME=value'): it changes CPU speed (see the README)."""
+    return [f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith(ALLOCATOR_VARIABLES)]
+
+
 def machine_description(device):
     description = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if device.type == "cuda":
         return f"{description}, {torch.cuda.get_device_name()}"
     description += f", PyTorch CPU kernels {torch.backends.cpu.get_cpu_capability()}"
+    description += f", allocator: {', '.join(allocator_settings()) or 'default'}"
     return description + ("" if cpu_has_bf16_kernels() else " (bf16 emulated: no bf16 rows)")
 
 

@@ -1,8 +1,10 @@
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, tiny_model
@@ -75,6 +77,16 @@ def test_quick_mode_writes_interleaved_rows_for_every_dtype_with_accuracy_and_lo
     assert "| dtype | batch | clips/s | audio s/s | achieved TFLOP/s | model-shape matmul TFLOP/s |" in markdown
 
 
+def test_a_long_recording_worker_reports_its_own_peak_memory_not_its_parents(tmp_path):
+    parent_peak = np.ones(2**31 // 8)  # 2 GiB touched: this process's peak is now above 2 GiB
+    command = [sys.executable, SPEED, "--quick", "--output", tmp_path, "--long-recording", "0.05", "--dtype", "fp32"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(result.stdout.splitlines()[-1])
+    assert parent_peak.nbytes / 2**20 > 2 * row["peak_memory_mb"]  # the small model's worker needs well under 1 GiB
+    assert row["peak_memory_mb"] >= row["peak_memory_before_mb"] > 0
+
+
 def test_fractions_are_same_moment_ratios_and_those_above_100_percent_are_marked_invalid(speed):
     # A round where the machine slowed down affects the reference and the run alike: the ratio stays.
     assert speed.same_moment([2.0, 4.0, 1.0], [1.0, 2.0, 0.5]) == (2.0, 2.0)
@@ -124,3 +136,18 @@ def test_a_full_run_leaves_bf16_out_on_a_cpu_that_emulates_it_and_says_so(speed,
     assert speed.dtype_names(cpu) == ["fp32", "bf16", "int8"]
     assert "PyTorch CPU kernels" in speed.machine_description(cpu)
     assert not speed.machine_description(cpu).endswith("emulated)")
+
+
+def test_the_machine_line_names_the_allocator_settings_a_run_was_made_under(speed, monkeypatch):
+    for name in [name for name in os.environ if name.startswith(("MALLOC_", "LD_PRELOAD"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(speed, "cpu_has_bf16_kernels", lambda: True)
+    assert speed.machine_description(torch.device("cpu")).endswith(", allocator: default")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4294967296")
+    monkeypatch.setenv("LD_PRELOAD", "libtcmalloc_minimal.so.4")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4294967296")
+    description = speed.machine_description(torch.device("cpu"))
+    assert description.endswith(
+        ", allocator: LD_PRELOAD=libtcmalloc_minimal.so.4, MALLOC_MMAP_THRESHOLD_=4294967296, "
+        "MALLOC_TRIM_THRESHOLD_=4294967296"
+    )
