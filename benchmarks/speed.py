@@ -6,7 +6,8 @@
 
 Writes `speed.json` and `speed.md`. Every measured configuration runs interleaved with the others of its group and
 with two matrix-product references in the same dtype: the encoder's own GEMM shapes (its qkv, projection and MLP
-products at the token counts it runs, so weighted by FLOPs) and a square product. Each round runs everything once, so
+products at the token counts it runs, so weighted by FLOPs, as Linear layers; bf16 on a CPU with oneDNN: pre-packed
+like the bf16 copy's) and a square product. Each round runs everything once, so
 each fraction of attainable and each speed-up is a ratio of times taken at the same moment; the tables give the
 median over rounds (and the ratio of the best times). A fraction above 100% means the machine changed speed within a
 round: it is marked invalid. The bf16 rows use `resp_hf.quantize(model, "bf16")` (bfloat16 weights); the end-to-end
@@ -18,6 +19,7 @@ interleaved with eager fp32.
 """
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -38,7 +40,7 @@ import transformers
 
 from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel, quantize
 from resp_hf.export import INT8_ONNX_FILE, export_onnx, quantize_onnx
-from resp_hf.quantize import cpu_has_bf16_kernels
+from resp_hf.quantize import PackedLinear, cpu_has_bf16_kernels, packs_bf16_weights
 
 RATE = 16000
 ALLOCATOR_VARIABLES = ("MALLOC_", "LD_PRELOAD")  # glibc tunables, a preloaded malloc
@@ -73,19 +75,25 @@ def square_matmul(device, dtype, size):
 
 
 def model_shape_matmuls(config, passes, device, dtype):
-    """One layer's qkv, projection, fc1 and fc2 products at the row counts of the encoder's `passes`; their FLOPs."""
+    """
+    One layer's qkv, projection, fc1 and fc2 products at the row counts of the encoder's `passes`, as the encoder runs
+    them (Linear layers; bf16 on a CPU: `quantize`'s pre-packed `PackedLinear`), without bias; and their FLOPs.
+    """
     width, hidden = config.hidden_size, config.intermediate_size
     shapes = ((width, 3 * width), (width, width), (width, hidden), (hidden, width))
-    weights = [torch.randn(k, n, device=device).to(dtype) for k, n in shapes]
+    linears = [torch.nn.Linear(k, n, bias=False).to(device, dtype) for k, n in shapes]
+    if dtype == torch.bfloat16 and device.type == "cpu" and packs_bf16_weights():
+        linears = [PackedLinear.from_linear(linear) for linear in linears]
     rows = [chunks * tokens for chunks, tokens in passes]
-    inputs = {m: [torch.randn(m, w.shape[0], device=device).to(dtype) for w in weights] for m in set(rows)}
+    inputs = {m: [torch.randn(m, k, device=device).to(dtype) for k, _ in shapes] for m in set(rows)}
 
     def run():
-        for m in rows:
-            for x, w in zip(inputs[m], weights):
-                x @ w
+        with torch.no_grad():
+            for m in rows:
+                for x, linear in zip(inputs[m], linears):
+                    linear(x)
 
-    return run, sum(2 * m * w.shape[0] * w.shape[1] for m in rows for w in weights)
+    return run, sum(2 * m * k * n for m in rows for k, n in shapes)
 
 
 def encoder_flops(config, passes):
@@ -133,6 +141,15 @@ def peak_memory_mb(device):
         line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
         return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS: bytes
+
+
+def reset_peak_memory(device):
+    """Starts `peak_memory_mb` afresh from what is held now (Linux: VmHWM; elsewhere on a CPU it cannot be reset)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    elif Path("/proc/self/clear_refs").exists():
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def run_encoder(model, dtype, features):
@@ -375,9 +392,12 @@ def measure_long_recordings(args, minutes, dtypes):
     return rows
 
 
-def long_recording_worker(model, dtype_name, minutes):
-    """Embeds one noise recording of `minutes`; prints its time and the process's memory before and at the peak."""
-    model, dtype = configuration(model, dtype_name)
+def long_recording_worker(model, dtype, dtype_name, minutes):
+    """
+    Embeds one noise recording of `minutes` with `model` (the only model left in the process); prints its time and
+    the process's peak memory after a 10-s warm-up and over the recording.
+    """
+    reset_peak_memory(model.device)  # quantizing held the original and its copy at once: not the recording's cost
     recording = noise_clips(np.random.default_rng(0), [minutes * 60])[0]
     run_embed(model, dtype, recording[: 10 * RATE], 1)  # warm-up: first-call costs are not the recording's
     before = peak_memory_mb(model.device)
@@ -569,8 +589,9 @@ def markdown(report):
     if report["long_recordings"]:
         lines += [
             "",
-            "One long recording through `embed()`, each in a fresh process (peak resident memory of the process; "
-            "'before' is after loading the model and a 10-s warm-up):",
+            "One long recording through `embed()`, each in a fresh process holding only the model it runs (a bf16 or "
+            "int8 copy replaces the fp32 model); peak resident memory of the process from then on, 'before' "
+            "over a 10-s warm-up:",
             "",
             "| dtype | minutes | seconds | audio s/s | peak memory before (MB) | peak memory (MB) |",
             "|---|---|---|---|---|---|",
@@ -648,7 +669,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model, name = build_model(args)
     if args.long_recording:
-        long_recording_worker(model, args.dtype, args.long_recording)
+        model, dtype = configuration(model, args.dtype)  # a bf16 or int8 copy replaces the float32 model, as in use
+        long_recording_worker(model, dtype, args.dtype, args.long_recording)
         return 0
     settings = QUICK if args.quick else FULL
     repeats = 2 if args.quick else args.repeats

@@ -1,3 +1,5 @@
+import copy
+import importlib
 import json
 import warnings
 
@@ -18,6 +20,7 @@ from resp_hf import (
 from resp_hf.cli import main as cli_main
 from resp_hf.data import load_audio_folder
 from resp_hf.linear_probe import BenchmarkSettings, run_benchmark
+from resp_hf.quantize import PackedLinear, packs_bf16_weights
 from resp_hf.synthetic import write_two_class_recordings
 
 
@@ -127,6 +130,87 @@ def test_bf16_copy_saves_and_reloads_in_bf16_and_quantizing_after_loading_gives_
     torch.testing.assert_close(
         reloaded.embed(clip, sampling_rate=16000, progress=False), bf16.embed(clip, sampling_rate=16000, progress=False)
     )
+
+
+def encoder_linears(model):
+    return {name: module for name, module in model.encoder.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def test_bf16_copy_on_a_cpu_with_onednn_bf16_packs_every_encoder_linear_and_fuses_gelu_into_fc1(monkeypatch):
+    model = tiny_model()
+    bf16 = quantize(model, "bf16")
+    linears = encoder_linears(bf16)
+    assert len(linears) == 4 * model.config.num_hidden_layers
+    if packs_bf16_weights():  # AVX-512 (BF16) CPUs; elsewhere plain bf16 Linear layers
+        assert {type(linear) for linear in linears.values()} == {PackedLinear}
+        assert {name for name, linear in linears.items() if linear.activation == "gelu"} == {
+            f"layer.{index}.mlp.fc1" for index in range(model.config.num_hidden_layers)
+        }
+        assert all(isinstance(layer.mlp.activation, torch.nn.Identity) for layer in bf16.encoder.layer)
+    else:
+        assert {type(linear) for linear in linears.values()} == {torch.nn.Linear}
+    assert {type(linear) for linear in encoder_linears(model).values()} == {torch.nn.Linear}  # the original
+    monkeypatch.setattr(importlib.import_module("resp_hf.quantize"), "packs_bf16_weights", lambda: False)
+    assert {type(linear) for linear in encoder_linears(quantize(model, "bf16")).values()} == {torch.nn.Linear}
+    gelu = quantize(tiny_model(hidden_act="gelu_new"), "bf16")  # the tanh GELU is not fused
+    assert all(getattr(linear, "activation", "none") == "none" for linear in encoder_linears(gelu).values())
+    assert all(not isinstance(layer.mlp.activation, torch.nn.Identity) for layer in gelu.encoder.layer)
+
+
+def packed_pair(activation):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 160).to(torch.bfloat16)
+    return linear, PackedLinear.from_linear(linear, activation)
+
+
+def reference_output(linear, inputs, activation):
+    """float32 product of the bf16 operands, (GELU), rounded once to bf16."""
+    output = torch.nn.functional.linear(inputs.float(), linear.weight.float(), linear.bias.float())
+    return (torch.nn.functional.gelu(output) if activation == "gelu" else output).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_packed_linear_matches_a_float32_product_of_its_bf16_weights_and_follows_weight_changes(activation):
+    linear, packed = packed_pair(activation)
+    inputs = torch.randn(2, 7, 96).to(torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(inputs), reference_output(linear, inputs, activation))
+        doubled_weight = 2 * linear.weight
+        packed.load_state_dict({"weight": doubled_weight, "bias": linear.bias})  # in place: the pack is remade
+        doubled = torch.nn.functional.linear(inputs.float(), doubled_weight.float(), linear.bias.float())
+        doubled = torch.nn.functional.gelu(doubled) if activation == "gelu" else doubled
+        torch.testing.assert_close(packed(inputs), doubled.to(torch.bfloat16))
+        packed.float()  # float32 weights: the plain path, same numbers as nn.Linear
+        expected = torch.nn.functional.linear(inputs.float(), packed.weight, packed.bias)
+        expected = torch.nn.functional.gelu(expected) if activation == "gelu" else expected
+        torch.testing.assert_close(packed(inputs.float()), expected, rtol=0, atol=0)
+
+
+def test_packed_linear_exports_as_a_plain_linear_and_gelu():
+    linear, packed = packed_pair("gelu")
+    inputs = torch.randn(3, 96).to(torch.bfloat16)
+    exported = torch.export.export(packed.eval(), (inputs,))
+    targets = [node.target for node in exported.graph.nodes if node.op == "call_function"]
+    assert targets == [torch.ops.aten.linear.default, torch.ops.aten.gelu.default]
+    with torch.no_grad():
+        # bf16 tolerances: unfused, the product is rounded to bf16 before the GELU as well as after
+        torch.testing.assert_close(exported.module()(inputs), packed(inputs))
+
+
+def test_packed_linear_trains_through_the_plain_path_and_the_bf16_copy_deep_copies_and_pickles(tmp_path):
+    linear, packed = packed_pair("gelu")
+    inputs = torch.randn(5, 96).to(torch.bfloat16)
+    packed(inputs).float().sum().backward()  # weights need gradients: nn.Linear + GELU, which has them
+    torch.nn.functional.gelu(linear(inputs)).float().sum().backward()
+    torch.testing.assert_close(packed.weight.grad, linear.weight.grad, rtol=0, atol=0)
+    bf16 = quantize(tiny_model(), "bf16")
+    clip = [noise(2.0)]
+    embedded = bf16.embed(clip, sampling_rate=16000, progress=False)  # packs every weight
+    copied = copy.deepcopy(bf16)
+    torch.save(bf16, tmp_path / "bf16.pt")
+    unpickled = torch.load(tmp_path / "bf16.pt", weights_only=False)
+    for other in (copied, unpickled):
+        torch.testing.assert_close(other.embed(clip, sampling_rate=16000, progress=False), embedded, rtol=0, atol=0)
 
 
 def test_quantized_model_refuses_to_save_and_quantizing_after_loading_works(tmp_path):

@@ -87,6 +87,14 @@ def test_a_long_recording_worker_reports_its_own_peak_memory_not_its_parents(tmp
     assert row["peak_memory_mb"] >= row["peak_memory_before_mb"] > 0
 
 
+def test_the_peak_memory_restarts_from_what_the_process_holds_now(speed):
+    freed = np.ones(2**30 // 8)  # 1 GiB touched, then given back
+    del freed
+    peak = speed.peak_memory_mb(torch.device("cpu"))
+    speed.reset_peak_memory(torch.device("cpu"))
+    assert speed.peak_memory_mb(torch.device("cpu")) < peak - 900
+
+
 def test_fractions_are_same_moment_ratios_and_those_above_100_percent_are_marked_invalid(speed):
     # A round where the machine slowed down affects the reference and the run alike: the ratio stays.
     assert speed.same_moment([2.0, 4.0, 1.0], [1.0, 2.0, 0.5]) == (2.0, 2.0)

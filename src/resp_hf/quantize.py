@@ -5,16 +5,20 @@ qkv and output projection, MLP fc1 and fc2: all but a few percent of the FLOPs) 
 
 bf16: the copy is `model.to(torch.bfloat16)`, on a CPU with the written-out ("eager") attention. Feature extraction
 stays float32 and the patch embedding casts its input to the weights' dtype, so `forward`, `embed()` (float32
-embeddings) and the pipelines work unchanged; LayerNorm, softmax and reductions accumulate in float32 inside their bf16
-kernels. Why not `torch.autocast`: autocast keeps float32 weights and casts every Linear weight to bf16 on every call
-(0.5 GB of memory traffic per ViT-Base forward, a large share of a batch-1 forward), converts activations back and
-forth around each Linear and runs the residual adds in float32; bf16 weights do none of that (1.15x at batch 1, 1.04x
-at batch 8, measured interleaved on the CI-class CPU; benchmarks/speed.py measures both). Why eager attention on a CPU:
-PyTorch's CPU flash attention (SDPA) in bf16 ran at about a third of the bf16 matmul rate, slower than in float32, on
-that CPU (AVX-512 BF16, no AMX); the written-out attention made the whole bf16 model 1.045x faster at batch 1 and 8
-with the same accuracy. Embeddings stay within cosine 0.99998 of float32 on ViT-Base and the golden clips. On x86
-CPUs without AVX-512 PyTorch emulates bf16 (about 100x slower than float32 on an AVX2 machine), so `quantize` warns
-there.
+embeddings) and the pipelines work unchanged; LayerNorm, softmax and reductions accumulate in float32 inside their
+bf16 kernels. Why not `torch.autocast`: autocast keeps float32 weights and casts every Linear weight to bf16 on every
+call (0.5 GB of memory traffic per ViT-Base forward, a large share of a batch-1 forward), converts activations back
+and forth around each Linear and runs the residual adds in float32; bf16 weights do none of that (1.15x at batch 1,
+1.04x at batch 8, measured interleaved on the CI-class CPU; benchmarks/speed.py measures both). Why eager attention on
+a CPU: PyTorch's CPU flash attention (SDPA) in bf16 ran at about a third of the bf16 matmul rate, slower than in
+float32, on that CPU (AVX-512 BF16, no AMX); the written-out attention made the whole bf16 model 1.045x faster at
+batch 1 and 8 with the same accuracy. Where PyTorch has oneDNN's bf16 kernels for the CPU (AVX-512 BF16 or AMX), every
+encoder Linear becomes a `PackedLinear`: it multiplies with a copy of its weight packed once into oneDNN's blocked
+layout instead of the plain weight on every call, and fc1 applies the MLP's exact GELU inside the same kernel (1.15x
+at batch 1 and 1.05-1.1x at batch 8 over plain bf16 Linear layers; the products are the same to the bit, fc1's output
+is rounded once instead of twice; the packed copies take another 170 MB for ViT-Base). Embeddings stay within cosine
+0.99998 of float32 on ViT-Base and the golden clips. On x86 CPUs without AVX-512 PyTorch emulates bf16 (about 100x
+slower than float32 on an AVX2 machine), so `quantize` warns there.
 
 Dynamic quantization: the weights are quantized once, per output channel (symmetric int8); each Linear's input is
 quantized at run time from its own range (asymmetric uint8, one scale per input tensor), multiplied in int32 by
@@ -34,6 +38,7 @@ Quantized models cannot be saved: quantize after loading (`quantize(RespM2DModel
 """
 
 import copy
+import functools
 import platform
 import types
 import warnings
@@ -67,6 +72,9 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
         bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
         if device.type == "cpu" and bf16.config._attn_implementation == "sdpa":
             bf16.set_attn_implementation("eager")  # faster in bf16 on CPUs (module docstring)
+        if device.type == "cpu" and packs_bf16_weights():
+            for encoder in encoders_of(bf16):
+                use_packed_linears(encoder, fuse_gelu=bf16.config.hidden_act == "gelu")
         return bf16
     if device.type != "cpu":
         raise ValueError(f"int8 quantization runs on CPU only, but the model is on {device}; call model.to('cpu').")
@@ -97,6 +105,63 @@ def cpu_has_bf16_kernels() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+@functools.cache
+def packs_bf16_weights() -> bool:
+    """Whether this PyTorch has oneDNN's bf16 Linear with pre-packed weights on this CPU (see `PackedLinear`)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+class PackedLinear(nn.Linear):
+    """
+    A bf16 Linear that multiplies with a copy of its weight pre-packed in oneDNN's blocked layout, optionally with an
+    exact (erf) GELU applied to the float32 product inside the same kernel. `weight` and `bias` stay ordinary
+    parameters (state dict, saving, `.parameters()` unchanged); the packed copy is remade whenever the weight changes.
+    Off the fast path (gradients needed, another dtype or device, compiling, a CPU without oneDNN bf16) it is
+    `nn.Linear` (+ GELU).
+    """
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, activation: str = "none") -> "PackedLinear":
+        packed = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        packed.weight, packed.bias, packed.activation = linear.weight, linear.bias, activation
+        packed._packed, packed._packed_from = None, None
+        return packed
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", activation=gelu" if self.activation == "gelu" else "")
+
+    def __getstate__(self):  # copy.deepcopy and pickle: the packed tensor has no storage; it is remade on use
+        return {**self.__dict__, "_packed": None, "_packed_from": None}
+
+    def packed_weight(self) -> torch.Tensor:
+        source = (self.weight.data_ptr(), self.weight._version)
+        if self._packed_from != source:
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
+            self._packed_from = source
+        return self._packed
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        needs_grad = torch.is_grad_enabled() and (hidden_states.requires_grad or self.weight.requires_grad)
+        bf16_on_cpu = hidden_states.dtype == self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu"
+        if bf16_on_cpu and not needs_grad and not torch.compiler.is_compiling() and packs_bf16_weights():
+            algorithm = "none" if self.activation == "gelu" else ""  # "none": erf, not the tanh approximation
+            return torch.ops.mkldnn._linear_pointwise(
+                hidden_states, self.packed_weight(), self.bias, self.activation, [], algorithm
+            )
+        output = super().forward(hidden_states)
+        return nn.functional.gelu(output) if self.activation == "gelu" else output
+
+
+def use_packed_linears(encoder: nn.Module, fuse_gelu: bool) -> None:
+    """Replaces the encoder's Linear layers with `PackedLinear`; with `fuse_gelu`, each MLP's GELU moves into fc1."""
+    for module in list(encoder.modules()):
+        for name, child in module.named_children():
+            if type(child) is nn.Linear:
+                setattr(module, name, PackedLinear.from_linear(child))
+        if fuse_gelu and type(module).__name__ == "RespM2DMLP":
+            module.fc1.activation, module.activation = "gelu", nn.Identity()
 
 
 def encoders_of(model):
