@@ -180,6 +180,10 @@ def test_packed_linear_matches_a_float32_product_of_its_bf16_weights_and_follows
         doubled = torch.nn.functional.linear(inputs.float(), doubled_weight.float(), linear.bias.float())
         doubled = torch.nn.functional.gelu(doubled) if activation == "gelu" else doubled
         torch.testing.assert_close(packed(inputs), doubled.to(torch.bfloat16))
+        packed.weight.mul_(-1)  # in place under no_grad
+        torch.testing.assert_close(packed(inputs), reference_output(packed, inputs, activation))
+        packed.weight.data = torch.randn_like(packed.weight)  # a new tensor behind the same parameter
+        torch.testing.assert_close(packed(inputs), reference_output(packed, inputs, activation))
         packed.float()  # float32 weights: the plain path, same numbers as nn.Linear
         expected = torch.nn.functional.linear(inputs.float(), packed.weight, packed.bias)
         expected = torch.nn.functional.gelu(expected) if activation == "gelu" else expected

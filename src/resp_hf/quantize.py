@@ -117,9 +117,10 @@ class PackedLinear(nn.Linear):
     """
     A bf16 Linear that multiplies with a copy of its weight pre-packed in oneDNN's blocked layout, optionally with an
     exact (erf) GELU applied to the float32 product inside the same kernel. `weight` and `bias` stay ordinary
-    parameters (state dict, saving, `.parameters()` unchanged); the packed copy is remade whenever the weight changes.
-    Off the fast path (gradients needed, another dtype or device, compiling, a CPU without oneDNN bf16) it is
-    `nn.Linear` (+ GELU).
+    parameters (state dict, saving, `.parameters()` unchanged); the packed copy is remade whenever the weight changes
+    (`load_state_dict`, in-place edits under `torch.no_grad()`, a new tensor assigned). In-place edits through
+    `weight.data` bypass PyTorch's version counter and go unseen: edit through `weight` itself. Off the fast path
+    (gradients needed, another dtype or device, compiling, a CPU without oneDNN bf16) it is `nn.Linear` (+ GELU).
     """
 
     @classmethod
@@ -136,10 +137,12 @@ class PackedLinear(nn.Linear):
         return {**self.__dict__, "_packed": None, "_packed_from": None}
 
     def packed_weight(self) -> torch.Tensor:
-        source = (self.weight.data_ptr(), self.weight._version)
-        if self._packed_from != source:
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
-            self._packed_from = source
+        weight = self.weight.detach()
+        # The weight the pack was made from is held, so a new weight can never be allocated at its address.
+        packed_from, version = self._packed_from or (None, None)
+        if packed_from is None or packed_from.data_ptr() != weight.data_ptr() or version != weight._version:
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(weight)
+            self._packed_from = (weight, weight._version)
         return self._packed
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
