@@ -107,8 +107,8 @@ def test_corrupt_audio_raises_value_error(tmp_path):
     corrupt.write_bytes(b"RIFF this is not really audio")
     with pytest.raises(ValueError, match="corrupt.wav"):
         decode_audio(corrupt)
-    with pytest.raises(ValueError, match="Could not read the audio bytes of audio 'clip_7.flac'"):
-        decode_audio({"bytes": b"not audio", "path": "clip_7.flac"})
+    with pytest.raises(ValueError, match=r"^Could not read the audio bytes of audio 'clip_7.flac': Format not recog"):
+        decode_audio({"bytes": b"not audio", "path": "clip_7.flac"})  # libsndfile's reason, not a file object's repr
     with pytest.raises(ValueError, match="Could not read the audio bytes of audio:"):
         decode_audio({"bytes": b"not audio", "path": None})
 
@@ -248,6 +248,75 @@ def test_wav_shorter_than_its_header_is_refused_and_named(tmp_path):
     odd = data[:36] + b"LIST\x03\x00\x00\x00abc\x00" + data[36:]
     padded.write_bytes(odd[:4] + (len(odd) - 8).to_bytes(4, "little") + odd[8:])
     np.testing.assert_array_equal(load_audio(padded, 16000), load_audio(io.BytesIO(data), 16000))
+
+
+# Containers whose header or last page records how much audio there is; libsndfile reads a cut copy without complaint.
+LENGTH_RECORDING_CONTAINERS = [
+    ("AIFF", "PCM_16", "aiff"),
+    ("AU", "PCM_16", "au"),
+    ("CAF", "PCM_16", "caf"),
+    ("RF64", "PCM_16", "wav"),
+    ("WAVEX", "FLOAT", "wav"),
+    ("MP3", "MPEG_LAYER_III", "mp3"),
+    ("OGG", "VORBIS", "ogg"),
+    ("OGG", "OPUS", "opus"),
+]
+
+
+@pytest.mark.parametrize("container, subtype, suffix", LENGTH_RECORDING_CONTAINERS)
+@pytest.mark.parametrize("cut", ["half", "last 20 bytes"])
+def test_files_cut_short_are_refused_in_every_container_that_records_its_length(
+    tmp_path, container, subtype, suffix, cut
+):
+    buffer = io.BytesIO()
+    soundfile.write(buffer, tone(3.0, 16000), 16000, format=container, subtype=subtype)
+    data = buffer.getvalue()
+    whole = tmp_path / f"whole.{suffix}"
+    whole.write_bytes(data)
+    assert len(load_audio(whole, 16000)) == 48000
+    short = tmp_path / f"cut_short.{suffix}"
+    short.write_bytes(data[: len(data) // 2] if cut == "half" else data[:-20])
+    with pytest.raises(ValueError, match=rf"audio file .*cut_short\.{suffix} is truncated"):
+        load_audio(short, 16000)
+
+
+def test_ogg_without_its_last_page_is_refused_and_a_tag_after_the_pages_is_not():
+    buffer = io.BytesIO()
+    soundfile.write(buffer, tone(3.0, 16000), 16000, format="OGG", subtype="VORBIS")
+    data = buffer.getvalue()
+    with pytest.raises(ValueError, match="audio stream is truncated: it ends inside an Ogg page or without"):
+        load_audio(io.BytesIO(data[: data.rindex(b"OggS")]), 16000)  # ends on a page boundary, before the last page
+    tagged = data + b"TAG" + bytes(125)  # an ID3v1 tag appended by a tagger
+    np.testing.assert_array_equal(load_audio(io.BytesIO(tagged), 16000), load_audio(io.BytesIO(data), 16000))
+
+
+def flac_claiming(audio, total_frames):
+    """FLAC bytes of `audio` whose STREAMINFO says the stream holds `total_frames` (a 36-bit field at bytes 21-25)."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, 16000, format="FLAC")
+    data = bytearray(buffer.getvalue())
+    field = (int.from_bytes(data[21:26], "big") & ~(2**36 - 1)) | total_frames
+    data[21:26] = field.to_bytes(5, "big")
+    return bytes(data)
+
+
+def test_a_corrupt_length_is_refused_before_anything_is_allocated_for_it(tmp_path):
+    path = tmp_path / "huge_claim.flac"
+    path.write_bytes(flac_claiming(tone(1.0, 16000), 2**36 - 1))  # 49 days at 16 kHz in a few kB
+    with pytest.raises(ValueError, match=r"huge_claim.flac claims 68,719,476,735 frames .* its header is corrupt"):
+        load_audio(path, 16000)
+    path.write_bytes(flac_claiming(tone(1.0, 16000), 20 * 16000))  # plausible, but the stream ends after 1 s
+    with pytest.raises(ValueError, match=r"audio file .*huge_claim\.flac"):
+        load_audio(path, 16000)
+
+
+def test_highly_compressed_audio_longer_than_its_first_buffer_is_read_whole(tmp_path):
+    audio = np.zeros(16000 * 130, dtype=np.float32)  # digital silence: FLAC packs ~350 frames in a byte
+    audio[-1] = 0.25
+    path = tmp_path / "quiet.flac"
+    soundfile.write(path, audio, 16000)
+    assert len(audio) > max(audio_utils.READ_BLOCK_FRAMES, 64 * path.stat().st_size)  # the buffer grows
+    np.testing.assert_array_equal(load_audio(path, 16000), soundfile.read(path, dtype="float32")[0])
 
 
 def test_absurd_header_rate_is_refused_before_resampling_allocates(tmp_path):

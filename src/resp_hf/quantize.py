@@ -5,20 +5,20 @@ qkv and output projection, MLP fc1 and fc2: all but a few percent of the FLOPs) 
 
 bf16: the copy is `model.to(torch.bfloat16)`, on a CPU with the written-out ("eager") attention. Feature extraction
 stays float32 and the patch embedding casts its input to the weights' dtype, so `forward`, `embed()` (float32
-embeddings) and the pipelines work unchanged; LayerNorm, softmax and reductions accumulate in float32 inside their
-bf16 kernels. Why not `torch.autocast`: autocast keeps float32 weights and casts every Linear weight to bf16 on every
-call (0.5 GB of memory traffic per ViT-Base forward, a large share of a batch-1 forward), converts activations back
-and forth around each Linear and runs the residual adds in float32; bf16 weights do none of that (1.15x at batch 1,
-1.04x at batch 8, measured interleaved on the CI-class CPU; benchmarks/speed.py measures both). Why eager attention on
-a CPU: PyTorch's CPU flash attention (SDPA) in bf16 ran at about a third of the bf16 matmul rate, slower than in
-float32, on that CPU (AVX-512 BF16, no AMX); the written-out attention made the whole bf16 model 1.045x faster at
-batch 1 and 8 with the same accuracy. Where PyTorch has oneDNN's bf16 kernels for the CPU (AVX-512 BF16 or AMX), every
-encoder Linear becomes a `PackedLinear`: it multiplies with a copy of its weight packed once into oneDNN's blocked
-layout instead of the plain weight on every call, and fc1 applies the MLP's exact GELU inside the same kernel (1.15x
-at batch 1 and 1.05-1.1x at batch 8 over plain bf16 Linear layers; the products are the same to the bit, fc1's output
-is rounded once instead of twice; the packed copies take another 170 MB for ViT-Base). Embeddings stay within cosine
-0.99998 of float32 on ViT-Base and the golden clips. On x86 CPUs without AVX-512 PyTorch emulates bf16 (about 100x
-slower than float32 on an AVX2 machine), so `quantize` warns there.
+embeddings) and the pipelines work unchanged; LayerNorm, softmax and reductions accumulate in float32 inside their bf16
+kernels. Why not `torch.autocast`: autocast keeps float32 weights and casts every Linear weight to bf16 on every call
+(0.5 GB of memory traffic per ViT-Base forward, a large share of a batch-1 forward), converts activations back and forth
+around each Linear and runs the residual adds in float32; bf16 weights do none of that (1.4x autocast at batch 1 and
+1.2x at batch 8, measured interleaved on the CI-class CPU; benchmarks/speed.py measures both). Why eager attention on a
+CPU: PyTorch's CPU flash attention (SDPA) in bf16 ran at about a third of the bf16 matmul rate, slower than in float32,
+on that CPU (AVX-512 BF16, no AMX); the written-out attention made the whole bf16 model 1.045x faster at batch 1 and 8
+with the same accuracy. Where PyTorch has oneDNN's bf16 kernels for the CPU (AVX-512 BF16 or AMX), every encoder Linear
+becomes a `PackedLinear`: it multiplies with a copy of its weight packed once into oneDNN's blocked layout instead of
+the plain weight on every call, and fc1 applies the MLP's exact GELU inside the same kernel (1.15x at batch 1 and
+1.05-1.1x at batch 8 over plain bf16 Linear layers; the products are the same to the bit, fc1's output is rounded once
+instead of twice; the packed copies take another 170 MB for ViT-Base). Embeddings stay within cosine 0.99998 of float32
+on ViT-Base and the golden clips. On x86 CPUs without AVX-512 PyTorch emulates bf16 (about 100x slower than float32 on
+an AVX2 machine), so `quantize` warns there.
 
 Dynamic quantization: the weights are quantized once, per output channel (symmetric int8); each Linear's input is
 quantized at run time from its own range (asymmetric uint8, one scale per input tensor), multiplied in int32 by
@@ -26,8 +26,8 @@ FBGEMM's VNNI kernels and dequantized to float32. Nothing needs calibration data
 attention softmax, pooling and any classification head stay in float32.
 
 Why PyTorch's dynamic quantization (`torch.ao.quantization.quantize_dynamic`): measured interleaved on the CI-class
-CPU (2 threads, AVX-512 VNNI; ViT-Base encoder, 10-s chunks) it ran at 1.8-2.7x fp32 at batch 1 and 2.8x at
-batch 8, within noise of ONNX Runtime's dynamic int8 (3.0x at batch 8), while leaving the model a PyTorch module, so
+CPU (2 threads, AVX-512 VNNI; ViT-Base, 10-s clips end to end) it ran at 3.1-3.3x fp32 at batch 1 and 2.4-2.6x at
+batch 8, ahead of ONNX Runtime's dynamic int8 graph (2.4-2.5x), while leaving the model a PyTorch module, so
 `forward`, `embed()`, hidden states, attention masks and the pipeline work unchanged (ONNX Runtime needs an exported
 graph). Per-token activation scales are more accurate (cosine to fp32 0.9998 instead of 0.9996 over 12 random
 layers) but ran slower than fp32 here: torchao's `Int8DynamicActivationInt8WeightConfig` at 0.7x and `torch._int_mm`

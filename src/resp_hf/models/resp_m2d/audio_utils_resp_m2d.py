@@ -22,8 +22,15 @@ PCM_SCALES = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(n
 MAX_UPSAMPLING = 16
 # Multichannel files are read and downmixed this many frames at a time, so the channels are never all in memory.
 READ_BLOCK_FRAMES = 1 << 20
-# A WAV data chunk size that streaming writers leave as "unknown".
-UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)
+# More frames than this per byte of file is a corrupt header: FLAC holds at most about 6,000 (65,535-sample blocks of
+# digital silence), about 350 with its encoder's defaults.
+MAX_FRAMES_PER_BYTE = 8192
+# Data sizes that streaming writers leave as "unknown" (WAV, AIFF, AU: 0 or all ones; CAF: -1).
+UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF, -1)
+# Where an MP3's Xing/Info tag starts in its first frame: after the frame header and 9, 17 or 32 bytes of side info.
+XING_OFFSETS = (13, 21, 36)
+# The header flag of an Ogg stream's last page.
+OGG_END_OF_STREAM = 0x04
 
 
 def check_sampling_rate(sampling_rate, name="sampling_rate"):
@@ -90,35 +97,142 @@ def resample(audio, orig_sampling_rate, target_sampling_rate, name="audio"):
     return soxr.resample(audio, orig_sampling_rate, target_sampling_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def wav_data_sizes(stream):
+def find_chunk(stream, chunk_header, chunk_id, padded):
     """
-    `(declared, available)` byte sizes of a RIFF/WAVE file's data chunk (the header's claim and what the file holds),
-    or None when `stream` is not a WAV with a known data size. The stream position is restored.
+    Walks chunks from the stream position (each header is `struct` format `chunk_header`: id, size) to the first
+    `chunk_id` chunk; returns its declared size with the stream at its data, or None when there is none.
+    """
+    header_size = struct.calcsize(chunk_header)
+    while True:
+        header = stream.read(header_size)
+        if len(header) < header_size:
+            return None
+        found_id, size = struct.unpack(chunk_header, header)
+        if found_id == chunk_id:
+            return size
+        if size < 0:  # a malformed header; libsndfile will say what is wrong
+            return None
+        stream.seek(size + (size % 2 if padded else 0), io.SEEK_CUR)
+
+
+def chunk_data_sizes(stream, chunk_header, data_id, padded):
+    """`(declared, available)` bytes of the first `data_id` chunk, or None when there is none or its size is unknown."""
+    declared = find_chunk(stream, chunk_header, data_id, padded)
+    if declared is None or declared in UNKNOWN_DATA_SIZES:
+        return None
+    data_start = stream.tell()
+    return declared, stream.seek(0, io.SEEK_END) - data_start
+
+
+def rf64_data_sizes(stream):
+    """`(declared, available)` bytes of an RF64 file's audio data, whose 64-bit size is in the "ds64" chunk."""
+    ds64_size = find_chunk(stream, "<4sI", b"ds64", padded=True)
+    if ds64_size is None or ds64_size < 16:
+        return None
+    declared = struct.unpack("<QQ", stream.read(16))[1]  # RIFF size, then data size
+    stream.seek(ds64_size - 16 + ds64_size % 2, io.SEEK_CUR)
+    if find_chunk(stream, "<4sI", b"data", padded=True) is None:
+        return None
+    data_start = stream.tell()
+    return declared, stream.seek(0, io.SEEK_END) - data_start
+
+
+def au_data_sizes(stream):
+    """`(declared, available)` bytes of a Sun/NeXT .au file's audio data, or None when its size is unknown."""
+    data_offset, size = struct.unpack(">II", stream.read(8))
+    if size in UNKNOWN_DATA_SIZES:
+        return None
+    return size, stream.seek(0, io.SEEK_END) - data_offset
+
+
+def mp3_data_sizes(stream):
+    """
+    `(declared, available)` bytes of an MP3 stream whose first frame holds a Xing/Info tag with the stream's size (as
+    LAME and libsndfile write them), or None. Files without the tag have no size to check.
+    """
+    start = stream.tell()
+    id3 = stream.read(10)
+    if id3[:3] == b"ID3" and len(id3) == 10:  # ID3v2 tag before the first frame; its size is 4 x 7 bits
+        start += 10 + sum(byte << (7 * (3 - index)) for index, byte in enumerate(id3[6:10]))
+    stream.seek(start)
+    frame = stream.read(XING_OFFSETS[-1] + 16)
+    for offset in XING_OFFSETS:  # after the 4-byte frame header and the side information (9, 17 or 32 bytes)
+        if frame[offset : offset + 4] in (b"Xing", b"Info") and len(frame) >= offset + 16:
+            flags = struct.unpack(">I", frame[offset + 4 : offset + 8])[0]
+            if not flags & 2:  # no byte count
+                return None
+            field = offset + (12 if flags & 1 else 8)  # the byte count follows the frame count when there is one
+            return struct.unpack(">I", frame[field : field + 4])[0], stream.seek(0, io.SEEK_END) - start
+    return None
+
+
+def audio_data_sizes(stream):
+    """
+    `(declared, available)` bytes of the audio data of a WAV, RF64, AIFF, AU, CAF or MP3 (Xing) file: what its header
+    says and what the file holds. None for other formats and sizes left unknown. The stream position is restored.
     """
     start = stream.tell()
     try:
-        header = stream.read(12)
-        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
-            return None
-        while True:
-            chunk = stream.read(8)
-            if len(chunk) < 8:
-                return None
-            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-            if chunk_id == b"data":
-                if size in UNKNOWN_WAV_SIZES:
-                    return None
-                data_start = stream.tell()
-                available = stream.seek(0, io.SEEK_END) - data_start
-                return size, available
-            stream.seek(size + size % 2, io.SEEK_CUR)  # chunks are padded to an even size
+        magic = stream.read(12)
+        if magic[:4] == b"RIFF" and magic[8:12] == b"WAVE":
+            return chunk_data_sizes(stream, "<4sI", b"data", padded=True)
+        if magic[:4] == b"RF64" and magic[8:12] == b"WAVE":
+            return rf64_data_sizes(stream)
+        if magic[:4] == b"FORM" and magic[8:12] in (b"AIFF", b"AIFC"):
+            return chunk_data_sizes(stream, ">4sI", b"SSND", padded=True)
+        if magic[:4] == b"caff":
+            stream.seek(start + 8)  # file header: "caff", version, flags
+            return chunk_data_sizes(stream, ">4sq", b"data", padded=False)
+        if magic[:4] == b".snd":
+            stream.seek(start + 4)
+            return au_data_sizes(stream)
+        stream.seek(start)
+        return mp3_data_sizes(stream)
+    except struct.error:  # a header cut inside a size field; libsndfile will say what is wrong
+        return None
+    finally:
+        stream.seek(start)
+
+
+def ogg_is_cut_short(stream):
+    """
+    Whether an Ogg file (Vorbis, Opus, FLAC in Ogg) ends inside a page or without its end-of-stream page, as a copy
+    cut short does; libsndfile reads such files up to the cut without complaint. The stream position is restored.
+    """
+    start = stream.tell()
+    try:
+        end = stream.seek(0, io.SEEK_END)
+        position, last_flags = start, None
+        while position < end:
+            stream.seek(position)
+            header = stream.read(27)
+            if header[:4] != b"OggS"[: len(header[:4])]:
+                break  # not a page: something appended after the pages (a tag); the last page decides
+            if len(header) < 27:
+                return True
+            lacing = stream.read(header[26])
+            position += 27 + header[26] + sum(lacing)
+            if len(lacing) < header[26] or position > end:
+                return True
+            last_flags = header[5]
+        return last_flags is None or not last_flags & OGG_END_OF_STREAM
     finally:
         stream.seek(start)
 
 
 def check_not_truncated(stream, name):
-    """Raises ValueError when a WAV's data chunk is shorter than its header says (libsndfile would read less)."""
-    sizes = wav_data_sizes(stream)
+    """Raises ValueError when a file holds less audio than its header says (libsndfile would read less)."""
+    start = stream.tell()
+    is_ogg = stream.read(4) == b"OggS"
+    stream.seek(start)
+    if is_ogg:
+        if ogg_is_cut_short(stream):
+            raise ValueError(
+                f"{name} is truncated: it ends inside an Ogg page or without the stream's last page; re-copy or "
+                "re-export the file."
+            )
+        return
+    sizes = audio_data_sizes(stream)
     if sizes is not None and sizes[1] < sizes[0]:
         declared, available = sizes
         raise ValueError(
@@ -130,10 +244,15 @@ def check_not_truncated(stream, name):
 def read_audio_file(source, name, downmix=False):
     """
     Reads a binary file-like object with soundfile: `(mono float32 array, sampling rate)`. Multichannel
-    audio is downmixed block by block (only with `downmix=True`); truncated files are refused.
+    audio is downmixed block by block (only with `downmix=True`); truncated files, and headers claiming more audio than
+    the file could hold, are refused.
     """
+    file_bytes = None
     if source.seekable():
         check_not_truncated(source, name)
+        start = source.tell()
+        file_bytes = source.seek(0, io.SEEK_END) - start
+        source.seek(start)
     try:
         with soundfile.SoundFile(source) as sound:
             if sound.channels > 1 and not downmix:
@@ -141,19 +260,33 @@ def read_audio_file(source, name, downmix=False):
                     f"{name} has {sound.channels} channels: it is multichannel, but the model takes mono audio. "
                     "Pass downmix=True to average the channels."
                 )
-            audio = np.empty(sound.frames, dtype=np.float32)
+            if file_bytes is not None and sound.frames > MAX_FRAMES_PER_BYTE * max(file_bytes, 1):
+                raise ValueError(
+                    f"{name} claims {sound.frames:,} frames ({sound.frames / sound.samplerate / 3600:.1f} h) in "
+                    f"{file_bytes:,} bytes, more than any encoding holds: its header is corrupt."
+                )
+            # Room for what the file can plausibly hold, grown as audio arrives: a corrupt length cannot allocate.
+            plausible = READ_BLOCK_FRAMES if file_bytes is None else max(READ_BLOCK_FRAMES, 64 * file_bytes)
+            audio = np.empty(min(sound.frames, plausible), dtype=np.float32)
             filled = 0
             for block in sound.blocks(READ_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                if filled + len(block) > len(audio):
+                    grown = np.empty(min(sound.frames, 2 * len(audio)), dtype=np.float32)
+                    grown[:filled] = audio[:filled]
+                    audio = grown
                 audio[filled : filled + len(block)] = block.mean(axis=1) if sound.channels > 1 else block[:, 0]
                 filled += len(block)
-            rate = sound.samplerate
+            frames, rate = sound.frames, sound.samplerate
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise ValueError(f"Could not read {name}: {error}") from error
-    if filled < len(audio):
-        raise ValueError(
-            f"{name} is truncated: its header promises {len(audio):,} frames but only {filled:,} are there."
-        )
+        raise unreadable(name, error) from error
+    if filled < frames:
+        raise ValueError(f"{name} is truncated: its header promises {frames:,} frames but only {filled:,} are there.")
     return audio, rate
+
+
+def unreadable(name, error):
+    """The error for audio that soundfile cannot read: libsndfile's reason, without the file object's repr."""
+    return ValueError(f"Could not read {name}: {getattr(error, 'error_string', error)}")
 
 
 def check_file(path):
@@ -298,7 +431,7 @@ def sound_info(source, name):
             source.seek(position)
         return info
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise ValueError(f"Could not read {name}: {error}") from error
+        raise unreadable(name, error) from error
 
 
 def item_duration(audio, sampling_rate, name="audio"):
