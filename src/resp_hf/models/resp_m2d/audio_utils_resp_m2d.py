@@ -137,12 +137,12 @@ def rf64_data_sizes(stream):
     return declared, stream.seek(0, io.SEEK_END) - data_start
 
 
-def au_data_sizes(stream):
-    """`(declared, available)` bytes of a Sun/NeXT .au file's audio data, or None when its size is unknown."""
+def au_data_sizes(stream, start):
+    """`(declared, available)` bytes of the audio data of a Sun/NeXT .au file starting at `start`, or None."""
     data_offset, size = struct.unpack(">II", stream.read(8))
     if size in UNKNOWN_DATA_SIZES:
         return None
-    return size, stream.seek(0, io.SEEK_END) - data_offset
+    return size, stream.seek(0, io.SEEK_END) - (start + data_offset)
 
 
 def mp3_data_sizes(stream):
@@ -185,7 +185,7 @@ def audio_data_sizes(stream):
             return chunk_data_sizes(stream, ">4sq", b"data", padded=False)
         if magic[:4] == b".snd":
             stream.seek(start + 4)
-            return au_data_sizes(stream)
+            return au_data_sizes(stream, start)
         stream.seek(start)
         return mp3_data_sizes(stream)
     except struct.error:  # a header cut inside a size field; libsndfile will say what is wrong
