@@ -7,6 +7,7 @@ import soundfile
 import soxr
 import torch
 from datasets import Audio, Dataset, DatasetDict
+from datasets.utils import _dill as datasets_dill
 
 from resp_hf.audio import decode_audio, decode_audio_column
 from resp_hf.models.resp_m2d import audio_utils_resp_m2d as audio_utils
@@ -224,6 +225,14 @@ def test_missing_column_lists_available_columns(audio_files):
     splits = DatasetDict(train=path_dataset(audio_files))
     with pytest.raises(ValueError, match="Column 'speech' not found"):
         decode_audio_column(splits, column="speech")
+
+
+def test_decoded_column_is_fingerprinted_by_its_settings_not_by_walking_the_decoder(audio_files):
+    dataset = path_dataset(audio_files)
+    first, again = decode_audio_column(dataset), decode_audio_column(dataset)
+    assert first._fingerprint == again._fingerprint != decode_audio_column(dataset, sampling_rate=8000)._fingerprint
+    transform = first.format["format_kwargs"]["transform"]
+    assert len(datasets_dill.dumps(transform)) < 500  # pickled by reference: no code, no globals of decode_audio
 
 
 # hostile files and rates (audio_utils_resp_m2d, used by every entry point)

@@ -6,6 +6,7 @@ import pytest
 import soundfile
 import soxr
 from conftest import OPERA
+from datasets.utils import _dill as datasets_dill
 
 from resp_hf.audio import decode_audio
 from resp_hf.tasks.icbhi import (
@@ -86,6 +87,14 @@ def test_segment_audio_is_the_slice_of_the_resampled_recording(official_build, r
         expected = whole[int(row["start"] * 16000) : min(int(row["end"] * 16000), len(whole))]
         np.testing.assert_array_equal(item["audio"]["array"], expected)
         assert item["audio"]["sampling_rate"] == 16000
+
+
+def test_decoded_segments_are_fingerprinted_by_their_settings_not_by_walking_the_decoder(official_build):
+    rows = official_build[0]["train"]
+    first, again = decode_segments(rows, window=SegmentWindow()), decode_segments(rows, window=SegmentWindow())
+    assert first._fingerprint == again._fingerprint != decode_segments(rows, window=SegmentWindow(4.0))._fingerprint
+    transform = first.format["format_kwargs"]["transform"]
+    assert len(datasets_dill.dumps(transform)) < 500  # pickled by reference: no code, no globals of decode_audio
 
 
 def recipe_cut_pad(audio, rate, seconds, pad):

@@ -1,6 +1,7 @@
 """Reading audio columns of Hugging Face datasets with soundfile and soxr, without torchcodec."""
 
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 
 from datasets import Audio, DatasetDict
@@ -77,23 +78,31 @@ def source_path(value):
     return None
 
 
-def make_decode_transform(column, sampling_rate, downmix):
-    """Builds a `with_transform` function that decodes `column` of a batch (dict of lists) and keeps the rest."""
+@dataclass(frozen=True)
+class AudioColumnDecoder:
+    """
+    The `with_transform` function of `decode_audio_column`: decodes `column` of a batch (dict of lists), keeps the rest.
 
-    def decode_batch(batch):
-        if column not in batch:
+    A class rather than a closure so that datasets fingerprints it by reference and its fields; a closure makes dill
+    walk the globals of everything `decode_audio` reaches, which takes minutes once many modules are imported.
+    """
+
+    column: str
+    sampling_rate: int
+    downmix: bool
+
+    def __call__(self, batch: dict) -> dict:
+        if self.column not in batch:
             return batch
         decoded = [
             {
-                "array": decode_audio(value, sampling_rate=sampling_rate, downmix=downmix),
-                "sampling_rate": sampling_rate,
+                "array": decode_audio(value, sampling_rate=self.sampling_rate, downmix=self.downmix),
+                "sampling_rate": self.sampling_rate,
                 "path": source_path(value),
             }
-            for value in batch[column]
+            for value in batch[self.column]
         ]
-        return {**batch, column: decoded}
-
-    return decode_batch
+        return {**batch, self.column: decoded}
 
 
 def decode_audio_column(dataset, column="audio", sampling_rate=16000, downmix=False):
@@ -112,7 +121,7 @@ def decode_audio_column(dataset, column="audio", sampling_rate=16000, downmix=Fa
         raise ValueError(f"Column {column!r} not found in the dataset; available columns: {dataset.column_names}.")
     if isinstance(dataset.features[column], Audio):
         dataset = dataset.cast_column(column, Audio(decode=False))
-    return dataset.with_transform(make_decode_transform(column, sampling_rate, downmix))
+    return dataset.with_transform(AudioColumnDecoder(column, sampling_rate, downmix))
 
 
 __all__ = ["decode_audio", "decode_audio_column", "decode_segment"]

@@ -53,19 +53,25 @@ def fit_segment(audio, sampling_rate, window):
     return repeated
 
 
-def make_segment_transform(sampling_rate, window):
-    """A `with_transform` function that adds the decoded (and fitted) `audio` of each row's segment."""
+@dataclass(frozen=True)
+class SegmentDecoder:
+    """
+    The `with_transform` function of `decode_segments`: adds the decoded (and fitted) `audio` of each row's segment.
 
-    def decode_batch(batch):
+    A class rather than a closure, for the reason given in `resp_hf.audio.AudioColumnDecoder`.
+    """
+
+    sampling_rate: int
+    window: SegmentWindow | None
+
+    def __call__(self, batch: dict) -> dict:
         audio = []
         for path, start, end in zip(batch["path"], batch["start"], batch["end"]):
-            segment = decode_audio({"path": path, "start": start, "end": end}, sampling_rate, downmix=True)
-            if window is not None:
-                segment = fit_segment(segment, sampling_rate, window)
-            audio.append({"array": segment, "sampling_rate": sampling_rate, "path": path})
+            segment = decode_audio({"path": path, "start": start, "end": end}, self.sampling_rate, downmix=True)
+            if self.window is not None:
+                segment = fit_segment(segment, self.sampling_rate, self.window)
+            audio.append({"array": segment, "sampling_rate": self.sampling_rate, "path": path})
         return {**batch, "audio": audio}
-
-    return decode_batch
 
 
 def decode_segments(dataset, sampling_rate=16000, window=None):
@@ -79,7 +85,7 @@ def decode_segments(dataset, sampling_rate=16000, window=None):
     missing = [column for column in ("path", "start", "end") if column not in dataset.column_names]
     if missing:
         raise ValueError(f"The dataset lacks the segment column(s) {missing}; it has {dataset.column_names}.")
-    return dataset.with_transform(make_segment_transform(sampling_rate, window))
+    return dataset.with_transform(SegmentDecoder(sampling_rate, window))
 
 
 def carve_validation(rows, fraction, seed, dataset_name):
