@@ -25,6 +25,9 @@ READ_BLOCK_FRAMES = 1 << 20
 # More frames than this per byte of file is a corrupt header: FLAC holds at most about 6,000 (65,535-sample blocks of
 # digital silence), about 350 with its encoder's defaults.
 MAX_FRAMES_PER_BYTE = 8192
+# The first read buffer has room for this many frames per byte of file (more than PCM or typical FLAC and MP3 hold) and
+# doubles when a file holds more, so its size follows the audio that arrives rather than what a header claims.
+FIRST_BUFFER_FRAMES_PER_BYTE = 64
 # Data sizes that streaming writers leave as "unknown" (WAV, AIFF, AU: 0 or all ones; CAF: -1).
 UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF, -1)
 # Where an MP3's Xing/Info tag starts in its first frame: after the frame header and 9, 17 or 32 bytes of side info.
@@ -115,13 +118,17 @@ def find_chunk(stream, chunk_header, chunk_id, padded):
         stream.seek(size + (size % 2 if padded else 0), io.SEEK_CUR)
 
 
+def bytes_to_end(stream, position):
+    """How many bytes the stream holds from `position` to its end; leaves the stream at its end."""
+    return stream.seek(0, io.SEEK_END) - position
+
+
 def chunk_data_sizes(stream, chunk_header, data_id, padded):
     """`(declared, available)` bytes of the first `data_id` chunk, or None when there is none or its size is unknown."""
     declared = find_chunk(stream, chunk_header, data_id, padded)
     if declared is None or declared in UNKNOWN_DATA_SIZES:
         return None
-    data_start = stream.tell()
-    return declared, stream.seek(0, io.SEEK_END) - data_start
+    return declared, bytes_to_end(stream, stream.tell())
 
 
 def rf64_data_sizes(stream):
@@ -133,8 +140,7 @@ def rf64_data_sizes(stream):
     stream.seek(ds64_size - 16 + ds64_size % 2, io.SEEK_CUR)
     if find_chunk(stream, "<4sI", b"data", padded=True) is None:
         return None
-    data_start = stream.tell()
-    return declared, stream.seek(0, io.SEEK_END) - data_start
+    return declared, bytes_to_end(stream, stream.tell())
 
 
 def au_data_sizes(stream, start):
@@ -142,7 +148,7 @@ def au_data_sizes(stream, start):
     data_offset, size = struct.unpack(">II", stream.read(8))
     if size in UNKNOWN_DATA_SIZES:
         return None
-    return size, stream.seek(0, io.SEEK_END) - (start + data_offset)
+    return size, bytes_to_end(stream, start + data_offset)
 
 
 def mp3_data_sizes(stream):
@@ -162,7 +168,7 @@ def mp3_data_sizes(stream):
             if not flags & 2:  # no byte count
                 return None
             field = offset + (12 if flags & 1 else 8)  # the byte count follows the frame count when there is one
-            return struct.unpack(">I", frame[field : field + 4])[0], stream.seek(0, io.SEEK_END) - start
+            return struct.unpack(">I", frame[field : field + 4])[0], bytes_to_end(stream, start)
     return None
 
 
@@ -241,18 +247,36 @@ def check_not_truncated(stream, name):
         )
 
 
+def read_mono(sound, buffer_frames):
+    """
+    The frames of an open `soundfile.SoundFile` as mono float32 (channels averaged), read block by block into a buffer
+    of `buffer_frames` frames that doubles as audio arrives: what a header claims is never allocated up front.
+    """
+    audio = np.empty(min(sound.frames, buffer_frames), dtype=np.float32)
+    filled = 0
+    for block in sound.blocks(READ_BLOCK_FRAMES, dtype="float32", always_2d=True):
+        if filled + len(block) > len(audio):
+            grown = np.empty(min(sound.frames, 2 * len(audio)), dtype=np.float32)
+            grown[:filled] = audio[:filled]
+            audio = grown
+        audio[filled : filled + len(block)] = block.mean(axis=1) if sound.channels > 1 else block[:, 0]
+        filled += len(block)
+    return audio[:filled]
+
+
 def read_audio_file(source, name, downmix=False):
     """
     Reads a binary file-like object with soundfile: `(mono float32 array, sampling rate)`. Multichannel
     audio is downmixed block by block (only with `downmix=True`); truncated files, and headers claiming more audio than
     the file could hold, are refused.
     """
-    file_bytes = None
+    file_bytes, buffer_frames = None, READ_BLOCK_FRAMES
     if source.seekable():
         check_not_truncated(source, name)
         start = source.tell()
-        file_bytes = source.seek(0, io.SEEK_END) - start
+        file_bytes = bytes_to_end(source, start)
         source.seek(start)
+        buffer_frames = max(READ_BLOCK_FRAMES, FIRST_BUFFER_FRAMES_PER_BYTE * file_bytes)
     try:
         with soundfile.SoundFile(source) as sound:
             if sound.channels > 1 and not downmix:
@@ -265,22 +289,14 @@ def read_audio_file(source, name, downmix=False):
                     f"{name} claims {sound.frames:,} frames ({sound.frames / sound.samplerate / 3600:.1f} h) in "
                     f"{file_bytes:,} bytes, more than any encoding holds: its header is corrupt."
                 )
-            # Room for what the file can plausibly hold, grown as audio arrives: a corrupt length cannot allocate.
-            plausible = READ_BLOCK_FRAMES if file_bytes is None else max(READ_BLOCK_FRAMES, 64 * file_bytes)
-            audio = np.empty(min(sound.frames, plausible), dtype=np.float32)
-            filled = 0
-            for block in sound.blocks(READ_BLOCK_FRAMES, dtype="float32", always_2d=True):
-                if filled + len(block) > len(audio):
-                    grown = np.empty(min(sound.frames, 2 * len(audio)), dtype=np.float32)
-                    grown[:filled] = audio[:filled]
-                    audio = grown
-                audio[filled : filled + len(block)] = block.mean(axis=1) if sound.channels > 1 else block[:, 0]
-                filled += len(block)
+            audio = read_mono(sound, buffer_frames)
             frames, rate = sound.frames, sound.samplerate
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
         raise unreadable(name, error) from error
-    if filled < frames:
-        raise ValueError(f"{name} is truncated: its header promises {frames:,} frames but only {filled:,} are there.")
+    if len(audio) < frames:
+        raise ValueError(
+            f"{name} is truncated: its header promises {frames:,} frames but only {len(audio):,} are there."
+        )
     return audio, rate
 
 
@@ -474,4 +490,10 @@ def split_batch(inputs, downmix=False):
 __all__ = [
     "carries_own_rate",
     "check_sampling_rate",
-    "has_arrays", "item_duration", "load_audio", "load_waveform", "split_batch", "to_mono_float32"]
+    "has_arrays",
+    "item_duration",
+    "load_audio",
+    "load_waveform",
+    "split_batch",
+    "to_mono_float32",
+]
