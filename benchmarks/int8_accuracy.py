@@ -72,14 +72,16 @@ def compare(fp32, int8):
     for layer, by_seed in fp32.items():
         seeds = sorted(by_seed)
         changes = np.array([int8[layer][seed] - by_seed[seed] for seed in seeds])
-        rows.append({
-            "layer": layer,
-            "fp32": float(np.mean([by_seed[seed] for seed in seeds])),
-            "int8": float(np.mean([int8[layer][seed] for seed in seeds])),
-            "change_mean": float(changes.mean()),
-            "change_std": float(changes.std()),
-            "largest_change": float(changes[np.abs(changes).argmax()]),
-        })
+        rows.append(
+            {
+                "layer": layer,
+                "fp32": float(np.mean([by_seed[seed] for seed in seeds])),
+                "int8": float(np.mean([int8[layer][seed] for seed in seeds])),
+                "change_mean": float(changes.mean()),
+                "change_std": float(changes.std()),
+                "largest_change": float(changes[np.abs(changes).argmax()]),
+            }
+        )
     return rows
 
 
@@ -115,8 +117,20 @@ def main(argv=None):
         scores = {}
         for label, extra in (("fp32", []), ("int8", ["--quantize", "int8"])):
             output = work / label
-            resp_hf("benchmark", "--model", model, "--dataset", dataset, "--output", output, "--seeds", args.seeds,
-                    "--layers", args.layers, *extra)
+            resp_hf(
+                "benchmark",
+                "--model",
+                model,
+                "--dataset",
+                dataset,
+                "--output",
+                output,
+                "--seeds",
+                args.seeds,
+                "--layers",
+                args.layers,
+                *extra,
+            )
             scores[label] = test_auroc_per_seed(output / "results.csv")
     rows = compare(scores["fp32"], scores["int8"])
     name = Path(args.model).name if args.model else "golden checkpoint (2 blocks, random weights)"

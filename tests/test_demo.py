@@ -124,7 +124,7 @@ def test_space_folder_is_complete_and_its_app_builds_offline(classifier_folder, 
     expected = pyproject["dependencies"] + pyproject["optional-dependencies"]["demo"]
     assert by_name(requirements) == by_name(expected)  # resp_hf's own requirements and the demo extra
     assert DEMO_REQUIREMENTS == pyproject["optional-dependencies"]["demo"]
-    assert 'os.environ.get("RESP_HF_DEMO_MODEL", \'my-org/resp-m2d-icbhi\')' in (space / "app.py").read_text()
+    assert "os.environ.get(\"RESP_HF_DEMO_MODEL\", 'my-org/resp-m2d-icbhi')" in (space / "app.py").read_text()
     # The app imports the package copied beside it and builds the page, offline, on a local model folder.
     code = (
         "import json, runpy, sys\n"

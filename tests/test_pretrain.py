@@ -553,25 +553,29 @@ def test_pretraining_on_a_saved_dataset_mixed_with_a_file_list(saved_dataset, lo
 def test_the_m2d_resp_recipe_sets_the_papers_values_and_explicit_options_win():
     args = pretrain.parse_args(["--recipe", "m2d-resp", "--data", "mixture.csv", "--output-dir", "run"])
     values = {key: getattr(args, key) for key in vars(args)}
-    assert values | {
-        "init": "m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth",
-        "epochs": 50,
-        "effective_batch_size": 2048,
-        "base_lr": 3e-4,
-        "warmup_epochs": 20.0,
-        "clip_grad": 3.0,
-        "mixed_precision": "fp16",
-        "mask_ratio": 0.7,
-        "ema_start": 0.99995,
-        "ema_end": 0.99999,
-        "weight_decay": 0.05,
-        "norm_stats": "compute",
-        "norm_stats_crops": 5000,
-        "min_seconds": 6.1,
-        "predictor_width": 512,
-        "predictor_depth": 8,
-        "predictor_heads": 16,
-    } == values
+    assert (
+        values
+        | {
+            "init": "m2d_vit_base-80x608p16x16-221006-mr7/checkpoint-300.pth",
+            "epochs": 50,
+            "effective_batch_size": 2048,
+            "base_lr": 3e-4,
+            "warmup_epochs": 20.0,
+            "clip_grad": 3.0,
+            "mixed_precision": "fp16",
+            "mask_ratio": 0.7,
+            "ema_start": 0.99995,
+            "ema_end": 0.99999,
+            "weight_decay": 0.05,
+            "norm_stats": "compute",
+            "norm_stats_crops": 5000,
+            "min_seconds": 6.1,
+            "predictor_width": 512,
+            "predictor_depth": 8,
+            "predictor_heads": 16,
+        }
+        == values
+    )
     args = pretrain.parse_args(["--recipe", "m2d-resp", "--data", "x.csv", "--output-dir", "run", "--epochs", "3"])
     assert args.epochs == 3 and args.clip_grad == 3.0
     plain = pretrain.parse_args(["--init", "scratch", "--data", "x.csv", "--output-dir", "run"])

@@ -1,6 +1,6 @@
 """Fine-tune a resp_hf encoder with Trainer; the same as `resp-hf finetune` (see `--help`).
 
-    python training/finetune.py --model_name_or_path ./resp-m2d --dataset ./my_recordings --output_dir ./out
+python training/finetune.py --model_name_or_path ./resp-m2d --dataset ./my_recordings --output_dir ./out
 """
 
 import sys

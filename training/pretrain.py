@@ -1,6 +1,6 @@
 """Further pre-training with the M2D objective; the same as `resp-hf pretrain` (see `--help`).
 
-    accelerate launch training/pretrain.py --init CHECKPOINT --data LIST.csv --output-dir OUT
+accelerate launch training/pretrain.py --init CHECKPOINT --data LIST.csv --output-dir OUT
 """
 
 import sys

@@ -51,8 +51,7 @@ def read_upload(path, sampling_rate, downmix):
         channels = 1  # unreadable: load_audio reports it
     if channels > 1 and not downmix:
         raise ValueError(
-            f"{name} has {channels} channels, but the model takes mono audio: "
-            f"tick '{DOWNMIX_LABEL}' and submit again."
+            f"{name} has {channels} channels, but the model takes mono audio: tick '{DOWNMIX_LABEL}' and submit again."
         )
     return load_audio(path, sampling_rate, downmix=downmix, name=name)
 

@@ -188,9 +188,7 @@ def respiratory_tr(task, root, report):
     table = root / COPD_DIR / "Labels.csv"
     records = read_csv_rows(table, required=("Patient ID", "Diagnosis"))
     severity = {
-        row["Patient ID"]: parse_field(
-            table, row["_row"], "Diagnosis", row["Diagnosis"], gold_stage, "COPD0-COPD4"
-        )
+        row["Patient ID"]: parse_field(table, row["_row"], "Diagnosis", row["Diagnosis"], gold_stage, "COPD0-COPD4")
         for row in records
         if row["Patient ID"]
     }

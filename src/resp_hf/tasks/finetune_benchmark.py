@@ -57,7 +57,13 @@ FINETUNE_RECIPES = {
 # OPERA's linear evaluation (Zhang et al., NeurIPS 2024 Datasets and Benchmarks; the recipe resp-hf benchmark uses):
 # Adam at 1e-4 multiplied by 0.97 every epoch, L2 1e-5, 64 epochs, batch 64; the encoder is frozen.
 LINEAR_RECIPE = Recipe(
-    64, 64, 1e-4, 1e-5, "exponential", class_weighted=False, freeze_patch_embedding=False,
+    64,
+    64,
+    1e-4,
+    1e-5,
+    "exponential",
+    class_weighted=False,
+    freeze_patch_embedding=False,
     source="OPERA linear evaluation (Zhang et al. 2024), encoder frozen",
 )
 

@@ -126,7 +126,6 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
             std=config.norm_std,
         )
 
-
     def check_matches(self, config):
         """
         Raises ValueError when this extractor's front end differs from the model's: preprocessor_config.json and

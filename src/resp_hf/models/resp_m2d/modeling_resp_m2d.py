@@ -97,9 +97,7 @@ class RespM2DEmbeddings(nn.Module):
         return self.dropout(tokens.unflatten(0, chunks.shape[:-2]))
 
 
-def eager_attention_forward(
-    module, query, key, value, attention_mask, scaling, dropout=0.0, token_mask=None, **kwargs
-):
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, token_mask=None, **kwargs):
     """
     Softmax attention written out; works on any leading dimensions, so the probabilities it returns are the
     tensors the output is computed from. `attention_mask` is additive (0 or the dtype's minimum); the rows of
