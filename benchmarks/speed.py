@@ -647,13 +647,19 @@ def allocator_settings():
     return [f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith(ALLOCATOR_VARIABLES)]
 
 
+def yes_no(flag):
+    return "yes" if flag else "no"
+
+
 def machine_description(device):
     description = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if device.type == "cuda":
         return f"{description}, {torch.cuda.get_device_name()}"
     description += f", PyTorch CPU kernels {torch.backends.cpu.get_cpu_capability()}"
+    bf16, vnni = cpu_has_bf16_kernels(), torch.cpu._is_vnni_supported()
+    description += f", bf16 instructions: {yes_no(bf16)}, VNNI: {yes_no(vnni)}"
     description += f", allocator: {', '.join(allocator_settings()) or 'default'}"
-    return description + ("" if cpu_has_bf16_kernels() else " (bf16 emulated: no bf16 rows)")
+    return description + ("" if bf16 else " (bf16 emulated: no bf16 rows)")
 
 
 def main(argv=None):

@@ -461,6 +461,12 @@ def test_negative_norm_stats_in_the_documented_form(log_mel_list, tmp_path):
     assert (config["norm_mean"], config["norm_std"]) == (-7.1, 4.2)
 
 
+def cpu_has_bf16_instructions():
+    """From the kernel's CPU flags (Linux x86): AVX-512 BF16 or AMX."""
+    flags = set(open("/proc/cpuinfo").read().split())
+    return bool(flags & {"avx512_bf16", "amx_tile"})
+
+
 def test_bf16_mixed_precision_and_gradient_accumulation(log_mel_list, tmp_path):
     arguments = pretrain_args(
         log_mel_list,
@@ -482,6 +488,7 @@ def test_bf16_mixed_precision_and_gradient_accumulation(log_mel_list, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "effective batch 16" in result.stdout
+    assert ("bf16 is emulated on this CPU" in result.stdout) == (not cpu_has_bf16_instructions())
     losses = logged_losses(tmp_path / "bf16")
     assert sorted(losses) == [1, 2, 3] and all(0 < loss < 4 for loss in losses.values())
     assert (tmp_path / "bf16" / "encoder" / "model.safetensors").is_file()

@@ -232,21 +232,28 @@ def test_quantized_model_refuses_to_save_and_quantizing_after_loading_works(tmp_
 
 
 @pytest.mark.parametrize(
-    "machine, capability, emulated",
-    [("x86_64", "AVX2", True), ("AMD64", "DEFAULT", True), ("x86_64", "AVX512", False), ("aarch64", "DEFAULT", False)],
+    "machine, avx512_bf16, amx, emulated",
+    [
+        ("x86_64", False, False, True),  # AVX2 or AVX-512 without BF16 (Zen 3, Skylake-SP): oneDNN emulates bf16
+        ("AMD64", False, False, True),
+        ("x86_64", True, False, False),  # AVX-512 BF16 (Zen 4, Cooper Lake)
+        ("x86_64", False, True, False),  # AMX
+        ("aarch64", False, False, False),
+    ],
 )
-def test_bf16_on_a_cpu_without_bf16_kernels_warns_and_still_returns_the_copy(
-    monkeypatch, machine, capability, emulated
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_and_still_returns_the_copy(
+    monkeypatch, machine, avx512_bf16, amx, emulated
 ):
     monkeypatch.setattr("platform.machine", lambda: machine)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bf16 = quantize(tiny_model(), "bf16")
     messages = [str(warning.message) for warning in caught if "emulated" in str(warning.message)]
     expected = [
-        f"bf16 on this CPU is emulated (PyTorch's kernels here: {capability}, no AVX-512): its matmuls run about 100x "
-        "slower than float32. Use quantize(model, 'int8') or float32."
+        "bf16 on this CPU is emulated (no AVX-512 BF16 or AMX instructions): the model runs about 3x (AVX-512) to "
+        "100x (AVX2) slower than in float32. Use quantize(model, 'int8') or float32."
     ]
     assert messages == (expected if emulated else [])
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}

@@ -137,13 +137,19 @@ def test_bf16_rows_run_the_bfloat16_weights_copy_and_autocast_rows_the_float32_m
 
 def test_a_full_run_leaves_bf16_out_on_a_cpu_that_emulates_it_and_says_so(speed, monkeypatch):
     cpu = torch.device("cpu")
+    for name in [name for name in os.environ if name.startswith(("MALLOC_", "LD_PRELOAD"))]:
+        monkeypatch.delenv(name)
     monkeypatch.setattr(speed, "cpu_has_bf16_kernels", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
     assert speed.dtype_names(cpu) == ["fp32", "int8"]
-    assert speed.machine_description(cpu).endswith(" (bf16 emulated: no bf16 rows)")
+    assert speed.machine_description(cpu).endswith(
+        ", bf16 instructions: no, VNNI: no, allocator: default (bf16 emulated: no bf16 rows)"
+    )
     monkeypatch.setattr(speed, "cpu_has_bf16_kernels", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
     assert speed.dtype_names(cpu) == ["fp32", "bf16", "int8"]
     assert "PyTorch CPU kernels" in speed.machine_description(cpu)
-    assert not speed.machine_description(cpu).endswith("emulated)")
+    assert speed.machine_description(cpu).endswith(", bf16 instructions: yes, VNNI: yes, allocator: default")
 
 
 def test_the_machine_line_names_the_allocator_settings_a_run_was_made_under(speed, monkeypatch):
