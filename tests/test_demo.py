@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +17,9 @@ from packaging.requirements import Requirement
 from test_timeline import save_classifier
 from transformers import pipeline
 
-from resp_hf import RespM2DFeatureExtractor
+from resp_hf import RespM2DFeatureExtractor, demo
 from resp_hf.cli import main
-from resp_hf.demo import DEMO_REQUIREMENTS, analyze_upload, describe_model
+from resp_hf.demo import DEMO_REQUIREMENTS, analyze_upload, build_demo, describe_model, embedding_file
 from resp_hf.visualize import load_model
 
 RECORDING = OPERA / "datasets" / "icbhi" / "ICBHI_final_database" / "104_1b1_Al_sc_Litt3200.wav"  # 4 kHz
@@ -90,6 +91,19 @@ def test_compressed_formats_at_other_rates_are_analyzed(classifier_folder, tmp_p
     expected = model.resp_m2d.embed({"array": decoded, "sampling_rate": rate})[0].numpy()
     np.testing.assert_allclose(np.load(embedding_path), expected, atol=1e-5)
     assert set(labels) == set(model.config.id2label.values())
+
+
+def test_only_the_latest_embedding_files_stay_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "KEPT_EMBEDDING_FILES", 3)
+    paths = [embedding_file(np.full(4, index, np.float32), f"clip{index}.wav", tmp_path) for index in range(6)]
+    kept = sorted(tmp_path.rglob("*.npy"))
+    assert len(kept) == 3 and len(list(tmp_path.iterdir())) == 3
+    assert Path(paths[-1]) in kept and np.load(paths[-1]).tolist() == [5.0] * 4
+
+
+def test_the_page_removes_gradios_copies_of_uploads_and_results(classifier_folder):
+    frequency, age = build_demo(classifier_folder).delete_cache
+    assert 0 < frequency <= age
 
 
 def test_an_encoder_folder_gives_the_embedding_view(tmp_path):

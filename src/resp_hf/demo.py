@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 DEMO_REQUIREMENTS = ["gradio>=6.0,<7", "matplotlib>=3.7"]
 TOP_K = 5
 DOWNMIX_LABEL = "Average the channels of stereo recordings"
+# Embedding files of the latest requests kept on disk (Gradio serves its own copies); older ones are removed.
+KEPT_EMBEDDING_FILES = 32
+# Gradio's copies of uploads and outputs: checked every hour, removed after a day.
+GRADIO_CACHE_LIFETIME = (3600, 86400)
 
 
 def describe_model(model, name):
@@ -57,10 +61,24 @@ def read_upload(path, sampling_rate, downmix):
 
 
 def embedding_file(embedding, path, folder):
-    """Saves the clip embedding as `<recording>_embedding.npy` in a fresh folder (one per request)."""
+    """
+    Saves the clip embedding as `<recording>_embedding.npy` in a fresh folder of `folder` (one per request); the
+    folders of all but the latest `KEPT_EMBEDDING_FILES` requests are removed, so a long-running demo does not fill
+    its disk.
+    """
+    remove_oldest_folders(Path(folder), keep=KEPT_EMBEDDING_FILES - 1)
     output = Path(tempfile.mkdtemp(dir=folder)) / f"{Path(path).stem}_embedding.npy"
     np.save(output, embedding.astype(np.float32))
     return str(output)
+
+
+def remove_oldest_folders(folder, keep):
+    """Removes the subfolders of `folder` but the `keep` most recently created ones."""
+    subfolders = sorted(
+        (entry for entry in folder.iterdir() if entry.is_dir()), key=lambda entry: entry.stat().st_ctime_ns
+    )
+    for old in subfolders[: max(len(subfolders) - keep, 0)]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def analyze_upload(model, path, downmix, outputs_dir):
@@ -92,7 +110,7 @@ def build_demo(model_name_or_path: str | Path, title: str | None = None):
     name = title or str(model_name_or_path).rstrip("/").split("/")[-1]
     run = functools.partial(analyze_upload, model, outputs_dir=tempfile.mkdtemp(prefix="resp_hf_demo_"))
 
-    with gr.Blocks(title=f"{name} (resp_hf)") as demo:
+    with gr.Blocks(title=f"{name} (resp_hf)", delete_cache=GRADIO_CACHE_LIFETIME) as demo:
         gr.Markdown(describe_model(model, name))
         with gr.Row():
             with gr.Column(scale=1):
