@@ -648,7 +648,7 @@ def allocator_settings():
 
 
 def yes_no(flag):
-    return "yes" if flag else "no"
+    return "unknown" if flag is None else "yes" if flag else "no"
 
 
 def machine_description(device):
@@ -656,8 +656,8 @@ def machine_description(device):
     if device.type == "cuda":
         return f"{description}, {torch.cuda.get_device_name()}"
     description += f", PyTorch CPU kernels {torch.backends.cpu.get_cpu_capability()}"
-    bf16, vnni = cpu_has_bf16_kernels(), torch.cpu._is_vnni_supported()
-    description += f", bf16 instructions: {yes_no(bf16)}, VNNI: {yes_no(vnni)}"
+    bf16, vnni = cpu_has_bf16_kernels(), getattr(torch.cpu, "_is_vnni_supported", lambda: None)()
+    description += f", native bf16: {yes_no(bf16)}, AVX-512 VNNI: {yes_no(vnni)}"
     description += f", allocator: {', '.join(allocator_settings()) or 'default'}"
     return description + ("" if bf16 else " (bf16 emulated: no bf16 rows)")
 

@@ -259,12 +259,31 @@ def test_wav_shorter_than_its_header_is_refused_and_named(tmp_path):
     np.testing.assert_array_equal(load_audio(padded, 16000), load_audio(io.BytesIO(data), 16000))
 
 
+def test_wave64_chunks_are_walked_by_their_8_byte_alignment(tmp_path):
+    buffer = io.BytesIO()
+    soundfile.write(buffer, tone(1.0, 16000), 16000, format="W64", subtype="PCM_16")
+    data = buffer.getvalue()
+    # Sony Wave64: 16-byte GUID chunk ids, 64-bit sizes counting the 24-byte chunk header, chunks 8-byte aligned.
+    fmt_end = 40 + int.from_bytes(data[56:64], "little")  # after the file header (40 bytes) and the fmt chunk
+    unknown = bytes.fromhex("6a756e6bf3acd3118cd100c04f8edb8a") + (24 + 3).to_bytes(8, "little") + b"abc" + bytes(5)
+    odd = data[:fmt_end] + unknown + data[fmt_end:]
+    odd = odd[:16] + len(odd).to_bytes(8, "little") + odd[24:]
+    whole = tmp_path / "odd_chunk_then_data.w64"
+    whole.write_bytes(odd)
+    np.testing.assert_array_equal(load_audio(whole, 16000), load_audio(io.BytesIO(data), 16000))
+    short = tmp_path / "odd_chunk_cut_short.w64"
+    short.write_bytes(odd[:-1000])
+    with pytest.raises(ValueError, match=r"promises 32,000 bytes of audio but only 31,000"):
+        load_audio(short, 16000)
+
+
 # Containers whose header or last page records how much audio there is; libsndfile reads a cut copy without complaint.
 LENGTH_RECORDING_CONTAINERS = [
     ("AIFF", "PCM_16", "aiff"),
     ("AU", "PCM_16", "au"),
     ("CAF", "PCM_16", "caf"),
     ("RF64", "PCM_16", "wav"),
+    ("W64", "PCM_16", "w64"),
     ("WAVEX", "FLOAT", "wav"),
     ("MP3", "MPEG_LAYER_III", "mp3"),
     ("OGG", "VORBIS", "ogg"),

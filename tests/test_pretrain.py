@@ -2,10 +2,12 @@ import csv
 import json
 import math
 import os
+import platform
 import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -461,10 +463,11 @@ def test_negative_norm_stats_in_the_documented_form(log_mel_list, tmp_path):
     assert (config["norm_mean"], config["norm_std"]) == (-7.1, 4.2)
 
 
-def cpu_has_bf16_instructions():
-    """From the kernel's CPU flags (Linux x86): AVX-512 BF16 or AMX."""
-    flags = set(open("/proc/cpuinfo").read().split())
-    return bool(flags & {"avx512_bf16", "amx_tile"})
+def cpu_lacks_bf16_instructions():
+    """An x86 CPU without AVX-512 BF16 or AMX, from the kernel's CPU flags (Linux)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    return not set(Path("/proc/cpuinfo").read_text().split()) & {"avx512_bf16", "amx_tile"}
 
 
 def test_bf16_mixed_precision_and_gradient_accumulation(log_mel_list, tmp_path):
@@ -477,6 +480,7 @@ def test_bf16_mixed_precision_and_gradient_accumulation(log_mel_list, tmp_path):
         "--gradient-accumulation-steps",
         "2",
         "--no-progress",
+        "--cpu",
     )[1:]
     # A fresh process: Accelerate keeps one precision per process.
     result = subprocess.run(
@@ -488,7 +492,7 @@ def test_bf16_mixed_precision_and_gradient_accumulation(log_mel_list, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "effective batch 16" in result.stdout
-    assert ("bf16 is emulated on this CPU" in result.stdout) == (not cpu_has_bf16_instructions())
+    assert ("bf16 is emulated on this CPU" in result.stdout) == cpu_lacks_bf16_instructions()
     losses = logged_losses(tmp_path / "bf16")
     assert sorted(losses) == [1, 2, 3] and all(0 < loss < 4 for loss in losses.values())
     assert (tmp_path / "bf16" / "encoder" / "model.safetensors").is_file()

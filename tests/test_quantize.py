@@ -20,7 +20,7 @@ from resp_hf import (
 from resp_hf.cli import main as cli_main
 from resp_hf.data import load_audio_folder
 from resp_hf.linear_probe import BenchmarkSettings, run_benchmark
-from resp_hf.quantize import PackedLinear, packs_bf16_weights
+from resp_hf.quantize import PackedLinear, cpu_has_bf16_kernels, packs_bf16_weights
 from resp_hf.synthetic import write_two_class_recordings
 
 
@@ -257,6 +257,14 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_and_still_returns_the_cop
     ]
     assert messages == (expected if emulated else [])
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("capability, native", [("AVX2", False), ("AVX512", True)])
+def test_without_torchs_instruction_checks_bf16_is_judged_by_the_kernel_capability(monkeypatch, capability, native):
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert cpu_has_bf16_kernels() is native
 
 
 def test_quantize_rejects_unknown_methods_and_models_without_an_encoder():

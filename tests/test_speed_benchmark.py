@@ -143,13 +143,13 @@ def test_a_full_run_leaves_bf16_out_on_a_cpu_that_emulates_it_and_says_so(speed,
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
     assert speed.dtype_names(cpu) == ["fp32", "int8"]
     assert speed.machine_description(cpu).endswith(
-        ", bf16 instructions: no, VNNI: no, allocator: default (bf16 emulated: no bf16 rows)"
+        ", native bf16: no, AVX-512 VNNI: no, allocator: default (bf16 emulated: no bf16 rows)"
     )
     monkeypatch.setattr(speed, "cpu_has_bf16_kernels", lambda: True)
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
     assert speed.dtype_names(cpu) == ["fp32", "bf16", "int8"]
     assert "PyTorch CPU kernels" in speed.machine_description(cpu)
-    assert speed.machine_description(cpu).endswith(", bf16 instructions: yes, VNNI: yes, allocator: default")
+    assert speed.machine_description(cpu).endswith(", native bf16: yes, AVX-512 VNNI: yes, allocator: default")
 
 
 def test_the_machine_line_names_the_allocator_settings_a_run_was_made_under(speed, monkeypatch):

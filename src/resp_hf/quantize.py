@@ -107,7 +107,10 @@ def cpu_has_bf16_kernels() -> bool:
     """
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if None in checks:  # a PyTorch without these checks: AVX-512 at least, which may still emulate bf16
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return any(check() for check in checks)
 
 
 @functools.cache

@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 BF16_EMULATED = (
     "bf16 is emulated on this CPU (no AVX-512 BF16 or AMX instructions): training runs about 3x (AVX-512) to 100x "
-    "(AVX2) slower than with --mixed-precision no."
+    "(AVX2) slower than with --mixed_precision no."
 )
 
 STATE_FILE = "m2d_pretraining.safetensors"

@@ -32,6 +32,10 @@ FIRST_BUFFER_FRAMES_PER_BYTE = 64
 UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF, -1)
 # Where an MP3's Xing/Info tag starts in its first frame: after the frame header and 9, 17 or 32 bytes of side info.
 XING_OFFSETS = (13, 21, 36)
+# Sony Wave64's chunk ids are GUIDs: its "riff" file id, "wave" form id and "data" chunk id.
+W64_RIFF = bytes.fromhex("726966662e91cf11a5d628db04c10000")
+W64_WAVE = bytes.fromhex("77617665f3acd3118cd100c04f8edb8a")
+W64_DATA = bytes.fromhex("64617461f3acd3118cd100c04f8edb8a")
 # The header flag of an Ogg stream's last page.
 OGG_END_OF_STREAM = 0x04
 
@@ -100,10 +104,16 @@ def resample(audio, orig_sampling_rate, target_sampling_rate, name="audio"):
     return soxr.resample(audio, orig_sampling_rate, target_sampling_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def find_chunk(stream, chunk_header, chunk_id, padded):
+def bytes_to_end(stream, position):
+    """How many bytes the stream holds from `position` to its end; leaves the stream at its end."""
+    return stream.seek(0, io.SEEK_END) - position
+
+
+def find_chunk(stream, chunk_header, chunk_id, align, size_counts_header=False):
     """
-    Walks chunks from the stream position (each header is `struct` format `chunk_header`: id, size) to the first
-    `chunk_id` chunk; returns its declared size with the stream at its data, or None when there is none.
+    Walks chunks from the stream position (each header is `struct` format `chunk_header`: id, size; chunks start at
+    multiples of `align` bytes; Wave64 sizes count the header) to the first `chunk_id` chunk; returns the size of its
+    data with the stream at its data, or None when there is none.
     """
     header_size = struct.calcsize(chunk_header)
     while True:
@@ -111,21 +121,18 @@ def find_chunk(stream, chunk_header, chunk_id, padded):
         if len(header) < header_size:
             return None
         found_id, size = struct.unpack(chunk_header, header)
+        if size_counts_header:
+            size -= header_size
         if found_id == chunk_id:
             return size
         if size < 0:  # a malformed header; libsndfile will say what is wrong
             return None
-        stream.seek(size + (size % 2 if padded else 0), io.SEEK_CUR)
+        stream.seek(-(-size // align) * align, io.SEEK_CUR)
 
 
-def bytes_to_end(stream, position):
-    """How many bytes the stream holds from `position` to its end; leaves the stream at its end."""
-    return stream.seek(0, io.SEEK_END) - position
-
-
-def chunk_data_sizes(stream, chunk_header, data_id, padded):
+def chunk_data_sizes(stream, chunk_header, data_id, align, size_counts_header=False):
     """`(declared, available)` bytes of the first `data_id` chunk, or None when there is none or its size is unknown."""
-    declared = find_chunk(stream, chunk_header, data_id, padded)
+    declared = find_chunk(stream, chunk_header, data_id, align, size_counts_header)
     if declared is None or declared in UNKNOWN_DATA_SIZES:
         return None
     return declared, bytes_to_end(stream, stream.tell())
@@ -133,12 +140,12 @@ def chunk_data_sizes(stream, chunk_header, data_id, padded):
 
 def rf64_data_sizes(stream):
     """`(declared, available)` bytes of an RF64 file's audio data, whose 64-bit size is in the "ds64" chunk."""
-    ds64_size = find_chunk(stream, "<4sI", b"ds64", padded=True)
+    ds64_size = find_chunk(stream, "<4sI", b"ds64", align=2)
     if ds64_size is None or ds64_size < 16:
         return None
     declared = struct.unpack("<QQ", stream.read(16))[1]  # RIFF size, then data size
     stream.seek(ds64_size - 16 + ds64_size % 2, io.SEEK_CUR)
-    if find_chunk(stream, "<4sI", b"data", padded=True) is None:
+    if find_chunk(stream, "<4sI", b"data", align=2) is None:
         return None
     return declared, bytes_to_end(stream, stream.tell())
 
@@ -174,21 +181,27 @@ def mp3_data_sizes(stream):
 
 def audio_data_sizes(stream):
     """
-    `(declared, available)` bytes of the audio data of a WAV, RF64, AIFF, AU, CAF or MP3 (Xing) file: what its header
-    says and what the file holds. None for other formats and sizes left unknown. The stream position is restored.
+    `(declared, available)` bytes of the audio data of a WAV, RF64, Wave64, AIFF, AU, CAF or MP3 (Xing) file: what its
+    header says and what the file holds. None for other formats and sizes left unknown. The stream position is restored.
     """
     start = stream.tell()
     try:
-        magic = stream.read(12)
+        magic = stream.read(16)
+        stream.seek(start + 12)  # past the RIFF/RF64/FORM header, at the first chunk
         if magic[:4] == b"RIFF" and magic[8:12] == b"WAVE":
-            return chunk_data_sizes(stream, "<4sI", b"data", padded=True)
+            return chunk_data_sizes(stream, "<4sI", b"data", align=2)
         if magic[:4] == b"RF64" and magic[8:12] == b"WAVE":
             return rf64_data_sizes(stream)
         if magic[:4] == b"FORM" and magic[8:12] in (b"AIFF", b"AIFC"):
-            return chunk_data_sizes(stream, ">4sI", b"SSND", padded=True)
+            return chunk_data_sizes(stream, ">4sI", b"SSND", align=2)
+        if magic == W64_RIFF:
+            stream.seek(start + 24)  # after the file GUID and the 64-bit file size
+            if stream.read(16) != W64_WAVE:
+                return None
+            return chunk_data_sizes(stream, "<16sQ", W64_DATA, align=8, size_counts_header=True)
         if magic[:4] == b"caff":
             stream.seek(start + 8)  # file header: "caff", version, flags
-            return chunk_data_sizes(stream, ">4sq", b"data", padded=False)
+            return chunk_data_sizes(stream, ">4sq", b"data", align=1)
         if magic[:4] == b".snd":
             stream.seek(start + 4)
             return au_data_sizes(stream, start)
