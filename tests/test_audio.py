@@ -275,6 +275,8 @@ def test_wave64_chunks_are_walked_by_their_8_byte_alignment(tmp_path):
     short.write_bytes(odd[:-1000])
     with pytest.raises(ValueError, match=r"promises 32,000 bytes of audio but only 31,000"):
         load_audio(short, 16000)
+    huge = data[:fmt_end] + unknown[:16] + (2**64 - 1).to_bytes(8, "little") + data[fmt_end:]  # past any file's end
+    np.testing.assert_array_equal(load_audio(io.BytesIO(huge), 16000), load_audio(io.BytesIO(data), 16000))
 
 
 # Containers whose header or last page records how much audio there is; libsndfile reads a cut copy without complaint.

@@ -116,7 +116,10 @@ def find_chunk(stream, chunk_header, chunk_id, align, size_counts_header=False):
     data with the stream at its data, or None when there is none.
     """
     header_size = struct.calcsize(chunk_header)
+    position = stream.tell()
+    end = bytes_to_end(stream, 0)
     while True:
+        stream.seek(position)
         header = stream.read(header_size)
         if len(header) < header_size:
             return None
@@ -125,9 +128,9 @@ def find_chunk(stream, chunk_header, chunk_id, align, size_counts_header=False):
             size -= header_size
         if found_id == chunk_id:
             return size
-        if size < 0:  # a malformed header; libsndfile will say what is wrong
+        position += header_size + -(-size // align) * align
+        if size < 0 or position >= end:  # a malformed header or no such chunk; libsndfile will say what is wrong
             return None
-        stream.seek(-(-size // align) * align, io.SEEK_CUR)
 
 
 def chunk_data_sizes(stream, chunk_header, data_id, align, size_counts_header=False):
