@@ -23,7 +23,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from resp_hf.quantize import PackedLinear, cpu_has_bf16_kernels, packs_bf16_weig
 
 RATE = 16000
 ALLOCATOR_VARIABLES = ("MALLOC_", "LD_PRELOAD")  # glibc tunables, a preloaded malloc
+PROC_STATUS = Path("/proc/self/status")  # Linux: the process's peak resident memory (VmHWM)
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # int8 has no reference
 
 
@@ -136,10 +136,15 @@ def peak_memory_mb(device):
     """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    status = Path("/proc/self/status")
-    if status.exists():
-        line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+    if PROC_STATUS.exists():
+        line = next(line for line in PROC_STATUS.read_text().splitlines() if line.startswith("VmHWM:"))
         return int(line.split()[1]) / 1024
+    try:
+        import resource  # Unix
+    except ImportError:  # Windows: the peak working set
+        import psutil
+
+        return psutil.Process().memory_info().peak_wset / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS: bytes
 
 

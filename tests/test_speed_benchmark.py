@@ -1,8 +1,10 @@
 import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -85,6 +87,18 @@ def test_a_long_recording_worker_reports_its_own_peak_memory_not_its_parents(tmp
     row = json.loads(result.stdout.splitlines()[-1])
     assert parent_peak.nbytes / 2**20 > 2 * row["peak_memory_mb"]  # the small model's worker needs well under 1 GiB
     assert row["peak_memory_mb"] >= row["peak_memory_before_mb"] > 0
+
+
+def test_the_peak_memory_is_read_where_there_is_no_proc_file_and_no_resource_module(speed, monkeypatch, tmp_path):
+    monkeypatch.setattr(speed, "PROC_STATUS", tmp_path / "missing")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = speed.peak_memory_mb(torch.device("cpu"))
+    assert before / 2**20 <= peak <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # as macOS: bytes
+    monkeypatch.setitem(sys.modules, "resource", None)  # Windows
+    working_set = SimpleNamespace(peak_wset=3 * 2**20)
+    fake_psutil = SimpleNamespace(Process=lambda: SimpleNamespace(memory_info=lambda: working_set))
+    monkeypatch.setitem(sys.modules, "psutil", fake_psutil)
+    assert speed.peak_memory_mb(torch.device("cpu")) == 3.0
 
 
 def test_the_peak_memory_restarts_from_what_the_process_holds_now(speed):
