@@ -12,8 +12,9 @@ each fraction of attainable and each speed-up is a ratio of times taken at the s
 median over rounds (and the ratio of the best times). A fraction above 100% means the machine changed speed within a
 round: it is marked invalid. The bf16 rows use `resp_hf.quantize(model, "bf16")` (bfloat16 weights); the end-to-end
 table adds "bf16 autocast" (float32 weights under `torch.autocast`) against the same bf16 reference. On a CPU the int8
-rows use `resp_hf.quantize(model, "int8")`; on a GPU, fp16 autocast is added. On x86 CPUs without AVX-512, where
-PyTorch emulates bf16 (about 100x slower than fp32), the bf16 rows are left out.
+rows use `resp_hf.quantize(model, "int8")`; on a GPU, fp16 autocast is added. On x86 CPUs without bf16 instructions
+(AVX-512 BF16 or AMX), where PyTorch emulates bf16 (3x to 100x slower than fp32), the bf16 rows are left out. On a GPU
+the full run adds batch 64 and passes of 256 and 1024 chunks, where a GPU's matmuls approach their rate.
 On a CPU with the [export] extra, ONNX Runtime (the `resp-hf export onnx --int8` graphs, fp32 and int8) runs end to end
 interleaved with eager fp32.
 """
@@ -646,6 +647,16 @@ FULL = {
     "long_minutes": (1, 10, 60),
 }
 
+# A GPU reaches its matmul rate only with many rows: larger batches and chunk passes (minutes on an H100-class GPU).
+GPU_ADDITIONS = {"batch_sizes": (1, 8, 64), "mixed_batch_sizes": (8, 64), "chunk_counts": (8, 32, 256, 1024)}
+
+
+def run_settings(quick, device):
+    """QUICK, FULL, or FULL with the larger GPU batches on a GPU."""
+    if quick:
+        return QUICK
+    return FULL | GPU_ADDITIONS if device.type == "cuda" else FULL
+
 
 def allocator_settings():
     """The environment that changes the C memory allocator ('NAME=value'): it changes CPU speed (see the README)."""
@@ -683,7 +694,7 @@ def main(argv=None):
         model, dtype = configuration(model, args.dtype)  # a bf16 or int8 copy replaces the float32 model, as in use
         long_recording_worker(model, dtype, args.dtype, args.long_recording)
         return 0
-    settings = QUICK if args.quick else FULL
+    settings = run_settings(args.quick, device=model.device)
     repeats = 2 if args.quick else args.repeats
     device = model.device
     report = {

@@ -166,6 +166,17 @@ def test_a_full_run_leaves_bf16_out_on_a_cpu_that_emulates_it_and_says_so(speed,
     assert speed.machine_description(cpu).endswith(", native bf16: yes, AVX-512 VNNI: yes, allocator: default")
 
 
+def test_a_full_run_on_a_gpu_adds_the_large_batches_a_gpu_needs_and_keeps_the_cpu_rows(speed):
+    cpu, gpu = speed.run_settings(False, torch.device("cpu")), speed.run_settings(False, torch.device("cuda"))
+    assert max(gpu["batch_sizes"]) >= 64 and max(gpu["chunk_counts"]) >= 1024 and max(gpu["mixed_batch_sizes"]) >= 64
+    assert set(cpu["batch_sizes"]) <= set(gpu["batch_sizes"]) and set(cpu["chunk_counts"]) <= set(gpu["chunk_counts"])
+    assert {key: value for key, value in gpu.items() if key not in speed.GPU_ADDITIONS} == {
+        key: value for key, value in cpu.items() if key not in speed.GPU_ADDITIONS
+    }
+    assert speed.run_settings(True, torch.device("cuda")) == speed.run_settings(True, torch.device("cpu"))
+    assert max(speed.run_settings(True, torch.device("cpu"))["batch_sizes"]) < max(cpu["batch_sizes"])
+
+
 def test_the_machine_line_names_the_allocator_settings_a_run_was_made_under(speed, monkeypatch):
     for name in [name for name in os.environ if name.startswith(("MALLOC_", "LD_PRELOAD"))]:
         monkeypatch.delenv(name)
