@@ -303,7 +303,7 @@ def test_name_that_contradicts_the_weights_is_an_error(tmp_path):
     path = save_checkpoint(tmp_path, {"model": encoder_only(golden_state_dict())}, folder="m2d_vit_base-80x1001p16x16")
     with pytest.raises(
         ValueError,
-        match=r"(?s)do not fit.*embeddings.position_embeddings: checkpoint \(1, 191, 768\), model \(1, 311, 768\)",
+        match=r"input size \[80, 1001\] with patch size \[16, 16\] \(311 positions\), but pos_embed holds 191",
     ):
         convert_m2d_checkpoint(path, tmp_path / "out")
     path = save_checkpoint(tmp_path, {"model": encoder_only(golden_state_dict())}, folder="m2d_vit_base-80x608p16x8")
@@ -327,7 +327,7 @@ def test_name_that_contradicts_the_weights_is_an_error(tmp_path):
             lambda s: s.update(
                 {k.replace("blocks.0.", "blocks.3."): v for k, v in s.items() if k.startswith("blocks.0.")}
             ),
-            r"lacks blocks \[2\] \(found blocks \[0, 1, 3\]\)",
+            r"lacks blocks 2 \(found blocks \[0, 1, 3\]\)",
         ),
         (lambda s: s.pop("pos_embed"), "lacks the encoder weight 'embeddings.position_embeddings'"),
         (lambda s: s.update({"norm_stats": torch.zeros(3)}), r"norm_stats must hold \(mean, std\)"),
@@ -339,6 +339,97 @@ def test_malformed_checkpoints_are_clear_errors(tmp_path, edit, message):
     with pytest.raises(ValueError, match=message):
         convert_m2d_checkpoint(save_checkpoint(tmp_path, {"model": state}), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def hostile(tmp_path, edit):
+    """A copy of the golden encoder changed by `edit`, saved in an official folder; returns its path."""
+    state = encoder_only(golden_state_dict())
+    edit(state)
+    return save_checkpoint(tmp_path, {"model": state})
+
+
+def assert_refused(tmp_path, path, message, name=None):
+    with pytest.raises(ValueError, match=message) as error:
+        convert_m2d_checkpoint(path, tmp_path / "out", name=name)
+    assert str(path) in str(error.value) and len(str(error.value).splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_block_number_is_refused_without_allocating_by_it(tmp_path):
+    def add_block(state):
+        state["blocks.1000000000000.norm1.weight"] = state["blocks.0.norm1.weight"]
+
+    assert_refused(tmp_path, hostile(tmp_path, add_block), r"lacks blocks 2 \(found blocks \[0, 1, 1000000000000\]\)")
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("m2d-80x99999999999999p16x16", r"\(31249999999996 positions\), but pos_embed holds 191 positions"),
+        ("m2d-81x608p16x16", r"mel bins of input_size \[81, 608\] must be a multiple of the patch height 16"),
+        ("m2d-80x608p16x0", r"name says patch size \[16, 0\], but the patch embedding has kernel \[16, 16\]"),
+        ("", "the name is empty; omit it to use the checkpoint's folder name"),
+    ],
+    ids=["huge_input", "mels_not_a_multiple", "zero_patch", "empty"],
+)
+def test_names_that_do_not_fit_the_weights_are_refused_before_building_a_model(tmp_path, name, message):
+    assert_refused(tmp_path, hostile(tmp_path, lambda s: None), message, name=name)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.update(pos_embed=5), "'pos_embed' must be a floating-point tensor, got a int"),
+        (lambda s: s.update(pos_embed="x"), "'pos_embed' must be a floating-point tensor, got a str"),
+        (lambda s: s.update({"norm.weight": {"a": torch.zeros(2)}}), "'norm.weight' must be a floating-point tensor"),
+        (lambda s: s.update(cls_token=torch.zeros(1, 1, 768, dtype=torch.int64)), "got a torch.int64 tensor"),
+        (lambda s: s.update(pos_embed=torch.tensor(1.0)), r"'pos_embed' must be a non-empty 3-d tensor, got .* \(\)"),
+        (lambda s: s.update({"blocks.0.mlp.fc1.weight": torch.tensor(1.0)}), "'blocks.0.mlp.fc1.weight' .* 2-d"),
+        (lambda s: s.update({"blocks.0.norm1.bias": torch.zeros(768, 1)}), "'blocks.0.norm1.bias' .* 1-d"),
+        (lambda s: s.update(pos_embed=torch.zeros(1, 191, 0)), r"'pos_embed' must be a non-empty 3-d .* \(1, 191, 0\)"),
+        (lambda s: s.update({5: torch.zeros(2)}), "holds a state-dict key of type int; keys must be strings"),
+        (lambda s: s.update({"blocks.\u00b2.norm1.weight": torch.zeros(2)}), "Unrecognized encoder weight"),
+        (lambda s: s.pop("pos_embed"), "lacks the encoder weight 'embeddings.position_embeddings'"),
+        (lambda s: s.update(norm_stats="x"), r"norm_stats must hold \(mean, std\) as two real numbers, got a str"),
+        (lambda s: s.update(norm_stats=None), r"norm_stats must hold \(mean, std\) .*, got a NoneType"),
+        (lambda s: s.update(norm_stats=torch.tensor([1 + 2j, 3])), r"norm_stats must hold .* torch.complex64 tensor"),
+        (lambda s: s.update(norm_stats=torch.tensor([True, True])), r"norm_stats must hold .* torch.bool tensor"),
+        (
+            lambda s: s.update(norm_stats=[-5.0, 0.0]),
+            "norm_stats must be finite with std > 0, got mean -5.0 and std 0.0",
+        ),
+        (lambda s: s.update(norm_stats=[-5.0, float("inf")]), "norm_stats must be finite with std > 0"),
+    ],
+    ids=[
+        "pos_embed_int",
+        "pos_embed_str",
+        "dict_weight",
+        "integer_tensor",
+        "pos_embed_0d",
+        "fc1_0d",
+        "bias_2d",
+        "pos_embed_empty",
+        "int_key",
+        "unicode_digit_block",
+        "no_pos_embed",
+        "norm_stats_str",
+        "norm_stats_none",
+        "norm_stats_complex",
+        "norm_stats_bool",
+        "norm_std_zero",
+        "norm_std_inf",
+    ],
+)
+def test_wrong_types_and_shapes_are_one_line_errors_naming_the_file(tmp_path, edit, message):
+    assert_refused(tmp_path, hostile(tmp_path, edit), message)
+
+
+def test_cli_refuses_a_hostile_checkpoint_in_one_line(tmp_path, capsys):
+    path = hostile(tmp_path, lambda s: s.update(pos_embed=torch.tensor(1.0)))
+    assert cli_main(["convert", str(path), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert str(path) in error and "'pos_embed' must be a non-empty 3-d tensor" in error
+    assert len(error.splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -473,8 +564,8 @@ def drop(state, prefix):
     "edit, message",
     [
         (lambda s: drop(s, "blocks.2."), r"2 online encoder blocks but 3 target encoder blocks"),
-        (lambda s: drop(s, "blocks.1."), r"lacks blocks \[1\] \(found blocks \[0, 2\]\)"),
-        (lambda s: drop(s, "target_blocks.1."), r"lacks target_blocks \[1\]"),
+        (lambda s: drop(s, "blocks.1."), r"lacks blocks 1 \(found blocks \[0, 2\]\)"),
+        (lambda s: drop(s, "target_blocks.1."), r"lacks target_blocks 1 "),
     ],
     ids=["last_online_block_missing", "online_gap", "target_gap"],
 )

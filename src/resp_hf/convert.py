@@ -5,6 +5,7 @@ remote code). [`read_m2d_checkpoint`] is the one reader: conversion and further 
 
 import argparse
 import hashlib
+import math
 import pathlib
 import pickle
 import re
@@ -76,6 +77,16 @@ BLOCK_STACKS = {"blocks": "encoder.layer", "target_blocks": "target_layers", "de
 BLOCK_PATTERN = re.compile(
     rf"^(?P<stack>{'|'.join(BLOCK_STACKS)})\.(?P<index>\d+)\.(?P<module>.+)\.(?P<kind>weight|bias)$"
 )
+# The number of dimensions of each encoder weight outside the blocks; inside, matrices are 2-d and the rest 1-d.
+TOP_LEVEL_RANKS = {
+    "cls_token": 3,
+    "pos_embed": 3,
+    "patch_embed.proj.weight": 4,
+    "patch_embed.proj.bias": 1,
+    "norm.weight": 1,
+    "norm.bias": 1,
+}
+BLOCK_MATRICES = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
 class UnsafeCheckpointError(ValueError):
@@ -149,6 +160,8 @@ def read_m2d_checkpoint(path: str | Path, name: str | None = None) -> M2DCheckpo
             (e.g. `m2d_vit_base-80x608p16x16p16k`); by default the checkpoint's parent folder name.
     """
     path = Path(path)
+    if name == "":
+        raise ValueError(f"{path}: the name is empty; omit it to use the checkpoint's folder name.")
     state_dict = extract_state_dict(load_checkpoint(path), path)
     name = name or path.resolve().parent.name
     name_info = parse_checkpoint_name(name)
@@ -161,7 +174,7 @@ def read_m2d_checkpoint(path: str | Path, name: str | None = None) -> M2DCheckpo
     return M2DCheckpoint(
         path=path,
         name=name,
-        config=infer_config(encoder, name_info, norm_stats),
+        config=infer_config(encoder, name_info, norm_stats, path),
         encoder_weights=encoder,
         pretraining_weights=pretraining,
         dropped=dropped,
@@ -204,6 +217,8 @@ def extract_state_dict(checkpoint: object, path: Path) -> dict[str, torch.Tensor
         )
     state_dict = {}
     for key, value in checkpoint.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{path} holds a state-dict key of type {type(key).__name__}; keys must be strings.")
         for prefix in WRAPPER_PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix) :]
@@ -242,6 +257,7 @@ def split_weights(
         if key.startswith(ENCODER_KEY_PREFIXES):
             if new_key is None:
                 raise ValueError(f"Unrecognized encoder weight {key!r} in {path}: its encoder is not an M2D ViT.")
+            check_encoder_tensor(key, value, path)
             encoder[new_key] = value
             continue
         dropped[key.split(".")[0]] += 1
@@ -252,15 +268,46 @@ def split_weights(
     return encoder, pretraining, dict(sorted(dropped.items()))
 
 
+def check_encoder_tensor(key: str, value: object, path: Path) -> None:
+    """Fails unless an encoder weight is a non-empty floating-point tensor with the number of dimensions it needs."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise ValueError(f"{path}: encoder weight {key!r} must be a floating-point tensor, got {describe(value)}.")
+    rank = encoder_rank(key)
+    if value.dim() != rank or value.numel() == 0:
+        raise ValueError(f"{path}: encoder weight {key!r} must be a non-empty {rank}-d tensor, got {describe(value)}.")
+
+
+def encoder_rank(key: str) -> int:
+    """The number of dimensions of a known encoder weight in official names."""
+    if key in TOP_LEVEL_RANKS:
+        return TOP_LEVEL_RANKS[key]
+    match = BLOCK_PATTERN.match(key)
+    return 2 if match["kind"] == "weight" and match["module"] in BLOCK_MATRICES else 1
+
+
+def describe(value: object) -> str:
+    """A tensor's dtype and shape, or another value's type, for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
 def read_norm_stats(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[list[float], list[str]]:
     """`(mean, std)` of the checkpoint, or the M2D default with a note saying so."""
     if "norm_stats" not in state_dict:
         note = f"no norm_stats in the checkpoint; using the M2D default {DEFAULT_NORM_STATS}"
         return list(DEFAULT_NORM_STATS), [note]
-    norm_stats = [float(v) for v in torch.as_tensor(state_dict["norm_stats"]).flatten()]
-    if len(norm_stats) != 2:
-        raise ValueError(f"{path}: norm_stats must hold (mean, std), got {norm_stats}.")
-    return norm_stats, []
+    value = state_dict["norm_stats"]
+    try:
+        stats = torch.as_tensor(value).flatten()
+    except (TypeError, RuntimeError):
+        stats = None
+    if stats is None or stats.dtype == torch.bool or stats.is_complex() or len(stats) != 2:
+        raise ValueError(f"{path}: norm_stats must hold (mean, std) as two real numbers, got {describe(value)}.")
+    mean, std = stats.double().tolist()
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"{path}: norm_stats must be finite with std > 0, got mean {mean} and std {std}.")
+    return [mean, std], []
 
 
 def check_finite(state_dict: dict[str, torch.Tensor], path: Path) -> None:
@@ -284,14 +331,13 @@ def check_block_numbering(state_dict: dict[str, torch.Tensor], path: Path) -> No
     for key in state_dict:
         stack, _, rest = key.partition(".")
         index = rest.split(".", 1)[0]
-        if stack in indices and index.isdigit():
+        if stack in indices and index.isdecimal():
             indices[stack].add(int(index))
     for stack, found in indices.items():
-        if found and sorted(found) != list(range(max(found) + 1)):
-            missing = sorted(set(range(max(found) + 1)) - found)
-            raise ValueError(
-                f"{path} lacks {stack} {missing} (found {stack} {sorted(found)}): the checkpoint is incomplete."
-            )
+        numbers = sorted(found)
+        missing = next((expected for expected, number in enumerate(numbers) if number != expected), None)
+        if missing is not None:
+            raise ValueError(f"{path} lacks {stack} {missing} (found {stack} {numbers}): the checkpoint is incomplete.")
     online, target = len(indices["blocks"]), len(indices["target_blocks"])
     if target and online != target:
         raise ValueError(
@@ -318,34 +364,48 @@ def parse_checkpoint_name(name: str) -> dict:
     }
 
 
-def infer_config(encoder: dict[str, torch.Tensor], name_info: dict, norm_stats: list[float]) -> RespM2DConfig:
-    """Builds the config from the name and the tensor shapes (width, depth, heads, MLP size)."""
+def infer_config(
+    encoder: dict[str, torch.Tensor], name_info: dict, norm_stats: list[float], path: Path
+) -> RespM2DConfig:
+    """
+    Builds the config from the name and the tensor shapes (width, depth, heads, MLP size), after checking that the
+    name's patch and input size fit the patch embedding and the positional table (so no model is built from sizes the
+    weights do not have).
+    """
     for key in (
         "embeddings.position_embeddings",
         "embeddings.patch_embeddings.projection.weight",
         "encoder.layer.0.mlp.fc1.weight",
     ):
         if key not in encoder:
-            raise ValueError(f"The checkpoint lacks the encoder weight {key!r}; cannot infer the architecture.")
-    hidden_size = encoder["embeddings.position_embeddings"].shape[-1]
+            raise ValueError(f"{path} lacks the encoder weight {key!r}; cannot infer the architecture.")
+    positions, hidden_size = encoder["embeddings.position_embeddings"].shape[-2:]
     kernel = list(encoder["embeddings.patch_embeddings.projection.weight"].shape[-2:])
-    if kernel != name_info["patch_size"]:
+    (mels, frames), patch = name_info["input_size"], name_info["patch_size"]
+    if kernel != patch:
+        raise ValueError(f"{path}: the name says patch size {patch}, but the patch embedding has kernel {kernel}.")
+    expected = 1 + (mels // patch[0]) * (frames // patch[1])
+    if positions != expected:
         raise ValueError(
-            f"The name says patch size {name_info['patch_size']}, but the patch embedding has kernel {kernel}."
+            f"{path}: the name says input size {[mels, frames]} with patch size {patch} ({expected} positions), "
+            f"but pos_embed holds {positions} positions."
         )
     layers = {int(key.split(".")[2]) for key in encoder if key.startswith("encoder.layer.")}  # 0..N-1, checked
-    return RespM2DConfig(
-        sampling_rate=name_info["sampling_rate"],
-        input_size=name_info["input_size"],
-        patch_size=name_info["patch_size"],
-        hidden_size=hidden_size,
-        num_hidden_layers=len(layers),
-        num_attention_heads=max(1, hidden_size // 64),
-        intermediate_size=encoder["encoder.layer.0.mlp.fc1.weight"].shape[0],
-        qkv_bias="encoder.layer.0.attention.qkv.bias" in encoder,
-        norm_mean=norm_stats[0],
-        norm_std=norm_stats[1],
-    )
+    try:
+        return RespM2DConfig(
+            sampling_rate=name_info["sampling_rate"],
+            input_size=name_info["input_size"],
+            patch_size=patch,
+            hidden_size=hidden_size,
+            num_hidden_layers=len(layers),
+            num_attention_heads=max(1, hidden_size // 64),
+            intermediate_size=encoder["encoder.layer.0.mlp.fc1.weight"].shape[0],
+            qkv_bias="encoder.layer.0.attention.qkv.bias" in encoder,
+            norm_mean=norm_stats[0],
+            norm_std=norm_stats[1],
+        )
+    except ValueError as error:  # sizes from the name that the config refuses
+        raise ValueError(f"{path}: {error}") from None
 
 
 def load_encoder_weights(model: RespM2DModel, checkpoint: M2DCheckpoint) -> None:
