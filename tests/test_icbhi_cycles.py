@@ -201,3 +201,31 @@ def test_official_count_check_compares_full_builds():
     with pytest.raises(IcbhiDataError, match="cycles: 6897 built, 6898 official; both: 505 built, 506 official"):
         check_official_counts(report)
     assert OFFICIAL_COUNTS["train"] + OFFICIAL_COUNTS["test"] == OFFICIAL_COUNTS["cycles"]
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+@pytest.mark.parametrize("damaged", ["101_1b1_Al_sc_Meditron.txt", "ICBHI_challenge_train_test.txt"])
+def test_annotation_or_split_file_that_is_not_utf8_is_an_error_naming_it(tmp_path, encoding, damaged):
+    folder = copy_database(tmp_path, ["101_1b1_Al_sc_Meditron"])
+    path = next(candidate for candidate in (folder / damaged, tmp_path / damaged) if candidate.is_file())
+    path.write_text(path.read_text() + "café\n", encoding=encoding)
+    with pytest.raises(IcbhiDataError, match=f"{path} is not UTF-8 text"):
+        build_icbhi_cycles(tmp_path, validation_fraction=0)
+
+
+@pytest.mark.parametrize("times", ["nan\t1.0", "0.5\tinf", "0.5\t1e400", "-1.0\t1.0"])
+def test_cycle_times_that_are_not_finite_and_non_negative_are_bad_cycles(tmp_path, times):
+    folder = copy_database(tmp_path, ["101_1b1_Al_sc_Meditron"])
+    annotation = folder / "101_1b1_Al_sc_Meditron.txt"
+    annotation.write_text(annotation.read_text() + f"{times}\t0\t0\n")
+    with pytest.raises(IcbhiDataError, match="101_1b1_Al_sc_Meditron cycle 12: times must be finite and non-negative"):
+        build_icbhi_cycles(tmp_path, validation_fraction=0)
+    _, report = build_icbhi_cycles(tmp_path, validation_fraction=0, skip_invalid=True)
+    assert [item.split(":")[0] for item in report.skipped] == ["101_1b1_Al_sc_Meditron cycle 12"]
+
+
+def test_unreadable_audio_is_an_error_naming_the_file(tmp_path):
+    folder = copy_database(tmp_path, ["101_1b1_Al_sc_Meditron"])
+    (folder / "101_1b1_Al_sc_Meditron.wav").write_bytes(b"not audio" * 100)
+    with pytest.raises(ValueError, match=f"Could not read {folder / '101_1b1_Al_sc_Meditron.wav'}"):
+        build_icbhi_cycles(tmp_path, validation_fraction=0)

@@ -183,3 +183,76 @@ def test_opera_build_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsy
     (tmp_path / "file").write_text("x")
     assert cli_main([*arguments, "--output", str(tmp_path / "file"), "--overwrite"]) == 2
     assert "is a file; pass a folder" in capsys.readouterr().err
+
+
+def replace_first(path, value):
+    """Saves the `.npy` list at `path` with its first entry replaced by `value`."""
+    entries = load_array(path).tolist()
+    np.save(path, np.array([value, *entries[1:]]))
+
+
+@pytest.mark.parametrize(
+    "escape",
+    ["datasets/icbhi/../../../../../../tmp/evil/160_2b3_Lr_mc_AKGC417L.wav", "/tmp/evil/160_2b3_Lr_mc_AKGC417L.wav"],
+    ids=["dot-dot", "absolute"],
+)
+def test_a_manifest_path_outside_the_checkout_is_an_error_even_with_allow_missing(tmp_path, escape):
+    root = checkout_with(tmp_path, "datasets/icbhi", "feature/icbhidisease_eval")
+    manifest = root / "feature/icbhidisease_eval/sound_dir_loc.npy"
+    replace_first(manifest, escape)
+    with pytest.raises(OperaDataError, match=re.escape(f"{manifest}: entry {escape!r} is not a path inside the OPERA")):
+        build_task("T7", root, allow_missing=True)
+
+
+def test_a_file_list_or_metadata_path_outside_the_checkout_is_an_error(tmp_path):
+    root = checkout_with(tmp_path, "datasets/covidUK", "datasets/coughvid")
+    split_list = root / "datasets/covidUK/exhalation_val_files_downsample.npy"
+    replace_first(split_list, "../../../../etc/passwd")
+    with pytest.raises(OperaDataError, match=rf"{re.escape(str(split_list))}: entry '.*\.\./etc/passwd' is not a path"):
+        build_task("T1", root, allow_missing=True)
+    table = root / "datasets/coughvid/metadata_compiled.csv"
+    rows = table.read_text(encoding="utf-8-sig").splitlines()
+    uuid = rows[1].split(",")[0]
+    table.write_text("\n".join([rows[0], rows[1].replace(uuid, "../../../../evil", 1), *rows[2:]]) + "\n")
+    replace_first(root / "datasets/coughvid/coughvid__train_uuids.npy", "../../../../evil")
+    with pytest.raises(OperaDataError, match=r"metadata_compiled.csv, line 2: entry '.*\.\./evil.wav' is not a path"):
+        build_task("T5", root, allow_missing=True)
+
+
+def test_a_workbook_path_outside_the_checkout_is_an_error(tmp_path):
+    root = mmlung_checkout(tmp_path, [["Deep_Breath_file", "O_Single_file"], ["./../../../evil.wav", "./a/c.wav"]])
+    with pytest.raises(OperaDataError, match=r"All_path.xlsx, row 2, column 'Deep_Breath_file': entry .* not a path"):
+        build_task("T13", root, allow_missing=True)
+
+
+def test_a_manifest_array_that_is_not_a_list_names_the_file(tmp_path):
+    root = checkout_with(tmp_path, "datasets/icbhi", "feature/icbhidisease_eval")
+    labels = root / "feature/icbhidisease_eval/labels.npy"
+    np.save(labels, np.array("COPD"))
+    with pytest.raises(OperaDataError, match=rf"{re.escape(str(labels))} holds an array of shape \(\); OPERA's lists"):
+        build_task("T7", root, allow_missing=True)
+
+
+def test_repeated_ids_in_metadata_are_an_error_naming_the_file_and_id(tmp_path):
+    folders = "datasets/coughvid", "datasets/icbhi", "feature/icbhidisease_eval", "datasets/copd", "datasets/covidUK"
+    root = checkout_with(tmp_path, *folders)
+    table = root / "datasets/coughvid/metadata_compiled.csv"
+    rows = table.read_text(encoding="utf-8-sig").splitlines()
+    table.write_text("\n".join([*rows, rows[2], rows[1]]) + "\n")
+    uuid = rows[1].split(",")[0]  # the first id that repeats, in file order
+    with pytest.raises(OperaDataError, match=rf"metadata_compiled.csv: uuid '{uuid}' is listed 2 times"):
+        build_task("T5", root, allow_missing=True)
+    diagnosis = root / "datasets/icbhi/ICBHI_Challenge_diagnosis.txt"
+    diagnosis.write_text(diagnosis.read_text() + "101\tCOPD\n")
+    with pytest.raises(OperaDataError, match=r"ICBHI_Challenge_diagnosis.txt: patient '101' is listed 2 times"):
+        build_task("T7", root, allow_missing=True)
+    labels = root / "datasets/copd/Labels.csv"
+    rows = labels.read_text(encoding="utf-8-sig").splitlines()
+    labels.write_text("\n".join([*rows, rows[1]]) + "\n")
+    with pytest.raises(OperaDataError, match=rf"Labels.csv: Patient ID '{rows[1].split(',')[0]}' is listed 2 times"):
+        build_task("T11", root, allow_missing=True)
+    participants = root / "datasets/covidUK/participant_metadata.csv"
+    participants.write_text("participant_identifier,covid_test_result\nP0,Negative\nP0,Positive\n")
+    (root / "datasets/covidUK/audio_metadata.csv").write_text("participant_identifier,exhalation_file_name\nP0,a.wav\n")
+    with pytest.raises(OperaDataError, match=r"participant_metadata.csv: participant_identifier 'P0' is listed 2"):
+        build_task("T1", root, allow_missing=True)

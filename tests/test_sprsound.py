@@ -136,3 +136,51 @@ def test_bad_annotations_are_errors_naming_the_file(release):
         build_sprsound(release, validation_fraction=0)
     with pytest.raises(ValueError, match="Unknown SPRSound task"):
         build_sprsound(release, "task_3")
+
+
+def event_json(start, end, kind='"Normal"'):
+    """An annotation with one event whose fields are written as given (JSON text)."""
+    event = f'{{"start": {start}, "end": {end}, "type": {kind}}}'
+    return f'{{"record_annotation": "Normal", "event_annotation": [{event}]}}'
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (event_json('"100"', '"900"', '["Normal"]'), r"type \['Normal'\] is not a string"),
+        ('{"event_annotation": ' + "[" * 200_000 + "]" * 200_000 + "}", "maximum recursion depth"),
+        (event_json('"nan"', '"900"'), r"times 'nan' to '900' are not finite, non-negative milliseconds"),
+        (event_json('"100"', '"inf"'), "times '100' to 'inf' are not finite"),
+        (event_json("100", "1e400"), "times 100 to inf are not finite"),
+        (event_json('"-100"', '"900"'), "times '-100' to '900' are not finite"),
+        (event_json("NaN", "900"), "NaN is not a JSON value"),
+    ],
+    ids=["type-list", "deep", "nan", "inf", "overflow", "negative", "nan-literal"],
+)
+def test_malformed_event_annotations_are_errors_naming_the_file(release, content, message):
+    path = release / FOLDERS["train"][0] / "10000001_3.4_1_p1_101.json"
+    path.write_text(content)
+    with pytest.raises(SprsoundDataError, match=rf"10000001_3.4_1_p1_101.json: expected .*{message}"):
+        build_sprsound(release, validation_fraction=0)
+
+
+def test_an_age_that_is_not_a_finite_number_is_an_error_naming_the_file(release):
+    json_dir, wav_dir = (release / name for name in FOLDERS["train"])
+    for folder, suffix in ((json_dir, ".json"), (wav_dir, ".wav")):
+        (folder / f"10000001_3.4_1_p1_101{suffix}").rename(folder / f"10000001_nan_1_p1_101{suffix}")
+    with pytest.raises(SprsoundDataError, match="10000001_nan_1_p1_101.json: not a SPRSound name"):
+        build_sprsound(release, validation_fraction=0)
+
+
+def test_a_folder_in_place_of_an_annotation_or_unreadable_audio_is_an_error_naming_it(release):
+    json_dir, wav_dir = (release / name for name in FOLDERS["train"])
+    annotation, audio = json_dir / "10000001_3.4_1_p1_101.json", wav_dir / "10000001_3.4_1_p1_101.wav"
+    annotation.unlink()
+    annotation.mkdir()
+    with pytest.raises(SprsoundDataError, match=f"{annotation} is a folder where a text file is expected"):
+        build_sprsound(release, validation_fraction=0)
+    annotation.rmdir()
+    write_release(release)
+    audio.write_bytes(b"not audio" * 100)
+    with pytest.raises(ValueError, match=f"Could not read {audio}"):
+        build_sprsound(release, validation_fraction=0)

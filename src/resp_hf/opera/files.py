@@ -2,6 +2,7 @@
 
 import csv
 import io
+import os
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -31,7 +32,10 @@ def require(root, *relative_paths):
 
 
 def load_manifest(root, relative_paths):
-    """OPERA's committed task arrays (aligned by index), or None when the checkout has none of them."""
+    """
+    OPERA's committed task arrays (aligned by index; the first holds audio paths relative to the root, each checked
+    with `check_inside`), or None when the checkout has none of them.
+    """
     if not relative_paths:
         return None
     present = [(root / path).is_file() for path in relative_paths]
@@ -40,10 +44,49 @@ def load_manifest(root, relative_paths):
     if not all(present):
         missing = [path for path, ok in zip(relative_paths, present) if not ok]
         raise OperaDataError(f"OPERA's manifest at {root} is incomplete: {', '.join(missing)} missing.")
-    arrays = [load_array(root / path) for path in relative_paths]
+    arrays = [load_list(root / path) for path in relative_paths]
     if len({len(array) for array in arrays}) != 1:
         raise OperaDataError(f"OPERA's manifest arrays {relative_paths} have different lengths.")
-    return [array.tolist() for array in arrays]
+    for path in arrays[0]:
+        check_inside(path, root / relative_paths[0])
+    return arrays
+
+
+def load_list(path):
+    """A 1-D `.npy` array (OPERA's file lists, labels and splits) as a list; any other shape is an error naming it."""
+    array = load_array(path)
+    if array.ndim != 1:
+        raise OperaDataError(
+            f"{path} holds an array of shape {array.shape}; OPERA's lists are 1-D (one value per recording). "
+            "Replace it with the file from OPERA's repository."
+        )
+    return array.tolist()
+
+
+def check_inside(path, source):
+    """
+    `path`, a path relative to the OPERA root read from `source` (a file, or a file and line); an absolute path, or one
+    whose `..` steps climb out of the root, is an error naming both. Checked on the text, so symbolic links inside the
+    checkout (e.g. a dataset folder on another disk) keep working.
+    """
+    normal = os.path.normpath(path) if isinstance(path, str) else ""
+    if not normal or os.path.isabs(normal) or normal.split(os.sep)[0] == os.pardir:
+        raise OperaDataError(
+            f"{source}: entry {path!r} is not a path inside the OPERA checkout; refusing to read files outside it. "
+            "Use the file as OPERA or the dataset distributes it."
+        )
+    return path
+
+
+def check_unique(path, ids, what):
+    """Refuses metadata that lists an id twice: it would double that id's rows, or keep one of them unnoticed."""
+    counts = Counter(ids)
+    repeated = next((key for key in ids if counts[key] > 1), None)
+    if repeated is not None:
+        raise OperaDataError(
+            f"{path}: {what} {repeated!r} is listed {counts[repeated]} times; each must appear once. The file is "
+            "damaged or edited: remove the repeated rows, or use the file as the dataset distributes it."
+        )
 
 
 # The only globals a pickled numpy array of strings or numbers needs: the array, its dtype and numpy scalars.
@@ -145,8 +188,18 @@ def damaged_row(path, line, problem, delimiter):
     )
 
 
-def not_utf8(path, error):
-    return OperaDataError(f"{path} is not UTF-8 text ({error}); use the file as the dataset distributes it.")
+def not_utf8(path, error, error_type=OperaDataError):
+    return error_type(f"{path} is not UTF-8 text ({error}); use the file as the dataset distributes it.")
+
+
+def read_text(path, error_type=OperaDataError):
+    """The UTF-8 text of a metadata file; undecodable bytes, or a folder in its place, are an `error_type` naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise not_utf8(path, error, error_type) from error
+    except IsADirectoryError:
+        raise error_type(f"{path} is a folder where a text file is expected.") from None
 
 
 def parse_field(path, line, column, value, convert, expected):
@@ -161,10 +214,7 @@ def parse_field(path, line, column, value, convert, expected):
 
 def read_tab_table(path, min_fields=1):
     """Whitespace-separated text table (ICBHI metadata) as lists of fields, blank lines skipped."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise not_utf8(path, error) from error
+    lines = read_text(path).splitlines()
     table = []
     for number, line in enumerate(lines, start=1):
         fields = line.split()

@@ -18,7 +18,10 @@ from .files import (
     OperaDataError,
     carve_validation,
     check_against_manifest,
+    check_inside,
+    check_unique,
     load_array,
+    load_list,
     load_manifest,
     parse_field,
     read_csv_rows,
@@ -59,13 +62,20 @@ ICBHI_MANIFEST = tuple(f"feature/icbhidisease_eval/{name}.npy" for name in ("sou
 ICBHI_CLASSES = {"Healthy": 0, "COPD": 1}
 
 
+def icbhi_table(path, what, min_fields=1):
+    """`{first field: fields}` of an ICBHI metadata table, whose first field (`what`) must not repeat."""
+    table = read_tab_table(path, min_fields)
+    check_unique(path, [fields[0] for fields in table], what)
+    return {fields[0]: fields for fields in table}
+
+
 def icbhi(task, root, report):
     """Diagnosis per patient and the official challenge train/test split; Healthy and COPD recordings only."""
     require(root, f"{ICBHI_DIR}/ICBHI_Challenge_diagnosis.txt", f"{ICBHI_DIR}/ICBHI_challenge_train_test.txt")
-    tables = [root / ICBHI_DIR / name for name in ("ICBHI_Challenge_diagnosis.txt", "ICBHI_challenge_train_test.txt")]
-    diagnosis, official = ({fields[0]: fields[1] for fields in read_tab_table(t, min_fields=2)} for t in tables)
+    diagnosis = icbhi_table(root / ICBHI_DIR / "ICBHI_Challenge_diagnosis.txt", "patient", min_fields=2)
+    official = icbhi_table(root / ICBHI_DIR / "ICBHI_challenge_train_test.txt", "recording", min_fields=2)
     demographics_path = root / ICBHI_DIR / "ICBHI_Challenge_demographic_information.txt"
-    demographics = {f[0]: f for f in read_tab_table(demographics_path)} if demographics_path.is_file() else {}
+    demographics = icbhi_table(demographics_path, "patient") if demographics_path.is_file() else {}
     manifest = load_manifest(root, task.manifest)
     paths = manifest[0] if manifest else glob_relative(root, ICBHI_AUDIO, "*.wav")
     if not paths:
@@ -84,8 +94,8 @@ def icbhi(task, root, report):
         rows.append(
             {
                 "path": path,
-                "label": diagnosis[patient],
-                "split": official[recording],
+                "label": diagnosis[patient][1],
+                "split": official[recording][1],
                 "subject_id": patient,
                 "chest_location": location,
                 "acquisition_mode": mode,
@@ -187,6 +197,7 @@ def respiratory_tr(task, root, report):
     require(root, f"{COPD_DIR}/Labels.csv")
     table = root / COPD_DIR / "Labels.csv"
     records = read_csv_rows(table, required=("Patient ID", "Diagnosis"))
+    check_unique(table, [row["Patient ID"] for row in records if row["Patient ID"]], "Patient ID")
     severity = {
         row["Patient ID"]: parse_field(table, row["_row"], "Diagnosis", row["Diagnosis"], gold_stage, "COPD0-COPD4")
         for row in records
@@ -245,13 +256,14 @@ def coughvid(task, root, report):
     """Labels from metadata_compiled.csv; OPERA's train and val uuid lists, test = the gender-test list."""
     lists = {name: f"{COUGHVID_DIR}/coughvid_{name}_uuids.npy" for name in ("_train", "_val", "gender_test")}
     require(root, f"{COUGHVID_DIR}/metadata_compiled.csv", *lists.values())
-    uuids = {name: set(load_array(root / path).tolist()) for name, path in lists.items()}
+    uuids = {name: set(load_list(root / path)) for name, path in lists.items()}
     column, mapping = COUGHVID_LABELS[task.id]
     manifest = load_manifest(root, task.manifest)
     manifest_paths = set(manifest[0]) if manifest else set()
     rows = []
     table = root / COUGHVID_DIR / "metadata_compiled.csv"
     records = read_csv_rows(table, required=("uuid", "age", "gender", "status", "cough_detected"))
+    check_unique(table, [record["uuid"] for record in records], "uuid")
     for record in records:
         uuid = record["uuid"]
         if record[column] not in mapping or not any(uuid in group for group in uuids.values()):
@@ -259,7 +271,7 @@ def coughvid(task, root, report):
         split = "train" if uuid in uuids["_train"] else "validation" if uuid in uuids["_val"] else "test"
         rows.append(
             {
-                "path": coughvid_path(root, uuid, manifest_paths),
+                "path": check_inside(coughvid_path(root, uuid, manifest_paths), f"{table}, line {record['_row']}"),
                 "label": mapping[record[column]],
                 "split": split,
                 "subject_id": uuid,
@@ -290,6 +302,7 @@ def coviduk_labels(root, modality):
     if not (audio.is_file() and participants.is_file()):
         return None
     participant_rows = read_csv_rows(participants, required=("participant_identifier", "covid_test_result"))
+    check_unique(participants, [row["participant_identifier"] for row in participant_rows], "participant_identifier")
     result = {row["participant_identifier"]: row["covid_test_result"] for row in participant_rows}
     labels = {}
     for row in read_csv_rows(audio, required=("participant_identifier", f"{modality}_file_name")):
@@ -307,7 +320,11 @@ def coviduk(task, root, report):
         for split, name in (("train", "training"), ("validation", "val"), ("test", "testing"))
     }
     require(root, *lists.values())
-    split_of = {name: split for split, path in lists.items() for name in load_array(root / path).tolist()}
+    split_of = {}
+    for split, path in lists.items():
+        for name in load_list(root / path):
+            check_inside(f"{COVIDUK_DIR}/audio_selected/{name}", root / path)
+            split_of[name] = split
     manifest = load_manifest(root, task.manifest)
     labels = coviduk_labels(root, modality)
     if labels is None:
@@ -367,7 +384,7 @@ def coswara(task, root, report):
         split[index] = "test"
     label_name = "smoker" if task.id == "T8" else "sex"
     committed = root / COSWARA_SPLIT.format(label_name)
-    if committed.is_file() and load_array(committed).tolist() != split:
+    if committed.is_file() and load_list(committed) != split:
         raise OperaDataError(f"{task.id}: OPERA's committed split {committed.name} differs from its seeded rule.")
     rows = [
         {
@@ -425,9 +442,10 @@ def covid19sounds(task, root, report):
     rows = []
     for record in ordered:
         user = "form-app-users" if record["Uid"].startswith("2020") else record["Uid"]
+        path = f"{COVID19_SOUNDS_AUDIO}/{user}/{record['Folder Name']}/{record[column]}"
         rows.append(
             {
-                "path": f"{COVID19_SOUNDS_AUDIO}/{user}/{record['Folder Name']}/{record[column]}",
+                "path": check_inside(path, f"{table}, line {record['_row']}"),
                 "label": int(record["label"]),
                 "split": COVID19_SOUNDS_SPLITS[record["split"]],
                 "subject_id": record["Uid"],
@@ -530,6 +548,7 @@ def mmlung(task, root, report):
                 f"{workbook}, row {record['_row']}, column {column!r}: {record[column]!r} is not a path like "
                 "'./<folder>/<file>.wav'; fix or remove that row."
             )
+        check_inside(MMLUNG_DIR + record[column][1:], f"{workbook}, row {record['_row']}, column {column!r}")
     return [
         {
             "path": MMLUNG_DIR + record[column][1:],

@@ -6,12 +6,14 @@ and `ICBHI_challenge_train_test.txt` (`<recording>  train|test`, the official sp
 the challenge: normal (no flag), crackle, wheeze, both; the 2-class label is normal / abnormal.
 """
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import soundfile
 from datasets import ClassLabel, Features, Value
 
+from ..models.resp_m2d.audio_utils_resp_m2d import sound_info
+from ..opera.files import read_text
 from .segments import carve_validation, rows_to_splits
 
 LABELS = ("normal", "crackle", "wheeze", "both")
@@ -114,7 +116,7 @@ def locate(root):
 def read_split_file(path):
     """`{recording: "train" | "test"}` from the official split file; malformed or repeated lines are errors."""
     splits = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, IcbhiDataError).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -144,7 +146,7 @@ def parse_recording_name(name):
 def read_cycles(path):
     """`[(start, end, crackles, wheezes)]` from an annotation file; a malformed line is an error naming it."""
     cycles = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, IcbhiDataError).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -165,7 +167,12 @@ def cycle_label(crackles, wheezes):
 
 
 def cycle_problem(start, end, duration):
-    """Why a cycle cannot be read (None when it can): zero or negative length, or starting after the file ends."""
+    """
+    Why a cycle cannot be read (None when it can): a time that is not a finite, non-negative number, zero or negative
+    length, or starting after the file ends.
+    """
+    if not (math.isfinite(start) and math.isfinite(end) and start >= 0):
+        return f"times must be finite and non-negative ({start} to {end} s)"
     if end <= start:
         return f"zero or negative length ({start} to {end} s)"
     if start >= duration:
@@ -180,7 +187,7 @@ def recording_rows(database, recording, split, report, skip_invalid):
     for path in (audio_path, annotation_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: every ICBHI recording needs its .wav and .txt files.")
-    info = soundfile.info(str(audio_path))
+    info = sound_info(str(audio_path), audio_path)
     duration = info.frames / info.samplerate
     metadata = parse_recording_name(recording)
     rows, problems = [], []

@@ -14,12 +14,14 @@ starter code (`scripts/test.py`), Normal first. Scores: `resp_hf.metrics.sprsoun
 """
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import soundfile
 from datasets import ClassLabel, Features, Value
 
+from ..models.resp_m2d.audio_utils_resp_m2d import sound_info
+from ..opera.files import read_text
 from .segments import carve_validation, rows_to_splits
 
 EVENT_TYPES = ("Normal", "Rhonchi", "Wheeze", "Stridor", "Coarse Crackle", "Fine Crackle", "Wheeze+Crackle")
@@ -88,19 +90,35 @@ def parse_name(stem, path):
     try:
         age = float(parts[1])
     except (IndexError, ValueError):
-        age = None
-    if len(parts) != 5 or age is None or parts[2] not in ("0", "1"):
+        age = math.nan
+    if len(parts) != 5 or not (math.isfinite(age) and age >= 0) or parts[2] not in ("0", "1"):
         raise SprsoundDataError(f"{path}: not a SPRSound name (<patient>_<age>_<0|1>_<location>_<number>).")
     return {"patient": parts[0], "age": age, "gender": "male" if parts[2] == "0" else "female", "location": parts[3]}
 
 
+def not_json(constant):
+    """`json.loads`'s `parse_constant`: NaN and Infinity are not JSON, though Python's parser accepts them."""
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def read_event(event):
+    """`(start s, end s, type)` of one JSON event; times must be finite, non-negative milliseconds."""
+    start, end = float(event["start"]) / 1000, float(event["end"]) / 1000
+    if not (math.isfinite(start) and math.isfinite(end) and start >= 0):
+        raise ValueError(f"times {event['start']!r} to {event['end']!r} are not finite, non-negative milliseconds")
+    if not isinstance(event["type"], str):
+        raise TypeError(f"type {event['type']!r} is not a string")
+    return start, end, event["type"]
+
+
 def read_annotation(path):
     """`(record annotation, [(start s, end s, type)])` from one JSON file; unknown labels are errors naming it."""
+    text = read_text(path, SprsoundDataError)
     try:
-        content = json.loads(Path(path).read_text())
+        content = json.loads(text, parse_constant=not_json)
         record = content.get("record_annotation", content.get("recording_annotation"))
-        events = [(float(e["start"]) / 1000, float(e["end"]) / 1000, e["type"]) for e in content["event_annotation"]]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        events = [read_event(event) for event in content["event_annotation"]]
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as error:
         raise SprsoundDataError(
             f"{path}: expected {{'record_annotation': ..., 'event_annotation': [{{'start', 'end', 'type'}}]}} "
             f"({error})."
@@ -152,7 +170,7 @@ def split_files(root, split):
 def recording_rows(task, annotation, audio, split, report, skip_invalid):
     """The rows of one recording: one per event for event tasks, one for the record for record tasks."""
     record, events = read_annotation(annotation)
-    info = soundfile.info(str(audio))
+    info = sound_info(str(audio), audio)
     duration = info.frames / info.samplerate
     base = {
         "path": str(audio),
