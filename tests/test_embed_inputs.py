@@ -58,10 +58,40 @@ def test_a_2d_array_is_a_batch_of_clips(model):
     torch.testing.assert_close(model.embed(rows, sampling_rate=16000), model.embed(list(rows), sampling_rate=16000))
 
 
-@pytest.mark.parametrize("rate", ["16000", True, 0, -1, float("nan"), 22050.5])
+@pytest.mark.parametrize("rate", ["16000", True, 0, -1, float("nan"), float("inf"), 22050.5, 10**400, 10**8])
 def test_bad_sampling_rates_are_clear_errors(model, rate):
     with pytest.raises(ValueError, match="sampling_rate must be a positive integer, got"):
         model.embed(noise(0.5), sampling_rate=rate)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"batch_size": -1}, "batch_size must be a positive integer, got -1"),
+        ({"batch_size": 1.5}, "batch_size must be a positive integer, got 1.5"),
+        ({"batch_size": True}, "batch_size must be a positive integer, got True"),
+        ({"layer": "x"}, r"layers=\['x'\]: this encoder has layers 0..1"),
+        ({"layer": True}, r"layers=\[True\]: this encoder has layers 0..1"),
+        ({"feature_extractor": "nope"}, "feature_extractor must be a RespM2DFeatureExtractor, got str"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(model, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        model.embed([noise(0.5)], sampling_rate=16000, **arguments)
+
+
+@pytest.mark.parametrize("clips", [None, [None], [noise(0.5), None], 3.0j])
+def test_inputs_that_are_not_audio_are_named(model, clips):
+    with pytest.raises(ValueError, match=r"(audio|Input 1) is a (NoneType|complex): expected an array, a file path"):
+        model.embed(clips, sampling_rate=16000)
+
+
+def test_a_generator_of_clips_is_a_batch(model):
+    clips = [noise(0.5, seed=seed) for seed in range(3)]
+    torch.testing.assert_close(
+        model.embed((clip for clip in clips), sampling_rate=16000), model.embed(clips, sampling_rate=16000)
+    )
 
 
 def test_a_feature_extractor_that_disagrees_with_the_config_is_refused(model):

@@ -99,6 +99,34 @@ def test_mel_range_above_nyquist_is_an_error():
         RespM2DFeatureExtractor(sampling_rate=8000, n_fft=200, win_length=200, hop_length=80)
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"std": 0}, "std finite and positive, got -7.1 and 0"),
+        ({"std": -1.0}, "std finite and positive, got -7.1 and -1.0"),
+        ({"std": True}, "std finite and positive, got -7.1 and True"),
+        ({"mean": float("nan")}, "mean must be finite"),
+        ({"feature_size": 0}, r"Invalid settings: feature_size=0 \(an integer >= 1\)"),
+        ({"n_fft": "400"}, r"Invalid settings: n_fft='400'"),
+        ({"n_fft": 1e12}, r"Invalid settings: n_fft=1000000000000.0"),
+        ({"hop_length": 0}, r"Invalid settings: hop_length=0"),
+        ({"sampling_rate": None}, "sampling_rate must be a positive integer, got None"),
+    ],
+)
+def test_malformed_front_end_settings_are_refused_when_the_extractor_is_made(setting, message):
+    with pytest.raises(ValueError, match=message):
+        RespM2DFeatureExtractor(**setting)
+
+
+def test_a_batch_of_no_clips_and_a_clip_that_overflows_the_log_mel_are_named():
+    extractor = RespM2DFeatureExtractor()
+    with pytest.raises(ValueError, match=r"a batch of no clips \(shape \(0, 100\)\)"):
+        extractor(np.zeros((0, 100), np.float32), sampling_rate=16000)
+    loud = [noise(1.0), np.full(16000, 1e38, np.float32)]
+    with pytest.raises(ValueError, match=r"audio clip 1 overflows the float32 log-mel: its samples reach 1e\+38"):
+        extractor(loud, sampling_rate=16000)
+
+
 def test_attention_mask_can_be_left_out():
     extractor = RespM2DFeatureExtractor()
     assert "attention_mask" not in extractor(noise(0.5), sampling_rate=16000, return_attention_mask=False)

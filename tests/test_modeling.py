@@ -281,11 +281,25 @@ class TestRespM2DConfig:
             ({"classifier_layer": 12}, r"a layer 0..11 \(-12..-1 from the end\)"),
             ({"classifier_layer": -13}, "classifier_layer=-13"),
             ({"chunks_per_pass": 0}, "chunks_per_pass=0 must be a positive integer or None"),
+            ({"hidden_size": "768"}, r"Invalid settings: hidden_size='768' \(an integer >= 0\)"),
+            ({"num_attention_heads": 0}, r"num_attention_heads=0 \(an integer >= 1\)"),
+            ({"num_hidden_layers": True}, "num_hidden_layers=True"),
+            ({"intermediate_size": 3072.0}, "intermediate_size=3072.0"),
+            ({"hop_length": 0, "n_fft": 400.5}, r"n_fft=400.5 \(an integer >= 1\), hop_length=0"),
+            ({"hidden_act": "nope"}, r"hidden_act='nope' is not one of Transformers' activations"),
+            ({"hidden_act": None}, "hidden_act=None"),
         ],
     )
     def test_bad_configs_are_clear_errors(self, overrides, message):
         with pytest.raises(ValueError, match=message):
             RespM2DConfig(**overrides)
+
+    def test_a_saved_config_edited_into_nonsense_is_refused_on_loading(self, tmp_path):
+        tiny_model().save_pretrained(tmp_path)
+        config = json.loads((tmp_path / "config.json").read_text())
+        (tmp_path / "config.json").write_text(json.dumps(config | {"num_attention_heads": 0}))
+        with pytest.raises(ValueError, match=r"num_attention_heads=0 \(an integer >= 1\)"):
+            RespM2DModel.from_pretrained(tmp_path)
 
     def test_config_describes_vit_base_frequency_embeddings(self):
         config = RespM2DConfig()

@@ -9,6 +9,7 @@ import math
 import numbers
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import torch
 
 # Full-scale values of integer PCM: samples are divided by these to land in [-1, 1).
 PCM_SCALES = {np.dtype(np.int8): 2.0**7, np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}
+# Rates above this (in Hz) are corrupt headers or mistakes; ultrasound recorders stop well below it.
+MAX_SAMPLING_RATE = 10_000_000
 # Upsampling more than this (e.g. a corrupt header saying 1 Hz) is refused before soxr allocates the output.
 MAX_UPSAMPLING = 16
 # Multichannel files are read and downmixed this many frames at a time, so the channels are never all in memory.
@@ -43,8 +46,12 @@ OGG_END_OF_STREAM = 0x04
 def check_sampling_rate(sampling_rate, name="sampling_rate"):
     """Returns `sampling_rate` as an int; raises ValueError unless it is a positive integer-like number."""
     is_number = isinstance(sampling_rate, numbers.Real) and not isinstance(sampling_rate, (bool, np.bool_))
-    if not is_number or not math.isfinite(sampling_rate) or sampling_rate <= 0 or sampling_rate != int(sampling_rate):
-        raise ValueError(f"{name} must be a positive integer, got {sampling_rate!r} (a rate in Hz, e.g. 16000).")
+    is_whole = is_number and (isinstance(sampling_rate, numbers.Integral) or float(sampling_rate).is_integer())
+    if not is_whole or sampling_rate <= 0 or sampling_rate > MAX_SAMPLING_RATE:
+        raise ValueError(
+            f"{name} must be a positive integer, got {sampling_rate!r} (a rate in Hz up to {MAX_SAMPLING_RATE:,}, "
+            "e.g. 16000)."
+        )
     return int(sampling_rate)
 
 
@@ -485,6 +492,10 @@ def item_duration(audio, sampling_rate, name="audio"):
         if audio.get("path") is not None:
             return item_duration(audio["path"], None, name)
         return 0.0  # load_waveform names the problem
+    if not hasattr(audio, "__len__"):
+        raise ValueError(
+            f"{name} is a {type(audio).__name__}: expected an array, a file path, encoded bytes, a dict or a decoder."
+        )
     if sampling_rate is None:
         raise ValueError(f"{name} is an array: pass `sampling_rate` for array inputs.")
     return len(audio) / check_sampling_rate(sampling_rate)
@@ -496,9 +507,13 @@ def split_batch(inputs, downmix=False):
     mono clips (one per row) unless `downmix=True` makes it one multichannel clip; anything else is one clip. A
     (samples, 1) column, as soundfile reads mono files, is one clip (one-sample clips cannot be embedded).
     """
+    if isinstance(inputs, Iterator):  # a generator of clips
+        inputs = list(inputs)
     if isinstance(inputs, (list, tuple)) and inputs and not isinstance(inputs[0], numbers.Number):
         return list(inputs)
     if isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 2 and inputs.shape[1] > 1 and not downmix:
+        if len(inputs) == 0:
+            raise ValueError(f"The input is a batch of no clips (shape {tuple(inputs.shape)}).")
         return list(inputs)
     return [inputs]
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import logging
 
@@ -151,6 +152,13 @@ class RespM2DConfig(PreTrainedConfig):
 
     def check_settings(self):
         """Raises ValueError for unsupported settings (models call it again, after `from_pretrained` overrides)."""
+        check_integers(
+            self,
+            at_least_one=("num_attention_heads", "n_fft", "win_length", "hop_length"),
+            at_least_zero=("hidden_size", "num_hidden_layers", "intermediate_size"),
+        )
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is not one of Transformers' activations (ACT2FN).")
         if self.window != "hann":
             raise ValueError(f"window={self.window!r} is not supported; M2D uses a periodic 'hann' window.")
         if len(self.input_size) != 2 or len(self.patch_size) != 2:
@@ -174,14 +182,14 @@ class RespM2DConfig(PreTrainedConfig):
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLING_MODES}.")
         layer, depth = self.classifier_layer, self.num_hidden_layers
-        is_layer = isinstance(layer, int) and not isinstance(layer, bool) and -depth <= layer < depth
+        is_layer = is_integer_at_least(layer, -depth) and layer < depth
         if not (layer is None or layer == "weighted" or is_layer):
             raise ValueError(
                 f"classifier_layer={layer!r} must be None (final output), 'weighted', "
                 f"or a layer 0..{depth - 1} (-{depth}..-1 from the end)."
             )
         passes = self.chunks_per_pass
-        if not (passes is None or (isinstance(passes, int) and not isinstance(passes, bool) and passes > 0)):
+        if not (passes is None or is_integer_at_least(passes, 1)):
             raise ValueError(f"chunks_per_pass={passes!r} must be a positive integer or None (all chunks at once).")
 
     def save_pretrained(self, save_directory, **kwargs):
@@ -235,6 +243,22 @@ def copy_pipeline_code(custom_pipelines, folder):
             continue
         for needed in [module_file, *get_relative_import_files(module_file)]:
             shutil.copyfile(needed, Path(folder) / Path(needed).name)
+
+
+def check_integers(settings, at_least_one, at_least_zero=()):
+    """Raises ValueError naming every setting of `settings` (attributes) that is not an integer at its lower bound."""
+    bounds = {name: 1 for name in at_least_one} | {name: 0 for name in at_least_zero}
+    bad = [
+        f"{name}={getattr(settings, name)!r} (an integer >= {bound})"
+        for name, bound in bounds.items()
+        if not is_integer_at_least(getattr(settings, name), bound)
+    ]
+    if bad:
+        raise ValueError(f"Invalid settings: {', '.join(bad)}.")
+
+
+def is_integer_at_least(value, bound):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= bound
 
 
 def check_mel_range(sampling_rate, f_min, f_max):

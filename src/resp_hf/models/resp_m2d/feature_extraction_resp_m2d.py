@@ -1,6 +1,7 @@
 """Log-mel front end of the M2D runtime as a Hugging Face feature extractor."""
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -8,7 +9,7 @@ from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.utils import PaddingStrategy, logging
 
 from .audio_utils_resp_m2d import check_sampling_rate, has_arrays, load_waveform, split_batch
-from .configuration_resp_m2d import DEFAULT_NORM_STATS, check_mel_range
+from .configuration_resp_m2d import DEFAULT_NORM_STATS, check_integers, check_mel_range
 
 logger = logging.get_logger(__name__)
 
@@ -57,6 +58,18 @@ def slaney_mel_filter_bank(sampling_rate, n_fft, num_mel_bins, f_min, f_max):
     return filters.astype(np.float32)
 
 
+def check_finite_features(features, waveforms):
+    """Raises ValueError naming the first clip whose log-mel overflowed float32 (samples far outside [-1, 1])."""
+    finite = torch.isfinite(features).flatten(1).all(1)
+    if not finite.all():
+        index = int((~finite).nonzero()[0])
+        peak = float(np.abs(waveforms[index]).max())
+        raise ValueError(
+            f"audio clip {index} overflows the float32 log-mel: its samples reach {peak:.3g}, but float audio is "
+            "expected in [-1, 1]."
+        )
+
+
 class RespM2DFeatureExtractor(SequenceFeatureExtractor):
     r"""
     Turns raw mono audio into the normalized log-mel spectrogram of the original M2D runtime.
@@ -99,9 +112,6 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
             return_attention_mask=return_attention_mask,
             **kwargs,
         )
-        if win_length > n_fft:
-            raise ValueError(f"win_length {win_length} is longer than n_fft {n_fft}.")
-        check_mel_range(sampling_rate, f_min, f_max)
         self.n_fft = n_fft
         self.win_length = win_length
         self.hop_length = hop_length
@@ -109,6 +119,14 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         self.f_max = f_max
         self.mean = mean
         self.std = std
+        check_integers(self, at_least_one=("feature_size", "n_fft", "win_length", "hop_length"))
+        check_sampling_rate(sampling_rate)
+        if win_length > n_fft:
+            raise ValueError(f"win_length {win_length} is longer than n_fft {n_fft}.")
+        check_mel_range(sampling_rate, f_min, f_max)
+        is_real = [isinstance(value, numbers.Real) and not isinstance(value, bool) for value in (mean, std)]
+        if not (all(is_real) and math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError(f"mean must be finite and std finite and positive, got {mean!r} and {std!r}.")
         self.mel_filters = slaney_mel_filter_bank(sampling_rate, n_fft, feature_size, f_min, f_max)
 
     @classmethod
@@ -272,6 +290,7 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         frames = torch.tensor([self.num_frames(length) for length in lengths], device=device)
         attention_mask = (torch.arange(features.shape[-1], device=device)[None, :] < frames[:, None]).to(torch.int32)
         features.masked_fill_(attention_mask[:, None, :] == 0, self.padding_value)
+        check_finite_features(features, waveforms)
         return features, attention_mask
 
     def pad(

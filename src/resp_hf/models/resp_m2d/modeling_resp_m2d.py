@@ -16,7 +16,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .audio_utils_resp_m2d import check_sampling_rate, has_arrays, item_duration, load_waveform, split_batch
-from .configuration_resp_m2d import RespM2DConfig
+from .configuration_resp_m2d import RespM2DConfig, is_integer_at_least
 from .feature_extraction_resp_m2d import RespM2DFeatureExtractor
 
 logger = logging.get_logger(__name__)
@@ -549,6 +549,10 @@ class RespM2DModel(RespM2DPreTrainedModel):
             sampling_rate = check_sampling_rate(sampling_rate)
         if feature_extractor is None:
             feature_extractor = RespM2DFeatureExtractor.from_model_config(self.config)
+        if not isinstance(feature_extractor, RespM2DFeatureExtractor):
+            raise ValueError(
+                f"feature_extractor must be a RespM2DFeatureExtractor, got {type(feature_extractor).__name__}."
+            )
         feature_extractor.check_matches(self.config)
         items = split_batch(audio, downmix=downmix)
         names = ["audio"] if len(items) == 1 else [f"Input {index}" for index in range(len(items))]
@@ -596,7 +600,9 @@ def embed_clips(
     under one `torch.autocast` region when `autocast_dtype` is given; `progress=None` shows a bar for several batches.
     """
     depth = model.config.num_hidden_layers
-    if any(not -depth <= layer < depth for layer in layers):
+    if not is_integer_at_least(batch_size, 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if not all(is_integer_at_least(layer, -depth) and layer < depth for layer in layers):
         raise ValueError(f"layers={list(layers)}: this encoder has layers 0..{depth - 1} (or -{depth}..-1).")
     layers = list(dict.fromkeys(layer % depth for layer in layers))
     order = list(range(num_clips)) if durations is None else sorted(range(num_clips), key=durations.__getitem__)
