@@ -105,6 +105,15 @@ def test_a_results_file_of_the_wrong_shape_is_an_error_of_use(results, expected,
     assert expected in one_line_error(capsys, "card")
 
 
+@pytest.mark.parametrize("content", [b"", b"not json", "{}".encode("utf-16")])
+def test_a_results_file_that_is_not_json_text_is_named(content, tmp_path, capsys):
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    (tmp_path / "results.json").write_bytes(content)
+    assert cli_main(["card", str(tmp_path), "--results", str(tmp_path / "results.json")]) == 2
+    message = one_line_error(capsys, "card")
+    assert f"{tmp_path / 'results.json'} is not a benchmark's results.json: it is not JSON text" in message
+
+
 @pytest.mark.parametrize(
     "arguments, expected",
     [

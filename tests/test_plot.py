@@ -66,6 +66,21 @@ def test_plot_command_writes_a_readable_figure(classifier_folder, encoder_folder
         assert image[..., :3].std() > 0.1  # a drawn figure, not a blank canvas
 
 
+def test_plot_command_keeps_an_existing_image_unless_told_and_needs_an_image_path(classifier_folder, tmp_path, capsys):
+    output = tmp_path / "figure.png"
+    output.write_bytes(b"an earlier figure")
+    assert main(["plot", str(classifier_folder), str(RECORDING), "--output", str(output)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"resp-hf plot: error: {output} exists; pass --overwrite to replace it, or choose another path."
+    assert output.read_bytes() == b"an earlier figure"
+    assert main(["plot", str(classifier_folder), str(RECORDING), "--output", str(output), "--overwrite"]) == 0
+    assert mpimg.imread(output).shape[0] > 600
+    for bad in ("", str(tmp_path / "figure"), str(tmp_path / "figure.xyz")):
+        assert main(["plot", str(classifier_folder), str(RECORDING), "--output", bad]) == 2
+        assert f"The figure path {bad!r} needs an image extension, one of:" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["figure.png"]
+
+
 def test_plot_title_and_axes_carry_the_result(classifier_folder):
     analysis = analyze(load_model(classifier_folder), str(RECORDING))
     figure = plot_analysis(analysis, name=RECORDING.name)

@@ -648,6 +648,19 @@ def test_norm_stats_come_from_random_unit_size_crops(tmp_path):
     assert std == pytest.approx(float(torch.tensor([2.0] * 48 + [0.0] * 48).repeat(3 * 80).std()), rel=1e-6)
 
 
+@pytest.mark.parametrize("seconds", ["inf", "nan", "-1", "1e12"])
+def test_min_seconds_outside_0_to_600_is_refused_before_anything_is_written(recordings, tmp_path, capsys, seconds):
+    output = tmp_path / "lms"
+    assert cli_main(["logmel", str(recordings / "breath"), str(output), "--min_seconds", seconds]) == 2
+    assert f"min_seconds must be a number from 0 to 600 (M2D: 6.1), got {float(seconds)!r}" in capsys.readouterr().err
+    assert not output.exists()
+    with pytest.raises(SystemExit):
+        pretrain.parse_args(["--data", "x.csv", "--output-dir", str(output), "--min_seconds", seconds])
+    assert "argument --min_seconds: min_seconds must be a number from 0 to 600" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="min_seconds must be a number from 0 to 600"):
+        LogMelUnits([], RespM2DConfig(**TINY), min_seconds=float(seconds))
+
+
 def test_audio_shorter_than_min_seconds_is_zero_padded_before_the_log_mel(recordings, tmp_path):
     config = RespM2DConfig(**TINY)
     path = sorted((recordings / "breath").glob("*.wav"))[0]

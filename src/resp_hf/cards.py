@@ -261,7 +261,10 @@ RESULT_ROW_KEYS = ("task", "task_name", "layer", "metric", "mean", "std", "n_see
 
 def read_results_file(results_path):
     """A results.json written by `resp-hf benchmark` or `resp-hf tasks benchmark`; anything else is a ValueError."""
-    results = json.loads(Path(results_path).read_text())
+    try:
+        results = json.loads(Path(results_path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{results_path} is not a benchmark's results.json: it is not JSON text ({error}).") from None
     rows = results.get("results") if isinstance(results, dict) else None
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise ValueError(f"{results_path} is not a benchmark's results.json (no 'results' list of rows).")

@@ -563,6 +563,7 @@ def add_demo_commands(subparsers):
     plot.add_argument("audio", help="an audio file (WAV, FLAC, OGG, MP3; any rate)")
     plot.add_argument("--output", required=True, help="image to write, e.g. figure.png (or .pdf, .svg)")
     plot.add_argument("--downmix", action="store_true", help="average the channels of multichannel audio")
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing image at --output")
     plot.set_defaults(handler=run_plot)
     demo = subparsers.add_parser("demo", help="Start a local Gradio web demo of a model (needs resp-hf[demo]).")
     demo.add_argument("model", help="a resp_hf folder or Hub repo id")
@@ -589,7 +590,7 @@ def run_plot(args):
     require_module("matplotlib")
     from .visualize import plot_file
 
-    print(f"Wrote {plot_file(args.model, args.audio, args.output, downmix=args.downmix)}")
+    print(f"Wrote {plot_file(args.model, args.audio, args.output, downmix=args.downmix, overwrite=args.overwrite)}")
 
 
 def run_demo(args):

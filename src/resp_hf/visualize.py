@@ -10,6 +10,7 @@ from .models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DForA
 from .models.resp_m2d.audio_utils_resp_m2d import load_waveform
 from .models.resp_m2d.feature_extraction_resp_m2d import hz_to_mel_slaney
 from .models.resp_m2d.pipeline_resp_m2d import RespM2DAudioClassificationPipeline
+from .output_folders import atomic_file
 
 MAX_CURVES = 6  # labels drawn under the spectrogram: more curves than this are unreadable
 NUM_COMPONENTS = 3
@@ -180,16 +181,36 @@ def draw_components(axis, analysis):
     axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9)
 
 
-def plot_file(model: str | Path, audio: str | Path, output: str | Path, downmix: bool = False) -> Path:
-    """Writes the figure of one recording (`resp-hf plot`); returns the output path."""
+def plot_file(
+    model: str | Path, audio: str | Path, output: str | Path, downmix: bool = False, overwrite: bool = False
+) -> Path:
+    """
+    Writes the figure of one recording (`resp-hf plot`) as `output` (its extension picks the format: .png, .pdf,
+    .svg, ...); an existing file is replaced only with `overwrite`. Returns the output path.
+    """
+    output = check_figure_path(output, overwrite)
     rate = RespM2DConfig.from_pretrained(model).sampling_rate
     waveform = load_waveform(str(audio), None, rate, downmix=downmix)  # a bad file fails before the model loads
     analysis = analyze(load_model(model), waveform, sampling_rate=rate)
     figure = plot_analysis(analysis, name=Path(audio).name)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
+    with atomic_file(output) as temporary:
+        figure.savefig(temporary, dpi=120, format=output.suffix[1:].lower())
     return output
+
+
+def check_figure_path(output: str | Path, overwrite: bool) -> Path:
+    """`output` as a Path if it names an image file matplotlib writes and, unless `overwrite`, no file is there yet."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    path = Path(output)
+    if path.suffix[1:].lower() not in formats:
+        raise ValueError(
+            f"The figure path {str(output)!r} needs an image extension, one of: {', '.join(sorted(formats))}."
+        )
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; pass overwrite=True to replace it, or choose another path.")
+    return path
 
 
 __all__ = ["Analysis", "analyze", "load_model", "plot_analysis", "plot_file"]

@@ -43,7 +43,7 @@ from ..convert import file_sha256, load_encoder_weights, read_m2d_checkpoint
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from ..output_folders import atomic_file, atomic_folder, check_output_folder, remove_outputs, write_text_atomically
 from ..quantize import cpu_has_bf16_kernels
-from .pretrain_data import LogMelUnits, norm_stats_from_crops, read_source
+from .pretrain_data import LogMelUnits, min_seconds_argument, norm_stats_from_crops, read_source
 from .pretraining_model import M2DPretrainingModel, predictor_config, predictor_config_from_weights
 from .recipes import RECIPES
 
@@ -238,7 +238,7 @@ def build_parser(recipe=None):
     )
     parser.add_argument(
         "--min_seconds",
-        type=float,
+        type=min_seconds_argument,
         default=0.0,
         help="zero-pad shorter audio to this length before the log-mel (M2D's wav_to_lms.py: 6.1); .npy items "
         "are used as stored",

@@ -3,6 +3,7 @@ Pre-training data: file lists of audio or precomputed log-mel `.npy` files and H
 repetition, cropped to units.
 """
 
+import argparse
 import csv
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from ..audio import decode_audio
 from ..data import AUDIO_EXTENSIONS, is_saved_dataset, load_any_dataset
 from ..models.resp_m2d import RespM2DFeatureExtractor
 from ..output_folders import atomic_file, atomic_folder, check_output_folder
+
+# More zero-padding than this (seconds) is a mistake: M2D pads to 6.1 s, and each padded clip is held in memory.
+MAX_MIN_SECONDS = 600
 
 
 def raw_log_mel_extractor(config):
@@ -102,7 +106,7 @@ class LogMelUnits(torch.utils.data.Dataset):
         self.config = config
         self.seed = seed
         self.epoch = 0
-        self.min_seconds = min_seconds
+        self.min_seconds = check_min_seconds(min_seconds)
         self.extractor = raw_log_mel_extractor(config)
 
     def __len__(self):
@@ -131,6 +135,22 @@ class LogMelUnits(torch.utils.data.Dataset):
         generator = np.random.default_rng([self.seed, self.epoch, index])
         crop = random_crop(self.log_mel(self.items[index]), self.config.unit_frames, generator)
         return (crop - self.config.norm_mean) / self.config.norm_std
+
+
+def check_min_seconds(seconds):
+    """`seconds` of zero-padding to at least, if it is a finite number from 0 to `MAX_MIN_SECONDS`."""
+    is_number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+    if not (is_number and 0 <= seconds <= MAX_MIN_SECONDS):
+        raise ValueError(f"min_seconds must be a number from 0 to {MAX_MIN_SECONDS} (M2D: 6.1), got {seconds!r}.")
+    return float(seconds)
+
+
+def min_seconds_argument(text):
+    """The `--min_seconds` option's type (`resp-hf logmel` and `resp-hf pretrain`)."""
+    try:
+        return check_min_seconds(float(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def pad_to_seconds(audio, seconds, sampling_rate):
@@ -176,6 +196,7 @@ def precompute_log_mels(input_dir, output_dir, config, progress=True, min_second
     from tqdm.auto import tqdm
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
+    check_min_seconds(min_seconds)
     check_output_folder(output_dir, overwrite)
     audio = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not audio:
