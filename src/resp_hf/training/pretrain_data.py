@@ -196,12 +196,11 @@ def precompute_log_mels(input_dir, output_dir, config, progress=True, min_second
     from tqdm.auto import tqdm
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    check_min_seconds(min_seconds)
+    dataset = LogMelUnits([], config, min_seconds=min_seconds)  # checks min_seconds before anything is read
     check_output_folder(output_dir, overwrite)
     audio = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not audio:
         raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) under {input_dir}.")
-    dataset = LogMelUnits([], config, min_seconds=min_seconds)
     written = []
     with atomic_folder(output_dir) as folder:
         for path in tqdm(audio, desc="Log-mel", disable=not progress):
