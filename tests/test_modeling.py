@@ -13,6 +13,13 @@ from transformers import AutoModel
 from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 
 
+class RunsCode:
+    """Unpickling it would create a file: a stand-in for a hostile checkpoint."""
+
+    def __reduce__(self):
+        return (open, ("executed", "w"))
+
+
 def all_tensors(outputs):
     """The tensors of a model's tuple output, per-layer tuples flattened in order."""
     return [tensor for value in outputs for tensor in (value if isinstance(value, tuple) else (value,))]
@@ -114,6 +121,79 @@ class TestRespM2DModel:
         classifier.save_pretrained(tmp_path / "classifier")
         model, info = RespM2DModel.from_pretrained(tmp_path / "classifier", output_loading_info=True)  # head dropped
         assert isinstance(model, RespM2DModel) and set(info) >= {"missing_keys", "unexpected_keys"}
+
+    def test_a_much_deeper_config_is_refused_before_its_weights_are_made(self, tmp_path, monkeypatch):
+        """A config.json edited to 500 layers fails on the weight file's header: no block is initialized or filled."""
+        tiny_model().save_pretrained(tmp_path)
+        config = json.loads((tmp_path / "config.json").read_text())
+        (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 500}))
+        initialized = []
+        monkeypatch.setattr(RespM2DModel, "_init_weights", lambda self, module: initialized.append(module))
+        with pytest.raises(ValueError, match="missing keys: encoder.layer.2.attention.proj.bias, "):
+            RespM2DModel.from_pretrained(tmp_path)
+        assert initialized == []
+
+    def test_weights_of_other_shapes_are_named(self, tmp_path):
+        from resp_hf import RespM2DForAudioClassification
+
+        classifier = RespM2DForAudioClassification(tiny_config(num_labels=2))
+        classifier.save_pretrained(tmp_path)
+        with pytest.raises(
+            RuntimeError,
+            match=r"other shapes: encoder.layer.0.mlp.fc1.bias \(128,\) in the weights, \(256,\) configured",
+        ):
+            RespM2DForAudioClassification.from_pretrained(tmp_path, intermediate_size=256)
+        message = r"head in the weights does not fit.*classifier.bias \(2,\) in the weights, \(3,\) configured.*"
+        with pytest.raises(RuntimeError, match=message + "ignore_mismatched_sizes=True"):
+            RespM2DForAudioClassification.from_pretrained(tmp_path, num_labels=3)
+        new_head = RespM2DForAudioClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
+        assert new_head.classifier.out_features == 3
+        assert torch.equal(
+            new_head.resp_m2d.encoder.layer[1].mlp.fc2.weight, classifier.resp_m2d.encoder.layer[1].mlp.fc2.weight
+        )
+
+    @pytest.mark.parametrize("damage", ["truncated", "not safetensors", "empty"])
+    def test_a_damaged_weights_file_is_named(self, tmp_path, damage):
+        tiny_model().save_pretrained(tmp_path)
+        weights = tmp_path / "model.safetensors"
+        data = weights.read_bytes()
+        weights.write_bytes(
+            {"truncated": data[: len(data) // 2], "not safetensors": b"<html>" * 50, "empty": b""}[damage]
+        )
+        with pytest.raises(OSError, match=f"{weights} is not a readable weights file \\(SafetensorError"):
+            RespM2DModel.from_pretrained(tmp_path)
+
+    def test_non_finite_weights_are_refused_with_the_file_and_weight(self, tmp_path):
+        from safetensors.torch import load_file, save_file
+
+        tiny_model().save_pretrained(tmp_path)
+        weights = tmp_path / "model.safetensors"
+        tensors = load_file(weights)
+        tensors["encoder.layer.1.attention.qkv.weight"][3, 5] = float("nan")
+        tensors["layernorm.bias"][0] = float("inf")
+        save_file(tensors, weights, metadata={"format": "pt"})
+        bad = "encoder.layer.1.attention.qkv.weight, layernorm.bias"
+        message = f"{weights}: weights hold NaN or infinite values \\({bad}\\)"
+        with pytest.raises(ValueError, match=message):
+            RespM2DModel.from_pretrained(tmp_path)
+
+    def test_pytorch_bin_weights_load_only_as_plain_tensors(self, tmp_path):
+        """Sharded safetensors and weights-only `pytorch_model.bin` load; a .bin whose unpickling runs code does not."""
+        model = tiny_model(seed=2)
+        model.save_pretrained(tmp_path / "sharded", max_shard_size="50KB")
+        assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 2
+        sharded = RespM2DModel.from_pretrained(tmp_path / "sharded")
+        assert all(torch.equal(value, sharded.state_dict()[key]) for key, value in model.state_dict().items())
+        folder = tmp_path / "bin"
+        model.save_pretrained(folder)
+        (folder / "model.safetensors").unlink()
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+        loaded = RespM2DModel.from_pretrained(folder)
+        assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in model.state_dict().items())
+        torch.save({**model.state_dict(), "payload": RunsCode()}, folder / "pytorch_model.bin")
+        with pytest.raises(OSError, match=f"{folder / 'pytorch_model.bin'} is not a readable weights file"):
+            RespM2DModel.from_pretrained(folder)
+        assert not (tmp_path / "executed").exists()
 
     def test_from_pretrained_without_a_folder_initializes_the_weights_it_is_not_given(self, tester):
         """`from_pretrained(None, config=..., state_dict=...)` (no config.json to disagree with) as in Transformers."""

@@ -163,9 +163,14 @@ def packed_pair(activation):
     return linear, PackedLinear.from_linear(linear, activation)
 
 
-def reference_output(linear, inputs, activation):
-    """float32 product of the bf16 operands, (GELU), rounded once to bf16."""
-    output = torch.nn.functional.linear(inputs.float(), linear.weight.float(), linear.bias.float())
+def reference_output(weight, bias, inputs, activation):
+    """
+    With oneDNN's packed bf16 kernel: the float32 product of the bf16 operands, (GELU), rounded once to bf16. Without
+    it (CPUs without bf16 instructions): a plain bf16 Linear, then the GELU in bf16.
+    """
+    if packs_bf16_weights():
+        inputs, weight, bias = inputs.float(), weight.float(), bias.float()
+    output = torch.nn.functional.linear(inputs, weight, bias)
     return (torch.nn.functional.gelu(output) if activation == "gelu" else output).to(torch.bfloat16)
 
 
@@ -174,16 +179,14 @@ def test_packed_linear_matches_a_float32_product_of_its_bf16_weights_and_follows
     linear, packed = packed_pair(activation)
     inputs = torch.randn(2, 7, 96).to(torch.bfloat16)
     with torch.no_grad():
-        torch.testing.assert_close(packed(inputs), reference_output(linear, inputs, activation))
+        torch.testing.assert_close(packed(inputs), reference_output(linear.weight, linear.bias, inputs, activation))
         doubled_weight = 2 * linear.weight
         packed.load_state_dict({"weight": doubled_weight, "bias": linear.bias})  # in place: the pack is remade
-        doubled = torch.nn.functional.linear(inputs.float(), doubled_weight.float(), linear.bias.float())
-        doubled = torch.nn.functional.gelu(doubled) if activation == "gelu" else doubled
-        torch.testing.assert_close(packed(inputs), doubled.to(torch.bfloat16))
+        torch.testing.assert_close(packed(inputs), reference_output(doubled_weight, linear.bias, inputs, activation))
         packed.weight.mul_(-1)  # in place under no_grad
-        torch.testing.assert_close(packed(inputs), reference_output(packed, inputs, activation))
+        torch.testing.assert_close(packed(inputs), reference_output(packed.weight, packed.bias, inputs, activation))
         packed.weight.data = torch.randn_like(packed.weight)  # a new tensor behind the same parameter
-        torch.testing.assert_close(packed(inputs), reference_output(packed, inputs, activation))
+        torch.testing.assert_close(packed(inputs), reference_output(packed.weight, packed.bias, inputs, activation))
         packed.float()  # float32 weights: the plain path, same numbers as nn.Linear
         expected = torch.nn.functional.linear(inputs.float(), packed.weight, packed.bias)
         expected = torch.nn.functional.gelu(expected) if activation == "gelu" else expected

@@ -1,11 +1,13 @@
 """The M2D (Masked Modeling Duo) ViT audio encoder as a Hugging Face model."""
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -225,22 +227,20 @@ class RespM2DPreTrainedModel(PreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, *args, output_loading_info=False, **kwargs):
-        """As in Transformers, but encoder weights missing from or unexpected in the folder are an error: a
-        `config.json` that disagrees with the weights would otherwise load silently with random blocks. Without a folder
-        (`from_pretrained(None, config=..., state_dict=...)`), missing weights are initialized as in Transformers."""
-        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        checked = ("missing_keys", "unexpected_keys") if source is not None else ()  # no folder: no config.json
-        for kind in checked:
-            encoder_keys = sorted(key for key in info.get(kind, ()) if not _is_head_weight(key, cls._head_weights))
-            if encoder_keys:
-                raise ValueError(
-                    f"{source}: config.json does not match the weights ({kind.replace('_', ' ')}: "
-                    f"{', '.join(encoder_keys[:6])}"
-                    f"{', ...' if len(encoder_keys) > 6 else ''}); restore the folder's config.json or re-convert."
-                )
-        return (model, info) if output_loading_info else model
+    def _load_pretrained_model(cls, model, state_dict, checkpoint_files, load_config, *args, **kwargs):
+        """
+        As in Transformers, with the weight files checked first: their headers are read before any tensor is loaded, so
+        a damaged file, or a `config.json` that disagrees with the weights (encoder weights missing, unexpected or of
+        another shape; a head of another shape without `ignore_mismatched_sizes=True`), is a one-line error instead of a
+        model with random blocks, or one built to a size the weights never had. Loaded weights must be finite.
+        """
+        files = checkpoint_files if state_dict is None and load_config.hf_quantizer is None else None
+        found = read_weight_shapes(files or ())
+        source = load_config.pretrained_model_name_or_path
+        check_weights_fit(model, found, source, load_config.ignore_mismatched_sizes, cls._head_weights)
+        loaded = super()._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
+        check_weights_finite(model, found)
+        return loaded
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -254,8 +254,82 @@ class RespM2DPreTrainedModel(PreTrainedModel):
             init.zeros_(module.layer_weights)
 
 
-def _is_head_weight(key, head_weights):
-    return key.split("resp_m2d.", 1)[-1].startswith(head_weights)
+def _without_prefix(key: str) -> str:
+    return key.removeprefix(RespM2DPreTrainedModel.base_model_prefix + ".")
+
+
+def read_weight_shapes(files: Iterable[str]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and file of every tensor in safetensors or weights-only PyTorch files, read without loading the data."""
+    found = {}
+    for file in files:
+        try:
+            if file.endswith(".safetensors"):
+                with safe_open(file, framework="pt") as weights:
+                    shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
+            elif file.endswith(".bin"):
+                tensors = torch.load(file, map_location="meta", weights_only=True)
+                shapes = {key: tuple(value.shape) for key, value in tensors.items()}
+            else:
+                continue
+        except Exception as error:  # damaged files fail in many ways inside safetensors and torch.load
+            raise OSError(f"{file} is not a readable weights file ({type(error).__name__}: {error}).") from None
+        found |= {_without_prefix(key): (shape, file) for key, shape in shapes.items()}
+    return found
+
+
+def check_weights_fit(model: nn.Module, found: dict, source: str, ignore_mismatched_sizes: bool, head_weights: tuple):
+    """
+    Raises when the weights `found` in a folder do not fit the model its config.json built: ValueError for encoder
+    weights missing or unexpected, RuntimeError (as Transformers) for shapes that differ.
+    """
+    if not found:
+        return
+    expected = {_without_prefix(key): tuple(value.shape) for key, value in model.state_dict().items()}
+    encoder_keys = {key for key in expected.keys() | found.keys() if not key.startswith(head_weights)}
+    for kind, keys in (("missing", encoder_keys - found.keys()), ("unexpected", encoder_keys - expected.keys())):
+        if keys:
+            raise ValueError(
+                f"{source}: config.json does not match the weights ({kind} keys: {_listed(keys)}); restore the "
+                "folder's config.json or re-convert."
+            )
+    reshaped = [key for key in expected.keys() & found.keys() if found[key][0] != expected[key]]
+    shapes = {key: f"{key} {found[key][0]} in the weights, {expected[key]} configured" for key in reshaped}
+    encoder_shapes = [shapes[key] for key in reshaped if key in encoder_keys]
+    if encoder_shapes:
+        raise RuntimeError(
+            f"{source}: config.json does not match the weights (other shapes: {_listed(encoder_shapes)}); restore "
+            "the folder's config.json or re-convert."
+        )
+    if reshaped and not ignore_mismatched_sizes:
+        raise RuntimeError(
+            f"{source}: the head in the weights does not fit the configured one ({_listed(shapes.values())}); pass "
+            "ignore_mismatched_sizes=True to start a new head, or restore the folder's config.json."
+        )
+
+
+def check_weights_finite(model: nn.Module, found: dict):
+    """Raises ValueError naming the file and the weights that hold NaN or infinity among those loaded from `found`."""
+    bad = [
+        key
+        for key, value in model.state_dict().items()
+        if _without_prefix(key) in found
+        and value.is_floating_point()
+        and value.device.type != "meta"
+        and not torch.isfinite(value).all()
+    ]
+    if bad:
+        file = found[_without_prefix(bad[0])][1]
+        raise ValueError(
+            f"{file}: weights hold NaN or infinite values ({_listed(bad)}); the file is damaged or training diverged."
+        )
+
+
+def _listed(names: Iterable[str], most: int = 6) -> str:
+    """Names in natural order (layer 2 before layer 10), at most `most` of them."""
+    ordered = sorted(
+        names, key=lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    )
+    return ", ".join(ordered[:most]) + (", ..." if len(ordered) > most else "")
 
 
 class RespM2DModel(RespM2DPreTrainedModel):
