@@ -362,6 +362,16 @@ def test_a_huge_block_number_is_refused_without_allocating_by_it(tmp_path):
     assert_refused(tmp_path, hostile(tmp_path, add_block), r"lacks blocks 2 \(found blocks \[0, 1, 1000000000000\]\)")
 
 
+def test_a_wide_positional_table_is_refused_without_building_a_model_of_its_width(tmp_path):
+    """A 19200-wide pos_embed (15 MB) beside ViT-Base blocks would make a 19200-wide encoder (tens of GB)."""
+
+    def widen(state):
+        state["pos_embed"] = torch.zeros(1, 191, 19200)
+
+    wrong = r"wrong shape: embeddings.cls_token: checkpoint \(1, 1, 768\), model \(1, 1, 19200\); .* and 21 more\.$"
+    assert_refused(tmp_path, hostile(tmp_path, widen), r"\(2 layers, hidden 19200, .*\): " + wrong)
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
@@ -386,7 +396,10 @@ def test_names_that_do_not_fit_the_weights_are_refused_before_building_a_model(t
         (lambda s: s.update(pos_embed=torch.tensor(1.0)), r"'pos_embed' must be a non-empty 3-d tensor, got .* \(\)"),
         (lambda s: s.update({"blocks.0.mlp.fc1.weight": torch.tensor(1.0)}), "'blocks.0.mlp.fc1.weight' .* 2-d"),
         (lambda s: s.update({"blocks.0.norm1.bias": torch.zeros(768, 1)}), "'blocks.0.norm1.bias' .* 1-d"),
-        (lambda s: s.update(pos_embed=torch.zeros(1, 191, 0)), r"'pos_embed' must be a non-empty 3-d .* \(1, 191, 0\)"),
+        (
+            lambda s: s.update(pos_embed=torch.zeros(1, 191, 0)),
+            r"'pos_embed' must be a non-empty tensor, .* \(1, 191, 0\)",
+        ),
         (lambda s: s.update({5: torch.zeros(2)}), "holds a state-dict key of type int; keys must be strings"),
         (lambda s: s.update({"blocks.\u00b2.norm1.weight": torch.zeros(2)}), "Unrecognized encoder weight"),
         (lambda s: s.pop("pos_embed"), "lacks the encoder weight 'embeddings.position_embeddings'"),

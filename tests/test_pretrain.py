@@ -351,7 +351,7 @@ def test_the_checkpoint_reader_names_target_and_predictor_weights_as_the_pretrai
     assert checkpoint.name == GOLDEN_CHECKPOINT.parent.name and checkpoint.notes == []
     assert set(checkpoint.encoder_weights) == set(RespM2DModel(checkpoint.config).state_dict())
     weights = checkpoint.pretraining_weights
-    model = M2DPretrainingModel(checkpoint.config, predictor_config_from_weights(weights))
+    model = M2DPretrainingModel(checkpoint.config, predictor_config_from_weights(weights, GOLDEN_CHECKPOINT))
     assert set(weights) == {key for key in model.state_dict() if not key.startswith("online.")}
     assert sum(checkpoint.dropped.values()) == len(weights)  # what conversion drops is what pre-training reuses
 
@@ -388,12 +388,45 @@ def test_an_unknown_predictor_weight_stops_pretraining_but_not_conversion(tmp_pa
     state["decoder_blocks.0.ls1.gamma"] = torch.ones(512)  # layer scale, which the predictor does not have
     path = save_official(tmp_path, state)
     with pytest.raises(
-        ValueError,
-        match=rf"^{path} holds weights the pre-training model does not have: "
-        r"decoder_blocks.0.ls1.gamma; it is not an M2D training checkpoint.$",
+        ValueError, match=rf"weights of {path} do not fit .*: unexpected: decoder_blocks.0.ls1.gamma\.$"
     ):
         model_from_official(path)
     assert convert_m2d_checkpoint(path, tmp_path / "converted").dropped["decoder_blocks"] == 13
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.update(decoder_embed_weight="x"), "pre-training weight 'decoder_embed.weight' must be a floating"),
+        (lambda s: s.update({"target_norm.bias": torch.zeros(0)}), "'target_norm.bias' must be a non-empty tensor"),
+        (
+            lambda s: s.update(mask_token=torch.zeros(1, 1, 100000)),
+            r"predictor.mask_token: checkpoint \(1, 1, 100000\)",
+        ),
+        (
+            lambda s: s.update({"decoder_embed.weight": torch.zeros(100000, 768)}),
+            r"wrong shape: predictor.embed.bias: checkpoint \(512,\), model \(100000,\)",
+        ),
+        (
+            lambda s: s.update({"target_blocks.1.mlp.fc1.weight": torch.zeros(10, 768)}),
+            r"target_layers.1.mlp.fc1.weight: checkpoint \(10, 768\), model \(3072, 768\)",
+        ),
+        (
+            lambda s: [s.pop(key) for key in list(s) if key.startswith("decoder_blocks.")],
+            "holds a predictor without blocks: the checkpoint is incomplete",
+        ),
+    ],
+    ids=["not_a_tensor", "empty", "wide_mask_token", "wide_predictor", "target_shape", "no_predictor_blocks"],
+)
+def test_damaged_target_and_predictor_weights_are_refused_before_a_model_is_built(tmp_path, edit, message):
+    state = load_checkpoint(GOLDEN_CHECKPOINT)["model"]
+    edit(state)
+    if "decoder_embed_weight" in state:
+        state["decoder_embed.weight"] = state.pop("decoder_embed_weight")
+    path = save_official(tmp_path, state)
+    with pytest.raises(ValueError, match=message) as error:
+        model_from_official(path)
+    assert str(path) in str(error.value)
 
 
 def test_pretrain_smoke_example(tmp_path):

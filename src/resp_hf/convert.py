@@ -171,10 +171,13 @@ def read_m2d_checkpoint(path: str | Path, name: str | None = None) -> M2DCheckpo
     norm_stats, notes = read_norm_stats(state_dict, path)
     if any(prefix in dropped for prefix in ("audio_proj", "text_proj")):
         notes.append("M2D-CLAP projection heads (audio_proj, text_proj) are not part of the audio encoder; dropped")
+    config = infer_config(encoder, name_info, norm_stats, path)
+    with torch.device("meta"):  # shapes only: sizes the weights do not have are never allocated
+        check_weights_fit(RespM2DModel(config), encoder, path)
     return M2DCheckpoint(
         path=path,
         name=name,
-        config=infer_config(encoder, name_info, norm_stats, path),
+        config=config,
         encoder_weights=encoder,
         pretraining_weights=pretraining,
         dropped=dropped,
@@ -262,6 +265,7 @@ def split_weights(
             continue
         dropped[key.split(".")[0]] += 1
         if key.startswith(PRETRAINING_KEY_PREFIXES):
+            check_tensor(key, value, path, "pre-training weight")
             pretraining[new_key or key] = value
     if not encoder:
         raise ValueError(f"{path} holds no M2D encoder weights (cls_token, pos_embed, patch_embed, blocks, norm).")
@@ -270,11 +274,18 @@ def split_weights(
 
 def check_encoder_tensor(key: str, value: object, path: Path) -> None:
     """Fails unless an encoder weight is a non-empty floating-point tensor with the number of dimensions it needs."""
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-        raise ValueError(f"{path}: encoder weight {key!r} must be a floating-point tensor, got {describe(value)}.")
+    check_tensor(key, value, path, "encoder weight")
     rank = encoder_rank(key)
-    if value.dim() != rank or value.numel() == 0:
+    if value.dim() != rank:
         raise ValueError(f"{path}: encoder weight {key!r} must be a non-empty {rank}-d tensor, got {describe(value)}.")
+
+
+def check_tensor(key: str, value: object, path: Path, kind: str) -> None:
+    """Fails unless a weight is a non-empty floating-point tensor."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise ValueError(f"{path}: {kind} {key!r} must be a floating-point tensor, got {describe(value)}.")
+    if value.numel() == 0:
+        raise ValueError(f"{path}: {kind} {key!r} must be a non-empty tensor, got {describe(value)}.")
 
 
 def encoder_rank(key: str) -> int:
@@ -318,7 +329,7 @@ def check_finite(state_dict: dict[str, torch.Tensor], path: Path) -> None:
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
     ]
     if bad:
-        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        shown = shortened(bad, most=10)
         raise ValueError(f"{path} holds NaN or Inf values in {len(bad)} tensors: {shown}. The checkpoint is damaged.")
 
 
@@ -408,31 +419,34 @@ def infer_config(
         raise ValueError(f"{path}: {error}") from None
 
 
-def load_encoder_weights(model: RespM2DModel, checkpoint: M2DCheckpoint) -> None:
+def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path, partial: bool = False):
     """
-    Loads the checkpoint's encoder into `model` strictly; fails first with the full list of missing, unexpected and
-    mis-shaped weights, if any.
+    Fails with the full list of missing (unless `partial`), unexpected and mis-shaped weights of `path` for `model`,
+    built on the meta device by the caller so that only shapes are compared.
     """
-    encoder = checkpoint.encoder_weights
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(encoder))
-    unexpected = sorted(set(encoder) - set(expected))
+    missing = [] if partial else sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
     misshaped = [
-        f"{key}: checkpoint {tuple(encoder[key].shape)}, model {tuple(expected[key].shape)}"
-        for key in sorted(set(expected) & set(encoder))
-        if encoder[key].shape != expected[key].shape
+        f"{key}: checkpoint {tuple(weights[key].shape)}, model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(weights))
+        if weights[key].shape != expected[key].shape
     ]
-    problems = [f"missing: {', '.join(missing)}"] * bool(missing)
-    problems += [f"unexpected: {', '.join(unexpected)}"] * bool(unexpected)
-    problems += [f"wrong shape: {'; '.join(misshaped)}"] * bool(misshaped)
+    problems = [f"missing: {shortened(missing)}"] * bool(missing)
+    problems += [f"unexpected: {shortened(unexpected)}"] * bool(unexpected)
+    problems += [f"wrong shape: {shortened(misshaped, separator='; ')}"] * bool(misshaped)
     if problems:
+        config = model.config
         raise ValueError(
-            f"The encoder weights of {checkpoint.path} do not fit the inferred architecture "
-            f"({model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
-            f"input {model.config.input_size}, "
-            f"patch {model.config.patch_size}):\n  " + "\n  ".join(problems)
+            f"The weights of {path} do not fit the inferred architecture "
+            f"({config.num_hidden_layers} layers, hidden {config.hidden_size}, input {config.input_size}, "
+            f"patch {config.patch_size}): {' | '.join(problems)}."
         )
-    model.load_state_dict(encoder, strict=True)
+
+
+def shortened(names: list[str], most: int = 6, separator: str = ", ") -> str:
+    """The first `most` names, and how many more there are."""
+    return separator.join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def convert_m2d_checkpoint(
@@ -463,7 +477,7 @@ def convert_m2d_checkpoint(
     checkpoint = read_m2d_checkpoint(checkpoint_path, name)
     config = checkpoint.config
     model = RespM2DModel(config)
-    load_encoder_weights(model, checkpoint)
+    model.load_state_dict(checkpoint.encoder_weights)
     report = ConversionReport(
         source=checkpoint_path,
         output_dir=output_dir,

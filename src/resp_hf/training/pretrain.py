@@ -39,7 +39,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .. import cards
 from ..cli import OneLineErrorParser, RawDescriptionCanonicalSpellingFormatter
-from ..convert import file_sha256, load_encoder_weights, read_m2d_checkpoint
+from ..convert import check_weights_fit, file_sha256, load_checkpoint, read_m2d_checkpoint
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from ..output_folders import atomic_file, atomic_folder, check_output_folder, remove_outputs, write_text_atomically
 from ..quantize import cpu_has_bf16_kernels
@@ -73,23 +73,33 @@ def model_from_official(
     """An M2D pre-training model from an official checkpoint; its target encoder and predictor are reused if present."""
     checkpoint = read_m2d_checkpoint(path, name)
     extra = checkpoint.pretraining_weights
-    has_predictor = "predictor.embed.weight" in extra
-    model = M2DPretrainingModel(checkpoint.config, predictor_config_from_weights(extra) if has_predictor else predictor)
-    load_encoder_weights(model.online, checkpoint)
+    model = pretraining_model_with(checkpoint.config, extra, checkpoint.path, predictor)
+    model.online.load_state_dict(checkpoint.encoder_weights)
     reused = []
     if any(key.startswith("target_") for key in extra):
         reused.append("target encoder")
     else:
         model.update_target(0.0)  # the target starts as a copy of the online encoder
-    if has_predictor:
+    if "predictor.embed.weight" in extra:
         reused.append("predictor")
-    _, unexpected = model.load_state_dict(extra, strict=False)
-    if unexpected:
-        raise ValueError(
-            f"{checkpoint.path} holds weights the pre-training model does not have: {', '.join(unexpected[:5])}; "
-            "it is not an M2D training checkpoint."
-        )
     return model, reused
+
+
+def pretraining_model_with(
+    config: RespM2DConfig, weights: dict[str, torch.Tensor], source: Path, predictor: RespM2DConfig | None
+) -> M2DPretrainingModel:
+    """
+    A pre-training model holding the target-encoder and predictor `weights` (the predictor sized by its weights when
+    they have one), checked against a model on the meta device first, so that sizes they do not fit are never
+    allocated. The online encoder is left for the caller to load.
+    """
+    if "predictor.embed.weight" in weights:
+        predictor = predictor_config_from_weights(weights, source)
+    with torch.device("meta"):
+        check_weights_fit(M2DPretrainingModel(config, predictor), weights, source, partial=True)
+    model = M2DPretrainingModel(config, predictor)
+    model.load_state_dict(weights, strict=False)
+    return model
 
 
 def build_model(
@@ -104,11 +114,10 @@ def build_model(
     if path.is_dir():
         online = RespM2DModel.from_pretrained(path)
         state_path = path / STATE_FILE
-        saved = load_file(state_path) if state_path.is_file() else {}
-        model = M2DPretrainingModel(online.config, predictor_config_from_weights(saved) if saved else predictor)
+        saved = load_checkpoint(state_path) if state_path.is_file() else {}
+        model = pretraining_model_with(online.config, saved, state_path, predictor)
         model.online.load_state_dict(online.state_dict())
         if saved:
-            model.load_state_dict(saved, strict=False)
             return model, [f"encoder, target encoder and predictor from {path}", PREDICTOR_OPTIONS_IGNORED]
         model.update_target(0.0)
         return model, [f"encoder from {path}; new target copy and predictor"]

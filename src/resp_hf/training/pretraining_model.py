@@ -64,10 +64,12 @@ def predictor_config(width: int = 512, depth: int = 8, heads: int = 16, layer_no
     )
 
 
-def predictor_config_from_weights(weights: dict[str, torch.Tensor]) -> RespM2DConfig:
+def predictor_config_from_weights(weights: dict[str, torch.Tensor], source: object) -> RespM2DConfig:
     """Predictor width and depth from its weights (heads = width / 32, as M2D's 512-d, 16-head predictor)."""
     width = weights["predictor.embed.weight"].shape[0]
-    depth = 1 + max(int(key.split(".")[2]) for key in weights if key.startswith("predictor.layers."))
+    depth = 1 + max((int(key.split(".")[2]) for key in weights if key.startswith("predictor.layers.")), default=-1)
+    if depth == 0:
+        raise ValueError(f"{source} holds a predictor without blocks: the checkpoint is incomplete.")
     return predictor_config(width=width, depth=depth, heads=max(1, width // 32))
 
 
