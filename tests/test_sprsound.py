@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -130,7 +131,7 @@ def test_bad_annotations_are_errors_naming_the_file(release):
     with pytest.raises(SprsoundDataError, match="10000001_3.4_1_p1_101.json event 0"):
         build_sprsound(release, validation_fraction=0)
     _, report = build_sprsound(release, validation_fraction=0, skip_invalid=True)
-    assert report.skipped == ["10000001_3.4_1_p1_101.json event 0: 0.900-0.900 s in a 3.000 s file"]
+    assert report.skipped == ["10000001_3.4_1_p1_101.json event 0: zero or negative length (0.9 to 0.9 s)"]
     (release / FOLDERS["train"][1] / "10000001_3.4_1_p2_102.wav").unlink()
     with pytest.raises(FileNotFoundError, match="No audio for .*10000001_3.4_1_p2_102.json"):
         build_sprsound(release, validation_fraction=0)
@@ -149,19 +150,53 @@ def event_json(start, end, kind='"Normal"'):
     [
         (event_json('"100"', '"900"', '["Normal"]'), r"type \['Normal'\] is not a string"),
         ('{"event_annotation": ' + "[" * 200_000 + "]" * 200_000 + "}", "maximum recursion depth"),
-        (event_json('"nan"', '"900"'), r"times 'nan' to '900' are not finite, non-negative milliseconds"),
-        (event_json('"100"', '"inf"'), "times '100' to 'inf' are not finite"),
-        (event_json("100", "1e400"), "times 100 to inf are not finite"),
-        (event_json('"-100"', '"900"'), "times '-100' to '900' are not finite"),
+        (event_json('"1 s"', '"900"'), "could not convert string to float: '1 s'"),
         (event_json("NaN", "900"), "NaN is not a JSON value"),
     ],
-    ids=["type-list", "deep", "nan", "inf", "overflow", "negative", "nan-literal"],
+    ids=["type-list", "deep", "not-a-number", "nan-literal"],
 )
 def test_malformed_event_annotations_are_errors_naming_the_file(release, content, message):
     path = release / FOLDERS["train"][0] / "10000001_3.4_1_p1_101.json"
     path.write_text(content)
     with pytest.raises(SprsoundDataError, match=rf"10000001_3.4_1_p1_101.json: expected .*{message}"):
         build_sprsound(release, validation_fraction=0)
+
+
+@pytest.mark.parametrize(
+    "start, end, problem",
+    [
+        ('"nan"', '"900"', r"times must be finite and non-negative \(nan to 0.9 s\)"),
+        ('"100"', '"inf"', r"times must be finite and non-negative \(0.1 to inf s\)"),
+        ("100", "1e400", r"times must be finite and non-negative \(0.1 to inf s\)"),
+        ('"-100"', '"900"', r"times must be finite and non-negative \(-0.1 to 0.9 s\)"),
+        ("900", "100", r"zero or negative length \(0.9 to 0.1 s\)"),
+        ("3000", "3500", r"starts at 3.0 s, after the end of the file \(3.000 s\)"),
+    ],
+    ids=["nan", "inf", "overflow", "negative", "reversed", "after-the-end"],
+)
+def test_events_with_unreadable_times_are_named_and_left_out_only_when_asked(release, start, end, problem):
+    """The same rule as for ICBHI cycles (`segment_problem`): an error naming the event, or left out and listed."""
+    (release / FOLDERS["train"][0] / "10000001_3.4_1_p1_101.json").write_text(event_json(start, end))
+    with pytest.raises(
+        SprsoundDataError, match=rf"^1 event\(s\) cannot be read: 10000001_3.4_1_p1_101.json event 0: {problem}\. "
+    ):
+        build_sprsound(release, validation_fraction=0)
+    dataset, report = build_sprsound(release, validation_fraction=0, skip_invalid=True)
+    assert len(report.skipped) == 1 and re.fullmatch(
+        rf"10000001_3.4_1_p1_101.json event 0: {problem}", report.skipped[0]
+    )
+    assert "10000001_3.4_1_p1_101" not in dataset["train"]["recording"]
+
+
+def test_events_past_the_end_of_their_file_are_kept_clipped_and_reported(release):
+    (release / FOLDERS["train"][0] / "10000001_3.4_1_p1_101.json").write_text(event_json("2500", "4000"))
+    dataset, report = build_sprsound(release, validation_fraction=0)
+    assert report.clipped == ["10000001_3.4_1_p1_101.json event 0: ends at 4.0 s, the file at 3.000 s"]
+    assert "clipped at the end of the file: 10000001_3.4_1_p1_101.json event 0" in str(report)
+    row = dataset["train"].filter(lambda row: row["recording"] == "10000001_3.4_1_p1_101")[0]
+    assert (row["start"], row["end"]) == (2.5, 4.0)
+    audio = decode_segments(dataset["train"].select([dataset["train"]["recording"].index(row["recording"])]))[0]
+    assert len(audio["audio"]["array"]) == 8000  # 0.5 s to the end of the 3-s file at 16 kHz
 
 
 def test_an_age_that_is_not_a_finite_number_is_an_error_naming_the_file(release):

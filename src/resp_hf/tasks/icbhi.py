@@ -6,7 +6,6 @@ and `ICBHI_challenge_train_test.txt` (`<recording>  train|test`, the official sp
 the challenge: normal (no flag), crackle, wheeze, both; the 2-class label is normal / abnormal.
 """
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from datasets import ClassLabel, Features, Value
 
 from ..models.resp_m2d.audio_utils_resp_m2d import sound_info
 from ..opera.files import read_text
-from .segments import carve_validation, rows_to_splits
+from .segments import carve_validation, rows_to_splits, segment_problem
 
 LABELS = ("normal", "crackle", "wheeze", "both")
 BINARY_LABELS = ("normal", "abnormal")
@@ -166,20 +165,6 @@ def cycle_label(crackles, wheezes):
     return crackles + 2 * wheezes
 
 
-def cycle_problem(start, end, duration):
-    """
-    Why a cycle cannot be read (None when it can): a time that is not a finite, non-negative number, zero or negative
-    length, or starting after the file ends.
-    """
-    if not (math.isfinite(start) and math.isfinite(end) and start >= 0):
-        return f"times must be finite and non-negative ({start} to {end} s)"
-    if end <= start:
-        return f"zero or negative length ({start} to {end} s)"
-    if start >= duration:
-        return f"starts at {start} s, after the end of the file ({duration:.3f} s)"
-    return None
-
-
 def recording_rows(database, recording, split, report, skip_invalid):
     """The rows of one recording's cycles; clipped and (with `skip_invalid`) left-out cycles go to `report`."""
     audio_path = database / f"{recording}.wav"
@@ -192,7 +177,7 @@ def recording_rows(database, recording, split, report, skip_invalid):
     metadata = parse_recording_name(recording)
     rows, problems = [], []
     for index, (start, end, crackles, wheezes) in enumerate(read_cycles(annotation_path)):
-        problem = cycle_problem(start, end, duration)
+        problem = segment_problem(start, end, duration)
         if problem:
             problems.append(f"{recording} cycle {index}: {problem}")
             continue

@@ -36,6 +36,21 @@ class SegmentWindow:
             raise ValueError(f"The window length must be positive, got {self.seconds} seconds.")
 
 
+def segment_problem(start, end, duration):
+    """
+    Why a segment of a `duration`-second file cannot be read (None when it can): a time that is not a finite,
+    non-negative number, zero or negative length, or starting after the file ends. One ending after the file is
+    readable (clipped to the file).
+    """
+    if not (math.isfinite(start) and math.isfinite(end) and start >= 0):
+        return f"times must be finite and non-negative ({start} to {end} s)"
+    if end <= start:
+        return f"zero or negative length ({start} to {end} s)"
+    if start >= duration:
+        return f"starts at {start} s, after the end of the file ({duration:.3f} s)"
+    return None
+
+
 def fit_segment(audio, sampling_rate, window):
     """Crops or pads one segment to `window.seconds` with `window.pad` (see `SegmentWindow`)."""
     target = int(window.seconds * sampling_rate)
@@ -124,4 +139,4 @@ def rows_to_splits(rows, features, split_names):
     return dataset, counts
 
 
-__all__ = ["SegmentWindow", "carve_validation", "rows_to_splits", "decode_segments", "fit_segment"]
+__all__ = ["SegmentWindow", "carve_validation", "rows_to_splits", "decode_segments", "fit_segment", "segment_problem"]

@@ -22,7 +22,7 @@ from datasets import ClassLabel, Features, Value
 
 from ..models.resp_m2d.audio_utils_resp_m2d import sound_info
 from ..opera.files import read_text
-from .segments import carve_validation, rows_to_splits
+from .segments import carve_validation, rows_to_splits, segment_problem
 
 EVENT_TYPES = ("Normal", "Rhonchi", "Wheeze", "Stridor", "Coarse Crackle", "Fine Crackle", "Wheeze+Crackle")
 RECORD_TYPES = ("Normal", "Poor Quality", "CAS", "DAS", "CAS & DAS")
@@ -49,11 +49,12 @@ class SprsoundDataError(ValueError):
 
 @dataclass
 class SprsoundReport:
-    """Rows per split and label, and the events that were left out (with `skip_invalid`)."""
+    """Rows per split and label, the events clipped at the end of their file and those left out (`skip_invalid`)."""
 
     task: str
     counts: dict = field(default_factory=dict)
-    skipped: list = field(default_factory=list)
+    clipped: list = field(default_factory=list)  # "file event N: ends at X s, the file at Y s"
+    skipped: list = field(default_factory=list)  # "file event N: reason"
     validation_patients: list = field(default_factory=list)
 
     def __str__(self):
@@ -61,6 +62,7 @@ class SprsoundReport:
         for split, counts in self.counts.items():
             detail = ", ".join(f"{count} {name}" for name, count in counts.items())
             lines.append(f"  {split}: {sum(counts.values())} ({detail})")
+        lines += [f"  clipped at the end of the file: {item}" for item in self.clipped]
         lines += [f"  left out: {item}" for item in self.skipped]
         return "\n".join(lines)
 
@@ -102,10 +104,8 @@ def not_json(constant):
 
 
 def read_event(event):
-    """`(start s, end s, type)` of one JSON event; times must be finite, non-negative milliseconds."""
+    """`(start s, end s, type)` of one JSON event (times in milliseconds, checked by `segment_problem`)."""
     start, end = float(event["start"]) / 1000, float(event["end"]) / 1000
-    if not (math.isfinite(start) and math.isfinite(end) and start >= 0):
-        raise ValueError(f"times {event['start']!r} to {event['end']!r} are not finite, non-negative milliseconds")
     if not isinstance(event["type"], str):
         raise TypeError(f"type {event['type']!r} is not a string")
     return start, end, event["type"]
@@ -184,9 +184,12 @@ def recording_rows(task, annotation, audio, split, report, skip_invalid):
         return [{**base, "start": 0.0, "end": duration, "event": -1, "event_type": "", "label": label}]
     rows, problems = [], []
     for index, (start, end, kind) in enumerate(events):
-        if end <= start or start >= duration:
-            problems.append(f"{annotation.name} event {index}: {start:.3f}-{end:.3f} s in a {duration:.3f} s file")
+        problem = segment_problem(start, end, duration)
+        if problem:
+            problems.append(f"{annotation.name} event {index}: {problem}")
             continue
+        if end > duration:
+            report.clipped.append(f"{annotation.name} event {index}: ends at {end} s, the file at {duration:.3f} s")
         label = task_label(task, record, kind)
         rows.append({**base, "start": start, "end": end, "event": index, "event_type": kind, "label": label})
     if problems and not skip_invalid:
