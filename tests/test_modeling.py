@@ -364,6 +364,7 @@ class TestRespM2DConfig:
             ({"hidden_size": "768"}, r"Invalid settings: hidden_size='768' \(an integer >= 0\)"),
             ({"num_attention_heads": 0}, r"num_attention_heads=0 \(an integer >= 1\)"),
             ({"num_hidden_layers": True}, "num_hidden_layers=True"),
+            ({"num_hidden_layers": 1_000_000}, "num_hidden_layers=1000000 is more than 1000 blocks"),
             ({"intermediate_size": 3072.0}, "intermediate_size=3072.0"),
             ({"hop_length": 0, "n_fft": 400.5}, r"n_fft=400.5 \(an integer >= 1\), hop_length=0"),
             ({"hidden_act": "nope"}, r"hidden_act='nope' is not one of Transformers' activations"),

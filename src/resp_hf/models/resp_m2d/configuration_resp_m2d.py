@@ -18,6 +18,8 @@ FRONT_END_DEFAULTS = {
     32000: {"n_fft": 800, "win_length": 800, "hop_length": 320, "f_min": 50.0, "f_max": 16000.0},
 }
 POOLING_MODES = ("frequency", "mean", "cls")
+# Far deeper than any ViT (ViT-Base has 12 blocks): a bound that keeps an edited config from building for hours.
+MAX_HIDDEN_LAYERS = 1000
 # Log-mel (mean, std) of M2D's ViT when a checkpoint carries no `norm_stats` (the original `norm_stats` default).
 DEFAULT_NORM_STATS = (-7.1, 4.2)
 # Remote-code entry points written into every saved config.json (files are copied flat next to it).
@@ -157,6 +159,8 @@ class RespM2DConfig(PreTrainedConfig):
             at_least_one=("num_attention_heads", "n_fft", "win_length", "hop_length"),
             at_least_zero=("hidden_size", "num_hidden_layers", "intermediate_size"),
         )
+        if self.num_hidden_layers > MAX_HIDDEN_LAYERS:
+            raise ValueError(f"num_hidden_layers={self.num_hidden_layers} is more than {MAX_HIDDEN_LAYERS} blocks.")
         if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
             raise ValueError(f"hidden_act={self.hidden_act!r} is not one of Transformers' activations (ACT2FN).")
         if self.window != "hann":
