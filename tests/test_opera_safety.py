@@ -174,7 +174,7 @@ def test_opera_build_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsy
     (output / "notes.txt").write_text("mine")
     arguments = ["opera", "build", "T10", "--opera-root", str(root), "--output", str(output), "--allow-missing"]
     assert cli_main(arguments) == 2
-    assert "is not empty; it already holds notes.txt: pass --overwrite" in capsys.readouterr().err
+    assert "is not empty; it already holds notes.txt: pass --overwrite to replace it, or" in capsys.readouterr().err
     assert (output / "notes.txt").read_text() == "mine"
     assert cli_main([*arguments, "--overwrite"]) == 0
     assert (output / "opera_task.json").is_file() and not (output / "notes.txt").exists()

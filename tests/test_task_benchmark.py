@@ -95,7 +95,7 @@ def test_benchmark_refuses_splits_that_cannot_train_or_select(encoder_folder, sp
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / "results.md").write_text("an earlier run")
     assert cli_main(benchmark_args(encoder_folder, split_file, tmp_path / "earlier")) == 2
-    assert "is not empty; it already holds results.md: pass --overwrite" in capsys.readouterr().err
+    assert "is not empty; it already holds results.md: pass --overwrite to replace it, or" in capsys.readouterr().err
 
 
 def test_linear_probing_freezes_the_encoder_and_fine_tuning_the_patch_embedding(encoder_folder):

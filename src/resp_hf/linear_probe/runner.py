@@ -49,7 +49,7 @@ class BenchmarkSettings:
     allow_missing: bool = False
     overwrite: bool = False
     progress: bool | None = None
-    quantize: str | None = None  # "int8" (CPU) or "bf16": embed with resp_hf.quantize(model, quantize)
+    quantize: str | None = None  # "int8", "fp32" (CPU) or "bf16": embed with resp_hf.quantize(model, quantize)
 
     def check(self) -> None:
         """Raises ValueError on settings no run can use: epochs or batch size below 1, no seeds or a repeated seed."""
@@ -406,14 +406,14 @@ def run_benchmark(
     output_dir = Path(output_dir)
     # Results of two runs must not mix; the embedding cache alone is reused (each entry is keyed by model, data and
     # settings, and verified on load).
-    check_output_folder(output_dir, settings.overwrite, option="--overwrite (overwrite=True)", may_hold=(CACHE_FOLDER,))
+    check_output_folder(output_dir, settings.overwrite, option="overwrite=True (--overwrite)", may_hold=(CACHE_FOLDER,))
     jobs = benchmark_jobs(tasks, opera_root, datasets, settings.allow_missing)
     if isinstance(model, (str, Path)):
         model_name = model_name or Path(model).name
         model = load_model(model)
     embedder = Embedder(model, settings, cache_dir or output_dir / CACHE_FOLDER)
     if settings.quantize:  # the cache key holds the float32 weights' fingerprint and the quantization method
-        on_cpu = model.to("cpu") if settings.quantize == "int8" else model  # int8 kernels are CPU-only
+        on_cpu = model.to("cpu") if settings.quantize in ("int8", "fp32") else model  # CPU-only kernels
         embedder.model = quantize(on_cpu, settings.quantize)
         model_name = f"{model_name or 'model'} ({settings.quantize})"
     runs, notes = [], []

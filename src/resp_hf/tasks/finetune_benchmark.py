@@ -338,7 +338,7 @@ def run_task_benchmark(
     """
     settings = settings or TaskBenchmarkSettings()
     output_dir = Path(output_dir)
-    check_output_folder(output_dir, overwrite, option="--overwrite (overwrite=True)")
+    check_output_folder(output_dir, overwrite, option="overwrite=True (--overwrite)")
     tasks = [get_task(name) for name in task_names]
     for task in tasks:
         for protocol in settings.protocols:
