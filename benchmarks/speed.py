@@ -40,7 +40,7 @@ import transformers
 
 from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel, quantize
 from resp_hf.export import INT8_ONNX_FILE, export_onnx, quantize_onnx
-from resp_hf.quantize import PackedLinear, cpu_has_bf16_kernels, packs_bf16_weights
+from resp_hf.quantize import PackedLinear, cpu_has_bf16_kernels, packs_weights
 
 RATE = 16000
 ALLOCATOR_VARIABLES = ("MALLOC_", "LD_PRELOAD")  # glibc tunables, a preloaded malloc
@@ -75,15 +75,15 @@ def square_matmul(device, dtype, size):
     return (lambda: a @ b), 2 * size**3
 
 
-def model_shape_matmuls(config, passes, device, dtype):
+def model_shape_matmuls(config, passes, device, dtype, packed):
     """
     One layer's qkv, projection, fc1 and fc2 products at the row counts of the encoder's `passes`, as the encoder runs
-    them (Linear layers; bf16 on a CPU: `quantize`'s pre-packed `PackedLinear`), without bias; and their FLOPs.
+    them (Linear layers; `packed`: `quantize`'s pre-packed `PackedLinear`), without bias; and their FLOPs.
     """
     width, hidden = config.hidden_size, config.intermediate_size
     shapes = ((width, 3 * width), (width, width), (width, hidden), (hidden, width))
     linears = [torch.nn.Linear(k, n, bias=False).to(device, dtype) for k, n in shapes]
-    if dtype == torch.bfloat16 and device.type == "cpu" and packs_bf16_weights():
+    if packed:
         linears = [PackedLinear.from_linear(linear) for linear in linears]
     rows = [chunks * tokens for chunks, tokens in passes]
     inputs = {m: [torch.randn(m, k, device=device).to(dtype) for k, _ in shapes] for m in set(rows)}
@@ -213,6 +213,17 @@ def reference_dtype(name):
     return dtype if dtype in MATMUL_DTYPES else None
 
 
+def model_shape_reference(name, device):
+    """
+    The model-shape reference of a configuration and whether its Linear layers are packed as the configuration's
+    are: "fp32 packed" and, on a CPU with oneDNN bf16, the bf16 copy (and autocast, against the same reference).
+    """
+    dtype = reference_dtype(name)
+    packed = device.type == "cpu" and (name == "fp32 packed" or dtype == "bf16")
+    packed = packed and packs_weights(MATMUL_DTYPES[dtype])
+    return f"{dtype} packed model-shape" if name == "fp32 packed" else f"{dtype} model-shape", packed
+
+
 def measure_group(configs, make_run, passes, useful_flops, repeats, warmup=1):
     """
     Runs `make_run(model, dtype)` for every configuration (name -> (model, autocast dtype)) interleaved with the
@@ -223,13 +234,19 @@ def measure_group(configs, make_run, passes, useful_flops, repeats, warmup=1):
     model = next(iter(configs.values()))[0]
     device, config = model.device, model.config
     functions, references, reference_flops = {}, {}, {}
+    keys = {}
     for name, (candidate, dtype) in configs.items():
         functions[name] = partial(make_run, candidate, dtype)
         matmul = reference_dtype(name)
-        if matmul and f"{matmul} square" not in references:
-            references[f"{matmul} model-shape"], reference_flops[f"{matmul} model-shape"] = model_shape_matmuls(
-                config, passes, device, MATMUL_DTYPES[matmul]
+        if not matmul:
+            continue
+        model_shape, packed = model_shape_reference(name, device)
+        keys[name] = {"model-shape": model_shape, "square": f"{matmul} square"}
+        if model_shape not in references:
+            references[model_shape], reference_flops[model_shape] = model_shape_matmuls(
+                config, passes, device, MATMUL_DTYPES[matmul], packed
             )
+        if f"{matmul} square" not in references:
             square = 2048 if device.type == "cpu" else 8192
             references[f"{matmul} square"], reference_flops[f"{matmul} square"] = square_matmul(
                 device, MATMUL_DTYPES[matmul], square
@@ -246,8 +263,7 @@ def measure_group(configs, make_run, passes, useful_flops, repeats, warmup=1):
             "seconds_min": min(seconds),
             "achieved_flops": useful_flops / statistics.median(seconds),
         }
-        for reference in ("model-shape", "square"):
-            key = f"{reference_dtype(name)} {reference}"
+        for reference, key in keys.get(name, {}).items():
             if key in times:
                 # achieved / attainable = (useful / t) / (reference FLOPs / t_reference), per round
                 median, best = same_moment(times[key], seconds)
@@ -417,16 +433,19 @@ def long_recording_worker(model, dtype, dtype_name, minutes):
 
 
 def dtype_names(device):
-    """What to compare: fp32, bf16 weights (not on a CPU that emulates bf16), and int8 on a CPU or fp16 on a GPU."""
+    """
+    What to compare: fp32, bf16 weights (not on a CPU that emulates bf16), and on a CPU the packed fp32 copy and int8,
+    on a GPU fp16.
+    """
     if device.type == "cuda":
         return ["fp32", "bf16", "fp16"]
-    return ["fp32", "bf16", "int8"] if cpu_has_bf16_kernels() else ["fp32", "int8"]
+    return ["fp32", "fp32 packed"] + (["bf16"] if cpu_has_bf16_kernels() else []) + ["int8"]
 
 
 def configuration(model, name):
     """(model to run, autocast dtype) for one of `dtype_names` or "bf16 autocast"."""
-    if name in ("int8", "bf16"):
-        return quantize(model, name), None
+    if name in ("int8", "bf16", "fp32 packed"):
+        return quantize(model, name.split()[0]), None
     return model, None if name == "fp32" else MATMUL_DTYPES[reference_dtype(name)]
 
 

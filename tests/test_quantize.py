@@ -20,7 +20,7 @@ from resp_hf import (
 from resp_hf.cli import main as cli_main
 from resp_hf.data import load_audio_folder
 from resp_hf.linear_probe import BenchmarkSettings, run_benchmark
-from resp_hf.quantize import PackedLinear, cpu_has_bf16_kernels, packs_bf16_weights
+from resp_hf.quantize import PackedLinear, cpu_has_bf16_kernels, packs_weights
 from resp_hf.synthetic import write_two_class_recordings
 
 
@@ -141,7 +141,7 @@ def test_bf16_copy_on_a_cpu_with_onednn_bf16_packs_every_encoder_linear_and_fuse
     bf16 = quantize(model, "bf16")
     linears = encoder_linears(bf16)
     assert len(linears) == 4 * model.config.num_hidden_layers
-    if packs_bf16_weights():  # AVX-512 (BF16) CPUs; elsewhere plain bf16 Linear layers
+    if packs_weights(torch.bfloat16):  # AVX-512 (BF16) CPUs; elsewhere plain bf16 Linear layers
         assert {type(linear) for linear in linears.values()} == {PackedLinear}
         assert {name for name, linear in linears.items() if linear.activation == "gelu"} == {
             f"layer.{index}.mlp.fc1" for index in range(model.config.num_hidden_layers)
@@ -150,11 +150,35 @@ def test_bf16_copy_on_a_cpu_with_onednn_bf16_packs_every_encoder_linear_and_fuse
     else:
         assert {type(linear) for linear in linears.values()} == {torch.nn.Linear}
     assert {type(linear) for linear in encoder_linears(model).values()} == {torch.nn.Linear}  # the original
-    monkeypatch.setattr(importlib.import_module("resp_hf.quantize"), "packs_bf16_weights", lambda: False)
+    monkeypatch.setattr(importlib.import_module("resp_hf.quantize"), "packs_weights", lambda dtype: False)
     assert {type(linear) for linear in encoder_linears(quantize(model, "bf16")).values()} == {torch.nn.Linear}
     gelu = quantize(tiny_model(hidden_act="gelu_new"), "bf16")  # the tanh GELU is not fused
     assert all(getattr(linear, "activation", "none") == "none" for linear in encoder_linears(gelu).values())
     assert all(not isinstance(layer.mlp.activation, torch.nn.Identity) for layer in gelu.encoder.layer)
+
+
+def test_fp32_copy_packs_every_encoder_linear_and_gives_the_float32_embeddings(golden_folder, golden_audio, tmp_path):
+    model = RespM2DModel.from_pretrained(golden_folder)
+    packed = quantize(model, "fp32")
+    linears = encoder_linears(packed)
+    assert {type(linear) for linear in encoder_linears(model).values()} == {torch.nn.Linear}  # the original
+    on_onednn = packs_weights(torch.float32)  # PyTorch with oneDNN (x86 builds among them)
+    assert {type(linear) for linear in linears.values()} == {PackedLinear if on_onednn else torch.nn.Linear}
+    if on_onednn:
+        assert {name for name, linear in linears.items() if linear.activation == "gelu"} == {
+            f"layer.{index}.mlp.fc1" for index in range(model.config.num_hidden_layers)
+        }
+    assert {p.dtype for p in packed.parameters()} == {torch.float32}
+    clips = list(golden_audio.values())
+    reference = model.embed(clips, sampling_rate=16000, batch_size=3, progress=False)
+    embedded = packed.embed(clips, sampling_rate=16000, batch_size=3, progress=False)
+    assert not on_onednn or packed.encoder.layer[1].mlp.fc2._packed.dtype == torch.float32  # the packed path ran
+    torch.testing.assert_close(embedded, reference, atol=2e-5, rtol=1e-5)  # float32 rounding only
+    packed.save_pretrained(tmp_path)  # the float32 model as it was
+    reloaded = RespM2DModel.from_pretrained(tmp_path).state_dict()
+    assert all(torch.equal(value, reloaded[key]) for key, value in model.state_dict().items())
+    with pytest.raises(ValueError, match="pass a float32 model on the CPU"):
+        quantize(model.to(torch.bfloat16), "fp32")
 
 
 def packed_pair(activation):
@@ -168,7 +192,7 @@ def reference_output(weight, bias, inputs, activation):
     With oneDNN's packed bf16 kernel: the float32 product of the bf16 operands, (GELU), rounded once to bf16. Without
     it (CPUs without bf16 instructions): a plain bf16 Linear, then the GELU in bf16.
     """
-    if packs_bf16_weights():
+    if packs_weights(torch.bfloat16):
         inputs, weight, bias = inputs.float(), weight.float(), bias.float()
     output = torch.nn.functional.linear(inputs, weight, bias)
     return (torch.nn.functional.gelu(output) if activation == "gelu" else output).to(torch.bfloat16)
@@ -187,10 +211,11 @@ def test_packed_linear_matches_a_float32_product_of_its_bf16_weights_and_follows
         torch.testing.assert_close(packed(inputs), reference_output(packed.weight, packed.bias, inputs, activation))
         packed.weight.data = torch.randn_like(packed.weight)  # a new tensor behind the same parameter
         torch.testing.assert_close(packed(inputs), reference_output(packed.weight, packed.bias, inputs, activation))
-        packed.float()  # float32 weights: the plain path, same numbers as nn.Linear
+        packed.float()  # float32 weights: packed again in float32; float32 rounding of another summation order
         expected = torch.nn.functional.linear(inputs.float(), packed.weight, packed.bias)
         expected = torch.nn.functional.gelu(expected) if activation == "gelu" else expected
-        torch.testing.assert_close(packed(inputs.float()), expected, rtol=0, atol=0)
+        torch.testing.assert_close(packed(inputs.float()), expected)
+        assert packed._packed.dtype == torch.float32 or not packs_weights(torch.float32)
 
 
 def test_packed_linear_exports_as_a_plain_linear_and_gelu():
@@ -271,13 +296,13 @@ def test_without_torchs_instruction_checks_bf16_is_judged_by_the_kernel_capabili
 
 
 def test_quantize_rejects_unknown_methods_and_models_without_an_encoder():
-    with pytest.raises(ValueError, match=r"Unknown quantization method 'int4'; choose one of: int8, bf16\."):
+    with pytest.raises(ValueError, match=r"Unknown quantization method 'int4'; choose one of: int8, bf16, fp32\."):
         quantize(tiny_model(), "int4")
     with pytest.raises(ValueError, match=r"Sequential has no RespM2D encoder"):
         quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "int8")
 
 
-@pytest.mark.parametrize("method", ["int8", "bf16"])
+@pytest.mark.parametrize("method", ["int8", "bf16", "fp32"])
 def test_benchmark_quantize_embeds_with_the_quantized_encoder_under_its_own_cache_key(tmp_path, method):
     for seed, split in enumerate(("train", "validation", "test")):
         write_two_class_recordings(tmp_path / "recordings" / split, per_class=6, seed=seed, seconds=(0.5, 1.0))
@@ -288,7 +313,7 @@ def test_benchmark_quantize_embeds_with_the_quantized_encoder_under_its_own_cach
     cache = tmp_path / "cache"
     arguments = ["benchmark", "--model", str(tmp_path / "encoder"), "--dataset", str(tmp_path / "dataset")]
     arguments += ["--seeds", "0", "--epochs", "1", "--cache-dir", str(cache)]
-    cli_main([*arguments, "--output", str(tmp_path / "fp32")])
+    cli_main([*arguments, "--output", str(tmp_path / "baseline")])
     assert cli_main([*arguments, "--output", str(tmp_path / method), "--quantize", method]) == 0
     assert json.loads((tmp_path / method / "results.json").read_text())["model_name"] == f"encoder ({method})"
     stored = []
@@ -298,18 +323,21 @@ def test_benchmark_quantize_embeds_with_the_quantized_encoder_under_its_own_cach
     assert len(stored) == 6  # three splits, once in fp32 and once quantized
     fp32, quantized = torch.cat(stored[:3]), torch.cat(stored[3:])
     assert quantized.dtype == torch.float32
-    assert not torch.equal(fp32, quantized)
-    assert cosine(fp32, quantized).min() >= 0.999
+    if method == "fp32":  # the packed float32 copy: float32 rounding only
+        torch.testing.assert_close(quantized, fp32, atol=1e-5, rtol=1e-5)
+    else:
+        assert not torch.equal(fp32, quantized)
+        assert cosine(fp32, quantized).min() >= 0.999
 
 
 def test_benchmark_command_refuses_an_unknown_quantization_in_one_line(tmp_path, capsys):
     arguments = ["benchmark", "--model", "m", "--dataset", "d", "--output", str(tmp_path / "out"), "--quantize", "int4"]
     assert cli_main(arguments) == 2
     error = capsys.readouterr().err.strip()
-    assert error == "resp-hf benchmark: error: quantize must be one of int8, bf16 or None, got 'int4'."
+    assert error == "resp-hf benchmark: error: quantize must be one of int8, bf16, fp32 or None, got 'int4'."
     assert not (tmp_path / "out").exists()
 
 
 def test_benchmark_settings_reject_an_unknown_quantization_before_anything_runs(tmp_path):
-    with pytest.raises(ValueError, match=r"quantize must be one of int8, bf16 or None, got 'int4'"):
+    with pytest.raises(ValueError, match=r"quantize must be one of int8, bf16, fp32 or None, got 'int4'"):
         run_benchmark(tiny_model(), tmp_path, datasets=[tmp_path / "none"], settings=BenchmarkSettings(quantize="int4"))

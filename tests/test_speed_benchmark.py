@@ -125,7 +125,7 @@ def test_model_shape_reference_runs_the_encoder_gemms_of_the_recorded_passes(spe
     passes = speed.recorded_passes(model, lambda: speed.run_chunks(model, None, chunks))
     tokens = 1 + config.num_frequency_patches * config.time_patches_per_chunk
     assert passes == [(3, tokens)]
-    _, flops = speed.model_shape_matmuls(config, passes, model.device, torch.float32)
+    _, flops = speed.model_shape_matmuls(config, passes, model.device, torch.float32, packed=False)
     width, hidden = config.hidden_size, config.intermediate_size
     assert flops == 2 * 3 * tokens * (4 * width * width + 2 * width * hidden)
     # per layer, the same products plus attention's two (tokens x tokens) ones; and the patch projection
@@ -149,19 +149,40 @@ def test_bf16_rows_run_the_bfloat16_weights_copy_and_autocast_rows_the_float32_m
     ]
 
 
+def test_packed_fp32_rows_run_the_packed_copy_against_a_packed_reference_of_the_same_shapes(speed):
+    model = tiny_model()
+    packed, dtype = speed.configuration(model, "fp32 packed")
+    assert dtype is None and {type(module.mlp.fc1).__name__ for module in packed.encoder.layer} == {"PackedLinear"}
+    cpu = torch.device("cpu")
+    assert speed.model_shape_reference("fp32 packed", cpu) == ("fp32 packed model-shape", True)
+    assert speed.model_shape_reference("fp32", cpu) == ("fp32 model-shape", False)
+    passes = [(2, 31)]
+    run, flops = speed.model_shape_matmuls(model.config, passes, cpu, torch.float32, packed=True)
+    assert flops == speed.model_shape_matmuls(model.config, passes, cpu, torch.float32, packed=False)[1]
+    calls = []
+    original = torch.ops.mkldnn._linear_pointwise
+    with torch.no_grad():
+        torch.ops.mkldnn._linear_pointwise = lambda *args: calls.append(args[0].shape) or original(*args)
+        try:
+            run()
+        finally:
+            torch.ops.mkldnn._linear_pointwise = original
+    assert calls == [(62, 64), (62, 64), (62, 64), (62, 128)]  # qkv, proj, fc1, fc2 on oneDNN's packed weights
+
+
 def test_a_full_run_leaves_bf16_out_on_a_cpu_that_emulates_it_and_says_so(speed, monkeypatch):
     cpu = torch.device("cpu")
     for name in [name for name in os.environ if name.startswith(("MALLOC_", "LD_PRELOAD"))]:
         monkeypatch.delenv(name)
     monkeypatch.setattr(speed, "cpu_has_bf16_kernels", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
-    assert speed.dtype_names(cpu) == ["fp32", "int8"]
+    assert speed.dtype_names(cpu) == ["fp32", "fp32 packed", "int8"]
     assert speed.machine_description(cpu).endswith(
         ", native bf16: no, AVX-512 VNNI: no, allocator: default (bf16 emulated: no bf16 rows)"
     )
     monkeypatch.setattr(speed, "cpu_has_bf16_kernels", lambda: True)
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
-    assert speed.dtype_names(cpu) == ["fp32", "bf16", "int8"]
+    assert speed.dtype_names(cpu) == ["fp32", "fp32 packed", "bf16", "int8"]
     assert "PyTorch CPU kernels" in speed.machine_description(cpu)
     assert speed.machine_description(cpu).endswith(", native bf16: yes, AVX-512 VNNI: yes, allocator: default")
 

@@ -320,7 +320,7 @@ def add_benchmark_command(subparsers):
     parser.add_argument(
         "--quantize",
         metavar="METHOD",
-        help="embed with resp_hf.quantize(model, METHOD): int8 (CPU) or bf16 (checked by BenchmarkSettings)",
+        help="embed with resp_hf.quantize(model, METHOD): int8 (CPU), bf16 or fp32 (CPU; see BenchmarkSettings)",
     )
     parser.set_defaults(handler=run_benchmark_command)
 

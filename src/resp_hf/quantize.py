@@ -1,7 +1,14 @@
 """
 Faster inference: `quantize(model, "int8")` returns a copy of a RespM2D model whose encoder Linear layers (attention
 qkv and output projection, MLP fc1 and fc2: all but a few percent of the FLOPs) run in int8 (CPU);
-`quantize(model, "bf16")` returns a copy with all weights in bfloat16 (CPU or GPU).
+`quantize(model, "bf16")` returns a copy with all weights in bfloat16 (CPU or GPU); `quantize(model, "fp32")` returns a
+float32 copy whose encoder Linear layers are `PackedLinear`s (CPU).
+
+fp32: the same float32 weights, each multiplied through a copy packed once into oneDNN's blocked layout, and the MLP's
+GELU applied inside fc1's kernel, instead of PyTorch's default float32 Linear (MKL's GEMM on the plain weight, then a
+separate GELU pass). Only the summation order changes: embeddings within 1e-6 of the float32 model on ViT-Base. It ran
+1.18x faster at batch 1 and 1.24x at batch 8 (ViT-Base, 10-s clips, interleaved) on an AMD EPYC (Zen 3, AVX2), where
+oneDNN's packed GEMM also beat MKL's on every encoder shape.
 
 bf16: the copy is `model.to(torch.bfloat16)`, on a CPU with the written-out ("eager") attention. Feature extraction
 stays float32 and the patch embedding casts its input to the weights' dtype, so `forward`, `embed()` (float32
@@ -48,7 +55,7 @@ import warnings
 import torch
 from torch import nn
 
-METHODS = ("int8", "bf16")
+METHODS = ("int8", "bf16", "fp32")
 # Engines whose dynamic int8 Linear is FBGEMM's (VNNI / AVX2 kernels); "x86" is PyTorch's default on x86 CPUs.
 ENGINES = ("x86", "fbgemm")
 
@@ -57,13 +64,25 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
     """
     A copy of `model` (`RespM2DModel` or `RespM2DForAudioClassification`) in eval mode, for inference; `model` itself
     is left unchanged. "int8" (CPU): the encoder's Linear layers dynamically quantized to int8, float32 elsewhere.
-    "bf16": every weight in bfloat16, and on a CPU the written-out attention. Do not combine either with `autocast`.
+    "bf16": every weight in bfloat16, and on a CPU the written-out attention. "fp32" (CPU): float32 as before, with the
+    encoder's Linear layers multiplying through weights packed for oneDNN and the GELU inside fc1 (`PackedLinear`).
+    Do not combine any of them with `autocast`.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown quantization method {method!r}; choose one of: {', '.join(METHODS)}.")
     if not encoders_of(model):
         raise ValueError(f"{type(model).__name__} has no RespM2D encoder to quantize; pass a RespM2D model.")
     device = next(model.parameters()).device
+    if method == "fp32":
+        if device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
+            raise ValueError(
+                "quantize(model, 'fp32') packs float32 weights for the CPU; pass a float32 model on the CPU."
+            )
+        packed = copy.deepcopy(model).eval()
+        if packs_weights(torch.float32):
+            for encoder in encoders_of(packed):
+                use_packed_linears(encoder, fuse_gelu=packed.config.hidden_act == "gelu")
+        return packed
     if method == "bf16":
         if device.type == "cpu" and not cpu_has_bf16_kernels():
             warnings.warn(
@@ -74,7 +93,7 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
         bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
         if device.type == "cpu" and bf16.config._attn_implementation == "sdpa":
             bf16.set_attn_implementation("eager")  # faster in bf16 on CPUs (module docstring)
-        if device.type == "cpu" and packs_bf16_weights():
+        if device.type == "cpu" and packs_weights(torch.bfloat16):
             for encoder in encoders_of(bf16):
                 use_packed_linears(encoder, fuse_gelu=bf16.config.hidden_act == "gelu")
         return bf16
@@ -114,19 +133,21 @@ def cpu_has_bf16_kernels() -> bool:
 
 
 @functools.cache
-def packs_bf16_weights() -> bool:
-    """Whether this PyTorch has oneDNN's bf16 Linear with pre-packed weights on this CPU (see `PackedLinear`)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+def packs_weights(dtype: torch.dtype) -> bool:
+    """Whether this PyTorch has oneDNN's Linear with pre-packed weights in `dtype` on this CPU (see `PackedLinear`)."""
+    if not torch.backends.mkldnn.is_available() or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    return dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class PackedLinear(nn.Linear):
     """
-    A bf16 Linear that multiplies with a copy of its weight pre-packed in oneDNN's blocked layout, optionally with an
-    exact (erf) GELU applied to the float32 product inside the same kernel. `weight` and `bias` stay ordinary
+    A bf16 or float32 Linear that multiplies with a copy of its weight pre-packed in oneDNN's blocked layout, optionally
+    with an exact (erf) GELU applied to the float32 product inside the same kernel. `weight` and `bias` stay ordinary
     parameters (state dict, saving, `.parameters()` unchanged); the packed copy is remade whenever the weight changes
     (`load_state_dict`, in-place edits under `torch.no_grad()`, a new tensor assigned). In-place edits through
     `weight.data` bypass PyTorch's version counter and go unseen: edit through `weight` itself. Off the fast path
-    (gradients needed, another dtype or device, compiling, a CPU without oneDNN bf16) it is `nn.Linear` (+ GELU).
+    (gradients needed, another dtype or device, compiling, no oneDNN kernel for the dtype) it is `nn.Linear` (+ GELU).
     """
 
     @classmethod
@@ -153,8 +174,9 @@ class PackedLinear(nn.Linear):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         needs_grad = torch.is_grad_enabled() and (hidden_states.requires_grad or self.weight.requires_grad)
-        bf16_on_cpu = hidden_states.dtype == self.weight.dtype == torch.bfloat16 and self.weight.device.type == "cpu"
-        if bf16_on_cpu and not needs_grad and not torch.compiler.is_compiling() and packs_bf16_weights():
+        dtype = self.weight.dtype
+        same_dtype_on_cpu = hidden_states.dtype == dtype and self.weight.device.type == "cpu"
+        if same_dtype_on_cpu and not needs_grad and not torch.compiler.is_compiling() and packs_weights(dtype):
             algorithm = "none" if self.activation == "gelu" else ""  # "none": erf, not the tanh approximation
             return torch.ops.mkldnn._linear_pointwise(
                 hidden_states, self.packed_weight(), self.bias, self.activation, [], algorithm
