@@ -12,7 +12,8 @@ each fraction of attainable and each speed-up is a ratio of times taken at the s
 median over rounds (and the ratio of the best times). A fraction above 100% means the machine changed speed within a
 round: it is marked invalid. The bf16 rows use `resp_hf.quantize(model, "bf16")` (bfloat16 weights); the end-to-end
 table adds "bf16 autocast" (float32 weights under `torch.autocast`) against the same bf16 reference. On a CPU the int8
-rows use `resp_hf.quantize(model, "int8")`; on a GPU, fp16 autocast is added. On x86 CPUs without bf16 instructions
+rows use `resp_hf.quantize(model, "int8")` and the fp32 packed rows `quantize(model, "fp32")` (against a reference
+packed the same way); on a GPU, fp16 autocast is added. On x86 CPUs without bf16 instructions
 (AVX-512 BF16 or AMX), where PyTorch emulates bf16 (3x to 100x slower than fp32), the bf16 rows are left out. On a GPU
 the full run adds batch 64 and passes of 256 and 1024 chunks, where a GPU's matmuls approach their rate.
 On a CPU with the [export] extra, ONNX Runtime (the `resp-hf export onnx --int8` graphs, fp32 and int8) runs end to end
@@ -434,12 +435,13 @@ def long_recording_worker(model, dtype, dtype_name, minutes):
 
 def dtype_names(device):
     """
-    What to compare: fp32, bf16 weights (not on a CPU that emulates bf16), and on a CPU the packed fp32 copy and int8,
-    on a GPU fp16.
+    What to compare: fp32, bf16 weights (not on a CPU that emulates bf16), and on a CPU the packed fp32 copy (with
+    oneDNN) and int8, on a GPU fp16.
     """
     if device.type == "cuda":
         return ["fp32", "bf16", "fp16"]
-    return ["fp32", "fp32 packed"] + (["bf16"] if cpu_has_bf16_kernels() else []) + ["int8"]
+    packed = ["fp32 packed"] if packs_weights(torch.float32) else []  # PyTorch with oneDNN
+    return ["fp32", *packed] + (["bf16"] if cpu_has_bf16_kernels() else []) + ["int8"]
 
 
 def configuration(model, name):

@@ -115,7 +115,9 @@ class TestRespM2DModel:
             tiny_model().save_pretrained(folder)
             config = json.loads((folder / "config.json").read_text())
             (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
-            with pytest.raises(ValueError, match=f"layers{layers}: config.json does not match the weights \\({kind}"):
+            with pytest.raises(
+                ValueError, match=f"layers{layers}: the configuration does not match the weights \\({kind}"
+            ):
                 RespM2DModel.from_pretrained(folder)
         classifier = RespM2DForAudioClassification.from_pretrained(tmp_path / "encoder", num_labels=3)  # a new head
         classifier.save_pretrained(tmp_path / "classifier")
@@ -146,6 +148,10 @@ class TestRespM2DModel:
         message = r"head in the weights does not fit.*classifier.bias \(2,\) in the weights, \(3,\) configured.*"
         with pytest.raises(RuntimeError, match=message + "ignore_mismatched_sizes=True"):
             RespM2DForAudioClassification.from_pretrained(tmp_path, num_labels=3)
+        wider = RespM2DForAudioClassification.from_pretrained(
+            tmp_path, intermediate_size=256, ignore_mismatched_sizes=True
+        )
+        assert wider.resp_m2d.encoder.layer[0].mlp.fc1.weight.shape == (256, 64)  # initialized afresh, as asked
         new_head = RespM2DForAudioClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
         assert new_head.classifier.out_features == 3
         assert torch.equal(
@@ -176,6 +182,48 @@ class TestRespM2DModel:
         message = f"{weights}: weights hold NaN or infinite values \\({bad}\\)"
         with pytest.raises(ValueError, match=message):
             RespM2DModel.from_pretrained(tmp_path)
+
+    def test_weights_that_overflow_the_loading_dtype_are_named_with_it(self, tmp_path):
+        from safetensors.torch import load_file, save_file
+
+        tiny_model().save_pretrained(tmp_path)
+        tensors = load_file(tmp_path / "model.safetensors")
+        tensors["encoder.layer.0.mlp.fc2.weight"][0, 0] = 1e5  # finite in float32, beyond float16's range
+        save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+        assert RespM2DModel.from_pretrained(tmp_path).encoder.layer[0].mlp.fc2.weight[0, 0] == 1e5
+        message = r"\(encoder.layer.0.mlp.fc2.weight\); in torch.float16 \(the dtype they were loaded in\)"
+        with pytest.raises(ValueError, match=message):
+            RespM2DModel.from_pretrained(tmp_path, dtype=torch.float16)
+
+    def test_renamed_weights_and_adapters_load_through_transformers(self, tmp_path):
+        """`key_mapping` and `load_adapter` (PEFT through Transformers) pass the checks of the loaded weights."""
+        from peft import LoraConfig, get_peft_model
+        from safetensors.torch import load_file, save_file
+
+        from resp_hf import RespM2DForAudioClassification
+
+        model = tiny_model(seed=3)
+        model.save_pretrained(tmp_path / "renamed")
+        tensors = load_file(tmp_path / "renamed" / "model.safetensors")
+        tensors = {key.replace("layernorm.", "final_norm.", 1): value for key, value in tensors.items()}
+        save_file(tensors, tmp_path / "renamed" / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(ValueError, match="missing keys: layernorm.bias, layernorm.weight"):
+            RespM2DModel.from_pretrained(tmp_path / "renamed")
+        renamed = RespM2DModel.from_pretrained(tmp_path / "renamed", key_mapping={r"^final_norm\.": "layernorm."})
+        assert torch.equal(renamed.layernorm.weight, model.layernorm.weight)
+
+        torch.manual_seed(0)
+        classifier = RespM2DForAudioClassification(tiny_config(num_labels=2)).eval()
+        classifier.save_pretrained(tmp_path / "classifier")
+        peft_model = get_peft_model(classifier, LoraConfig(r=2, target_modules=["qkv"], init_lora_weights=False))
+        peft_model.save_pretrained(tmp_path / "adapter")
+        features = torch.randn(1, 80, 100)
+        with torch.no_grad():
+            expected = peft_model(input_features=features).logits
+        base = RespM2DForAudioClassification.from_pretrained(tmp_path / "classifier")
+        base.load_adapter(str(tmp_path / "adapter"))
+        with torch.no_grad():
+            torch.testing.assert_close(base.eval()(input_features=features).logits, expected)
 
     def test_pytorch_bin_weights_load_only_as_plain_tensors(self, tmp_path):
         """Sharded safetensors and weights-only `pytorch_model.bin` load; a .bin whose unpickling runs code does not."""

@@ -429,6 +429,52 @@ def test_damaged_target_and_predictor_weights_are_refused_before_a_model_is_buil
     assert str(path) in str(error.value)
 
 
+def saved_pretraining_folder(tmp_path, edit):
+    """A resp_hf folder with its saved target encoder and predictor (`m2d_pretraining.safetensors`), edited."""
+    from safetensors.torch import save_file
+
+    config = RespM2DConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    model = M2DPretrainingModel(config, predictor_config(width=32, depth=2, heads=2))
+    model.online.save_pretrained(tmp_path / "folder")
+    rest = {key: value.contiguous() for key, value in model.state_dict().items() if not key.startswith("online.")}
+    edit(rest)
+    save_file(rest, tmp_path / "folder" / pretrain.STATE_FILE)
+    return tmp_path / "folder"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.pop("predictor.layers.1.mlp.fc1.weight"), r"missing: predictor.layers.1.mlp.fc1.weight\.$"),
+        (lambda s: s.pop("target_norm.bias"), r"missing: target_norm.bias\.$"),
+        (
+            lambda s: s.update({"predictor.layers.999.layernorm_before.weight": torch.zeros(32)}),
+            r"holds predictor blocks \['0', '1', '999'\], not 0 to 2: the checkpoint is incomplete or damaged",
+        ),
+        (
+            lambda s: s.update({"predictor.layers.x.layernorm_before.weight": torch.zeros(32)}),
+            r"holds predictor blocks \['0', '1', 'x'\]",
+        ),
+    ],
+    ids=["predictor_block_weight", "target_norm", "far_block", "not_a_number"],
+)
+def test_a_saved_pretraining_state_must_hold_whole_parts_that_fit(tmp_path, edit, message):
+    folder = saved_pretraining_folder(tmp_path, edit)
+    with pytest.raises(ValueError, match=message) as error:
+        build_model(str(folder))
+    assert str(folder / pretrain.STATE_FILE) in str(error.value)
+
+
+def test_a_saved_pretraining_state_without_a_target_gets_a_fresh_copy_and_a_damaged_one_is_named(tmp_path):
+    folder = saved_pretraining_folder(tmp_path, lambda s: [s.pop(key) for key in list(s) if key.startswith("target_")])
+    model, _ = build_model(str(folder))  # the predictor is reused; the target is made from the online encoder
+    assert torch.equal(model.target_layers[1].mlp.fc2.weight, model.online.encoder.layer[1].mlp.fc2.weight)
+    state = folder / pretrain.STATE_FILE
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"{state} is not a readable safetensors file"):
+        build_model(str(folder))
+
+
 def test_pretrain_smoke_example(tmp_path):
     from conftest import REPO_ROOT
 

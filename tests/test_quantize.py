@@ -218,6 +218,30 @@ def test_packed_linear_matches_a_float32_product_of_its_bf16_weights_and_follows
         assert packed._packed.dtype == torch.float32 or not packs_weights(torch.float32)
 
 
+def test_packed_fp32_linear_trains_a_bias_alone_traces_and_keeps_the_gelu_under_lora():
+    linear = torch.nn.Linear(96, 160)
+    packed = PackedLinear.from_linear(copy.deepcopy(linear), "gelu")
+    packed.weight.requires_grad_(False)  # BitFit: only the bias trains
+    inputs = torch.randn(4, 96)
+    packed(inputs).sum().backward()
+    torch.nn.functional.gelu(linear(inputs)).sum().backward()
+    torch.testing.assert_close(packed.bias.grad, linear.bias.grad)
+    with torch.no_grad():
+        traced = torch.jit.trace(packed, (inputs,))
+        torch.testing.assert_close(traced(inputs), packed(inputs))
+    from resp_hf.lora import add_lora
+
+    torch.manual_seed(0)
+    lora = add_lora(RespM2DForAudioClassification(tiny_config(num_labels=2)), rank=4).eval()
+    with torch.no_grad():
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+        features = torch.randn(2, 80, 100)
+        expected = lora(input_features=features).logits
+        torch.testing.assert_close(quantize(lora, "fp32")(input_features=features).logits, expected)
+
+
 def test_packed_linear_exports_as_a_plain_linear_and_gelu():
     linear, packed = packed_pair("gelu")
     inputs = torch.randn(3, 96).to(torch.bfloat16)

@@ -173,7 +173,9 @@ def read_m2d_checkpoint(path: str | Path, name: str | None = None) -> M2DCheckpo
         notes.append("M2D-CLAP projection heads (audio_proj, text_proj) are not part of the audio encoder; dropped")
     config = infer_config(encoder, name_info, norm_stats, path)
     with torch.device("meta"):  # shapes only: sizes the weights do not have are never allocated
-        check_weights_fit(RespM2DModel(config), encoder, path)
+        check_checkpoint_fits(
+            RespM2DModel(config), encoder, path, f"the inferred architecture ({architecture_of(config)})"
+        )
     return M2DCheckpoint(
         path=path,
         name=name,
@@ -419,13 +421,17 @@ def infer_config(
         raise ValueError(f"{path}: {error}") from None
 
 
-def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path, partial: bool = False):
+def check_checkpoint_fits(
+    model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path, architecture: str, optional: tuple = ()
+) -> None:
     """
-    Fails with the full list of missing (unless `partial`), unexpected and mis-shaped weights of `path` for `model`,
-    built on the meta device by the caller so that only shapes are compared.
+    Fails with the missing, unexpected and mis-shaped weights of `path` for `model`, built on the meta device by the
+    caller so that only shapes are compared. The weights under a prefix in `optional` may be missing, but only all
+    together (a target encoder or predictor is reused whole or made afresh).
     """
     expected = model.state_dict()
-    missing = [] if partial else sorted(set(expected) - set(weights))
+    absent = tuple(prefix for prefix in optional if not any(key.startswith(prefix) for key in weights))
+    missing = sorted(key for key in set(expected) - set(weights) if not key.startswith(absent))
     unexpected = sorted(set(weights) - set(expected))
     misshaped = [
         f"{key}: checkpoint {tuple(weights[key].shape)}, model {tuple(expected[key].shape)}"
@@ -436,12 +442,15 @@ def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], 
     problems += [f"unexpected: {shortened(unexpected)}"] * bool(unexpected)
     problems += [f"wrong shape: {shortened(misshaped, separator='; ')}"] * bool(misshaped)
     if problems:
-        config = model.config
-        raise ValueError(
-            f"The weights of {path} do not fit the inferred architecture "
-            f"({config.num_hidden_layers} layers, hidden {config.hidden_size}, input {config.input_size}, "
-            f"patch {config.patch_size}): {' | '.join(problems)}."
-        )
+        raise ValueError(f"The weights of {path} do not fit {architecture}: {' | '.join(problems)}.")
+
+
+def architecture_of(config: RespM2DConfig) -> str:
+    """An encoder config's sizes, for messages."""
+    return (
+        f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, input {config.input_size}, "
+        f"patch {config.patch_size}"
+    )
 
 
 def shortened(names: list[str], most: int = 6, separator: str = ", ") -> str:

@@ -39,7 +39,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .. import cards
 from ..cli import OneLineErrorParser, RawDescriptionCanonicalSpellingFormatter
-from ..convert import check_weights_fit, file_sha256, load_checkpoint, read_m2d_checkpoint
+from ..convert import architecture_of, check_checkpoint_fits, file_sha256, load_checkpoint, read_m2d_checkpoint
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from ..output_folders import atomic_file, atomic_folder, check_output_folder, remove_outputs, write_text_atomically
 from ..quantize import cpu_has_bf16_kernels
@@ -72,34 +72,45 @@ def model_from_official(
 ) -> tuple[M2DPretrainingModel, list[str]]:
     """An M2D pre-training model from an official checkpoint; its target encoder and predictor are reused if present."""
     checkpoint = read_m2d_checkpoint(path, name)
-    extra = checkpoint.pretraining_weights
-    model = pretraining_model_with(checkpoint.config, extra, checkpoint.path, predictor)
-    model.online.load_state_dict(checkpoint.encoder_weights)
-    reused = []
-    if any(key.startswith("target_") for key in extra):
-        reused.append("target encoder")
-    else:
-        model.update_target(0.0)  # the target starts as a copy of the online encoder
-    if "predictor.embed.weight" in extra:
-        reused.append("predictor")
-    return model, reused
+    return pretraining_model_with(
+        checkpoint.config, checkpoint.encoder_weights, checkpoint.pretraining_weights, checkpoint.path, predictor
+    )
 
 
 def pretraining_model_with(
-    config: RespM2DConfig, weights: dict[str, torch.Tensor], source: Path, predictor: RespM2DConfig | None
-) -> M2DPretrainingModel:
+    config: RespM2DConfig,
+    encoder: dict[str, torch.Tensor],
+    weights: dict[str, torch.Tensor],
+    source: Path,
+    predictor: RespM2DConfig | None,
+) -> tuple[M2DPretrainingModel, list[str]]:
     """
-    A pre-training model holding the target-encoder and predictor `weights` (the predictor sized by its weights when
-    they have one), checked against a model on the meta device first, so that sizes they do not fit are never
-    allocated. The online encoder is left for the caller to load.
+    `(model, parts reused)`: a pre-training model with the online `encoder` weights and the target-encoder and
+    predictor `weights` of `source` (the predictor sized by its weights when they have one), checked against a model
+    on the meta device first, so that sizes they do not fit are never allocated. A target encoder the weights lack
+    starts as a copy of the online encoder.
     """
     if "predictor.embed.weight" in weights:
         predictor = predictor_config_from_weights(weights, source)
-    with torch.device("meta"):
-        check_weights_fit(M2DPretrainingModel(config, predictor), weights, source, partial=True)
+    predictor = predictor or predictor_config()
+    architecture = (
+        f"the pre-training model (encoder: {architecture_of(config)}; predictor: {predictor.num_hidden_layers} layers, "
+        f"width {predictor.hidden_size})"
+    )
+    with torch.device("meta"):  # shapes only: sizes the weights do not have are never allocated
+        model = M2DPretrainingModel(config, predictor)
+        check_checkpoint_fits(model, weights, source, architecture, optional=("online.", "target_", "predictor."))
     model = M2DPretrainingModel(config, predictor)
+    model.online.load_state_dict(encoder)
     model.load_state_dict(weights, strict=False)
-    return model
+    reused = [
+        part
+        for prefix, part in (("target_", "target encoder"), ("predictor.", "predictor"))
+        if any(key.startswith(prefix) for key in weights)
+    ]
+    if "target encoder" not in reused:
+        model.update_target(0.0)
+    return model, reused
 
 
 def build_model(
@@ -115,13 +126,9 @@ def build_model(
         online = RespM2DModel.from_pretrained(path)
         state_path = path / STATE_FILE
         saved = load_checkpoint(state_path) if state_path.is_file() else {}
-        model = pretraining_model_with(online.config, saved, state_path, predictor)
-        model.online.load_state_dict(online.state_dict())
-        if saved:
-            return model, [f"encoder, target encoder and predictor from {path}", PREDICTOR_OPTIONS_IGNORED]
-        model.update_target(0.0)
-        return model, [f"encoder from {path}; new target copy and predictor"]
-    model, reused = model_from_official(path, name, predictor)
+        model, reused = pretraining_model_with(online.config, online.state_dict(), saved, state_path, predictor)
+    else:
+        model, reused = model_from_official(path, name, predictor)
     notes = [f"encoder from {path}" + (f"; reused its {' and '.join(reused)}" if reused else "")]
     return model, notes + ([PREDICTOR_OPTIONS_IGNORED] if "predictor" in reused else [])
 

@@ -67,10 +67,18 @@ def predictor_config(width: int = 512, depth: int = 8, heads: int = 16, layer_no
 def predictor_config_from_weights(weights: dict[str, torch.Tensor], source: object) -> RespM2DConfig:
     """Predictor width and depth from its weights (heads = width / 32, as M2D's 512-d, 16-head predictor)."""
     width = weights["predictor.embed.weight"].shape[0]
-    depth = 1 + max((int(key.split(".")[2]) for key in weights if key.startswith("predictor.layers.")), default=-1)
-    if depth == 0:
+    blocks = {key.split(".")[2] for key in weights if key.startswith("predictor.layers.")}
+    if not blocks:
         raise ValueError(f"{source} holds a predictor without blocks: the checkpoint is incomplete.")
-    return predictor_config(width=width, depth=depth, heads=max(1, width // 32))
+    if blocks != {str(index) for index in range(len(blocks))}:
+        raise ValueError(
+            f"{source} holds predictor blocks {sorted(blocks, key=lambda block: (len(block), block))}, not 0 to "
+            f"{len(blocks) - 1}: the checkpoint is incomplete or damaged."
+        )
+    try:
+        return predictor_config(width=width, depth=len(blocks), heads=max(1, width // 32))
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 class M2DPredictor(nn.Module):

@@ -1,5 +1,6 @@
 """The M2D (Masked Modeling Duo) ViT audio encoder as a Hugging Face model."""
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -229,17 +230,22 @@ class RespM2DPreTrainedModel(PreTrainedModel):
     @classmethod
     def _load_pretrained_model(cls, model, state_dict, checkpoint_files, load_config, *args, **kwargs):
         """
-        As in Transformers, with the weight files checked first: their headers are read before any tensor is loaded, so
-        a damaged file, or a `config.json` that disagrees with the weights (encoder weights missing, unexpected or of
-        another shape; a head of another shape without `ignore_mismatched_sizes=True`), is a one-line error instead of a
-        model with random blocks, or one built to a size the weights never had. Loaded weights must be finite.
+        As in Transformers, then checked while the weights the folder lacks are still unmade (on the meta device): a
+        damaged weights file, weights that do not fit the configuration (encoder weights missing, unexpected or of
+        another shape; a head of another shape without `ignore_mismatched_sizes=True`) and NaN or infinite weights are
+        one-line errors naming the folder or file, instead of a model with random blocks or one built to a size the
+        weights never had. Adapter weights (`load_adapter`, with `expected_keys`) load as in Transformers.
         """
-        files = checkpoint_files if state_dict is None and load_config.hf_quantizer is None else None
-        found = read_weight_shapes(files or ())
+        load = functools.partial(super()._load_pretrained_model, model, state_dict, checkpoint_files, load_config)
+        if args or kwargs.get("expected_keys") is not None:
+            return load(*args, **kwargs)
+        files = weight_files_by_key(checkpoint_files or (), load_config.weights_only) if state_dict is None else {}
+        loaded = load(*args, **kwargs)
         source = load_config.pretrained_model_name_or_path
-        check_weights_fit(model, found, source, load_config.ignore_mismatched_sizes, cls._head_weights)
-        loaded = super()._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
-        check_weights_finite(model, found)
+        if source is not None:  # without a folder, missing weights are initialized as in Transformers
+            info = loaded[0] if isinstance(loaded, tuple) else loaded  # (info, offload index) in newer Transformers
+            check_weights_fit(model, info, source, load_config.ignore_mismatched_sizes, cls._head_weights)
+        check_weights_finite(model, files, source or "state_dict")
         return loaded
 
     def _init_weights(self, module):
@@ -258,70 +264,78 @@ def _without_prefix(key: str) -> str:
     return key.removeprefix(RespM2DPreTrainedModel.base_model_prefix + ".")
 
 
-def read_weight_shapes(files: Iterable[str]) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Shape and file of every tensor in safetensors or weights-only PyTorch files, read without loading the data."""
+def weight_files_by_key(files: Iterable[str], weights_only: bool) -> dict[str, str]:
+    """
+    The file of every tensor in safetensors or (with `weights_only`) PyTorch weight files, read from their headers
+    without loading the data; a damaged file is an OSError naming it.
+    """
     found = {}
     for file in files:
         try:
             if file.endswith(".safetensors"):
                 with safe_open(file, framework="pt") as weights:
-                    shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
-            elif file.endswith(".bin"):
-                tensors = torch.load(file, map_location="meta", weights_only=True)
-                shapes = {key: tuple(value.shape) for key, value in tensors.items()}
+                    keys = list(weights.keys())
+            elif file.endswith(".bin") and weights_only:
+                keys = list(torch.load(file, map_location="meta", weights_only=True))
             else:
                 continue
         except Exception as error:  # damaged files fail in many ways inside safetensors and torch.load
             raise OSError(f"{file} is not a readable weights file ({type(error).__name__}: {error}).") from None
-        found |= {_without_prefix(key): (shape, file) for key, shape in shapes.items()}
+        found |= {_without_prefix(key): file for key in keys}
     return found
 
 
-def check_weights_fit(model: nn.Module, found: dict, source: str, ignore_mismatched_sizes: bool, head_weights: tuple):
+def check_weights_fit(model: nn.Module, info: Any, source: str, ignore_mismatched_sizes: bool, head_weights: tuple):
     """
-    Raises when the weights `found` in a folder do not fit the model its config.json built: ValueError for encoder
-    weights missing or unexpected, RuntimeError (as Transformers) for shapes that differ.
+    Raises when the weights loaded from `source` (Transformers' loading info) do not fit the model its configuration
+    built: ValueError for encoder weights missing or unexpected, RuntimeError (as Transformers) for other shapes unless
+    `ignore_mismatched_sizes`.
     """
-    if not found:
-        return
-    expected = {_without_prefix(key): tuple(value.shape) for key, value in model.state_dict().items()}
-    encoder_keys = {key for key in expected.keys() | found.keys() if not key.startswith(head_weights)}
-    for kind, keys in (("missing", encoder_keys - found.keys()), ("unexpected", encoder_keys - expected.keys())):
-        if keys:
+
+    def encoder_keys(keys):
+        return [_without_prefix(key) for key in keys if not _without_prefix(key).startswith(head_weights)]
+
+    fix = "restore the folder's config.json (or leave out the from_pretrained overrides) or re-convert"
+    for kind, keys in (("missing", info.missing_keys), ("unexpected", info.unexpected_keys)):
+        if encoder_keys(keys):
             raise ValueError(
-                f"{source}: config.json does not match the weights ({kind} keys: {_listed(keys)}); restore the "
-                "folder's config.json or re-convert."
+                f"{source}: the configuration does not match the weights ({kind} keys: {_listed(encoder_keys(keys))}); "
+                f"{fix}."
             )
-    reshaped = [key for key in expected.keys() & found.keys() if found[key][0] != expected[key]]
-    shapes = {key: f"{key} {found[key][0]} in the weights, {expected[key]} configured" for key in reshaped}
-    encoder_shapes = [shapes[key] for key in reshaped if key in encoder_keys]
+    expected = model.state_dict()
+    shapes = {
+        _without_prefix(key): f"{_without_prefix(key)} {tuple(found)} in the weights, "
+        f"{tuple(expected[key].shape)} configured"
+        for key, found, *_ in info.mismatched_keys
+    }
+    if not shapes or ignore_mismatched_sizes:  # mismatched weights are then initialized afresh, as in Transformers
+        return
+    encoder_shapes = [shapes[key] for key in encoder_keys(shapes)]
     if encoder_shapes:
         raise RuntimeError(
-            f"{source}: config.json does not match the weights (other shapes: {_listed(encoder_shapes)}); restore "
-            "the folder's config.json or re-convert."
+            f"{source}: the configuration does not match the weights (other shapes: {_listed(encoder_shapes)}); {fix}."
         )
-    if reshaped and not ignore_mismatched_sizes:
-        raise RuntimeError(
-            f"{source}: the head in the weights does not fit the configured one ({_listed(shapes.values())}); pass "
-            "ignore_mismatched_sizes=True to start a new head, or restore the folder's config.json."
-        )
+    raise RuntimeError(
+        f"{source}: the head in the weights does not fit the configured one ({_listed(shapes.values())}); pass "
+        "ignore_mismatched_sizes=True to start a new head, or restore the folder's config.json."
+    )
 
 
-def check_weights_finite(model: nn.Module, found: dict):
-    """Raises ValueError naming the file and the weights that hold NaN or infinity among those loaded from `found`."""
+def check_weights_finite(model: nn.Module, files: dict[str, str], source: str):
+    """Raises ValueError naming the file (or `source`) and the loaded weights that hold NaN or infinity."""
     bad = [
         key
         for key, value in model.state_dict().items()
-        if _without_prefix(key) in found
-        and value.is_floating_point()
-        and value.device.type != "meta"
-        and not torch.isfinite(value).all()
+        if value.is_floating_point() and value.device.type != "meta" and not torch.isfinite(value).all()
     ]
-    if bad:
-        file = found[_without_prefix(bad[0])][1]
-        raise ValueError(
-            f"{file}: weights hold NaN or infinite values ({_listed(bad)}); the file is damaged or training diverged."
-        )
+    if not bad:
+        return
+    dtype = model.state_dict()[bad[0]].dtype
+    cause = "the file is damaged or training diverged"
+    if dtype in (torch.float16, torch.bfloat16):
+        cause = f"in {dtype} (the dtype they were loaded in) values beyond its range are infinite, or {cause}"
+    where = files.get(_without_prefix(bad[0]), source)
+    raise ValueError(f"{where}: weights hold NaN or infinite values ({_listed(bad)}); {cause}.")
 
 
 def _listed(names: Iterable[str], most: int = 6) -> str:
