@@ -285,7 +285,9 @@ def test_benchmark_refuses_an_earlier_runs_folder_unless_overwrite(tmp_path):
     run_benchmark(tiny_model(), output, datasets=[dataset], settings=settings)
     stale = output / "predictions" / "stale.npz"
     stale.write_bytes(b"old")
-    with pytest.raises(ValueError, match="already holds plots, predictions, results.csv.*pass --overwrite"):
+    with pytest.raises(
+        ValueError, match=r"already holds plots, predictions, results.csv.*: pass overwrite=True \(--overwrite\) to"
+    ):
         run_benchmark(tiny_model(), output, datasets=[dataset], settings=settings)
     settings.overwrite = True
     run_benchmark(tiny_model(), output, datasets=[dataset], settings=settings)
