@@ -7,9 +7,10 @@ float32 copy whose encoder Linear layers are `PackedLinear`s (CPU).
 fp32: the same float32 weights, each multiplied through a copy packed once into oneDNN's blocked layout, and the MLP's
 GELU applied inside fc1's kernel, instead of PyTorch's default float32 Linear (MKL's GEMM on the plain weight, then a
 separate GELU pass). Only the summation order changes: embeddings within 1e-6 of the float32 model on ViT-Base. The
-packed copies take another 340 MB for ViT-Base, beside the copy's own weights. It ran
-1.18x faster at batch 1 and 1.24x at batch 8 (ViT-Base, 10-s clips, interleaved) on an AMD EPYC (Zen 3, AVX2), where
-oneDNN's packed GEMM also beat MKL's on every encoder shape.
+packed copies take another 340 MB for ViT-Base, beside the copy's own weights. On a noisy AMD EPYC (Zen 3, AVX2) it ran
+1.16-1.27x faster than the float32 model at batch 1 and 1.03-1.24x at batch 8 (ViT-Base, 10-s clips, medians of
+interleaved rounds in three measurements); a profile at batch 8 put the products at 3.79 s against MKL's 4.31 s, with
+the GELU pass and the input copies gone.
 
 bf16: the copy is `model.to(torch.bfloat16)`, on a CPU with the written-out ("eager") attention. Feature extraction
 stays float32 and the patch embedding casts its input to the weights' dtype, so `forward`, `embed()` (float32
