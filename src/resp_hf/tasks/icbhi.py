@@ -13,7 +13,7 @@ from datasets import ClassLabel, Features, Value
 
 from ..models.resp_m2d.audio_utils_resp_m2d import sound_info
 from ..opera.files import read_text
-from .segments import carve_validation, rows_to_splits, segment_problem
+from .segments import carve_validation, rows_to_splits, segment_clipping, segment_problem
 
 LABELS = ("normal", "crackle", "wheeze", "both")
 BINARY_LABELS = ("normal", "abnormal")
@@ -181,8 +181,9 @@ def recording_rows(database, recording, split, report, skip_invalid):
         if problem:
             problems.append(f"{recording} cycle {index}: {problem}")
             continue
-        if end > duration:
-            report.clipped.append(f"{recording} cycle {index}: ends at {end} s, the file at {duration:.3f} s")
+        clipping = segment_clipping(end, duration)
+        if clipping:
+            report.clipped.append(f"{recording} cycle {index}: {clipping}")
         label = cycle_label(crackles, wheezes)
         rows.append(
             {

@@ -51,6 +51,11 @@ def segment_problem(start, end, duration):
     return None
 
 
+def segment_clipping(end, duration):
+    """How a readable segment ending after its `duration`-second file is clipped (None when it is not)."""
+    return f"ends at {end} s, the file at {duration:.3f} s" if end > duration else None
+
+
 def fit_segment(audio, sampling_rate, window):
     """Crops or pads one segment to `window.seconds` with `window.pad` (see `SegmentWindow`)."""
     target = int(window.seconds * sampling_rate)
@@ -139,4 +144,12 @@ def rows_to_splits(rows, features, split_names):
     return dataset, counts
 
 
-__all__ = ["SegmentWindow", "carve_validation", "rows_to_splits", "decode_segments", "fit_segment", "segment_problem"]
+__all__ = [
+    "SegmentWindow",
+    "carve_validation",
+    "decode_segments",
+    "fit_segment",
+    "rows_to_splits",
+    "segment_clipping",
+    "segment_problem",
+]

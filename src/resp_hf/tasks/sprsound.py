@@ -22,7 +22,7 @@ from datasets import ClassLabel, Features, Value
 
 from ..models.resp_m2d.audio_utils_resp_m2d import sound_info
 from ..opera.files import read_text
-from .segments import carve_validation, rows_to_splits, segment_problem
+from .segments import carve_validation, rows_to_splits, segment_clipping, segment_problem
 
 EVENT_TYPES = ("Normal", "Rhonchi", "Wheeze", "Stridor", "Coarse Crackle", "Fine Crackle", "Wheeze+Crackle")
 RECORD_TYPES = ("Normal", "Poor Quality", "CAS", "DAS", "CAS & DAS")
@@ -188,8 +188,9 @@ def recording_rows(task, annotation, audio, split, report, skip_invalid):
         if problem:
             problems.append(f"{annotation.name} event {index}: {problem}")
             continue
-        if end > duration:
-            report.clipped.append(f"{annotation.name} event {index}: ends at {end} s, the file at {duration:.3f} s")
+        clipping = segment_clipping(end, duration)
+        if clipping:
+            report.clipped.append(f"{annotation.name} event {index}: {clipping}")
         label = task_label(task, record, kind)
         rows.append({**base, "start": start, "end": end, "event": index, "event_type": kind, "label": label})
     if problems and not skip_invalid:

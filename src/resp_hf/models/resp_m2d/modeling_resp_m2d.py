@@ -323,18 +323,18 @@ def check_weights_fit(model: nn.Module, info: Any, source: str, ignore_mismatche
 
 def check_weights_finite(model: nn.Module, files: dict[str, str], source: str):
     """Raises ValueError naming the file (or `source`) and the loaded weights that hold NaN or infinity."""
-    bad = [
-        key
+    bad = {
+        key: value.dtype
         for key, value in model.state_dict().items()
         if value.is_floating_point() and value.device.type != "meta" and not torch.isfinite(value).all()
-    ]
+    }
     if not bad:
         return
-    dtype = model.state_dict()[bad[0]].dtype
+    first, dtype = next(iter(bad.items()))
     cause = "the file is damaged or training diverged"
     if dtype in (torch.float16, torch.bfloat16):
         cause = f"in {dtype} (the dtype they were loaded in) values beyond its range are infinite, or {cause}"
-    where = files.get(_without_prefix(bad[0]), source)
+    where = files.get(_without_prefix(first), source)
     raise ValueError(f"{where}: weights hold NaN or infinite values ({_listed(bad)}); {cause}.")
 
 
