@@ -508,11 +508,50 @@ def test_safetensors_checkpoints_convert_too(tmp_path, golden_folder):
         ("m2d_vit_base-80x608p16x16p16k", ("m2d_vit_base", [80, 608], [16, 16], 16000)),
         ("m2d_as_vit_base-80x1001p16x16p32k-240413", ("m2d_as_vit_base", [80, 1001], [16, 16], 32000)),
         ("m2d_vit_base-80x200p80x4", ("m2d_vit_base", [80, 200], [80, 4], 16000)),
+        ("m2d_clap_vit_base-80x1001p16x16p16kpBpTI-2025", ("m2d_clap_vit_base", [80, 1001], [16, 16], 16000)),
+        ("m2d_clap_vit_base-80x1001p16x16p32kpA", ("m2d_clap_vit_base", [80, 1001], [16, 16], 32000)),
     ],
 )
 def test_official_names_are_parsed(name, parsed):
     info = parse_checkpoint_name(name)
     assert (info["model"], info["input_size"], info["patch_size"], info["sampling_rate"]) == parsed
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "m2d_vit_base-80x608p16x16pA",  # the original reads the third field as the sampling rate: 'A' is none
+        "m2d_vit_base-80x608p16x16p8k",
+        "m2d_vit_base-80x608",
+        "m2d_vit_base",
+    ],
+)
+def test_names_without_a_known_rate_or_sizes_are_refused(name):
+    with pytest.raises(ValueError, match="Cannot read the input and patch size"):
+        parse_checkpoint_name(name)
+
+
+def test_m2d_clap_2025_names_with_text_encoder_parameters_convert(tmp_path, golden_folder):
+    folder = "m2d_clap_vit_base-80x608p16x16p16kpBpTI-2025"
+    report = convert_m2d_checkpoint(save_checkpoint(tmp_path, golden_state_dict(), folder=folder), tmp_path / "out")
+    assert "name parameters B, TI (M2D-CLAP's text-encoder settings) do not concern the audio encoder" in report.notes
+    assert report.config.sampling_rate == 16000 and report.config.input_size == [80, 608]
+    converted = RespM2DModel.from_pretrained(tmp_path / "out").state_dict()
+    golden = RespM2DModel.from_pretrained(golden_folder).state_dict()
+    assert converted.keys() == golden.keys() and all(torch.equal(converted[k], golden[k]) for k in golden)
+
+
+def test_the_name_comes_from_the_folder_a_link_sits_in_not_its_target(tmp_path):
+    """As in a Hub cache: snapshots/<revision>/<official folder>/weights.pth links to blobs/<hash>."""
+    blob = save_checkpoint(tmp_path, {"model": encoder_only(golden_state_dict())}, folder="blobs")
+    link = tmp_path / "snapshots" / "abc123" / "m2d_vit_base-80x608p16x16-221006-mr7_enconly" / "weights.pth"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(os.path.relpath(blob, link.parent))
+    report = convert_m2d_checkpoint(link, tmp_path / "out")
+    assert report.config.input_size == [80, 608] and report.config.patch_size == [16, 16]
+    (link.parent / "sub").mkdir()
+    again = convert_m2d_checkpoint(link.parent / "sub" / ".." / "weights.pth", tmp_path / "again")  # '..' read as such
+    assert again.config.input_size == [80, 608]
 
 
 WITHOUT_TRAIN_EXTRAS = """

@@ -6,6 +6,7 @@ remote code). [`read_m2d_checkpoint`] is the one reader: conversion and further 
 import argparse
 import hashlib
 import math
+import os
 import pathlib
 import pickle
 import re
@@ -36,8 +37,11 @@ SAFE_GLOBALS = [
     np._core.multiarray.scalar,
     np._core.multiarray._reconstruct,
 ]
+# The original splits the part after the first '-' at each 'p': input size, patch size, sampling rate, then extra
+# parameters (M2D-CLAP's text-encoder settings, e.g. 'p16kpBpTI'), and ignores anything after a further '-'.
 NAME_PATTERN = re.compile(
-    r"^(?P<model>[^-]+)-(?P<mels>\d+)x(?P<frames>\d+)p(?P<patch_f>\d+)x(?P<patch_t>\d+)(?:p(?P<rate>16k|32k))?(?:-.*)?$"
+    r"^(?P<model>[^-]+)-(?P<mels>\d+)x(?P<frames>\d+)p(?P<patch_f>\d+)x(?P<patch_t>\d+)"
+    r"(?:p(?P<rate>16k|32k)(?P<extra>(?:p[^-]*)?))?(?:-.*)?$"
 )
 BLOCK_KEYS = {
     "norm1": "layernorm_before",
@@ -163,7 +167,7 @@ def read_m2d_checkpoint(path: str | Path, name: str | None = None) -> M2DCheckpo
     if name == "":
         raise ValueError(f"{path}: the name is empty; omit it to use the checkpoint's folder name.")
     state_dict = extract_state_dict(load_checkpoint(path), path)
-    name = name or path.resolve().parent.name
+    name = name or Path(os.path.abspath(path)).parent.name  # the folder named in the path (links not followed)
     name_info = parse_checkpoint_name(name)
     check_finite(state_dict, path)
     check_block_numbering(state_dict, path)
@@ -171,6 +175,9 @@ def read_m2d_checkpoint(path: str | Path, name: str | None = None) -> M2DCheckpo
     norm_stats, notes = read_norm_stats(state_dict, path)
     if any(prefix in dropped for prefix in ("audio_proj", "text_proj")):
         notes.append("M2D-CLAP projection heads (audio_proj, text_proj) are not part of the audio encoder; dropped")
+    if name_info["extra"]:
+        extra = ", ".join(name_info["extra"])
+        notes.append(f"name parameters {extra} (M2D-CLAP's text-encoder settings) do not concern the audio encoder")
     config = infer_config(encoder, name_info, norm_stats, path)
     with torch.device("meta"):  # shapes only: sizes the weights do not have are never allocated
         check_checkpoint_fits(
@@ -366,7 +373,7 @@ def parse_checkpoint_name(name: str) -> dict:
         raise ValueError(
             f"Cannot read the input and patch size from the name {name!r}. "
             "Official M2D checkpoints sit in folders named "
-            "'<model>-<mels>x<frames>p<patch_f>x<patch_t>[p16k|p32k][-...]'; pass that name explicitly "
+            "'<model>-<mels>x<frames>p<patch_f>x<patch_t>[p16k|p32k[p<extra>...]][-...]'; pass that name explicitly "
             "(`name=` or `--name`), e.g. 'm2d_vit_base-80x608p16x16p16k'."
         )
     return {
@@ -374,6 +381,7 @@ def parse_checkpoint_name(name: str) -> dict:
         "input_size": [int(match.group("mels")), int(match.group("frames"))],
         "patch_size": [int(match.group("patch_f")), int(match.group("patch_t"))],
         "sampling_rate": 32000 if match.group("rate") == "32k" else 16000,
+        "extra": match.group("extra")[1:].split("p") if match.group("extra") else [],
     }
 
 
