@@ -686,3 +686,24 @@ def test_cli_errors_for_a_file_as_output_and_a_checkpoint_that_does_not_exist(tm
     assert cli_main(["convert", str(tmp_path / "nonexist.pth"), str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip()
     assert f"{tmp_path / 'nonexist.pth'} does not exist" in error and "name" not in error
+
+
+@pytest.mark.parametrize("output", ["checkpoint folder", "folder above it", "current folder", "link to it"])
+def test_overwrite_never_replaces_the_checkpoint_or_the_current_folder(tmp_path, monkeypatch, capsys, output):
+    checkpoint = save_checkpoint(tmp_path / "runs", {"model": small_training_state()})
+    (checkpoint.parent / "notes.txt").write_text("mine")
+    before = {path: path.read_bytes() for path in (tmp_path / "runs").rglob("*") if path.is_file()}
+    (tmp_path / "link").symlink_to(checkpoint.parent)
+    targets = {
+        "checkpoint folder": checkpoint.parent,
+        "folder above it": tmp_path / "runs",
+        "current folder": tmp_path / "elsewhere",
+        "link to it": tmp_path / "link",
+    }
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli_main(["convert", str(checkpoint), str(targets[output]), "--overwrite"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and ("is or holds the input" in error or "the current folder" in error)
+    assert {path: path.read_bytes() for path in (tmp_path / "runs").rglob("*") if path.is_file()} == before
+    assert sorted(path.name for path in (tmp_path / "elsewhere").iterdir()) == []

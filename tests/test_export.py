@@ -1,3 +1,5 @@
+import json
+
 import onnx
 import onnxruntime
 import pytest
@@ -110,11 +112,51 @@ def test_export_command_writes_a_classifier_and_refuses_a_non_empty_folder(tmp_p
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     assert main(["export", "onnx", str(tmp_path / "model"), str(tmp_path / "out")]) == 2
-    assert "out exists and is not empty: choose a new folder or pass --overwrite" in capsys.readouterr().err
+    assert "out is not empty; it already holds keep.txt: pass --overwrite to replace it" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     assert main(["export", "onnx", str(tmp_path / "model"), str(tmp_path / "out"), "--overwrite"]) == 0
     assert "outputs logits" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.onnx"]
+
+
+@pytest.mark.parametrize("output", ["model", "model/onnx", "."])
+def test_export_never_replaces_its_own_model_folder_or_the_current_folder(tmp_path, monkeypatch, capsys, output):
+    tiny_model().save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "onnx").mkdir()
+    before = sorted(p.name for p in (tmp_path / "model").iterdir())
+    monkeypatch.chdir(tmp_path / "model" / "onnx")
+    target = tmp_path / output if output != "." else "."
+    assert main(["export", "onnx", str(tmp_path / "model"), str(target), "--overwrite"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "is or holds the input" in error or "is or holds the current folder" in error
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == before
+
+
+def test_a_bf16_folder_exports_in_float32_with_its_int8_copy_in_one_folder(tmp_path):
+    model = tiny_model()
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    report = export_onnx(tmp_path / "bf16", tmp_path / "onnx", int8=True)
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["config.json", "model.onnx", "model_int8.onnx"]
+    session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    features, mask = padded_inputs(2, 300)
+    inputs = {"input_features": features.numpy(), "attention_mask": mask.int().numpy()}
+    (pooled,) = session.run(["pooler_output"], inputs)
+    with torch.no_grad():  # the bf16 weights, widened exactly to float32
+        expected = model.float()(features, attention_mask=mask).pooler_output
+    assert torch.allclose(torch.from_numpy(pooled), expected, atol=1e-4)
+    assert json.loads((tmp_path / "onnx" / "config.json").read_text())["dtype"] == "float32"  # as the graph
+
+
+def test_a_failed_export_leaves_no_folder_behind(tmp_path, monkeypatch):
+    tiny_model().save_pretrained(tmp_path / "model")
+
+    def fail(*args):
+        raise ValueError("ONNX Runtime differs")
+
+    monkeypatch.setattr("resp_hf.export.onnx_difference", fail)
+    with pytest.raises(ValueError, match="ONNX Runtime differs"):
+        export_onnx(tmp_path / "model", tmp_path / "onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_compiled_model_takes_a_second_length_without_recompiling_or_graph_breaks():

@@ -1,3 +1,5 @@
+import shutil
+
 from conftest import OPERA
 from datasets import load_from_disk
 from test_sprsound import write_release
@@ -43,3 +45,14 @@ def test_build_refuses_an_earlier_build_unless_overwrite(tmp_path, capsys):
     assert cli_main([*args, "--validation-fraction", "0", "--overwrite"]) == 0
     assert load_from_disk(str(output))["test"]["cycle"] == first
     assert not [path for path in tmp_path.iterdir() if path.name != "icbhi"], "no temporary folder is left"
+
+
+def test_build_never_replaces_the_folder_holding_its_data(tmp_path, capsys):
+    data = tmp_path / "data" / "icbhi"
+    shutil.copytree(ICBHI, data)
+    before = sorted(path.relative_to(data) for path in data.rglob("*"))
+    for output in (data, data.parent):
+        args = ["tasks", "build", "icbhi-2class", "--icbhi-root", str(data), "--output", str(output)]
+        assert cli_main([*args, "--validation-fraction", "0", "--overwrite"]) == 2
+        assert f"{output} is or holds the input {data}" in capsys.readouterr().err
+    assert sorted(path.relative_to(data) for path in data.rglob("*")) == before

@@ -644,12 +644,12 @@ def add_export_command(subparsers):
 
 
 def run_export_onnx(args):
-    from .export import INT8_ONNX_FILE, export_onnx, quantize_onnx
+    from .export import INT8_ONNX_FILE, export_onnx
 
-    report = export_onnx(args.model, args.output_dir, overwrite=args.overwrite_output_dir)
+    report = export_onnx(args.model, args.output_dir, overwrite=args.overwrite_output_dir, int8=args.int8)
     print(report)
     if args.int8:
-        path = quantize_onnx(report.path, report.path.parent / INT8_ONNX_FILE)
+        path = report.path.parent / INT8_ONNX_FILE
         print(f"Wrote {path} (ONNX Runtime dynamic quantization: int8 MatMul/Gemm weights per channel).")
 
 

@@ -490,7 +490,7 @@ def convert_m2d_checkpoint(
         [`ConversionReport`]: the config, the dropped tensors per prefix and notes.
     """
     checkpoint_path, output_dir = Path(checkpoint_path), Path(output_dir)
-    check_output_folder(output_dir, overwrite)
+    check_output_folder(output_dir, overwrite, inputs=(checkpoint_path,))
     checkpoint = read_m2d_checkpoint(checkpoint_path, name)
     config = checkpoint.config
     model = RespM2DModel(config)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .models.resp_m2d import RespM2DConfig, RespM2DForAudioClassification, RespM2DModel
+from .output_folders import atomic_folder, check_output_folder
 
 ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model_int8.onnx"
@@ -71,14 +72,15 @@ def check_inputs(config, batch=3, units=2.5):
     return features * mask[:, None], mask
 
 
-def export_onnx(model_folder, output_dir, overwrite: bool = False) -> OnnxExportReport:
+def export_onnx(model_folder, output_dir, overwrite: bool = False, int8: bool = False) -> OnnxExportReport:
     """
-    Exports the model in `model_folder` (an encoder, or a classifier if its config says so) to
-    `output_dir/model.onnx` with dynamic batch and frame axes, copies the folder's config and preprocessor config
-    next to it, and checks the graph in ONNX Runtime on inputs of other shapes than the traced ones.
+    Exports the model in `model_folder` (an encoder, or a classifier if its config says so; in float32 whatever
+    dtype it was saved in) to `output_dir/model.onnx` with dynamic batch and frame axes, with its config and
+    preprocessor config, checks the graph in ONNX Runtime on inputs of other shapes than the traced ones and, with
+    `int8`, adds `model_int8.onnx` (see `quantize_onnx`). The folder appears only once all of it is written.
     """
     try:
-        import onnxruntime
+        import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as error:
         raise ValueError(f"ONNX export needs {error.name}: pip install 'resp-hf[export]'.") from None
@@ -86,13 +88,12 @@ def export_onnx(model_folder, output_dir, overwrite: bool = False) -> OnnxExport
     if not (model_folder / "config.json").is_file():
         problem = "has no config.json" if model_folder.is_dir() else "does not exist"
         raise ValueError(f"Model folder {model_folder} {problem}: pass a converted or fine-tuned resp_m2d folder.")
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise ValueError(f"{output_dir} exists and is not empty: choose a new folder or pass --overwrite.")
+    check_output_folder(output_dir, overwrite, option="overwrite=True (--overwrite)", inputs=(model_folder,))
     config = RespM2DConfig.from_pretrained(model_folder)
     classifier = "RespM2DForAudioClassification" in (config.architectures or [])
-    model = (RespM2DForAudioClassification if classifier else RespM2DModel).from_pretrained(model_folder).eval()
+    model_class = RespM2DForAudioClassification if classifier else RespM2DModel
+    model = model_class.from_pretrained(model_folder, dtype=torch.float32).eval()
     names = output_names(model)
-
     example = check_inputs(config, batch=2, units=2.5)
     program = torch.onnx.export(
         export_program(model, *example),
@@ -102,24 +103,32 @@ def export_onnx(model_folder, output_dir, overwrite: bool = False) -> OnnxExport
         dynamo=True,
         verbose=False,
     )
-    if output_dir.is_dir() and overwrite:
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    program.save(str(output_dir / ONNX_FILE))
-    for name in ("config.json", "preprocessor_config.json"):
-        if (model_folder / name).is_file():
-            shutil.copy(model_folder / name, output_dir / name)
+    with atomic_folder(output_dir) as folder:
+        program.save(str(folder / ONNX_FILE))
+        model.config.to_json_file(folder / "config.json")  # float32, as the graph
+        if (model_folder / "preprocessor_config.json").is_file():
+            shutil.copy(model_folder / "preprocessor_config.json", folder / "preprocessor_config.json")
+        difference = onnx_difference(folder / ONNX_FILE, model, model_folder)
+        if int8:
+            quantize_onnx(folder / ONNX_FILE, folder / INT8_ONNX_FILE)
+    return OnnxExportReport(output_dir / ONNX_FILE, ["input_features", "attention_mask"], names, difference)
 
-    session = onnxruntime.InferenceSession(str(output_dir / ONNX_FILE), providers=["CPUExecutionProvider"])
+
+def onnx_difference(onnx_path: Path, model, model_folder: Path) -> float:
+    """Largest difference to eager PyTorch on inputs of other shapes than the traced ones; refused above TOLERANCE."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     difference = max(
-        max_difference(session, model, *check_inputs(config, batch, units)) for batch, units in ((3, 1.7), (1, 0.3))
+        max_difference(session, model, *check_inputs(model.config, batch, units))
+        for batch, units in ((3, 1.7), (1, 0.3))
     )
     if not difference <= TOLERANCE:
         raise ValueError(
             f"ONNX Runtime differs from PyTorch by {difference:.2e} (> {TOLERANCE}) for {model_folder}: "
             "please report it with your torch and onnxruntime versions."
         )
-    return OnnxExportReport(output_dir / ONNX_FILE, ["input_features", "attention_mask"], names, difference)
+    return difference
 
 
 def max_difference(session, model, features, mask) -> float:

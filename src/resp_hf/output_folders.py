@@ -18,20 +18,31 @@ def check_output_folder(
     option: str | None = "--overwrite",
     name: str = "The output",
     may_hold: tuple[str, ...] = (),
+    inputs: tuple[str | Path | None, ...] = (),
 ) -> None:
     """
-    Refuses an output that is a file, or a folder holding anything but `may_hold` (entries a new run reuses) unless
-    `overwrite` is set. `option` is how the command's user sets it (None: the command cannot replace a folder) and
-    `name` how the message calls the output (e.g. the command's option).
+    Refuses an output that is a file, that is or holds one of the run's `inputs` (replacing it would delete them), or
+    a folder holding anything but `may_hold` (entries a new run reuses) unless `overwrite` is set. `option` is how
+    the command's user sets it (None: the command cannot replace a folder) and `name` how the message calls the
+    output (e.g. the command's option).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{name} {path} is a file; pass a folder instead.")
+    check_holds_no_input(path, inputs, name)
     held = sorted(entry.name for entry in path.iterdir() if entry.name not in may_hold) if path.is_dir() else []
     if held and not overwrite:
         listing = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         fix = f"pass {option} to replace it, or choose another folder" if option else "choose another folder"
         raise ValueError(f"The output folder {path} is not empty; it already holds {listing}: {fix}.")
+
+
+def check_holds_no_input(path: Path, inputs: tuple[str | Path | None, ...], name: str = "The output") -> None:
+    """Refuses an output folder that is, or lies above, one of `inputs` (links resolved): replacing it deletes them."""
+    output = Path(os.path.realpath(path))
+    for item in filter(None, inputs):
+        if Path(os.path.realpath(item)).is_relative_to(output):
+            raise ValueError(f"{name} {path} is or holds the input {item}: choose another folder.")
 
 
 def remove_outputs(folder: str | Path, names: tuple[str, ...]) -> None:
@@ -68,6 +79,8 @@ def atomic_folder(path):
     removed only then), on failure it is deleted and `path` is left as it was.
     """
     path = Path(path)
+    if Path(os.getcwd()).is_relative_to(os.path.realpath(path)):
+        raise ValueError(f"The output {path} is or holds the current folder, which replacing it would remove.")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:

@@ -83,7 +83,8 @@ def build_and_save_task(
     task = get_task(name)
     settings = settings or TaskBenchmarkSettings()
     dataset, report = build_task_dataset(task, {"icbhi": icbhi_root, "sprsound": sprsound_root}, settings, skip_invalid)
-    check_output_folder(output, overwrite, option="overwrite=True (--overwrite)")
+    inputs = (icbhi_root, sprsound_root)
+    check_output_folder(output, overwrite, option="overwrite=True (--overwrite)", inputs=inputs)
     with atomic_folder(output) as folder:
         dataset.save_to_disk(str(folder))
     return f"{report}\nSaved {name} to {output} (columns: {', '.join(dataset[next(iter(dataset))].column_names)})."
