@@ -303,7 +303,7 @@ def test_a_class_missing_from_validation_or_test_stops_before_any_embedding(tmp_
     labels[split] = [0, 0, 1]
     dataset = DatasetDict(
         {
-            name: Dataset.from_dict({"audio": ["unused.wav"] * len(y), "label": y}, features=features)
+            name: Dataset.from_dict({"audio": [f"{name}{i}.wav" for i in range(len(y))], "label": y}, features=features)
             for name, y in labels.items()
         }
     )
@@ -341,11 +341,95 @@ def test_integer_labels_that_are_not_a_class_label_are_an_error(tmp_path):
 
 def test_a_train_split_too_small_to_carve_validation_from_is_a_clear_error(tmp_path):
     features = Features({"audio": Value("string"), "label": ClassLabel(names=["no", "yes"])})
-    rows = {"audio": ["unused.wav"] * 3, "label": [0, 0, 1]}
-    splits = {name: Dataset.from_dict(rows, features=features) for name in ("train", "test")}
+    rows = {name: {"audio": [f"{name}{i}.wav" for i in range(3)], "label": [0, 0, 1]} for name in ("train", "test")}
+    splits = {name: Dataset.from_dict(rows[name], features=features) for name in rows}
     DatasetDict(splits).save_to_disk(str(tmp_path / "tiny"))
     with pytest.raises(ValueError, match="tiny: cannot carve a 20% validation split out of its 3 train rows"):
         run_benchmark(tiny_model(), tmp_path / "out", datasets=[tmp_path / "tiny"])
+
+
+def saved_splits(folder, labels, feature, audio=None):
+    """A DatasetDict saved in `folder` with `labels` per split and distinct (unread) audio names unless given."""
+    splits = {}
+    for name, values in labels.items():
+        paths = audio[name] if audio else [f"{name}{i}.wav" for i in range(len(values))]
+        splits[name] = Dataset.from_dict(
+            {"audio": paths, "label": values}, features=Features({"audio": Value("string"), "label": feature[name]})
+        )
+    DatasetDict(splits).save_to_disk(str(folder))
+    return folder
+
+
+def test_splits_that_number_the_classes_differently_are_refused(tmp_path):
+    labels = {"train": [0, 1, 0, 1], "validation": [0, 1], "test": [1, 0]}
+    order = {"train": ClassLabel(names=["low", "high"]), "validation": ClassLabel(names=["low", "high"])}
+    folder = saved_splits(tmp_path / "swapped", labels, {**order, "test": ClassLabel(names=["high", "low"])})
+    with pytest.raises(ValueError, match="swapped: the test split's label feature .* differs from the train split's"):
+        run_benchmark(tiny_model(), tmp_path / "out", datasets=[folder])
+
+
+@pytest.mark.parametrize(
+    "feature, bad, shown",
+    [(ClassLabel(names=["no", "yes"]), -1, "-1"), (Value("float32"), float("nan"), "nan")],
+)
+def test_rows_without_a_valid_label_are_named_before_any_embedding(tmp_path, feature, bad, shown):
+    labels = {"train": [0, 1, 0, 1], "validation": [0, 1], "test": [1, bad, 0]}
+    folder = saved_splits(tmp_path / "unlabelled", labels, dict.fromkeys(labels, feature))
+    model = tiny_model()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match=f"unlabelled: the test split has 1 row\\(s\\) .* row 1: {shown}"):
+        run_benchmark(model, tmp_path / "out", datasets=[folder])
+    assert calls == []
+
+
+@pytest.mark.parametrize("kind", ["file", "segment", "bytes"])
+def test_the_same_audio_in_two_splits_is_refused(tmp_path, kind):
+    labels = {"train": [0, 1, 0, 1], "validation": [0, 1], "test": [1, 0]}
+    audio = {name: [f"{name}{i}.wav" for i in range(len(y))] for name, y in labels.items()}
+    audio["test"][1] = "./" + audio["train"][2]  # the same file, spelt otherwise
+    rows = {name: Dataset.from_dict({"audio": paths, "label": labels[name]}) for name, paths in audio.items()}
+    if kind == "segment":
+        rows = {
+            name: Dataset.from_dict(
+                {
+                    "audio": [
+                        {"path": "rec.wav", "start": 10.0 * k + i, "end": 10.0 * k + i + 0.5} for i in range(len(y))
+                    ],
+                    "label": y,
+                }
+            )
+            for k, (name, y) in enumerate(labels.items())
+        }
+        rows["test"] = Dataset.from_dict(
+            {"audio": [{"path": "rec.wav", "start": 8.0, "end": 8.5}, rows["train"][3]["audio"]], "label": [1, 0]}
+        )
+    if kind == "bytes":
+        clips = {
+            name: [{"bytes": f"{name}{i}".encode(), "path": None} for i in range(len(y))] for name, y in labels.items()
+        }
+        clips["test"][0] = {"bytes": b"validation1", "path": None}
+        rows = {name: Dataset.from_dict({"audio": value, "label": labels[name]}) for name, value in clips.items()}
+    classes = ClassLabel(names=["no", "yes"])
+    DatasetDict({name: split.cast_column("label", classes) for name, split in rows.items()}).save_to_disk(
+        str(tmp_path / "leaky")
+    )
+    with pytest.raises(ValueError, match="leaky: the (train|validation) and test splits hold the same audio"):
+        run_benchmark(tiny_model(), tmp_path / "out", datasets=[tmp_path / "leaky"])
+
+
+def test_a_failed_run_leaves_only_its_embedding_cache_and_can_be_run_again(binary_dataset, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("resp_hf.linear_probe.runner.train_linear_probe", fail)
+    settings = BenchmarkSettings(seeds=(0,), epochs=1, progress=False)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_benchmark(tiny_model(), tmp_path / "out", datasets=[binary_dataset], settings=settings)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["embedding_cache"]
+    monkeypatch.undo()
+    run_benchmark(tiny_model(), tmp_path / "out", datasets=[binary_dataset], settings=settings)
+    assert (tmp_path / "out" / "results.csv").is_file()
 
 
 def test_folds_are_for_regression_only(tmp_path):
