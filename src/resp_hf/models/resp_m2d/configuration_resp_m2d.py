@@ -5,6 +5,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 from transformers.dynamic_module_utils import get_relative_import_files
@@ -121,16 +122,17 @@ class RespM2DConfig(PreTrainedConfig):
         freeze_encoder: bool = False,
         **kwargs,
     ):
+        check_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))
         front_end = _front_end_settings(sampling_rate, n_fft, win_length, hop_length, f_min, f_max)
-        self.sampling_rate = int(sampling_rate)
+        self.sampling_rate = sampling_rate
         self.n_fft = front_end["n_fft"]
         self.win_length = front_end["win_length"]
         self.hop_length = front_end["hop_length"]
-        self.f_min = float(front_end["f_min"])
-        self.f_max = float(front_end["f_max"])
+        self.f_min = as_number("f_min", front_end["f_min"])
+        self.f_max = as_number("f_max", front_end["f_max"])
         self.window = window
-        self.input_size = [int(v) for v in input_size]
-        self.patch_size = [int(v) for v in patch_size]
+        self.input_size = as_size_pair("input_size", input_size)
+        self.patch_size = as_size_pair("patch_size", patch_size)
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
@@ -141,8 +143,8 @@ class RespM2DConfig(PreTrainedConfig):
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.initializer_range = initializer_range
-        self.norm_mean = float(norm_mean)
-        self.norm_std = float(norm_std)
+        self.norm_mean = as_number("norm_mean", norm_mean)
+        self.norm_std = as_number("norm_std", norm_std)
         self.pooling = pooling
         self.classifier_layer = classifier_layer
         self.chunks_per_pass = chunks_per_pass
@@ -156,17 +158,25 @@ class RespM2DConfig(PreTrainedConfig):
         """Raises ValueError for unsupported settings (models call it again, after `from_pretrained` overrides)."""
         check_integers(
             self,
-            at_least_one=("num_attention_heads", "n_fft", "win_length", "hop_length"),
-            at_least_zero=("hidden_size", "num_hidden_layers", "intermediate_size"),
+            at_least_one=("sampling_rate", "hidden_size", "num_attention_heads", "intermediate_size")
+            + ("n_fft", "win_length", "hop_length"),
+            at_least_zero=("num_hidden_layers",),
         )
+        for name in ("input_size", "patch_size"):
+            if not (len(getattr(self, name)) == 2 and all(is_integer_at_least(v, 1) for v in getattr(self, name))):
+                raise ValueError(f"{name}={getattr(self, name)} must be two positive integers (mel bins, frames).")
+        if not (isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < math.inf):
+            raise ValueError(f"layer_norm_eps={self.layer_norm_eps!r} must be a positive number.")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise ValueError(f"{name}={value!r} must be a probability in [0, 1].")
         if self.num_hidden_layers > MAX_HIDDEN_LAYERS:
             raise ValueError(f"num_hidden_layers={self.num_hidden_layers} is more than {MAX_HIDDEN_LAYERS} blocks.")
         if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
             raise ValueError(f"hidden_act={self.hidden_act!r} is not one of Transformers' activations (ACT2FN).")
         if self.window != "hann":
             raise ValueError(f"window={self.window!r} is not supported; M2D uses a periodic 'hann' window.")
-        if len(self.input_size) != 2 or len(self.patch_size) != 2:
-            raise ValueError(f"input_size and patch_size need 2 values, got {self.input_size} and {self.patch_size}.")
         if self.input_size[0] % self.patch_size[0]:
             raise ValueError(
                 f"The mel bins of input_size {self.input_size} must be a multiple of the patch height "
@@ -259,6 +269,26 @@ def check_integers(settings, at_least_one, at_least_zero=()):
     ]
     if bad:
         raise ValueError(f"Invalid settings: {', '.join(bad)}.")
+
+
+def as_size_pair(name: str, value) -> list:
+    """`value` as a list of integers where it is a sequence of integral numbers (JSON may give 16.0); else an error."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{name}={value!r} must be two positive integers (mel bins, frames).")
+    return [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
+
+
+def as_number(name: str, value) -> float:
+    """`value` as a float, or a ValueError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} must be a number.")
+    return float(value)
+
+
+def check_dtype(dtype) -> None:
+    """Refuses a `dtype` string that is not a torch dtype (Transformers would fail with an AttributeError)."""
+    if isinstance(dtype, str) and dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16', 'float16').")
 
 
 def is_integer_at_least(value, bound):
