@@ -81,6 +81,15 @@ def test_bad_arguments_are_clear_errors(model, arguments, message):
         model.embed([noise(0.5)], sampling_rate=16000, **arguments)
 
 
+def test_a_too_short_clip_is_named_by_its_input_index_and_file(model, tmp_path):
+    soundfile.write(tmp_path / "blip.wav", noise(0.5)[:50], 16000)
+    clips = [noise(2.0), noise(3.0), str(tmp_path / "blip.wav"), noise(1.5)]  # batched shortest first
+    with pytest.raises(ValueError, match="Input 2 '.*blip.wav' is too short: 50 samples"):
+        model.embed(clips, sampling_rate=16000)
+    with pytest.raises(ValueError, match="Input 1 is too short: 100 samples"):
+        model.embed([noise(2.0), noise(1.0)[:100]], sampling_rate=16000)
+
+
 @pytest.mark.parametrize("clips", [None, [None], [noise(0.5), None], 3.0j])
 def test_inputs_that_are_not_audio_are_named(model, clips):
     with pytest.raises(ValueError, match=r"(audio|Input 1) is a (NoneType|complex): expected an array, a file path"):

@@ -325,6 +325,9 @@ def test_unpadded_output_is_each_clips_own_frames():
         ({"padding": "max_length", "max_length": 0}, "max_length must be a positive integer"),
         ({"pad_to_multiple_of": 2.5}, "pad_to_multiple_of must be a positive integer"),
         ({"padding": "max_length", "max_length": 4000}, "more than max_length=4000; pass truncation=True"),
+        ({"truncation": True, "max_length": 150}, r"max_length=150 is shorter than one frame \(201 samples\)"),
+        ({"return_tensors": "tf"}, "return_tensors='tf' is not supported: pass 'pt' \\(torch\\) or 'np'"),
+        ({"return_tensors": "torch"}, "return_tensors='torch' is not supported"),
     ],
 )
 def test_bad_padding_arguments_are_clear_errors(arguments, message):
@@ -406,3 +409,19 @@ def test_torchcodec_style_decoders_are_decoded_and_resampled():
     assert torch.allclose(mixed, extractor(0.75 * audio, sampling_rate=8000)["input_features"], atol=1e-5)
     with pytest.raises(ValueError, match=r"carries its own sampling rate \(8000 Hz\) but sampling_rate=16000"):
         extractor(FakeAudioDecoder(audio[None], 8000), sampling_rate=16000)
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([], "pad\\(\\) needs 'input_features' of at least one clip"),
+        ({"input_features": []}, "pad\\(\\) needs 'input_features' of at least one clip"),
+        (
+            [{"input_features": np.zeros((80, 5)), "attention_mask": np.ones(9)}],
+            r"attention_mask 0 has shape \(9,\) for 5",
+        ),
+    ],
+)
+def test_pad_refuses_no_clips_and_masks_of_another_length(rows, message):
+    with pytest.raises(ValueError, match=message):
+        RespM2DFeatureExtractor().pad(rows)

@@ -294,6 +294,22 @@ def test_bad_sampling_rates_are_refused_before_reading(classifier, rate):
         classify(noise(0.5), sampling_rate=rate)
 
 
+@pytest.mark.parametrize("top_k", [0, -1, "2", 1.5, True])
+def test_bad_top_k_is_refused(classifier, top_k):
+    classify = pipeline("audio-classification", model=str(classifier[0]), trust_remote_code=True)
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        classify(noise(0.5), top_k=top_k)
+
+
+def test_empty_batches_and_too_short_files_are_named(classifier, tmp_path):
+    classify = pipeline("audio-classification", model=str(classifier[0]), trust_remote_code=True)
+    with pytest.raises(ValueError, match="empty list"):
+        classify([])
+    soundfile.write(tmp_path / "blip.wav", noise(0.5)[:50], 16000)
+    with pytest.raises(ValueError, match="audio clip 1 '.*blip.wav' is too short: 50 samples"):
+        classify([noise(0.5), str(tmp_path / "blip.wav")])
+
+
 def test_bad_clip_of_a_batch_is_named_by_its_index(classifier, tmp_path):
     classify = pipeline("audio-classification", model=str(classifier[0]), trust_remote_code=True)
     with pytest.raises(ValueError, match="audio clip 2 contains NaN or Inf"):

@@ -389,8 +389,8 @@ def carries_own_rate(audio):
 
 
 def describe_source(value, name):
-    """Names an audio value in messages: its path when it has one."""
-    path = value.get("path") if isinstance(value, dict) else None
+    """Names an audio value in messages: its path when it has one (a file path, or a dict's "path")."""
+    path = value if isinstance(value, (str, os.PathLike)) else value.get("path") if isinstance(value, dict) else None
     return name if path is None else f"{name} {os.fspath(path)!r}"
 
 

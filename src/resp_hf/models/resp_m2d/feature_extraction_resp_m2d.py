@@ -8,7 +8,7 @@ import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.utils import PaddingStrategy, logging
 
-from .audio_utils_resp_m2d import check_sampling_rate, has_arrays, load_waveform, split_batch
+from .audio_utils_resp_m2d import check_sampling_rate, describe_source, has_arrays, load_waveform, split_batch
 from .configuration_resp_m2d import DEFAULT_NORM_STATS, check_integers, check_mel_range
 
 logger = logging.get_logger(__name__)
@@ -233,6 +233,8 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
             for index, clip in enumerate(clips)
         ]
         if truncation:
+            if max_length < self.min_samples:
+                raise ValueError(f"max_length={max_length} is shorter than one frame ({self.min_samples} samples).")
             waveforms = [waveform[:max_length] for waveform in waveforms]
         longest = max(len(waveform) for waveform in waveforms)
         target = max_length if strategy == PaddingStrategy.MAX_LENGTH else longest
@@ -256,12 +258,16 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
     def _prepare_clip(self, clip, index, batch_size, sampling_rate, downmix, rate_of_arrays_only, hint):
         name = "audio" if batch_size == 1 else f"audio clip {index}"
         waveform = load_waveform(clip, sampling_rate, self.sampling_rate, downmix, name, rate_of_arrays_only)
+        self.check_long_enough(waveform, describe_source(clip, name), hint)
+        return waveform
+
+    def check_long_enough(self, waveform: np.ndarray, name: str, hint: str = "") -> None:
+        """Refuses a waveform (at the extractor's rate) shorter than one STFT frame needs; `name` describes it."""
         if waveform.size < self.min_samples:
             raise ValueError(
                 f"{name} is too short: {waveform.size} samples at {self.sampling_rate} Hz, "
                 f"the front end needs at least {self.min_samples}{hint}."
             )
-        return waveform
 
     def extract(self, waveforms, num_frames=0, device=None):
         """
@@ -317,11 +323,11 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
             return_tensors (`str`, *optional*): `"pt"` or `"np"`; by default torch if the features are tensors.
         """
         strategy = padding_strategy(padding, max_length, truncation, pad_to_multiple_of)
-        if isinstance(processed_features, (list, tuple)):
+        if isinstance(processed_features, (list, tuple)) and processed_features:
             processed_features = {key: [row[key] for row in processed_features] for key in processed_features[0]}
         data = dict(processed_features)
-        if "input_features" not in data:
-            raise ValueError(f"pad() needs 'input_features', got keys {sorted(data)}.")
+        if "input_features" not in data or len(data["input_features"]) == 0:
+            raise ValueError(f"pad() needs 'input_features' of at least one clip, got keys {sorted(data)}.")
         given = data["input_features"]
         is_torch = isinstance(given, torch.Tensor) or (len(given) and isinstance(given[0], torch.Tensor))
         features = [self._checked_features(item, index) for index, item in enumerate(given)]
@@ -330,6 +336,9 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
             np.ones(item.shape[1], np.int32) if given_masks is None else np.asarray(given_masks[index], np.int32)
             for index, item in enumerate(features)
         ]
+        for index, (item, mask) in enumerate(zip(features, masks)):
+            if mask.shape != item.shape[1:]:
+                raise ValueError(f"attention_mask {index} has shape {mask.shape} for {item.shape[1]} frames.")
         if truncation:
             features, masks = [item[:, :max_length] for item in features], [mask[:max_length] for mask in masks]
         longest = max(item.shape[1] for item in features)
@@ -394,6 +403,9 @@ def pad_frames(values, frames, value):
 
 def as_batch_feature(data, return_tensors):
     """A `BatchFeature` of torch tensors (`"pt"`) or numpy arrays (`"np"` or None); unpadded clips stay a list."""
+
+    if return_tensors not in (None, "np", "pt"):
+        raise ValueError(f"return_tensors={return_tensors!r} is not supported: pass 'pt' (torch) or 'np' (numpy).")
 
     def convert(value):
         if return_tensors == "pt":

@@ -18,7 +18,14 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
-from .audio_utils_resp_m2d import check_sampling_rate, has_arrays, item_duration, load_waveform, split_batch
+from .audio_utils_resp_m2d import (
+    check_sampling_rate,
+    describe_source,
+    has_arrays,
+    item_duration,
+    load_waveform,
+    split_batch,
+)
 from .configuration_resp_m2d import RespM2DConfig, is_integer_at_least
 from .feature_extraction_resp_m2d import RespM2DFeatureExtractor
 
@@ -649,7 +656,9 @@ class RespM2DModel(RespM2DPreTrainedModel):
 
         def load_clip(index: int) -> np.ndarray:
             rate = feature_extractor.sampling_rate
-            return load_waveform(items[index], sampling_rate, rate, downmix, names[index], rate_of_arrays_only)
+            waveform = load_waveform(items[index], sampling_rate, rate, downmix, names[index], rate_of_arrays_only)
+            feature_extractor.check_long_enough(waveform, describe_source(items[index], names[index]))
+            return waveform
 
         (embeddings,) = embed_clips(
             self,

@@ -10,7 +10,7 @@ import numpy as np
 from transformers import AudioClassificationPipeline, Pipeline
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .audio_utils_resp_m2d import check_sampling_rate, has_arrays, load_waveform
+from .audio_utils_resp_m2d import check_sampling_rate, describe_source, has_arrays, load_waveform
 
 
 @dataclass
@@ -41,7 +41,9 @@ class RespM2DAudioInputs:
         self.feature_extractor.check_matches(self.model.config)
 
     def __call__(self, inputs, **kwargs):
-        if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], numbers.Number):
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            raise ValueError("The pipeline got an empty list: pass at least one clip.")
+        if isinstance(inputs, (list, tuple)) and isinstance(inputs[0], numbers.Number):
             inputs = np.asarray(inputs, dtype=np.float32)  # one clip, as in the feature extractor
         elif isinstance(inputs, (list, tuple)):
             mixed = has_arrays(inputs)
@@ -66,6 +68,7 @@ class RespM2DAudioInputs:
                 inputs, name = response.read(), f"the audio at {inputs}"
         rate = self.feature_extractor.sampling_rate
         waveform = load_waveform(inputs, sampling_rate, rate, downmix, name, clip.rate_of_arrays_only)
+        self.feature_extractor.check_long_enough(waveform, describe_source(inputs, name))
         processed = self.feature_extractor(
             waveform, sampling_rate=rate, return_attention_mask=True, return_tensors="pt"
         )
@@ -97,6 +100,8 @@ class RespM2DAudioClassificationPipeline(RespM2DAudioInputs, AudioClassification
     ):
         if kwargs:
             raise TypeError(f"Unexpected arguments for the audio-classification pipeline: {sorted(kwargs)}.")
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer (the number of labels to return), got {top_k!r}.")
         _, forward_params, postprocess_params = super()._sanitize_parameters(
             top_k=top_k, function_to_apply=function_to_apply
         )
