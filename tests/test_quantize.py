@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import noise, tiny_config, tiny_model
 from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+from transformers import pipeline
 
 from resp_hf import (
     RespM2DAudioClassificationPipeline,
@@ -69,7 +70,14 @@ def two_label_classifier():
 
 def pipeline_scores(model, extractor, clips):
     """The audio-classification pipeline's scores, one row per clip, in label order."""
-    classify = RespM2DAudioClassificationPipeline(model=model, feature_extractor=extractor)
+    # A model object (a quantized copy cannot be saved) takes the package's pipeline through `pipeline_class`.
+    classify = pipeline(
+        "audio-classification",
+        model=model,
+        feature_extractor=extractor,
+        pipeline_class=RespM2DAudioClassificationPipeline,
+    )
+    assert type(classify) is RespM2DAudioClassificationPipeline
     outputs = classify(clips, batch_size=2)
     return torch.tensor([[s["score"] for s in sorted(out, key=lambda s: s["label"])] for out in outputs])
 
@@ -274,6 +282,9 @@ def test_quantized_model_refuses_to_save_and_quantizing_after_loading_works(tmp_
     with pytest.raises(NotImplementedError, match=r"after loading"):
         quantize(model, "int8").save_pretrained(tmp_path / "int8")
     assert not (tmp_path / "int8" / "config.json").exists()
+    with pytest.raises(NotImplementedError, match=r"after loading"):  # nor the encoder inside an int8 classifier
+        quantize(two_label_classifier(), "int8").resp_m2d.save_pretrained(tmp_path / "inner")
+    assert not (tmp_path / "inner").exists()
     model.save_pretrained(tmp_path / "fp32")
     reloaded = quantize(RespM2DModel.from_pretrained(tmp_path / "fp32"), "int8")
     clip = [noise(2.0)]

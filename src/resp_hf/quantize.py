@@ -56,6 +56,7 @@ import warnings
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 METHODS = ("int8", "bf16", "fp32")
 # Engines whose dynamic int8 Linear is FBGEMM's (VNNI / AVX2 kernels); "x86" is PyTorch's default on x86 CPUs.
@@ -116,7 +117,9 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
             torch.ao.quantization.quantize_dynamic(
                 encoder, {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
             )
-    quantized.save_pretrained = types.MethodType(refuse_to_save, quantized)
+    for module in quantized.modules():  # the classifier and the encoder inside it
+        if isinstance(module, PreTrainedModel):
+            module.save_pretrained = types.MethodType(refuse_to_save, module)
     return quantized
 
 
