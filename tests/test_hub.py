@@ -56,7 +56,8 @@ def hub(monkeypatch):
         return CommitInfo(commit_url=url, commit_message=commit_message, commit_description="", oid="0" * 40)
 
     def upload_folder(self, repo_id, folder_path, commit_message, **kwargs):
-        files = {path.name: path.read_bytes() for path in Path(folder_path).iterdir() if path.is_file()}
+        root = Path(folder_path)
+        files = {path.relative_to(root).as_posix(): path.read_bytes() for path in root.rglob("*") if path.is_file()}
         commits.append({"repo_id": repo_id, "message": commit_message, "files": files})
         readme = files["README.md"].decode()  # the Hub rejects a README whose front matter is not valid YAML
         assert readme.startswith("---\n") and isinstance(yaml.safe_load(readme.split("---\n")[1]), dict)
@@ -73,6 +74,7 @@ def materialize(files, folder):
     """Writes uploaded files into a folder, as a download of the repository would."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(content)
     return folder
 
@@ -151,6 +153,48 @@ def test_push_of_a_converted_encoder_keeps_its_card(hub, golden_folder):
     assert cli_main(["push", str(golden_folder), "org/resp-m2d-golden"]) == 0
     card = hub[0]["files"]["README.md"].decode()
     assert "checkpoint-300.pth" in card and 'AutoModel.from_pretrained("org/resp-m2d-golden"' in card
+
+
+def test_push_uploads_results_and_adapters_and_names_what_it_leaves_out(hub, tmp_path, caplog):
+    folder = tmp_path / "lora-run"
+    save_fine_tuned(folder)
+    (folder / "results.json").write_text('{"test": {"auroc": 0.91}}')
+    (folder / "adapter").mkdir()
+    (folder / "adapter" / "adapter_config.json").write_text("{}")
+    (folder / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="resp_hf.hub"):
+        assert cli_main(["push", str(folder), "org/lora-run"]) == 0
+    files = hub[0]["files"]
+    assert files["results.json"] == b'{"test": {"auroc": 0.91}}' and files["adapter/adapter_config.json"] == b"{}"
+    assert not any(name.startswith("checkpoints") for name in files)
+    assert f"Not uploaded from {folder}: checkpoints" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda folder: (folder / "config.json").write_text('{"hidden_size": 6'), "config.json is not valid JSON"),
+        (lambda folder: (folder / "config.json").write_text("[1, 2]"), "config.json holds a list, not a JSON object"),
+        (
+            lambda folder: (folder / "preprocessor_config.json").write_text(
+                json.dumps({**json.loads((folder / "preprocessor_config.json").read_text()), "hop_length": 320})
+            ),
+            "disagree on the front end: hop_length=320 vs hop_length=160",
+        ),
+    ],
+)
+def test_push_of_a_damaged_folder_is_one_line_before_the_repository_exists(
+    hub, tmp_path, capsys, monkeypatch, damage, message
+):
+    created = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: created.append(repo_id))
+    folder = tmp_path / "model"
+    save_fine_tuned(folder)
+    damage(folder)
+    assert cli_main(["push", str(folder), "org/x"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error
+    assert hub == [] and created == []
 
 
 def test_push_of_a_folder_that_is_not_a_model_is_a_clear_error(hub, tmp_path, monkeypatch):
