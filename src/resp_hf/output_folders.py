@@ -39,10 +39,14 @@ def check_output_folder(
 
 def check_holds_no_input(path: Path, inputs: tuple[str | Path | None, ...], name: str = "The output") -> None:
     """Refuses an output folder that is, or lies above, one of `inputs` (links resolved): replacing it deletes them."""
-    output = Path(os.path.realpath(path))
     for item in filter(None, inputs):
-        if Path(os.path.realpath(item)).is_relative_to(output):
+        if is_within(item, path):
             raise ValueError(f"{name} {path} is or holds the input {item}: choose another folder.")
+
+
+def is_within(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` is `folder` or lies under it (links resolved)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
 def remove_outputs(folder: str | Path, names: tuple[str, ...]) -> None:
@@ -79,7 +83,7 @@ def atomic_folder(path):
     removed only then), on failure it is deleted and `path` is left as it was.
     """
     path = Path(path)
-    if Path(os.getcwd()).is_relative_to(os.path.realpath(path)):
+    if is_within(os.getcwd(), path):
         raise ValueError(f"The output {path} is or holds the current folder, which replacing it would remove.")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))

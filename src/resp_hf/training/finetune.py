@@ -8,14 +8,16 @@ DatasetDict saved with `save_to_disk`, or a Hub dataset name. Every `TrainingArg
 
 The output folder gets the best model, its feature extractor, the remote code, a model card and `results.json`.
 Trainer's checkpoints go to `OUTPUT/checkpoints/` (`--resume_from_checkpoint latest` continues an interrupted run)
-and are deleted once the run ends, unless `--keep_checkpoints`. Ties of the best-model metric between evaluations
-are broken by the lower validation loss.
+and are deleted once the run ends, unless `--keep_checkpoints`. Each records the run's settings
+(`finetune_settings.json`); resuming first checks the checkpoint's files and that the settings are the same. Ties of
+the best-model metric between evaluations are broken by the lower validation loss.
 """
 
 import argparse
 import json
 import logging
 import math
+import pickle
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -23,7 +25,20 @@ from pathlib import Path
 
 import torch
 from datasets import Audio, ClassLabel, Sequence, Value
+from safetensors import SafetensorError, safe_open
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_pt_utils import safe_globals
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.utils import (
+    ADAPTER_SAFE_WEIGHTS_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    CONFIG_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
 
 from .. import cards
 from ..audio import SEGMENT_KEYS, decode_audio
@@ -33,7 +48,7 @@ from ..lora import LORA_TARGET_MODULES, add_lora
 from ..metrics import build_compute_metrics
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
 from ..models.resp_m2d.configuration_resp_m2d import POOLING_MODES
-from ..output_folders import check_output_folder, remove_outputs
+from ..output_folders import check_output_folder, is_within, remove_outputs
 from ..splits import seeded_split
 
 logger = logging.getLogger(__name__)
@@ -41,6 +56,21 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 # What a run writes into the output folder besides the model files (removed first by --overwrite_output_dir).
 RUN_OUTPUTS = ("results.json", "README.md", "adapter", CHECKPOINTS_DIR)
+# What a run writes into each of its checkpoints, for a resumed run to check that it has the same settings.
+SETTINGS_NAME = "finetune_settings.json"
+# The options that shape the model or the optimizer's parameter groups but are not in the model config.
+RECORDED_OPTIONS = ("layer_decay", "lora_rank", "lora_alpha")
+# Config entries that may differ between a checkpoint and the run resuming it (`label2id` follows `id2label`).
+UNCOMPARED_CONFIG_KEYS = ("_name_or_path", "architectures", "transformers_version", "label2id")
+# The model files Trainer resumes from (one of them), as `Trainer._load_from_checkpoint` looks for them.
+MODEL_FILES = (
+    SAFE_WEIGHTS_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    ADAPTER_SAFE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    ADAPTER_WEIGHTS_NAME,
+)
 
 
 @dataclass
@@ -251,14 +281,19 @@ def parse_classifier_layer(value):
         raise ValueError(f"--classifier_layer must be None, 'weighted' or a layer index, got {value!r}.") from None
 
 
-def prepare_output_dir(output_dir, overwrite, resuming):
+def prepare_output_dir(output_dir: Path, overwrite: bool, checkpoint: Path | None) -> None:
     """
-    Refuses to mix a new run into a folder that holds files, unless resuming or told to overwrite; overwriting
-    removes the earlier run's checkpoints and outputs so that nothing of it is taken for the new run.
+    Refuses to mix a new run into a folder that holds files, unless resuming one of its own checkpoints or told to
+    overwrite; overwriting removes the earlier run's checkpoints and outputs so that nothing of it is taken for the
+    new run (a run resumed from another folder's checkpoint is a new run here).
     """
-    option = "--resume_from_checkpoint latest to continue its run, or --overwrite_output_dir"
-    check_output_folder(output_dir, overwrite or resuming, option=option, name="--output_dir")
-    if overwrite and not resuming:
+    own = checkpoint is not None and is_within(checkpoint, output_dir / CHECKPOINTS_DIR)
+    if checkpoint is None or own:
+        option = "--resume_from_checkpoint latest to continue its run, or --overwrite_output_dir"
+    else:
+        option = f"--overwrite_output_dir (resuming from {checkpoint}, which is not one of its checkpoints)"
+    check_output_folder(output_dir, overwrite or own, option=option, name="--output_dir")
+    if overwrite and not own:
         remove_outputs(output_dir, RUN_OUTPUTS)
 
 
@@ -321,6 +356,111 @@ def resume_checkpoint(value):
     return True if value in ("latest", "true", "True") else value
 
 
+def checkpoint_to_resume(output_dir: Path, resume: str | bool) -> Path:
+    """The checkpoint folder `--resume_from_checkpoint` names (True: the latest in `output_dir/checkpoints`)."""
+    if resume is not True:
+        return Path(resume)
+    checkpoints = output_dir / CHECKPOINTS_DIR
+    latest = get_last_checkpoint(checkpoints) if checkpoints.is_dir() else None
+    if latest is None:
+        raise FileNotFoundError(f"--resume_from_checkpoint latest: there is no checkpoint in {checkpoints}.")
+    return Path(latest)
+
+
+def check_checkpoint(checkpoint: Path) -> None:
+    """Refuses, before anything is loaded, a checkpoint folder that is missing, incomplete or has a damaged file."""
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {checkpoint}: no such checkpoint folder.")
+    if not (checkpoint / TRAINER_STATE_NAME).is_file():
+        raise ValueError(f"{checkpoint} is not a Trainer checkpoint: it has no {TRAINER_STATE_NAME}.")
+    if not any((checkpoint / name).is_file() for name in MODEL_FILES):
+        raise ValueError(f"{checkpoint} holds no model weights ({SAFE_WEIGHTS_NAME} or {ADAPTER_SAFE_WEIGHTS_NAME}).")
+    for path in sorted(checkpoint.iterdir()):
+        problem = file_problem(path)
+        if problem:
+            raise ValueError(f"{path} is damaged ({problem}). Resume from another checkpoint, or start the run again.")
+
+
+def file_problem(path: Path) -> str | None:
+    """
+    What is wrong with a checkpoint file that Trainer reads when resuming (JSON, safetensors, weights-only torch
+    files), or None; reads only headers and pickles of plain data (no code runs), never `training_args.bin`.
+    """
+    if path.suffix == ".json":
+        try:
+            return None if isinstance(json.loads(path.read_text()), dict) else "not a JSON object"
+        except ValueError as error:  # also UnicodeDecodeError
+            return f"not valid JSON: {error}"
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(path, framework="pt"):
+                return None
+        except SafetensorError as error:
+            return f"truncated or not a safetensors file: {error}"
+    if path.suffix in (".pt", ".pth", ".bin") and path.name != TRAINING_ARGS_NAME:
+        try:
+            with safe_globals():
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
+            return f"truncated or not a weights-only torch file: {str(error).splitlines()[0].split('. ')[0]}"
+    return None
+
+
+def run_record(args: FinetuneArguments, config) -> dict:
+    """What a run records in its checkpoints: the options in `RECORDED_OPTIONS` and the model config."""
+    return {
+        "options": {name: getattr(args, name) for name in RECORDED_OPTIONS},
+        "config": json.loads(config.to_json_string()),
+    }
+
+
+def checkpoint_differences(checkpoint: Path, record: dict, config) -> list[str]:
+    """
+    How this run's `record` (see `run_record`) differs from the one in `checkpoint`; a checkpoint of an earlier
+    version, without a record, is compared by its config.json.
+    """
+    saved_path = checkpoint / SETTINGS_NAME
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
+    differences = [
+        f"--{name} {value!r} (this run: {record['options'].get(name)!r})"
+        for name, value in saved.get("options", {}).items()
+        if value != record["options"].get(name)
+    ]
+    saved_config = saved.get("config")
+    if saved_config is None and (checkpoint / CONFIG_NAME).is_file():
+        saved_config = json.loads((checkpoint / CONFIG_NAME).read_text())
+    if saved_config is not None:
+        before, now = type(config).from_dict(saved_config).to_dict(), config.to_dict()
+        differences += [
+            f"{key} {before.get(key)!r} (this run: {now.get(key)!r})"
+            for key in sorted(before.keys() | now.keys())
+            if key not in UNCOMPARED_CONFIG_KEYS and before.get(key) != now.get(key)
+        ]
+    return differences
+
+
+def check_checkpoint_matches(checkpoint: Path, record: dict, config) -> None:
+    """Refuses to resume from a checkpoint written by a run with other settings (its weights would not fit)."""
+    differences = checkpoint_differences(checkpoint, record, config)
+    if differences:
+        raise ValueError(
+            f"The checkpoint at {checkpoint} was written by a run with other settings: {'; '.join(differences)}. "
+            "Resume with that run's settings, or start a new run."
+        )
+
+
+class RecordSettingsCallback(TrainerCallback):
+    """Writes the run's record (see `run_record`) into each checkpoint it saves, as `SETTINGS_NAME`."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            (folder / SETTINGS_NAME).write_text(json.dumps(self.record, indent=2) + "\n")
+
+
 def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> tuple[Trainer, dict]:
     """
     Fine-tunes, evaluates and saves the best model (Hub-ready, with a card) in `training_args.output_dir`; Trainer's
@@ -328,7 +468,10 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> tuple
     """
     output_dir = Path(training_args.output_dir)
     resume = resume_checkpoint(training_args.resume_from_checkpoint)
-    prepare_output_dir(output_dir, args.overwrite_output_dir, resume is not None)
+    checkpoint = checkpoint_to_resume(output_dir, resume) if resume is not None else None
+    if checkpoint is not None:
+        check_checkpoint(checkpoint)
+    prepare_output_dir(output_dir, args.overwrite_output_dir, checkpoint)
     if args.lora_rank is not None:
         check_lora_settings(args)
     dataset = load_any_dataset(args.dataset)
@@ -350,6 +493,9 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> tuple
         freeze_encoder=args.freeze_encoder,
         ignore_mismatched_sizes=True,
     )
+    record = run_record(args, model.config)
+    if checkpoint is not None:
+        check_checkpoint_matches(checkpoint, record, model.config)
     if args.lora_rank is not None:
         model = add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)
     feature_extractor = load_feature_extractor(args.model_name_or_path, model.config)
@@ -374,9 +520,9 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> tuple
         ),
         compute_metrics=build_compute_metrics(problem_type),
         optimizers=optimizers,
-        callbacks=[BreakTiesByLossCallback()],
+        callbacks=[BreakTiesByLossCallback(), RecordSettingsCallback(record)],
     )
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     results = {"validation": strip_prefix(trainer.evaluate(), "eval_")}
     if test is not None:
         results["test"] = strip_prefix(trainer.evaluate(test, metric_key_prefix="test"), "test_")
