@@ -364,7 +364,7 @@ def test_splits_that_number_the_classes_differently_are_refused(tmp_path):
     labels = {"train": [0, 1, 0, 1], "validation": [0, 1], "test": [1, 0]}
     order = {"train": ClassLabel(names=["low", "high"]), "validation": ClassLabel(names=["low", "high"])}
     folder = saved_splits(tmp_path / "swapped", labels, {**order, "test": ClassLabel(names=["high", "low"])})
-    with pytest.raises(ValueError, match="swapped: the test split's label feature .* differs from the train split's"):
+    with pytest.raises(ValueError, match="swapped: the test split's 'label' feature .* differs from the train split's"):
         run_benchmark(tiny_model(), tmp_path / "out", datasets=[folder])
 
 
@@ -378,7 +378,9 @@ def test_rows_without_a_valid_label_are_named_before_any_embedding(tmp_path, fea
     model = tiny_model()
     calls = []
     model.register_forward_hook(lambda *args: calls.append(1))
-    with pytest.raises(ValueError, match=f"unlabelled: the test split has 1 row\\(s\\) .* row 1: {shown}"):
+    with pytest.raises(
+        ValueError, match=f"unlabelled: the test split has a row without a valid label \\(row 1: {shown}\\)"
+    ):
         run_benchmark(model, tmp_path / "out", datasets=[folder])
     assert calls == []
 

@@ -194,6 +194,30 @@ def test_fine_tuning_on_a_saved_dataset_with_an_audio_column(recordings, encoder
     assert torch.equal(model.resp_m2d.encoder.layer[0].mlp.fc1.weight, encoder.encoder.layer[0].mlp.fc1.weight)
 
 
+@pytest.mark.parametrize("fault", ["class order", "shared recording", "no label"])
+def test_saved_splits_that_disagree_are_refused_before_the_model_loads(recordings, tmp_path, capsys, fault):
+    dataset = load_audio_folder(recordings)
+    rows, features = dataset["test"].to_dict(), dataset["test"].features.copy()
+    if fault == "class order":  # the same recordings and meanings, classes numbered the other way round
+        rows["label"] = [1 - label for label in rows["label"]]
+        features["label"] = ClassLabel(names=features["label"].names[::-1])
+    if fault == "shared recording":
+        rows["audio"][0] = dataset["train"][0]["audio"]
+    if fault == "no label":
+        rows["label"][0] = -1
+    dataset["test"] = Dataset.from_dict(rows, features=features)
+    dataset.save_to_disk(tmp_path / "saved")
+    args = ["finetune", "--model_name_or_path", str(tmp_path / "no-model"), "--dataset", str(tmp_path / "saved")]
+    assert cli_main([*args, "--output_dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    expected = {
+        "class order": "the test split's 'label' feature",
+        "shared recording": "the train and test splits hold the same audio",
+        "no label": "the test split has a row without a valid label (row 0: -1)",
+    }
+    assert expected[fault] in error.strip().splitlines()[-1]  # one line, after the datasets progress bars
+
+
 def test_finetune_example_runs_end_to_end(tmp_path):
     result = subprocess.run(
         [sys.executable, REPO_ROOT / "examples" / "finetune_synthetic.py", tmp_path, "--epochs", "3"],

@@ -1,18 +1,24 @@
 """
 Seeded splits of rows into a kept and a held-out part: the one place where validation (and OPERA's test) rows are
-chosen. Each caller states its seed: OPERA's 1337 and 42 (`resp_hf.opera`), the linear probe's 1337 (42 per fold)
-for saved datasets (`resp_hf.linear_probe.runner`), fine-tuning's 42 (`resp_hf.training.finetune`) and the ICBHI /
-SPRSound patient carve-out's 1337 (`resp_hf.tasks`).
+chosen; and the checks that a user's saved splits agree (one label feature, valid labels, no shared audio). Each
+caller states its seed: OPERA's 1337 and 42 (`resp_hf.opera`), the linear probe's 1337 (42 per fold) for saved
+datasets (`resp_hf.linear_probe.runner`), fine-tuning's 42 (`resp_hf.training.finetune`) and the ICBHI / SPRSound
+patient carve-out's 1337 (`resp_hf.tasks`).
 """
 
+import hashlib
+import os
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from math import ceil
 from typing import Literal
 
 import numpy as np
-from datasets import ClassLabel, Dataset, Features, Value
+from datasets import Audio, ClassLabel, Dataset, Features, Value
+from datasets import Sequence as SequenceFeature
 from sklearn.model_selection import train_test_split
+
+from .audio import SEGMENT_KEYS, is_segment, source_path
 
 RandomStream = Literal["RandomState", "default_rng"]
 
@@ -118,3 +124,69 @@ def _group_split(groups, test_size, rng):
     kept = [index for index, group in enumerate(groups) if group not in held]
     held_out = [index for index, group in enumerate(groups) if group in held]
     return kept, held_out
+
+
+def check_split_labels(splits: Mapping[str, Dataset], column: str, source: object) -> None:
+    """
+    Every split of `source` must declare the same `column` feature (class numbers mean the same class in each) and
+    hold only valid labels: class numbers of its ClassLabel (not -1, "no label"), or finite floats.
+    """
+    first, feature = next((name, split.features[column]) for name, split in splits.items())
+    for name, split in splits.items():
+        if split.features.get(column) != feature:
+            raise ValueError(
+                f"{source}: the {name} split's {column!r} feature {split.features.get(column)} differs from the "
+                f"{first} split's {feature}: class numbers would mean other classes. Cast every split to one feature."
+            )
+        bad = next((row for row, label in enumerate(split[column]) if not is_valid_label(label, feature)), None)
+        if bad is not None:
+            raise ValueError(
+                f"{source}: the {name} split has a row without a valid label (row {bad}: {split[bad][column]!r}); "
+                "label it or leave it out."
+            )
+
+
+def is_valid_label(label: object, feature: object) -> bool:
+    """Whether `label` is a class number of a ClassLabel (each of them under a Sequence), or a finite number."""
+    if isinstance(feature, SequenceFeature | list):
+        inner = feature.feature if isinstance(feature, SequenceFeature) else feature[0]
+        return isinstance(label, list) and all(is_valid_label(value, inner) for value in label)
+    if isinstance(feature, ClassLabel):
+        return isinstance(label, int) and 0 <= label < feature.num_classes
+    return isinstance(label, int | float) and bool(np.isfinite(label))
+
+
+def audio_key(value: object) -> tuple | None:
+    """What identifies a row's audio: its file (and segment), or the digest of its bytes; None when unknown."""
+    if is_segment(value):
+        return (os.path.normpath(value["path"]), float(value["start"]), float(value["end"]))
+    path = source_path(value)
+    if path:
+        return (os.path.normpath(path),)
+    if isinstance(value, dict) and value.get("bytes"):
+        return (hashlib.sha256(value["bytes"]).hexdigest(),)
+    return None
+
+
+def split_audio_keys(split: Dataset, column: str) -> list:
+    """`audio_key` of each row: of `column`, else of the segment columns (path, start, end) a task dataset has."""
+    if column in split.column_names:
+        if isinstance(split.features[column], Audio):
+            split = split.cast_column(column, Audio(decode=False))
+        return [audio_key(value) for value in split[column]]
+    if set(SEGMENT_KEYS) <= set(split.column_names):
+        return [audio_key(dict(zip(SEGMENT_KEYS, row))) for row in zip(*(split[key] for key in SEGMENT_KEYS))]
+    return []
+
+
+def check_disjoint_splits(splits: Mapping[str, Dataset], column: str, source: object) -> None:
+    """Refuses the same audio (file, segment or bytes) in two splits: a score on training data means nothing."""
+    seen = {}
+    for name, split in splits.items():
+        for key in filter(None, split_audio_keys(split, column)):
+            other = seen.setdefault(key, name)
+            if other != name:
+                raise ValueError(
+                    f"{source}: the {other} and {name} splits hold the same audio ({', '.join(map(str, key))}); "
+                    "splits must not share recordings."
+                )

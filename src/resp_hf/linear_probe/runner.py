@@ -1,8 +1,6 @@
 """The OPERA linear-probe benchmark: embed each task once (cached), train linear heads over seeds, write results."""
 
-import hashlib
 import logging
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -12,15 +10,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from datasets import Audio, ClassLabel, Dataset, DatasetDict, Value, load_from_disk
+from datasets import ClassLabel, Dataset, DatasetDict, Value, load_from_disk
 
-from ..audio import is_segment, source_path
 from ..metrics import classification_metrics, regression_metrics
 from ..models.resp_m2d import RespM2DModel
 from ..opera import OPERA_VALIDATION_SEED, OperaTask, ProbeProtocol, build_task, check_root, get_protocol, get_task
 from ..output_folders import check_output_folder, remove_outputs, save_npz
 from ..quantize import METHODS, quantize
-from ..splits import seeded_split
+from ..splits import check_disjoint_splits, check_split_labels, seeded_split
 from .embeddings import EmbeddingCache, embed_split, model_fingerprint, parse_layers, split_fingerprint
 from .probe import EmbeddedSplit, ProbeData, train_linear_probe
 from .results import RESULT_FILES, write_results
@@ -370,69 +367,12 @@ def opera_job(task_id: str, opera_root: str | Path | None, allow_missing: bool =
     return Job(task, get_protocol(task.id), partial(build_opera_task, task.id, opera_root, allow_missing))
 
 
-def check_saved_labels(path: str | Path, dataset: DatasetDict) -> None:
-    """
-    Every split must declare the same `label` feature (class numbers mean the same class in each) and hold only
-    valid labels: class numbers of its ClassLabel (not -1, "no label"), or finite floats.
-    """
-    splits = {name: split for name, split in dataset.items() if "label" in split.column_names}
-    missing = sorted(set(dataset) - set(splits))
-    if missing:
-        raise ValueError(f"{path}: the split(s) {missing} lack the 'label' column.")
-    first, feature = next((name, split.features["label"]) for name, split in splits.items())
-    for name, split in splits.items():
-        if split.features["label"] != feature:
-            raise ValueError(
-                f"{path}: the {name} split's label feature {split.features['label']} differs from the {first} "
-                f"split's {feature}: class numbers would mean other classes. Cast every split to one feature."
-            )
-        labels = np.asarray(split["label"], dtype=float)
-        valid = (
-            (labels >= 0) & (labels < feature.num_classes) if isinstance(feature, ClassLabel) else np.isfinite(labels)
-        )
-        if not valid.all():
-            rows = np.flatnonzero(~valid)
-            raise ValueError(
-                f"{path}: the {name} split has {len(rows)} row(s) without a valid label (e.g. row {rows[0]}: "
-                f"{split[int(rows[0])]['label']}); label them or leave them out."
-            )
-
-
-def audio_key(value: object) -> tuple | None:
-    """What identifies a row's audio: its file (and segment), or the digest of its bytes; None when unknown."""
-    if is_segment(value):
-        return (os.path.normpath(value["path"]), float(value["start"]), float(value["end"]))
-    path = source_path(value)
-    if path:
-        return (os.path.normpath(path),)
-    if isinstance(value, dict) and value.get("bytes"):
-        return (hashlib.sha256(value["bytes"]).hexdigest(),)
-    return None
-
-
-def check_disjoint_splits(path: str | Path, dataset: DatasetDict) -> None:
-    """Refuses the same audio (file, segment or bytes) in two splits: a test score on training data means nothing."""
-    seen = {}
-    for name, split in dataset.items():
-        if "audio" not in split.column_names:
-            continue
-        if isinstance(split.features["audio"], Audio):
-            split = split.cast_column("audio", Audio(decode=False))
-        for key in filter(None, map(audio_key, split["audio"])):
-            other = seen.setdefault(key, name)
-            if other != name:
-                raise ValueError(
-                    f"{path}: the {other} and {name} splits hold the same audio ({', '.join(map(str, key))}); "
-                    "splits must not share recordings."
-                )
-
-
 def saved_dataset_job(path: str | Path) -> Job:
     """A DatasetDict saved on disk, with OPERA's common recipe as its protocol."""
     dataset = load_from_disk(str(path))
     task = saved_dataset_task(path, dataset)
-    check_saved_labels(path, dataset)
-    check_disjoint_splits(path, dataset)
+    check_split_labels(dataset, "label", path)
+    check_disjoint_splits(dataset, "audio", path)
     return Job(task, saved_dataset_protocol(task, has_folds(dataset)), lambda: (dataset, None))
 
 

@@ -49,7 +49,7 @@ from ..metrics import build_compute_metrics
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DForAudioClassification
 from ..models.resp_m2d.configuration_resp_m2d import POOLING_MODES
 from ..output_folders import check_output_folder, is_within, remove_outputs
-from ..splits import seeded_split
+from ..splits import check_disjoint_splits, check_split_labels, seeded_split
 
 logger = logging.getLogger(__name__)
 
@@ -478,6 +478,9 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> tuple
     if args.train_split not in dataset:
         raise ValueError(f"The dataset has no {args.train_split!r} split; it has {list(dataset)}.")
     train, evaluation, test = prepare_splits(dataset, args)
+    given = {name: dataset[name] for name in (args.train_split, args.eval_split, args.test_split) if name in dataset}
+    check_split_labels(given, args.label_column, args.dataset)
+    check_disjoint_splits(given, args.audio_column, args.dataset)
     problem_type, names = label_task(train.features[args.label_column], args.label_column)
     check_classes(train, args.label_column, problem_type, names, args.dataset)
     num_labels = len(names) if names else 1
