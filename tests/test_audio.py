@@ -12,6 +12,7 @@ from datasets.utils import _dill as datasets_dill
 from resp_hf.audio import decode_audio, decode_audio_column
 from resp_hf.models.resp_m2d import audio_utils_resp_m2d as audio_utils
 from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio, load_waveform
+from resp_hf.tasks.segments import SegmentWindow, decode_segments
 
 
 def tone(seconds, rate, channels=1, seed=0):
@@ -387,3 +388,34 @@ def test_files_are_read_block_by_block_like_a_whole_read(stereo_file, monkeypatc
     whole, rate = soundfile.read(stereo_file, dtype="float32")
     monkeypatch.setattr(audio_utils, "READ_BLOCK_FRAMES", 1000)  # the 0.2 s file is read in 5 blocks
     np.testing.assert_array_equal(load_audio(stereo_file, rate, downmix=True), whole.mean(axis=1, dtype=np.float32))
+
+
+# segments of recordings
+
+
+@pytest.mark.parametrize(
+    "start, end, problem",
+    [
+        (-0.5, 1.5, r"times must be finite and non-negative \(-0.5 to 1.5 s\)"),
+        (-1.9, 1.0, r"times must be finite and non-negative \(-1.9 to 1.0 s\)"),
+        (float("nan"), 0.5, r"times must be finite and non-negative \(nan to 0.5 s\)"),
+        (0.1, float("inf"), r"times must be finite and non-negative \(0.1 to inf s\)"),
+        (0.2, 0.1, r"zero or negative length \(0.2 to 0.1 s\)"),
+        (0.3, 0.4, r"starts at 0.3 s, after the end of the file \(0.250 s\)"),
+    ],
+)
+def test_segment_bounds_that_cannot_be_read_are_errors_naming_the_file(audio_files, start, end, problem):
+    path = audio_files["float_16k.wav"]  # 0.25 s
+    with pytest.raises(ValueError, match=rf"^Cannot read a segment of {path}: {problem}\.$"):
+        decode_audio({"path": str(path), "start": start, "end": end})
+    rows = Dataset.from_dict({"path": [str(path)], "start": [start], "end": [end]})
+    with pytest.raises(ValueError, match=rf"^Cannot read a segment of {path}: {problem}\.$"):
+        decode_segments(rows, window=SegmentWindow())[0]
+
+
+def test_segments_of_a_stereo_recording_fail_unless_downmixed(stereo_file):
+    rows = Dataset.from_dict({"path": [str(stereo_file)], "start": [0.05], "end": [0.15]})
+    with pytest.raises(ValueError, match=f"{stereo_file} has 2 channels.*Pass downmix=True"):
+        decode_segments(rows)[0]
+    whole = load_audio(stereo_file, 16000, downmix=True)
+    np.testing.assert_array_equal(decode_segments(rows, downmix=True)[0]["audio"]["array"], whole[800:2400])

@@ -229,3 +229,65 @@ def test_unreadable_audio_is_an_error_naming_the_file(tmp_path):
     (folder / "101_1b1_Al_sc_Meditron.wav").write_bytes(b"not audio" * 100)
     with pytest.raises(ValueError, match=f"Could not read {folder / '101_1b1_Al_sc_Meditron.wav'}"):
         build_icbhi_cycles(tmp_path, validation_fraction=0)
+
+
+def test_an_empty_annotation_file_is_an_error_naming_it(tmp_path):
+    folder = copy_database(tmp_path, ["101_1b1_Al_sc_Meditron", "103_2b2_Ar_mc_LittC2SE"])
+    (folder / "103_2b2_Ar_mc_LittC2SE.txt").write_text("\n")
+    with pytest.raises(IcbhiDataError, match=f"^{folder / '103_2b2_Ar_mc_LittC2SE.txt'} holds no cycles"):
+        build_icbhi_cycles(tmp_path, validation_fraction=0)
+
+
+def test_a_recording_without_its_audio_or_annotation_is_an_error_and_wav_in_capitals_is_read(tmp_path):
+    folder = copy_database(tmp_path, ["101_1b1_Al_sc_Meditron", "103_2b2_Ar_mc_LittC2SE"])
+    (folder / "103_2b2_Ar_mc_LittC2SE.wav").rename(folder / "103_2b2_Ar_mc_LittC2SE.WAV")
+    dataset, report = build_icbhi_cycles(tmp_path, validation_fraction=0)
+    assert report.recordings == 2 and len(dataset["train"]) == 6
+    assert dataset["train"][0]["path"] == str(folder / "103_2b2_Ar_mc_LittC2SE.WAV")
+    (folder / "103_2b2_Ar_mc_LittC2SE.WAV").unlink()
+    with pytest.raises(IcbhiDataError, match=f"{folder} lacks 1 file\\(s\\), 103_2b2_Ar_mc_LittC2SE.wav\\.$"):
+        build_icbhi_cycles(tmp_path, validation_fraction=0)
+    (folder / "101_1b1_Al_sc_Meditron.txt").unlink()
+    with pytest.raises(IcbhiDataError, match=r"lacks 2 file\(s\), 101_1b1_Al_sc_Meditron.txt, 103_2b2"):
+        build_icbhi_cycles(tmp_path, validation_fraction=0)
+
+
+def test_a_repeated_annotation_line_is_a_bad_cycle_named_and_left_out_only_when_asked(tmp_path):
+    folder = copy_database(tmp_path, ["103_2b2_Ar_mc_LittC2SE"])
+    annotation = folder / "103_2b2_Ar_mc_LittC2SE.txt"
+    first = annotation.read_text().splitlines()[0]
+    annotation.write_text(annotation.read_text() + first + "\n")
+    with pytest.raises(IcbhiDataError, match=r"1 cycle\(s\).*103_2b2_Ar_mc_LittC2SE cycle 6: repeats cycle 0"):
+        build_icbhi_cycles(tmp_path, validation_fraction=0)
+    dataset, report = build_icbhi_cycles(tmp_path, validation_fraction=0, skip_invalid=True)
+    assert dataset["train"]["cycle"] == [0, 1, 2, 3, 4, 5]
+    assert [item.split(":")[0] for item in report.skipped] == ["103_2b2_Ar_mc_LittC2SE cycle 6"]
+
+
+@pytest.mark.parametrize("skip_invalid", [False, True])
+def test_a_truncated_recording_is_named_as_truncated_not_blamed_on_its_cycles(tmp_path, skip_invalid):
+    folder = copy_database(tmp_path, ["103_2b2_Ar_mc_LittC2SE"])
+    audio = folder / "103_2b2_Ar_mc_LittC2SE.wav"
+    audio.write_bytes(audio.read_bytes()[: audio.stat().st_size * 2 // 5])
+    with pytest.raises(ValueError, match=f"^{audio} is truncated: its header promises"):
+        build_icbhi_cycles(tmp_path, validation_fraction=0, skip_invalid=skip_invalid)
+
+
+def test_a_stereo_recording_is_an_error_naming_it(tmp_path):
+    folder = copy_database(tmp_path, ["103_2b2_Ar_mc_LittC2SE"])
+    audio = folder / "103_2b2_Ar_mc_LittC2SE.wav"
+    samples, rate = soundfile.read(audio)
+    soundfile.write(audio, np.stack([samples, samples], axis=1), rate, subtype="PCM_16")
+    with pytest.raises(ValueError, match=f"^{audio} has 2 channels, but the ICBHI recordings are mono"):
+        build_icbhi_cycles(tmp_path, validation_fraction=0)
+
+
+def test_a_split_file_with_a_byte_order_mark_is_read_and_named_in_errors(tmp_path):
+    copy_database(tmp_path, ["103_2b2_Ar_mc_LittC2SE"])
+    split_file = tmp_path / "ICBHI_challenge_train_test.txt"
+    split_file.write_bytes(b"\xef\xbb\xbf101_1b1_Al_sc_Meditron\ttest\r\n")
+    with pytest.raises(IcbhiDataError, match=rf"not in the split file {split_file}, e.g. \['103_2b2_Ar_mc_LittC2SE'\]"):
+        build_icbhi_cycles(tmp_path, validation_fraction=0)
+    split_file.write_bytes(b"\xef\xbb\xbf103_2b2_Ar_mc_LittC2SE\ttrain\r\n")
+    dataset, _ = build_icbhi_cycles(tmp_path, validation_fraction=0)
+    assert len(dataset["train"]) == 6

@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -219,3 +220,64 @@ def test_a_folder_in_place_of_an_annotation_or_unreadable_audio_is_an_error_nami
     audio.write_bytes(b"not audio" * 100)
     with pytest.raises(ValueError, match=f"Could not read {audio}"):
         build_sprsound(release, validation_fraction=0)
+
+
+def test_a_recording_in_two_official_splits_is_an_error_naming_both_annotations(release):
+    stem = "10000001_3.4_1_p1_101"
+    for source, target, suffix in zip(FOLDERS["train"], FOLDERS["inter"], (".json", ".wav")):
+        shutil.copy(release / source / f"{stem}{suffix}", release / target / f"{stem}{suffix}")
+    train_json = release / FOLDERS["train"][0] / f"{stem}.json"
+    inter_json = release / FOLDERS["inter"][0] / f"{stem}.json"
+    with pytest.raises(
+        SprsoundDataError, match=rf"^{train_json} \(train\) and {inter_json} \(inter_test_2022\) annotate the same"
+    ):
+        build_sprsound(release, validation_fraction=0)
+
+
+def test_a_repeated_event_is_named_and_left_out_only_when_asked(release):
+    path = release / FOLDERS["train"][0] / "10000001_3.4_1_p1_101.json"
+    content = json.loads(path.read_text())
+    content["event_annotation"].append(content["event_annotation"][0])
+    path.write_text(json.dumps(content))
+    with pytest.raises(
+        SprsoundDataError, match=r"10000001_3.4_1_p1_101.json event 2: repeats event 0 \(0.1 to 0.9 s\)"
+    ):
+        build_sprsound(release, validation_fraction=0)
+    dataset, report = build_sprsound(release, validation_fraction=0, skip_invalid=True)
+    assert report.skipped == ["10000001_3.4_1_p1_101.json event 2: repeats event 0 (0.1 to 0.9 s)"]
+    assert rows_by_key(dataset)[("10000001_3.4_1_p1_101", 0)][1:3] == (0.1, 0.9)
+
+
+def test_audio_without_its_annotation_is_an_error_naming_it(release):
+    (release / FOLDERS["train"][0] / "10000003_12.1_0_p4_104.json").unlink()
+    wav_folder = release / FOLDERS["train"][1]
+    with pytest.raises(SprsoundDataError, match=rf"^1 recording\(s\) in {wav_folder} have no annotation.*_p4_104.wav"):
+        build_sprsound(release, validation_fraction=0)
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_an_event_time_that_is_not_a_number_is_an_error_naming_the_file(release, value):
+    (release / FOLDERS["train"][0] / "10000001_3.4_1_p1_101.json").write_text(event_json(value, '"900"'))
+    with pytest.raises(SprsoundDataError, match=r"10000001_3.4_1_p1_101.json: expected .* is not a number\)"):
+        build_sprsound(release, validation_fraction=0)
+
+
+def test_two_folders_for_one_split_are_an_error_naming_both(release):
+    shutil.copytree(release / "BioCAS2022", release / "old_copy" / "BioCAS2022")
+    with pytest.raises(
+        SprsoundDataError, match=r"2 folders under .* could hold the train split: .*train2022_json.*old"
+    ):
+        build_sprsound(release, validation_fraction=0)
+
+
+@pytest.mark.parametrize("task", ["record_multiclass", "event_binary"])
+def test_truncated_or_stereo_audio_is_an_error_naming_it(release, task):
+    audio = release / FOLDERS["train"][1] / "10000001_3.4_1_p1_101.wav"
+    data = audio.read_bytes()
+    audio.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"^{audio} is truncated"):
+        build_sprsound(release, task, validation_fraction=0)
+    samples = 0.1 * np.random.default_rng(0).standard_normal((3 * RATE, 2))
+    soundfile.write(audio, samples, RATE, subtype="PCM_16")
+    with pytest.raises(ValueError, match=f"^{audio} has 2 channels, but the SPRSound recordings are mono"):
+        build_sprsound(release, task, validation_fraction=0)

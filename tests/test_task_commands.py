@@ -56,3 +56,20 @@ def test_build_never_replaces_the_folder_holding_its_data(tmp_path, capsys):
         assert cli_main([*args, "--validation-fraction", "0", "--overwrite"]) == 2
         assert f"{output} is or holds the input {data}" in capsys.readouterr().err
     assert sorted(path.relative_to(data) for path in data.rglob("*")) == before
+
+
+def test_build_refuses_options_that_do_not_apply_to_the_task(tmp_path, capsys):
+    output = str(tmp_path / "out")
+    opera = ["tasks", "build", "T10", "--opera_root", str(OPERA), "--output_dir", output]
+    cycle_options = ["--split_file", "/nonexistent.txt", "--validation_fraction", "0.9", "--validation_seed", "5"]
+    assert cli_main([*opera, *cycle_options, "--skip_invalid_cycles"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message == (
+        "resp-hf tasks: error: --split_file, --validation_fraction, --validation_seed, --skip_invalid_cycles "
+        "do(es) not apply to the OPERA task T10: leave them out."
+    )
+    release = write_release(tmp_path / "SPRSound")
+    sprsound = ["tasks", "build", "sprsound-1-1", "--sprsound_root", str(release), "--output_dir", output]
+    assert cli_main([*sprsound, "--split_file", "split.txt"]) == 2
+    assert "--split_file do(es) not apply to the SPRSound task sprsound-1-1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,5 +1,6 @@
 """Reading audio columns of Hugging Face datasets with soundfile and soxr, without torchcodec."""
 
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,16 +57,35 @@ def segment_bounds(start, end, sampling_rate, num_samples):
     return first, last
 
 
+def segment_problem(start: float, end: float, duration: float) -> str | None:
+    """
+    Why a segment of a `duration`-second file cannot be read (None when it can): a time that is not a finite,
+    non-negative number, zero or negative length, or starting after the file ends. One ending after the file is
+    readable (clipped to the file).
+    """
+    if not (math.isfinite(start) and math.isfinite(end) and start >= 0):
+        return f"times must be finite and non-negative ({start} to {end} s)"
+    if end <= start:
+        return f"zero or negative length ({start} to {end} s)"
+    if start >= duration:
+        return f"starts at {start} s, after the end of the file ({duration:.3f} s)"
+    return None
+
+
 def decode_segment(path, start, end, sampling_rate=16000, downmix=False):
     """
     The `[start, end)` seconds of a recording at `sampling_rate`: the whole file is decoded and resampled first, then
-    sliced, as in the ICBHI recipe (resampling a short slice alone would differ at its edges).
+    sliced, as in the ICBHI recipe (resampling a short slice alone would differ at its edges). Bounds that
+    `segment_problem` refuses are an error naming the file.
     """
     sampling_rate = check_sampling_rate(sampling_rate)
     recording = _decoded_recording(os.fspath(path), sampling_rate, downmix)
+    problem = segment_problem(start, end, len(recording) / sampling_rate)
+    if problem:
+        raise ValueError(f"Cannot read a segment of {path}: {problem}.")
     first, last = segment_bounds(start, end, sampling_rate, len(recording))
     if last <= first:
-        raise ValueError(f"Segment {start}-{end} s of {path} is empty at {sampling_rate} Hz (the file is shorter).")
+        raise ValueError(f"Segment {start} to {end} s of {path} is shorter than one sample at {sampling_rate} Hz.")
     return recording[first:last].copy()
 
 
@@ -124,4 +144,4 @@ def decode_audio_column(dataset, column="audio", sampling_rate=16000, downmix=Fa
     return dataset.with_transform(AudioColumnDecoder(column, sampling_rate, downmix))
 
 
-__all__ = ["decode_audio", "decode_audio_column", "decode_segment"]
+__all__ = ["decode_audio", "decode_audio_column", "decode_segment", "segment_problem"]

@@ -11,9 +11,15 @@ from pathlib import Path
 
 from datasets import ClassLabel, Features, Value
 
-from ..models.resp_m2d.audio_utils_resp_m2d import sound_info
 from ..opera.files import read_text
-from .segments import carve_validation, rows_to_splits, segment_clipping, segment_problem
+from .segments import (
+    carve_validation,
+    files_by_stem,
+    recording_duration,
+    rows_to_splits,
+    segment_clipping,
+    segment_problems,
+)
 
 LABELS = ("normal", "crackle", "wheeze", "both")
 BINARY_LABELS = ("normal", "abnormal")
@@ -143,7 +149,7 @@ def parse_recording_name(name):
 
 
 def read_cycles(path):
-    """`[(start, end, crackles, wheezes)]` from an annotation file; a malformed line is an error naming it."""
+    """`[(start, end, crackles, wheezes)]` from an annotation file; a malformed line, or none, is an error naming it."""
     cycles = []
     for number, line in enumerate(read_text(path, IcbhiDataError).splitlines(), start=1):
         if not line.strip():
@@ -157,6 +163,8 @@ def read_cycles(path):
         if len(parts) != 4 or crackles not in (0, 1) or wheezes not in (0, 1):
             raise IcbhiDataError(f"{path} line {number}: expected 'start end 0|1 0|1', got {line!r}.")
         cycles.append((start, end, crackles, wheezes))
+    if not cycles:
+        raise IcbhiDataError(f"{path} holds no cycles: expected one 'start end crackles wheezes' line per cycle.")
     return cycles
 
 
@@ -165,21 +173,44 @@ def cycle_label(crackles, wheezes):
     return crackles + 2 * wheezes
 
 
-def recording_rows(database, recording, split, report, skip_invalid):
+def recording_files(database: Path, splits: dict, split_file: Path) -> dict:
+    """
+    `{recording: (audio path, annotation path)}` of the recordings in `database` (`.wav` in any case). A recording
+    not in the split file, or one of the split file's recordings with only one of its two files, is an error naming it.
+    """
+    audio = files_by_stem(database, ".wav", IcbhiDataError)
+    unlisted = [name for name in audio if name not in splits]
+    if unlisted:
+        raise IcbhiDataError(
+            f"{len(unlisted)} recording(s) in {database} are not in the split file {split_file}, e.g. {unlisted[:3]}; "
+            "use the official ICBHI_challenge_train_test.txt."
+        )
+    annotations = {
+        name: path for name, path in files_by_stem(database, ".txt", IcbhiDataError).items() if name in splits
+    }
+    alone = sorted(set(audio) ^ set(annotations))
+    if alone:
+        missing = [f"{name}.txt" if name in audio else f"{name}.wav" for name in alone]
+        raise IcbhiDataError(
+            f"Every ICBHI recording needs its .wav and .txt files: {database} lacks {len(missing)} file(s), "
+            f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}."
+        )
+    if not audio:
+        raise FileNotFoundError(f"No .wav recordings in {database}.")
+    return {name: (audio[name], annotations[name]) for name in sorted(audio)}
+
+
+def recording_rows(
+    recording: str, audio_path: Path, annotation_path: Path, split: str, report: IcbhiReport, skip_invalid: bool
+) -> list:
     """The rows of one recording's cycles; clipped and (with `skip_invalid`) left-out cycles go to `report`."""
-    audio_path = database / f"{recording}.wav"
-    annotation_path = database / f"{recording}.txt"
-    for path in (audio_path, annotation_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: every ICBHI recording needs its .wav and .txt files.")
-    info = sound_info(str(audio_path), audio_path)
-    duration = info.frames / info.samplerate
+    cycles = read_cycles(annotation_path)
+    duration = recording_duration(audio_path, "ICBHI")
     metadata = parse_recording_name(recording)
-    rows, problems = [], []
-    for index, (start, end, crackles, wheezes) in enumerate(read_cycles(annotation_path)):
-        problem = segment_problem(start, end, duration)
-        if problem:
-            problems.append(f"{recording} cycle {index}: {problem}")
+    problems = segment_problems([(start, end) for start, end, _, _ in cycles], duration, "cycle")
+    rows = []
+    for index, (start, end, crackles, wheezes) in enumerate(cycles):
+        if index in problems:
             continue
         clipping = segment_clipping(end, duration)
         if clipping:
@@ -200,6 +231,7 @@ def recording_rows(database, recording, split, report, skip_invalid):
                 "split": split,
             }
         )
+    problems = [f"{recording} cycle {index}: {problem}" for index, problem in problems.items()]
     if problems and not skip_invalid:
         raise IcbhiDataError(
             f"{len(problems)} cycle(s) cannot be read: {'; '.join(problems)}. Fix the annotation file(s) or pass "
@@ -223,27 +255,22 @@ def build_icbhi_cycles(
     Every cycle of every recording in the split file becomes one row: `path`, `start`, `end` (seconds), `label`
     (normal / crackle / wheeze / both), `label_2class` (normal / abnormal), `crackles`, `wheezes`, `patient`,
     `recording`, `cycle` (line index in the annotation file), `chest_location`, `acquisition_mode`, `device`.
-    The recordings on disk are used (a partial copy builds a partial task); one not in the split file is an error.
-    A cycle of zero length or starting after the end of its file is an error naming it, or with `skip_invalid` left
-    out and listed in the report; a cycle ending after the file is kept (read up to the end, as the recipe does) and
-    listed in the report. Decode rows with `decode_segments`.
+    The recordings on disk are used (a partial copy builds a partial task); one not in the split file, or without
+    its annotation or audio, is an error, as are an empty annotation file and a truncated, unreadable or
+    multichannel recording. A cycle of zero length, starting after the end of its file or repeating an earlier
+    cycle's times is an error naming it, or with `skip_invalid` left out and listed in the report; a cycle ending
+    after the file is kept (read up to the end, as the recipe does) and listed in the report. Decode rows with
+    `decode_segments`.
     """
     database, default_split_file = locate(root)
-    splits = read_split_file(split_file or default_split_file)
-    on_disk = sorted(path.stem for path in database.glob("*.wav"))
-    unlisted = [name for name in on_disk if name not in splits]
-    if unlisted:
-        raise IcbhiDataError(
-            f"{len(unlisted)} recording(s) in {database} are not in the split file, e.g. {unlisted[:3]}; "
-            "use the official ICBHI_challenge_train_test.txt."
-        )
-    if not on_disk:
-        raise FileNotFoundError(f"No .wav recordings in {database}.")
+    split_file = split_file or default_split_file
+    splits = read_split_file(split_file)
+    files = recording_files(database, splits, split_file)
     report = IcbhiReport(validation_seed=seed)
     rows = []
-    for recording in on_disk:
-        rows += recording_rows(database, recording, splits[recording], report, skip_invalid)
-    report.recordings = len(on_disk)
+    for recording, (audio_path, annotation_path) in files.items():
+        rows += recording_rows(recording, audio_path, annotation_path, splits[recording], report, skip_invalid)
+    report.recordings = len(files)
     if validation_fraction:
         report.validation_patients = carve_validation(rows, validation_fraction, seed, "ICBHI")
     dataset, report.counts = rows_to_splits(rows, FEATURES, ("train", "validation", "test"))

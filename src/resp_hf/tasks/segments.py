@@ -1,4 +1,5 @@
-"""Annotated segments (respiratory cycles, events) of recordings: decoding, fixed-length windows, validation splits.
+"""Annotated segments (respiratory cycles, events) of recordings: the checks of their files, decoding, fixed-length
+windows, validation splits.
 
 Both the ICBHI cycle task and the SPRSound event tasks store a segment as `path`, `start` and `end` (seconds);
 `decode_segments` adds an `audio` column, decoded on access with the package's soundfile + soxr reader.
@@ -6,11 +7,13 @@ Both the ICBHI cycle task and the SPRSound event tasks store a segment as `path`
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from ..audio import check_sampling_rate, decode_audio
+from ..audio import check_sampling_rate, decode_audio, segment_problem
+from ..models.resp_m2d.audio_utils_resp_m2d import check_not_truncated, sound_info
 from ..splits import seeded_split
 
 PAD_MODES = ("repeat", "zero")
@@ -36,24 +39,58 @@ class SegmentWindow:
             raise ValueError(f"The window length must be positive, got {self.seconds} seconds.")
 
 
-def segment_problem(start, end, duration):
+def segment_problems(times: list, duration: float, noun: str) -> dict:
     """
-    Why a segment of a `duration`-second file cannot be read (None when it can): a time that is not a finite,
-    non-negative number, zero or negative length, or starting after the file ends. One ending after the file is
-    readable (clipped to the file).
+    `{index: why}` for the `(start, end)` segments of one file that cannot be read (`segment_problem`) or repeat the
+    times of an earlier segment (the later copy is the problem); `noun` names a segment ("cycle", "event").
     """
-    if not (math.isfinite(start) and math.isfinite(end) and start >= 0):
-        return f"times must be finite and non-negative ({start} to {end} s)"
-    if end <= start:
-        return f"zero or negative length ({start} to {end} s)"
-    if start >= duration:
-        return f"starts at {start} s, after the end of the file ({duration:.3f} s)"
-    return None
+    problems, first_index = {}, {}
+    for index, (start, end) in enumerate(times):
+        problem = segment_problem(start, end, duration)
+        if problem is None and (start, end) in first_index:
+            problem = f"repeats {noun} {first_index[start, end]} ({start} to {end} s)"
+        if problem:
+            problems[index] = problem
+        first_index.setdefault((start, end), index)
+    return problems
 
 
 def segment_clipping(end, duration):
     """How a readable segment ending after its `duration`-second file is clipped (None when it is not)."""
     return f"ends at {end} s, the file at {duration:.3f} s" if end > duration else None
+
+
+def files_by_stem(folder: Path, suffix: str, error_type: type) -> dict:
+    """
+    `{stem: path}` of the files in `folder` ending in `suffix` in any case (`.wav`, `.WAV`); two files of one stem are
+    an error naming both.
+    """
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() != suffix or not path.is_file():
+            continue
+        if path.stem in found:
+            raise error_type(f"{found[path.stem]} and {path} are the same recording: keep one.")
+        found[path.stem] = path
+    return found
+
+
+def recording_duration(path: Path, dataset: str) -> float:
+    """
+    The duration in seconds of a mono recording of `dataset`, from its header. A file that holds less audio than its
+    header says, cannot be read, holds no audio or has several channels (the releases are mono) is an error naming it.
+    """
+    with open(path, "rb") as stream:
+        check_not_truncated(stream, str(path))
+        info = sound_info(stream, str(path))
+    if info.frames == 0:
+        raise ValueError(f"{path} holds no audio; re-copy it from the {dataset} release.")
+    if info.channels != 1:
+        raise ValueError(
+            f"{path} has {info.channels} channels, but the {dataset} recordings are mono: replace it with the mono "
+            "original (the build does not average channels)."
+        )
+    return info.frames / info.samplerate
 
 
 def fit_segment(audio, sampling_rate, window):
@@ -83,29 +120,39 @@ class SegmentDecoder:
 
     sampling_rate: int
     window: SegmentWindow | None
+    downmix: bool = False
 
     def __call__(self, batch: dict) -> dict:
         audio = []
         for path, start, end in zip(batch["path"], batch["start"], batch["end"]):
-            segment = decode_audio({"path": path, "start": start, "end": end}, self.sampling_rate, downmix=True)
+            segment = decode_audio({"path": path, "start": start, "end": end}, self.sampling_rate, self.downmix)
             if self.window is not None:
                 segment = fit_segment(segment, self.sampling_rate, self.window)
             audio.append({"array": segment, "sampling_rate": self.sampling_rate, "path": path})
         return {**batch, "audio": audio}
 
 
-def decode_segments(dataset, sampling_rate=16000, window=None):
+def decode_segments(
+    dataset: Dataset | DatasetDict,
+    sampling_rate: int = 16000,
+    window: SegmentWindow | None = None,
+    downmix: bool = False,
+) -> Dataset | DatasetDict:
     """
     Returns `dataset` (a `Dataset` or `DatasetDict` with `path`, `start`, `end` columns) with an `audio` column
     decoded on access: `{"array": float32 mono, "sampling_rate", "path"}`, fitted to `window` when one is given.
+    A multichannel recording is an error unless `downmix=True` (its channels are then averaged); bounds that
+    `segment_problem` refuses are an error naming the file.
     """
     sampling_rate = check_sampling_rate(sampling_rate)
     if isinstance(dataset, DatasetDict):
-        return DatasetDict({name: decode_segments(split, sampling_rate, window) for name, split in dataset.items()})
+        return DatasetDict(
+            {name: decode_segments(split, sampling_rate, window, downmix) for name, split in dataset.items()}
+        )
     missing = [column for column in ("path", "start", "end") if column not in dataset.column_names]
     if missing:
         raise ValueError(f"The dataset lacks the segment column(s) {missing}; it has {dataset.column_names}.")
-    return dataset.with_transform(SegmentDecoder(sampling_rate, window))
+    return dataset.with_transform(SegmentDecoder(sampling_rate, window, downmix))
 
 
 def carve_validation(rows, fraction, seed, dataset_name):
@@ -152,4 +199,5 @@ __all__ = [
     "rows_to_splits",
     "segment_clipping",
     "segment_problem",
+    "segment_problems",
 ]

@@ -20,9 +20,15 @@ from pathlib import Path
 
 from datasets import ClassLabel, Features, Value
 
-from ..models.resp_m2d.audio_utils_resp_m2d import sound_info
 from ..opera.files import read_text
-from .segments import carve_validation, rows_to_splits, segment_clipping, segment_problem
+from .segments import (
+    carve_validation,
+    files_by_stem,
+    recording_duration,
+    rows_to_splits,
+    segment_clipping,
+    segment_problems,
+)
 
 EVENT_TYPES = ("Normal", "Rhonchi", "Wheeze", "Stridor", "Coarse Crackle", "Fine Crackle", "Wheeze+Crackle")
 RECORD_TYPES = ("Normal", "Poor Quality", "CAS", "DAS", "CAS & DAS")
@@ -103,9 +109,16 @@ def not_json(constant):
     raise ValueError(f"{constant} is not a JSON value")
 
 
+def read_time(value) -> float:
+    """Seconds from a JSON time in milliseconds: a number or a string holding one (`true` is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"time {value!r} is not a number")
+    return float(value) / 1000
+
+
 def read_event(event):
     """`(start s, end s, type)` of one JSON event (times in milliseconds, checked by `segment_problem`)."""
-    start, end = float(event["start"]) / 1000, float(event["end"]) / 1000
+    start, end = read_time(event["start"]), read_time(event["end"])
     if not isinstance(event["type"], str):
         raise TypeError(f"type {event['type']!r} is not a string")
     return start, end, event["type"]
@@ -148,30 +161,81 @@ def find_folders(root, names):
     return sorted(found, key=lambda path: (names.index(path.name), str(path)))
 
 
-def split_files(root, split):
-    """`[(json path, wav path)]` of an official split; `[]` when the release at `root` does not hold it."""
-    json_names, wav_names = SPLIT_FOLDERS[split]
-    json_folders = find_folders(root, json_names)
-    if not json_folders:
-        return []
-    wav_folders = find_folders(root, wav_names)
-    pairs = []
-    for annotation in sorted(json_folders[0].glob("*.json")):
-        candidates = [folder / f"{annotation.stem}.wav" for folder in wav_folders]
-        audio = next((path for path in candidates if path.is_file()), None)
-        if audio is None:
+def single_folder(root: Path, names: tuple, split: str) -> Path | None:
+    """The one folder under `root` named one of `names` for `split` (None when there is none); several are an error."""
+    found = find_folders(root, names)
+    if len(found) > 1:
+        raise SprsoundDataError(
+            f"{len(found)} folders under {root} could hold the {split} split: {[str(path) for path in found]}; "
+            "keep one."
+        )
+    return found[0] if found else None
+
+
+def split_files(root: Path, split: str, json_folder: Path, wav_folder: Path | None) -> list:
+    """`[(split, json path, wav path)]` of the annotations in `json_folder`; one without its audio is an error."""
+    audio = files_by_stem(wav_folder, ".wav", SprsoundDataError) if wav_folder else {}
+    wav_names = SPLIT_FOLDERS[split][1]
+    files = []
+    for annotation in sorted(json_folder.glob("*.json")):
+        if annotation.stem not in audio:
             raise FileNotFoundError(
                 f"No audio for {annotation}: expected {annotation.stem}.wav in one of {list(wav_names)} under {root}."
             )
-        pairs.append((annotation, audio.resolve()))
-    return pairs
+        files.append((split, annotation, audio[annotation.stem].resolve()))
+    return files
+
+
+def check_each_recording_once(files: list) -> None:
+    """A recording (file name) annotated in two official splits, or twice, is an error naming both annotations."""
+    seen = {}
+    for split, annotation, _ in files:
+        if annotation.stem in seen:
+            other_split, other = seen[annotation.stem]
+            raise SprsoundDataError(
+                f"{other} ({other_split}) and {annotation} ({split}) annotate the same recording "
+                f"{annotation.stem}: a recording belongs to one split; remove one of them."
+            )
+        seen[annotation.stem] = split, annotation
+
+
+def check_every_recording_annotated(files: list, wav_folders: set) -> None:
+    """A `.wav` in the release's audio folders that no annotation names is an error naming it."""
+    annotated = {audio for _, _, audio in files}
+    for folder in sorted(wav_folders):
+        alone = [
+            path
+            for path in files_by_stem(folder, ".wav", SprsoundDataError).values()
+            if path.resolve() not in annotated
+        ]
+        if alone:
+            raise SprsoundDataError(
+                f"{len(alone)} recording(s) in {folder} have no annotation, e.g. {[path.name for path in alone[:3]]}: "
+                "expected a .json of the same name in the split's annotation folder."
+            )
+
+
+def release_files(root: Path) -> list:
+    """
+    `[(split, json path, wav path)]` of every official split the release at `root` holds. Two folders for one split,
+    a recording in two splits, an annotation without audio or audio without annotation are errors naming them.
+    """
+    files, wav_folders = [], set()
+    for split, (json_names, wav_names) in SPLIT_FOLDERS.items():
+        json_folder = single_folder(root, json_names, split)
+        wav_folder = single_folder(root, wav_names, split)
+        wav_folders |= {wav_folder} - {None}
+        if json_folder:
+            files += split_files(root, split, json_folder, wav_folder)
+    check_each_recording_once(files)
+    check_every_recording_annotated(files, wav_folders)
+    return files
 
 
 def recording_rows(task, annotation, audio, split, report, skip_invalid):
     """The rows of one recording: one per event for event tasks, one for the record for record tasks."""
     record, events = read_annotation(annotation)
-    info = sound_info(str(audio), audio)
-    duration = info.frames / info.samplerate
+    duration = recording_duration(audio, "SPRSound")
     base = {
         "path": str(audio),
         "recording": annotation.stem,
@@ -182,17 +246,17 @@ def recording_rows(task, annotation, audio, split, report, skip_invalid):
     if task.startswith("record"):
         label = task_label(task, record)
         return [{**base, "start": 0.0, "end": duration, "event": -1, "event_type": "", "label": label}]
-    rows, problems = [], []
+    problems = segment_problems([(start, end) for start, end, _ in events], duration, "event")
+    rows = []
     for index, (start, end, kind) in enumerate(events):
-        problem = segment_problem(start, end, duration)
-        if problem:
-            problems.append(f"{annotation.name} event {index}: {problem}")
+        if index in problems:
             continue
         clipping = segment_clipping(end, duration)
         if clipping:
             report.clipped.append(f"{annotation.name} event {index}: {clipping}")
         label = task_label(task, record, kind)
         rows.append({**base, "start": start, "end": end, "event": index, "event_type": kind, "label": label})
+    problems = [f"{annotation.name} event {index}: {problem}" for index, problem in problems.items()]
     if problems and not skip_invalid:
         raise SprsoundDataError(
             f"{len(problems)} event(s) cannot be read: {'; '.join(problems)}. Pass skip_invalid=True "
@@ -215,7 +279,10 @@ def build_sprsound(
 
     Rows have `path`, `start`, `end` (seconds; the whole file for record tasks), `label`, `patient`, `age`, `gender`,
     `location`, `recording`, `event` (index in the JSON, -1 for records), `event_type` and `record_annotation`.
-    The validation split holds a seeded random set of training patients (none of them left in train).
+    The validation split holds a seeded random set of training patients (none of them left in train). The checks of
+    `release_files` apply; a truncated, unreadable or multichannel recording is an error naming it. An event whose
+    times `segment_problem` refuses or repeat an earlier event's is an error naming it, or with `skip_invalid` left
+    out and listed in the report.
     """
     if task not in TASK_LABELS:
         raise ValueError(f"Unknown SPRSound task {task!r}; expected one of {list(TASK_LABELS)}.")
@@ -224,9 +291,8 @@ def build_sprsound(
         raise FileNotFoundError(f"SPRSound folder not found: {root}")
     report = SprsoundReport(task)
     rows = []
-    for split in SPLIT_FOLDERS:
-        for annotation, audio in split_files(root, split):
-            rows += recording_rows(task, annotation, audio, split, report, skip_invalid)
+    for split, annotation, audio in release_files(root):
+        rows += recording_rows(task, annotation, audio, split, report, skip_invalid)
     if not any(row["split"] == "train" for row in rows):
         raise FileNotFoundError(f"No SPRSound training annotations under {root}: expected a train2022_json folder.")
     if validation_fraction:
