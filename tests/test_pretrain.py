@@ -19,13 +19,14 @@ from datasets import Audio, Dataset, DatasetDict
 
 from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel, convert_m2d_checkpoint
 from resp_hf.cli import main as cli_main
-from resp_hf.convert import load_checkpoint, read_m2d_checkpoint
+from resp_hf.convert import file_sha256, load_checkpoint, read_m2d_checkpoint
 from resp_hf.synthetic import write_two_class_recordings
-from resp_hf.training import pretrain
+from resp_hf.training import pretrain, pretraining_model
 from resp_hf.training.pretrain import build_model, model_from_official, parameter_groups
 from resp_hf.training.pretrain_data import LogMelUnits, norm_stats_from_crops, read_source
 from resp_hf.training.pretraining_model import (
     M2DPretrainingModel,
+    m2d_loss,
     predictor_config,
     predictor_config_from_weights,
     random_masks,
@@ -865,3 +866,134 @@ def test_a_run_with_the_recipe_scaled_down_to_a_tiny_encoder(recordings, tmp_pat
     config = json.loads((output / "encoder" / "config.json").read_text())
     dataset = LogMelUnits(read_source(f"{recordings}:2"), RespM2DConfig(**TINY), min_seconds=6.1)
     assert (config["norm_mean"], config["norm_std"]) == pytest.approx(norm_stats_from_crops(dataset, 20, seed=0))
+
+
+def test_a_nan_npy_log_mel_read_by_a_worker_stops_pretraining_with_an_error_naming_it(log_mel_list, tmp_path):
+    paths = read_source(log_mel_list)[:8]
+    damaged = tmp_path / "nan.npy"
+    np.save(damaged, np.full((80, 200), np.nan, dtype=np.float32))
+    (tmp_path / "list.csv").write_text("path\n" + "\n".join([*paths[:7], str(damaged)]) + "\n")
+    arguments = pretrain_args(tmp_path / "list.csv", tmp_path / "run", 2, "--no-progress", "--num-workers", "2")
+    # A fresh process, which must end: the workers ignore SIGTERM, so a worker's error used to leave them running.
+    result = subprocess.run(
+        [sys.executable, "-m", "resp_hf.cli", *arguments], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    error = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (
+        error
+        == f"resp-hf pretrain: error: {damaged} holds NaN or Inf values: the log-mel is damaged; compute it again."
+    )
+    assert not (tmp_path / "run" / "encoder").exists()
+
+
+def test_a_non_finite_loss_stops_training_before_the_weights_change(log_mel_list, tmp_path, monkeypatch, capsys):
+    losses = []
+
+    def nan_at_the_third_step(*args, **kwargs):
+        losses.append(m2d_loss(*args, **kwargs))
+        return losses[-1] * float("nan") if len(losses) == 3 else losses[-1]
+
+    monkeypatch.setattr(pretraining_model, "m2d_loss", nan_at_the_third_step)
+    output = tmp_path / "run"
+    assert cli_main(pretrain_args(log_mel_list, output, 4, "--save-every", "2", "--no-progress")) == 2
+    error = capsys.readouterr().err.strip()
+    assert "error: The loss is NaN or Inf at step 3: training stopped before that step changed the weights" in error
+    assert len(error.splitlines()) == 1 and len(losses) == 3
+    assert sorted(logged_losses(output)) == [1, 2] and saved_checkpoints(output) == ["step-2"]
+    assert not (output / "encoder").exists()
+
+
+def test_resuming_another_runs_checkpoint_into_a_run_folder_needs_overwrite(log_mel_list, tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert cli_main(pretrain_args(log_mel_list, first, 4, "--save-every", "2")) == 0
+    assert cli_main(pretrain_args(log_mel_list, second, 4, "--save-every", "2", "--seed", "1")) == 0
+    before = {path: path.read_bytes() for path in second.rglob("*") if path.is_file()}
+    checkpoint = first / "checkpoints" / "step-2"
+    capsys.readouterr()
+    assert cli_main(pretrain_args(log_mel_list, second, 4, "--resume", str(checkpoint))) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"Cannot resume {checkpoint}, which is not in --output-dir: The output folder {second} is not empty" in error
+    assert "pass --overwrite to replace it" in error and len(error.splitlines()) == 1
+    other_seed = pretrain_args(log_mel_list, second, 4, "--resume", str(checkpoint), "--overwrite", "--seed", "1")
+    assert cli_main(other_seed) == 2  # refused before the earlier run is removed
+    assert {path: path.read_bytes() for path in second.rglob("*") if path.is_file()} == before
+    assert cli_main(pretrain_args(log_mel_list, second, 4, "--resume", str(checkpoint), "--overwrite")) == 0
+    assert saved_checkpoints(second) == ["step-4"]  # the second run's checkpoints are gone, none set aside
+    resumed, straight = logged_losses(second), logged_losses(first)
+    assert sorted(resumed) == [3, 4] and all(resumed[s] == pytest.approx(straight[s], abs=1e-6) for s in (3, 4))
+
+
+def test_resuming_with_other_settings_is_refused_naming_them(log_mel_list, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert cli_main(pretrain_args(log_mel_list, output, 2)) == 0
+    checkpoint = output / "checkpoints" / "step-2"
+    other_encoder = json.dumps({**TINY, "hidden_size": 32, "intermediate_size": 64})
+    for extra, differ in [
+        (["--encoder-config", other_encoder], "encoder.hidden_size 32 (saved: 64), encoder.intermediate_size 64"),
+        (["--predictor-width", "64"], "predictor_width 64 (saved: 32)"),
+        (["--batch-size", "4"], "batch_size 4 (saved: 8)"),
+        (["--mask-ratio", "0.6", "--seed", "1"], "mask_ratio 0.6 (saved: 0.7), seed 1 (saved: 0)"),
+        (["--warmup-epochs", "1", "--norm-stats=-7,5"], "encoder.norm_mean -7.0 (saved: -6.0), encoder.norm_std 5.0"),
+    ]:
+        capsys.readouterr()
+        assert cli_main(pretrain_args(log_mel_list, output, 2, "--resume", "latest", *extra)) == 2, extra
+        error = capsys.readouterr().err.strip()
+        assert f"Cannot resume from {checkpoint}: it was saved with other settings" in error and differ in error
+        assert len(error.splitlines()) == 1
+    assert "warmup_epochs 1.0 (saved: 0.5)" in error
+    assert cli_main(pretrain_args(log_mel_list, output, 3, "--resume", "latest")) == 0  # a longer run is not refused
+    assert "3 steps instead of the 2 the saved run planned" in capsys.readouterr().out
+
+
+def test_a_checkpoint_that_records_no_settings_is_resumed_with_a_note(log_mel_list, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert cli_main(pretrain_args(log_mel_list, output, 2)) == 0
+    checkpoint = output / "checkpoints" / "step-2"
+    state_path, manifest_path = checkpoint / pretrain.TRAIN_STATE_FILE, checkpoint / pretrain.MANIFEST_FILE
+    state = json.loads(state_path.read_text())
+    del state["settings"]  # as written before checkpoints recorded their settings
+    state_path.write_text(json.dumps(state))
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][state_path.name] = {"size": state_path.stat().st_size, "sha256": file_sha256(state_path)}
+    manifest_path.write_text(json.dumps(manifest))
+    assert cli_main(pretrain_args(log_mel_list, output, 3, "--resume", "latest")) == 0
+    assert f"{checkpoint} records no settings (an earlier resp_hf saved it)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda text: "", "its first line is '', not 'step,epoch,loss,lr,ema_decay,samples_per_second'"),
+        (lambda text: "\x00\x01garbage\nxx,yy\n", r"its first line is '\x00\x01garbage'"),
+        (lambda text: text[:3], "its first line is 'ste'"),
+        (lambda text: text.replace("\n2,", "\nx,", 1), "line 3 is not 6 numbers"),
+        (lambda text: text.rstrip("\n").rsplit(",", 1)[0], "line 3 is not 6 numbers"),
+    ],
+    ids=["empty", "garbage", "header_cut", "bad_step", "row_cut"],
+)
+def test_a_damaged_training_log_is_named_before_a_resumed_run_trains(log_mel_list, tmp_path, capsys, damage, problem):
+    output = tmp_path / "run"
+    assert cli_main(pretrain_args(log_mel_list, output, 2, "--save-every", "1")) == 0
+    log = output / "training_log.csv"
+    log.write_text(damage(log.read_text()))
+    damaged = log.read_text()
+    capsys.readouterr()
+    assert cli_main(pretrain_args(log_mel_list, output, 3, "--resume", "latest")) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"resp-hf pretrain: error: {log} is damaged ({problem}")
+    assert error.endswith("): repair or remove it.") and len(error.splitlines()) == 1
+    assert log.read_text() == damaged and saved_checkpoints(output) == ["step-1", "step-2"]
+
+
+def test_an_output_folder_that_holds_the_init_model_or_the_data_is_refused(log_mel_list, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert cli_main(pretrain_args(log_mel_list, output, 1)) == 0
+    init = ["--init", str(output / "encoder")]
+    assert cli_main(pretrain_args(log_mel_list, output, 1, "--overwrite", *init)) == 2
+    assert f"--output-dir {output} is or holds the input {output / 'encoder'}" in capsys.readouterr().err
+    assert (output / "encoder" / "model.safetensors").is_file()
+    shutil.copy(log_mel_list, output / "files.csv")
+    assert cli_main(pretrain_args(f"{output / 'files.csv'}:2", output, 1, "--overwrite")) == 2
+    assert f"is or holds the input {output / 'files.csv'}" in capsys.readouterr().err
+    assert cli_main(pretrain_args(log_mel_list, tmp_path / "next", 1, *init)) == 0  # from the exported encoder

@@ -5,9 +5,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import soundfile
+import torch
 
+from resp_hf import RespM2DConfig
 from resp_hf.cli import main as cli_main
-from resp_hf.training.pretrain_data import read_source
+from resp_hf.training.pretrain_data import LogMelUnits, read_source
 
 
 def write_wav(path, seconds=0.2):
@@ -97,3 +99,67 @@ def test_missing_coughvid_audio_and_a_missing_split_file_are_clear_errors(datase
     assert cli_main(command(datasets, tmp_path / "b")) == 2
     assert "ICBHI_challenge_train_test.txt (ICBHI's official split) is not in" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def truncated(path):
+    np.save(path, np.zeros((80, 50), dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def pickled(path):
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+
+
+def npz(path):
+    with open(path, "wb") as handle:
+        np.savez(handle, mel=np.zeros((80, 50), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    "write, problem",
+    [
+        (lambda p: np.save(p, np.full((80, 50), np.nan, dtype=np.float32)), "holds NaN or Inf values"),
+        (lambda p: np.save(p, np.full((80, 50), -np.inf)), "holds NaN or Inf values"),
+        (lambda p: np.save(p, np.full((80, 50), 1e300)), "holds NaN or Inf values"),  # beyond float32
+        (truncated, "is not a readable .npy log-mel: Failed to read all data"),
+        (lambda p: p.write_bytes(b""), "is not a readable .npy log-mel: EOF"),
+        (pickled, "is not a readable .npy log-mel: Object arrays cannot be loaded when allow_pickle=False"),
+        (npz, "is not a readable .npy log-mel: the magic string is not correct"),
+        (
+            lambda p: np.save(p, np.zeros((64, 50), dtype=np.float32)),
+            r"holds shape \(64, 50\), expected \(80, frames\)",
+        ),
+        (lambda p: np.save(p, np.zeros((1, 80, 50), dtype=np.float32)), r"holds shape \(1, 80, 50\)"),
+        (lambda p: np.save(p, np.zeros((80, 0), dtype=np.float32)), r"holds shape \(80, 0\)"),
+        (lambda p: np.save(p, np.zeros((80, 50), dtype=np.int16)), "holds int16 values, expected a floating-point"),
+        (lambda p: np.save(p, np.zeros((80, 50), dtype=np.complex64)), "holds complex64 values"),
+    ],
+    ids=["nan", "inf", "overflow", "truncated", "empty", "pickled", "npz", "mels", "3d", "no_frames", "int", "complex"],
+)
+def test_a_damaged_npy_log_mel_is_refused_naming_the_file_and_the_problem(tmp_path, write, problem):
+    path = tmp_path / "clip.npy"
+    write(path)
+    units = LogMelUnits([str(path)], RespM2DConfig(input_size=(80, 96), patch_size=(16, 16)))
+    with pytest.raises(ValueError, match=f"^{path} {problem}") as error:
+        units[0]
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_a_stored_log_mel_of_any_float_type_is_read_as_float32(tmp_path):
+    values = np.random.default_rng(0).standard_normal((80, 50))
+    np.save(tmp_path / "clip.npy", values.astype(">f8"))  # big-endian float64
+    units = LogMelUnits([], RespM2DConfig())
+    features = units.log_mel(str(tmp_path / "clip.npy"))
+    assert features.dtype == torch.float32
+    np.testing.assert_array_equal(features.numpy(), values.astype(np.float32))
+
+
+def test_logmel_and_pretrain_data_refuse_an_output_folder_that_holds_their_inputs(datasets, tmp_path, capsys):
+    audio = datasets["audioset"]
+    assert cli_main(["logmel", str(audio), str(audio), "--overwrite"]) == 2
+    assert f"is or holds the input {audio}" in capsys.readouterr().err
+    assert cli_main(["logmel", str(audio), str(audio.parent), "--overwrite"]) == 2
+    assert len(list(audio.glob("*.wav"))) == 3
+    assert cli_main(command(datasets, datasets["coughvid"], "--overwrite")) == 2
+    assert f"is or holds the input {datasets['coughvid']}" in capsys.readouterr().err
+    assert (datasets["coughvid"] / "metadata_compiled.csv").is_file() and len(list(audio.glob("*.wav"))) == 3

@@ -41,9 +41,16 @@ from .. import cards
 from ..cli import OneLineErrorParser, RawDescriptionCanonicalSpellingFormatter
 from ..convert import architecture_of, check_checkpoint_fits, file_sha256, load_checkpoint, read_m2d_checkpoint
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
-from ..output_folders import atomic_file, atomic_folder, check_output_folder, remove_outputs, write_text_atomically
+from ..output_folders import (
+    atomic_file,
+    atomic_folder,
+    check_output_folder,
+    is_within,
+    remove_outputs,
+    write_text_atomically,
+)
 from ..quantize import cpu_has_bf16_kernels
-from .pretrain_data import LogMelUnits, min_seconds_argument, norm_stats_from_crops, read_source
+from .pretrain_data import LogMelUnits, min_seconds_argument, norm_stats_from_crops, parse_source, read_source
 from .pretraining_model import M2DPretrainingModel, predictor_config, predictor_config_from_weights
 from .recipes import RECIPES
 
@@ -62,9 +69,48 @@ TRAIN_STATE_FILE = "train_state.json"
 RNG_STATE_FILE = "rng_state_{}.safetensors"
 MANIFEST_FILE = "checkpoint.json"
 LOG_FILE = "training_log.csv"  # one row per logged step
+LOG_FIELDS = ("step", "epoch", "loss", "lr", "ema_decay", "samples_per_second")
 # What a run writes in --output-dir (`pretrain` is the TensorBoard run folder); --overwrite removes these only.
 RUN_OUTPUTS = ("checkpoints", "encoder", LOG_FILE, "loss.png", "pretrain")
 PREDICTOR_OPTIONS_IGNORED = "the predictor keeps its saved size (--predictor-* options do not apply)"
+# What decides a run's losses step by step, recorded in each checkpoint and compared when it is resumed: the encoder
+# config fields that shape pre-training (front end, sizes, activation, dropout, normalization), these options, and
+# the predictor's size, the number of clips, processes and accumulation steps (see `run_settings`).
+ENCODER_SETTINGS = (
+    "sampling_rate",
+    "n_fft",
+    "win_length",
+    "hop_length",
+    "f_min",
+    "f_max",
+    "window",
+    "input_size",
+    "patch_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "layer_norm_eps",
+    "qkv_bias",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "norm_mean",
+    "norm_std",
+)
+OPTION_SETTINGS = (
+    "batch_size",
+    "base_lr",
+    "warmup_epochs",
+    "clip_grad",
+    "weight_decay",
+    "mask_ratio",
+    "ema_start",
+    "ema_end",
+    "mixed_precision",
+    "seed",
+    "min_seconds",
+)
 
 
 def model_from_official(
@@ -198,8 +244,7 @@ def plot_loss(log_path, output_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(log_path) as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_log(log_path)
     figure, axis = plt.subplots(figsize=(7, 4), dpi=120)
     axis.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
     axis.set_xlabel("step")
@@ -419,17 +464,19 @@ def set_aside_later_checkpoints(output_dir, step):
     return moved
 
 
-def save_checkpoint(accelerator, output_dir, state, scheduler):
+def save_checkpoint(accelerator, output_dir, state, scheduler, settings):
     """
     `save_state` plus the project's state into `checkpoints/step-N.partial`; once every process has written its part,
-    the manifest of sizes and checksums, then the rename to `step-N`.
+    the manifest of sizes and checksums, then the rename to `step-N`. `settings` (from `run_settings`) go with the
+    project's state, for `check_resumed_settings`.
     """
     checkpoint = Path(output_dir) / "checkpoints" / f"step-{state.step}"
     partial = checkpoint.with_name(checkpoint.name + PARTIAL)
     accelerator.save_state(str(partial))
     save_file(random_states(), partial / RNG_STATE_FILE.format(accelerator.process_index))
     if accelerator.is_main_process:
-        (partial / TRAIN_STATE_FILE).write_text(json.dumps({**state.state_dict(), "scheduler": scheduler.state_dict()}))
+        saved = {**state.state_dict(), "scheduler": scheduler.state_dict(), "settings": settings}
+        (partial / TRAIN_STATE_FILE).write_text(json.dumps(saved))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = {
@@ -472,15 +519,32 @@ def restore_random_states(states):
         torch.cuda.set_rng_state_all([states[f"cuda_{i}"] for i in range(torch.cuda.device_count())])
 
 
-def prepare_output_dir(output_dir, args, is_main_process):
-    """Refuses an earlier run's folder unless --resume or --overwrite; with --overwrite, removes that run's outputs."""
-    if args.resume and args.overwrite:
-        raise ValueError("--resume continues the run in --output-dir and --overwrite replaces it: pass only one.")
-    if args.resume:
+def continues_run_in(output_dir: Path, resume: str | None) -> bool:
+    """Whether `--resume` continues the run in `output_dir`: 'latest', or one of its checkpoints (links resolved)."""
+    return resume == "latest" or (resume is not None and is_within(resume, output_dir))
+
+
+def check_output_dir(output_dir: Path, args: argparse.Namespace) -> None:
+    """
+    Refuses an earlier run's folder unless the run continues it (with a readable training log) or --overwrite
+    replaces it; a checkpoint of another run is resumed into a non-empty folder only with --overwrite. The folder
+    may hold none of the run's inputs.
+    """
+    if continues_run_in(output_dir, args.resume):
+        if args.overwrite:
+            raise ValueError("--resume continues the run in --output-dir and --overwrite replaces it: pass only one.")
+        if (output_dir / LOG_FILE).exists():
+            read_log(output_dir / LOG_FILE)
         return
-    check_output_folder(output_dir, args.overwrite, option="--resume latest to continue it, or --overwrite")
-    if args.overwrite and is_main_process:
-        remove_outputs(output_dir, RUN_OUTPUTS)
+    init = () if args.init == "scratch" else (args.init,)
+    inputs = (*init, *(parse_source(spec)[0] for spec in args.data))
+    option = "--overwrite" if args.resume else "--resume latest to continue it, or --overwrite"
+    try:
+        check_output_folder(output_dir, args.overwrite, option=option, name="--output-dir", inputs=inputs)
+    except ValueError as error:
+        if not args.resume:
+            raise
+        raise ValueError(f"Cannot resume {args.resume}, which is not in --output-dir: {error}") from None
 
 
 def ignore_stop_signals(worker_id):
@@ -503,15 +567,20 @@ class PretrainingRun:
     dataset: LogMelUnits
     loader: torch.utils.data.DataLoader
     total_steps: int
+    settings: dict  # what `run_settings` records in each checkpoint
     resume_from: Path | None
     summary: str  # printed once the run starts
 
 
 def setup(args: argparse.Namespace) -> PretrainingRun:
-    """Checks --output-dir and --resume, then builds the accelerator, data, model, optimizer and schedule."""
+    """
+    Checks --resume and --output-dir, builds the accelerator, data, model, optimizer and schedule, and checks that
+    the checkpoint to resume was saved with the same settings; only then does --overwrite remove the earlier run.
+    """
     processes = PartialState(cpu=args.cpu)
-    prepare_output_dir(Path(args.output_dir), args, processes.is_main_process)
-    resume_from = checkpoint_to_resume(Path(args.output_dir), args.resume) if args.resume else None
+    output_dir = Path(args.output_dir)
+    resume_from = checkpoint_to_resume(output_dir, args.resume) if args.resume else None
+    check_output_dir(output_dir, args)
     accumulation = gradient_accumulation_steps(args, processes.num_processes)
     accelerator = Accelerator(
         cpu=args.cpu,
@@ -533,6 +602,11 @@ def setup(args: argparse.Namespace) -> PretrainingRun:
     learning_rate = args.base_lr * effective_batch / 256
     steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / accumulation)
     total_steps = args.max_steps or args.epochs * steps_per_epoch
+    settings = run_settings(args, model, len(dataset), accelerator.num_processes, accumulation, total_steps)
+    if resume_from:
+        notes += check_resumed_settings(resume_from, settings)
+    if args.overwrite and accelerator.is_main_process:
+        remove_outputs(output_dir, RUN_OUTPUTS)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=learning_rate, betas=(0.9, 0.95))
     # Stepped by train_step once per optimizer step (a prepared scheduler would step once per process).
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_epochs * steps_per_epoch), total_steps)
@@ -545,14 +619,70 @@ def setup(args: argparse.Namespace) -> PretrainingRun:
     if args.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_bf16_kernels():
         notes.append(BF16_EMULATED)
     summary = "\n".join([plan, *notes])
-    return PretrainingRun(accelerator, model, optimizer, scheduler, dataset, loader, total_steps, resume_from, summary)
+    return PretrainingRun(
+        accelerator, model, optimizer, scheduler, dataset, loader, total_steps, settings, resume_from, summary
+    )
+
+
+def run_settings(
+    args: argparse.Namespace,
+    model: M2DPretrainingModel,
+    clips: int,
+    processes: int,
+    accumulation: int,
+    total_steps: int,
+) -> dict:
+    """The run's settings that decide its losses step by step (see `ENCODER_SETTINGS`), and its planned steps."""
+    encoder, predictor = model.config.to_dict(), model.predictor.config
+    return {
+        **{f"encoder.{key}": encoder[key] for key in ENCODER_SETTINGS},
+        "predictor_width": predictor.hidden_size,
+        "predictor_depth": predictor.num_hidden_layers,
+        "predictor_heads": predictor.num_attention_heads,
+        "clips": clips,
+        "processes": processes,
+        "gradient_accumulation_steps": accumulation,
+        **{name: getattr(args, name) for name in OPTION_SETTINGS},
+        "total_steps": total_steps,
+    }
+
+
+def check_resumed_settings(checkpoint: Path, settings: dict) -> list[str]:
+    """
+    Refuses a checkpoint saved with other settings (the run would not continue with the same losses); returns a note
+    when only the planned number of steps differs, or when the checkpoint records no settings.
+    """
+    saved = json.loads((checkpoint / TRAIN_STATE_FILE).read_text()).get("settings")
+    if saved is None:
+        return [f"{checkpoint} records no settings (an earlier resp_hf saved it): they are not checked"]
+    settings = json.loads(json.dumps(settings))  # tuples as lists, as saved
+    differ = [
+        f"{key} {value} (saved: {saved[key]})"
+        for key, value in settings.items()
+        if key in saved and key != "total_steps" and value != saved[key]
+    ]
+    if differ:
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: it was saved with other settings, which change the next losses: "
+            f"{', '.join(differ)}. Resume with the saved values, or start a new run in another --output-dir."
+        )
+    if settings["total_steps"] != saved.get("total_steps"):
+        return [
+            f"{settings['total_steps']} steps instead of the {saved.get('total_steps')} the saved run planned: the "
+            "learning rate and EMA decay follow the new length"
+        ]
+    return []
 
 
 def training_loader(dataset: LogMelUnits, args: argparse.Namespace) -> torch.utils.data.DataLoader:
-    """Shuffled full batches; the workers leave stop signals to the main process."""
+    """
+    Shuffled full batches, or in place of one the error of a clip that could not be read; the workers leave stop
+    signals to the main process.
+    """
     loader = torch.utils.data.DataLoader(
-        dataset,
+        ErrorsAsItems(dataset),
         batch_size=args.batch_size,
+        collate_fn=batch_or_error,
         shuffle=True,
         drop_last=True,
         num_workers=args.num_workers,
@@ -562,6 +692,32 @@ def training_loader(dataset: LogMelUnits, args: argparse.Namespace) -> torch.uti
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} clips are fewer than one batch of {args.batch_size}.")
     return loader
+
+
+class ErrorsAsItems(torch.utils.data.Dataset):
+    """
+    `dataset` with the error of an item that cannot be read in its place, for the training loop to raise in the main
+    process: raised in a DataLoader worker, it would come wrapped in the worker's traceback, and keep the workers
+    (which ignore SIGTERM) and so the run alive after it failed.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> torch.Tensor | Exception:
+        try:
+            return self.dataset[index]
+        except Exception as error:
+            return error
+
+
+def batch_or_error(items: list) -> torch.Tensor | Exception:
+    """The batch of `items`, or the first error among them (see `ErrorsAsItems`)."""
+    errors = [item for item in items if isinstance(item, Exception)]
+    return errors[0] if errors else torch.utils.data.default_collate(items)
 
 
 def resume(run: PretrainingRun, state: TrainState, output_dir: Path) -> None:
@@ -596,6 +752,7 @@ def train_step(run: PretrainingRun, state: TrainState, chunks: torch.Tensor, arg
     state.batches_in_epoch += 1
     with accelerator.accumulate(model):
         loss = model(chunks, args.mask_ratio)[0]
+        check_loss_is_finite(accelerator, loss, state.step + 1)
         accelerator.backward(loss)
         if args.clip_grad and accelerator.sync_gradients:
             accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
@@ -608,6 +765,15 @@ def train_step(run: PretrainingRun, state: TrainState, chunks: torch.Tensor, arg
     accelerator.unwrap_model(model).update_target(decay)
     state.step += 1
     return {"loss": loss.detach(), "lr": run.scheduler.get_last_lr()[0], "ema_decay": decay}
+
+
+def check_loss_is_finite(accelerator: Accelerator, loss: torch.Tensor, step: int) -> None:
+    """Stops every process before the weights are updated when the loss is NaN or Inf on any of them."""
+    if not torch.isfinite(accelerator.gather(loss.detach()[None])).all():
+        raise ValueError(
+            f"The loss is NaN or Inf at step {step}: training stopped before that step changed the weights "
+            "(non-finite input data, or too high a learning rate); fix the cause and resume from the last checkpoint."
+        )
 
 
 class TrainingProgress:
@@ -680,6 +846,8 @@ def train(args: argparse.Namespace) -> int:
     with stop_requests() as stop:
         while state.step < total_steps and not stopped:
             for chunks in epoch_batches(run, state):
+                if isinstance(chunks, Exception):
+                    raise chunks  # a clip that could not be read
                 metrics = train_step(run, state, chunks, args)
                 progress.add_batch(chunks)
                 if metrics is None:
@@ -688,7 +856,7 @@ def train(args: argparse.Namespace) -> int:
                 stopped = agreed_stop_signal(accelerator, stop)
                 finished = stopped or state.step >= total_steps
                 if finished or state.step % args.save_every == 0:
-                    save_checkpoint(accelerator, output_dir, state, run.scheduler)
+                    save_checkpoint(accelerator, output_dir, state, run.scheduler, run.settings)
                     saved_step = state.step
                 if finished:
                     break
@@ -696,7 +864,7 @@ def train(args: argparse.Namespace) -> int:
                 state.next_epoch()
                 stopped = agreed_stop_signal(accelerator, stop)
         if stopped and saved_step != state.step:  # the request came as the epoch ended
-            save_checkpoint(accelerator, output_dir, state, run.scheduler)
+            save_checkpoint(accelerator, output_dir, state, run.scheduler, run.settings)
     progress.close()
     if stopped:
         accelerator.print(
@@ -741,7 +909,7 @@ class CsvLog:
         new = not self.path.is_file()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(values))
+            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
             if new:
                 writer.writeheader()
             writer.writerow(values)
@@ -750,13 +918,42 @@ class CsvLog:
         """Removes the rows of steps after `step`, left by a run that went past the checkpoint being resumed."""
         if not self.enabled or not self.path.is_file():
             return
-        with open(self.path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            fields, rows = reader.fieldnames, list(reader)
+        rows = read_log(self.path)
         with atomic_file(self.path) as temporary, open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
             writer.writeheader()
             writer.writerows(row for row in rows if int(row["step"]) <= step)
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    """The rows of a training log; one that `CsvLog` did not write whole is refused, naming the file and the line."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames != list(LOG_FIELDS):
+                header = ",".join(reader.fieldnames or [])
+                raise ValueError(f"its first line is {header!r}, not {','.join(LOG_FIELDS)!r}")
+            rows = []
+            for row in reader:
+                if not is_log_row(row):
+                    raise ValueError(f"line {reader.line_num} is not {len(LOG_FIELDS)} numbers")
+                rows.append(row)
+    except (ValueError, csv.Error) as error:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"{path} is damaged ({error}): repair or remove it.") from None
+    return rows
+
+
+def is_log_row(row: dict) -> bool:
+    """Whether a row of the log holds a step number and a number in every other field."""
+    return None not in row and str(row["step"]).isdigit() and all(is_number(row[field]) for field in LOG_FIELDS)
+
+
+def is_number(text: str | None) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -122,10 +122,7 @@ class LogMelUnits(torch.utils.data.Dataset):
             dataset, row = item
             audio = decode_audio(dataset[row][dataset.column_names[0]], rate, downmix=True)
         elif item.endswith(".npy"):
-            array = np.load(item, allow_pickle=False)
-            if array.ndim != 2 or array.shape[0] != self.config.num_mel_bins:
-                raise ValueError(f"{item} holds shape {array.shape}, expected ({self.config.num_mel_bins}, frames).")
-            return torch.from_numpy(array.astype(np.float32))
+            return read_log_mel_file(item, self.config.num_mel_bins)
         else:
             audio = decode_audio(item, rate, downmix=True)
         audio = pad_to_seconds(audio, self.min_seconds, rate)
@@ -135,6 +132,27 @@ class LogMelUnits(torch.utils.data.Dataset):
         generator = np.random.default_rng([self.seed, self.epoch, index])
         crop = random_crop(self.log_mel(self.items[index]), self.config.unit_frames, generator)
         return (crop - self.config.norm_mean) / self.config.norm_std
+
+
+def read_log_mel_file(path: str, num_mel_bins: int) -> torch.Tensor:
+    """
+    A stored raw log-mel (num_mel_bins, frames) as float32, never unpickled; a file that is not a whole `.npy` array of
+    that shape holding finite floating-point values is refused, naming it.
+    """
+    try:
+        with open(path, "rb") as handle:
+            array = np.lib.format.read_array(handle, allow_pickle=False)
+    except ValueError as error:  # truncated, not a .npy file, or an object array (which only pickle can read)
+        raise ValueError(f"{path} is not a readable .npy log-mel: {error}") from None
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{path} holds {array.dtype} values, expected a floating-point log-mel.")
+    if array.ndim != 2 or array.shape[0] != num_mel_bins or array.shape[1] == 0:
+        raise ValueError(f"{path} holds shape {array.shape}, expected ({num_mel_bins}, frames).")
+    with np.errstate(over="ignore"):  # float64 values beyond float32's range become Inf, refused next
+        values = array.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{path} holds NaN or Inf values: the log-mel is damaged; compute it again.")
+    return torch.from_numpy(values)
 
 
 def check_min_seconds(seconds):
@@ -197,7 +215,7 @@ def precompute_log_mels(input_dir, output_dir, config, progress=True, min_second
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     dataset = LogMelUnits([], config, min_seconds=min_seconds)  # checks min_seconds before anything is read
-    check_output_folder(output_dir, overwrite)
+    check_output_folder(output_dir, overwrite, inputs=(input_dir,))
     audio = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not audio:
         raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) under {input_dir}.")
@@ -312,7 +330,7 @@ def build_pretraining_lists(
     respiratory list x `respiratory_repeat`. Returns the counts and notes.
     """
     output_dir = Path(output_dir)
-    check_output_folder(output_dir, overwrite)
+    check_output_folder(output_dir, overwrite, inputs=(icbhi, hf_lung, coughvid, audioset))
     icbhi_train, icbhi_missing = icbhi_training_recordings(icbhi)
     parts = {
         "icbhi_train": icbhi_train,

@@ -86,6 +86,7 @@ class M2DPredictor(nn.Module):
 
     def __init__(self, encoder_config, config):
         super().__init__()
+        self.config = config
         num_tokens = 1 + encoder_config.num_frequency_patches * encoder_config.time_patches_per_chunk
         self.embed = nn.Linear(encoder_config.hidden_size, config.hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
