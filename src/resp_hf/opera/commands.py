@@ -7,7 +7,7 @@ from datasets import load_from_disk
 
 from ..output_folders import atomic_folder, check_output_folder
 from .dataset import BuildReport, build_task, check_root
-from .files import OperaDataError
+from .files import OperaDataError, read_text
 from .registry import TASKS, get_task
 
 TASK_FILE = "opera_task.json"
@@ -87,16 +87,36 @@ def write_task_folder(folder, task, dataset, report):
         "redistributable": task.redistributable,
         "missing_audio": report.missing,
         "unreadable_audio": report.unreadable,
+        "notes": report.notes,
     }
     (folder / TASK_FILE).write_text(json.dumps(description, indent=2))
 
 
-def push_built_task(folder, repo_id, confirm_license=False, private=False):
-    """Pushes a saved task with `DatasetDict.push_to_hub`; datasets that may not be redistributed need confirmation."""
+# The keys of `opera_task.json` that `push_built_task` reads, and their types.
+PUSH_KEYS = {"task": str, "dataset": str, "license": str, "redistributable": bool}
+
+
+def read_task_file(folder):
+    """A built task's `opera_task.json`; no file, bad JSON, or a key missing or mistyped is an error naming it."""
     task_file = Path(folder) / TASK_FILE
     if not task_file.is_file():
         raise FileNotFoundError(f"{folder} has no {TASK_FILE}: build it with `resp-hf opera build` first.")
-    description = json.loads(task_file.read_text())
+    try:
+        description = json.loads(read_text(task_file))
+    except json.JSONDecodeError as error:
+        raise OperaDataError(f"{task_file} is not valid JSON ({error}); rebuild the task.") from None
+    if not isinstance(description, dict):
+        raise OperaDataError(f"{task_file} holds a JSON {type(description).__name__}, not an object; rebuild the task.")
+    wrong = [key for key, kind in PUSH_KEYS.items() if not isinstance(description.get(key), kind)]
+    if wrong:
+        expected = ", ".join(f"{key!r} ({PUSH_KEYS[key].__name__})" for key in wrong)
+        raise OperaDataError(f"{task_file}: {expected} missing or of another type; rebuild the task.")
+    return description
+
+
+def push_built_task(folder, repo_id, confirm_license=False, private=False):
+    """Pushes a saved task with `DatasetDict.push_to_hub`; datasets that may not be redistributed need confirmation."""
+    description = read_task_file(folder)
     if not description["redistributable"] and not confirm_license:
         raise PermissionError(
             f"{description['task']} ({description['dataset']}) is shared under '{description['license']}' and may "

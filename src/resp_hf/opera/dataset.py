@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
 
+from ..models.resp_m2d.audio_utils_resp_m2d import load_audio, sound_info
 from .files import SHOWN, OperaDataError
 from .registry import get_task
 
@@ -62,16 +62,27 @@ def check_root(opera_root):
     return root
 
 
-def unreadable_files(root, paths):
-    """`{path: error}` for the audio files soundfile cannot open (corrupt, truncated or not audio)."""
-    problems = {}
+def check_recordings(root, paths, report):
+    """
+    Decodes every recording in full at its own rate (no resampling), as the benchmark will (channels averaged, like
+    OPERA's `librosa.load`): `{path: error}` for those that cannot be used (not audio, truncated, empty, NaN or Inf
+    samples). Multichannel recordings are named in a note of the `report`.
+    """
+    problems, multichannel = {}, []
     for path in paths:
         try:
-            info = soundfile.info(str(root / path))
-            if info.frames == 0:
-                problems[path] = "no audio frames"
-        except (soundfile.LibsndfileError, RuntimeError) as error:
+            info = sound_info(root / path, "the file")
+            load_audio(root / path, info.samplerate, downmix=True, name="the file")
+        except ValueError as error:
             problems[path] = str(error)
+            continue
+        if info.channels > 1:
+            multichannel.append(path)
+    if multichannel:
+        report.notes.append(
+            f"{len(multichannel)} recordings have several channels, averaged when decoded (as OPERA's librosa.load "
+            f"does; pass downmix=True to decode_audio_column), e.g. {', '.join(multichannel[:SHOWN])}."
+        )
     return problems
 
 
@@ -86,7 +97,7 @@ def drop_unavailable(rows, root, allow_missing, report):
         )
     missing = set(report.missing)
     present = [row for row in rows if row["path"] not in missing]
-    report.unreadable = unreadable_files(root, [row["path"] for row in present])
+    report.unreadable = check_recordings(root, [row["path"] for row in present], report)
     if report.unreadable and not allow_missing:
         details = "; ".join(f"{path}: {error}" for path, error in list(report.unreadable.items())[:SHOWN])
         raise OperaDataError(

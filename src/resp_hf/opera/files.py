@@ -2,6 +2,7 @@
 
 import csv
 import io
+import math
 import os
 import pickle
 from collections import Counter
@@ -49,6 +50,7 @@ def load_manifest(root, relative_paths):
         raise OperaDataError(f"OPERA's manifest arrays {relative_paths} have different lengths.")
     for path in arrays[0]:
         check_inside(path, root / relative_paths[0])
+    check_unique(root / relative_paths[0], arrays[0], "path")
     return arrays
 
 
@@ -61,6 +63,29 @@ def load_list(path):
             "Replace it with the file from OPERA's repository."
         )
     return array.tolist()
+
+
+def read_split_lists(root, lists, folder=None):
+    """
+    `{entry: split}` from OPERA's per-split lists (`{split: path relative to the root}`; with `folder`, the entries are
+    file names in it, checked with `check_inside`). An entry listed twice, in one list or in two, is an error naming
+    the files and the entry: a recording belongs to one split.
+    """
+    split_of, source = {}, {}
+    for split, relative in lists.items():
+        path = root / relative
+        entries = load_list(path)
+        check_unique(path, entries, "entry")
+        for entry in entries:
+            if entry in source:
+                raise OperaDataError(
+                    f"{path}: entry {entry!r} is also listed in {source[entry]}; a recording belongs to one split. "
+                    "The lists are damaged or edited: use the files from OPERA's repository."
+                )
+            if folder is not None:
+                check_inside(f"{folder}/{entry}", path)
+            split_of[entry], source[entry] = split, path
+    return split_of
 
 
 def check_inside(path, source):
@@ -117,13 +142,19 @@ def load_array(path):
     """
     path = Path(path)
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
     except ValueError as error:
         if "allow_pickle" not in str(error):
             raise OperaDataError(f"{path} is not a readable .npy array ({error}).") from error
+        return load_object_array(path)
     except (OSError, EOFError) as error:
         raise OperaDataError(f"{path} is not a readable .npy array ({error}).") from error
-    return load_object_array(path)
+    if not isinstance(array, np.ndarray):  # np.load opens a .npz archive whatever the file is called
+        array.close()
+        raise OperaDataError(
+            f"{path} is a .npz archive, not a .npy array; replace it with the file from OPERA's repository."
+        )
+    return array
 
 
 def load_object_array(path):
@@ -150,8 +181,8 @@ def load_object_array(path):
 def read_csv_rows(path, delimiter=",", required=()):
     """
     Rows of a CSV file as dicts, each with its line number under `"_row"` (a UTF-8 byte-order mark and surrounding
-    spaces in names are dropped). Undecodable text, a missing `required` column, or a row that is empty or has more or
-    fewer fields than the header is an error naming the file and line.
+    spaces in names are dropped). Undecodable text, a `required` column missing or repeated, or a row that is empty or
+    has more or fewer fields than the header is an error naming the file and line.
     """
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -162,6 +193,12 @@ def read_csv_rows(path, delimiter=",", required=()):
                 raise OperaDataError(
                     f"{path}: no column {', '.join(map(repr, missing))} (its header has {header}); use the file as "
                     "the dataset distributes it."
+                )
+            repeated = [name for name in required if header.count(name) > 1]
+            if repeated:
+                raise OperaDataError(
+                    f"{path}: the header names the column {repeated[0]!r} {header.count(repeated[0])} times, so its "
+                    "values are ambiguous; use the file as the dataset distributes it."
                 )
             columns = len(set(reader.fieldnames or []))  # DictReader keeps one value per distinct name
             rows = []
@@ -193,27 +230,50 @@ def not_utf8(path, error, error_type=OperaDataError):
 
 
 def read_text(path, error_type=OperaDataError):
-    """The UTF-8 text of a metadata file; undecodable bytes, or a folder in its place, are an `error_type` naming it."""
+    """
+    The UTF-8 text of a metadata file, without a leading byte-order mark; undecodable bytes, or a folder in its place,
+    are an `error_type` naming it.
+    """
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise not_utf8(path, error, error_type) from error
     except IsADirectoryError:
         raise error_type(f"{path} is a folder where a text file is expected.") from None
 
 
-def parse_field(path, line, column, value, convert, expected):
-    """`convert(value)`, or an error naming the file, line, column and value and what was `expected`."""
+def parse_value(where, value, convert, expected):
+    """`convert(value)`, or an error naming `where` the value is (file, line or index, column) and what was expected."""
     try:
         return convert(value)
     except (TypeError, ValueError, IndexError, KeyError):
         raise OperaDataError(
-            f"{path}, line {line}, column {column!r}: {value!r} is not {expected}; fix or remove that row."
+            f"{where}: {value!r} is not {expected}; fix it, or use the file as OPERA or the dataset distributes it."
         ) from None
 
 
+def parse_field(path, line, column, value, convert, expected):
+    """`convert(value)`, or an error naming the file, line, column and value and what was `expected`."""
+    return parse_value(f"{path}, line {line}, column {column!r}", value, convert, expected)
+
+
+def one_of(*values):
+    """A `parse_value` converter that accepts only `values`."""
+    return {value: value for value in values}.__getitem__
+
+
+def optional_number(value):
+    """A finite number, or None where the source leaves the value blank (empty or `NA`)."""
+    if value in ("", "NA"):
+        return None
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
 def read_tab_table(path, min_fields=1):
-    """Whitespace-separated text table (ICBHI metadata) as lists of fields, blank lines skipped."""
+    """Whitespace-separated text table (ICBHI metadata) as `(line number, fields)` pairs, blank lines skipped."""
     lines = read_text(path).splitlines()
     table = []
     for number, line in enumerate(lines, start=1):
@@ -223,7 +283,7 @@ def read_tab_table(path, min_fields=1):
                 f"{path}, line {number}: {len(fields)} field(s) where {min_fields} are needed ({line.strip()!r})."
             )
         if fields:
-            table.append(fields)
+            table.append((number, fields))
     return table
 
 
@@ -268,13 +328,22 @@ def carve_validation(task, rows):
     train = [row for row in rows if row["split"] == "train"]
     labels = [row["label"] for row in train]
     check_stratifiable(task, labels)
-    try:
-        _, held_out = seeded_split(len(train), fraction, seed, stratify=labels)
-    except ValueError as error:  # e.g. fewer held-out rows than classes
-        raise OperaDataError(f"{task.id}: cannot carve OPERA's validation set from the train split: {error}") from error
+    action = "carve OPERA's validation set from the train split"
+    _, held_out = opera_split(task, action, len(train), fraction, seed, labels)
     for index in held_out:
         train[index]["split"] = "validation"
     return rows
+
+
+def opera_split(task, action, count, fraction, seed, labels):
+    """
+    `seeded_split` of `count` rows stratified by `labels`; a split that cannot be made (e.g. a class with a single row)
+    is an error naming the task and the `action` that failed.
+    """
+    try:
+        return seeded_split(count, fraction, seed, stratify=labels)
+    except ValueError as error:
+        raise OperaDataError(f"{task.id}: cannot {action}: {error}") from error
 
 
 def check_stratifiable(task, labels):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..splits import seeded_split
 from .files import (
     OPERA_VALIDATION_SEED,
     OperaDataError,
@@ -23,8 +22,13 @@ from .files import (
     load_array,
     load_list,
     load_manifest,
+    one_of,
+    opera_split,
+    optional_number,
     parse_field,
+    parse_value,
     read_csv_rows,
+    read_split_lists,
     read_tab_table,
     require,
 )
@@ -37,14 +41,24 @@ def glob_relative(root, folder, pattern):
     return sorted(str(path.relative_to(root)) for path in (root / folder).glob(pattern) if path.is_file())
 
 
-def check_rows_against_manifest(task_id, rows, manifest, split_names=OPERA_SPLITS):
+def manifest_splits(root, task, splits, split_names=OPERA_SPLITS):
+    """
+    The split values of a task manifest (its third array) renamed by `split_names`; any other value is an error naming
+    the file, the index and the value.
+    """
+    source = root / task.manifest[2]
+    expected = f"one of {', '.join(map(repr, split_names))}"
+    return [
+        parse_value(f"{source}, index {index}", str(split), split_names.__getitem__, expected)
+        for index, split in enumerate(splits)
+    ]
+
+
+def check_rows_against_manifest(task, root, rows, manifest, split_names=OPERA_SPLITS):
     """Derived rows against OPERA's aligned (path, label, split) arrays; `split_names` names OPERA's split values."""
-    opera = [(path, label, split_names[str(split)]) for path, label, split in zip(*manifest)]
-    check_against_manifest(task_id, [(row["path"], row["label"], row["split"]) for row in rows], opera)
-
-
-def none_if(value, *missing):
-    return None if value in missing else value
+    paths, labels, splits = manifest
+    opera = list(zip(paths, labels, manifest_splits(root, task, splits, split_names)))
+    check_against_manifest(task.id, [(row["path"], row["label"], row["split"]) for row in rows], opera)
 
 
 def as_float(value):
@@ -60,22 +74,39 @@ ICBHI_DIR = "datasets/icbhi"
 ICBHI_AUDIO = f"{ICBHI_DIR}/ICBHI_final_database"
 ICBHI_MANIFEST = tuple(f"feature/icbhidisease_eval/{name}.npy" for name in ("sound_dir_loc", "labels", "split"))
 ICBHI_CLASSES = {"Healthy": 0, "COPD": 1}
+ICBHI_DIAGNOSES = ("URTI", "Healthy", "Asthma", "COPD", "LRTI", "Bronchiectasis", "Pneumonia", "Bronchiolitis")
+# The columns OPERA reads (names as in icbhi_processing.py), each with its converter and what it expects.
+ICBHI_DIAGNOSIS = {"class": (one_of(*ICBHI_DIAGNOSES), "an ICBHI diagnosis (" + ", ".join(ICBHI_DIAGNOSES) + ")")}
+ICBHI_SPLIT = {"group": (one_of("train", "test"), "train or test")}
+ICBHI_DEMOGRAPHICS = {
+    "Age": (optional_number, "an age in years or NA"),
+    "Sex": ({"M": "M", "F": "F", "NA": None}.__getitem__, "M, F or NA"),
+}
 
 
-def icbhi_table(path, what, min_fields=1):
-    """`{first field: fields}` of an ICBHI metadata table, whose first field (`what`) must not repeat."""
-    table = read_tab_table(path, min_fields)
-    check_unique(path, [fields[0] for fields in table], what)
-    return {fields[0]: fields for fields in table}
+def icbhi_table(path, what, columns):
+    """
+    `{first field: {column: value}}` of an ICBHI metadata table, whose first field (`what`) must not repeat; `columns`
+    maps the names of the next fields to `(convert, expected)`: a bad value names the file, line and column.
+    """
+    table = read_tab_table(path, min_fields=1 + len(columns))
+    check_unique(path, [fields[0] for _, fields in table], what)
+    return {
+        fields[0]: {
+            column: parse_field(path, line, column, value, convert, expected)
+            for (column, (convert, expected)), value in zip(columns.items(), fields[1:])
+        }
+        for line, fields in table
+    }
 
 
 def icbhi(task, root, report):
     """Diagnosis per patient and the official challenge train/test split; Healthy and COPD recordings only."""
     require(root, f"{ICBHI_DIR}/ICBHI_Challenge_diagnosis.txt", f"{ICBHI_DIR}/ICBHI_challenge_train_test.txt")
-    diagnosis = icbhi_table(root / ICBHI_DIR / "ICBHI_Challenge_diagnosis.txt", "patient", min_fields=2)
-    official = icbhi_table(root / ICBHI_DIR / "ICBHI_challenge_train_test.txt", "recording", min_fields=2)
+    diagnosis = icbhi_table(root / ICBHI_DIR / "ICBHI_Challenge_diagnosis.txt", "patient", ICBHI_DIAGNOSIS)
+    official = icbhi_table(root / ICBHI_DIR / "ICBHI_challenge_train_test.txt", "recording", ICBHI_SPLIT)
     demographics_path = root / ICBHI_DIR / "ICBHI_Challenge_demographic_information.txt"
-    demographics = icbhi_table(demographics_path, "patient") if demographics_path.is_file() else {}
+    demographics = icbhi_table(demographics_path, "patient", ICBHI_DEMOGRAPHICS) if demographics_path.is_file() else {}
     manifest = load_manifest(root, task.manifest)
     paths = manifest[0] if manifest else glob_relative(root, ICBHI_AUDIO, "*.wav")
     if not paths:
@@ -90,18 +121,18 @@ def icbhi(task, root, report):
         patient, _, location, mode, device = recording.split("_")
         if patient not in diagnosis or recording not in official:
             raise OperaDataError(f"ICBHI metadata has no diagnosis or official split for {recording}.")
-        person = demographics.get(patient, [])
+        person = demographics.get(patient, {})
         rows.append(
             {
                 "path": path,
-                "label": diagnosis[patient][1],
-                "split": official[recording][1],
+                "label": diagnosis[patient]["class"],
+                "split": official[recording]["group"],
                 "subject_id": patient,
                 "chest_location": location,
                 "acquisition_mode": mode,
                 "device": device,
-                "age": as_float(person[1]) if len(person) > 1 else None,
-                "sex": none_if(person[2], "NA") if len(person) > 2 else None,
+                "age": person.get("Age"),
+                "sex": person.get("Sex"),
             }
         )
     if manifest:
@@ -118,6 +149,7 @@ KAUH_AUDIO = "datasets/KAUH/AudioFiles"
 KAUH_MANIFEST = tuple(
     f"feature/kauh_eval/{name}.npy" for name in ("sound_dir_loc_subset", "labels_both", "train_test_split")
 )
+KAUH_SPLITS = {"train": "train", "val": "test", "test": "test"}  # OPERA evaluates its 'val' rows as test data
 
 
 def kauh_class(file_name):
@@ -144,7 +176,7 @@ def kauh_metadata(file_name):
         "diagnosis": fields[0],
         "sound_type": fields[1],
         "chest_location": fields[2],
-        "age": as_float(fields[3]),
+        "age": parse_value(f"KAUH recording {file_name!r}, age field", fields[3], optional_number, "an age in years"),
         "sex": fields[4] or None,
     }
 
@@ -158,6 +190,7 @@ def kauh(task, root, report):
             "be regenerated. Use an OPERA checkout that includes feature/kauh_eval/."
         )
     paths, classes, splits = manifest
+    splits = manifest_splits(root, task, splits, KAUH_SPLITS)
     derived = [(path, kauh_class(Path(path).name), split) for path, split in zip(paths, splits)]
     check_against_manifest(task.id, derived, list(zip(paths, classes, splits)))
     extra = [p for p in glob_relative(root, KAUH_AUDIO, "*.wav") if kauh_class(Path(p).name) and p not in set(paths)]
@@ -169,7 +202,7 @@ def kauh(task, root, report):
         {
             "path": path,
             "label": int(kauh_class(Path(path).name) != "healthy"),
-            "split": "train" if split == "train" else "test",
+            "split": split,
             **kauh_metadata(Path(path).name),
         }
         for path, split in zip(paths, splits)
@@ -192,23 +225,31 @@ def gold_stage(diagnosis):
     return int(diagnosis[-1])
 
 
+def patient_id(value):
+    """A Respiratory@TR patient id: not empty."""
+    if not value:
+        raise ValueError(value)
+    return value
+
+
 def respiratory_tr(task, root, report):
     """Severity 0-4 per patient (Labels.csv); patient-wise test 20%, then validation 20% of the rest, seed 1337."""
     require(root, f"{COPD_DIR}/Labels.csv")
     table = root / COPD_DIR / "Labels.csv"
     records = read_csv_rows(table, required=("Patient ID", "Diagnosis"))
-    check_unique(table, [row["Patient ID"] for row in records if row["Patient ID"]], "Patient ID")
+    for row in records:
+        parse_field(table, row["_row"], "Patient ID", row["Patient ID"], patient_id, "a patient id")
+    check_unique(table, [row["Patient ID"] for row in records], "Patient ID")
     severity = {
         row["Patient ID"]: parse_field(table, row["_row"], "Diagnosis", row["Diagnosis"], gold_stage, "COPD0-COPD4")
         for row in records
-        if row["Patient ID"]
     }
     ids = list(severity)
-    labels = [severity[patient] for patient in ids]
-    rest, test = seeded_split(len(ids), 0.2, OPERA_VALIDATION_SEED, stratify=labels)
+    action = f"split the patients of {table} into OPERA's train, validation and test sets"
+    rest, test = opera_split(task, action, len(ids), 0.2, OPERA_VALIDATION_SEED, [severity[p] for p in ids])
     rest_ids = [ids[i] for i in rest]
-    train, validation = seeded_split(
-        len(rest_ids), 0.2, OPERA_VALIDATION_SEED, stratify=[severity[p] for p in rest_ids]
+    train, validation = opera_split(
+        task, action, len(rest_ids), 0.2, OPERA_VALIDATION_SEED, [severity[p] for p in rest_ids]
     )
     split_of = {rest_ids[i]: "train" for i in train} | {rest_ids[i]: "validation" for i in validation}
     manifest = load_manifest(root, task.manifest)
@@ -229,7 +270,7 @@ def respiratory_tr(task, root, report):
             }
         )
     if manifest:
-        check_rows_against_manifest(task.id, rows, manifest)
+        check_rows_against_manifest(task, root, rows, manifest)
     return rows
 
 
@@ -240,7 +281,11 @@ COUGHVID_MANIFEST = {
     label: tuple(f"feature/coughvid_eval/{name}_{label}.npy" for name in ("sound_dir_loc", "label", "split"))
     for label in ("covid", "gender")
 }
-COUGHVID_LABELS = {"T5": ("status", {"COVID-19": 1, "healthy": 0}), "T6": ("gender", {"female": 1, "male": 0})}
+# OPERA's label dictionaries (coughvid_processing.py): None leaves a recording out, any other value is an error.
+COUGHVID_LABELS = {
+    "T5": ("status", {"COVID-19": 1, "healthy": 0, "symptomatic": None, "pnts": None, "Other": None, "": None}),
+    "T6": ("gender", {"female": 1, "male": 0, "other": None, "Other": None, "pnts": None, "": None}),
+}
 
 
 def coughvid_path(root, uuid, manifest_paths):
@@ -254,9 +299,12 @@ def coughvid_path(root, uuid, manifest_paths):
 
 def coughvid(task, root, report):
     """Labels from metadata_compiled.csv; OPERA's train and val uuid lists, test = the gender-test list."""
-    lists = {name: f"{COUGHVID_DIR}/coughvid_{name}_uuids.npy" for name in ("_train", "_val", "gender_test")}
+    lists = {
+        split: f"{COUGHVID_DIR}/coughvid_{name}_uuids.npy"
+        for split, name in (("train", "_train"), ("validation", "_val"), ("test", "gender_test"))
+    }
     require(root, f"{COUGHVID_DIR}/metadata_compiled.csv", *lists.values())
-    uuids = {name: set(load_list(root / path)) for name, path in lists.items()}
+    split_of = read_split_lists(root, lists)
     column, mapping = COUGHVID_LABELS[task.id]
     manifest = load_manifest(root, task.manifest)
     manifest_paths = set(manifest[0]) if manifest else set()
@@ -265,24 +313,26 @@ def coughvid(task, root, report):
     records = read_csv_rows(table, required=("uuid", "age", "gender", "status", "cough_detected"))
     check_unique(table, [record["uuid"] for record in records], "uuid")
     for record in records:
-        uuid = record["uuid"]
-        if record[column] not in mapping or not any(uuid in group for group in uuids.values()):
+        uuid, line = record["uuid"], record["_row"]
+        label = parse_field(table, line, column, record[column], mapping.__getitem__, " or ".join(map(repr, mapping)))
+        if label is None or uuid not in split_of:
             continue
-        split = "train" if uuid in uuids["_train"] else "validation" if uuid in uuids["_val"] else "test"
         rows.append(
             {
-                "path": check_inside(coughvid_path(root, uuid, manifest_paths), f"{table}, line {record['_row']}"),
-                "label": mapping[record[column]],
-                "split": split,
+                "path": check_inside(coughvid_path(root, uuid, manifest_paths), f"{table}, line {line}"),
+                "label": label,
+                "split": split_of[uuid],
                 "subject_id": uuid,
-                "age": as_float(record["age"]),
+                "age": parse_field(table, line, "age", record["age"], optional_number, "a number or empty"),
                 "gender": record["gender"] or None,
                 "status": record["status"] or None,
-                "cough_detected": as_float(record["cough_detected"]),
+                "cough_detected": parse_field(
+                    table, line, "cough_detected", record["cough_detected"], optional_number, "a number or empty"
+                ),
             }
         )
     if manifest:
-        check_rows_against_manifest(task.id, rows, manifest)
+        check_rows_against_manifest(task, root, rows, manifest)
     return rows
 
 
@@ -296,37 +346,42 @@ COVIDUK_MANIFEST = {
 COVIDUK_RESULTS = {"Negative": 0, "Positive": 1}
 
 
-def coviduk_labels(root, modality):
-    """File name -> COVID-19 test result from audio_metadata.csv and participant_metadata.csv, when present."""
+def coviduk_labels(root, modality, names):
+    """
+    File name -> COVID-19 test result of the listed `names`, from audio_metadata.csv and participant_metadata.csv, or
+    None when the checkout lacks them. As in OPERA, a listed file's result must be Negative or Positive.
+    """
     audio, participants = root / COVIDUK_DIR / "audio_metadata.csv", root / COVIDUK_DIR / "participant_metadata.csv"
     if not (audio.is_file() and participants.is_file()):
         return None
     participant_rows = read_csv_rows(participants, required=("participant_identifier", "covid_test_result"))
     check_unique(participants, [row["participant_identifier"] for row in participant_rows], "participant_identifier")
-    result = {row["participant_identifier"]: row["covid_test_result"] for row in participant_rows}
+    by_id = {row["participant_identifier"]: row for row in participant_rows}
+    column = f"{modality}_file_name"
+    listed = [row for row in read_csv_rows(audio, required=("participant_identifier", column)) if row[column] in names]
+    check_unique(audio, [row[column] for row in listed], column)
     labels = {}
-    for row in read_csv_rows(audio, required=("participant_identifier", f"{modality}_file_name")):
-        outcome = result.get(row["participant_identifier"])
-        if outcome in COVIDUK_RESULTS:
-            labels[row[f"{modality}_file_name"]] = COVIDUK_RESULTS[outcome]
+    for row in listed:
+        participant = by_id.get(row["participant_identifier"])
+        if participant is not None:
+            result, line = participant["covid_test_result"], participant["_row"]
+            expected = "Negative or Positive"
+            labels[row[column]] = parse_field(
+                participants, line, "covid_test_result", result, COVIDUK_RESULTS.__getitem__, expected
+            )
     return labels
 
 
 def coviduk(task, root, report):
     """OPERA's downsampled train/val/test file lists; labels from the participant metadata (or OPERA's manifest)."""
-    modality = task.modality
     lists = {
-        split: f"{COVIDUK_DIR}/{modality}_{name}_files_downsample.npy"
+        split: f"{COVIDUK_DIR}/{task.modality}_{name}_files_downsample.npy"
         for split, name in (("train", "training"), ("validation", "val"), ("test", "testing"))
     }
     require(root, *lists.values())
-    split_of = {}
-    for split, path in lists.items():
-        for name in load_list(root / path):
-            check_inside(f"{COVIDUK_DIR}/audio_selected/{name}", root / path)
-            split_of[name] = split
+    split_of = read_split_lists(root, lists, folder=f"{COVIDUK_DIR}/audio_selected")
     manifest = load_manifest(root, task.manifest)
-    labels = coviduk_labels(root, modality)
+    labels = coviduk_labels(root, task.modality, split_of)
     if labels is None:
         if manifest is None:
             raise OperaDataError(
@@ -335,22 +390,22 @@ def coviduk(task, root, report):
             )
         labels = {Path(path).name: label for path, label in zip(manifest[0], manifest[1])}
         report.notes.append("Labels taken from OPERA's manifest: the participant metadata is not in this checkout.")
-    names = [Path(path).name for path in manifest[0]] if manifest else sorted(split_of)
-    missing = [name for name in names if name not in labels]
-    if missing:
-        raise OperaDataError(f"{task.id}: no COVID-19 test result for {len(missing)} files, e.g. {missing[:5]}.")
+    order = {Path(path).name: index for index, path in enumerate(manifest[0])} if manifest else {}
+    names = sorted(split_of, key=lambda name: (order.get(name, len(order)), name))  # OPERA's order, if known
     rows = [
         {
             "path": f"{COVIDUK_DIR}/audio_selected/{name}",
-            "label": labels[name],
+            "label": labels.get(name),
             "split": split_of[name],
             "subject_id": name.split("_")[0] if "_" in name else None,
         }
         for name in names
-        if name in split_of
     ]
     if manifest:
-        check_rows_against_manifest(task.id, rows, manifest)
+        check_rows_against_manifest(task, root, rows, manifest)
+    missing = [name for name in names if name not in labels]
+    if missing:
+        raise OperaDataError(f"{task.id}: no COVID-19 test result for {len(missing)} files, e.g. {missing[:5]}.")
     return rows
 
 
@@ -378,7 +433,8 @@ def coswara(task, root, report):
             "quality annotations and cough-heavy alignment. Use an OPERA checkout with feature/."
         )
     paths, labels = manifest
-    kept, test = seeded_split(len(paths), 0.2, OPERA_VALIDATION_SEED, stratify=labels)
+    action = f"split the recordings of {task.manifest[0]} into OPERA's train and test sets"
+    kept, test = opera_split(task, action, len(paths), 0.2, OPERA_VALIDATION_SEED, labels)
     split = ["train"] * len(paths)
     for index in test:
         split[index] = "test"
@@ -453,7 +509,7 @@ def covid19sounds(task, root, report):
         )
     manifest = load_manifest(root, task.manifest)
     if manifest:  # OPERA stores this split as 0/1/2
-        check_rows_against_manifest(task.id, rows, manifest, COVID19_SOUNDS_SPLITS)
+        check_rows_against_manifest(task, root, rows, manifest, COVID19_SOUNDS_SPLITS)
     return rows
 
 
@@ -485,8 +541,9 @@ def ssbpr(task, root, report):
         derived = [(r["path"], r["label"], "train") for r in rows]
         check_against_manifest(task.id, derived, [(p, label, "train") for p, label in zip(*manifest)])
     labels = [row["label"] for row in rows]
-    rest, test = seeded_split(len(rows), 0.2, 42, stratify=labels)
-    _, validation = seeded_split(len(rest), 0.25, 42, stratify=[labels[i] for i in rest])
+    action = "split the SSBPR recordings into OPERA's train, validation and test sets"
+    rest, test = opera_split(task, action, len(rows), 0.2, 42, labels)
+    _, validation = opera_split(task, action, len(rest), 0.25, 42, [labels[i] for i in rest])
     for index in test:
         rows[index]["split"] = "test"
     for index in validation:
