@@ -1,13 +1,13 @@
-"""resp_hf.splits.seeded_split: the one seeded split behind every validation carve-out and OPERA's test splits."""
+"""resp_hf.splits: the seeded split behind every validation carve-out and OPERA's test splits; the split checks."""
 
 from collections import Counter
 
 import numpy as np
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
 from sklearn.model_selection import train_test_split
 
-from resp_hf.splits import seeded_split
+from resp_hf.splits import check_disjoint_splits, seeded_split
 from resp_hf.tasks.segments import carve_validation
 from resp_hf.training.finetune import FinetuneArguments, prepare_splits
 
@@ -146,3 +146,16 @@ def test_an_impossible_split_is_a_one_line_error(rows, fraction, options, messag
     with pytest.raises(ValueError, match=message) as error:
         seeded_split(rows, fraction, 0, **options)
     assert "\n" not in str(error.value)
+
+
+def test_saved_audio_is_told_apart_by_its_bytes_not_its_file_name():
+    """A saved Audio column keeps only file names: Coswara's recordings are all 'cough-shallow.wav'."""
+    features = Features({"audio": {"bytes": Value("binary"), "path": Value("string")}, "label": Value("float32")})
+
+    def split(payloads):
+        rows = {"audio": [{"bytes": payload, "path": "cough-shallow.wav"} for payload in payloads], "label": [0.0] * 2}
+        return Dataset.from_dict(rows, features=features).cast_column("audio", Audio(decode=False))
+
+    check_disjoint_splits({"train": split([b"a", b"b"]), "test": split([b"c", b"d"])}, "audio", "coswara")
+    with pytest.raises(ValueError, match="coswara: the train and test splits hold the same audio \\(audio bytes "):
+        check_disjoint_splits({"train": split([b"a", b"b"]), "test": split([b"c", b"b"])}, "audio", "coswara")

@@ -157,15 +157,16 @@ def is_valid_label(label: object, feature: object) -> bool:
 
 
 def audio_key(value: object) -> tuple | None:
-    """What identifies a row's audio: its file (and segment), or the digest of its bytes; None when unknown."""
+    """
+    What identifies a row's audio: the digest of its bytes when it holds them (a saved `Audio` column keeps only the
+    file name, which recordings of several folders may share), else its file (and segment); None when unknown.
+    """
     if is_segment(value):
         return (os.path.normpath(value["path"]), float(value["start"]), float(value["end"]))
-    path = source_path(value)
-    if path:
-        return (os.path.normpath(path),)
     if isinstance(value, dict) and value.get("bytes"):
-        return (hashlib.sha256(value["bytes"]).hexdigest(),)
-    return None
+        return (f"audio bytes {hashlib.sha256(value['bytes']).hexdigest()[:16]}",)
+    path = source_path(value)
+    return (os.path.normpath(path),) if path else None
 
 
 def split_audio_keys(split: Dataset, column: str) -> list:
