@@ -707,3 +707,12 @@ def test_overwrite_never_replaces_the_checkpoint_or_the_current_folder(tmp_path,
     assert len(error.splitlines()) == 1 and ("is or holds the input" in error or "the current folder" in error)
     assert {path: path.read_bytes() for path in (tmp_path / "runs").rglob("*") if path.is_file()} == before
     assert sorted(path.name for path in (tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_link_to_an_official_folder_takes_its_name_when_its_own_does_not_parse(tmp_path):
+    checkpoint = save_checkpoint(
+        tmp_path, {"model": encoder_only(golden_state_dict())}, folder="m2d_vit_base-80x608p16x16p16k"
+    )
+    (tmp_path / "m2d").symlink_to(checkpoint.parent)  # a short name for the official folder
+    report = convert_m2d_checkpoint(tmp_path / "m2d" / checkpoint.name, tmp_path / "out")
+    assert report.config.input_size == [80, 608]

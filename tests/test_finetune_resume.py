@@ -70,6 +70,9 @@ def test_another_runs_checkpoint_resumes_into_a_used_folder_only_with_overwrite(
     assert f"The output folder {other} is not empty" in message and "--overwrite_output_dir" in message
     assert f"resuming from {checkpoint}, which is not one of its checkpoints" in message
     assert (other / "results.json").read_text() == "earlier results"
+    assert cli_main([*arguments, "--overwrite_output_dir", "--layer_decay", "0.5"]) == 2  # a later check fails:
+    assert "other settings" in error_line(capsys)
+    assert (other / "results.json").read_text() == "earlier results"  # nothing was removed before it
 
     assert cli_main([*arguments, "--overwrite_output_dir"]) == 0
     assert "validation" in json.loads((other / "results.json").read_text())
@@ -87,8 +90,8 @@ def test_the_output_folders_own_checkpoints_resume_without_overwrite(tmp_path):
     elsewhere = tmp_path / "elsewhere" / "checkpoint-1"
     with pytest.raises(ValueError, match=f"resuming from {elsewhere}, which is not one of its checkpoints"):
         prepare_output_dir(output, overwrite=False, checkpoint=elsewhere)
-    prepare_output_dir(output, overwrite=True, checkpoint=elsewhere)
-    assert not (output / "results.json").exists() and not (output / "checkpoints").exists()
+    assert prepare_output_dir(output, overwrite=True, checkpoint=elsewhere)  # the earlier run is to be replaced
+    assert not prepare_output_dir(output, overwrite=False, checkpoint=checkpoint)  # continued
 
 
 def truncate(path):

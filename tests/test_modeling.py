@@ -439,6 +439,12 @@ class TestRespM2DConfig:
         with pytest.raises(ValueError, match=message):
             RespM2DConfig(**overrides)
 
+    def test_integral_floats_and_numpy_numbers_are_read_as_python_numbers(self):
+        config = RespM2DConfig(sampling_rate=16000.0, input_size=np.array([80, 608]), norm_mean=np.float32(-5.5))
+        assert (config.sampling_rate, config.input_size, config.norm_mean) == (16000, [80, 608], -5.5)
+        assert type(config.sampling_rate) is int and type(config.input_size[0]) is int
+        assert type(config.norm_mean) is float
+
     def test_a_saved_config_edited_into_nonsense_is_refused_on_loading(self, tmp_path):
         tiny_model().save_pretrained(tmp_path)
         config = json.loads((tmp_path / "config.json").read_text())

@@ -7,7 +7,7 @@ import pytest
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
 from sklearn.model_selection import train_test_split
 
-from resp_hf.splits import check_disjoint_splits, seeded_split
+from resp_hf.splits import check_disjoint_splits, check_split_labels, seeded_split
 from resp_hf.tasks.segments import carve_validation
 from resp_hf.training.finetune import FinetuneArguments, prepare_splits
 
@@ -159,3 +159,14 @@ def test_saved_audio_is_told_apart_by_its_bytes_not_its_file_name():
     check_disjoint_splits({"train": split([b"a", b"b"]), "test": split([b"c", b"d"])}, "audio", "coswara")
     with pytest.raises(ValueError, match="coswara: the train and test splits hold the same audio \\(audio bytes "):
         check_disjoint_splits({"train": split([b"a", b"b"]), "test": split([b"c", b"b"])}, "audio", "coswara")
+
+
+def test_float_labels_of_any_width_agree_between_splits():
+    splits = {
+        name: Dataset.from_dict(
+            {"audio": [f"{name}.wav"], "label": [1.5]},
+            features=Features({"audio": Value("string"), "label": Value(dtype)}),
+        )
+        for name, dtype in (("train", "float32"), ("test", "float64"))
+    }
+    check_split_labels(splits, "label", "breathing-rate")

@@ -262,10 +262,16 @@ def test_an_event_time_that_is_not_a_number_is_an_error_naming_the_file(release,
         build_sprsound(release, validation_fraction=0)
 
 
-def test_two_folders_for_one_split_are_an_error_naming_both(release):
-    shutil.copytree(release / "BioCAS2022", release / "old_copy" / "BioCAS2022")
+def test_copies_of_the_release_are_read_once_and_differing_folders_are_an_error(release):
+    expected, _ = build_sprsound(release, validation_fraction=0)
+    shutil.copytree(release / "BioCAS2022", release / "releases" / "BioCAS2022")  # as the official repository
+    copied, _ = build_sprsound(release, validation_fraction=0)
+    assert {name: split["path"] for name, split in copied.items()} == {
+        name: split["path"] for name, split in expected.items()
+    }
+    next((release / "releases" / FOLDERS["train"][0]).glob("*.json")).unlink()
     with pytest.raises(
-        SprsoundDataError, match=r"2 folders under .* could hold the train split: .*train2022_json.*old"
+        SprsoundDataError, match=r"2 different folders under .* could hold the train split: .*train2022_json.*releases"
     ):
         build_sprsound(release, validation_fraction=0)
 

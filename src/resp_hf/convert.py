@@ -167,7 +167,7 @@ def read_m2d_checkpoint(path: str | Path, name: str | None = None) -> M2DCheckpo
     if name == "":
         raise ValueError(f"{path}: the name is empty; omit it to use the checkpoint's folder name.")
     state_dict = extract_state_dict(load_checkpoint(path), path)
-    name = name or Path(os.path.abspath(path)).parent.name  # the folder named in the path (links not followed)
+    name = name or name_from_folder(path)
     name_info = parse_checkpoint_name(name)
     check_finite(state_dict, path)
     check_block_numbering(state_dict, path)
@@ -364,6 +364,16 @@ def check_block_numbering(state_dict: dict[str, torch.Tensor], path: Path) -> No
             f"{path} holds {online} online encoder blocks but {target} target encoder blocks: the checkpoint is "
             "incomplete or mixes two models."
         )
+
+
+def name_from_folder(path: Path) -> str:
+    """
+    The official name of a checkpoint: its folder's as the path names it (links not followed, as the original; a Hub
+    cache links `<official folder>/weights.pth` to `blobs/<hash>`), else the folder a link to the file leads to.
+    """
+    named = Path(os.path.abspath(path)).parent.name
+    resolved = path.resolve().parent.name
+    return resolved if not NAME_PATTERN.match(named) and NAME_PATTERN.match(resolved) else named
 
 
 def parse_checkpoint_name(name: str) -> dict:

@@ -133,7 +133,7 @@ def check_split_labels(splits: Mapping[str, Dataset], column: str, source: objec
     """
     first, feature = next((name, split.features[column]) for name, split in splits.items())
     for name, split in splits.items():
-        if split.features.get(column) != feature:
+        if not same_label_feature(split.features.get(column), feature):
             raise ValueError(
                 f"{source}: the {name} split's {column!r} feature {split.features.get(column)} differs from the "
                 f"{first} split's {feature}: class numbers would mean other classes. Cast every split to one feature."
@@ -144,6 +144,12 @@ def check_split_labels(splits: Mapping[str, Dataset], column: str, source: objec
                 f"{source}: the {name} split has a row without a valid label (row {bad}: {split[bad][column]!r}); "
                 "label it or leave it out."
             )
+
+
+def same_label_feature(one: object, other: object) -> bool:
+    """Whether two splits' label features agree: equal, or both float numbers (float32 and float64 mean the same)."""
+    floats = [isinstance(f, Value) and f.dtype.startswith("float") for f in (one, other)]
+    return one == other or all(floats)
 
 
 def is_valid_label(label: object, feature: object) -> bool:

@@ -114,9 +114,9 @@ def build_and_save_task(
         return build_opera_task(name, opera_root, output, overwrite=overwrite)
     task = get_task(name)
     check_options_apply(name, task.dataset, settings, skip_invalid)
-    dataset, report = build_task_dataset(task, {"icbhi": icbhi_root, "sprsound": sprsound_root}, settings, skip_invalid)
     inputs = (icbhi_root, sprsound_root)
-    check_output_folder(output, overwrite, option="overwrite=True (--overwrite)", inputs=inputs)
+    check_output_folder(output, overwrite, option="overwrite=True (--overwrite)", inputs=inputs)  # before reading
+    dataset, report = build_task_dataset(task, {"icbhi": icbhi_root, "sprsound": sprsound_root}, settings, skip_invalid)
     with atomic_folder(output) as folder:
         dataset.save_to_disk(str(folder))
     return f"{report}\nSaved {name} to {output} (columns: {', '.join(dataset[next(iter(dataset))].column_names)})."

@@ -162,12 +162,17 @@ def find_folders(root, names):
 
 
 def single_folder(root: Path, names: tuple, split: str) -> Path | None:
-    """The one folder under `root` named one of `names` for `split` (None when there is none); several are an error."""
+    """
+    The folder under `root` named one of `names` for `split` (None when there is none). Copies of one folder (same
+    file names and sizes: the official repository holds `BioCAS2022/` and `releases/BioCAS2022/`) count as one, the
+    first is read; folders that differ are an error naming them.
+    """
     found = find_folders(root, names)
-    if len(found) > 1:
+    listings = {tuple(sorted((path.name, path.stat().st_size) for path in folder.iterdir())) for folder in found}
+    if len(listings) > 1:
         raise SprsoundDataError(
-            f"{len(found)} folders under {root} could hold the {split} split: {[str(path) for path in found]}; "
-            "keep one."
+            f"{len(found)} different folders under {root} could hold the {split} split: "
+            f"{[str(path) for path in found]}; keep one."
         )
     return found[0] if found else None
 

@@ -281,11 +281,12 @@ def parse_classifier_layer(value):
         raise ValueError(f"--classifier_layer must be None, 'weighted' or a layer index, got {value!r}.") from None
 
 
-def prepare_output_dir(output_dir: Path, overwrite: bool, checkpoint: Path | None) -> None:
+def prepare_output_dir(output_dir: Path, overwrite: bool, checkpoint: Path | None) -> bool:
     """
     Refuses to mix a new run into a folder that holds files, unless resuming one of its own checkpoints or told to
-    overwrite; overwriting removes the earlier run's checkpoints and outputs so that nothing of it is taken for the
-    new run (a run resumed from another folder's checkpoint is a new run here).
+    overwrite. Returns whether the run replaces the folder's earlier run (a run resumed from another folder's
+    checkpoint is a new run here): the caller removes its outputs (`RUN_OUTPUTS`) once every check has passed, so
+    that nothing of it is taken for the new run.
     """
     own = checkpoint is not None and is_within(checkpoint, output_dir / CHECKPOINTS_DIR)
     if checkpoint is None or own:
@@ -293,8 +294,7 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, checkpoint: Path | Non
     else:
         option = f"--overwrite_output_dir (resuming from {checkpoint}, which is not one of its checkpoints)"
     check_output_folder(output_dir, overwrite or own, option=option, name="--output_dir")
-    if overwrite and not own:
-        remove_outputs(output_dir, RUN_OUTPUTS)
+    return overwrite and not own
 
 
 def check_classes(train, label_column, problem_type, names, source):
@@ -471,17 +471,17 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> tuple
     checkpoint = checkpoint_to_resume(output_dir, resume) if resume is not None else None
     if checkpoint is not None:
         check_checkpoint(checkpoint)
-    prepare_output_dir(output_dir, args.overwrite_output_dir, checkpoint)
+    replaces_earlier_run = prepare_output_dir(output_dir, args.overwrite_output_dir, checkpoint)
     if args.lora_rank is not None:
         check_lora_settings(args)
     dataset = load_any_dataset(args.dataset)
     if args.train_split not in dataset:
         raise ValueError(f"The dataset has no {args.train_split!r} split; it has {list(dataset)}.")
     train, evaluation, test = prepare_splits(dataset, args)
+    problem_type, names = label_task(train.features[args.label_column], args.label_column)
     given = {name: dataset[name] for name in (args.train_split, args.eval_split, args.test_split) if name in dataset}
     check_split_labels(given, args.label_column, args.dataset)
     check_disjoint_splits(given, args.audio_column, args.dataset)
-    problem_type, names = label_task(train.features[args.label_column], args.label_column)
     check_classes(train, args.label_column, problem_type, names, args.dataset)
     num_labels = len(names) if names else 1
     id2label = dict(enumerate(names)) if names else {0: args.label_column}
@@ -513,6 +513,8 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> tuple
         )
         optimizer_class, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
         optimizers = (optimizer_class(groups, **optimizer_kwargs), None)
+    if replaces_earlier_run:  # only now: every check above has passed
+        remove_outputs(output_dir, RUN_OUTPUTS)
     trainer = Trainer(
         model=model,
         args=training_args,

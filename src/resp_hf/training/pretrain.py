@@ -537,7 +537,7 @@ def check_output_dir(output_dir: Path, args: argparse.Namespace) -> None:
             read_log(output_dir / LOG_FILE)
         return
     init = () if args.init == "scratch" else (args.init,)
-    inputs = (*init, *(parse_source(spec)[0] for spec in args.data))
+    inputs = (*init, *(parse_source(spec)[0] for spec in args.data if not spec.startswith("hf:")))  # Hub ids: not here
     option = "--overwrite" if args.resume else "--resume latest to continue it, or --overwrite"
     try:
         check_output_folder(output_dir, args.overwrite, option=option, name="--output-dir", inputs=inputs)

@@ -1,10 +1,12 @@
 """Configuration of the M2D (Masked Modeling Duo) audio encoder for respiratory sounds."""
 
 import math
+import numbers
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
@@ -124,7 +126,7 @@ class RespM2DConfig(PreTrainedConfig):
     ):
         check_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))
         front_end = _front_end_settings(sampling_rate, n_fft, win_length, hop_length, f_min, f_max)
-        self.sampling_rate = sampling_rate
+        self.sampling_rate = as_integer(sampling_rate)
         self.n_fft = front_end["n_fft"]
         self.win_length = front_end["win_length"]
         self.hop_length = front_end["hop_length"]
@@ -165,11 +167,11 @@ class RespM2DConfig(PreTrainedConfig):
         for name in ("input_size", "patch_size"):
             if not (len(getattr(self, name)) == 2 and all(is_integer_at_least(v, 1) for v in getattr(self, name))):
                 raise ValueError(f"{name}={getattr(self, name)} must be two positive integers (mel bins, frames).")
-        if not (isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < math.inf):
+        if not (is_real(self.layer_norm_eps) and 0 < self.layer_norm_eps < math.inf):
             raise ValueError(f"layer_norm_eps={self.layer_norm_eps!r} must be a positive number.")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            if not (is_real(value) and 0 <= value <= 1):
                 raise ValueError(f"{name}={value!r} must be a probability in [0, 1].")
         if self.num_hidden_layers > MAX_HIDDEN_LAYERS:
             raise ValueError(f"num_hidden_layers={self.num_hidden_layers} is more than {MAX_HIDDEN_LAYERS} blocks.")
@@ -271,16 +273,30 @@ def check_integers(settings, at_least_one, at_least_zero=()):
         raise ValueError(f"Invalid settings: {', '.join(bad)}.")
 
 
+def as_integer(value):
+    """An integral number (16000.0 from JSON, numpy integers) as an int; anything else as it is, for the checks."""
+    if is_real(value) and float(value).is_integer():
+        return int(value)
+    return value
+
+
+def is_real(value) -> bool:
+    """Whether `value` is a real number (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def as_size_pair(name: str, value) -> list:
-    """`value` as a list of integers where it is a sequence of integral numbers (JSON may give 16.0); else an error."""
+    """`value` (a sequence or array of integral numbers) as a list of ints; a ValueError naming `name` otherwise."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ValueError(f"{name}={value!r} must be two positive integers (mel bins, frames).")
-    return [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
+    return [as_integer(v) for v in value]
 
 
 def as_number(name: str, value) -> float:
-    """`value` as a float, or a ValueError naming the setting."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """`value` (a Python or numpy real number) as a float, or a ValueError naming the setting."""
+    if not is_real(value):
         raise ValueError(f"{name}={value!r} must be a number.")
     return float(value)
 
