@@ -29,7 +29,8 @@ def test_build_saves_a_task_that_loads_back(tmp_path, capsys):
     assert "test: 91 cycles (80 normal, 1 crackle, 10 wheeze, 0 both)" in capsys.readouterr().out
     dataset = load_from_disk(str(output))
     assert {name: len(split) for name, split in dataset.items()} == {"train": 6, "test": 91}
-    assert cli_main(args) == 2  # one training patient: no patient-disjoint validation split
+    other = ["tasks", "build", "icbhi-4class", "--icbhi-root", str(ICBHI), "--output", str(tmp_path / "other")]
+    assert cli_main(other) == 2  # one training patient: no patient-disjoint validation split
     assert "training split has 1 patient(s)" in capsys.readouterr().err
     assert cli_main(["tasks", "build", "T7", "--output", str(tmp_path / "t7")]) == 2
     assert "T7 is an OPERA task: pass --opera-root" in capsys.readouterr().err
