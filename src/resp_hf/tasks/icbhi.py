@@ -12,14 +12,7 @@ from pathlib import Path
 from datasets import ClassLabel, Features, Value
 
 from ..opera.files import read_text
-from .segments import (
-    carve_validation,
-    files_by_stem,
-    recording_duration,
-    rows_to_splits,
-    segment_clipping,
-    segment_problems,
-)
+from .segments import carve_validation, files_by_stem, readable_segments, recording_duration, rows_to_splits
 
 LABELS = ("normal", "crackle", "wheeze", "both")
 BINARY_LABELS = ("normal", "abnormal")
@@ -207,14 +200,10 @@ def recording_rows(
     cycles = read_cycles(annotation_path)
     duration = recording_duration(audio_path, "ICBHI")
     metadata = parse_recording_name(recording)
-    problems = segment_problems([(start, end) for start, end, _, _ in cycles], duration, "cycle")
+    times = [(start, end) for start, end, _, _ in cycles]
     rows = []
-    for index, (start, end, crackles, wheezes) in enumerate(cycles):
-        if index in problems:
-            continue
-        clipping = segment_clipping(end, duration)
-        if clipping:
-            report.clipped.append(f"{recording} cycle {index}: {clipping}")
+    for index in readable_segments(times, duration, recording, "cycle", skip_invalid, IcbhiDataError, report):
+        start, end, crackles, wheezes = cycles[index]
         label = cycle_label(crackles, wheezes)
         rows.append(
             {
@@ -231,13 +220,6 @@ def recording_rows(
                 "split": split,
             }
         )
-    problems = [f"{recording} cycle {index}: {problem}" for index, problem in problems.items()]
-    if problems and not skip_invalid:
-        raise IcbhiDataError(
-            f"{len(problems)} cycle(s) cannot be read: {'; '.join(problems)}. Fix the annotation file(s) or pass "
-            "skip_invalid=True (--skip-invalid-cycles) to leave them out; they are then listed in the report."
-        )
-    report.skipped += problems
     return rows
 
 

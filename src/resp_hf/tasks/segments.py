@@ -60,6 +60,31 @@ def segment_clipping(end, duration):
     return f"ends at {end} s, the file at {duration:.3f} s" if end > duration else None
 
 
+def readable_segments(
+    times: list, duration: float, where: str, noun: str, skip_invalid: bool, error_type: type, report
+) -> list:
+    """
+    The indices of the `(start, end)` segments of one `duration`-second file to keep (`where` names the file in
+    messages, `noun` a segment). One that `segment_problems` refuses is an error of `error_type` naming it, or with
+    `skip_invalid` left out and listed in `report.skipped`; one ending after the file is kept and listed in
+    `report.clipped`.
+    """
+    problems = segment_problems(times, duration, noun)
+    described = [f"{where} {noun} {index}: {problem}" for index, problem in problems.items()]
+    if described and not skip_invalid:
+        raise error_type(
+            f"{len(described)} {noun}(s) cannot be read: {'; '.join(described)}. Fix the annotation file(s) or pass "
+            "skip_invalid=True (--skip-invalid-cycles) to leave them out; they are then listed in the report."
+        )
+    report.skipped += described
+    kept = [index for index in range(len(times)) if index not in problems]
+    for index in kept:
+        clipping = segment_clipping(times[index][1], duration)
+        if clipping:
+            report.clipped.append(f"{where} {noun} {index}: {clipping}")
+    return kept
+
+
 def files_by_stem(folder: Path, suffix: str, error_type: type) -> dict:
     """
     `{stem: path}` of the files in `folder` ending in `suffix` in any case (`.wav`, `.WAV`); two files of one stem are
@@ -196,6 +221,7 @@ __all__ = [
     "carve_validation",
     "decode_segments",
     "fit_segment",
+    "readable_segments",
     "rows_to_splits",
     "segment_clipping",
     "segment_problem",

@@ -21,14 +21,7 @@ from pathlib import Path
 from datasets import ClassLabel, Features, Value
 
 from ..opera.files import read_text
-from .segments import (
-    carve_validation,
-    files_by_stem,
-    recording_duration,
-    rows_to_splits,
-    segment_clipping,
-    segment_problems,
-)
+from .segments import carve_validation, files_by_stem, readable_segments, recording_duration, rows_to_splits
 
 EVENT_TYPES = ("Normal", "Rhonchi", "Wheeze", "Stridor", "Coarse Crackle", "Fine Crackle", "Wheeze+Crackle")
 RECORD_TYPES = ("Normal", "Poor Quality", "CAS", "DAS", "CAS & DAS")
@@ -177,9 +170,11 @@ def single_folder(root: Path, names: tuple, split: str) -> Path | None:
     return found[0] if found else None
 
 
-def split_files(root: Path, split: str, json_folder: Path, wav_folder: Path | None) -> list:
-    """`[(split, json path, wav path)]` of the annotations in `json_folder`; one without its audio is an error."""
-    audio = files_by_stem(wav_folder, ".wav", SprsoundDataError) if wav_folder else {}
+def split_files(root: Path, split: str, json_folder: Path, audio: dict) -> list:
+    """
+    `[(split, json path, wav path)]` of the annotations in `json_folder`, with `audio` the split's `{stem: wav path}`;
+    one without its audio is an error.
+    """
     wav_names = SPLIT_FOLDERS[split][1]
     files = []
     for annotation in sorted(json_folder.glob("*.json")):
@@ -204,15 +199,11 @@ def check_each_recording_once(files: list) -> None:
         seen[annotation.stem] = split, annotation
 
 
-def check_every_recording_annotated(files: list, wav_folders: set) -> None:
-    """A `.wav` in the release's audio folders that no annotation names is an error naming it."""
+def check_every_recording_annotated(files: list, audio_by_folder: dict) -> None:
+    """A `.wav` of the release's audio folders (`{folder: {stem: path}}`) that no annotation names is an error."""
     annotated = {audio for _, _, audio in files}
-    for folder in sorted(wav_folders):
-        alone = [
-            path
-            for path in files_by_stem(folder, ".wav", SprsoundDataError).values()
-            if path.resolve() not in annotated
-        ]
+    for folder, audio in sorted(audio_by_folder.items()):
+        alone = [path for path in audio.values() if path.resolve() not in annotated]
         if alone:
             raise SprsoundDataError(
                 f"{len(alone)} recording(s) in {folder} have no annotation, e.g. {[path.name for path in alone[:3]]}: "
@@ -225,15 +216,19 @@ def release_files(root: Path) -> list:
     `[(split, json path, wav path)]` of every official split the release at `root` holds. Two folders for one split,
     a recording in two splits, an annotation without audio or audio without annotation are errors naming them.
     """
-    files, wav_folders = [], set()
-    for split, (json_names, wav_names) in SPLIT_FOLDERS.items():
-        json_folder = single_folder(root, json_names, split)
-        wav_folder = single_folder(root, wav_names, split)
-        wav_folders |= {wav_folder} - {None}
+    folders = {
+        split: (single_folder(root, json_names, split), single_folder(root, wav_names, split))
+        for split, (json_names, wav_names) in SPLIT_FOLDERS.items()
+    }
+    audio_by_folder = {  # each audio folder listed once (the 2022 test splits share one)
+        folder: files_by_stem(folder, ".wav", SprsoundDataError) for _, folder in folders.values() if folder
+    }
+    files = []
+    for split, (json_folder, wav_folder) in folders.items():
         if json_folder:
-            files += split_files(root, split, json_folder, wav_folder)
+            files += split_files(root, split, json_folder, audio_by_folder.get(wav_folder, {}))
     check_each_recording_once(files)
-    check_every_recording_annotated(files, wav_folders)
+    check_every_recording_annotated(files, audio_by_folder)
     return files
 
 
@@ -251,23 +246,12 @@ def recording_rows(task, annotation, audio, split, report, skip_invalid):
     if task.startswith("record"):
         label = task_label(task, record)
         return [{**base, "start": 0.0, "end": duration, "event": -1, "event_type": "", "label": label}]
-    problems = segment_problems([(start, end) for start, end, _ in events], duration, "event")
+    times = [(start, end) for start, end, _ in events]
     rows = []
-    for index, (start, end, kind) in enumerate(events):
-        if index in problems:
-            continue
-        clipping = segment_clipping(end, duration)
-        if clipping:
-            report.clipped.append(f"{annotation.name} event {index}: {clipping}")
+    for index in readable_segments(times, duration, annotation.name, "event", skip_invalid, SprsoundDataError, report):
+        start, end, kind = events[index]
         label = task_label(task, record, kind)
         rows.append({**base, "start": start, "end": end, "event": index, "event_type": kind, "label": label})
-    problems = [f"{annotation.name} event {index}: {problem}" for index, problem in problems.items()]
-    if problems and not skip_invalid:
-        raise SprsoundDataError(
-            f"{len(problems)} event(s) cannot be read: {'; '.join(problems)}. Pass skip_invalid=True "
-            "(--skip-invalid-cycles) to leave them out; they are then listed in the report."
-        )
-    report.skipped += problems
     return rows
 
 
