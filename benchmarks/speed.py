@@ -6,13 +6,13 @@
 
 Writes `speed.json` and `speed.md`. Every measured configuration runs interleaved with the others of its group and
 with two matrix-product references in the same dtype: the encoder's own GEMM shapes (its qkv, projection and MLP
-products at the token counts it runs, so weighted by FLOPs, as Linear layers; bf16 on a CPU with oneDNN: pre-packed
-like the bf16 copy's) and a square product. Each round runs everything once, so
-each fraction of attainable and each speed-up is a ratio of times taken at the same moment; the tables give the
+products at the token counts it runs, so weighted by FLOPs, as Linear layers) and a square product, both multiplying
+as the configuration does (on a CPU with oneDNN, bf16 and fp32 packed on pre-packed weights). Each round runs everything
+once, so each fraction of attainable and each speed-up is a ratio of times taken at the same moment; the tables give the
 median over rounds (and the ratio of the best times). A fraction above 100% means the machine changed speed within a
 round: it is marked invalid. The bf16 rows use `resp_hf.quantize(model, "bf16")` (bfloat16 weights); the end-to-end
 table adds "bf16 autocast" (float32 weights under `torch.autocast`) against the same bf16 reference. On a CPU the int8
-rows use `resp_hf.quantize(model, "int8")` and the fp32 packed rows `quantize(model, "fp32")` (against a reference
+rows use `resp_hf.quantize(model, "int8")` and the fp32 packed rows `quantize(model, "fp32")` (against references
 packed the same way); on a GPU, fp16 autocast is added. On x86 CPUs without bf16 instructions
 (AVX-512 BF16 or AMX), where PyTorch emulates bf16 (3x to 100x slower than fp32), the bf16 rows are left out. On a GPU
 the full run adds batch 64 and passes of 256 and 1024 chunks, where a GPU's matmuls approach their rate.
@@ -70,10 +70,17 @@ def interleaved_times(functions, repeats, warmup=1):
     return times
 
 
-def square_matmul(device, dtype, size):
-    """A square matrix product of `size` in `dtype`, and its FLOPs."""
+def square_matmul(device, dtype, size, packed):
+    """
+    A square matrix product of `size` in `dtype` (`packed`: a `PackedLinear` of `size` x `size` on `size` rows, as a
+    packed configuration multiplies), and its FLOPs.
+    """
     a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    return (lambda: a @ b), 2 * size**3
+    if not packed:
+        return (lambda: a @ b), 2 * size**3
+    linear = torch.nn.Linear(size, size, bias=False).to(device, dtype)
+    linear = PackedLinear.from_linear(linear).requires_grad_(False)
+    return (lambda: linear(a)), 2 * size**3
 
 
 def model_shape_matmuls(config, passes, device, dtype, packed):
@@ -214,15 +221,17 @@ def reference_dtype(name):
     return dtype if dtype in MATMUL_DTYPES else None
 
 
-def model_shape_reference(name, device):
+def matmul_references(name, device):
     """
-    The model-shape reference of a configuration and whether its Linear layers are packed as the configuration's
-    are: "fp32 packed" and, on a CPU with oneDNN bf16, the bf16 copy (and autocast, against the same reference).
+    The names of a configuration's model-shape and square references and whether both multiply with packed weights
+    as the configuration does: "fp32 packed" and, on a CPU with oneDNN bf16, the bf16 copy (and autocast, against the
+    same references). A packed product can outrun an unpacked one, so neither reference may be slower by design.
     """
     dtype = reference_dtype(name)
     packed = device.type == "cpu" and (name == "fp32 packed" or dtype == "bf16")
     packed = packed and packs_weights(MATMUL_DTYPES[dtype])
-    return f"{dtype} packed model-shape" if name == "fp32 packed" else f"{dtype} model-shape", packed
+    prefix = "fp32 packed" if name == "fp32 packed" else dtype
+    return f"{prefix} model-shape", f"{prefix} square", packed
 
 
 def measure_group(configs, make_run, passes, useful_flops, repeats, warmup=1):
@@ -241,17 +250,15 @@ def measure_group(configs, make_run, passes, useful_flops, repeats, warmup=1):
         matmul = reference_dtype(name)
         if not matmul:
             continue
-        model_shape, packed = model_shape_reference(name, device)
-        keys[name] = {"model-shape": model_shape, "square": f"{matmul} square"}
+        model_shape, square, packed = matmul_references(name, device)
+        keys[name] = {"model-shape": model_shape, "square": square}
         if model_shape not in references:
             references[model_shape], reference_flops[model_shape] = model_shape_matmuls(
                 config, passes, device, MATMUL_DTYPES[matmul], packed
             )
-        if f"{matmul} square" not in references:
-            square = 2048 if device.type == "cpu" else 8192
-            references[f"{matmul} square"], reference_flops[f"{matmul} square"] = square_matmul(
-                device, MATMUL_DTYPES[matmul], square
-            )
+        if square not in references:
+            size = 2048 if device.type == "cpu" else 8192
+            references[square], reference_flops[square] = square_matmul(device, MATMUL_DTYPES[matmul], size, packed)
     for reference in references.values():
         reference()
     times = interleaved_times(functions | references, repeats, warmup)

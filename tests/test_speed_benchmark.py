@@ -154,20 +154,25 @@ def test_packed_fp32_rows_run_the_packed_copy_against_a_packed_reference_of_the_
     packed, dtype = speed.configuration(model, "fp32 packed")
     assert dtype is None and {type(module.mlp.fc1).__name__ for module in packed.encoder.layer} == {"PackedLinear"}
     cpu = torch.device("cpu")
-    assert speed.model_shape_reference("fp32 packed", cpu) == ("fp32 packed model-shape", True)
-    assert speed.model_shape_reference("fp32", cpu) == ("fp32 model-shape", False)
+    packed_references = ("fp32 packed model-shape", "fp32 packed square", True)
+    assert speed.matmul_references("fp32 packed", cpu) == packed_references
+    assert speed.matmul_references("fp32", cpu) == ("fp32 model-shape", "fp32 square", False)
     passes = [(2, 31)]
     run, flops = speed.model_shape_matmuls(model.config, passes, cpu, torch.float32, packed=True)
     assert flops == speed.model_shape_matmuls(model.config, passes, cpu, torch.float32, packed=False)[1]
+    square, square_flops = speed.square_matmul(cpu, torch.float32, 32, packed=True)
+    assert square_flops == speed.square_matmul(cpu, torch.float32, 32, packed=False)[1] == 2 * 32**3
     calls = []
     original = torch.ops.mkldnn._linear_pointwise
-    with torch.no_grad():
-        torch.ops.mkldnn._linear_pointwise = lambda *args: calls.append(args[0].shape) or original(*args)
-        try:
+    torch.ops.mkldnn._linear_pointwise = lambda *args: calls.append(args[0].shape) or original(*args)
+    try:
+        with torch.no_grad():
             run()
-        finally:
-            torch.ops.mkldnn._linear_pointwise = original
-    assert calls == [(62, 64), (62, 64), (62, 64), (62, 128)]  # qkv, proj, fc1, fc2 on oneDNN's packed weights
+        square()  # the square reference needs no `no_grad`
+    finally:
+        torch.ops.mkldnn._linear_pointwise = original
+    # qkv, proj, fc1, fc2, then the square product: all on oneDNN's packed weights
+    assert calls == [(62, 64), (62, 64), (62, 64), (62, 128), (32, 32)]
 
 
 def test_a_full_run_leaves_bf16_out_on_a_cpu_that_emulates_it_and_says_so(speed, monkeypatch):
