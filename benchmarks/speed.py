@@ -70,6 +70,12 @@ def interleaved_times(functions, repeats, warmup=1):
     return times
 
 
+def reference_linear(in_features, out_features, device, dtype, packed):
+    """A bias-free Linear without gradients for a matmul reference (`packed`: a pre-packed `PackedLinear`)."""
+    linear = torch.nn.Linear(in_features, out_features, bias=False).to(device, dtype).requires_grad_(False)
+    return PackedLinear.from_linear(linear) if packed else linear
+
+
 def square_matmul(device, dtype, size, packed):
     """
     A square matrix product of `size` in `dtype` (`packed`: a `PackedLinear` of `size` x `size` on `size` rows, as a
@@ -78,8 +84,7 @@ def square_matmul(device, dtype, size, packed):
     a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     if not packed:
         return (lambda: a @ b), 2 * size**3
-    linear = torch.nn.Linear(size, size, bias=False).to(device, dtype)
-    linear = PackedLinear.from_linear(linear).requires_grad_(False)
+    linear = reference_linear(size, size, device, dtype, packed)
     return (lambda: linear(a)), 2 * size**3
 
 
@@ -90,17 +95,14 @@ def model_shape_matmuls(config, passes, device, dtype, packed):
     """
     width, hidden = config.hidden_size, config.intermediate_size
     shapes = ((width, 3 * width), (width, width), (width, hidden), (hidden, width))
-    linears = [torch.nn.Linear(k, n, bias=False).to(device, dtype) for k, n in shapes]
-    if packed:
-        linears = [PackedLinear.from_linear(linear) for linear in linears]
+    linears = [reference_linear(k, n, device, dtype, packed) for k, n in shapes]
     rows = [chunks * tokens for chunks, tokens in passes]
     inputs = {m: [torch.randn(m, k, device=device).to(dtype) for k, _ in shapes] for m in set(rows)}
 
     def run():
-        with torch.no_grad():
-            for m in rows:
-                for x, linear in zip(inputs[m], linears):
-                    linear(x)
+        for m in rows:
+            for x, linear in zip(inputs[m], linears):
+                linear(x)
 
     return run, sum(2 * m * k * n for m in rows for k, n in shapes)
 

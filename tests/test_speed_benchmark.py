@@ -166,9 +166,8 @@ def test_packed_fp32_rows_run_the_packed_copy_against_a_packed_reference_of_the_
     original = torch.ops.mkldnn._linear_pointwise
     torch.ops.mkldnn._linear_pointwise = lambda *args: calls.append(args[0].shape) or original(*args)
     try:
-        with torch.no_grad():
-            run()
-        square()  # the square reference needs no `no_grad`
+        run()  # neither reference needs `torch.no_grad()`
+        square()
     finally:
         torch.ops.mkldnn._linear_pointwise = original
     # qkv, proj, fc1, fc2, then the square product: all on oneDNN's packed weights
