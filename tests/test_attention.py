@@ -108,3 +108,31 @@ def test_attention_probabilities_come_from_eager_under_sdpa_too():
     keys = torch.arange(tokens - 1) % model.config.time_patches_per_chunk
     assert torch.all(attention[1, 0][..., 1:][..., keys >= 4] == 0)
     torch.testing.assert_close(attention[0, 0].sum(-1), torch.ones(4, tokens))
+
+
+def timm_written_out_attention(attention, hidden_states):
+    """timm's `Attention.forward` without fused attention, transcribed: queries scaled first, softmax in their dtype."""
+    batch, tokens, width = hidden_states.shape
+    heads = attention.num_heads
+    qkv = attention.qkv(hidden_states).reshape(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q = q * (width // heads) ** -0.5
+    attn = q @ k.transpose(-2, -1)
+    attn = attn.softmax(dim=-1)
+    x = (attn @ v).transpose(1, 2).reshape(batch, tokens, width)
+    return attention.proj(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_attention_computes_as_the_original_to_the_bit(dtype):
+    """Head width 32: its scale is not a power of two, so scaling the scores instead of the queries would show."""
+    model = tiny_model(num_attention_heads=2).to(dtype)
+    model.set_attn_implementation("eager")
+    attention = model.encoder.layer[0].attention
+    torch.manual_seed(1)
+    hidden_states = torch.randn(3, 21, model.config.hidden_size).to(dtype)
+    with torch.no_grad():
+        output, probs = attention(hidden_states)
+        expected = timm_written_out_attention(attention, hidden_states)
+    assert output.dtype == probs.dtype == dtype
+    assert torch.equal(output, expected)

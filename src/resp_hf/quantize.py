@@ -20,8 +20,9 @@ kernels. Why not `torch.autocast`: autocast keeps float32 weights and casts ever
 around each Linear and runs the residual adds in float32; bf16 weights do none of that (1.4x autocast at batch 1 and
 1.2x at batch 8, measured interleaved on the CI-class CPU; benchmarks/speed.py measures both). Why eager attention on a
 CPU: PyTorch's CPU flash attention (SDPA) in bf16 ran at about a third of the bf16 matmul rate, slower than in float32,
-on that CPU (AVX-512 BF16, no AMX); the written-out attention made the whole bf16 model 1.045x faster at batch 1 and 8
-with the same accuracy. Where PyTorch has oneDNN's bf16 kernels for the CPU (AVX-512 BF16 or AMX), every encoder Linear
+on that CPU (AVX-512 BF16, no AMX); the written-out attention (queries scaled first, softmax in bf16, so no float32
+copy of the scores) made the whole bf16 model 1.05x faster at batch 1 and 1.06x at batch 8 with the same accuracy.
+Where PyTorch has oneDNN's bf16 kernels for the CPU (AVX-512 BF16 or AMX), every encoder Linear
 becomes a `PackedLinear`: it multiplies with a copy of its weight packed once into oneDNN's blocked layout instead of
 the plain weight on every call, and fc1 applies the MLP's exact GELU inside the same kernel (1.15x at batch 1 and
 1.05-1.1x at batch 8 over plain bf16 Linear layers; the products are the same to the bit, fc1's output is rounded once

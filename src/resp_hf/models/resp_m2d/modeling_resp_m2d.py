@@ -112,11 +112,13 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     Softmax attention written out; works on any leading dimensions, so the probabilities it returns are the
     tensors the output is computed from. `attention_mask` is additive (0 or the dtype's minimum); the rows of
     queries outside `token_mask` (padding, whose states are zeroed anyway) are zeroed so they read as no attention.
+    Queries are scaled before the product, as in the original (timm's written-out attention); the softmax runs in
+    the scores' dtype (its bf16 and fp16 kernels accumulate in float32), so no float32 copy of the scores is made.
     """
-    scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    scores = torch.matmul(query * scaling, key.transpose(-2, -1))
     if attention_mask is not None:
         scores = scores + attention_mask
-    probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = scores.softmax(dim=-1)
     if token_mask is not None:
         probs = probs * token_mask[..., None, :, None].to(probs.dtype)
     context = torch.matmul(nn.functional.dropout(probs, p=dropout, training=module.training), value)
