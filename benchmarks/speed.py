@@ -81,11 +81,12 @@ def square_matmul(device, dtype, size, packed):
     A square matrix product of `size` in `dtype` (`packed`: a `PackedLinear` of `size` x `size` on `size` rows, as a
     packed configuration multiplies), and its FLOPs.
     """
-    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    if not packed:
-        return (lambda: a @ b), 2 * size**3
-    linear = reference_linear(size, size, device, dtype, packed)
-    return (lambda: linear(a)), 2 * size**3
+    a = torch.randn(size, size, device=device).to(dtype)
+    if packed:
+        product = partial(reference_linear(size, size, device, dtype, packed), a)
+    else:
+        product = partial(torch.matmul, a, torch.randn(size, size, device=device).to(dtype))
+    return product, 2 * size**3
 
 
 def model_shape_matmuls(config, passes, device, dtype, packed):
