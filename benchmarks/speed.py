@@ -5,9 +5,10 @@
     python benchmarks/speed.py --quick --output out                    # a small model, for CI (not for reporting)
 
 Writes `speed.json` and `speed.md`. Every measured configuration runs interleaved with the others of its group and
-with two matrix-product references in the same dtype: the encoder's own GEMM shapes (its qkv, projection and MLP
-products at the token counts it runs, so weighted by FLOPs, as Linear layers) and a square product, both multiplying
-as the configuration does (on a CPU with oneDNN, bf16 and fp32 packed on pre-packed weights). Each round runs everything
+with two matrix-product references in the same dtype: the encoder's own products at its own shapes (every layer's
+qkv, projection and MLP Linear layers at the token counts it runs, and attention's two batched products per chunk and
+head) and square products of as many FLOPs, both multiplying as the configuration does (on a CPU with oneDNN, bf16 and
+fp32 packed on pre-packed weights), so each lasts about as long as the encoder's products. Each round runs everything
 once, so each fraction of attainable and each speed-up is a ratio of times taken at the same moment; the tables give the
 median over rounds (and the ratio of the best times). A fraction above 100% means the machine changed speed within a
 round: it is marked invalid. The bf16 rows use `resp_hf.quantize(model, "bf16")` (bfloat16 weights); the end-to-end
@@ -76,36 +77,60 @@ def reference_linear(in_features, out_features, device, dtype, packed):
     return PackedLinear.from_linear(linear) if packed else linear
 
 
-def square_matmul(device, dtype, size, packed):
+def square_matmul(device, dtype, size, packed, flops):
     """
-    A square matrix product of `size` in `dtype` (`packed`: a `PackedLinear` of `size` x `size` on `size` rows, as a
-    packed configuration multiplies), and its FLOPs.
+    Square matrix products of `size` in `dtype`, as many as come nearest to `flops` (at least one), so that on a CPU
+    the reference lasts about as long as the encoder's products (`packed`: a `PackedLinear` of `size` x `size` on
+    `size` rows, as a packed configuration multiplies); and their FLOPs.
     """
     a = torch.randn(size, size, device=device).to(dtype)
     if packed:
         product = partial(reference_linear(size, size, device, dtype, packed), a)
     else:
         product = partial(torch.matmul, a, torch.randn(size, size, device=device).to(dtype))
-    return product, 2 * size**3
+    count = max(1, round(flops / (2 * size**3)))
+
+    def run():
+        for _ in range(count):
+            product()
+
+    return run, count * 2 * size**3
 
 
 def model_shape_matmuls(config, passes, device, dtype, packed):
     """
-    One layer's qkv, projection, fc1 and fc2 products at the row counts of the encoder's `passes`, as the encoder runs
-    them (Linear layers; `packed`: `quantize`'s pre-packed `PackedLinear`), without bias; and their FLOPs.
+    The encoder's matrix products at the shapes of its `passes` (chunks, tokens), as the encoder runs them, without
+    bias, for every layer: the qkv, projection, fc1 and fc2 Linear layers on a pass's token rows (`packed`:
+    `quantize`'s pre-packed `PackedLinear`), and attention's two products per chunk and head, queries x keys and
+    probabilities x values (batched matmuls); and their FLOPs. All layers multiply one layer's weights. It lasts as
+    long as the encoder's products, so that both sample the machine over the same stretch of time.
     """
-    width, hidden = config.hidden_size, config.intermediate_size
+    width, hidden, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
     shapes = ((width, 3 * width), (width, width), (width, hidden), (hidden, width))
     linears = [reference_linear(k, n, device, dtype, packed) for k, n in shapes]
-    rows = [chunks * tokens for chunks, tokens in passes]
-    inputs = {m: [torch.randn(m, k, device=device).to(dtype) for k, _ in shapes] for m in set(rows)}
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device).to(dtype)
+
+    inputs = {m: [randn(m, k) for k, _ in shapes] for m in {chunks * tokens for chunks, tokens in passes}}
+    head_width, attention = width // heads, {}
+    for chunks, tokens in set(passes):
+        batch = chunks * heads
+        queries, keys = randn(batch, tokens, head_width), randn(batch, head_width, tokens)
+        attention[chunks, tokens] = (queries, keys, randn(batch, tokens, tokens), randn(batch, tokens, head_width))
 
     def run():
-        for m in rows:
-            for x, linear in zip(inputs[m], linears):
-                linear(x)
+        for _ in range(config.num_hidden_layers):
+            for chunks, tokens in passes:
+                for x, linear in zip(inputs[chunks * tokens], linears):
+                    linear(x)
+                queries, keys, probabilities, values = attention[chunks, tokens]
+                torch.matmul(queries, keys)
+                torch.matmul(probabilities, values)
 
-    return run, sum(2 * m * k * n for m in rows for k, n in shapes)
+    linear_flops = sum(2 * chunks * tokens * k * n for chunks, tokens in passes for k, n in shapes)
+    attention_flops = sum(4 * chunks * heads * tokens * tokens * head_width for chunks, tokens in passes)
+    return run, config.num_hidden_layers * (linear_flops + attention_flops)
 
 
 def encoder_flops(config, passes):
@@ -261,7 +286,9 @@ def measure_group(configs, make_run, passes, useful_flops, repeats, warmup=1):
             )
         if square not in references:
             size = 2048 if device.type == "cpu" else 8192
-            references[square], reference_flops[square] = square_matmul(device, MATMUL_DTYPES[matmul], size, packed)
+            references[square], reference_flops[square] = square_matmul(
+                device, MATMUL_DTYPES[matmul], size, packed, reference_flops[model_shape]
+            )
     for reference in references.values():
         reference()
     times = interleaved_times(functions | references, repeats, warmup)
@@ -666,7 +693,7 @@ QUICK = {
     "chunk_counts": (2, 4),
     "long_minutes": (0.2,),
 }
-# Estimated at about 18 minutes on the 2-core CI-class machine (the earlier settings took 29).
+# About 46 minutes on the 2-core CI-class machine with 7 rounds (`--repeats 7`), long recordings included.
 FULL = {
     "batch_sizes": (1, 8),
     "onnx_batch_sizes": (1, 8),

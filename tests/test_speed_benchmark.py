@@ -118,7 +118,7 @@ def test_fractions_are_same_moment_ratios_and_those_above_100_percent_are_marked
     assert speed.percent({}, "square") == "—"
 
 
-def test_model_shape_reference_runs_the_encoder_gemms_of_the_recorded_passes(speed):
+def test_model_shape_reference_runs_the_encoder_products_of_the_recorded_passes(speed, monkeypatch):
     model = tiny_model()
     config = model.config
     chunks = torch.randn(3, config.num_mel_bins, config.unit_frames)
@@ -126,12 +126,39 @@ def test_model_shape_reference_runs_the_encoder_gemms_of_the_recorded_passes(spe
     tokens = 1 + config.num_frequency_patches * config.time_patches_per_chunk
     assert passes == [(3, tokens)]
     _, flops = speed.model_shape_matmuls(config, passes, model.device, torch.float32, packed=False)
-    width, hidden = config.hidden_size, config.intermediate_size
-    assert flops == 2 * 3 * tokens * (4 * width * width + 2 * width * hidden)
-    # per layer, the same products plus attention's two (tokens x tokens) ones; and the patch projection
-    attention = 4 * tokens * tokens * width
-    patch = 2 * (tokens - 1) * config.patch_size[0] * config.patch_size[1] * width
-    assert speed.encoder_flops(config, passes) == 3 * (config.num_hidden_layers * (flops / 3 + attention) + patch)
+    patch = 2 * (tokens - 1) * config.patch_size[0] * config.patch_size[1] * config.hidden_size
+    assert speed.encoder_flops(config, passes) == flops + 3 * patch
+    # a repeated and a shorter pass, as mixed-length clips make: every pass runs and counts, in every layer
+    passes = [(3, tokens), (3, tokens), (1, 11)]
+    run, flops = speed.model_shape_matmuls(config, passes, model.device, torch.float32, packed=False)
+    width, hidden, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
+    rows = 3 * tokens + 3 * tokens + 11
+    attention = 4 * width * (3 * tokens**2 + 3 * tokens**2 + 11**2)
+    assert flops == config.num_hidden_layers * (2 * rows * (4 * width * width + 2 * width * hidden) + attention)
+    products = []
+    matmul = torch.matmul
+    monkeypatch.setattr(torch, "matmul", lambda a, b: products.append((a.shape, b.shape)) or matmul(a, b))
+    run()
+    head_width = width // heads
+    per_layer = []
+    for count, length in passes:
+        batch = count * heads
+        per_layer += [((batch, length, head_width), (batch, head_width, length))]  # queries x keys
+        per_layer += [((batch, length, length), (batch, length, head_width))]  # probabilities x values
+    assert products == per_layer * config.num_hidden_layers
+
+
+def test_the_square_reference_is_given_the_model_shape_references_flops(speed, monkeypatch):
+    model = tiny_model()
+    given = []
+    square_matmul = speed.square_matmul
+    monkeypatch.setattr(speed, "square_matmul", lambda *args: given.append(args[-1]) or square_matmul(*args))
+    passes = [(2, 31)]
+    configs = {"fp32": (model, None)}
+    (row,) = speed.measure_group(configs, lambda candidate, dtype: None, passes, 1, repeats=1, warmup=0)
+    model_shape_flops = speed.model_shape_matmuls(model.config, passes, model.device, torch.float32, False)[1]
+    assert given == [model_shape_flops]
+    assert "fraction_of_square" in row and "fraction_of_model-shape" in row
 
 
 def test_bf16_rows_run_the_bfloat16_weights_copy_and_autocast_rows_the_float32_model(speed):
@@ -160,8 +187,11 @@ def test_packed_fp32_rows_run_the_packed_copy_against_a_packed_reference_of_the_
     passes = [(2, 31)]
     run, flops = speed.model_shape_matmuls(model.config, passes, cpu, torch.float32, packed=True)
     assert flops == speed.model_shape_matmuls(model.config, passes, cpu, torch.float32, packed=False)[1]
-    square, square_flops = speed.square_matmul(cpu, torch.float32, 32, packed=True)
-    assert square_flops == speed.square_matmul(cpu, torch.float32, 32, packed=False)[1] == 2 * 32**3
+    # as many square products as make the model-shape reference's FLOPs, at least one
+    flops = 3.2 * 2 * 32**3
+    square, square_flops = speed.square_matmul(cpu, torch.float32, 32, packed=True, flops=flops)
+    assert square_flops == speed.square_matmul(cpu, torch.float32, 32, packed=False, flops=flops)[1] == 3 * 2 * 32**3
+    assert speed.square_matmul(cpu, torch.float32, 32, packed=False, flops=1)[1] == 2 * 32**3
     calls = []
     original = torch.ops.mkldnn._linear_pointwise
     torch.ops.mkldnn._linear_pointwise = lambda *args: calls.append(args[0].shape) or original(*args)
@@ -170,8 +200,8 @@ def test_packed_fp32_rows_run_the_packed_copy_against_a_packed_reference_of_the_
         square()
     finally:
         torch.ops.mkldnn._linear_pointwise = original
-    # qkv, proj, fc1, fc2, then the square product: all on oneDNN's packed weights
-    assert calls == [(62, 64), (62, 64), (62, 64), (62, 128), (32, 32)]
+    # qkv, proj, fc1, fc2 of every layer, then the square products: all on oneDNN's packed weights
+    assert calls == [(62, 64), (62, 64), (62, 64), (62, 128)] * model.config.num_hidden_layers + [(32, 32)] * 3
 
 
 def test_a_full_run_leaves_bf16_out_on_a_cpu_that_emulates_it_and_says_so(speed, monkeypatch):
