@@ -112,37 +112,40 @@ def model_shape_matmuls(config, passes, device, dtype, packed):
     def randn(*shape):
         return torch.randn(*shape, device=device).to(dtype)
 
-    inputs = {m: [randn(m, k) for k, _ in shapes] for m in {chunks * tokens for chunks, tokens in passes}}
-    head_width, attention = width // heads, {}
+    head_width, operands = width // heads, {}
     for chunks, tokens in set(passes):
         batch = chunks * heads
-        queries, keys = randn(batch, tokens, head_width), randn(batch, head_width, tokens)
-        attention[chunks, tokens] = (queries, keys, randn(batch, tokens, tokens), randn(batch, tokens, head_width))
+        rows = [randn(chunks * tokens, k) for k, _ in shapes]
+        attention = [randn(batch, tokens, head_width), randn(batch, head_width, tokens)]
+        attention += [randn(batch, tokens, tokens), randn(batch, tokens, head_width)]
+        operands[chunks, tokens] = rows, attention
 
     def run():
         for _ in range(config.num_hidden_layers):
-            for chunks, tokens in passes:
-                for x, linear in zip(inputs[chunks * tokens], linears):
+            for chunk_pass in passes:
+                rows, (queries, keys, probabilities, values) = operands[chunk_pass]
+                for x, linear in zip(rows, linears):
                     linear(x)
-                queries, keys, probabilities, values = attention[chunks, tokens]
                 torch.matmul(queries, keys)
                 torch.matmul(probabilities, values)
 
-    linear_flops = sum(2 * chunks * tokens * k * n for chunks, tokens in passes for k, n in shapes)
-    attention_flops = sum(4 * chunks * heads * tokens * tokens * head_width for chunks, tokens in passes)
-    return run, config.num_hidden_layers * (linear_flops + attention_flops)
+    return run, config.num_hidden_layers * sum(chunks * layer_flops(config, tokens) for chunks, tokens in passes)
+
+
+def layer_flops(config, tokens):
+    """Multiply-add FLOPs (x2) of one block's Linear and attention products on one chunk of `tokens` (incl. CLS)."""
+    width = config.hidden_size
+    return 2 * tokens * (4 * width * width + 2 * width * config.intermediate_size) + 4 * tokens * tokens * width
 
 
 def encoder_flops(config, passes):
     """Multiply-add FLOPs (x2) of the encoder's matrix products over `passes` of (chunks, tokens incl. CLS)."""
-    width, depth = config.hidden_size, config.num_hidden_layers
     patch = config.patch_size[0] * config.patch_size[1]
     total = 0
     for chunks, tokens in passes:
-        per_layer = (
-            2 * tokens * (4 * width * width + 2 * width * config.intermediate_size) + 4 * tokens * tokens * width
+        total += chunks * (
+            config.num_hidden_layers * layer_flops(config, tokens) + 2 * (tokens - 1) * patch * config.hidden_size
         )
-        total += chunks * (depth * per_layer + 2 * (tokens - 1) * patch * width)
     return total
 
 
