@@ -74,3 +74,25 @@ def test_build_refuses_options_that_do_not_apply_to_the_task(tmp_path, capsys):
     assert cli_main([*sprsound, "--split_file", "split.txt"]) == 2
     assert "--split_file do(es) not apply to the SPRSound task sprsound-1-1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_option_given_at_its_default_value_is_still_refused_where_it_does_not_apply(tmp_path, capsys):
+    opera = ["tasks", "build", "T10", "--opera_root", str(OPERA), "--output_dir", str(tmp_path / "out")]
+    assert cli_main([*opera, "--validation_fraction", "0.2", "--validation_seed", "1337"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "resp-hf tasks: error: --validation_fraction, --validation_seed do(es) not apply to the OPERA task T10: "
+        "leave them out."
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_task_benchmark_refuses_a_split_file_none_of_its_tasks_reads_before_reading_data(tmp_path, capsys):
+    output = tmp_path / "out"
+    args = ["tasks", "benchmark", "--model", str(tmp_path / "no-model"), "--output_dir", str(output)]
+    args += ["--tasks", "sprsound-1-1,sprsound-2-1", "--sprsound_root", str(tmp_path / "no-release")]
+    assert cli_main([*args, "--split_file", "split.txt"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "resp-hf tasks: error: --split_file do(es) not apply to the SPRSound tasks sprsound-1-1, sprsound-2-1: "
+        "leave them out."
+    )
+    assert not output.exists()

@@ -369,8 +369,8 @@ def add_tasks_commands(subparsers):
     )
     listing.set_defaults(handler=run_tasks_list)
     split = OneLineErrorParser(add_help=False)
-    split.add_argument("--validation_fraction", type=float, default=0.2, help="patients moved from train (0: none)")
-    split.add_argument("--validation_seed", type=int, default=1337, help="seed of the validation patients")
+    split.add_argument("--validation_fraction", type=float, help="patients moved from train (0: none; default 0.2)")
+    split.add_argument("--validation_seed", type=int, help="seed of the validation patients (default 1337)")
     split.add_argument("--split_file", help="an ICBHI split file other than the official one")
     parents = [opera, data, split, saved_dataset_options()]
     build = commands.add_parser("build", parents=parents, help="Build one task; save it to disk.")

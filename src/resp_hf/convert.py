@@ -500,7 +500,7 @@ def convert_m2d_checkpoint(
         [`ConversionReport`]: the config, the dropped tensors per prefix and notes.
     """
     checkpoint_path, output_dir = Path(checkpoint_path), Path(output_dir)
-    check_output_folder(output_dir, overwrite, inputs=(checkpoint_path,))
+    check_output_folder(output_dir, overwrite, inputs=(checkpoint_path,), replaced=True)
     checkpoint = read_m2d_checkpoint(checkpoint_path, name)
     config = checkpoint.config
     model = RespM2DModel(config)

@@ -88,7 +88,9 @@ def export_onnx(model_folder, output_dir, overwrite: bool = False, int8: bool = 
     if not (model_folder / "config.json").is_file():
         problem = "has no config.json" if model_folder.is_dir() else "does not exist"
         raise ValueError(f"Model folder {model_folder} {problem}: pass a converted or fine-tuned resp_m2d folder.")
-    check_output_folder(output_dir, overwrite, option="overwrite=True (--overwrite)", inputs=(model_folder,))
+    check_output_folder(
+        output_dir, overwrite, option="overwrite=True (--overwrite)", inputs=(model_folder,), replaced=True
+    )
     config = RespM2DConfig.from_pretrained(model_folder)
     classifier = "RespM2DForAudioClassification" in (config.architectures or [])
     model_class = RespM2DForAudioClassification if classifier else RespM2DModel

@@ -19,17 +19,21 @@ def check_output_folder(
     name: str = "The output",
     may_hold: tuple[str, ...] = (),
     inputs: tuple[str | Path | None, ...] = (),
+    replaced: bool = False,
 ) -> None:
     """
     Refuses an output that is a file, that is or holds one of the run's `inputs` (replacing it would delete them), or
     a folder holding anything but `may_hold` (entries a new run reuses) unless `overwrite` is set. `option` is how
     the command's user sets it (None: the command cannot replace a folder) and `name` how the message calls the
-    output (e.g. the command's option).
+    output (e.g. the command's option). `replaced`: the run writes the folder whole with `atomic_folder`, which
+    refuses one holding the current folder; checked here too, so that the run fails before its work, not after.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{name} {path} is a file; pass a folder instead.")
     check_holds_no_input(path, inputs, name)
+    if replaced:
+        check_holds_no_current_folder(path)
     held = sorted(entry.name for entry in path.iterdir() if entry.name not in may_hold) if path.is_dir() else []
     if held and not overwrite:
         listing = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
@@ -42,6 +46,12 @@ def check_holds_no_input(path: Path, inputs: tuple[str | Path | None, ...], name
     for item in filter(None, inputs):
         if is_within(item, path):
             raise ValueError(f"{name} {path} is or holds the input {item}: choose another folder.")
+
+
+def check_holds_no_current_folder(path: Path) -> None:
+    """Refuses a folder to be replaced that is, or lies above, the current folder (links resolved)."""
+    if is_within(os.getcwd(), path):
+        raise ValueError(f"The output {path} is or holds the current folder, which replacing it would remove.")
 
 
 def is_within(path: str | Path, folder: str | Path) -> bool:
@@ -83,8 +93,7 @@ def atomic_folder(path):
     removed only then), on failure it is deleted and `path` is left as it was.
     """
     path = Path(path)
-    if is_within(os.getcwd(), path):
-        raise ValueError(f"The output {path} is or holds the current folder, which replacing it would remove.")
+    check_holds_no_current_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:

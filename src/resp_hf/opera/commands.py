@@ -64,7 +64,7 @@ def build_and_save(task_id, opera_root, output, allow_missing=False, overwrite=F
     replaces `output` (so a failed build leaves an earlier one intact); returns the summary text.
     """
     task = get_task(task_id)
-    check_output_folder(output, overwrite, option="overwrite=True (--overwrite)", inputs=(opera_root,))
+    check_output_folder(output, overwrite, option="overwrite=True (--overwrite)", inputs=(opera_root,), replaced=True)
     dataset, report = build_task(task.id, opera_root, allow_missing=allow_missing, return_report=True)
     with atomic_folder(output) as folder:
         write_task_folder(folder, task, dataset, report)

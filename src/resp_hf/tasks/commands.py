@@ -6,7 +6,7 @@ from ..opera import TASKS as OPERA_TASKS
 from ..opera.commands import build_and_save as build_opera_task
 from ..opera.commands import format_table, task_status
 from ..output_folders import atomic_folder, check_output_folder
-from .finetune_benchmark import TASKS, TaskBenchmarkSettings, build_task_dataset, get_task
+from .finetune_benchmark import TASKS, TaskBenchmarkSettings, build_task_dataset, check_options_apply, get_task
 from .icbhi import OFFICIAL_COUNTS, IcbhiDataError, locate
 from .segments import files_by_stem
 from .sprsound import SPLIT_FOLDERS, find_folders
@@ -20,13 +20,6 @@ SOURCES = {
         "SPRSound (https://github.com/SJTU-YONGFU-RESEARCH-GRP/SPRSound): *_wav/ + *_json/ folders",
         "CC BY 4.0 (IEEE DataPort challenge pages)",
     ),
-}
-# The build options of the cycle/event tasks (Python name: command-line flag) and the datasets they apply to.
-BUILD_OPTIONS = {
-    "split_file": ("--split_file", ("icbhi",)),
-    "validation_fraction": ("--validation_fraction", ("icbhi", "sprsound")),
-    "validation_seed": ("--validation_seed", ("icbhi", "sprsound")),
-    "skip_invalid": ("--skip_invalid_cycles", ("icbhi", "sprsound")),
 }
 DESCRIPTIONS = {
     "icbhi-4class": "ICBHI cycles: normal / crackle / wheeze / both (Sp, Se, Score)",
@@ -70,28 +63,6 @@ def list_all_tasks(opera_root=None, icbhi_root=None, sprsound_root=None):
     return format_table(header, rows) + footer
 
 
-def check_options_apply(name: str, dataset: str, settings: TaskBenchmarkSettings, skip_invalid: bool) -> None:
-    """
-    Refuses the build options given for a task they do not apply to (`dataset`: "opera", "icbhi" or "sprsound"):
-    an option that differs from its default would otherwise be ignored.
-    """
-    defaults = TaskBenchmarkSettings()
-    given = {
-        "split_file": (settings.split_file, defaults.split_file),
-        "validation_fraction": (settings.validation_fraction, defaults.validation_fraction),
-        "validation_seed": (settings.validation_seed, defaults.validation_seed),
-        "skip_invalid": (skip_invalid, False),
-    }
-    unused = [
-        f"{option}={value!r} ({BUILD_OPTIONS[option][0]})"
-        for option, (value, default) in given.items()
-        if value != default and dataset not in BUILD_OPTIONS[option][1]
-    ]
-    if unused:
-        source = {"opera": "OPERA", "icbhi": "ICBHI", "sprsound": "SPRSound"}[dataset]
-        raise ValueError(f"{', '.join(unused)} do(es) not apply to the {source} task {name}: leave them out.")
-
-
 def build_and_save_task(
     name,
     output,
@@ -108,14 +79,15 @@ def build_and_save_task(
     """
     settings = settings or TaskBenchmarkSettings()
     if name.upper() in OPERA_TASKS or name in {task.name for task in OPERA_TASKS.values()}:
-        check_options_apply(name, "opera", settings, skip_invalid)
+        check_options_apply(name, {"opera"}, settings, skip_invalid)
         if opera_root is None:
             raise ValueError(f"{name} is an OPERA task: pass --opera-root.")
         return build_opera_task(name, opera_root, output, overwrite=overwrite)
     task = get_task(name)
-    check_options_apply(name, task.dataset, settings, skip_invalid)
+    check_options_apply(name, {task.dataset}, settings, skip_invalid)
     inputs = (icbhi_root, sprsound_root)
-    check_output_folder(output, overwrite, option="overwrite=True (--overwrite)", inputs=inputs)  # before reading
+    # before reading anything
+    check_output_folder(output, overwrite, option="overwrite=True (--overwrite)", inputs=inputs, replaced=True)
     dataset, report = build_task_dataset(task, {"icbhi": icbhi_root, "sprsound": sprsound_root}, settings, skip_invalid)
     with atomic_folder(output) as folder:
         dataset.save_to_disk(str(folder))

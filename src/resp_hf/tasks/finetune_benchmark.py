@@ -88,6 +88,14 @@ TASKS = {
     "sprsound-2-2": ChallengeTask("sprsound-2-2", "sprsound", "label", "sprsound", "record_multiclass"),
 }
 MAIN_METRIC = {"icbhi": "icbhi_score", "sprsound": "score"}
+DATASET_NAMES = {"opera": "OPERA", "icbhi": "ICBHI", "sprsound": "SPRSound"}
+# The build options of the cycle/event tasks (Python name: command-line flag) and the datasets they apply to.
+BUILD_OPTIONS = {
+    "split_file": ("--split_file", ("icbhi",)),
+    "validation_fraction": ("--validation_fraction", ("icbhi", "sprsound")),
+    "validation_seed": ("--validation_seed", ("icbhi", "sprsound")),
+    "skip_invalid": ("--skip_invalid_cycles", ("icbhi", "sprsound")),
+}
 
 
 @dataclass
@@ -100,8 +108,8 @@ class TaskBenchmarkSettings:
     epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
-    validation_fraction: float = 0.2
-    validation_seed: int = 1337
+    validation_fraction: float | None = None  # of the training patients; None: the dataset's default (0.2)
+    validation_seed: int | None = None  # None: the dataset's default (1337)
     split_file: str | None = None  # an ICBHI split file other than the official one (tests)
     select_epoch_on: str = "validation"  # or a test split: the published scripts' choice (optimistic)
 
@@ -121,17 +129,38 @@ def recipe_for(task, protocol, settings):
     return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
 
 
+def check_options_apply(names: str, datasets: set[str], settings: TaskBenchmarkSettings, skip_invalid=False) -> None:
+    """
+    Refuses the build options given (not None; `skip_invalid` set) for tasks `names` whose `datasets` ("opera",
+    "icbhi", "sprsound") they apply to none of: such an option would otherwise be ignored.
+    """
+    given = {
+        "split_file": settings.split_file,
+        "validation_fraction": settings.validation_fraction,
+        "validation_seed": settings.validation_seed,
+        "skip_invalid": skip_invalid or None,
+    }
+    unused = [
+        f"{option}={value!r} ({BUILD_OPTIONS[option][0]})"
+        for option, value in given.items()
+        if value is not None and not datasets & set(BUILD_OPTIONS[option][1])
+    ]
+    if unused:
+        sources = " and ".join(sorted(DATASET_NAMES[dataset] for dataset in datasets))
+        tasks = "task" if "," not in names else "tasks"
+        raise ValueError(f"{', '.join(unused)} do(es) not apply to the {sources} {tasks} {names}: leave them out.")
+
+
 def build_task_dataset(task, roots, settings, skip_invalid=False):
     """`(DatasetDict, report)` of a task from `roots` (`{"icbhi": folder, "sprsound": folder}`)."""
     root = roots.get(task.dataset)
     if root is None:
         raise ValueError(f"Task {task.name} needs the {task.dataset} data: pass --{task.dataset}-root.")
+    given = {"validation_fraction": settings.validation_fraction, "seed": settings.validation_seed}
+    options = {name: value for name, value in given.items() if value is not None}  # else the dataset's defaults
     if task.dataset == "icbhi":
-        return build_icbhi_cycles(
-            root, settings.split_file, settings.validation_fraction, settings.validation_seed, skip_invalid
-        )
-    fraction, seed = settings.validation_fraction, settings.validation_seed
-    return build_sprsound(root, task.sprsound_task, fraction, seed, skip_invalid)
+        return build_icbhi_cycles(root, settings.split_file, skip_invalid=skip_invalid, **options)
+    return build_sprsound(root, task.sprsound_task, skip_invalid=skip_invalid, **options)
 
 
 def class_weights(labels, num_labels):
@@ -340,6 +369,7 @@ def run_task_benchmark(
     output_dir = Path(output_dir)
     check_output_folder(output_dir, overwrite, option="overwrite=True (--overwrite)")
     tasks = [get_task(name) for name in task_names]
+    check_options_apply(", ".join(task_names), {task.dataset for task in tasks}, settings)
     for task in tasks:
         for protocol in settings.protocols:
             recipe_for(task, protocol, settings)  # an unknown protocol fails before any data is read

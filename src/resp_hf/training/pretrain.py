@@ -44,6 +44,7 @@ from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DMod
 from ..output_folders import (
     atomic_file,
     atomic_folder,
+    check_holds_no_current_folder,
     check_output_folder,
     is_within,
     remove_outputs,
@@ -69,9 +70,10 @@ TRAIN_STATE_FILE = "train_state.json"
 RNG_STATE_FILE = "rng_state_{}.safetensors"
 MANIFEST_FILE = "checkpoint.json"
 LOG_FILE = "training_log.csv"  # one row per logged step
+ENCODER_FOLDER = "encoder"  # the trained encoder
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "ema_decay", "samples_per_second")
 # What a run writes in --output-dir (`pretrain` is the TensorBoard run folder); --overwrite removes these only.
-RUN_OUTPUTS = ("checkpoints", "encoder", LOG_FILE, "loss.png", "pretrain")
+RUN_OUTPUTS = ("checkpoints", ENCODER_FOLDER, LOG_FILE, "loss.png", "pretrain")
 PREDICTOR_OPTIONS_IGNORED = "the predictor keeps its saved size (--predictor-* options do not apply)"
 # What decides a run's losses step by step, recorded in each checkpoint and compared when it is resumed: the encoder
 # config fields that shape pre-training (front end, sizes, activation, dropout, normalization), these options, and
@@ -528,8 +530,10 @@ def check_output_dir(output_dir: Path, args: argparse.Namespace) -> None:
     """
     Refuses an earlier run's folder unless the run continues it (with a readable training log) or --overwrite
     replaces it; a checkpoint of another run is resumed into a non-empty folder only with --overwrite. The folder
-    may hold none of the run's inputs.
+    may hold none of the run's inputs, and none of the outputs the run replaces may hold the current folder.
     """
+    for name in RUN_OUTPUTS:
+        check_holds_no_current_folder(output_dir / name)
     if continues_run_in(output_dir, args.resume):
         if args.overwrite:
             raise ValueError("--resume continues the run in --output-dir and --overwrite replaces it: pass only one.")
@@ -826,10 +830,10 @@ def export_run(run: PretrainingRun, args: argparse.Namespace, state: TrainState)
     """The online encoder as `--output-dir/encoder` and the loss curve as `loss.png` (main process)."""
     output_dir = Path(args.output_dir)
     if run.accelerator.is_main_process:
-        export_encoder(run.accelerator.unwrap_model(run.model), output_dir / "encoder", args, state.step)
+        export_encoder(run.accelerator.unwrap_model(run.model), output_dir / ENCODER_FOLDER, args, state.step)
         if (output_dir / LOG_FILE).is_file():
             plot_loss(output_dir / LOG_FILE, output_dir / "loss.png")
-    run.accelerator.print(f"Exported the online encoder to {output_dir / 'encoder'}")
+    run.accelerator.print(f"Exported the online encoder to {output_dir / ENCODER_FOLDER}")
 
 
 def train(args: argparse.Namespace) -> int:

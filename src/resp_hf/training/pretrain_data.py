@@ -215,7 +215,7 @@ def precompute_log_mels(input_dir, output_dir, config, progress=True, min_second
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     dataset = LogMelUnits([], config, min_seconds=min_seconds)  # checks min_seconds before anything is read
-    check_output_folder(output_dir, overwrite, inputs=(input_dir,))
+    check_output_folder(output_dir, overwrite, inputs=(input_dir,), replaced=True)
     audio = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not audio:
         raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) under {input_dir}.")
@@ -330,7 +330,7 @@ def build_pretraining_lists(
     respiratory list x `respiratory_repeat`. Returns the counts and notes.
     """
     output_dir = Path(output_dir)
-    check_output_folder(output_dir, overwrite, inputs=(icbhi, hf_lung, coughvid, audioset))
+    check_output_folder(output_dir, overwrite, inputs=(icbhi, hf_lung, coughvid, audioset), replaced=True)
     icbhi_train, icbhi_missing = icbhi_training_recordings(icbhi)
     parts = {
         "icbhi_train": icbhi_train,
