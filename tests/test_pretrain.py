@@ -1,3 +1,4 @@
+import argparse
 import csv
 import json
 import math
@@ -885,6 +886,40 @@ def test_a_nan_npy_log_mel_read_by_a_worker_stops_pretraining_with_an_error_nami
         == f"resp-hf pretrain: error: {damaged} holds NaN or Inf values: the log-mel is damaged; compute it again."
     )
     assert not (tmp_path / "run" / "encoder").exists()
+
+
+class ClipsWithOneFault(torch.utils.data.Dataset):
+    """Two readable clips, then one whose reading fails with `error` (a bug for TypeError, bad data for ValueError)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, index):
+        if index == 2:
+            read_the_faulty_clip(self.error)
+        return torch.zeros(80, 16)
+
+
+def read_the_faulty_clip(error):
+    raise error("the third clip")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_workers_unexpected_error_reaches_the_main_process_with_the_workers_traceback(workers):
+    arguments = argparse.Namespace(batch_size=1, num_workers=workers, seed=0)
+    for error, noted in ((TypeError, workers > 0), (ValueError, False)):
+        batches = list(pretrain.training_loader(ClipsWithOneFault(error), arguments))
+        [raised] = [batch for batch in batches if isinstance(batch, Exception)]
+        assert type(raised) is error and str(raised) == "the third clip" and len(batches) == 3
+        notes = getattr(raised, "__notes__", [])
+        if noted:  # the frame that raised it, which pickling the error to the main process drops
+            [note] = notes
+            assert note.startswith("Raised in a DataLoader worker:\nTraceback") and "read_the_faulty_clip" in note
+        else:  # bad data gets its one-line message; in the main process the traceback is the error's own
+            assert notes == []
 
 
 def test_a_non_finite_loss_stops_training_before_the_weights_change(log_mel_list, tmp_path, monkeypatch, capsys):

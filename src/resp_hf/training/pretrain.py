@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -702,7 +703,8 @@ class ErrorsAsItems(torch.utils.data.Dataset):
     """
     `dataset` with the error of an item that cannot be read in its place, for the training loop to raise in the main
     process: raised in a DataLoader worker, it would come wrapped in the worker's traceback, and keep the workers
-    (which ignore SIGTERM) and so the run alive after it failed.
+    (which ignore SIGTERM) and so the run alive after it failed. An error other than a `ValueError` (a bug, not bad
+    data) carries the worker's traceback as a note, which passing it to the main process would otherwise lose.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset):
@@ -715,6 +717,8 @@ class ErrorsAsItems(torch.utils.data.Dataset):
         try:
             return self.dataset[index]
         except Exception as error:
+            if not isinstance(error, ValueError) and torch.utils.data.get_worker_info() is not None:
+                error.add_note(f"Raised in a DataLoader worker:\n{traceback.format_exc().rstrip()}")
             return error
 
 
