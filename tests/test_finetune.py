@@ -557,3 +557,42 @@ def test_a_training_split_with_one_class_present_is_refused(encoder_folder, tmp_
     arguments = finetune_arguments(encoder_folder, tmp_path / "saved", tmp_path / "out", "--eval_split", "train")
     with pytest.raises(ValueError, match=r"has recordings of \['copd'\] only \(classes: \['healthy', 'copd'\]\)"):
         finetune(*build_parser().parse_args_into_dataclasses(args=arguments))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--per_device_train_batch_size", "-2"], "--per_device_train_batch_size must be at least 1, got -2."),
+        (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size must be at least 1, got 0."),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0."),
+        (["--learning_rate", "-1"], "--learning_rate must be a finite number above 0, got -1.0."),
+        (
+            ["--num_train_epochs", "0"],
+            "--num_train_epochs must be a finite number above 0 when --max_steps does not set the length, got 0.0.",
+        ),
+    ],
+)
+def test_training_settings_that_fail_late_or_train_nothing_are_refused_before_loading(tmp_path, capsys, extra, message):
+    output = tmp_path / "out"
+    arguments = ["finetune", "--model_name_or_path", str(tmp_path / "absent"), "--dataset", str(tmp_path / "absent")]
+    assert cli_main([*arguments, "--output_dir", str(output), *extra]) == 2
+    assert capsys.readouterr().err == f"resp-hf finetune: error: {message}\n"  # before the model or data is looked for
+    assert not output.exists()
+    assert cli_main([*arguments, "--output_dir", str(output), "--num_train_epochs", "0", "--max_steps", "2"]) == 2
+    assert "absent" in capsys.readouterr().err  # --max_steps sets the length: refused for the missing data only
+
+
+def test_a_failed_runs_folder_is_refused_advising_resume_only_when_it_holds_a_checkpoint(tmp_path, capsys):
+    output = tmp_path / "out"
+    (output / "checkpoints").mkdir(parents=True)  # left by a run that failed before its first save
+    arguments = ["finetune", "--model_name_or_path", str(tmp_path / "absent"), "--dataset", str(tmp_path / "absent")]
+    assert cli_main([*arguments, "--output_dir", str(output)]) == 2
+    assert capsys.readouterr().err == (
+        f"resp-hf finetune: error: The output folder {output} is not empty; it already holds checkpoints: pass "
+        "--overwrite_output_dir to replace it, or choose another folder.\n"
+    )
+    (output / "checkpoints" / "checkpoint-2").mkdir()
+    assert cli_main([*arguments, "--output_dir", str(output)]) == 2
+    assert (
+        "pass --resume_from_checkpoint latest to continue its run, or --overwrite_output_dir" in capsys.readouterr().err
+    )

@@ -742,6 +742,59 @@ def test_min_seconds_outside_0_to_600_is_refused_before_anything_is_written(reco
         LogMelUnits([], RespM2DConfig(**TINY), min_seconds=float(seconds))
 
 
+@pytest.mark.parametrize(
+    "option, value, problem",
+    [
+        ("--max_grad_norm", "-1", "must be a finite number above 0, got -1"),  # torch would flip the gradients
+        ("--max_grad_norm", "0", "must be a finite number above 0, got 0"),
+        ("--base_lr", "nan", "must be a finite number above 0, got nan"),
+        ("--weight_decay", "-0.05", "must be a finite number of at least 0, got -0.05"),
+        ("--warmup_epochs", "-3", "must be a finite number of at least 0, got -3"),
+        ("--warmup_epochs", "inf", "must be a finite number of at least 0, got inf"),
+        ("--ema_start", "2", "must be a number from 0 to 1, got 2"),
+        ("--ema_end", "-0.1", "must be a number from 0 to 1, got -0.1"),
+        ("--mask_ratio", "1.5", "must be a number above 0 and below 1, got 1.5"),
+        ("--mask_ratio", "0", "must be a number above 0 and below 1, got 0"),
+        ("--predictor_width", "0", "must be at least 1, got 0"),
+        ("--predictor_depth", "0", "must be at least 1, got 0"),
+        ("--predictor_heads", "-4", "must be at least 1, got -4"),
+        ("--norm_stats_crops", "0", "must be at least 1, got 0"),
+        ("--per_device_train_batch_size", "-2", "must be at least 1, got -2"),
+        ("--gradient_accumulation_steps", "0", "must be at least 1, got 0"),
+        ("--effective_batch_size", "-64", "must be at least 1, got -64"),
+        ("--num_train_epochs", "0", "must be at least 1, got 0"),  # would export the untrained encoder
+        ("--max_steps", "-1", "must be at least 1, got -1"),
+        ("--save_steps", "0", "must be at least 1, got 0"),
+        ("--logging_steps", "0", "must be at least 1, got 0"),
+    ],
+)
+def test_harmful_numbers_are_refused_naming_the_option_before_anything_is_written(
+    tmp_path, capsys, option, value, problem
+):
+    output = tmp_path / "run"
+    arguments = ["pretrain", "--init", "scratch", "--data", "x.csv", "--output-dir", str(output), option, value]
+    with pytest.raises(SystemExit) as exit:
+        cli_main(arguments)
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert error == f"resp-hf pretrain: error: argument {option}: {problem} (see `resp-hf pretrain --help`)\n"
+    assert not output.exists()
+
+
+def test_a_failed_runs_folder_is_refused_advising_resume_only_when_it_holds_a_checkpoint(tmp_path, capsys):
+    output = tmp_path / "run"
+    (output / "pretrain").mkdir(parents=True)  # the TensorBoard logs of a run that failed before its first save
+    arguments = ["pretrain", "--init", "scratch", "--data", "x.csv", "--output-dir", str(output)]
+    assert cli_main(arguments) == 2
+    assert capsys.readouterr().err == (
+        f"resp-hf pretrain: error: The output folder {output} is not empty; it already holds pretrain: pass "
+        "--overwrite to replace it, or choose another folder.\n"
+    )
+    (output / "checkpoints" / "step-2").mkdir(parents=True)
+    assert cli_main(arguments) == 2
+    assert "pass --resume latest to continue it, or --overwrite to replace it" in capsys.readouterr().err
+
+
 def test_audio_shorter_than_min_seconds_is_zero_padded_before_the_log_mel(recordings, tmp_path):
     config = RespM2DConfig(**TINY)
     path = sorted((recordings / "breath").glob("*.wav"))[0]

@@ -163,3 +163,51 @@ def test_logmel_and_pretrain_data_refuse_an_output_folder_that_holds_their_input
     assert cli_main(command(datasets, datasets["coughvid"], "--overwrite")) == 2
     assert f"is or holds the input {datasets['coughvid']}" in capsys.readouterr().err
     assert (datasets["coughvid"] / "metadata_compiled.csv").is_file() and len(list(audio.glob("*.wav"))) == 3
+
+
+def refusal(capsys):
+    """The one line a refused `resp-hf pretrain-data` run prints."""
+    error = capsys.readouterr().err
+    assert error.startswith("resp-hf pretrain-data: error: ") and error.count("\n") == 1
+    return error
+
+
+def add_coughvid_row(datasets, uuid, score):
+    with open(datasets["coughvid"] / "metadata_compiled.csv", "a", newline="") as handle:
+        csv.writer(handle).writerow([uuid, "2020-04-13", score, "healthy"])
+
+
+def test_a_coughvid_uuid_listed_twice_is_refused_naming_both_lines(datasets, tmp_path, capsys):
+    add_coughvid_row(datasets, "a1", "0.99")
+    assert cli_main(command(datasets, tmp_path / "lists")) == 2
+    metadata = datasets["coughvid"] / "metadata_compiled.csv"
+    assert f"{metadata}, line 7: uuid a1 is listed again (first on line 2)." in refusal(capsys)
+    assert not (tmp_path / "lists").exists()
+
+
+@pytest.mark.parametrize("score", ["nan", "1.5", "-0.1", "inf", "high"])
+def test_a_coughvid_score_that_is_not_from_0_to_1_is_refused_naming_the_line(datasets, tmp_path, capsys, score):
+    add_coughvid_row(datasets, "f6", score)
+    write_wav(datasets["coughvid"] / "f6.wav")
+    assert cli_main(command(datasets, tmp_path / "lists")) == 2
+    metadata = datasets["coughvid"] / "metadata_compiled.csv"
+    assert f"{metadata}, line 7: cough_detected is {score!r}, not a score from 0 to 1." in refusal(capsys)
+    assert not (tmp_path / "lists").exists()
+
+
+@pytest.mark.parametrize("threshold", ["nan", "5", "-0.5", "1"])
+def test_a_cough_threshold_that_keeps_nothing_is_refused_before_any_work(datasets, tmp_path, capsys, threshold):
+    (datasets["icbhi"].parent / "ICBHI_challenge_train_test.txt").unlink()  # not reached: refused first
+    assert cli_main(command(datasets, tmp_path / "lists", "--cough_threshold", threshold)) == 2
+    expected = f"--cough_threshold must be at least 0 and below 1 (paper: 0.95), got {float(threshold)}."
+    assert expected in refusal(capsys)
+    assert not (tmp_path / "lists").exists()
+
+
+def test_an_audioset_list_naming_missing_files_is_refused_naming_the_first(datasets, tmp_path, capsys):
+    audioset = tmp_path / "audioset.csv"
+    audioset.write_text(f"path\n{datasets['audioset'] / 'clip0.wav'}\nmissing.wav\n{tmp_path / 'gone.wav'}\n")
+    assert cli_main([*command(datasets, tmp_path / "lists"), "--audioset", str(audioset)]) == 2
+    expected = f"{audioset} lists 2 files that do not exist (first: line 3, {tmp_path / 'missing.wav'})"
+    assert expected in refusal(capsys)
+    assert not (tmp_path / "lists").exists()

@@ -281,18 +281,37 @@ def parse_classifier_layer(value):
         raise ValueError(f"--classifier_layer must be None, 'weighted' or a layer index, got {value!r}.") from None
 
 
+def check_training_arguments(training_args: TrainingArguments) -> None:
+    """
+    Refuses, before anything is loaded, batch sizes and a learning rate that Trainer would reject only once the model
+    is loaded, and a run that would train nothing (no epochs, no --max_steps).
+    """
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(training_args, name)}.")
+    if not 0 < training_args.learning_rate < math.inf:
+        raise ValueError(f"--learning_rate must be a finite number above 0, got {training_args.learning_rate}.")
+    if training_args.max_steps <= 0 and not 0 < training_args.num_train_epochs < math.inf:
+        raise ValueError(
+            f"--num_train_epochs must be a finite number above 0 when --max_steps does not set the length, got "
+            f"{training_args.num_train_epochs}."
+        )
+
+
 def prepare_output_dir(output_dir: Path, overwrite: bool, checkpoint: Path | None) -> bool:
     """
     Refuses to mix a new run into a folder that holds files, unless resuming one of its own checkpoints or told to
-    overwrite. Returns whether the run replaces the folder's earlier run (a run resumed from another folder's
-    checkpoint is a new run here): the caller removes its outputs (`RUN_OUTPUTS`) once every check has passed, so
-    that nothing of it is taken for the new run.
+    overwrite (advising to resume only when the folder holds a checkpoint). Returns whether the run replaces the
+    folder's earlier run (a run resumed from another folder's checkpoint is a new run here): the caller removes its
+    outputs (`RUN_OUTPUTS`) once every check has passed, so that nothing of it is taken for the new run.
     """
     own = checkpoint is not None and is_within(checkpoint, output_dir / CHECKPOINTS_DIR)
-    if checkpoint is None or own:
+    if checkpoint is not None and not own:
+        option = f"--overwrite_output_dir (resuming from {checkpoint}, which is not one of its checkpoints)"
+    elif latest_checkpoint(output_dir) is not None:
         option = "--resume_from_checkpoint latest to continue its run, or --overwrite_output_dir"
     else:
-        option = f"--overwrite_output_dir (resuming from {checkpoint}, which is not one of its checkpoints)"
+        option = "--overwrite_output_dir"
     check_output_folder(output_dir, overwrite or own, option=option, name="--output_dir")
     return overwrite and not own
 
@@ -356,14 +375,21 @@ def resume_checkpoint(value):
     return True if value in ("latest", "true", "True") else value
 
 
+def latest_checkpoint(output_dir: Path) -> str | None:
+    """The latest checkpoint in `output_dir/checkpoints`, or None."""
+    checkpoints = output_dir / CHECKPOINTS_DIR
+    return get_last_checkpoint(checkpoints) if checkpoints.is_dir() else None
+
+
 def checkpoint_to_resume(output_dir: Path, resume: str | bool) -> Path:
     """The checkpoint folder `--resume_from_checkpoint` names (True: the latest in `output_dir/checkpoints`)."""
     if resume is not True:
         return Path(resume)
-    checkpoints = output_dir / CHECKPOINTS_DIR
-    latest = get_last_checkpoint(checkpoints) if checkpoints.is_dir() else None
+    latest = latest_checkpoint(output_dir)
     if latest is None:
-        raise FileNotFoundError(f"--resume_from_checkpoint latest: there is no checkpoint in {checkpoints}.")
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint latest: there is no checkpoint in {output_dir / CHECKPOINTS_DIR}."
+        )
     return Path(latest)
 
 
@@ -466,6 +492,7 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments) -> tuple
     Fine-tunes, evaluates and saves the best model (Hub-ready, with a card) in `training_args.output_dir`; Trainer's
     checkpoints go to its `checkpoints/` subfolder. Returns `(trainer, results)`.
     """
+    check_training_arguments(training_args)
     output_dir = Path(training_args.output_dir)
     resume = resume_checkpoint(training_args.resume_from_checkpoint)
     checkpoint = checkpoint_to_resume(output_dir, resume) if resume is not None else None

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .. import cards
-from ..cli import OneLineErrorParser, RawDescriptionCanonicalSpellingFormatter
+from ..cli import OneLineErrorParser, RawDescriptionCanonicalSpellingFormatter, positive_int
 from ..convert import architecture_of, check_checkpoint_fits, file_sha256, load_checkpoint, read_m2d_checkpoint
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from ..output_folders import (
@@ -259,6 +259,24 @@ def plot_loss(log_path, output_path):
     plt.close(figure)
 
 
+def number_argument(description, accepts):
+    """An argparse type: a number for which `accepts` holds (NaN never does), else an error saying it must be one."""
+
+    def number(text):
+        value = float(text)
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {description}, got {text}")
+        return value
+
+    return number
+
+
+POSITIVE_NUMBER = number_argument("a finite number above 0", lambda value: 0 < value < math.inf)
+NON_NEGATIVE_NUMBER = number_argument("a finite number of at least 0", lambda value: 0 <= value < math.inf)
+EMA_DECAY = number_argument("a number from 0 to 1", lambda value: 0 <= value <= 1)
+MASK_RATIO = number_argument("a number above 0 and below 1", lambda value: 0 < value < 1)
+
+
 def build_parser(recipe=None):
     """
     The options; a recipe from `recipes.RECIPES` replaces their defaults (explicit options still win). The canonical
@@ -298,7 +316,10 @@ def build_parser(recipe=None):
         "or MEAN,STD written with '=' when the mean is negative: --norm_stats=-7.1,4.2",
     )
     parser.add_argument(
-        "--norm_stats_crops", type=int, default=5000, help="random unit-size crops for --norm_stats compute (M2D: 5000)"
+        "--norm_stats_crops",
+        type=positive_int,
+        default=5000,
+        help="random unit-size crops for --norm_stats compute (M2D: 5000)",
     )
     parser.add_argument(
         "--min_seconds",
@@ -307,34 +328,41 @@ def build_parser(recipe=None):
         help="zero-pad shorter audio to this length before the log-mel (M2D's wav_to_lms.py: 6.1); .npy items "
         "are used as stored",
     )
-    parser.add_argument("--predictor_width", type=int, default=512, help="predictor ViT width (M2D: 512)")
-    parser.add_argument("--predictor_depth", type=int, default=8, help="predictor blocks (M2D: 8)")
-    parser.add_argument("--predictor_heads", type=int, default=16, help="predictor heads (M2D: 16)")
-    parser.add_argument("--num_train_epochs", "--epochs", dest="epochs", type=int, default=50)
-    parser.add_argument("--max_steps", type=int, help="stop after this many optimizer steps (smoke runs)")
+    parser.add_argument("--predictor_width", type=positive_int, default=512, help="predictor ViT width (M2D: 512)")
+    parser.add_argument("--predictor_depth", type=positive_int, default=8, help="predictor blocks (M2D: 8)")
+    parser.add_argument("--predictor_heads", type=positive_int, default=16, help="predictor heads (M2D: 16)")
+    parser.add_argument("--num_train_epochs", "--epochs", dest="epochs", type=positive_int, default=50)
+    parser.add_argument("--max_steps", type=positive_int, help="stop after this many optimizer steps (smoke runs)")
     parser.add_argument(
-        "--per_device_train_batch_size", "--batch-size", dest="batch_size", type=int, default=64, help="per process"
+        "--per_device_train_batch_size",
+        "--batch-size",
+        dest="batch_size",
+        type=positive_int,
+        default=64,
+        help="per process",
     )
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     parser.add_argument(
         "--effective_batch_size",
-        type=int,
+        type=positive_int,
         help="sets --gradient_accumulation_steps to this / (--per_device_train_batch_size x processes), which must "
         "divide it",
     )
-    parser.add_argument("--base_lr", type=float, default=3e-4, help="scaled by effective batch / 256")
-    parser.add_argument("--warmup_epochs", type=float, default=4.0, help="linear warm-up, then cosine decay to 0")
+    parser.add_argument("--base_lr", type=POSITIVE_NUMBER, default=3e-4, help="scaled by effective batch / 256")
+    parser.add_argument(
+        "--warmup_epochs", type=NON_NEGATIVE_NUMBER, default=4.0, help="linear warm-up, then cosine decay to 0"
+    )
     parser.add_argument(
         "--max_grad_norm",
         "--clip-grad",
         dest="clip_grad",
-        type=float,
+        type=POSITIVE_NUMBER,
         help="clip the gradient norm to this (default: no clipping)",
     )
-    parser.add_argument("--weight_decay", type=float, default=0.05)
-    parser.add_argument("--mask_ratio", type=float, default=0.7)
-    parser.add_argument("--ema_start", type=float, default=0.99995)
-    parser.add_argument("--ema_end", type=float, default=0.99999)
+    parser.add_argument("--weight_decay", type=NON_NEGATIVE_NUMBER, default=0.05)
+    parser.add_argument("--mask_ratio", type=MASK_RATIO, default=0.7)
+    parser.add_argument("--ema_start", type=EMA_DECAY, default=0.99995)
+    parser.add_argument("--ema_end", type=EMA_DECAY, default=0.99999)
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument(
         "--use_cpu", "--cpu", dest="cpu", action="store_true", help="train on CPU processes even when GPUs are present"
@@ -345,11 +373,11 @@ def build_parser(recipe=None):
         "--save_steps",
         "--save-every",
         dest="save_every",
-        type=int,
+        type=positive_int,
         default=1000,
         help="save_state every N optimizer steps",
     )
-    parser.add_argument("--logging_steps", "--log-every", dest="log_every", type=int, default=10)
+    parser.add_argument("--logging_steps", "--log-every", dest="log_every", type=positive_int, default=10)
     parser.add_argument(
         "--resume_from_checkpoint",
         "--resume",
@@ -530,8 +558,9 @@ def continues_run_in(output_dir: Path, resume: str | None) -> bool:
 def check_output_dir(output_dir: Path, args: argparse.Namespace) -> None:
     """
     Refuses an earlier run's folder unless the run continues it (with a readable training log) or --overwrite
-    replaces it; a checkpoint of another run is resumed into a non-empty folder only with --overwrite. The folder
-    may hold none of the run's inputs, and none of the outputs the run replaces may hold the current folder.
+    replaces it (the refusal advises --resume only when the folder holds a checkpoint); a checkpoint of another run
+    is resumed into a non-empty folder only with --overwrite. The folder may hold none of the run's inputs, and none
+    of the outputs the run replaces may hold the current folder.
     """
     for name in RUN_OUTPUTS:
         check_holds_no_current_folder(output_dir / name)
@@ -543,7 +572,8 @@ def check_output_dir(output_dir: Path, args: argparse.Namespace) -> None:
         return
     init = () if args.init == "scratch" else (args.init,)
     inputs = (*init, *(parse_source(spec)[0] for spec in args.data if not spec.startswith("hf:")))  # Hub ids: not here
-    option = "--overwrite" if args.resume else "--resume latest to continue it, or --overwrite"
+    resumable = not args.resume and complete_checkpoints(output_dir)
+    option = "--resume latest to continue it, or --overwrite" if resumable else "--overwrite"
     try:
         check_output_folder(output_dir, args.overwrite, option=option, name="--output-dir", inputs=inputs)
     except ValueError as error:

@@ -5,6 +5,7 @@ repetition, cropped to units.
 
 import argparse
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,19 @@ def file_paths(location):
     raise FileNotFoundError(
         f"Pre-training source not found: {location} (a .csv file list, a folder, a saved dataset or hf:<dataset>)."
     )
+
+
+def listed_files(location):
+    """The paths of a CSV file list or a folder (`file_paths`), refused when the list names files that do not exist."""
+    paths = file_paths(location)
+    missing = [(number, path) for number, path in enumerate(paths, start=2) if not Path(path).is_file()]
+    if missing:
+        number, path = missing[0]
+        raise FileNotFoundError(
+            f"{location} lists {len(missing)} files that do not exist (first: line {number}, {path}); remove them or "
+            "fix their paths."
+        )
+    return paths
 
 
 def dataset_rows(name, split, audio_column):
@@ -284,8 +298,17 @@ def folder_recordings(folder):
     return sorted(path for path in folder.rglob("*") if path.suffix.lower() in AUDIO_EXTENSIONS)
 
 
+def check_cough_threshold(threshold):
+    """Refuses a `cough_detected` threshold that would keep no recording or compare with nothing (NaN)."""
+    if not 0 <= threshold < 1:
+        raise ValueError(f"--cough_threshold must be at least 0 and below 1 (paper: 0.95), got {threshold}.")
+
+
 def coughvid_recordings(folder, threshold=0.95):
-    """CoughVID recordings whose `cough_detected` score (in `metadata_compiled.csv`) is above `threshold`."""
+    """
+    CoughVID recordings whose `cough_detected` score (in `metadata_compiled.csv`) is above `threshold`. A row without
+    a score (an empty field) is left out; a score that is not a number from 0 to 1, or a uuid listed twice, is refused.
+    """
     folder = Path(folder)
     metadata = folder / COUGHVID_METADATA
     if not metadata.is_file():
@@ -295,22 +318,38 @@ def coughvid_recordings(folder, threshold=0.95):
     if rows and not {"uuid", "cough_detected"} <= set(rows[0]):
         raise ValueError(f"{metadata} has no 'uuid' and 'cough_detected' columns (found {list(rows[0])}).")
     audio = {path.stem: path for path in folder_recordings(folder)}
-    chosen, missing = [], []
+    chosen, missing, first_line = [], [], {}
     for number, row in enumerate(rows, start=2):
-        try:
-            score = float(row["cough_detected"] or "nan")
-        except ValueError:
-            raise ValueError(f"{metadata}, line {number}: cough_detected is {row['cough_detected']!r}.") from None
-        if score > threshold and row["uuid"] in audio:
-            chosen.append(audio[row["uuid"]])
+        uuid = row["uuid"]
+        if uuid in first_line:
+            raise ValueError(
+                f"{metadata}, line {number}: uuid {uuid} is listed again (first on line {first_line[uuid]})."
+            )
+        first_line[uuid] = number
+        score = cough_score(row["cough_detected"], metadata, number)
+        if score > threshold and uuid in audio:
+            chosen.append(audio[uuid])
         elif score > threshold:
-            missing.append(row["uuid"])
+            missing.append(uuid)
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} CoughVID recordings with cough_detected > {threshold} have no audio file in {folder} "
             f"(first: {missing[0]}); convert them all (e.g. .webm to .wav) before building the list."
         )
     return chosen
+
+
+def cough_score(text, metadata, number):
+    """The `cough_detected` field of line `number` of `metadata`: NaN when it is empty, else a score from 0 to 1."""
+    if not text:
+        return math.nan
+    try:
+        score = float(text)
+    except ValueError:
+        score = math.nan  # refused next
+    if not 0 <= score <= 1:
+        raise ValueError(f"{metadata}, line {number}: cough_detected is {text!r}, not a score from 0 to 1.")
+    return score
 
 
 def build_pretraining_lists(
@@ -330,6 +369,7 @@ def build_pretraining_lists(
     respiratory list x `respiratory_repeat`. Returns the counts and notes.
     """
     output_dir = Path(output_dir)
+    check_cough_threshold(cough_threshold)
     check_output_folder(output_dir, overwrite, inputs=(icbhi, hf_lung, coughvid, audioset), replaced=True)
     icbhi_train, icbhi_missing = icbhi_training_recordings(icbhi)
     parts = {
@@ -345,12 +385,12 @@ def build_pretraining_lists(
     if icbhi_missing:  # the official split names 921 recordings; the database holds 920
         missing = ", ".join(path.stem for path in icbhi_missing)
         notes.append(f"ICBHI's split lists {len(icbhi_missing)} training recordings with no .wav: {missing}")
+    if audioset:
+        audioset_items = listed_files(Path(audioset))
+        counts |= {"audioset": len(audioset_items), "mixture": len(audioset_items) + counts["respiratory_repeated"]}
     with atomic_folder(output_dir) as folder:
         write_file_list(folder / "respiratory.csv", [path.resolve() for path in respiratory])
         if audioset:
-            audioset_items = file_paths(Path(audioset))
-            counts |= {"audioset": len(audioset_items)}
-            counts |= {"mixture": len(audioset_items) + counts["respiratory_repeated"]}
             mixture = audioset_items + [str(path.resolve()) for path in respiratory] * respiratory_repeat
             write_file_list(folder / "mixture.csv", mixture)
     return counts, notes
