@@ -596,3 +596,14 @@ def test_benchmark_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| encoder |" in result.stdout
     assert (tmp_path / "results" / "plots" / "breath_vs_wheeze.png").is_file()
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "1e9"])
+def test_a_clip_length_no_run_can_use_is_refused_before_anything_runs(tmp_path, capsys, seconds):
+    output = tmp_path / "out"
+    arguments = ["benchmark", "--model", str(tmp_path / "no-model"), "--dataset", str(tmp_path / "no-dataset")]
+    assert cli_main([*arguments, "--output", str(output), "--seconds", seconds]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"resp-hf benchmark: error: seconds must be a number of seconds in (0, 3600], got {float(seconds)!r}."
+    )
+    assert not output.exists()

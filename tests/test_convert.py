@@ -437,6 +437,39 @@ def test_wrong_types_and_shapes_are_one_line_errors_naming_the_file(tmp_path, ed
     assert_refused(tmp_path, hostile(tmp_path, edit), message)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda s: s.update({"backbone.blocks.0.mlp.fc1.weight": torch.zeros(3072, 768)}),
+            r"'blocks.0.mlp.fc1.weight' and 'backbone.blocks.0.mlp.fc1.weight' -> 'encoder.layer.0.mlp.fc1.weight'\.$",
+        ),
+        (
+            lambda s: s.update({"module.ar.runtime.backbone.norm.bias": torch.zeros(768)}),
+            r"'norm.bias' and 'module.ar.runtime.backbone.norm.bias' -> 'layernorm.bias'\.$",
+        ),
+        (
+            lambda s: s.update(
+                {
+                    "target_blocks.0.norm1.weight": torch.ones(768),
+                    "target_layers.0.layernorm_before.weight": s["norm.bias"],
+                }
+            ),
+            r"'target_blocks.0.norm1.weight' and 'target_layers.0.layernorm_before.weight' -> "
+            r"'target_layers.0.layernorm_before.weight'\.$",
+        ),
+        (
+            lambda s: s.update({f"backbone.{key}": value for key, value in list(s.items())}),
+            r"overwrite the other: 'cls_token' and 'backbone.cls_token' -> 'embeddings.cls_token'; .* and \d+ more\.$",
+        ),
+    ],
+    ids=["backbone_copy", "evar_copy", "official_and_resp_hf_name", "whole_encoder_twice"],
+)
+def test_weights_that_convert_to_one_name_are_refused_naming_them(tmp_path, edit, message):
+    """Two keys that become one weight (e.g. with and without a wrapper prefix) would silently overwrite each other."""
+    assert_refused(tmp_path, hostile(tmp_path, edit), "holds weights that convert to the same name.*" + message)
+
+
 def test_cli_refuses_a_hostile_checkpoint_in_one_line(tmp_path, capsys):
     path = hostile(tmp_path, lambda s: s.update(pos_embed=torch.tensor(1.0)))
     assert cli_main(["convert", str(path), str(tmp_path / "out")]) == 2

@@ -115,3 +115,38 @@ def test_truncated_wav_bytes_are_named_not_embedded(model, tmp_path):
     soundfile.write(buffer, noise(1.0), 16000, format="WAV", subtype="PCM_16")
     with pytest.raises(ValueError, match="the audio bytes is truncated"):
         model.embed(buffer.getvalue()[:20000])
+
+
+def test_an_overflowing_clip_is_named_by_its_input_index_not_its_place_in_a_batch(model, tmp_path):
+    loud = noise(1.0) * np.float32(1e30)
+    with pytest.raises(ValueError, match=r"^Input 1 overflows the float32 log-mel: its samples reach") as error:
+        model.embed([noise(4.0), loud], sampling_rate=16000)  # batched shortest first: loud is the batch's clip 0
+    assert len(str(error.value).splitlines()) == 1
+    soundfile.write(tmp_path / "loud.wav", loud, 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"^Input 3 '.*loud.wav' overflows the float32 log-mel"):
+        model.embed([noise(3.0), noise(2.0), noise(2.5), str(tmp_path / "loud.wav")], sampling_rate=16000, batch_size=2)
+
+
+def test_a_non_finite_embedding_is_an_error_naming_the_clip(model):
+    broken = tiny_model(seed=3)
+    with torch.no_grad():  # finite weights whose products overflow float32
+        broken.encoder.layer[0].mlp.fc2.weight.fill_(1e30)
+    with pytest.raises(ValueError, match=r"^The layer-1 embedding of Input 0 holds NaN or Inf: the model's weights"):
+        broken.embed([noise(1.0), noise(2.0)], sampling_rate=16000)
+    assert torch.isfinite(model.embed([noise(1.0), noise(2.0)], sampling_rate=16000)).all()
+
+
+def test_the_feature_extractor_of_a_folders_remote_code_is_accepted(model, tmp_path):
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    model.save_pretrained(tmp_path)
+    RespM2DFeatureExtractor.from_model_config(model.config).save_pretrained(tmp_path)
+    # What AutoFeatureExtractor(trust_remote_code=True) loads where resp_hf is not imported: the folder's own copy.
+    remote_class = get_class_from_dynamic_module("feature_extraction_resp_m2d.RespM2DFeatureExtractor", str(tmp_path))
+    assert remote_class is not RespM2DFeatureExtractor
+    remote = remote_class.from_pretrained(tmp_path)
+    clip = noise(1.5)
+    expected = model.embed(clip, sampling_rate=16000)
+    torch.testing.assert_close(model.embed(clip, sampling_rate=16000, feature_extractor=remote), expected)
+    with pytest.raises(ValueError, match="feature_extractor must be a RespM2DFeatureExtractor, got SimpleNamespace"):
+        model.embed(clip, sampling_rate=16000, feature_extractor=SimpleNamespace(sampling_rate=16000))

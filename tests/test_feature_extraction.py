@@ -111,11 +111,27 @@ def test_mel_range_above_nyquist_is_an_error():
         ({"n_fft": 1e12}, r"Invalid settings: n_fft=1000000000000.0"),
         ({"hop_length": 0}, r"Invalid settings: hop_length=0"),
         ({"sampling_rate": None}, "sampling_rate must be a positive integer, got None"),
+        ({"padding_value": float("nan")}, r"padding_value=nan must be a finite number"),
+        ({"padding_value": float("-inf")}, r"padding_value=-inf must be a finite number"),
+        ({"padding_value": "zero"}, r"padding_value='zero' must be a finite number"),
+        ({"padding_value": None}, r"padding_value=None must be a finite number"),
     ],
 )
 def test_malformed_front_end_settings_are_refused_when_the_extractor_is_made(setting, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as error:
         RespM2DFeatureExtractor(**setting)
+    assert len(str(error.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("padding_value, shown", [("NaN", "nan"), ('"zero"', "'zero'"), ("Infinity", "inf")])
+def test_a_saved_padding_value_that_is_not_a_finite_number_is_refused_on_loading(tmp_path, padding_value, shown):
+    """Otherwise it loads and fails at the first batch, blaming the audio."""
+    RespM2DFeatureExtractor().save_pretrained(tmp_path)
+    saved = tmp_path / "preprocessor_config.json"
+    saved.write_text(saved.read_text().replace('"padding_value": 0.0', f'"padding_value": {padding_value}'))
+    with pytest.raises(ValueError, match=f"padding_value={shown} must be a finite number") as error:
+        RespM2DFeatureExtractor.from_pretrained(tmp_path)
+    assert len(str(error.value).splitlines()) == 1
 
 
 def test_a_batch_of_no_clips_and_a_clip_that_overflows_the_log_mel_are_named():

@@ -291,3 +291,9 @@ def test_a_split_file_with_a_byte_order_mark_is_read_and_named_in_errors(tmp_pat
     split_file.write_bytes(b"\xef\xbb\xbf103_2b2_Ar_mc_LittC2SE\ttrain\r\n")
     dataset, _ = build_icbhi_cycles(tmp_path, validation_fraction=0)
     assert len(dataset["train"]) == 6
+
+
+@pytest.mark.parametrize("seconds", [0.0, -8.0, float("nan"), float("inf"), 1e9])
+def test_a_window_length_no_segment_can_have_is_refused(seconds):
+    with pytest.raises(ValueError, match=r"^seconds must be a number of seconds in \(0, 3600\], got"):
+        SegmentWindow(seconds=seconds)

@@ -433,11 +433,22 @@ class TestRespM2DConfig:
             ({"hop_length": 0, "n_fft": 400.5}, r"n_fft=400.5 \(an integer >= 1\), hop_length=0"),
             ({"hidden_act": "nope"}, r"hidden_act='nope' is not one of Transformers' activations"),
             ({"hidden_act": None}, "hidden_act=None"),
+            ({"qkv_bias": "no"}, "qkv_bias='no' must be true or false"),
+            ({"freeze_encoder": "false", "qkv_bias": 1}, "qkv_bias=1, freeze_encoder='false' must be true or false"),
+            ({"id2label": ["a", "b"]}, "id2label must map class ids to label names, got a list"),
+            (
+                {"id2label": {"x": "a", "y": "b"}},
+                r"id2label must map the class ids 0..1 \(integers or integer strings\) to names, "
+                r"got unexpected keys 'x', 'y' and missing ids 0, 1\.$",
+            ),
+            ({"id2label": {0: "a", "5": "b"}}, r"0..1 .* got unexpected keys '5' and missing ids 1\.$"),
+            ({"num_mel_bins": 64}, r"num_mel_bins cannot be set: derived from the other settings"),
         ],
     )
     def test_bad_configs_are_clear_errors(self, overrides, message):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError, match=message) as error:
             RespM2DConfig(**overrides)
+        assert len(str(error.value).splitlines()) == 1
 
     def test_integral_floats_and_numpy_numbers_are_read_as_python_numbers(self):
         config = RespM2DConfig(sampling_rate=16000.0, input_size=np.array([80, 608]), norm_mean=np.float32(-5.5))
@@ -451,6 +462,46 @@ class TestRespM2DConfig:
         (tmp_path / "config.json").write_text(json.dumps(config | {"num_attention_heads": 0}))
         with pytest.raises(ValueError, match=r"num_attention_heads=0 \(an integer >= 1\)"):
             RespM2DModel.from_pretrained(tmp_path)
+
+    @pytest.mark.parametrize(
+        "edit, message",
+        [
+            ({"freeze_encoder": "false"}, "freeze_encoder='false' must be true or false"),
+            ({"qkv_bias": "no"}, "qkv_bias='no' must be true or false"),
+            ({"id2label": {"x": "a", "y": "b"}}, "got unexpected keys 'x', 'y' and missing ids 0, 1"),
+            ({"id2label": {"0": "a", "5": "b"}}, "got unexpected keys '5' and missing ids 1"),
+            ({"num_mel_bins": 64}, "num_mel_bins cannot be set"),
+        ],
+    )
+    def test_bad_booleans_and_label_ids_in_a_saved_config_are_refused_on_loading(self, tmp_path, edit, message):
+        """config.json's "false" is a truthy string, and label ids with gaps fail in the pipeline (KeyError)."""
+        from resp_hf import RespM2DForAudioClassification
+
+        RespM2DForAudioClassification(tiny_config(num_labels=2)).save_pretrained(tmp_path)
+        config = json.loads((tmp_path / "config.json").read_text())
+        (tmp_path / "config.json").write_text(json.dumps(config | edit))
+        with pytest.raises(ValueError, match=message) as error:
+            RespM2DForAudioClassification.from_pretrained(tmp_path)
+        assert len(str(error.value).splitlines()) == 1
+
+    def test_bad_booleans_and_label_ids_given_to_from_pretrained_are_refused(self, tmp_path):
+        from resp_hf import RespM2DForAudioClassification
+
+        tiny_model().save_pretrained(tmp_path)
+        with pytest.raises(ValueError, match="freeze_encoder='false' must be true or false"):
+            RespM2DForAudioClassification.from_pretrained(tmp_path, freeze_encoder="false")
+        with pytest.raises(ValueError, match="got unexpected keys 5 and missing ids 1"):
+            RespM2DForAudioClassification.from_pretrained(tmp_path, id2label={0: "a", 5: "b"})
+
+    def test_label_ids_as_json_strings_and_a_null_auto_map_load(self, tmp_path):
+        from resp_hf import RespM2DForAudioClassification
+
+        RespM2DForAudioClassification(tiny_config(id2label={"0": "wheeze", "1": "crackle"})).save_pretrained(tmp_path)
+        config = json.loads((tmp_path / "config.json").read_text())
+        (tmp_path / "config.json").write_text(json.dumps(config | {"auto_map": None}))
+        loaded = RespM2DForAudioClassification.from_pretrained(tmp_path)
+        assert loaded.config.id2label == {0: "wheeze", 1: "crackle"}
+        assert loaded.config.auto_map["AutoModel"] == "modeling_resp_m2d.RespM2DModel"
 
     def test_config_describes_vit_base_frequency_embeddings(self):
         config = RespM2DConfig()

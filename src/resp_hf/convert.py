@@ -10,7 +10,7 @@ import os
 import pathlib
 import pickle
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,8 +154,9 @@ class ConversionReport:
 def read_m2d_checkpoint(path: str | Path, name: str | None = None) -> M2DCheckpoint:
     """
     Reads an official M2D checkpoint without executing code from it: loads it (weights-only), unwraps and checks it
-    (finite values, whole block stacks, an EMA target as deep as the online encoder), splits the encoder from the
-    target encoder and predictor, reads the norm statistics and infers the encoder's config.
+    (one weight per converted name, finite values, whole block stacks, an EMA target as deep as the online
+    encoder), splits the encoder from the target encoder and predictor, reads the norm statistics and infers the
+    encoder's config.
 
     Args:
         path: the `.pth` or `.safetensors` file (full training checkpoint, encoder-only release or fine-tuned
@@ -220,23 +221,43 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def extract_state_dict(checkpoint: object, path: Path) -> dict[str, torch.Tensor]:
-    """Returns the flat tensor dict of a checkpoint (`model` entry or the dict itself) without wrapper prefixes."""
+    """
+    Returns the flat tensor dict of a checkpoint (`model` entry or the dict itself) without wrapper prefixes; fails
+    when two of its names convert to one (e.g. `blocks.0.norm1.weight` beside `backbone.blocks.0.norm1.weight`).
+    """
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict) or not any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise ValueError(
             f"{path} holds no state dict of tensors (found {type(checkpoint).__name__}); not an M2D checkpoint."
         )
-    state_dict = {}
+    state_dict, sources = {}, defaultdict(list)
     for key, value in checkpoint.items():
         if not isinstance(key, str):
             raise ValueError(f"{path} holds a state-dict key of type {type(key).__name__}; keys must be strings.")
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-                break
-        state_dict[key] = value
+        name = unwrapped(key)
+        state_dict[name] = value
+        sources[rename_key(name) or name].append(key)
+    check_converted_names_unique(sources, path)
     return state_dict
+
+
+def unwrapped(key: str) -> str:
+    """An official weight name without the prefix of a fine-tuning wrapper (`WRAPPER_PREFIXES`)."""
+    for prefix in WRAPPER_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+def check_converted_names_unique(sources: dict[str, list[str]], path: Path) -> None:
+    """Fails naming the checkpoint's keys that convert to one name (`sources`: converted name -> its keys)."""
+    clashes = [f"{' and '.join(map(repr, keys))} -> {name!r}" for name, keys in sources.items() if len(keys) > 1]
+    if clashes:
+        raise ValueError(
+            f"{path} holds weights that convert to the same name, so one would overwrite the other: "
+            f"{shortened(clashes, most=3, separator='; ')}."
+        )
 
 
 def rename_key(key: str) -> str | None:

@@ -13,7 +13,7 @@ from datasets import Audio, Dataset
 
 from ..audio import decode_audio
 from ..models.resp_m2d import RespM2DFeatureExtractor, RespM2DModel
-from ..models.resp_m2d.audio_utils_resp_m2d import item_duration
+from ..models.resp_m2d.audio_utils_resp_m2d import describe_source, item_duration
 from ..models.resp_m2d.modeling_resp_m2d import embed_clips
 from ..output_folders import atomic_file
 
@@ -214,6 +214,14 @@ def embed_split(
     # Whole clips are batched by length to limit padding; fitted clips all have one length.
     durations = [item_duration(value, None) for value in values] if crop == "none" else None
     embeddings = embed_clips(
-        model, fitted_clip, len(values), extractor, durations, layers, batch_size, progress=progress is not False
+        model,
+        fitted_clip,
+        len(values),
+        extractor,
+        durations,
+        layers,
+        batch_size,
+        progress=progress is not False,
+        describe=lambda index: describe_source(values[index], f"row {index}"),
     )
     return {str(layer): embedding.numpy() for layer, embedding in embeddings.items()}

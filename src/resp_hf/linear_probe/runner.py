@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Value, load_from_disk
 
+from ..audio import check_window_seconds
 from ..metrics import classification_metrics, regression_metrics
 from ..models.resp_m2d import RespM2DModel
 from ..opera import OPERA_VALIDATION_SEED, OperaTask, ProbeProtocol, build_task, check_root, get_protocol, get_task
@@ -53,7 +54,12 @@ class BenchmarkSettings:
     quantize: str | None = None  # "int8", "fp32" (CPU) or "bf16": embed with resp_hf.quantize(model, quantize)
 
     def check(self) -> None:
-        """Raises ValueError on settings no run can use: epochs or batch size below 1, no seeds or a repeated seed."""
+        """
+        Raises ValueError on settings no run can use: epochs or batch size below 1, no seeds or a repeated seed, a
+        clip length that is not a positive finite number of seconds up to an hour.
+        """
+        if self.seconds is not None:
+            check_window_seconds(self.seconds)
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}.")
         if self.batch_size < 1:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from ..audio import check_sampling_rate, decode_audio, segment_problem
+from ..audio import check_sampling_rate, check_window_seconds, decode_audio, segment_problem
 from ..models.resp_m2d.audio_utils_resp_m2d import check_not_truncated, sound_info
 from ..splits import seeded_split
 
@@ -35,8 +35,7 @@ class SegmentWindow:
     def __post_init__(self):
         if self.pad not in PAD_MODES:
             raise ValueError(f"Unknown pad mode {self.pad!r}; expected one of {list(PAD_MODES)}.")
-        if not self.seconds > 0:
-            raise ValueError(f"The window length must be positive, got {self.seconds} seconds.")
+        check_window_seconds(self.seconds)
 
 
 def segment_problems(times: list, duration: float, noun: str) -> dict:

@@ -152,8 +152,10 @@ class RespM2DConfig(PreTrainedConfig):
         self.chunks_per_pass = chunks_per_pass
         self.freeze_encoder = freeze_encoder
         self.check_settings()
-        kwargs["auto_map"] = {**AUTO_MAP, **kwargs.get("auto_map", {})}
-        kwargs["custom_pipelines"] = {**CUSTOM_PIPELINES, **kwargs.get("custom_pipelines", {})}
+        check_label_ids(kwargs.get("id2label"))  # before Transformers turns its keys into ints
+        check_not_derived(kwargs)
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        kwargs["custom_pipelines"] = {**CUSTOM_PIPELINES, **(kwargs.get("custom_pipelines") or {})}
         super().__init__(**kwargs)
 
     def check_settings(self):
@@ -164,6 +166,13 @@ class RespM2DConfig(PreTrainedConfig):
             + ("n_fft", "win_length", "hop_length"),
             at_least_zero=("num_hidden_layers",),
         )
+        not_bools = [
+            f"{name}={getattr(self, name)!r}"
+            for name in ("qkv_bias", "freeze_encoder")
+            if not isinstance(getattr(self, name), bool)
+        ]
+        if not_bools:  # config.json's "false" would otherwise count as true
+            raise ValueError(f"{', '.join(not_bools)} must be true or false.")
         for name in ("input_size", "patch_size"):
             if not (len(getattr(self, name)) == 2 and all(is_integer_at_least(v, 1) for v in getattr(self, name))):
                 raise ValueError(f"{name}={getattr(self, name)} must be two positive integers (mel bins, frames).")
@@ -207,6 +216,7 @@ class RespM2DConfig(PreTrainedConfig):
         passes = self.chunks_per_pass
         if not (passes is None or is_integer_at_least(passes, 1)):
             raise ValueError(f"chunks_per_pass={passes!r} must be a positive integer or None (all chunks at once).")
+        check_label_ids(self.id2label)
 
     def save_pretrained(self, save_directory, **kwargs):
         """Saves config.json and, with the remote code, the pipeline files that `custom_pipelines` names."""
@@ -271,6 +281,48 @@ def check_integers(settings, at_least_one, at_least_zero=()):
     ]
     if bad:
         raise ValueError(f"Invalid settings: {', '.join(bad)}.")
+
+
+def check_not_derived(settings) -> None:
+    """Refuses settings that the config derives from others (its properties, e.g. num_mel_bins = input_size[0])."""
+    derived = [name for name in settings if isinstance(vars(RespM2DConfig).get(name), property)]
+    if derived:
+        raise ValueError(
+            f"{', '.join(derived)} cannot be set: derived from the other settings (e.g. num_mel_bins is input_size[0])."
+        )
+
+
+def check_label_ids(id2label) -> None:
+    """
+    Raises ValueError unless `id2label` (None when unset) maps each class id 0..n-1, as an integer or an integer
+    string (config.json's keys), to a name: pipelines and model cards look up every id.
+    """
+    if id2label is None:
+        return
+    if not isinstance(id2label, dict):
+        raise ValueError(f"id2label must map class ids to label names, got a {type(id2label).__name__}.")
+    count = len(id2label)
+    wrong = [repr(key) for key in id2label if label_id(key) not in range(count)]
+    missing = [str(i) for i in sorted(set(range(count)) - {label_id(key) for key in id2label})]
+    problems = [f"unexpected keys {first_few(wrong)}"] * bool(wrong)
+    problems += [f"missing ids {first_few(missing)}"] * bool(missing)
+    if problems:
+        raise ValueError(
+            f"id2label must map the class ids 0..{count - 1} (integers or integer strings) to names, got "
+            f"{' and '.join(problems)}."
+        )
+
+
+def label_id(key):
+    """A class id given as an int or a string of digits (as JSON keys are), else None."""
+    if isinstance(key, str) and key.isdecimal():
+        return int(key)
+    return key if is_integer_at_least(key, 0) else None
+
+
+def first_few(names, most=5):
+    """The first `most` names, comma-separated, with '...' when there are more."""
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
 def as_integer(value):

@@ -1,7 +1,6 @@
 """Log-mel front end of the M2D runtime as a Hugging Face feature extractor."""
 
 import math
-import numbers
 
 import numpy as np
 import torch
@@ -9,7 +8,7 @@ from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.utils import PaddingStrategy, logging
 
 from .audio_utils_resp_m2d import check_sampling_rate, describe_source, has_arrays, load_waveform, split_batch
-from .configuration_resp_m2d import DEFAULT_NORM_STATS, check_integers, check_mel_range
+from .configuration_resp_m2d import DEFAULT_NORM_STATS, check_integers, check_mel_range, is_real
 
 logger = logging.get_logger(__name__)
 
@@ -58,16 +57,27 @@ def slaney_mel_filter_bank(sampling_rate, n_fft, num_mel_bins, f_min, f_max):
     return filters.astype(np.float32)
 
 
+class LogMelOverflowError(ValueError):
+    """A clip whose log-mel overflowed float32: `index` is its place in the batch, `peak` its largest |sample|."""
+
+    def __init__(self, name: str, index: int, peak: float):
+        super().__init__(
+            f"{name} overflows the float32 log-mel: its samples reach {peak:.3g}, but float audio is expected in "
+            "[-1, 1]."
+        )
+        self.index, self.peak = index, peak
+
+    def renamed(self, name: str) -> "LogMelOverflowError":
+        """The same error with the clip called `name` (e.g. its place in the caller's input, or its file)."""
+        return LogMelOverflowError(name, self.index, self.peak)
+
+
 def check_finite_features(features, waveforms):
-    """Raises ValueError naming the first clip whose log-mel overflowed float32 (samples far outside [-1, 1])."""
+    """Raises `LogMelOverflowError` for the first clip whose log-mel overflowed (samples far outside [-1, 1])."""
     finite = torch.isfinite(features).flatten(1).all(1)
     if not finite.all():
         index = int((~finite).nonzero()[0])
-        peak = float(np.abs(waveforms[index]).max())
-        raise ValueError(
-            f"audio clip {index} overflows the float32 log-mel: its samples reach {peak:.3g}, but float audio is "
-            "expected in [-1, 1]."
-        )
+        raise LogMelOverflowError(f"audio clip {index}", index, float(np.abs(waveforms[index]).max()))
 
 
 class RespM2DFeatureExtractor(SequenceFeatureExtractor):
@@ -124,9 +134,10 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         if win_length > n_fft:
             raise ValueError(f"win_length {win_length} is longer than n_fft {n_fft}.")
         check_mel_range(sampling_rate, f_min, f_max)
-        is_real = [isinstance(value, numbers.Real) and not isinstance(value, bool) for value in (mean, std)]
-        if not (all(is_real) and math.isfinite(mean) and math.isfinite(std) and std > 0):
+        if not (is_real(mean) and is_real(std) and math.isfinite(mean) and math.isfinite(std) and std > 0):
             raise ValueError(f"mean must be finite and std finite and positive, got {mean!r} and {std!r}.")
+        if not (is_real(padding_value) and math.isfinite(padding_value)):
+            raise ValueError(f"padding_value={padding_value!r} must be a finite number (0.0 for M2D).")
         self.mel_filters = slaney_mel_filter_bank(sampling_rate, n_fft, feature_size, f_min, f_max)
 
     @classmethod

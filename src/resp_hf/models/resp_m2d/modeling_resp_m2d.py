@@ -26,8 +26,8 @@ from .audio_utils_resp_m2d import (
     load_waveform,
     split_batch,
 )
-from .configuration_resp_m2d import RespM2DConfig, is_integer_at_least
-from .feature_extraction_resp_m2d import RespM2DFeatureExtractor
+from .configuration_resp_m2d import RespM2DConfig, first_few, is_integer_at_least
+from .feature_extraction_resp_m2d import LogMelOverflowError, RespM2DFeatureExtractor
 
 logger = logging.get_logger(__name__)
 
@@ -352,7 +352,7 @@ def _listed(names: Iterable[str], most: int = 6) -> str:
     ordered = sorted(
         names, key=lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
     )
-    return ", ".join(ordered[:most]) + (", ..." if len(ordered) > most else "")
+    return first_few(ordered, most)
 
 
 class RespM2DModel(RespM2DPreTrainedModel):
@@ -646,7 +646,8 @@ class RespM2DModel(RespM2DPreTrainedModel):
             sampling_rate = check_sampling_rate(sampling_rate)
         if feature_extractor is None:
             feature_extractor = RespM2DFeatureExtractor.from_model_config(self.config)
-        if not isinstance(feature_extractor, RespM2DFeatureExtractor):
+        # By name: the package's class and a folder's remote-code copy (AutoFeatureExtractor) are distinct classes.
+        if type(feature_extractor).__name__ != RespM2DFeatureExtractor.__name__:
             raise ValueError(
                 f"feature_extractor must be a RespM2DFeatureExtractor, got {type(feature_extractor).__name__}."
             )
@@ -672,6 +673,7 @@ class RespM2DModel(RespM2DPreTrainedModel):
             batch_size=batch_size,
             progress=progress,
             autocast_dtype=autocast_dtype,
+            describe=lambda index: describe_source(items[index], names[index]),
         ).values()
         return embeddings
 
@@ -687,6 +689,7 @@ def embed_clips(
     batch_size: int = 8,
     progress: bool | None = None,
     autocast_dtype: torch.dtype | None = None,
+    describe: Callable[[int], str] = "clip {}".format,
 ) -> dict[int, torch.Tensor]:
     """
     Clip embeddings at each of `layers` (original M2D numbers, see `RespM2DModel.layer_output`) of `num_clips` clips,
@@ -697,6 +700,7 @@ def embed_clips(
     the caller wants; it is called one batch at a time, so only a batch of audio is in memory. With `durations`, clips
     are batched shortest first (less padding), else in input order. The model runs in eval mode (its mode is restored),
     under one `torch.autocast` region when `autocast_dtype` is given; `progress=None` shows a bar for several batches.
+    A clip whose log-mel overflows or whose embedding is not finite is an error that `describe(index)` names.
     """
     depth = model.config.num_hidden_layers
     if not is_integer_at_least(batch_size, 1):
@@ -717,17 +721,33 @@ def embed_clips(
         with autocast:
             for batch in progress_bar(batches, len(batches) > 1 if progress is None else progress, "Embedding"):
                 waveforms = [load_clip(index) for index in batch]
-                inputs = feature_extractor(
-                    waveforms, sampling_rate=rate, return_attention_mask=True, device=model.device
-                )
+                try:
+                    inputs = feature_extractor(
+                        waveforms, sampling_rate=rate, return_attention_mask=True, device=model.device
+                    )
+                except LogMelOverflowError as error:  # named by its place in the batch: name it as the caller does
+                    raise error.renamed(describe(batch[error.index])) from None
                 del waveforms  # the audio is freed before the encoder runs
                 outputs = model(**inputs, output_hidden_states=needs_hidden_states, output_attentions=False)
                 for layer in layers:
-                    for index, embedding in zip(batch, _pooled_layer(model, outputs, layer).float().cpu()):
+                    embeddings = _pooled_layer(model, outputs, layer).float().cpu()
+                    check_finite_embeddings(embeddings, [describe(index) for index in batch], layer)
+                    for index, embedding in zip(batch, embeddings):
                         rows[layer][index] = embedding
     finally:
         model.train(was_training)
     return {layer: torch.stack(embeddings) for layer, embeddings in rows.items()}
+
+
+def check_finite_embeddings(embeddings: torch.Tensor, names: list[str], layer: int) -> None:
+    """Refuses NaN or Inf in a batch's embeddings of `layer`, naming the first such clip."""
+    finite = torch.isfinite(embeddings).all(1)
+    if not finite.all():
+        name = names[int((~finite).nonzero()[0])]
+        raise ValueError(
+            f"The layer-{layer} embedding of {name} holds NaN or Inf: the model's weights (or its dtype) overflow on "
+            "it; check the weights with a float32 model."
+        )
 
 
 def _pooled_layer(model: RespM2DModel, outputs: RespM2DModelOutput, layer: int) -> torch.Tensor:
