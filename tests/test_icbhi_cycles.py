@@ -69,6 +69,10 @@ def test_counts_per_label_and_split(official_build):
         "test": {"normal": 80, "crackle": 1, "wheeze": 10, "both": 0},
     }
     assert "train: 6 cycles" in str(report) and "test: 91 cycles" in str(report)
+    first_line = "ICBHI cycles: 10 recordings of the split file's 921 (a partial copy: the others are not on disk)"
+    assert str(report).splitlines()[0] == first_line
+    # The full database has 920 of the official split file's 921 recordings (one has no .wav): not a partial copy.
+    assert str(IcbhiReport(recordings=920, listed=921)).splitlines()[0] == "ICBHI cycles: 920 recordings"
     assert check_official_counts(report) is False  # 10 of 920 recordings: nothing to compare
 
 

@@ -72,6 +72,7 @@ class IcbhiReport:
     """What a build read and produced: counts per split and label, and every cycle it clipped or left out."""
 
     recordings: int = 0
+    listed: int = 0  # recordings the split file names (more than `recordings` in a partial copy)
     counts: dict = field(default_factory=dict)  # {split: {label: cycles}}
     clipped: list = field(default_factory=list)  # "recording cycle N: ends at X s, the file at Y s"
     skipped: list = field(default_factory=list)  # "recording cycle N: reason"
@@ -86,6 +87,8 @@ class IcbhiReport:
 
     def __str__(self):
         lines = [f"ICBHI cycles: {self.recordings} recordings"]
+        if self.listed > self.recordings < OFFICIAL_COUNTS["recordings"]:  # the split file names one .wav-less extra
+            lines[0] += f" of the split file's {self.listed} (a partial copy: the others are not on disk)"
         for split, counts in self.counts.items():
             detail = ", ".join(f"{counts.get(name, 0)} {name}" for name in LABELS)
             lines.append(f"  {split}: {sum(counts.values())} cycles ({detail})")
@@ -252,7 +255,7 @@ def build_icbhi_cycles(
     rows = []
     for recording, (audio_path, annotation_path) in files.items():
         rows += recording_rows(recording, audio_path, annotation_path, splits[recording], report, skip_invalid)
-    report.recordings = len(files)
+    report.recordings, report.listed = len(files), len(splits)
     if validation_fraction:
         report.validation_patients = carve_validation(rows, validation_fraction, seed, "ICBHI")
     dataset, report.counts = rows_to_splits(rows, FEATURES, ("train", "validation", "test"))
