@@ -85,3 +85,12 @@ def test_pretraining_may_run_in_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = types.SimpleNamespace(resume=None, overwrite=False, init="scratch", data=[])
     pretrain.check_output_dir(tmp_path, args)  # an empty folder, which the run writes into without replacing it
+
+
+def test_log_mels_are_not_written_inside_their_audio_folder(tmp_path):
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "a.wav").write_bytes(b"")
+    output = tmp_path / "audio" / "log-mels"
+    with pytest.raises(ValueError, match=f"^The output {output} lies inside the input folder {tmp_path / 'audio'}"):
+        resp_hf.training.pretrain_data.precompute_log_mels(tmp_path / "audio", output, resp_hf.RespM2DConfig())
+    assert sorted(path.name for path in (tmp_path / "audio").iterdir()) == ["a.wav"]
