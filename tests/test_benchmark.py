@@ -607,3 +607,15 @@ def test_a_clip_length_no_run_can_use_is_refused_before_anything_runs(tmp_path, 
         f"resp-hf benchmark: error: seconds must be a number of seconds in (0, 3600], got {float(seconds)!r}."
     )
     assert not output.exists()
+
+
+@pytest.mark.parametrize("where", ["the model folder", "a file"])
+def test_an_embedding_cache_in_the_model_folder_or_on_a_file_is_refused_before_anything_runs(tmp_path, where):
+    model_folder = tmp_path / "model"
+    tiny_model().save_pretrained(model_folder)
+    before = sorted(path.name for path in model_folder.iterdir())
+    cache = model_folder / "cache" if where == "the model folder" else model_folder / "config.json"
+    problem = f"lies inside the input {model_folder}" if where == "the model folder" else "is a file; pass a folder"
+    with pytest.raises(ValueError, match=f"^The cache_dir {cache} {problem}"):
+        run_benchmark(model_folder, tmp_path / "out", datasets=[tmp_path / "no-dataset"], cache_dir=cache)
+    assert sorted(path.name for path in model_folder.iterdir()) == before and not (tmp_path / "out").exists()

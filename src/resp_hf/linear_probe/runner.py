@@ -16,7 +16,7 @@ from ..audio import check_window_seconds
 from ..metrics import classification_metrics, regression_metrics
 from ..models.resp_m2d import RespM2DModel
 from ..opera import OPERA_VALIDATION_SEED, OperaTask, ProbeProtocol, build_task, check_root, get_protocol, get_task
-from ..output_folders import check_output_folder, remove_outputs, save_npz
+from ..output_folders import check_output_folder, is_within, remove_outputs, save_npz
 from ..quantize import METHODS, quantize
 from ..splits import check_disjoint_splits, check_split_labels, seeded_split
 from .embeddings import EmbeddingCache, embed_split, model_fingerprint, parse_layers, split_fingerprint
@@ -394,6 +394,17 @@ def benchmark_jobs(
     return jobs + [saved_dataset_job(path) for path in datasets]
 
 
+def check_cache_dir(cache_dir: str | Path | None, inputs: Sequence) -> None:
+    """Refuses an embedding cache that is a file, or lies inside an input folder (the model's, a dataset's, OPERA's)."""
+    if cache_dir is None:
+        return
+    if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise ValueError(f"The cache_dir {cache_dir} is a file; pass a folder.")
+    for item in inputs:
+        if isinstance(item, (str, Path)) and Path(item).is_dir() and is_within(cache_dir, item):
+            raise ValueError(f"The cache_dir {cache_dir} lies inside the input {item}: choose a folder outside it.")
+
+
 def run_benchmark(
     model: RespM2DModel | str | Path,
     output_dir: str | Path,
@@ -416,6 +427,7 @@ def run_benchmark(
     # Results of two runs must not mix; the embedding cache alone is reused (each entry is keyed by model, data and
     # settings, and verified on load).
     check_output_folder(output_dir, settings.overwrite, option="overwrite=True (--overwrite)", may_hold=(CACHE_FOLDER,))
+    check_cache_dir(cache_dir, (model, *datasets, opera_root))
     jobs = benchmark_jobs(tasks, opera_root, datasets, settings.allow_missing)
     if isinstance(model, (str, Path)):
         model_name = model_name or Path(model).name
