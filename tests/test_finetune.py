@@ -566,6 +566,7 @@ def test_a_training_split_with_one_class_present_is_refused(encoder_folder, tmp_
         (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size must be at least 1, got 0."),
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0."),
         (["--learning_rate", "-1"], "--learning_rate must be a finite number above 0, got -1.0."),
+        (["--dataloader_num_workers", "-1"], "--dataloader_num_workers must be at least 0, got -1."),
         (
             ["--num_train_epochs", "0"],
             "--num_train_epochs must be a finite number above 0 when --max_steps does not set the length, got 0.0.",

@@ -766,6 +766,7 @@ def test_min_seconds_outside_0_to_600_is_refused_before_anything_is_written(reco
         ("--max_steps", "-1", "must be at least 1, got -1"),
         ("--save_steps", "0", "must be at least 1, got 0"),
         ("--logging_steps", "0", "must be at least 1, got 0"),
+        ("--dataloader_num_workers", "-1", "must be at least 0, got -1"),
     ],
 )
 def test_harmful_numbers_are_refused_naming_the_option_before_anything_is_written(

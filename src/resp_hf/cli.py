@@ -265,6 +265,14 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    """An argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def distinct_seeds(text):
     """An argparse type: comma-separated distinct integers (returned as the text given)."""
     seeds = [int(seed) for seed in text.split(",")]

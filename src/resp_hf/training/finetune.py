@@ -283,12 +283,14 @@ def parse_classifier_layer(value):
 
 def check_training_arguments(training_args: TrainingArguments) -> None:
     """
-    Refuses, before anything is loaded, batch sizes and a learning rate that Trainer would reject only once the model
-    is loaded, and a run that would train nothing (no epochs, no --max_steps).
+    Refuses, before anything is loaded, batch sizes, loader workers and a learning rate that Trainer would reject only
+    once the model is loaded, and a run that would train nothing (no epochs, no --max_steps).
     """
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(training_args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(training_args, name)}.")
+    if training_args.dataloader_num_workers < 0:  # 0: load in the main process
+        raise ValueError(f"--dataloader_num_workers must be at least 0, got {training_args.dataloader_num_workers}.")
     if not 0 < training_args.learning_rate < math.inf:
         raise ValueError(f"--learning_rate must be a finite number above 0, got {training_args.learning_rate}.")
     if training_args.max_steps <= 0 and not 0 < training_args.num_train_epochs < math.inf:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .. import cards
-from ..cli import OneLineErrorParser, RawDescriptionCanonicalSpellingFormatter, positive_int
+from ..cli import OneLineErrorParser, RawDescriptionCanonicalSpellingFormatter, non_negative_int, positive_int
 from ..convert import architecture_of, check_checkpoint_fits, file_sha256, load_checkpoint, read_m2d_checkpoint
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from ..output_folders import (
@@ -368,7 +368,9 @@ def build_parser(recipe=None):
         "--use_cpu", "--cpu", dest="cpu", action="store_true", help="train on CPU processes even when GPUs are present"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataloader_num_workers", "--num-workers", dest="num_workers", type=int, default=2)
+    parser.add_argument(
+        "--dataloader_num_workers", "--num-workers", dest="num_workers", type=non_negative_int, default=2
+    )
     parser.add_argument(
         "--save_steps",
         "--save-every",
