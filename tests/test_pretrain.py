@@ -782,6 +782,17 @@ def test_harmful_numbers_are_refused_naming_the_option_before_anything_is_writte
     assert not output.exists()
 
 
+def test_a_mask_ratio_that_leaves_no_patch_visible_for_the_model_is_refused_before_training(
+    log_mel_list, tmp_path, capsys
+):
+    output = tmp_path / "run"  # the tiny encoder has 5 x 6 patches: 0.97 keeps int(30 * 0.03) = 0
+    assert cli_main(pretrain_args(log_mel_list, output, 2, "--mask-ratio", "0.97", *SMALL_PREDICTOR)) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "resp-hf pretrain: error: mask_ratio=0.97 leaves 0 of 30 patches visible."
+    )
+    assert not output.exists()  # no TensorBoard logs, no folder to resume from
+
+
 def test_a_failed_runs_folder_is_refused_advising_resume_only_when_it_holds_a_checkpoint(tmp_path, capsys):
     output = tmp_path / "run"
     (output / "pretrain").mkdir(parents=True)  # the TensorBoard logs of a run that failed before its first save

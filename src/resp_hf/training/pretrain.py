@@ -53,7 +53,7 @@ from ..output_folders import (
 )
 from ..quantize import cpu_has_bf16_kernels
 from .pretrain_data import LogMelUnits, min_seconds_argument, norm_stats_from_crops, parse_source, read_source
-from .pretraining_model import M2DPretrainingModel, predictor_config, predictor_config_from_weights
+from .pretraining_model import M2DPretrainingModel, predictor_config, predictor_config_from_weights, visible_patches
 from .recipes import RECIPES
 
 logger = logging.getLogger(__name__)
@@ -632,6 +632,8 @@ def setup(args: argparse.Namespace) -> PretrainingRun:
     items = [item for spec in args.data for item in read_source(spec, args.audio_column)]
     predictor = predictor_config(args.predictor_width, args.predictor_depth, args.predictor_heads)
     model, notes = build_model(args.init, args.encoder_config, args.name, predictor)
+    config = model.config
+    visible_patches(config.num_frequency_patches * config.time_patches_per_chunk, args.mask_ratio)  # before any step
     resolve_norm_stats(model, args, items)
     dataset = LogMelUnits(items, model.config, seed=args.seed, min_seconds=args.min_seconds)
     loader = training_loader(dataset, args)

@@ -29,11 +29,17 @@ def sincos_positions(width, grid_frequency, grid_time):
     return torch.from_numpy(np.concatenate([np.zeros((1, width)), table])).float()[None]
 
 
-def random_masks(batch, num_patches, mask_ratio, generator=None, device=None):
-    """Per-sample random split of patch indices into sorted visible and masked sets, `(B, keep)` and `(B, N - keep)`."""
+def visible_patches(num_patches: int, mask_ratio: float) -> int:
+    """How many of `num_patches` stay visible at `mask_ratio` (M2D's rule); an error unless some but not all are."""
     keep = int(num_patches * (1 - mask_ratio))
     if not 0 < keep < num_patches:
         raise ValueError(f"mask_ratio={mask_ratio} leaves {keep} of {num_patches} patches visible.")
+    return keep
+
+
+def random_masks(batch, num_patches, mask_ratio, generator=None, device=None):
+    """Per-sample random split of patch indices into sorted visible and masked sets, `(B, keep)` and `(B, N - keep)`."""
+    keep = visible_patches(num_patches, mask_ratio)
     order = torch.rand(batch, num_patches, generator=generator).argsort(dim=1).to(device)
     return order[:, :keep].sort(dim=1).values, order[:, keep:].sort(dim=1).values
 
