@@ -899,6 +899,19 @@ def test_a_crafted_pickle_in_the_checkpoint_is_not_executed_on_resume(log_mel_li
     assert "random_states_0.pkl is truncated or altered" in capsys.readouterr().err
     assert not marker.exists()
 
+    # A replaced file with its manifest entry rewritten to match: refused by the weights-only load, in one line.
+    (checkpoint / "random_states_0.pkl").unlink()
+    optimizer = checkpoint / "optimizer.bin"
+    torch.save(Payload(marker), optimizer)
+    manifest = json.loads((checkpoint / "checkpoint.json").read_text())
+    manifest["files"].pop("random_states_0.pkl")
+    manifest["files"]["optimizer.bin"] = {"size": optimizer.stat().st_size, "sha256": file_sha256(optimizer)}
+    (checkpoint / "checkpoint.json").write_text(json.dumps(manifest))
+    assert cli_main(pretrain_args(log_mel_list, output, 4, "--resume", str(checkpoint))) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"resp-hf pretrain: error: {checkpoint} holds a file that is not plain tensors, which is")
+    assert not marker.exists()
+
 
 def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(log_mel_list, tmp_path, caplog, capsys):
     output = tmp_path / "run"

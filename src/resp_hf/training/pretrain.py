@@ -22,6 +22,7 @@ import csv
 import json
 import logging
 import math
+import pickle
 import shutil
 import signal
 import sys
@@ -528,7 +529,11 @@ def load_checkpoint_state(accelerator, folder, state, scheduler):
     Restores a checkpoint without unpickling objects: Accelerate reads the weights (safetensors) and the optimizer
     (weights-only); the counters, schedule and random generators come from JSON and safetensors.
     """
-    accelerator.load_state(str(folder))
+    try:
+        accelerator.load_state(str(folder))
+    except pickle.UnpicklingError as error:  # a file whose manifest entry was rewritten with it
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(f"{folder} holds a file that is not plain tensors, which is not unpickled: {reason}") from None
     saved = json.loads((folder / TRAIN_STATE_FILE).read_text())
     state.load_state_dict(saved)
     scheduler.load_state_dict(saved["scheduler"])
