@@ -615,7 +615,9 @@ def test_an_embedding_cache_in_the_model_folder_or_on_a_file_is_refused_before_a
     tiny_model().save_pretrained(model_folder)
     before = sorted(path.name for path in model_folder.iterdir())
     cache = model_folder / "cache" if where == "the model folder" else model_folder / "config.json"
-    problem = f"lies inside the input {model_folder}" if where == "the model folder" else "is a file; pass a folder"
+    problem = (
+        f"lies inside the input folder {model_folder}" if where == "the model folder" else "is a file; pass a folder"
+    )
     with pytest.raises(ValueError, match=f"^The cache_dir {cache} {problem}"):
         run_benchmark(model_folder, tmp_path / "out", datasets=[tmp_path / "no-dataset"], cache_dir=cache)
     assert sorted(path.name for path in model_folder.iterdir()) == before and not (tmp_path / "out").exists()

@@ -13,10 +13,10 @@ SEGMENT_KEYS = ("path", "start", "end")
 MAX_WINDOW_SECONDS = 3600.0  # a fitted clip is an array of that many seconds, for every row
 
 
-def check_window_seconds(seconds: float, option: str = "seconds") -> None:
-    """Refuses a clip length (`option`) that is not a positive finite number of seconds up to an hour."""
+def check_window_seconds(seconds: float) -> None:
+    """Refuses a clip length that is not a positive finite number of seconds up to an hour."""
     if not (isinstance(seconds, (int, float)) and 0 < seconds <= MAX_WINDOW_SECONDS):
-        raise ValueError(f"{option} must be a number of seconds in (0, {MAX_WINDOW_SECONDS:g}], got {seconds!r}.")
+        raise ValueError(f"seconds must be a number of seconds in (0, {MAX_WINDOW_SECONDS:g}], got {seconds!r}.")
 
 
 def decode_audio(value, sampling_rate=16000, downmix=False):

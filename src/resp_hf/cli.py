@@ -273,6 +273,18 @@ def non_negative_int(text):
     return value
 
 
+def number_argument(description, accepts):
+    """An argparse type: a number for which `accepts` holds (NaN never does), else an error saying it must be one."""
+
+    def number(text):
+        value = float(text)
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {description}, got {text}")
+        return value
+
+    return number
+
+
 def distinct_seeds(text):
     """An argparse type: comma-separated distinct integers (returned as the text given)."""
     seeds = [int(seed) for seed in text.split(",")]

@@ -48,6 +48,13 @@ def check_holds_no_input(path: Path, inputs: tuple[str | Path | None, ...], name
             raise ValueError(f"{name} {path} is or holds the input {item}: choose another folder.")
 
 
+def check_outside_inputs(path: str | Path, inputs: tuple, name: str = "The output") -> None:
+    """Refuses an output that lies inside one of `inputs` that is a folder (links resolved): it would mix with them."""
+    for item in inputs:
+        if isinstance(item, (str, Path)) and Path(item).is_dir() and is_within(path, item):
+            raise ValueError(f"{name} {path} lies inside the input folder {item}: choose a folder outside it.")
+
+
 def check_holds_no_current_folder(path: Path) -> None:
     """Refuses a folder to be replaced that is, or lies above, the current folder (links resolved)."""
     if is_within(os.getcwd(), path):

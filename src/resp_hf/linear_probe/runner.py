@@ -16,7 +16,7 @@ from ..audio import check_window_seconds
 from ..metrics import classification_metrics, regression_metrics
 from ..models.resp_m2d import RespM2DModel
 from ..opera import OPERA_VALIDATION_SEED, OperaTask, ProbeProtocol, build_task, check_root, get_protocol, get_task
-from ..output_folders import check_output_folder, is_within, remove_outputs, save_npz
+from ..output_folders import check_output_folder, check_outside_inputs, remove_outputs, save_npz
 from ..quantize import METHODS, quantize
 from ..splits import check_disjoint_splits, check_split_labels, seeded_split
 from .embeddings import EmbeddingCache, embed_split, model_fingerprint, parse_layers, split_fingerprint
@@ -400,9 +400,7 @@ def check_cache_dir(cache_dir: str | Path | None, inputs: Sequence) -> None:
         return
     if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
         raise ValueError(f"The cache_dir {cache_dir} is a file; pass a folder.")
-    for item in inputs:
-        if isinstance(item, (str, Path)) and Path(item).is_dir() and is_within(cache_dir, item):
-            raise ValueError(f"The cache_dir {cache_dir} lies inside the input {item}: choose a folder outside it.")
+    check_outside_inputs(cache_dir, inputs, name="The cache_dir")
 
 
 def run_benchmark(

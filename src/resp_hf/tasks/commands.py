@@ -79,12 +79,12 @@ def build_and_save_task(
     """
     settings = settings or TaskBenchmarkSettings()
     if name.upper() in OPERA_TASKS or name in {task.name for task in OPERA_TASKS.values()}:
-        check_options_apply(name, {"opera"}, settings, skip_invalid)
+        check_options_apply([name], {"opera"}, settings, skip_invalid)
         if opera_root is None:
             raise ValueError(f"{name} is an OPERA task: pass --opera-root.")
         return build_opera_task(name, opera_root, output, overwrite=overwrite)
     task = get_task(name)
-    check_options_apply(name, {task.dataset}, settings, skip_invalid)
+    check_options_apply([name], {task.dataset}, settings, skip_invalid)
     inputs = (icbhi_root, sprsound_root)
     # before reading anything
     check_output_folder(output, overwrite, option="overwrite=True (--overwrite)", inputs=inputs, replaced=True)

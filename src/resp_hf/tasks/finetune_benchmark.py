@@ -129,7 +129,9 @@ def recipe_for(task, protocol, settings):
     return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
 
 
-def check_options_apply(names: str, datasets: set[str], settings: TaskBenchmarkSettings, skip_invalid=False) -> None:
+def check_options_apply(
+    names: Sequence[str], datasets: set[str], settings: TaskBenchmarkSettings, skip_invalid=False
+) -> None:
     """
     Refuses the build options given (not None; `skip_invalid` set) for tasks `names` whose `datasets` ("opera",
     "icbhi", "sprsound") they apply to none of: such an option would otherwise be ignored.
@@ -147,8 +149,10 @@ def check_options_apply(names: str, datasets: set[str], settings: TaskBenchmarkS
     ]
     if unused:
         sources = " and ".join(sorted(DATASET_NAMES[dataset] for dataset in datasets))
-        tasks = "task" if "," not in names else "tasks"
-        raise ValueError(f"{', '.join(unused)} do(es) not apply to the {sources} {tasks} {names}: leave them out.")
+        tasks = "task" if len(names) == 1 else "tasks"
+        raise ValueError(
+            f"{', '.join(unused)} do(es) not apply to the {sources} {tasks} {', '.join(names)}: leave them out."
+        )
 
 
 def build_task_dataset(task, roots, settings, skip_invalid=False):
@@ -369,7 +373,7 @@ def run_task_benchmark(
     output_dir = Path(output_dir)
     check_output_folder(output_dir, overwrite, option="overwrite=True (--overwrite)")
     tasks = [get_task(name) for name in task_names]
-    check_options_apply(", ".join(task_names), {task.dataset for task in tasks}, settings)
+    check_options_apply(task_names, {task.dataset for task in tasks}, settings)
     for task in tasks:
         for protocol in settings.protocols:
             recipe_for(task, protocol, settings)  # an unknown protocol fails before any data is read

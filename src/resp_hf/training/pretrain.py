@@ -40,7 +40,13 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .. import cards
-from ..cli import OneLineErrorParser, RawDescriptionCanonicalSpellingFormatter, non_negative_int, positive_int
+from ..cli import (
+    OneLineErrorParser,
+    RawDescriptionCanonicalSpellingFormatter,
+    non_negative_int,
+    number_argument,
+    positive_int,
+)
 from ..convert import architecture_of, check_checkpoint_fits, file_sha256, load_checkpoint, read_m2d_checkpoint
 from ..models.resp_m2d import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from ..output_folders import (
@@ -258,18 +264,6 @@ def plot_loss(log_path, output_path):
     figure.tight_layout()
     figure.savefig(output_path)
     plt.close(figure)
-
-
-def number_argument(description, accepts):
-    """An argparse type: a number for which `accepts` holds (NaN never does), else an error saying it must be one."""
-
-    def number(text):
-        value = float(text)
-        if not accepts(value):
-            raise argparse.ArgumentTypeError(f"must be {description}, got {text}")
-        return value
-
-    return number
 
 
 POSITIVE_NUMBER = number_argument("a finite number above 0", lambda value: 0 < value < math.inf)

@@ -15,7 +15,7 @@ from datasets import Audio
 from ..audio import decode_audio
 from ..data import AUDIO_EXTENSIONS, is_saved_dataset, load_any_dataset
 from ..models.resp_m2d import RespM2DFeatureExtractor
-from ..output_folders import atomic_file, atomic_folder, check_output_folder, is_within
+from ..output_folders import atomic_file, atomic_folder, check_output_folder, check_outside_inputs
 
 # More zero-padding than this (seconds) is a mistake: M2D pads to 6.1 s, and each padded clip is held in memory.
 MAX_MIN_SECONDS = 600
@@ -230,10 +230,7 @@ def precompute_log_mels(input_dir, output_dir, config, progress=True, min_second
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     dataset = LogMelUnits([], config, min_seconds=min_seconds)  # checks min_seconds before anything is read
     check_output_folder(output_dir, overwrite, inputs=(input_dir,), replaced=True)
-    if is_within(output_dir, input_dir):  # its files.csv and .npy files would then pass for part of the audio folder
-        raise ValueError(
-            f"The output {output_dir} lies inside the input folder {input_dir}: choose a folder outside it."
-        )
+    check_outside_inputs(output_dir, (input_dir,))  # its files.csv and .npy files would pass for part of the audio
     audio = sorted(p for p in input_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if not audio:
         raise ValueError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) under {input_dir}.")

@@ -731,7 +731,7 @@ def embed_clips(
                 outputs = model(**inputs, output_hidden_states=needs_hidden_states, output_attentions=False)
                 for layer in layers:
                     embeddings = _pooled_layer(model, outputs, layer).float().cpu()
-                    check_finite_embeddings(embeddings, [describe(index) for index in batch], layer)
+                    check_finite_embeddings(embeddings, batch, describe, layer)
                     for index, embedding in zip(batch, embeddings):
                         rows[layer][index] = embedding
     finally:
@@ -739,11 +739,13 @@ def embed_clips(
     return {layer: torch.stack(embeddings) for layer, embeddings in rows.items()}
 
 
-def check_finite_embeddings(embeddings: torch.Tensor, names: list[str], layer: int) -> None:
-    """Refuses NaN or Inf in a batch's embeddings of `layer`, naming the first such clip."""
+def check_finite_embeddings(
+    embeddings: torch.Tensor, batch: list[int], describe: Callable[[int], str], layer: int
+) -> None:
+    """Refuses NaN or Inf in the embeddings of `layer` of the clips `batch`, naming the first such clip (`describe`)."""
     finite = torch.isfinite(embeddings).all(1)
     if not finite.all():
-        name = names[int((~finite).nonzero()[0])]
+        name = describe(batch[int((~finite).nonzero()[0])])
         raise ValueError(
             f"The layer-{layer} embedding of {name} holds NaN or Inf: the model's weights (or its dtype) overflow on "
             "it; check the weights with a float32 model."
