@@ -392,14 +392,21 @@ def measure_onnx_runtime(model, extractor, clips, clip_seconds, batch_sizes, rep
     return {"rows": rows, "intra_op_threads": torch.get_num_threads()}
 
 
-def measure_compiled(configs, extractor, clips, clip_seconds, batch_size, repeats):
-    """The end-to-end measurement at one batch size with the fp32 and bf16 models' encoder blocks compiled."""
+def measure_compiled(configs, extractor, clips, clip_seconds, batch_sizes, repeats):
+    """
+    The end-to-end measurement with the fp32 and bf16 models' encoder blocks compiled by inductor with frozen weights
+    (`freezing`: weights as constants, so its Linear layers multiply pre-packed weights and the elementwise work between
+    the products runs in fused kernels), one compilation per input shape.
+    """
+    import torch._inductor.config
+
     floats = {name: configs[name] for name in ("fp32", "bf16") if name in configs}
     eager = {name: model.encoder for name, (model, _) in floats.items()}
     for name, (model, _) in floats.items():
-        model.encoder = torch.compile(eager[name])
+        model.encoder = torch.compile(eager[name], dynamic=False)
     try:
-        rows = measure_end_to_end(floats, extractor, clips, clip_seconds, [batch_size], repeats)
+        with torch._inductor.config.patch(freezing=True):
+            rows = measure_end_to_end(floats, extractor, clips, clip_seconds, batch_sizes, repeats)
     finally:
         for name, (model, _) in floats.items():
             model.encoder = eager[name]
@@ -495,7 +502,7 @@ def configurations(model):
     return {name: configuration(model, name) for name in dtype_names(model.device)}
 
 
-def measure(model, settings, repeats, compile_batch=None):
+def measure(model, settings, repeats, compile=False):
     device = model.device
     configs = configurations(model)
     extractor = RespM2DFeatureExtractor.from_model_config(model.config)
@@ -509,8 +516,9 @@ def measure(model, settings, repeats, compile_batch=None):
     end_to_end = measure_end_to_end(
         with_autocast, extractor, clips, settings["clip_seconds"], settings["batch_sizes"], repeats
     )
-    if compile_batch:
-        end_to_end += measure_compiled(configs, extractor, clips, settings["clip_seconds"], compile_batch, repeats)
+    if compile:
+        batch_sizes = settings["batch_sizes"]
+        end_to_end += measure_compiled(configs, extractor, clips, settings["clip_seconds"], batch_sizes, repeats)
     onnx_runtime = measure_onnx_runtime(
         model, extractor, clips, settings["clip_seconds"], settings["onnx_batch_sizes"], repeats
     )
@@ -745,7 +753,11 @@ def main(argv=None):
     parser.add_argument("--output", required=True)
     parser.add_argument("--quick", action="store_true", help="a small model, few rounds, short recordings (CI)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5; 2 with --quick)")
-    parser.add_argument("--compile", action="store_true", help="also measure batch 8 with torch.compile (slow start)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also measure fp32 and bf16 with torch.compile (frozen weights; minutes of compiling)",
+    )
     parser.add_argument("--no-long-recordings", action="store_true", help="skip the long-recording rows")
     parser.add_argument("--long-recording", type=float, help=argparse.SUPPRESS)  # one worker process
     parser.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
@@ -767,7 +779,7 @@ def main(argv=None):
         "quick": args.quick,
         "model": name,
         "parameters": sum(p.numel() for p in model.parameters()),
-        **measure(model, settings, repeats, compile_batch=(2 if args.quick else 8) if args.compile else None),
+        **measure(model, settings, repeats, compile=args.compile),
         "long_recordings": []
         if args.no_long_recordings
         else measure_long_recordings(args, settings["long_minutes"], dtype_names(device)),

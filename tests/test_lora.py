@@ -3,8 +3,9 @@ import torch
 from conftest import tiny_config
 from peft import PeftModel
 
-from resp_hf import RespM2DForAudioClassification
+from resp_hf import RespM2DForAudioClassification, quantize
 from resp_hf.lora import add_lora
+from resp_hf.quantize import packs_weights
 
 
 def tiny_classifier(seed=0):
@@ -48,3 +49,16 @@ def test_lora_trains_saves_and_reloads_adapters(tmp_path):
 def test_bad_lora_rank_is_a_clear_error(rank):
     with pytest.raises(ValueError, match="LoRA rank must be a positive integer"):
         add_lora(tiny_classifier(), rank=rank)
+
+
+def test_lora_on_a_quantized_copy_is_refused_naming_a_quantized_layer():
+    with pytest.raises(
+        ValueError, match=r"quantize\(\) copy for inference \(resp_m2d\.encoder\.layer\.0\.attention\.qkv is"
+    ):
+        add_lora(quantize(tiny_classifier(), "int8"), rank=4)
+    packed = quantize(tiny_classifier(), "fp32")  # GELU and query scaling folded into its packed layers
+    if packs_weights(torch.float32):
+        with pytest.raises(ValueError, match="add LoRA to the model itself and quantize after training"):
+            add_lora(packed, rank=4)
+    else:  # nothing packed: a plain float32 copy takes adapters
+        assert any("lora_A" in name for name, _ in add_lora(packed, rank=4).named_parameters())

@@ -180,13 +180,60 @@ def test_fp32_copy_packs_every_encoder_linear_and_gives_the_float32_embeddings(g
     clips = list(golden_audio.values())
     reference = model.embed(clips, sampling_rate=16000, batch_size=3, progress=False)
     embedded = packed.embed(clips, sampling_rate=16000, batch_size=3, progress=False)
-    assert not on_onednn or packed.encoder.layer[1].mlp.fc2._packed.dtype == torch.float32  # the packed path ran
+    assert not on_onednn or packed.encoder.layer[1].mlp.fc2._packed[0].dtype == torch.float32  # the packed path ran
     torch.testing.assert_close(embedded, reference, atol=2e-5, rtol=1e-5)  # float32 rounding only
     packed.save_pretrained(tmp_path)  # the float32 model as it was
     reloaded = RespM2DModel.from_pretrained(tmp_path).state_dict()
     assert all(torch.equal(value, reloaded[key]) for key, value in model.state_dict().items())
     with pytest.raises(ValueError, match="pass a float32 model on the CPU"):
         quantize(model.to(torch.bfloat16), "fp32")
+
+
+def unfolded(packed_copy, config):
+    """`packed_copy` with each attention scaling its queries itself again."""
+    copied = copy.deepcopy(packed_copy)
+    for layer in copied.encoder.layer:
+        layer.attention.qkv.output_scale = None
+        layer.attention.scaling = (config.hidden_size // config.num_attention_heads) ** -0.5
+    return copied
+
+
+@pytest.mark.parametrize("method", ["bf16", "fp32"])
+def test_packed_copies_fold_a_power_of_two_query_scaling_into_qkv_without_changing_a_bit(method):
+    model = tiny_model()  # head width 16: scaling 1/4
+    packed = quantize(model, method)
+    if not packs_weights(torch.bfloat16 if method == "bf16" else torch.float32):  # no oneDNN kernel: nothing packed
+        assert {layer.attention.scaling for layer in packed.encoder.layer} == {0.25}
+        return
+    width = model.config.hidden_size
+    for layer, original in zip(packed.encoder.layer, model.encoder.layer):
+        assert layer.attention.scaling == 1.0 and original.attention.scaling == 0.25  # the original is untouched
+        expected = torch.tensor([0.25] * width + [1.0] * 2 * width)  # queries first, then keys and values
+        torch.testing.assert_close(layer.attention.qkv.output_scale, expected, rtol=0, atol=0)
+    features = torch.randn(2, 80, 150)
+    with torch.no_grad():
+        folded = packed(input_features=features, output_attentions=True)
+        scaling_itself = unfolded(packed, model.config)(input_features=features, output_attentions=True)
+    assert torch.equal(folded.last_hidden_state, scaling_itself.last_hidden_state)
+    assert all(torch.equal(a, b) for a, b in zip(folded.attentions, scaling_itself.attentions))
+    odd = quantize(tiny_model(hidden_size=48, num_attention_heads=4), method)  # head width 12: 12 ** -0.5 is inexact
+    assert all(layer.attention.qkv.output_scale is None for layer in odd.encoder.layer)
+    assert {layer.attention.scaling for layer in odd.encoder.layer} == {12**-0.5}
+
+
+def test_packed_linear_output_scale_scales_both_paths_exactly_and_a_changed_scale_is_repacked():
+    linear, packed = packed_pair("none")
+    packed.output_scale = torch.tensor([0.5, 2.0, 1.0, 0.125] * 40)
+    inputs = torch.randn(3, 96).to(torch.bfloat16)
+    scaled_weight = linear.weight * packed.output_scale.to(torch.bfloat16)[:, None]
+    scaled_bias = linear.bias * packed.output_scale.to(torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(inputs), reference_output(scaled_weight, scaled_bias, inputs, "none"))
+        packed.output_scale.mul_(2)  # in place: packed again
+        torch.testing.assert_close(packed(inputs), reference_output(2 * scaled_weight, 2 * scaled_bias, inputs, "none"))
+    packed.weight.requires_grad_(True)  # the plain path: Linear, then the scale
+    expected = torch.nn.functional.linear(inputs, linear.weight, linear.bias) * packed.output_scale.to(torch.bfloat16)
+    assert torch.equal(packed(inputs), expected)
 
 
 def packed_pair(activation):
@@ -223,7 +270,7 @@ def test_packed_linear_matches_a_float32_product_of_its_bf16_weights_and_follows
         expected = torch.nn.functional.linear(inputs.float(), packed.weight, packed.bias)
         expected = torch.nn.functional.gelu(expected) if activation == "gelu" else expected
         torch.testing.assert_close(packed(inputs.float()), expected)
-        assert packed._packed.dtype == torch.float32 or not packs_weights(torch.float32)
+        assert packed._packed[0].dtype == torch.float32 or not packs_weights(torch.float32)
 
 
 def test_packed_fp32_linear_trains_a_bias_alone_traces_and_keeps_the_gelu_under_lora():

@@ -1,9 +1,14 @@
 """LoRA adapters (PEFT) on the attention and MLP projections of a resp_m2d encoder or classifier."""
 
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
 from .models.resp_m2d import RespM2DForAudioClassification
+from .quantize import PackedLinear
 
 # The fused query/key/value and output projections of attention, and the two MLP layers of every block.
 LORA_TARGET_MODULES = ("qkv", "proj", "fc1", "fc2")
+# The layers of resp_hf.quantize() copies: packed (GELU and query scaling folded in) and dynamic int8.
+QUANTIZED_LINEARS = (PackedLinear, DynamicInt8Linear)
 
 
 def add_lora(
@@ -21,6 +26,12 @@ def add_lora(
         raise ValueError("LoRA needs peft: pip install 'resp-hf[peft]'.") from None
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}.")
+    quantized = next((name for name, module in model.named_modules() if isinstance(module, QUANTIZED_LINEARS)), None)
+    if quantized is not None:
+        raise ValueError(
+            f"{type(model).__name__} is a resp_hf.quantize() copy for inference ({quantized} is quantized): "
+            "add LoRA to the model itself and quantize after training."
+        )
     is_classifier = isinstance(model, RespM2DForAudioClassification)
     if is_classifier and model.layer_weights is not None:
         raise ValueError("LoRA with classifier_layer='weighted' is not supported: choose one layer.")

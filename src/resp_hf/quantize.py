@@ -27,7 +27,10 @@ becomes a `PackedLinear`: it multiplies with a copy of its weight packed once in
 the plain weight on every call, and fc1 applies the MLP's exact GELU inside the same kernel (1.15x at batch 1 and
 1.05-1.1x at batch 8 over plain bf16 Linear layers; the products are the same to the bit, fc1's output is rounded once
 instead of twice; the packed copies take another 170 MB for ViT-Base). Embeddings stay within cosine 0.99998 of float32
-on ViT-Base and the golden clips. On x86 CPUs without bf16 instructions (AVX-512 BF16 or AMX) PyTorch and oneDNN
+on ViT-Base and the golden clips. Both packed copies (bf16 and fp32) also fold attention's query scaling into the
+packed qkv weight and bias where it is a power of two (head width 64: 1/8), so the queries come out of the product
+already scaled, to the bit, instead of taking a separate pass over a strided tensor (1-3% of a bf16 forward at batch 1,
+median of 30 interleaved rounds). On x86 CPUs without bf16 instructions (AVX-512 BF16 or AMX) PyTorch and oneDNN
 emulate bf16 in float32 arithmetic: ViT-Base ran 2.8x (batch 1) to 3.4x (batch 8) slower than float32 on an AVX-512 CPU
 without them (Intel Skylake-SP) and about 100x slower on an AVX2 one (AMD Zen 3), so `quantize` warns there.
 
@@ -51,6 +54,7 @@ Quantized models cannot be saved: quantize after loading (`quantize(RespM2DModel
 
 import copy
 import functools
+import math
 import platform
 import types
 import warnings
@@ -62,6 +66,8 @@ from transformers import PreTrainedModel
 METHODS = ("int8", "bf16", "fp32")
 # Engines whose dynamic int8 Linear is FBGEMM's (VNNI / AVX2 kernels); "x86" is PyTorch's default on x86 CPUs.
 ENGINES = ("x86", "fbgemm")
+# oneDNN's Linear on a packed weight; the overload itself, which skips the packet's dispatch (4 us a call).
+LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default if torch.backends.mkldnn.is_available() else None
 
 
 def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
@@ -86,6 +92,7 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
         if packs_weights(torch.float32):
             for encoder in encoders_of(packed):
                 use_packed_linears(encoder, fuse_gelu=packed.config.hidden_act == "gelu")
+                fold_query_scaling(encoder)
         return packed
     if method == "bf16":
         if device.type == "cpu" and not cpu_has_bf16_kernels():
@@ -100,6 +107,7 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
         if device.type == "cpu" and packs_weights(torch.bfloat16):
             for encoder in encoders_of(bf16):
                 use_packed_linears(encoder, fuse_gelu=bf16.config.hidden_act == "gelu")
+                fold_query_scaling(encoder)
         return bf16
     if device.type != "cpu":
         raise ValueError(f"int8 quantization runs on CPU only, but the model is on {device}; call model.to('cpu').")
@@ -149,18 +157,20 @@ def packs_weights(dtype: torch.dtype) -> bool:
 class PackedLinear(nn.Linear):
     """
     A bf16 or float32 Linear that multiplies with a copy of its weight pre-packed in oneDNN's blocked layout, optionally
-    with an exact (erf) GELU applied to the float32 product inside the same kernel. `weight` and `bias` stay ordinary
-    parameters (state dict, saving, `.parameters()` unchanged); the packed copy is remade whenever the weight changes
-    (`load_state_dict`, in-place edits under `torch.no_grad()`, a new tensor assigned). In-place edits through
-    `weight.data` bypass PyTorch's version counter and go unseen: edit through `weight` itself. Off the fast path
+    with an exact (erf) GELU applied to the float32 product inside the same kernel, and with each output feature
+    multiplied by `output_scale` (powers of two, so exactly; folded into the packed weight and bias). `weight` and
+    `bias` stay ordinary parameters (state dict, saving, `.parameters()` unchanged); the packed copy is remade whenever
+    they change (`load_state_dict`, in-place edits under `torch.no_grad()`, a new tensor assigned). In-place edits
+    through `.data` bypass PyTorch's version counter and go unseen: edit the parameter itself. Off the fast path
     (gradients needed, another dtype or device, compiling or tracing, no oneDNN kernel for the dtype) it is
-    `nn.Linear` (+ GELU).
+    `nn.Linear` (+ GELU, x `output_scale`).
     """
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activation: str = "none") -> "PackedLinear":
         packed = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         packed.weight, packed.bias, packed.activation = linear.weight, linear.bias, activation
+        packed.register_buffer("output_scale", None, persistent=False)
         packed._packed, packed._packed_from = None, None
         return packed
 
@@ -170,28 +180,38 @@ class PackedLinear(nn.Linear):
     def __getstate__(self):  # copy.deepcopy and pickle: the packed tensor has no storage; it is remade on use
         return {**self.__dict__, "_packed": None, "_packed_from": None}
 
-    def packed_weight(self) -> torch.Tensor:
-        weight = self.weight.detach()
-        # The weight the pack was made from is held, so a new weight can never be allocated at its address.
-        packed_from, version = self._packed_from or (None, None)
-        if packed_from is None or packed_from.data_ptr() != weight.data_ptr() or version != weight._version:
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(weight)
-            self._packed_from = (weight, weight._version)
+    def packed_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The packed weight and the bias, both times `output_scale`; remade when any of them has changed."""
+        sources = (self.weight, self.bias, self.output_scale)
+        key = tuple(None if tensor is None else (tensor.data_ptr(), tensor._version) for tensor in sources)
+        if self._packed_from is None or self._packed_from[0] != key:
+            weight, bias, scale = (None if tensor is None else tensor.detach() for tensor in sources)
+            if scale is not None:
+                scale = scale.to(weight.dtype)
+                weight, bias = weight * scale[:, None], None if bias is None else bias * scale
+            self._packed = (torch.ops.mkldnn._reorder_linear_weight(weight), bias)
+            self._packed_from = (key, sources)  # held, so that no new tensor is allocated at their addresses
         return self._packed
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        trained = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        needs_grad = torch.is_grad_enabled() and (hidden_states.requires_grad or trained)
-        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        # Cheapest checks first: at batch 1 this Python runs between products of a few hundred microseconds.
         dtype = self.weight.dtype
-        same_dtype_on_cpu = hidden_states.dtype == dtype and self.weight.device.type == "cpu"
-        if same_dtype_on_cpu and not needs_grad and not traced and packs_weights(dtype):
+        if (
+            hidden_states.dtype == dtype
+            and not (torch.is_grad_enabled() and (hidden_states.requires_grad or self.trains()))
+            and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+            and hidden_states.device.type == "cpu"
+            and packs_weights(dtype)
+        ):
+            weight, bias = self.packed_parameters()
             algorithm = "none" if self.activation == "gelu" else ""  # "none": erf, not the tanh approximation
-            return torch.ops.mkldnn._linear_pointwise(
-                hidden_states, self.packed_weight(), self.bias, self.activation, [], algorithm
-            )
+            return LINEAR_POINTWISE(hidden_states, weight, bias, self.activation, [], algorithm)
         output = super().forward(hidden_states)
-        return nn.functional.gelu(output) if self.activation == "gelu" else output
+        output = nn.functional.gelu(output) if self.activation == "gelu" else output
+        return output if self.output_scale is None else output * self.output_scale.to(output.dtype)
+
+    def trains(self) -> bool:
+        return self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
 
 
 def use_packed_linears(encoder: nn.Module, fuse_gelu: bool) -> None:
@@ -202,6 +222,21 @@ def use_packed_linears(encoder: nn.Module, fuse_gelu: bool) -> None:
                 setattr(module, name, PackedLinear.from_linear(child))
         if fuse_gelu and type(module).__name__ == "RespM2DMLP" and isinstance(module.fc1, PackedLinear):
             module.fc1.activation, module.activation = "gelu", nn.Identity()  # not under a wrapper (LoRA) that skips it
+
+
+def fold_query_scaling(encoder: nn.Module) -> None:
+    """
+    Moves each attention's query scaling into its packed qkv weight and bias (`output_scale`), which spares a pass
+    over the queries. Only where the scaling is a power of two (head width 4, 16, 64 or 256), so that the queries are
+    the same to the bit; attention then scales by 1, which it skips.
+    """
+    for module in encoder.modules():
+        if type(module).__name__ != "RespM2DAttention" or type(module.qkv) is not PackedLinear:
+            continue  # a wrapper around qkv (LoRA) would add an unscaled update
+        if math.frexp(module.scaling)[0] == 0.5 and module.qkv.output_scale is None:
+            scale = torch.ones(module.qkv.out_features, device=module.qkv.weight.device)
+            scale[: module.qkv.out_features // 3] = module.scaling  # the query rows come first
+            module.qkv.output_scale, module.scaling = scale, 1.0
 
 
 def encoders_of(model):
