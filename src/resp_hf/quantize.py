@@ -195,13 +195,13 @@ class PackedLinear(nn.Linear):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # Cheapest checks first: at batch 1 this Python runs between products of a few hundred microseconds.
-        dtype = self.weight.dtype
+        weight = self.weight
         if (
-            hidden_states.dtype == dtype
+            hidden_states.dtype == weight.dtype
             and not (torch.is_grad_enabled() and (hidden_states.requires_grad or self.trains()))
             and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
-            and hidden_states.device.type == "cpu"
-            and packs_weights(dtype)
+            and weight.is_cpu
+            and packs_weights(weight.dtype)
         ):
             weight, bias = self.packed_parameters()
             algorithm = "none" if self.activation == "gelu" else ""  # "none": erf, not the tanh approximation
