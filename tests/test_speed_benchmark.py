@@ -176,7 +176,7 @@ def test_bf16_rows_run_the_bfloat16_weights_copy_and_autocast_rows_the_float32_m
     ]
 
 
-def test_packed_fp32_rows_run_the_packed_copy_against_a_packed_reference_of_the_same_shapes(speed):
+def test_packed_fp32_rows_run_the_packed_copy_against_a_packed_reference_of_the_same_shapes(speed, monkeypatch):
     model = tiny_model()
     packed, dtype = speed.configuration(model, "fp32 packed")
     assert dtype is None and {type(module.mlp.fc1).__name__ for module in packed.encoder.layer} == {"PackedLinear"}
@@ -193,13 +193,13 @@ def test_packed_fp32_rows_run_the_packed_copy_against_a_packed_reference_of_the_
     assert square_flops == speed.square_matmul(cpu, torch.float32, 32, packed=False, flops=flops)[1] == 3 * 2 * 32**3
     assert speed.square_matmul(cpu, torch.float32, 32, packed=False, flops=1)[1] == 2 * 32**3
     calls = []
-    original = torch.ops.mkldnn._linear_pointwise
-    torch.ops.mkldnn._linear_pointwise = lambda *args: calls.append(args[0].shape) or original(*args)
-    try:
-        run()  # neither reference needs `torch.no_grad()`
-        square()
-    finally:
-        torch.ops.mkldnn._linear_pointwise = original
+    quantize_module = importlib.import_module("resp_hf.quantize")  # the module, not the function resp_hf exports
+    original = quantize_module.LINEAR_POINTWISE  # the oneDNN op PackedLinear calls
+    monkeypatch.setattr(
+        quantize_module, "LINEAR_POINTWISE", lambda *args: calls.append(args[0].shape) or original(*args)
+    )
+    run()  # neither reference needs `torch.no_grad()`
+    square()
     # qkv, proj, fc1, fc2 of every layer, then the square products: all on oneDNN's packed weights
     assert calls == [(62, 64), (62, 64), (62, 64), (62, 128)] * model.config.num_hidden_layers + [(32, 32)] * 3
 

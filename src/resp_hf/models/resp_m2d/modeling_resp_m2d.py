@@ -115,7 +115,7 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     Queries are scaled before the product, as in the original (timm's written-out attention); the softmax runs in
     the scores' dtype (its bf16 and fp16 kernels accumulate in float32), so no float32 copy of the scores is made.
     """
-    if scaling != 1.0:  # 1.0 where `resp_hf.quantize` moved the scaling into the query weights
+    if scaling != 1.0:  # 1.0 where a packed copy carries the scaling in its query weights
         query = query * scaling
     scores = torch.matmul(query, key.transpose(-2, -1))
     if attention_mask is not None:
