@@ -134,6 +134,16 @@ def test_a_saved_padding_value_that_is_not_a_finite_number_is_refused_on_loading
     assert len(str(error.value).splitlines()) == 1
 
 
+@pytest.mark.parametrize("saved, kind", [("[1, 2]", "list"), ("16000", "int"), ('"settings"', "str")])
+def test_a_preprocessor_config_that_is_not_an_object_is_refused_naming_the_file(tmp_path, saved, kind):
+    RespM2DFeatureExtractor().save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(saved)
+    expected = f"preprocessor_config.json in {tmp_path} must hold one JSON object of settings, not a {kind}."
+    with pytest.raises(ValueError) as error:
+        RespM2DFeatureExtractor.from_pretrained(tmp_path)
+    assert str(error.value) == expected
+
+
 def test_a_batch_of_no_clips_and_a_clip_that_overflows_the_log_mel_are_named():
     extractor = RespM2DFeatureExtractor()
     with pytest.raises(ValueError, match=r"a batch of no clips \(shape \(0, 100\)\)"):

@@ -463,6 +463,17 @@ class TestRespM2DConfig:
         with pytest.raises(ValueError, match=r"num_attention_heads=0 \(an integer >= 1\)"):
             RespM2DModel.from_pretrained(tmp_path)
 
+    @pytest.mark.parametrize("payload, kind", [([1, 2], "list"), (3, "int"), ("settings", "str")])
+    def test_a_config_json_that_is_not_an_object_is_refused_naming_the_file(self, tmp_path, payload, kind):
+        tiny_model().save_pretrained(tmp_path)
+        (tmp_path / "config.json").write_text(json.dumps(payload))
+        for load in (RespM2DModel.from_pretrained, RespM2DConfig.from_pretrained):
+            with pytest.raises(
+                ValueError, match=f"config.json must hold one JSON object of settings, not a {kind}"
+            ) as error:
+                load(tmp_path)
+            assert str(tmp_path / "config.json") in str(error.value) and len(str(error.value).splitlines()) == 1
+
     @pytest.mark.parametrize(
         "edit, message",
         [

@@ -225,6 +225,14 @@ class RespM2DConfig(PreTrainedConfig):
             copy_pipeline_code(self.custom_pipelines, save_directory)
         super().save_pretrained(save_directory, **kwargs)
 
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        """The settings in `json_file`, which must hold one JSON object (anything else is refused, naming the file)."""
+        settings = super()._dict_from_json_file(json_file)
+        if not isinstance(settings, dict):
+            raise ValueError(f"{json_file} must hold one JSON object of settings, not a {type(settings).__name__}.")
+        return settings
+
     @property
     def num_mel_bins(self):
         """Number of mel bins of the log-mel input."""

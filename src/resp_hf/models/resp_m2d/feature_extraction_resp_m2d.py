@@ -141,6 +141,17 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         self.mel_filters = slaney_mel_filter_bank(sampling_rate, n_fft, feature_size, f_min, f_max)
 
     @classmethod
+    def get_feature_extractor_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """As Transformers reads it; settings that are not one JSON object are refused, naming the file."""
+        settings, kwargs = super().get_feature_extractor_dict(pretrained_model_name_or_path, **kwargs)
+        if not isinstance(settings, dict):
+            raise ValueError(
+                f"preprocessor_config.json in {pretrained_model_name_or_path} must hold one JSON object of settings, "
+                f"not a {type(settings).__name__}."
+            )
+        return settings, kwargs
+
+    @classmethod
     def from_model_config(cls, config):
         """Builds the feature extractor that matches a [`RespM2DConfig`]."""
         return cls(
