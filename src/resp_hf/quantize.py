@@ -90,9 +90,7 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
             )
         packed = copy.deepcopy(model).eval()
         if packs_weights(torch.float32):
-            for encoder in encoders_of(packed):
-                use_packed_linears(encoder, fuse_gelu=packed.config.hidden_act == "gelu")
-                fold_query_scaling(encoder)
+            pack_encoders(packed)
         return packed
     if method == "bf16":
         if device.type == "cpu" and not cpu_has_bf16_kernels():
@@ -105,9 +103,7 @@ def quantize(model: nn.Module, method: str = "int8") -> nn.Module:
         if device.type == "cpu" and bf16.config._attn_implementation == "sdpa":
             bf16.set_attn_implementation("eager")  # faster in bf16 on CPUs (module docstring)
         if device.type == "cpu" and packs_weights(torch.bfloat16):
-            for encoder in encoders_of(bf16):
-                use_packed_linears(encoder, fuse_gelu=bf16.config.hidden_act == "gelu")
-                fold_query_scaling(encoder)
+            pack_encoders(bf16)
         return bf16
     if device.type != "cpu":
         raise ValueError(f"int8 quantization runs on CPU only, but the model is on {device}; call model.to('cpu').")
@@ -212,6 +208,13 @@ class PackedLinear(nn.Linear):
 
     def trains(self) -> bool:
         return self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
+
+
+def pack_encoders(model: nn.Module) -> None:
+    """In every encoder of `model`: `PackedLinear` layers, the exact GELU inside fc1, the query scaling inside qkv."""
+    for encoder in encoders_of(model):
+        use_packed_linears(encoder, fuse_gelu=model.config.hidden_act == "gelu")
+        fold_query_scaling(encoder)
 
 
 def use_packed_linears(encoder: nn.Module, fuse_gelu: bool) -> None:
