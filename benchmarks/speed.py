@@ -574,7 +574,10 @@ def summary(report):
         lines.append(f"- **{dtype}**: " + "; ".join(parts) + f"; cosine to fp32 >= {cosine:.5f}.")
     invalid = sum(
         1
-        for row in report["end_to_end"] + report["mixed_lengths"]["rows"] + report["chunk_batches"]
+        for row in report["end_to_end"]
+        + report["mixed_lengths"]["rows"]
+        + report["chunk_batches"]
+        + report["onnx_runtime"]["rows"]
         for reference in ("model-shape", "square")
         if row.get(f"fraction_of_{reference}", 0) > 1 or row.get(f"fraction_of_{reference}_best", 0) > 1
     )
@@ -588,16 +591,19 @@ def onnx_runtime_table(onnx_runtime, clip_seconds):
     lines = [
         f"ONNX Runtime end to end, {clip_seconds:g}-s clips (features in PyTorch; CPU, "
         f"{onnx_runtime['intra_op_threads']} intra-op threads), interleaved with eager fp32 in the same rounds; "
-        "x eager fp32 is the median same-moment speed-up (ORT's kernels are not torch's: no matmul fractions):",
+        "x eager fp32 is the median same-moment speed-up (ORT's kernels are not torch's: matmul fractions for eager "
+        "fp32 only):",
         "",
-        "| runtime | batch | clips/s | audio s/s | achieved TFLOP/s | x eager fp32 | cosine to fp32 |",
-        "|---|---|---|---|---|---|---|",
+        "| runtime | batch | clips/s | audio s/s | achieved TFLOP/s | fraction (model-shape) | x eager fp32 | "
+        "cosine to fp32 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in onnx_runtime["rows"]:
         lines.append(
             f"| {'eager fp32' if row['dtype'] == 'fp32' else row['dtype']} | {row['batch_size']} | "
             f"{row['clips_per_second']:.2f} | {row['audio_seconds_per_second']:.1f} | "
-            f"{row['achieved_flops'] / 1e12:.3f} | {speedup(row)} | {row['cosine_to_fp32']:.6f} |"
+            f"{row['achieved_flops'] / 1e12:.3f} | {percent(row, 'model-shape')} | {speedup(row)} | "
+            f"{row['cosine_to_fp32']:.6f} |"
         )
     return lines
 

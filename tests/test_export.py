@@ -19,6 +19,15 @@ def padded_inputs(batch, frames, seed=0):
     return torch.randn(batch, 80, frames) * mask[:, None], mask
 
 
+def padded_on_the_left(features, mask):
+    """The same clips with their padding moved before them."""
+    shifts = (mask.shape[1] - mask.sum(1)).tolist()
+    return (
+        torch.stack([row.roll(shift, -1) for row, shift in zip(features, shifts)]),
+        torch.stack([row.roll(shift, -1) for row, shift in zip(mask, shifts)]),
+    )
+
+
 def tiny_classifier():
     torch.manual_seed(0)
     return RespM2DForAudioClassification(tiny_config(num_labels=3)).eval()
@@ -50,7 +59,9 @@ def test_torch_export_with_dynamic_batch_and_length_matches_eager(make_model):
         with torch.no_grad():
             expected = model(features, attention_mask=mask)
             received = program.module()(features, mask)
+            left_padded = program.module()(*padded_on_the_left(features, mask))
         torch.testing.assert_close(main_output(model, received), main_output(model, expected), atol=1e-4, rtol=0)
+        torch.testing.assert_close(main_output(model, left_padded), main_output(model, expected), atol=1e-4, rtol=0)
         if isinstance(model, RespM2DModel):
             torch.testing.assert_close(received.last_hidden_state, expected.last_hidden_state, atol=1e-4, rtol=0)
             steps = expected.frame_mask.shape[1]  # under export all columns of all chunks, the clip's marked
@@ -67,14 +78,15 @@ def test_onnx_export_of_the_golden_encoder_matches_eager_on_the_golden_clips(gol
     clips = list(golden_audio.values())
     for batch in (clips, clips[:1]):  # dynamic batch and length
         inputs = extractor(batch, sampling_rate=16000)
-        hidden, pooled = session.run(
-            ["last_hidden_state", "pooler_output"],
-            {"input_features": inputs["input_features"].numpy(), "attention_mask": inputs["attention_mask"].numpy()},
-        )
         with torch.no_grad():
             expected = model(**inputs)
-        torch.testing.assert_close(torch.from_numpy(pooled), expected.pooler_output, atol=1e-4, rtol=0)
-        torch.testing.assert_close(torch.from_numpy(hidden), expected.last_hidden_state, atol=1e-4, rtol=0)
+        for features, mask in (inputs.values(), padded_on_the_left(*inputs.values())):
+            hidden, pooled = session.run(
+                ["last_hidden_state", "pooler_output"],
+                {"input_features": features.numpy(), "attention_mask": mask.numpy()},
+            )
+            torch.testing.assert_close(torch.from_numpy(pooled), expected.pooler_output, atol=1e-4, rtol=0)
+            torch.testing.assert_close(torch.from_numpy(hidden), expected.last_hidden_state, atol=1e-4, rtol=0)
 
 
 def test_int8_onnx_pooler_output_of_the_golden_clips_stays_within_cosine_09995_of_eager_fp32(

@@ -5,9 +5,9 @@ import pytest
 import soundfile
 import soxr
 import torch
-from conftest import noise
+from conftest import noise, tiny_config
 
-from resp_hf import RespM2DConfig, RespM2DFeatureExtractor
+from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
 from resp_hf.models.resp_m2d import feature_extraction_resp_m2d as feature_extraction_module
 from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio
 from resp_hf.models.resp_m2d.feature_extraction_resp_m2d import slaney_mel_filter_bank
@@ -115,6 +115,7 @@ def test_mel_range_above_nyquist_is_an_error():
         ({"padding_value": float("-inf")}, r"padding_value=-inf must be a finite number"),
         ({"padding_value": "zero"}, r"padding_value='zero' must be a finite number"),
         ({"padding_value": None}, r"padding_value=None must be a finite number"),
+        ({"padding_side": "center"}, r"padding_side='center' must be 'left' or 'right'"),
     ],
 )
 def test_malformed_front_end_settings_are_refused_when_the_extractor_is_made(setting, message):
@@ -400,6 +401,29 @@ def test_pad_batches_rows_of_its_own_features():
     assert torch.equal(cut["input_features"], expected["input_features"][:, :, :50])
     with pytest.raises(ValueError, match=r"input_features 0 has shape \(2, 3\); pad\(\) takes \(80, frames\)"):
         extractor.pad([{"input_features": [[0.0] * 3] * 2}])
+
+
+def test_left_padding_puts_the_same_frames_after_the_padding_in_calls_pad_and_saved_extractors(tmp_path):
+    RespM2DFeatureExtractor(padding_side="left").save_pretrained(tmp_path)
+    left, right = RespM2DFeatureExtractor.from_pretrained(tmp_path), RespM2DFeatureExtractor()
+    clips = [noise(0.6, seed=1), noise(1.0, seed=2), noise(0.3, seed=3)]
+    expected, received = right(clips, sampling_rate=16000), left(clips, sampling_rate=16000)
+    total = expected["attention_mask"].shape[1]
+    for row, frames in enumerate(expected["attention_mask"].sum(-1).tolist()):
+        padding = total - frames
+        assert torch.equal(received["input_features"][row, :, padding:], expected["input_features"][row, :, :frames])
+        assert torch.all(received["input_features"][row, :, :padding] == left.padding_value)
+        assert received["attention_mask"][row].tolist() == [0] * padding + [1] * frames
+    rows = dataset_rows(right, clips, labels=[1, 0, 1])
+    batch = left.pad(rows, return_tensors="pt")
+    assert torch.equal(batch["input_features"], received["input_features"])
+    assert torch.equal(batch["attention_mask"], received["attention_mask"])
+    fixed = left.pad(rows, padding="max_length", max_length=120, return_tensors="pt")
+    assert torch.equal(fixed["input_features"][:, :, -total:], received["input_features"])
+    assert fixed["attention_mask"][:, : 120 - total].sum() == 0
+    model = RespM2DModel(tiny_config()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**received).pooler_output, model(**expected).pooler_output, atol=0, rtol=0)
 
 
 def test_front_end_mismatch_with_the_model_config_is_named():

@@ -94,6 +94,29 @@ class TestRespM2DModel:
                 assert torch.all(batch.frame_embeddings[row, steps:] == 0)
                 torch.testing.assert_close(batch.pooler_output[row], alone.pooler_output[0], atol=1e-4, rtol=0)
 
+    @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+    def test_a_clip_padded_on_the_left_or_both_sides_gives_its_right_padded_outputs(self, attn_implementation):
+        model = tiny_model(attn_implementation=attn_implementation)
+        torch.manual_seed(3)
+        lengths, before = [250, 60, 130], [0, 150, 40]  # row 0 unpadded, row 1 left-padded, row 2 on both sides
+        clips = [torch.randn(80, length) for length in lengths]
+        right, right_mask = torch.zeros(3, 80, 250), torch.zeros(3, 250, dtype=torch.long)
+        left_zeros, left_noise = torch.zeros(3, 80, 250), torch.randn(3, 80, 250)  # padding's values do not count
+        left_mask = torch.zeros(3, 250, dtype=torch.bool)
+        for row, (clip, start) in enumerate(zip(clips, before)):
+            right[row, :, : clip.shape[1]], right_mask[row, : clip.shape[1]] = clip, 1
+            stretch = slice(start, start + clip.shape[1])
+            left_zeros[row, :, stretch], left_noise[row, :, stretch], left_mask[row, stretch] = clip, clip, True
+        options = dict(output_hidden_states=True, output_attentions=True)
+        with torch.no_grad():
+            expected = model(right, attention_mask=right_mask, **options)
+            for features in (left_zeros, left_noise):
+                received = model(features, attention_mask=left_mask, **options)
+                for want, got in zip(all_tensors(expected.to_tuple()), all_tensors(received.to_tuple())):
+                    assert torch.equal(want, got)
+            alone = model(clips[1][None])
+        torch.testing.assert_close(expected.pooler_output[1], alone.pooler_output[0], atol=1e-4, rtol=0)
+
     def test_save_and_load_is_bit_identical(self, tmp_path):
         model = tiny_model(seed=5)
         model.save_pretrained(tmp_path)
@@ -356,14 +379,15 @@ class TestRespM2DModel:
             assert bool(calls) == (implementation == "sdpa")
         torch.testing.assert_close(outputs["eager"], outputs["sdpa"], atol=1e-5, rtol=0)
 
-    def test_padding_without_an_attention_mask_warns_once(self):
+    @pytest.mark.parametrize("padding", [slice(100, None), slice(None, 50)])
+    def test_padding_without_an_attention_mask_warns_once(self, padding):
         from transformers.testing_utils import CaptureLogger
 
         from resp_hf.models.resp_m2d import modeling_resp_m2d
 
         model = tiny_model()
         padded = torch.randn(2, 80, 150)
-        padded[1, :, 100:] = 0.0
+        padded[1, :, padding] = 0.0
         type(modeling_resp_m2d.logger).warning_once.cache_clear()
         with CaptureLogger(modeling_resp_m2d.logger) as quiet:
             model(padded, attention_mask=(padded.abs().sum(1) > 0).long())  # mask given
@@ -384,7 +408,10 @@ class TestRespM2DModel:
             (torch.randn(1, 80, 100), torch.zeros(1, 100), r"Clip 0 has no frames"),
             (torch.randn(3, 80, 100), torch.ones(3, 100).index_fill(0, torch.tensor([0, 2]), 0), r"Clips 0, 2 have no"),
             (torch.randn(2, 80, 0), None, "no frames"),
-            (torch.randn(1, 80, 100), torch.arange(100)[None] >= 50, "right-padded"),
+            (torch.randn(1, 80, 100), (torch.arange(100)[None] % 40) < 20, "row 0 marks frames in more than one"),
+            (torch.randn(2, 80, 6), torch.tensor([[1, 1, 1, 1, 0, 0], [0, 1, 1, 0, 1, 0]]), "row 1 marks frames in"),
+            (torch.randn(1, 80, 100), torch.full((1, 100), 2), "must hold only 0 and 1, found 2"),
+            (torch.randn(1, 80, 100), torch.full((1, 100), 0.5), "must hold only 0 and 1, found 0.5"),
         ],
     )
     def test_bad_model_inputs_are_clear_errors(self, features, mask, message):

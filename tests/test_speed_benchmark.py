@@ -118,6 +118,25 @@ def test_fractions_are_same_moment_ratios_and_those_above_100_percent_are_marked
     assert speed.percent({}, "square") == "—"
 
 
+def test_the_summary_counts_invalid_fractions_of_every_table_the_onnx_runtime_one_included(speed):
+    def row(dtype, fraction=None, best=None):
+        fractions = (
+            {} if fraction is None else {"fraction_of_model-shape": fraction, "fraction_of_model-shape_best": best}
+        )
+        return {"dtype": dtype, "batch_size": 1, "clips_per_second": 2.0, "cosine_to_fp32": 1.0, **fractions}
+
+    report = {
+        "end_to_end": [row("fp32", 0.9, 1.01)],
+        "mixed_lengths": {"rows": [row("fp32", 0.9, 0.95)]},
+        "chunk_batches": [row("fp32", 1.02, 0.99)],
+        "onnx_runtime": {"rows": [row("fp32", 1.004, 1.13), row("ORT int8")]},
+    }
+    assert speed.summary(report)[-1].endswith("within a round): 3.")
+    timed = {"audio_seconds_per_second": 20.0, "achieved_flops": 1e11}
+    table = speed.onnx_runtime_table({"rows": [{**row("fp32", 1.004, 1.13), **timed}], "intra_op_threads": 2}, 10.0)
+    assert table[-1] == "| eager fp32 | 1 | 2.00 | 20.0 | 0.100 | 100% (113%) **invalid** | 1x | 1.000000 |"
+
+
 def test_model_shape_reference_runs_the_encoder_products_of_the_recorded_passes(speed, monkeypatch):
     model = tiny_model()
     config = model.config

@@ -96,6 +96,8 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         mean, std (`float`): log-mel normalization statistics of the checkpoint.
         padding_value (`float`, defaults to 0.0): value of padded frames (0 is what the encoder's zero padding expects).
         return_attention_mask (`bool`, defaults to `True`): return the frame-level `attention_mask`.
+        padding_side (`str`, defaults to `"right"`): where padded frames go, `"right"` (after each clip) or `"left"`
+            (before it); the model reads either.
     """
 
     model_input_names = ["input_features", "attention_mask"]
@@ -129,6 +131,8 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         self.f_max = f_max
         self.mean = mean
         self.std = std
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side={self.padding_side!r} must be 'left' or 'right'.")
         check_integers(self, at_least_one=("feature_size", "n_fft", "win_length", "hop_length"))
         check_sampling_rate(sampling_rate)
         if win_length > n_fft:
@@ -221,7 +225,8 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
             padding (`bool` or `str`, defaults to `True`):
                 `True` or `"longest"`: pad to the longest clip; `"max_length"`: pad to `max_length`; `False`: return
                 each clip's own frames (a list; use `return_tensors=None` or `"np"` for clips of different lengths).
-                Padded frames are `padding_value` and masked out by `attention_mask`.
+                Padded frames are `padding_value`, after each clip (or before it: `padding_side="left"`), and
+                masked out by `attention_mask`.
             max_length (`int`, *optional*): length in samples (at the model's rate) for `"max_length"` padding and
                 truncation.
             truncation (`bool`, defaults to `False`): cut clips longer than `max_length` samples.
@@ -272,6 +277,8 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
             lengths = [self.num_frames(len(waveform)) for waveform in waveforms]
             features = [row[:, :length] for row, length in zip(features, lengths)]
             attention_mask = [row[:length] for row, length in zip(attention_mask, lengths)]
+        elif self.padding_side == "left":
+            features, attention_mask = padding_to_front(features, attention_mask)
         data = {"input_features": features}
         if self.return_attention_mask if return_attention_mask is None else return_attention_mask:
             data["attention_mask"] = attention_mask
@@ -370,8 +377,8 @@ class RespM2DFeatureExtractor(SequenceFeatureExtractor):
         if pad_to_multiple_of:
             target = math.ceil(target / pad_to_multiple_of) * pad_to_multiple_of
         if strategy != PaddingStrategy.DO_NOT_PAD:
-            features = np.stack([pad_frames(item, target, self.padding_value) for item in features])
-            masks = np.stack([pad_frames(mask, target, 0) for mask in masks])
+            features = np.stack([pad_frames(item, target, self.padding_value, self.padding_side) for item in features])
+            masks = np.stack([pad_frames(mask, target, 0, self.padding_side) for mask in masks])
         data["input_features"] = features
         data.pop("attention_mask", None)
         if self.return_attention_mask if return_attention_mask is None else return_attention_mask:
@@ -417,10 +424,18 @@ def reflect_pad_into(row, waveform, pad):
     row[pad + length : 2 * pad + length] = waveform[length - pad - 1 : length - 1].flip(0)
 
 
-def pad_frames(values, frames, value):
-    """Pads the last axis of `values` to `frames` with `value`."""
-    widths = [(0, 0)] * (values.ndim - 1) + [(0, frames - values.shape[-1])]
+def pad_frames(values, frames, value, side="right"):
+    """Pads the last axis of `values` to `frames` with `value`, after the values or (`side="left"`) before them."""
+    missing = frames - values.shape[-1]
+    widths = [(0, 0)] * (values.ndim - 1) + [(missing, 0) if side == "left" else (0, missing)]
     return np.pad(values, widths, constant_values=value)
+
+
+def padding_to_front(features, attention_mask):
+    """Right-padded features (batch, n_mels, frames) and their mask (batch, frames), padded on the left instead."""
+    shifts = (attention_mask.shape[-1] - attention_mask.sum(-1)).tolist()
+    features = torch.stack([row.roll(shift, -1) for row, shift in zip(features, shifts)])
+    return features, torch.stack([row.roll(shift, -1) for row, shift in zip(attention_mask, shifts)])
 
 
 def as_batch_feature(data, return_tensors):

@@ -220,6 +220,32 @@ class RespM2DEncoder(nn.Module):
         return hidden_states, all_hidden_states, all_attentions
 
 
+def check_one_run_of_frames(attention_mask: torch.Tensor) -> None:
+    """Raises ValueError unless every row of a (batch, frames) mask holds only 0 and 1, its 1s in one run."""
+    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        values = torch.unique(attention_mask[(attention_mask != 0) & (attention_mask != 1)])
+        raise ValueError(
+            f"attention_mask must hold only 0 and 1, found {first_few([str(v) for v in values.tolist()], 3)}."
+        )
+    mask = attention_mask.to(torch.int8)
+    runs = mask[:, 0] + (mask[:, 1:] > mask[:, :-1]).sum(-1)
+    split = torch.nonzero(runs > 1).flatten().tolist()
+    if split:
+        raise ValueError(
+            f"attention_mask row {split[0]} marks frames in more than one stretch: each clip must be one run of 1s, "
+            "with padding (0s) only before and/or after it."
+        )
+
+
+def frames_first(input_features: torch.Tensor, attention_mask: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:
+    """Each clip's frames (its run of 1s in `attention_mask`) moved to the front of its row, zeros after them."""
+    frames = torch.arange(input_features.shape[-1], device=input_features.device)
+    first = attention_mask.to(torch.int8).argmax(-1)  # the first 1: 0 unless left-padded
+    source = (frames[None, :] + first[:, None]).clamp(max=input_features.shape[-1] - 1)
+    moved = input_features.gather(-1, source[:, None, :].expand_as(input_features))
+    return moved * (frames[None, :] < num_frames[:, None])[:, None, :].to(input_features.dtype)
+
+
 class RespM2DPreTrainedModel(PreTrainedModel):
     config_class = RespM2DConfig
     config: RespM2DConfig
@@ -391,7 +417,9 @@ class RespM2DModel(RespM2DPreTrainedModel):
         input_features (`torch.FloatTensor` of shape `(batch, n_mels, frames)`):
             Normalized log-mel features from [`RespM2DFeatureExtractor`].
         attention_mask (`torch.LongTensor` of shape `(batch, frames)`, *optional*):
-            1 for real frames, 0 for padding. Padded frames are zeroed and their patches masked out.
+            1 for a clip's frames, 0 for padding before (left padding) or after them (right padding); each clip is
+            one run of 1s. A clip is encoded from its first frame on, so its outputs are the same whichever side
+            was padded.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -467,7 +495,7 @@ class RespM2DModel(RespM2DPreTrainedModel):
             num_frames = torch.full(input_features.shape[:1], frames, device=input_features.device)
         else:
             num_frames = attention_mask.sum(-1).long()
-            input_features = input_features * attention_mask[:, None, :].to(input_features.dtype)
+            input_features = frames_first(input_features, attention_mask, num_frames)
         unit = self.config.unit_frames
         num_chunks = (frames + unit - 1) // unit
         # Time-major, so that chunks are slices and flattening them is a view (no size guards in torch.export).
@@ -560,22 +588,22 @@ class RespM2DModel(RespM2DPreTrainedModel):
             raise ValueError("input_features has no frames (an empty input).")
         if _is_tracing():  # the checks below read values: eager only, so compiled graphs do not break here
             return
-        if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
-            raise ValueError("attention_mask must be right-padded: 1 for the leading real frames, then 0.")
         if attention_mask is None:
             self._warn_if_padded(input_features)
             return
+        check_one_run_of_frames(attention_mask)
         empty = torch.nonzero(attention_mask.sum(-1) == 0).flatten().tolist()
         if empty:
             clips = f"Clip {empty[0]} has" if len(empty) == 1 else f"Clips {', '.join(map(str, empty))} have"
             raise ValueError(f"{clips} no frames (an all-zero attention_mask row).")
 
     def _warn_if_padded(self, input_features):
-        """Warns once when some rows end in all-zero frames (the extractor's padding) and others do not."""
-        padded = (input_features[:, :, -1] == 0).all(dim=1)
+        """Warns once when some rows begin or end in all-zero frames (the extractor's padding) and others do not."""
+        padded = (input_features[:, :, [0, -1]] == 0).all(dim=1).any(dim=1)
         if bool(padded.any()) and not bool(padded.all()):
             logger.warning_once(
-                "input_features look padded (some rows end in all-zero frames) but no attention_mask was passed: "
+                "input_features look padded (some rows begin or end in all-zero frames) but no attention_mask was "
+                "passed: "
                 "padding then counts as audio and changes pooler_output. Pass the extractor's attention_mask."
             )
 
