@@ -8,9 +8,9 @@ import soundfile
 import torch
 import torch.nn.functional as F
 from conftest import RespM2DModelTester, noise, tiny_config, tiny_model
-from transformers import AutoModel
+from transformers import AutoModel, AutoModelForAudioClassification
 
-from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DModel
+from resp_hf import RespM2DConfig, RespM2DFeatureExtractor, RespM2DForAudioClassification, RespM2DModel
 
 
 class RunsCode:
@@ -130,7 +130,6 @@ class TestRespM2DModel:
             assert torch.equal(model(features).frame_embeddings, loaded(features).frame_embeddings)
 
     def test_a_config_that_disagrees_with_the_weights_is_an_error(self, tmp_path):
-        from resp_hf import RespM2DForAudioClassification
 
         tiny_model().save_pretrained(tmp_path / "encoder")
         for layers, kind in ((3, "missing keys: encoder.layer.2."), (1, "unexpected keys: encoder.layer.1.")):
@@ -159,7 +158,6 @@ class TestRespM2DModel:
         assert initialized == []
 
     def test_weights_of_other_shapes_are_named(self, tmp_path):
-        from resp_hf import RespM2DForAudioClassification
 
         classifier = RespM2DForAudioClassification(tiny_config(num_labels=2))
         classifier.save_pretrained(tmp_path)
@@ -192,6 +190,46 @@ class TestRespM2DModel:
         with pytest.raises(OSError, match=f"{weights} is not a readable weights file \\(SafetensorError"):
             RespM2DModel.from_pretrained(tmp_path)
 
+    @pytest.mark.parametrize(
+        "index, message",
+        [
+            (b"{not json", "is not valid JSON"),
+            (b"\xff\xfe\x00", "is not valid JSON"),
+            (b"[]", "is not an index of sharded weights"),
+            (b'{"weight_map": 5, "metadata": {}}', "is not an index of sharded weights"),
+            (b'{"weight_map": {}, "metadata": {}}', "is not an index of sharded weights"),
+            (b'{"weight_map": {"cls_token": 3}, "metadata": {}}', "is not an index of sharded weights"),
+            (b'{"weight_map": {"cls_token": "model-00001-of-00004.safetensors"}}', "is not an index of sharded"),
+        ],
+    )
+    def test_a_damaged_index_of_sharded_weights_is_named(self, tmp_path, index, message):
+        classifier = RespM2DForAudioClassification(tiny_config(num_labels=2))
+        classifier.save_pretrained(tmp_path, max_shard_size="100KB")
+        path = tmp_path / "model.safetensors.index.json"
+        loaded = AutoModelForAudioClassification.from_pretrained(tmp_path, trust_remote_code=True)
+        assert torch.equal(loaded.classifier.weight, classifier.classifier.weight)
+        path.write_bytes(index)
+        for load in (RespM2DModel.from_pretrained, RespM2DForAudioClassification.from_pretrained):
+            with pytest.raises(ValueError, match=f"^{path} {message}") as error:
+                load(tmp_path)
+            assert len(str(error.value).splitlines()) == 1
+        with pytest.raises(ValueError, match=f"^{path} {message}"):
+            AutoModelForAudioClassification.from_pretrained(tmp_path, trust_remote_code=True)
+        classifier.save_pretrained(tmp_path / "unsharded")
+        (tmp_path / "model.safetensors").write_bytes((tmp_path / "unsharded" / "model.safetensors").read_bytes())
+        loaded = RespM2DForAudioClassification.from_pretrained(tmp_path)  # Transformers reads the unsharded file
+        assert torch.equal(loaded.classifier.weight, classifier.classifier.weight)
+
+    def test_a_path_to_no_folder_is_named_as_such_and_repo_ids_still_go_to_the_hub(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        for missing in ("./resp-m2dd", str(tmp_path / "models" / "resp-m2d"), tmp_path / "nothing", "a/b/c"):
+            with pytest.raises(FileNotFoundError, match=f"^{missing}: no such model folder"):
+                RespM2DForAudioClassification.from_pretrained(missing)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(OSError) as error:
+            RespM2DModel.from_pretrained("org/name")
+        assert not isinstance(error.value, FileNotFoundError)
+
     def test_non_finite_weights_are_refused_with_the_file_and_weight(self, tmp_path):
         from safetensors.torch import load_file, save_file
 
@@ -222,8 +260,6 @@ class TestRespM2DModel:
         """`key_mapping` and `load_adapter` (PEFT through Transformers) pass the checks of the loaded weights."""
         from peft import LoraConfig, get_peft_model
         from safetensors.torch import load_file, save_file
-
-        from resp_hf import RespM2DForAudioClassification
 
         model = tiny_model(seed=3)
         model.save_pretrained(tmp_path / "renamed")
@@ -513,7 +549,6 @@ class TestRespM2DConfig:
     )
     def test_bad_booleans_and_label_ids_in_a_saved_config_are_refused_on_loading(self, tmp_path, edit, message):
         """config.json's "false" is a truthy string, and label ids with gaps fail in the pipeline (KeyError)."""
-        from resp_hf import RespM2DForAudioClassification
 
         RespM2DForAudioClassification(tiny_config(num_labels=2)).save_pretrained(tmp_path)
         config = json.loads((tmp_path / "config.json").read_text())
@@ -523,7 +558,6 @@ class TestRespM2DConfig:
         assert len(str(error.value).splitlines()) == 1
 
     def test_bad_booleans_and_label_ids_given_to_from_pretrained_are_refused(self, tmp_path):
-        from resp_hf import RespM2DForAudioClassification
 
         tiny_model().save_pretrained(tmp_path)
         with pytest.raises(ValueError, match="freeze_encoder='false' must be true or false"):
@@ -532,7 +566,6 @@ class TestRespM2DConfig:
             RespM2DForAudioClassification.from_pretrained(tmp_path, id2label={0: "a", 5: "b"})
 
     def test_label_ids_as_json_strings_and_a_null_auto_map_load(self, tmp_path):
-        from resp_hf import RespM2DForAudioClassification
 
         RespM2DForAudioClassification(tiny_config(id2label={"0": "wheeze", "1": "crackle"})).save_pretrained(tmp_path)
         config = json.loads((tmp_path / "config.json").read_text())

@@ -1,9 +1,11 @@
 """The M2D (Masked Modeling Duo) ViT audio encoder as a Hugging Face model."""
 
 import functools
+import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -265,6 +267,21 @@ class RespM2DPreTrainedModel(PreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """
+        As in Transformers, with clearer errors for local folders: a path that names no folder (`./model`, `/data/m`,
+        not a Hub repo id) is a FileNotFoundError instead of a complaint about repo ids, and a damaged index of
+        sharded weights is refused naming the file.
+        """
+        if pretrained_model_name_or_path is not None:
+            folder = Path(pretrained_model_name_or_path)
+            if folder.is_dir():
+                check_weights_index(folder / (kwargs.get("subfolder") or ""))
+            elif not folder.exists() and looks_like_a_path(str(pretrained_model_name_or_path)):
+                raise FileNotFoundError(f"{pretrained_model_name_or_path}: no such model folder.")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
     def _load_pretrained_model(cls, model, state_dict, checkpoint_files, load_config, *args, **kwargs):
         """
         As in Transformers, then checked while the weights the folder lacks are still unmade (on the meta device): a
@@ -299,6 +316,48 @@ class RespM2DPreTrainedModel(PreTrainedModel):
 
 def _without_prefix(key: str) -> str:
     return key.removeprefix(RespM2DPreTrainedModel.base_model_prefix + ".")
+
+
+def looks_like_a_path(name: str) -> bool:
+    """A local path rather than a Hub repo id (`name` or `namespace/name`): absolute, relative, or of several parts."""
+    return name.startswith((".", "/")) or "\\" in name or name.count("/") > 1
+
+
+def sharded_weights_index(folder: Path) -> Path | None:
+    """The index of sharded weights Transformers reads in `folder`: only where no unsharded file comes before it."""
+    for weights in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / weights).is_file():
+            return None
+        if (folder / f"{weights}.index.json").is_file():
+            return folder / f"{weights}.index.json"
+    return None
+
+
+def check_weights_index(folder: Path) -> None:
+    """
+    Raises ValueError naming the index of sharded weights in `folder` when it is not a JSON object with a
+    `weight_map` of weight names to shard files and a `metadata` object: Transformers' own errors (a KeyError, a
+    TypeError) would not say which file is damaged.
+    """
+    path = sharded_weights_index(folder)
+    if path is None:
+        return
+    try:
+        content = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); restore it or save the model again.") from None
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    is_index = (
+        isinstance(weight_map, dict)
+        and len(weight_map) > 0
+        and all(isinstance(name, str) and isinstance(file, str) for name, file in weight_map.items())
+        and isinstance(content.get("metadata"), dict)
+    )
+    if not is_index:
+        raise ValueError(
+            f"{path} is not an index of sharded weights: it must be a JSON object with a 'weight_map' of weight "
+            "names to shard files and a 'metadata' object; restore it or save the model again."
+        )
 
 
 def weight_files_by_key(files: Iterable[str], weights_only: bool) -> dict[str, str]:
