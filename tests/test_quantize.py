@@ -412,6 +412,27 @@ def test_benchmark_quantize_embeds_with_the_quantized_encoder_under_its_own_cach
         assert cosine(fp32, quantized).min() >= 0.999
 
 
+def test_benchmark_quantizes_a_cpu_copy_of_a_model_held_elsewhere_and_puts_the_model_back(monkeypatch):
+    from resp_hf.linear_probe import runner
+
+    class Elsewhere(torch.nn.Module):  # a model on another device than the CPU (a GPU), recording its moves
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(2, device="meta"))
+            self.moves = []
+
+        def to(self, device):
+            self.moves.append(str(device))
+            return self
+
+    monkeypatch.setattr(runner, "quantize", lambda model, method: (method, list(model.moves)))
+    model = Elsewhere()
+    assert runner.quantized_copy(model, "int8") == ("int8", ["cpu"])  # quantized while on the CPU
+    assert model.moves == ["cpu", "meta"]  # then back where it was
+    assert runner.quantized_copy(model, "bf16") == ("bf16", ["cpu", "meta"])  # bf16 runs where the model is
+    assert model.moves == ["cpu", "meta"]
+
+
 def test_benchmark_command_refuses_an_unknown_quantization_in_one_line(tmp_path, capsys):
     arguments = ["benchmark", "--model", "m", "--dataset", "d", "--output", str(tmp_path / "out"), "--quantize", "int4"]
     assert cli_main(arguments) == 2

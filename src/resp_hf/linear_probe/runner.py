@@ -403,6 +403,17 @@ def check_cache_dir(cache_dir: str | Path | None, inputs: Sequence) -> None:
     check_outside_inputs(cache_dir, inputs, name="The cache_dir")
 
 
+def quantized_copy(model: torch.nn.Module, method: str) -> torch.nn.Module:
+    """`quantize(model, method)`; for the CPU-only methods (int8, fp32) made on the CPU, with `model` put back after."""
+    device = next(model.parameters()).device
+    if method == "bf16" or device.type == "cpu":
+        return quantize(model, method)
+    try:
+        return quantize(model.to("cpu"), method)
+    finally:
+        model.to(device)
+
+
 def run_benchmark(
     model: RespM2DModel | str | Path,
     output_dir: str | Path,
@@ -432,8 +443,7 @@ def run_benchmark(
         model = load_model(model)
     embedder = Embedder(model, settings, cache_dir or output_dir / CACHE_FOLDER)
     if settings.quantize:  # the cache key holds the float32 weights' fingerprint and the quantization method
-        on_cpu = model.to("cpu") if settings.quantize in ("int8", "fp32") else model  # CPU-only kernels
-        embedder.model = quantize(on_cpu, settings.quantize)
+        embedder.model = quantized_copy(model, settings.quantize)
         model_name = f"{model_name or 'model'} ({settings.quantize})"
     runs, notes = [], []
     for job in jobs:  # every task is built and checked before anything is embedded
