@@ -224,11 +224,10 @@ class RespM2DEncoder(nn.Module):
 
 def check_one_run_of_frames(attention_mask: torch.Tensor) -> None:
     """Raises ValueError unless every row of a (batch, frames) mask holds only 0 and 1, its 1s in one run."""
-    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
-        values = torch.unique(attention_mask[(attention_mask != 0) & (attention_mask != 1)])
-        raise ValueError(
-            f"attention_mask must hold only 0 and 1, found {first_few([str(v) for v in values.tolist()], 3)}."
-        )
+    other = (attention_mask != 0) & (attention_mask != 1)
+    if bool(other.any()):
+        values = [str(value) for value in torch.unique(attention_mask[other]).tolist()]
+        raise ValueError(f"attention_mask must hold only 0 and 1, found {first_few(values, 3)}.")
     mask = attention_mask.to(torch.int8)
     runs = mask[:, 0] + (mask[:, 1:] > mask[:, :-1]).sum(-1)
     split = torch.nonzero(runs > 1).flatten().tolist()
@@ -662,8 +661,7 @@ class RespM2DModel(RespM2DPreTrainedModel):
         if bool(padded.any()) and not bool(padded.all()):
             logger.warning_once(
                 "input_features look padded (some rows begin or end in all-zero frames) but no attention_mask was "
-                "passed: "
-                "padding then counts as audio and changes pooler_output. Pass the extractor's attention_mask."
+                "passed: padding then counts as audio and changes pooler_output. Pass the extractor's attention_mask."
             )
 
     def stack_frequency_bands(self, hidden_state, frame_mask):
