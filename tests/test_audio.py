@@ -12,7 +12,7 @@ from datasets.utils import _dill as datasets_dill
 from resp_hf.audio import decode_audio, decode_audio_column
 from resp_hf.models.resp_m2d import audio_utils_resp_m2d as audio_utils
 from resp_hf.models.resp_m2d.audio_utils_resp_m2d import load_audio, load_waveform
-from resp_hf.tasks.segments import SegmentWindow, decode_segments
+from resp_hf.tasks.segments import SegmentWindow, decode_segments, recording_duration
 
 
 def tone(seconds, rate, channels=1, seed=0):
@@ -321,10 +321,13 @@ def test_ogg_without_its_last_page_is_refused_and_a_tag_after_the_pages_is_not()
     np.testing.assert_array_equal(load_audio(io.BytesIO(tagged), 16000), load_audio(io.BytesIO(data), 16000))
 
 
-def flac_claiming(audio, total_frames):
-    """FLAC bytes of `audio` whose STREAMINFO says the stream holds `total_frames` (a 36-bit field at bytes 21-25)."""
+def flac_claiming(audio, total_frames, rate=16000, subtype="PCM_16"):
+    """
+    FLAC bytes of `audio` whose STREAMINFO says the stream holds `total_frames` (a 36-bit field at bytes 21-25; 0 is a
+    stream of unknown length, as FLAC encoders write to a pipe).
+    """
     buffer = io.BytesIO()
-    soundfile.write(buffer, audio, 16000, format="FLAC")
+    soundfile.write(buffer, audio, rate, format="FLAC", subtype=subtype)
     data = bytearray(buffer.getvalue())
     field = (int.from_bytes(data[21:26], "big") & ~(2**36 - 1)) | total_frames
     data[21:26] = field.to_bytes(5, "big")
@@ -339,6 +342,56 @@ def test_a_corrupt_length_is_refused_before_anything_is_allocated_for_it(tmp_pat
     path.write_bytes(flac_claiming(tone(1.0, 16000), 20 * 16000))  # plausible, but the stream ends after 1 s
     with pytest.raises(ValueError, match=r"audio file .*huge_claim\.flac"):
         load_audio(path, 16000)
+
+
+def test_a_flac_stream_of_unknown_length_is_read_whole_and_its_duration_counted(tmp_path):
+    for rate, subtype, channels in [
+        (16000, "PCM_16", 1),
+        (12345, "PCM_24", 2),
+        (44100, "PCM_S8", 6),
+        (8000, "PCM_16", 1),
+    ]:
+        audio = tone(1.7, rate, channels, seed=channels)
+        known = io.BytesIO(flac_claiming(audio, len(audio), rate, subtype))
+        path = tmp_path / f"streamed_{rate}.flac"
+        path.write_bytes(flac_claiming(audio, 0, rate, subtype))
+        assert soundfile.info(path).frames == audio_utils.UNKNOWN_FRAMES  # what libsndfile makes of "0 samples"
+        expected = load_audio(known, rate, downmix=True)
+        assert len(expected) == len(audio)
+        np.testing.assert_array_equal(load_audio(path, rate, downmix=True), expected)
+        np.testing.assert_array_equal(load_audio(io.BytesIO(path.read_bytes()), rate, downmix=True), expected)
+        assert audio_utils.item_duration(path, None) == audio_utils.item_duration(path.read_bytes(), None)
+        assert audio_utils.item_duration(path, None) == len(audio) / rate
+        if channels == 1:
+            assert recording_duration(path, "test") == len(audio) / rate
+    silence = np.zeros(16000 * 130, dtype=np.float32)  # longer than the first read buffer: it grows
+    path.write_bytes(flac_claiming(silence, 0))
+    assert len(silence) > max(audio_utils.READ_BLOCK_FRAMES, 64 * path.stat().st_size)
+    np.testing.assert_array_equal(load_audio(path, 16000), silence)
+
+
+def test_a_flac_stream_of_unknown_length_cut_inside_a_frame_is_refused(tmp_path):
+    data = flac_claiming(tone(2.0, 16000), 0)
+    path = tmp_path / "cut.flac"
+    for cut in (len(data) - 1, len(data) - 700, len(data) // 2, 300):
+        path.write_bytes(data[:cut])
+        with pytest.raises(
+            ValueError, match=r"cut.flac is truncated: its FLAC stream \(of unknown length\) ends inside"
+        ):
+            load_audio(path, 16000)
+        with pytest.raises(ValueError, match=r"cut.flac is truncated"):
+            recording_duration(path, "test")
+    path.write_bytes(data + b"TAG" + bytes(125))  # an ID3v1 tag appended by a tagger
+    np.testing.assert_array_equal(load_audio(path, 16000), load_audio(io.BytesIO(data), 16000))
+    with pytest.raises(ValueError, match="cut.flac is truncated"):  # the STREAMINFO block itself cut
+        path.write_bytes(data[:30])
+        load_audio(path, 16000)
+
+
+def test_flac_checksums_match_the_standard_check_values():
+    # CRC-8 (polynomial 0x07) and CRC-16 (polynomial 0x8005), both unreflected from 0, of the bytes "123456789".
+    assert audio_utils.crc(b"123456789", 0x07, 8) == 0xF4
+    assert audio_utils.crc(b"123456789", 0x8005, 16) == 0xFEE8
 
 
 def test_highly_compressed_audio_longer_than_its_first_buffer_is_read_whole(tmp_path):

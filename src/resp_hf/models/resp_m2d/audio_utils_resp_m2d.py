@@ -4,6 +4,7 @@ at the model's rate (soundfile reads, soxr resamples). The only place the packag
 code next to the model.
 """
 
+import functools
 import io
 import math
 import numbers
@@ -31,6 +32,8 @@ MAX_FRAMES_PER_BYTE = 8192
 # The first read buffer has room for this many frames per byte of file (more than PCM or typical FLAC and MP3 hold) and
 # doubles when a file holds more, so its size follows the audio that arrives rather than what a header claims.
 FIRST_BUFFER_FRAMES_PER_BYTE = 64
+# libsndfile's frame count for a stream whose header leaves its length open (FLAC written to a pipe: 0 total samples).
+UNKNOWN_FRAMES = 2**63 - 1
 # Data sizes that streaming writers leave as "unknown" (WAV, AIFF, AU: 0 or all ones; CAF: -1).
 UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF, -1)
 # Where an MP3's Xing/Info tag starts in its first frame: after the frame header and 9, 17 or 32 bytes of side info.
@@ -41,6 +44,9 @@ W64_WAVE = bytes.fromhex("77617665f3acd3118cd100c04f8edb8a")
 W64_DATA = bytes.fromhex("64617461f3acd3118cd100c04f8edb8a")
 # The header flag of an Ogg stream's last page.
 OGG_END_OF_STREAM = 0x04
+# How far back from its end a FLAC stream of unknown length is searched for its last frame, when STREAMINFO does not
+# give the largest frame: longer than any frame (65,535 samples of 8 channels at 32 bits, stored verbatim: 2 MiB).
+FLAC_LAST_FRAME_SEARCH = 1 << 22
 
 
 def check_sampling_rate(sampling_rate, name="sampling_rate"):
@@ -249,12 +255,92 @@ def ogg_is_cut_short(stream):
         stream.seek(start)
 
 
+@functools.cache
+def crc_table(polynomial, width):
+    """The byte-wise table of a most-significant-bit-first CRC of `width` bits (FLAC's CRC-8 and CRC-16)."""
+    top, mask, table = 1 << (width - 1), (1 << width) - 1, []
+    for byte in range(256):
+        value = byte << (width - 8)
+        for _ in range(8):
+            value = ((value << 1) ^ polynomial if value & top else value << 1) & mask
+        table.append(value)
+    return table
+
+
+def crc(data, polynomial, width):
+    table, mask, value = crc_table(polynomial, width), (1 << width) - 1, 0
+    for byte in data:
+        value = ((value << 8) & mask) ^ table[(value >> (width - 8)) ^ byte]
+    return value
+
+
+def flac_frame_header_length(data, start):
+    """Bytes in the FLAC frame header at `data[start]` (its CRC-8 included), or None where no valid header starts."""
+    if len(data) < start + 6 or data[start] != 0xFF or data[start + 1] not in (0xF8, 0xF9):
+        return None
+    block_code, rate_code = data[start + 2] >> 4, data[start + 2] & 0x0F
+    if block_code == 0 or rate_code == 15 or data[start + 3] & 0x01:
+        return None
+    leading_ones = 8 - (data[start + 4] ^ 0xFF).bit_length()  # the frame number, coded like UTF-8: 1 to 7 bytes
+    if leading_ones in (1, 8):
+        return None
+    length = 4 + max(leading_ones, 1) + {6: 1, 7: 2}.get(block_code, 0) + {12: 1, 13: 2, 14: 2}.get(rate_code, 0) + 1
+    if len(data) < start + length or crc(data[start : start + length - 1], 0x07, 8) != data[start + length - 1]:
+        return None
+    return length
+
+
+def flac_stream_is_cut_short(stream):
+    """
+    Whether a FLAC file whose STREAMINFO leaves the length open (0 total samples: written to a pipe) ends inside a
+    frame: a whole stream ends with a frame whose last two bytes are the CRC-16 of the rest of it. libsndfile decodes
+    such a file up to the cut without complaint (with a known length, the count of frames tells). The stream position
+    is restored.
+    """
+    start = stream.tell()
+    try:
+        stream.read(4)  # "fLaC"
+        streaminfo = stream.read(38)  # always the first metadata block: a 4-byte header and 34 bytes
+        if len(streaminfo) < 38:
+            return True
+        if int.from_bytes(streaminfo[17:22], "big") & (2**36 - 1):  # total samples: the length is known
+            return False
+        largest_frame, last_block = int.from_bytes(streaminfo[11:14], "big"), streaminfo[0] & 0x80
+        while not last_block:
+            header = stream.read(4)
+            if len(header) < 4:
+                return True
+            last_block = header[0] & 0x80
+            stream.seek(int.from_bytes(header[1:4], "big"), io.SEEK_CUR)
+        audio_start, end = stream.tell(), stream.seek(0, io.SEEK_END)
+        if audio_start >= end:
+            return audio_start > end  # no frames at all is an empty stream, not a cut one
+        stream.seek(max(audio_start, end - (largest_frame or FLAC_LAST_FRAME_SEARCH)))
+        tail = stream.read()
+        if tail[-128:-125] == b"TAG":  # an ID3v1 tag appended by a tagger
+            tail = tail[:-128]
+        position = len(tail)
+        while (position := tail.rfind(b"\xff", 0, position)) >= 0:
+            if flac_frame_header_length(tail, position) and crc(tail[position:-2], 0x8005, 16) == int.from_bytes(
+                tail[-2:], "big"
+            ):
+                return False
+        return True
+    finally:
+        stream.seek(start)
+
+
 def check_not_truncated(stream, name):
     """Raises ValueError when a file holds less audio than its header says (libsndfile would read less)."""
     start = stream.tell()
-    is_ogg = stream.read(4) == b"OggS"
+    magic = stream.read(4)
     stream.seek(start)
-    if is_ogg:
+    if magic == b"fLaC" and flac_stream_is_cut_short(stream):
+        raise ValueError(
+            f"{name} is truncated: its FLAC stream (of unknown length) ends inside a frame; re-copy or re-export the "
+            "file."
+        )
+    if magic == b"OggS":
         if ogg_is_cut_short(stream):
             raise ValueError(
                 f"{name} is truncated: it ends inside an Ogg page or without the stream's last page; re-copy or "
@@ -277,7 +363,11 @@ def read_mono(sound, buffer_frames):
     """
     audio = np.empty(min(sound.frames, buffer_frames), dtype=np.float32)
     filled = 0
-    for block in sound.blocks(READ_BLOCK_FRAMES, dtype="float32", always_2d=True):
+    if sound.frames == UNKNOWN_FRAMES:
+        blocks = blocks_without_seeking(sound)
+    else:
+        blocks = sound.blocks(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
+    for block in blocks:
         if filled + len(block) > len(audio):
             grown = np.empty(min(sound.frames, 2 * len(audio)), dtype=np.float32)
             grown[:filled] = audio[:filled]
@@ -285,6 +375,21 @@ def read_mono(sound, buffer_frames):
         audio[filled : filled + len(block)] = block.mean(axis=1) if sound.channels > 1 else block[:, 0]
         filled += len(block)
     return audio[:filled]
+
+
+def blocks_without_seeking(sound):
+    """
+    Float32 blocks (frames, channels) of an open stream of unknown length, read straight from libsndfile: soundfile's
+    readers ask libsndfile for the read position first, which it cannot give for such a stream. Each block is a view
+    of one buffer, valid until the next.
+    """
+    block = np.empty((READ_BLOCK_FRAMES, sound.channels), dtype=np.float32)
+    pointer = soundfile._ffi.cast("float *", block.ctypes.data)
+    while frames := soundfile._snd.sf_readf_float(sound._file, pointer, READ_BLOCK_FRAMES):
+        yield block[:frames]
+    error = soundfile._snd.sf_error(sound._file)
+    if error:
+        raise soundfile.LibsndfileError(error)
 
 
 def read_audio_file(source, name, downmix=False):
@@ -307,13 +412,14 @@ def read_audio_file(source, name, downmix=False):
                     f"{name} has {sound.channels} channels: it is multichannel, but the model takes mono audio. "
                     "Pass downmix=True to average the channels."
                 )
-            if file_bytes is not None and sound.frames > MAX_FRAMES_PER_BYTE * max(file_bytes, 1):
+            known_length = sound.frames != UNKNOWN_FRAMES
+            if known_length and file_bytes is not None and sound.frames > MAX_FRAMES_PER_BYTE * max(file_bytes, 1):
                 raise ValueError(
                     f"{name} claims {sound.frames:,} frames ({sound.frames / sound.samplerate / 3600:.1f} h) in "
                     f"{file_bytes:,} bytes, more than any encoding holds: its header is corrupt."
                 )
             audio = read_mono(sound, buffer_frames)
-            frames, rate = sound.frames, sound.samplerate
+            frames, rate = sound.frames if known_length else len(audio), sound.samplerate
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
         raise unreadable(name, error) from error
     if len(audio) < frames:
@@ -462,10 +568,19 @@ def file_rate(source, name):
 
 
 def sound_info(source, name):
-    """soundfile's header information of a path or file-like object, with a clear error when it is not audio."""
+    """
+    soundfile's header information of a path or file-like object, with a clear error when it is not audio. A stream
+    whose header leaves its length open is decoded to count its frames.
+    """
     try:
         position = source.tell() if hasattr(source, "tell") else None
         info = soundfile.info(source)
+        if info.frames == UNKNOWN_FRAMES:
+            if position is not None:
+                source.seek(position)
+            with soundfile.SoundFile(source) as sound:
+                info.frames = sum(len(block) for block in blocks_without_seeking(sound))
+            info.duration = info.frames / info.samplerate
         if position is not None:
             source.seek(position)
         return info
